@@ -1,0 +1,1 @@
+"""chatd: durable multi-turn Gemini chat sessions served over gRPC."""

@@ -1,0 +1,81 @@
+"""Domain errors; the rpc layer maps each class to one gRPC status code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class ChatdError(Exception):
+    """Base of every error chatd reports to callers. `reason` is a stable UPPER_SNAKE code."""
+
+    reason = "CHATD_ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgument(ChatdError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str, *, reason: str | None = None) -> None:
+        super().__init__(f"{field}: {description}", reason=reason)
+        self.violations = (FieldViolation(field, description),)
+
+
+class NotFound(ChatdError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(ChatdError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ChatdError):
+    reason = "FAILED_PRECONDITION"
+
+
+class Conflict(ChatdError):
+    """A concurrent write won; the caller may retry (ABORTED)."""
+
+    reason = "CONFLICT"
+
+
+class ResourceExhausted(ChatdError):
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+
+
+class Unavailable(ChatdError):
+    reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ChatdError):
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(ChatdError):
+    reason = "CANCELLED"
+
+
+class Unimplemented(ChatdError):
+    reason = "NOT_IMPLEMENTED"
+
+
+class UpstreamRejected(ChatdError):
+    """The model API refused the request as invalid (INVALID_ARGUMENT without a field of ours)."""
+
+    reason = "UPSTREAM_INVALID_ARGUMENT"

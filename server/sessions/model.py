@@ -1,0 +1,237 @@
+"""Domain values: sessions, messages and their parts, as frozen slotted dataclasses."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias
+
+# A JSON value as produced by json.loads.
+JSON: TypeAlias = Any
+JSONObject: TypeAlias = Mapping[str, Any]
+
+DEFAULT_TENANT = "default"
+
+
+class Role(enum.Enum):
+    USER = "user"
+    MODEL = "model"
+
+
+class FinishReason(enum.Enum):
+    """Why a turn or model call ended; values match the proto enum's suffixes."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    STOP = "STOP"
+    MAX_TOKENS = "MAX_TOKENS"
+    SAFETY = "SAFETY"
+    RECITATION = "RECITATION"
+    LANGUAGE = "LANGUAGE"
+    OTHER = "OTHER"
+    BLOCKLIST = "BLOCKLIST"
+    PROHIBITED_CONTENT = "PROHIBITED_CONTENT"
+    SPII = "SPII"
+    MALFORMED_FUNCTION_CALL = "MALFORMED_FUNCTION_CALL"
+    IMAGE_SAFETY = "IMAGE_SAFETY"
+    UNEXPECTED_TOOL_CALL = "UNEXPECTED_TOOL_CALL"
+    TOO_MANY_TOOL_CALLS = "TOO_MANY_TOOL_CALLS"
+    MISSING_THOUGHT_SIGNATURE = "MISSING_THOUGHT_SIGNATURE"
+    IMAGE_OTHER = "IMAGE_OTHER"
+    PROMPT_BLOCKED = "PROMPT_BLOCKED"
+    TOOL_CALLS_PENDING = "TOOL_CALLS_PENDING"
+    MAX_TOOL_ROUNDS = "MAX_TOOL_ROUNDS"
+
+
+class SessionState(enum.Enum):
+    ACTIVE = "ACTIVE"
+    AWAITING_TOOL_RESULTS = "AWAITING_TOOL_RESULTS"
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    mime_type: str
+    data: bytes
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileData:
+    mime_type: str
+    file_uri: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    id: str
+    name: str
+    args: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionResponse:
+    id: str
+    name: str
+    response: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Exactly one of text, inline_data, file_data, function_call, function_response."""
+
+    text: str | None = None
+    inline_data: Blob | None = None
+    file_data: FileData | None = None
+    function_call: FunctionCall | None = None
+    function_response: FunctionResponse | None = None
+    thought: bool = False
+    thought_signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    candidates_tokens: int = 0
+    total_tokens: int = 0
+    thoughts_tokens: int = 0
+    cached_tokens: int = 0
+    tool_use_prompt_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.candidates_tokens + other.candidates_tokens,
+            self.total_tokens + other.total_tokens,
+            self.thoughts_tokens + other.thoughts_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.tool_use_prompt_tokens + other.tool_use_prompt_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One history entry. `seq` orders a session's messages and never repeats."""
+
+    role: Role
+    parts: tuple[Part, ...]
+    seq: int = 0
+    create_time: float = 0.0
+    turn_id: str = ""
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
+    model: str = ""
+
+    @property
+    def text(self) -> str:
+        """The message's answer text: its non-thought text parts joined."""
+        return "".join(p.text for p in self.parts if p.text is not None and not p.thought)
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingConfig:
+    include_thoughts: bool | None = None
+    thinking_budget: int | None = None
+    thinking_level: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationConfig:
+    """Sampling settings; None means inherit from the layer below."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_output_tokens: int | None = None
+    stop_sequences: tuple[str, ...] | None = None
+    seed: int | None = None
+    response_mime_type: str | None = None
+    response_json_schema: JSONObject | None = None
+    thinking: ThinkingConfig | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def merged_over(self, base: GenerationConfig) -> GenerationConfig:
+        """This config's set fields over `base` (the thinking config merges field by field)."""
+        values = {}
+        for name in self.__slots__:
+            mine, theirs = getattr(self, name), getattr(base, name)
+            if name == "thinking" and mine is not None and theirs is not None:
+                mine = ThinkingConfig(
+                    *(
+                        a if a is not None else b
+                        for a, b in zip(
+                            (mine.include_thoughts, mine.thinking_budget, mine.thinking_level),
+                            (
+                                theirs.include_thoughts,
+                                theirs.thinking_budget,
+                                theirs.thinking_level,
+                            ),
+                            strict=True,
+                        )
+                    )
+                )
+            values[name] = mine if mine is not None else theirs
+        return GenerationConfig(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextPolicy:
+    """Limits on what is sent to the model; 0 means no limit."""
+
+    max_messages: int = 0
+    max_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionDeclaration:
+    name: str
+    description: str = ""
+    parameters: JSONObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SafetySetting:
+    category: str
+    threshold: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What the caller chooses for a session."""
+
+    model: str = ""
+    system_instruction: str = ""
+    generation_config: GenerationConfig = GenerationConfig()
+    tools: tuple[str, ...] = ()
+    function_declarations: tuple[FunctionDeclaration, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    display_name: str = ""
+    context_policy: ContextPolicy = ContextPolicy()
+    safety_settings: tuple[SafetySetting, ...] = ()
+    ttl_seconds: float | None = None
+    expire_time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session as stored: settings plus what chatd keeps about it.
+
+    `version` increases with every write; stores use it to refuse writes based on a
+    stale read (optimistic concurrency). `next_seq` is the seq of the next message.
+    """
+
+    tenant: str
+    session_id: str
+    settings: SessionSettings
+    create_time: float
+    update_time: float
+    message_count: int = 0
+    next_seq: int = 0
+    usage: Usage = Usage()
+    state: SessionState = SessionState.ACTIVE
+    pending_tool_calls: tuple[FunctionCall, ...] = ()
+    version: int = 1
+
+    def evolve(self, **changes: Any) -> Session:
+        return replace(self, **changes)

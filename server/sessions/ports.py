@@ -1,0 +1,140 @@
+"""The narrow async Protocols the domain needs from storage and model providers."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server.sessions.model import (
+    FinishReason,
+    FunctionDeclaration,
+    GenerationConfig,
+    Message,
+    Part,
+    SafetySetting,
+    Session,
+    Usage,
+)
+
+# ----------------------------------------------------------------------------- storage
+
+
+class SessionOrder(enum.Enum):
+    CREATE_TIME = "create_time"
+    UPDATE_TIME = "update_time"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCursor:
+    """Position after the last session of a page: its sort time and id."""
+
+    time: float
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuery:
+    """One page of a tenant's sessions, ordered by (order, session_id)."""
+
+    limit: int
+    order: SessionOrder = SessionOrder.CREATE_TIME
+    descending: bool = True
+    after: SessionCursor | None = None
+    # Every label here must be present on the session with this value.
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class SessionStore(Protocol):
+    """Durable sessions and their append-only history.
+
+    Every method is safe to call concurrently. Writes are durable when they return.
+    Sessions of one tenant are invisible to another: a wrong tenant is NotFound.
+    """
+
+    async def create_session(self, session: Session) -> None:
+        """Stores a new session. Raises AlreadyExists if the id is taken in its tenant."""
+
+    async def get_session(self, tenant: str, session_id: str) -> Session:
+        """Raises NotFound."""
+
+    async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
+        """At most `query.limit` sessions after `query.after`, in the query's order."""
+
+    async def delete_session(self, tenant: str, session_id: str) -> None:
+        """Removes the session and all its messages atomically. Raises NotFound."""
+
+    async def recent_messages(
+        self, tenant: str, session_id: str, limit: int | None = None
+    ) -> list[Message]:
+        """The last `limit` messages (all when None), oldest first. Raises NotFound."""
+
+    async def list_messages(
+        self, tenant: str, session_id: str, after_seq: int, limit: int
+    ) -> list[Message]:
+        """At most `limit` messages with seq > after_seq, oldest first. Raises NotFound."""
+
+    async def commit_turn(
+        self, session: Session, messages: Sequence[Message], expected_version: int
+    ) -> None:
+        """Atomically replaces the session row with `session` and appends `messages`.
+
+        Raises Conflict (and writes nothing) unless the stored version equals
+        `expected_version`; raises NotFound if the session is gone.
+        """
+
+    async def close(self) -> None:
+        """Flushes and releases resources; the store is unusable afterwards."""
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """Everything one model call needs; `contents` is already context-limited."""
+
+    model: str
+    contents: Sequence[Message]
+    system_instruction: str = ""
+    generation_config: GenerationConfig = GenerationConfig()
+    function_declarations: Sequence[FunctionDeclaration] = ()
+    safety_settings: Sequence[SafetySetting] = ()
+    # Seconds left before the caller's deadline, if it set one.
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChunk:
+    """A piece of a streamed model response; the last chunk carries usage and finish."""
+
+    parts: tuple[Part, ...] = ()
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
+    block_reason: str = ""
+    model_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    total_tokens: int
+    estimated: bool
+
+
+class ModelProvider(Protocol):
+    """A model backend. Errors are raised as server.sessions.errors classes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default_model(self) -> str: ...
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        """Streams the response. Cancelling the consuming task aborts the upstream call."""
+        ...
+
+    async def count_tokens(self, request: ModelRequest) -> TokenCount: ...
+
+    async def close(self) -> None: ...

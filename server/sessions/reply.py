@@ -1,0 +1,75 @@
+"""Merges streamed model chunks into one model message, its usage and its finish reason."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from server.sessions.model import FinishReason, Message, Part, Role, Usage
+from server.sessions.ports import ModelChunk
+
+
+class ReplyBuilder:
+    """Accumulates the chunks of one model call.
+
+    Adjacent text parts of the same kind are joined so history holds one part per
+    run of text, not one per chunk; a part carrying a thought signature closes its
+    run so the signature stays attached to exactly the text it signed.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[Part] = []
+        self.usage = Usage()
+        self.finish_reason: FinishReason | None = None
+        self.block_reason = ""
+        self.model_version = ""
+
+    def add(self, chunk: ModelChunk) -> None:
+        for part in chunk.parts:
+            self._add_part(part)
+        if chunk.usage is not None:
+            # Providers report cumulative usage per call; the last report wins.
+            self.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        if chunk.block_reason:
+            self.block_reason = chunk.block_reason
+        if chunk.model_version:
+            self.model_version = chunk.model_version
+
+    def _add_part(self, part: Part) -> None:
+        last = self._parts[-1] if self._parts else None
+        if (
+            last is not None
+            and last.text is not None
+            and part.text is not None
+            and last.thought == part.thought
+            and not last.thought_signature
+        ):
+            self._parts[-1] = replace(
+                last, text=last.text + part.text, thought_signature=part.thought_signature
+            )
+        elif part.text == "" and not part.thought_signature:
+            return
+        else:
+            self._parts.append(part)
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        return tuple(self._parts)
+
+    def resolved_finish_reason(self) -> FinishReason:
+        if self.block_reason and not self._parts:
+            return FinishReason.PROMPT_BLOCKED
+        return self.finish_reason or FinishReason.STOP
+
+    def message(self, *, seq: int, create_time: float, turn_id: str, model: str) -> Message:
+        return Message(
+            role=Role.MODEL,
+            parts=self.parts,
+            seq=seq,
+            create_time=create_time,
+            turn_id=turn_id,
+            usage=self.usage,
+            finish_reason=self.resolved_finish_reason(),
+            model=self.model_version or model,
+        )

@@ -1,0 +1,134 @@
+"""Session use cases: create, read, list and delete sessions, page through history, run turns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from server.sessions import paging
+from server.sessions.engine import TurnEngine, TurnInput
+from server.sessions.errors import AlreadyExists, InvalidArgument
+from server.sessions.events import TurnEvent
+from server.sessions.filters import parse_label_filter
+from server.sessions.ids import check_id, new_session_id
+from server.sessions.model import Message, Session, SessionSettings
+from server.sessions.ports import ModelProvider, SessionOrder, SessionQuery, SessionStore
+from server.sessions.validation import check_generation_config, check_settings, check_user_parts
+
+DEFAULT_SESSIONS_PAGE = 50
+DEFAULT_MESSAGES_PAGE = 100
+
+_ORDERS = {
+    "": (SessionOrder.CREATE_TIME, True),
+    "create_time desc": (SessionOrder.CREATE_TIME, True),
+    "create_time": (SessionOrder.CREATE_TIME, False),
+    "create_time asc": (SessionOrder.CREATE_TIME, False),
+    "update_time desc": (SessionOrder.UPDATE_TIME, True),
+    "update_time": (SessionOrder.UPDATE_TIME, False),
+    "update_time asc": (SessionOrder.UPDATE_TIME, False),
+}
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+class ChatSessions:
+    """The application's entry point for everything a caller does with sessions."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        provider: ModelProvider,
+        *,
+        known_tools: Collection[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._known_tools = known_tools
+        self._clock = clock
+        self._engine = TurnEngine(store, provider, clock=clock)
+
+    async def create(self, tenant: str, settings: SessionSettings, session_id: str) -> Session:
+        if session_id:
+            check_id("session_id", session_id)
+        check_settings(settings, self._known_tools, "session")
+        now = self._clock()
+        session = Session(
+            tenant=tenant,
+            session_id=session_id or new_session_id(),
+            settings=settings,
+            create_time=now,
+            update_time=now,
+        )
+        try:
+            await self._store.create_session(session)
+        except AlreadyExists as exc:
+            raise AlreadyExists(
+                f"session {session.session_id!r} already exists", reason="SESSION_EXISTS"
+            ) from exc
+        return session
+
+    async def get(self, tenant: str, session_id: str) -> Session:
+        return await self._store.get_session(tenant, check_id("session_id", session_id))
+
+    async def list(
+        self, tenant: str, *, page_size: int, page_token: str, filter: str, order_by: str
+    ) -> Page[Session]:
+        size = paging.page_size(page_size, DEFAULT_SESSIONS_PAGE)
+        normalized = " ".join(order_by.lower().split())
+        if normalized not in _ORDERS:
+            raise InvalidArgument(
+                "order_by", f"{order_by[:64]!r} is not one of: {', '.join(sorted(_ORDERS)[1:])}"
+            )
+        order, descending = _ORDERS[normalized]
+        labels = parse_label_filter(filter)
+        query_key = f"sessions|{order.value}|{descending}|{sorted(labels.items())}"
+        after = None
+        if page_token:
+            after = paging.session_cursor(paging.decode_token(page_token, query_key))
+        query = SessionQuery(
+            limit=size + 1, order=order, descending=descending, after=after, labels=labels
+        )
+        sessions = await self._store.list_sessions(tenant, query)
+        token = ""
+        if len(sessions) > size:
+            sessions = sessions[:size]
+            last = sessions[-1]
+            time_ = last.create_time if order is SessionOrder.CREATE_TIME else last.update_time
+            token = paging.encode_token(query_key, [time_, last.session_id])
+        return Page(sessions, token)
+
+    async def delete(self, tenant: str, session_id: str) -> None:
+        await self._store.delete_session(tenant, check_id("session_id", session_id))
+
+    async def list_messages(
+        self, tenant: str, session_id: str, *, page_size: int, page_token: str
+    ) -> Page[Message]:
+        check_id("session_id", session_id)
+        size = paging.page_size(page_size, DEFAULT_MESSAGES_PAGE)
+        query_key = f"messages|{session_id}"
+        after = -1
+        if page_token:
+            after = paging.seq_cursor(paging.decode_token(page_token, query_key))
+        messages = await self._store.list_messages(tenant, session_id, after, size + 1)
+        token = ""
+        if len(messages) > size:
+            messages = messages[:size]
+            token = paging.encode_token(query_key, [messages[-1].seq])
+        return Page(messages, token)
+
+    def run_turn(self, tenant: str, session_id: str, turn: TurnInput) -> AsyncIterator[TurnEvent]:
+        """Validates the input, then returns the turn's event stream (see TurnEngine.run)."""
+        check_id("session_id", session_id)
+        check_user_parts(turn.parts, "parts")
+        if turn.config_override is not None:
+            check_generation_config(turn.config_override, "generation_config")
+        return self._engine.run(tenant, session_id, turn)

@@ -1,0 +1,119 @@
+"""Checks on caller-supplied settings and messages; each failure names the offending field."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Sequence
+
+from server.sessions.errors import InvalidArgument
+from server.sessions.model import GenerationConfig, Part, SessionSettings
+
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/@]{0,127}")
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
+_ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_MIME = re.compile(r"[\w.+\-]+/[\w.+\-]+")
+
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+MAX_DISPLAY_NAME = 512
+MAX_STOP_SEQUENCES = 16
+
+
+def _range(field: str, value: float | None, low: float, high: float) -> None:
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        raise InvalidArgument(field, f"must be between {low:g} and {high:g} (got {value:g})")
+
+
+def check_generation_config(config: GenerationConfig, prefix: str) -> None:
+    _range(f"{prefix}.temperature", config.temperature, 0.0, 2.0)
+    _range(f"{prefix}.top_p", config.top_p, 0.0, 1.0)
+    _range(f"{prefix}.top_k", config.top_k, 1, 1_000_000)
+    _range(f"{prefix}.max_output_tokens", config.max_output_tokens, 1, 10_000_000)
+    _range(f"{prefix}.presence_penalty", config.presence_penalty, -2.0, 2.0)
+    _range(f"{prefix}.frequency_penalty", config.frequency_penalty, -2.0, 2.0)
+    stops = config.stop_sequences or ()
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise InvalidArgument(f"{prefix}.stop_sequences", f"at most {MAX_STOP_SEQUENCES} allowed")
+    if any(not s for s in stops):
+        raise InvalidArgument(f"{prefix}.stop_sequences", "must not contain empty strings")
+    mime = config.response_mime_type
+    if mime and _MIME.fullmatch(mime) is None:
+        raise InvalidArgument(f"{prefix}.response_mime_type", f"{mime!r} is not a media type")
+    if config.response_json_schema is not None and mime not in ("application/json", None, ""):
+        raise InvalidArgument(
+            f"{prefix}.response_json_schema", "requires response_mime_type application/json"
+        )
+    if config.thinking is not None:
+        _range(f"{prefix}.thinking.thinking_budget", config.thinking.thinking_budget, -1, 1 << 20)
+
+
+def check_settings(settings: SessionSettings, known_tools: Collection[str], prefix: str) -> None:
+    """Validates a whole SessionSettings; `prefix` is the proto path of the session message."""
+    if settings.model and _MODEL.fullmatch(settings.model) is None:
+        raise InvalidArgument(f"{prefix}.model", f"{settings.model[:64]!r} is not a model name")
+    check_generation_config(settings.generation_config, f"{prefix}.generation_config")
+    for i, tool in enumerate(settings.tools):
+        if tool not in known_tools:
+            raise InvalidArgument(
+                f"{prefix}.tools[{i}]", f"{tool[:64]!r} is not a registered tool (see ListTools)"
+            )
+    names: set[str] = set(settings.tools)
+    for i, decl in enumerate(settings.function_declarations):
+        field = f"{prefix}.function_declarations[{i}]"
+        if _FUNCTION_NAME.fullmatch(decl.name) is None:
+            raise InvalidArgument(
+                f"{field}.name",
+                f"{decl.name[:64]!r} is not a function name (letters, digits, _ . -, max 64)",
+            )
+        if decl.name in names:
+            raise InvalidArgument(f"{field}.name", f"{decl.name!r} is declared twice")
+        names.add(decl.name)
+        if decl.parameters is not None and decl.parameters.get("type", "object") != "object":
+            raise InvalidArgument(f"{field}.parameters", "must be a JSON schema of type object")
+    if len(settings.labels) > MAX_LABELS:
+        raise InvalidArgument(f"{prefix}.labels", f"at most {MAX_LABELS} labels allowed")
+    for key, value in settings.labels.items():
+        if _LABEL_KEY.fullmatch(key) is None:
+            raise InvalidArgument(
+                f"{prefix}.labels", f"{key[:64]!r} is not a label key (letters, digits, _ . - /)"
+            )
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(f"{prefix}.labels[{key}]", f"longer than {MAX_LABEL_VALUE}")
+    if len(settings.display_name) > MAX_DISPLAY_NAME:
+        raise InvalidArgument(f"{prefix}.display_name", f"longer than {MAX_DISPLAY_NAME}")
+    policy = settings.context_policy
+    if policy.max_messages < 0:
+        raise InvalidArgument(f"{prefix}.context_policy.max_messages", "must not be negative")
+    if policy.max_tokens < 0:
+        raise InvalidArgument(f"{prefix}.context_policy.max_tokens", "must not be negative")
+    for i, safety in enumerate(settings.safety_settings):
+        for name, value in (("category", safety.category), ("threshold", safety.threshold)):
+            if _ENUM_NAME.fullmatch(value) is None:
+                raise InvalidArgument(
+                    f"{prefix}.safety_settings[{i}].{name}", f"{value[:64]!r} is not a valid name"
+                )
+    if settings.ttl_seconds is not None and not settings.ttl_seconds > 0:
+        raise InvalidArgument(f"{prefix}.ttl", "must be positive")
+
+
+def check_user_parts(parts: Sequence[Part], field: str) -> None:
+    """A user message: at least one part, no function calls or responses, no empty data."""
+    if not parts or all(p.text is not None and not p.text.strip() for p in parts):
+        raise InvalidArgument("text", "the message is empty: set text or parts")
+    for i, part in enumerate(parts):
+        where = f"{field}[{i}]"
+        if part.function_call is not None or part.function_response is not None:
+            raise InvalidArgument(
+                where, "a user message carries text or data; answer tool calls with tool_results"
+            )
+        if part.inline_data is not None:
+            if _MIME.fullmatch(part.inline_data.mime_type) is None:
+                raise InvalidArgument(f"{where}.inline_data.mime_type", "is not a media type")
+            if not part.inline_data.data:
+                raise InvalidArgument(f"{where}.inline_data.data", "is empty")
+        if part.file_data is not None and not part.file_data.file_uri:
+            raise InvalidArgument(f"{where}.file_data.file_uri", "is required")
+        if part.text is None and part.inline_data is None and part.file_data is None:
+            raise InvalidArgument(where, "has no content: set text, inline_data or file_data")
