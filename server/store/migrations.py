@@ -1,0 +1,134 @@
+"""The numbered schema migrations every SQL backend applies, with per-dialect SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+
+# The bookkeeping table itself; created before anything else, portable as written.
+BOOTSTRAP = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version BIGINT PRIMARY KEY,"
+    " description TEXT NOT NULL,"
+    " applied_at BIGINT NOT NULL)"  # microseconds since the epoch
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer chatd; opening it could corrupt it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: statements per dialect, run in order inside one transaction."""
+
+    version: int
+    description: str
+    statements: Mapping[str, tuple[str, ...]]
+
+    def for_dialect(self, dialect: str) -> tuple[str, ...]:
+        try:
+            return self.statements[dialect]
+        except KeyError:
+            raise ValueError(f"migration {self.version} has no SQL for {dialect}") from None
+
+
+_SESSIONS_INDEXES = (
+    "CREATE INDEX sessions_by_create ON sessions (tenant, create_time, session_id)",
+    "CREATE INDEX sessions_by_update ON sessions (tenant, update_time, session_id)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "sessions and their append-only messages",
+        {
+            SQLITE: (
+                """CREATE TABLE sessions (
+                    tenant TEXT NOT NULL,
+                    session_id TEXT NOT NULL,
+                    settings TEXT NOT NULL,          -- JSON, see codec.settings_to_dict
+                    create_time INTEGER NOT NULL,    -- microseconds since the epoch
+                    update_time INTEGER NOT NULL,
+                    expire_time INTEGER,
+                    message_count INTEGER NOT NULL,
+                    next_seq INTEGER NOT NULL,
+                    usage TEXT NOT NULL,             -- JSON
+                    state TEXT NOT NULL,
+                    pending TEXT,                    -- JSON list of calls, NULL when none
+                    version INTEGER NOT NULL,
+                    PRIMARY KEY (tenant, session_id))""",
+                *_SESSIONS_INDEXES,
+                """CREATE TABLE messages (
+                    tenant TEXT NOT NULL,
+                    session_id TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    turn_id TEXT NOT NULL,
+                    role TEXT NOT NULL,
+                    create_time INTEGER NOT NULL,
+                    body TEXT NOT NULL,              -- JSON, see codec.message_body_to_dict
+                    PRIMARY KEY (tenant, session_id, seq),
+                    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, session_id)
+                ) WITHOUT ROWID""",
+            ),
+            # Not exercised yet; written now so the numbering stays shared. COLLATE "C"
+            # makes session_id order byte order, as in SQLite and the memory store.
+            POSTGRESQL: (
+                """CREATE TABLE sessions (
+                    tenant TEXT NOT NULL,
+                    session_id TEXT COLLATE "C" NOT NULL,
+                    settings JSONB NOT NULL,
+                    create_time BIGINT NOT NULL,
+                    update_time BIGINT NOT NULL,
+                    expire_time BIGINT,
+                    message_count BIGINT NOT NULL,
+                    next_seq BIGINT NOT NULL,
+                    usage JSONB NOT NULL,
+                    state TEXT NOT NULL,
+                    pending JSONB,
+                    version BIGINT NOT NULL,
+                    PRIMARY KEY (tenant, session_id))""",
+                *_SESSIONS_INDEXES,
+                """CREATE TABLE messages (
+                    tenant TEXT NOT NULL,
+                    session_id TEXT COLLATE "C" NOT NULL,
+                    seq BIGINT NOT NULL,
+                    turn_id TEXT NOT NULL,
+                    role TEXT NOT NULL,
+                    create_time BIGINT NOT NULL,
+                    body JSONB NOT NULL,
+                    PRIMARY KEY (tenant, session_id, seq),
+                    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, session_id))""",
+            ),
+        },
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def pending(current: int, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[Migration]:
+    """The migrations a database at `current` still needs, in order.
+
+    Raises SchemaTooNew when the database is ahead of this code.
+    """
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this chatd knows ({latest}); "
+            "upgrade chatd instead of opening it with an older release"
+        )
+    return [m for m in migrations if m.version > current]
+
+
+def _check_numbering(migrations: tuple[Migration, ...]) -> None:
+    # A gap or reorder would make databases disagree about what a version number means.
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise AssertionError(f"migration versions must be 1..n in order, got {versions}")
+
+
+_check_numbering(MIGRATIONS)

@@ -1,0 +1,92 @@
+"""What every backend does the same way: microsecond times, append-only seqs, error texts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from server.sessions.errors import AlreadyExists, Conflict, NotFound
+from server.sessions.model import Message, Session
+
+MICROS_PER_SECOND = 1_000_000
+
+
+def to_micros(seconds: float) -> int:
+    return round(seconds * MICROS_PER_SECOND)
+
+
+def from_micros(micros: int) -> float:
+    return micros / MICROS_PER_SECOND
+
+
+def quantize_time(seconds: float) -> float:
+    """The time as a backend storing integer microseconds gives it back."""
+    return from_micros(to_micros(seconds))
+
+
+def quantize_session(session: Session) -> Session:
+    # Every backend rounds to microseconds so that they all return equal values and a
+    # cache in front of one never disagrees with it.
+    create, update = quantize_time(session.create_time), quantize_time(session.update_time)
+    if create == session.create_time and update == session.update_time:
+        return session
+    return session.evolve(create_time=create, update_time=update)
+
+
+def quantize_message(message: Message) -> Message:
+    created = quantize_time(message.create_time)
+    if created == message.create_time:
+        return message
+    return Message(
+        role=message.role,
+        parts=message.parts,
+        seq=message.seq,
+        create_time=created,
+        turn_id=message.turn_id,
+        usage=message.usage,
+        finish_reason=message.finish_reason,
+        model=message.model,
+    )
+
+
+def check_turn(session: Session, messages: Sequence[Message], expected_version: int) -> None:
+    """Rejects a turn that could corrupt history whatever is stored (a caller bug).
+
+    Seqs must strictly increase and stay below the new `next_seq`; the version must move
+    forward, or optimistic concurrency could not tell this write from the previous one.
+    """
+    if session.version <= expected_version:
+        raise ValueError(
+            f"session version {session.version} must exceed expected_version {expected_version}"
+        )
+    previous: int | None = None
+    for message in messages:
+        if previous is not None and message.seq <= previous:
+            raise ValueError(f"message seqs must strictly increase ({previous} then {message.seq})")
+        previous = message.seq
+    if previous is not None and session.next_seq <= previous:
+        raise ValueError(f"next_seq {session.next_seq} must exceed the last message seq {previous}")
+
+
+def first_new_seq(session: Session, messages: Sequence[Message]) -> int:
+    """The lowest seq this turn claims; the stored next_seq must not be above it."""
+    return messages[0].seq if messages else session.next_seq
+
+
+# The same error texts from every backend. The tenant stays out of them: a caller only
+# ever sees its own tenant's sessions.
+
+
+def not_found(session_id: str) -> NotFound:
+    return NotFound(f"session {session_id!r} not found")
+
+
+def already_exists(session_id: str) -> AlreadyExists:
+    return AlreadyExists(f"session {session_id!r} already exists")
+
+
+def conflict(session_id: str, stored: int, expected: int) -> Conflict:
+    return Conflict(f"session {session_id!r} is at version {stored}, not {expected}")
+
+
+def seq_reused(next_seq: int) -> ValueError:
+    return ValueError(f"turn would reuse seqs below the stored next_seq {next_seq}")

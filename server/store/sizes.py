@@ -1,0 +1,63 @@
+"""Cheap estimates of how many bytes a cached session or message holds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from server.sessions.model import Message, Part, Session
+
+# Fixed costs approximate CPython object headers; exactness does not matter, only that
+# the estimate grows with what a caller controls (text, bytes, JSON arguments).
+MESSAGE_OVERHEAD = 200
+PART_OVERHEAD = 120
+SESSION_OVERHEAD = 1000
+
+
+def json_size(value: object) -> int:
+    """Roughly the encoded size of a JSON value, walked without encoding it."""
+    if isinstance(value, str | bytes):
+        return len(value) + 2
+    if isinstance(value, Mapping):
+        return 2 + sum(len(str(k)) + 4 + json_size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 2 + sum(json_size(v) + 1 for v in value)
+    return 8
+
+
+def part_size(part: Part) -> int:
+    size = PART_OVERHEAD + len(part.thought_signature)
+    if part.text is not None:
+        size += len(part.text)
+    if (blob := part.inline_data) is not None:
+        size += len(blob.data) + len(blob.mime_type) + len(blob.display_name)
+    if (file := part.file_data) is not None:
+        size += len(file.file_uri) + len(file.mime_type) + len(file.display_name)
+    if (call := part.function_call) is not None:
+        size += len(call.id) + len(call.name) + json_size(call.args)
+    if (resp := part.function_response) is not None:
+        size += len(resp.id) + len(resp.name) + json_size(resp.response)
+    return size
+
+
+def message_size(message: Message) -> int:
+    return (
+        MESSAGE_OVERHEAD
+        + len(message.turn_id)
+        + len(message.model)
+        + sum(part_size(p) for p in message.parts)
+    )
+
+
+def session_size(session: Session) -> int:
+    s = session.settings
+    return (
+        SESSION_OVERHEAD
+        + len(session.tenant)
+        + len(session.session_id)
+        + len(s.system_instruction)
+        + json_size(s.labels)
+        + json_size(s.tools)
+        + sum(json_size(d.parameters) + len(d.description) for d in s.function_declarations)
+        + json_size(s.generation_config.response_json_schema)
+        + sum(json_size(c.args) for c in session.pending_tool_calls)
+    )

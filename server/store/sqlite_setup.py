@@ -1,0 +1,57 @@
+"""Opening a SQLite connection for chatd: pragmas, then migrations on the writer."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from server.store import migrations, rules
+
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+BUSY_TIMEOUT_MS = 5000
+
+_RECORD_MIGRATION = (
+    "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)"
+)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Brings the schema up to date in one transaction, or refuses a newer database."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(migrations.BOOTSTRAP)
+        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        for step in migrations.pending(current.fetchone()[0]):
+            for statement in step.for_dialect(migrations.SQLITE):
+                conn.execute(statement)
+            conn.execute(
+                _RECORD_MIGRATION,
+                (step.version, step.description, rules.to_micros(time.time())),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def connect(path: str, synchronous: str, *, writer: bool) -> sqlite3.Connection:
+    """A connection with chatd's pragmas; the writer's also migrates the schema."""
+    if synchronous not in SYNCHRONOUS_MODES:  # it is spliced into a PRAGMA below
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
+    # isolation_level=None: the worker issues BEGIN/COMMIT itself.
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if writer:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"{path}: cannot use WAL journaling (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            _migrate(conn)
+        else:
+            conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,1 @@
+"""Store tests: one conformance suite run against every backend, plus backend specifics."""

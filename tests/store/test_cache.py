@@ -1,0 +1,201 @@
+"""CachedStore specifics: hits, bounds, eviction, and never serving a failed write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+
+from server.sessions.errors import Conflict
+from server.sessions.model import Message, Session
+from server.sessions.ports import SessionStore
+from server.store import CachedStore, MemoryStore
+
+from .builders import TENANT, commit, history, new_session, turn_of
+
+
+class SpyStore(MemoryStore):
+    """A MemoryStore that counts reads, can fail writes and can hold a history load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.fail_commits = False
+        self.hold_loads: asyncio.Event | None = None
+
+    async def get_session(self, tenant: str, session_id: str) -> Session:
+        self.calls["get_session"] += 1
+        return await super().get_session(tenant, session_id)
+
+    async def recent_messages(
+        self, tenant: str, session_id: str, limit: int | None = None
+    ) -> list[Message]:
+        self.calls["recent_messages"] += 1
+        loaded = await super().recent_messages(tenant, session_id, limit)
+        if self.hold_loads is not None:
+            await self.hold_loads.wait()
+        return loaded
+
+    async def list_messages(
+        self, tenant: str, session_id: str, after_seq: int, limit: int
+    ) -> list[Message]:
+        self.calls["list_messages"] += 1
+        return await super().list_messages(tenant, session_id, after_seq, limit)
+
+    async def commit_turn(
+        self, session: Session, messages: Sequence[Message], expected_version: int
+    ) -> None:
+        if self.fail_commits:
+            raise OSError("disk on fire")
+        await super().commit_turn(session, messages, expected_version)
+
+
+@pytest.fixture
+def inner() -> SpyStore:
+    return SpyStore()
+
+
+async def test_reads_after_writes_through_the_cache_never_reach_inner(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 1_000_000)
+    session = new_session()
+    await cache.create_session(session)
+    session = await commit(cache, session, "a", "b")
+    assert await cache.get_session(TENANT, "s1") == session
+    assert await history(cache, session) == ["a", "b"]
+    assert [m.text for m in await cache.recent_messages(TENANT, "s1", 1)] == ["b"]
+    assert [m.seq for m in await cache.list_messages(TENANT, "s1", 0, 10)] == [1]
+    assert inner.calls == Counter()
+    assert cache.stats.hits == 4
+    assert cache.stats.misses == 0
+
+
+async def test_a_cold_session_is_loaded_once_then_served_from_the_tail(inner: SpyStore) -> None:
+    session = new_session()
+    await inner.create_session(session)
+    for i in range(5):
+        session = await commit(inner, session, f"m{i}")
+    cache = CachedStore(inner, 1_000_000)
+    assert await cache.get_session(TENANT, "s1") == session
+    assert await cache.get_session(TENANT, "s1") == session
+    assert inner.calls["get_session"] == 1
+    assert [m.text for m in await cache.recent_messages(TENANT, "s1", 2)] == ["m3", "m4"]
+    assert [m.text for m in await cache.recent_messages(TENANT, "s1", 1)] == ["m4"]
+    assert inner.calls["recent_messages"] == 1
+    # More than the tail holds: loaded again, and now known to be the whole history.
+    assert len(await cache.recent_messages(TENANT, "s1", 3)) == 3
+    assert len(await cache.recent_messages(TENANT, "s1", 50)) == 5
+    assert len(await cache.recent_messages(TENANT, "s1")) == 5
+    assert inner.calls["recent_messages"] == 3
+    # list_messages reaches behind the tail only when the tail cannot answer.
+    assert [m.seq for m in await cache.list_messages(TENANT, "s1", -1, 2)] == [0, 1]
+    assert inner.calls["list_messages"] == 0
+
+
+async def test_size_stays_bounded_and_evicted_sessions_read_from_inner(inner: SpyStore) -> None:
+    max_bytes = 40_000
+    cache = CachedStore(inner, max_bytes)
+    sessions = []
+    for i in range(150):
+        session = new_session(f"s{i:03}")
+        await cache.create_session(session)
+        session = await commit(cache, session, "x" * 300, f"reply {i}")
+        sessions.append(session)
+        assert cache.stats.bytes <= max_bytes
+    stats = cache.stats
+    assert stats.evictions > 0
+    assert 0 < stats.entries < len(sessions)
+    for session in sessions:  # the oldest were evicted long ago
+        assert await cache.get_session(TENANT, session.session_id) == session
+        assert await history(cache, session) == ["x" * 300, f"reply {int(session.session_id[1:])}"]
+        assert cache.stats.bytes <= max_bytes
+    assert cache.stats.misses > 0
+
+
+async def test_one_huge_session_cannot_take_over_the_cache(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 100_000)
+    small = new_session("small")
+    await cache.create_session(small)
+    small = await commit(cache, small, "tiny")
+    huge = new_session("huge")
+    await cache.create_session(huge)
+    for _ in range(10):
+        huge = await commit(cache, huge, "y" * 20_000)
+    assert cache.stats.bytes <= 100_000 // 4 + 2_000  # the huge entry's share, plus 'small'
+    assert await history(cache, huge) == ["y" * 20_000] * 10
+    inner.calls.clear()
+    assert await history(cache, small) == ["tiny"]
+    assert inner.calls == Counter()  # 'small' was never pushed out
+
+
+async def test_the_cached_tail_is_capped_per_session(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 1_000_000, max_tail_messages=4)
+    session = new_session()
+    await cache.create_session(session)
+    for i in range(10):
+        session = await commit(cache, session, f"m{i}")
+    assert [m.text for m in await cache.recent_messages(TENANT, "s1", 4)] == [
+        f"m{i}" for i in range(6, 10)
+    ]
+    assert inner.calls["recent_messages"] == 0
+    assert [m.text for m in await cache.recent_messages(TENANT, "s1", 6)] == [
+        f"m{i}" for i in range(4, 10)
+    ]
+    assert inner.calls["recent_messages"] == 1
+
+
+async def test_a_failed_inner_write_does_not_change_cached_data(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 1_000_000)
+    session = new_session()
+    await cache.create_session(session)
+    session = await commit(cache, session, "before")
+    inner.fail_commits = True
+    with pytest.raises(OSError, match="fire"):
+        await commit(cache, session, "never stored")
+    inner.fail_commits = False
+    assert await cache.get_session(TENANT, "s1") == session
+    assert await history(cache, session) == ["before"]
+
+
+async def test_a_conflict_from_inner_drops_the_stale_entry(inner: SpyStore) -> None:
+    """Another writer moved the session on: the cache reloads rather than serve stale data."""
+    cache = CachedStore(inner, 1_000_000)
+    session = new_session()
+    await cache.create_session(session)
+    theirs = await commit(inner, session, "written elsewhere")
+    with pytest.raises(Conflict):
+        await commit(cache, session, "lost")
+    assert await cache.get_session(TENANT, "s1") == theirs
+    assert await history(cache, theirs) == ["written elsewhere"]
+
+
+async def test_a_slow_history_load_cannot_overwrite_a_newer_commit(inner: SpyStore) -> None:
+    """Loads and writes of one session are serialized, so the tail never goes stale."""
+    cache = CachedStore(inner, 1_000_000)
+    session = new_session()
+    await inner.create_session(session)
+    session = await commit(inner, session, "old")
+    await cache.get_session(TENANT, "s1")
+    inner.hold_loads = asyncio.Event()
+    load = asyncio.create_task(cache.recent_messages(TENANT, "s1"))
+    await asyncio.sleep(0.01)
+    after, messages = turn_of(session, ["new"])
+    write = asyncio.create_task(cache.commit_turn(after, messages, session.version))
+    await asyncio.sleep(0.01)
+    # Cached reads of other data are not blocked meanwhile.
+    assert await cache.get_session(TENANT, "s1") == session
+    inner.hold_loads.set()
+    assert [m.text for m in await load] == ["old"]
+    await write
+    inner.calls.clear()
+    assert await history(cache, after) == ["old", "new"]
+    assert inner.calls == Counter()
+
+
+async def test_the_memory_url_is_never_cached_and_stats_start_at_zero() -> None:
+    from server.store import open_store
+
+    store: SessionStore = await open_store("memory://", cache_max_bytes=1000)
+    assert isinstance(store, MemoryStore)
+    assert CachedStore(MemoryStore(), 10).stats.bytes == 0

@@ -1,0 +1,102 @@
+"""The storage codec: lossless round trips and compact encodings."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from server.sessions.model import (
+    FunctionCall,
+    GenerationConfig,
+    Message,
+    Part,
+    Role,
+    SessionSettings,
+    ThinkingConfig,
+    Usage,
+)
+from server.store import codec, rules
+
+from .builders import EVERY_PART_KIND, FULL_SETTINGS
+
+
+def round_trip_settings(settings: SessionSettings) -> SessionSettings:
+    return codec.settings_from_dict(codec.loads(codec.dumps(codec.settings_to_dict(settings))))
+
+
+def round_trip_message(message: Message) -> Message:
+    body = codec.loads(codec.dumps(codec.message_body_to_dict(message)))
+    return codec.message_from_body(
+        body,
+        role=message.role.value,
+        seq=message.seq,
+        create_time=message.create_time,
+        turn_id=message.turn_id,
+    )
+
+
+def test_default_values_encode_to_nothing() -> None:
+    """Rows stay small: defaults and None are left out."""
+    assert codec.dumps(codec.settings_to_dict(SessionSettings())) == "{}"
+    assert codec.dumps(codec.usage_to_dict(Usage())) == "{}"
+    assert codec.dumps(codec.part_to_dict(Part(text="hi"))) == '{"text":"hi"}'
+    assert codec.pending_to_json(()) is None
+
+
+def test_generation_config_keeps_zero_apart_from_none() -> None:
+    zeros = GenerationConfig(temperature=0.0, top_k=0, seed=0, stop_sequences=())
+    assert codec.generation_config_to_dict(zeros) == {
+        "temperature": 0.0,
+        "top_k": 0,
+        "seed": 0,
+        "stop_sequences": [],
+    }
+    for config in (zeros, GenerationConfig(), GenerationConfig(thinking=ThinkingConfig())):
+        back = codec.generation_config_from_dict(codec.generation_config_to_dict(config))
+        assert back == config
+
+
+def test_float_fields_come_back_as_floats_even_when_written_as_integers() -> None:
+    config = codec.generation_config_from_dict({"temperature": 1, "top_k": 3})
+    assert type(config.temperature) is float
+    assert type(config.top_k) is int
+
+
+@pytest.mark.parametrize("settings", [SessionSettings(), FULL_SETTINGS])
+def test_settings_round_trip(settings: SessionSettings) -> None:
+    assert round_trip_settings(settings) == settings
+
+
+def test_every_part_kind_round_trips_with_exact_bytes() -> None:
+    back = round_trip_message(EVERY_PART_KIND)
+    assert back == EVERY_PART_KIND
+    assert back.parts[3].inline_data is not None
+    assert back.parts[3].inline_data.data == bytes(range(256)) * 3
+    assert back.parts[2].thought_signature == bytes(range(256))
+
+
+def test_inline_data_is_standard_base64() -> None:
+    part = Part(thought_signature=b"\xfb\xff", text="x")
+    assert codec.part_to_dict(part)["thought_signature"] == "+/8="
+
+
+def test_non_dict_mappings_are_encoded_as_objects() -> None:
+    call = FunctionCall("id", "f", MappingProxyType({"a": MappingProxyType({"b": 1})}))
+    text = codec.pending_to_json([call])
+    assert text == '[{"name":"f","id":"id","args":{"a":{"b":1}}}]'
+    assert codec.pending_from_json(text) == (FunctionCall("id", "f", {"a": {"b": 1}}),)
+
+
+def test_message_without_usage_differs_from_zero_usage() -> None:
+    bare = Message(Role.USER, (Part(text="x"),))
+    zero = Message(Role.USER, (Part(text="x"),), usage=Usage())
+    assert round_trip_message(bare).usage is None
+    assert round_trip_message(zero).usage == Usage()
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1.5, 1_700_000_000.123456, 4_102_444_800.999999])
+def test_microsecond_quantization_is_stable(seconds: float) -> None:
+    once = rules.quantize_time(seconds)
+    assert rules.quantize_time(once) == once
+    assert rules.to_micros(once) == rules.to_micros(seconds)

@@ -1,0 +1,61 @@
+"""open_store: which backend a URL names, and when it is cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.store import CachedStore, MemoryStore, SqliteStore, open_store
+
+from .builders import TENANT, new_session
+
+
+async def test_memory_url_opens_an_uncached_memory_store() -> None:
+    store = await open_store("memory://", cache_max_bytes=1 << 20)
+    assert isinstance(store, MemoryStore)
+
+
+async def test_sqlite_url_with_an_absolute_path_is_cached_when_asked(tmp_path: Path) -> None:
+    db = tmp_path / "abs" / "chatd.db"
+    store = await open_store(f"sqlite:///{db}", cache_max_bytes=1 << 20)  # four slashes
+    try:
+        assert isinstance(store, CachedStore)
+        await store.create_session(new_session())
+    finally:
+        await store.close()
+    assert db.exists()
+
+
+async def test_sqlite_url_with_a_relative_path_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = await open_store("sqlite:///var/rel.db", cache_max_bytes=0, sqlite_synchronous="normal")
+    try:
+        assert isinstance(store, SqliteStore)
+        await store.create_session(new_session())
+        assert (await store.get_session(TENANT, "s1")).session_id == "s1"
+    finally:
+        await store.close()
+    assert (tmp_path / "var" / "rel.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://user:secret@db/chatd", "PostgreSQL"),
+        ("postgres://user:secret@db/chatd", "PostgreSQL"),
+        ("mysql://db/chatd", "'mysql'"),
+        ("chatd.db", "''"),
+        ("sqlite://relative.db", "sqlite:///"),
+        ("sqlite:///", "sqlite:///"),
+        ("memory://extra", "memory"),
+    ],
+)
+async def test_unsupported_urls_name_the_problem_without_echoing_secrets(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as raised:
+        await open_store(url, cache_max_bytes=0)
+    assert "secret" not in str(raised.value)

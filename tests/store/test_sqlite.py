@@ -1,0 +1,140 @@
+"""SqliteStore specifics: persistence, migrations, group commit and query plans."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from server.sessions.errors import Conflict
+from server.store import SchemaTooNew, SqliteStore
+from server.store.migrations import MIGRATIONS, Migration, pending
+from server.store.sqlite import _LAST_MESSAGES
+
+from .builders import TENANT, commit, history, new_session, turn_of
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "nested" / "dirs" / "chatd.db")
+
+
+async def test_open_creates_parent_directories_and_data_survives_reopen(db: str) -> None:
+    store = await SqliteStore.open(db)
+    session = new_session(labels={"k": "v"})
+    await store.create_session(session)
+    session = await commit(store, session, "kept", "forever")
+    await store.close()
+    reopened = await SqliteStore.open(db, synchronous="NORMAL")
+    try:
+        assert await reopened.get_session(TENANT, "s1") == session
+        assert await history(reopened, session) == ["kept", "forever"]
+    finally:
+        await reopened.close()
+
+
+async def test_close_drains_writes_queued_before_it(db: str) -> None:
+    """Writes already submitted when close() starts are committed, not dropped."""
+    store = await SqliteStore.open(db)
+    sessions = [new_session(f"s{i}") for i in range(50)]
+    writes = [asyncio.ensure_future(store.create_session(s)) for s in sessions]
+    await asyncio.sleep(0)  # let every write reach the writer's queue
+    await store.close()
+    await asyncio.gather(*writes)
+    reopened = await SqliteStore.open(db)
+    try:
+        for s in sessions:
+            assert await reopened.get_session(TENANT, s.session_id) == s
+    finally:
+        await reopened.close()
+
+
+async def test_a_closed_store_refuses_calls(db: str) -> None:
+    store = await SqliteStore.open(db)
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.get_session(TENANT, "s1")
+
+
+async def test_migrations_are_recorded_once(db: str) -> None:
+    for _ in range(2):
+        await (await SqliteStore.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT version, description FROM schema_migrations").fetchall()
+        assert rows == [(m.version, m.description) for m in MIGRATIONS]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_a_database_from_a_newer_chatd_is_refused_untouched(db: str) -> None:
+    await (await SqliteStore.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", (99,))
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="99"):
+        await SqliteStore.open(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (99,)
+    conn.close()
+
+
+def test_pending_lists_only_newer_migrations_and_refuses_newer_databases() -> None:
+    steps = (Migration(1, "one", {}), Migration(2, "two", {}))
+    assert [m.version for m in pending(0, steps)] == [1, 2]
+    assert [m.version for m in pending(1, steps)] == [2]
+    assert pending(2, steps) == []
+    with pytest.raises(SchemaTooNew):
+        pending(3, steps)
+
+
+def test_every_migration_has_sql_for_every_dialect() -> None:
+    for migration in MIGRATIONS:
+        assert migration.for_dialect("sqlite")
+        assert migration.for_dialect("postgresql")
+        with pytest.raises(ValueError, match="mysql"):
+            migration.for_dialect("mysql")
+
+
+async def test_failing_turns_in_a_group_commit_fail_alone(db: str) -> None:
+    """Conflicting turns batched with good ones are rolled back; the good ones commit."""
+    store = await SqliteStore.open(db)
+    sessions = [new_session(f"s{i:02}") for i in range(40)]
+    await asyncio.gather(*(store.create_session(s) for s in sessions))
+    turns = [turn_of(s, [f"hello {s.session_id}"]) for s in sessions]
+    # Every fourth turn expects a version the stored session is not at.
+    expected = [s.version if i % 4 else s.version - 1 for i, s in enumerate(sessions)]
+    results = await asyncio.gather(
+        *(store.commit_turn(a, m, v) for (a, m), v in zip(turns, expected, strict=True)),
+        return_exceptions=True,
+    )
+    await store.close()
+    store = await SqliteStore.open(db)
+    try:
+        for i, ((after, msgs), result) in enumerate(zip(turns, results, strict=True)):
+            if i % 4:
+                assert result is None
+                assert await store.recent_messages(TENANT, after.session_id) == msgs
+            else:
+                assert isinstance(result, Conflict)
+                assert await store.recent_messages(TENANT, after.session_id) == []
+                assert await store.get_session(TENANT, after.session_id) == sessions[i]
+    finally:
+        await store.close()
+
+
+async def test_invalid_synchronous_mode_is_refused(db: str) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        await SqliteStore.open(db, synchronous="OFF")
+
+
+async def test_recent_messages_reads_newest_first_through_the_primary_key(db: str) -> None:
+    """O(limit): the plan walks the key backwards and never sorts the whole history."""
+    await (await SqliteStore.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {_LAST_MESSAGES}", ("t", "s", 5)).fetchall()
+    conn.close()
+    details = " ".join(row[-1] for row in plan)
+    assert "PRIMARY KEY" in details
+    assert "TEMP B-TREE" not in details
