@@ -1,0 +1,25 @@
+"""Command line: `chatd serve [flags]` (also `python -m server serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from server import app, config, logs
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "serve":
+        print("usage: chatd serve [--help] [flags]", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        settings = config.load(args[1:])
+    except config.SettingsError as exc:
+        raise SystemExit(f"chatd: {exc}") from None
+    logs.configure(settings.log_format, settings.log_level)
+    asyncio.run(app.serve(settings))
+
+
+if __name__ == "__main__":
+    main()

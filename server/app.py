@@ -1,0 +1,116 @@
+"""Composition root: builds store, provider and gRPC server from Settings; shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
+from server.config import Settings
+from server.providers.echo import NOTICE, EchoProvider
+from server.rpc.interceptors import ErrorsAndLogging
+from server.rpc.servicer import ChatServicer
+from server.sessions.ports import ModelProvider, SessionStore
+from server.sessions.service import ChatSessions
+from server.store import open_store
+
+log = structlog.get_logger("chatd")
+
+SERVICE_NAME = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+
+
+def build_provider(settings: Settings) -> ModelProvider:
+    """Chooses the model provider; `auto` is echo until a Gemini provider is available."""
+    if settings.provider == "gemini":
+        raise SystemExit("CHATD_PROVIDER=gemini: the gemini provider is not in this release")
+    provider = EchoProvider(
+        default_model=settings.default_model or "echo", delay=settings.echo_delay_ms / 1000
+    )
+    log.warning(
+        "provider selected",
+        provider="echo",
+        why=f"CHATD_PROVIDER={settings.provider}",
+        notice=f"replies repeat your message {NOTICE}",
+    )
+    return provider
+
+
+@dataclass
+class RunningServer:
+    """A started chatd: its bound port and what must be closed at shutdown."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    store: SessionStore
+    provider: ModelProvider
+    port: int
+    grace_period: float
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, let running RPCs finish within the grace period, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_period if grace is None else grace)
+        await self.store.close()
+        await self.provider.close()
+        log.info("stopped")
+
+
+async def start(
+    settings: Settings,
+    *,
+    store: SessionStore | None = None,
+    provider: ModelProvider | None = None,
+) -> RunningServer:
+    """Starts serving; `store` and `provider` replace the configured ones (for tests)."""
+    store = store or await open_store(
+        settings.database_url,
+        cache_max_bytes=settings.cache_max_bytes,
+        sqlite_synchronous=settings.sqlite_synchronous.upper(),
+    )
+    provider = provider or build_provider(settings)
+    chats = ChatSessions(store, provider)
+
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ErrorsAndLogging()],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        await store.close()
+        raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host = settings.listen.rpartition(":")[0]
+    log.info("serving", address=f"{host}:{port}", port=port, database=settings.database_url)
+    return RunningServer(server, health_servicer, store, provider, port, settings.grace_period)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    running = await start(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down", grace_period=settings.grace_period)
+    await running.stop()

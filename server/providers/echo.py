@@ -1,0 +1,100 @@
+"""The echo provider: an offline, deterministic stand-in that is plainly not a language model."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+
+from server.sessions.context import is_turn_start
+from server.sessions.model import FinishReason, Message, Part, Role, Usage
+from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
+
+NOTICE = "(chatd echo provider, not a language model)"
+# Estimate for the echo provider and a fallback elsewhere: about 4 characters a
+# token for text, a flat 258 tokens for each blob or file (Gemini's image rate).
+CHARS_PER_TOKEN = 4
+TOKENS_PER_BLOB = 258
+
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+
+def estimate_tokens(messages: Sequence[Message], system_instruction: str = "") -> int:
+    chars = len(system_instruction)
+    blobs = 0
+    for message in messages:
+        for part in message.parts:
+            if part.text is not None:
+                chars += len(part.text)
+            elif part.inline_data is not None or part.file_data is not None:
+                blobs += 1
+            elif part.function_call is not None:
+                chars += len(part.function_call.name) + len(str(part.function_call.args))
+            elif part.function_response is not None:
+                chars += len(part.function_response.name) + len(
+                    str(part.function_response.response)
+                )
+    return -(-chars // CHARS_PER_TOKEN) + blobs * TOKENS_PER_BLOB
+
+
+def _describe(part: Part) -> str:
+    if part.text is not None:
+        return part.text
+    if part.inline_data is not None:
+        return f"[{part.inline_data.mime_type}, {len(part.inline_data.data)} bytes]"
+    if part.file_data is not None:
+        return f"[{part.file_data.mime_type} file {part.file_data.file_uri}]"
+    if part.function_response is not None:
+        return f"[result of {part.function_response.name}]"
+    return ""
+
+
+class EchoProvider:
+    """Repeats the user's last message, says how much history it was sent, and streams by word.
+
+    `delay` seconds pass before each delta, to make streaming visible by hand.
+    """
+
+    def __init__(self, *, default_model: str = "echo", delay: float = 0.0) -> None:
+        self._default_model = default_model
+        self._delay = delay
+
+    @property
+    def name(self) -> str:
+        return "echo"
+
+    @property
+    def default_model(self) -> str:
+        return self._default_model
+
+    def reply_text(self, request: ModelRequest) -> str:
+        contents = request.contents
+        last = next((m for m in reversed(contents) if m.role is Role.USER), None)
+        said = " ".join(_describe(p) for p in last.parts) if last else ""
+        turns = sum(1 for m in contents if is_turn_start(m))
+        return (
+            f'Echo: "{said}" - turn {turns} of this conversation, '
+            f"{len(contents) - 1} earlier messages in context {NOTICE}"
+        )
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        text = self.reply_text(request)
+        for word in _WORDS.findall(text):
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            yield ModelChunk(parts=(Part(text=word),))
+        prompt = estimate_tokens(request.contents, request.system_instruction)
+        answer = -(-len(text) // CHARS_PER_TOKEN)
+        yield ModelChunk(
+            usage=Usage(
+                prompt_tokens=prompt, candidates_tokens=answer, total_tokens=prompt + answer
+            ),
+            finish_reason=FinishReason.STOP,
+            model_version=request.model,
+        )
+
+    async def count_tokens(self, request: ModelRequest) -> TokenCount:
+        return TokenCount(estimate_tokens(request.contents), estimated=True)
+
+    async def close(self) -> None:
+        return None

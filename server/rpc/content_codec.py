@@ -1,0 +1,122 @@
+"""Proto <-> domain conversion for message content: parts, messages, usage, finish reasons."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from chatd.v1 import content_pb2 as pb
+from server.sessions.errors import InvalidArgument
+from server.sessions.ids import message_id
+from server.sessions.model import (
+    Blob,
+    FileData,
+    FinishReason,
+    FunctionCall,
+    FunctionResponse,
+    Message,
+    Part,
+    Role,
+    Usage,
+)
+
+FINISH_TO_PB = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.value}") for r in FinishReason}
+ROLE_TO_PB = {Role.USER: pb.ROLE_USER, Role.MODEL: pb.ROLE_MODEL}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(value)
+
+
+def dict_to_struct(value: Any, out: struct_pb2.Struct) -> None:
+    out.Clear()
+    out.update(value)
+
+
+def timestamp(seconds: float, out: timestamp_pb2.Timestamp) -> None:
+    out.FromMicroseconds(round(seconds * 1_000_000))
+
+
+def part_to_pb(part: Part, out: pb.Part) -> None:
+    if part.text is not None:
+        out.text = part.text
+    elif part.inline_data is not None:
+        blob = part.inline_data
+        out.inline_data.mime_type = blob.mime_type
+        out.inline_data.data = blob.data
+        out.inline_data.display_name = blob.display_name
+    elif part.file_data is not None:
+        out.file_data.mime_type = part.file_data.mime_type
+        out.file_data.file_uri = part.file_data.file_uri
+        out.file_data.display_name = part.file_data.display_name
+    elif part.function_call is not None:
+        function_call_to_pb(part.function_call, out.function_call)
+    elif part.function_response is not None:
+        out.function_response.id = part.function_response.id
+        out.function_response.name = part.function_response.name
+        dict_to_struct(part.function_response.response, out.function_response.response)
+    out.thought = part.thought
+    out.thought_signature = part.thought_signature
+
+
+def function_call_to_pb(call: FunctionCall, out: pb.FunctionCall) -> None:
+    out.id = call.id
+    out.name = call.name
+    dict_to_struct(call.args, out.args)
+
+
+def part_from_pb(part: pb.Part, field: str) -> Part:
+    kind = part.WhichOneof("data")
+    extra: dict[str, Any] = {"thought": part.thought, "thought_signature": part.thought_signature}
+    if kind == "text":
+        return Part(text=part.text, **extra)
+    if kind == "inline_data":
+        blob = part.inline_data
+        return Part(inline_data=Blob(blob.mime_type, blob.data, blob.display_name), **extra)
+    if kind == "file_data":
+        f = part.file_data
+        return Part(file_data=FileData(f.mime_type, f.file_uri, f.display_name), **extra)
+    if kind == "function_call":
+        c = part.function_call
+        return Part(function_call=FunctionCall(c.id, c.name, struct_to_dict(c.args)), **extra)
+    if kind == "function_response":
+        r = part.function_response
+        response = FunctionResponse(r.id, r.name, struct_to_dict(r.response))
+        return Part(function_response=response, **extra)
+    raise InvalidArgument(field, "has no content: set one of text, inline_data, file_data, ...")
+
+
+def parts_from_pb(parts: Sequence[pb.Part], field: str) -> tuple[Part, ...]:
+    return tuple(part_from_pb(p, f"{field}[{i}]") for i, p in enumerate(parts))
+
+
+def usage_to_pb(usage: Usage, out: pb.UsageMetadata) -> None:
+    out.prompt_token_count = usage.prompt_tokens
+    out.candidates_token_count = usage.candidates_tokens
+    out.total_token_count = usage.total_tokens
+    out.thoughts_token_count = usage.thoughts_tokens
+    out.cached_content_token_count = usage.cached_tokens
+    out.tool_use_prompt_token_count = usage.tool_use_prompt_tokens
+
+
+def message_to_pb(message: Message, out: pb.Message) -> None:
+    out.message_id = message_id(message.seq)
+    out.role = ROLE_TO_PB[message.role]
+    for part in message.parts:
+        part_to_pb(part, out.parts.add())
+    timestamp(message.create_time, out.create_time)
+    out.turn_id = message.turn_id
+    if message.usage is not None:
+        usage_to_pb(message.usage, out.usage)
+    if message.finish_reason is not None:
+        out.finish_reason = FINISH_TO_PB[message.finish_reason]
+    out.model = message.model
+
+
+def messages_to_pb(messages: Iterable[Message], out: Any) -> None:
+    """Appends each message to a repeated Message field."""
+    for message in messages:
+        message_to_pb(message, out.add())

@@ -1,0 +1,64 @@
+"""The one table from domain errors to gRPC status codes, with google.rpc rich details."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from server.sessions import errors
+
+DOMAIN = "chatd"
+
+CODES: dict[type[errors.ChatdError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.ABORTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.UpstreamRejected: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def code_for(exc: errors.ChatdError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in CODES:
+            return CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, exc: errors.ChatdError | None
+) -> status_pb2.Status:
+    """A google.rpc.Status carrying ErrorInfo, plus BadRequest or RetryInfo where they apply."""
+    numeric: int = code.value[0]
+    status = status_pb2.Status(code=numeric, message=message)
+    reason = exc.reason if exc is not None else code_pb2.Code.Name(numeric)
+    status.details.append(_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)))
+    if isinstance(exc, errors.InvalidArgument):
+        bad = error_details_pb2.BadRequest()
+        for v in exc.violations:
+            bad.field_violations.add(field=v.field, description=v.description)
+        status.details.append(_pack(bad))
+    if isinstance(exc, errors.ResourceExhausted) and exc.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(exc.retry_after * 1e9))
+        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status
+
+
+def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)

@@ -1,0 +1,183 @@
+"""chatd.v1.ChatService: decode the request, call the domain, encode the answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+import structlog
+
+from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import chat_service_pb2_grpc
+from server.rpc.content_codec import messages_to_pb
+from server.rpc.session_codec import session_to_pb, settings_from_pb
+from server.rpc.turn_codec import TurnRequest, event_to_pb, reply_to_pb, turn_input
+from server.sessions.errors import Unimplemented
+from server.sessions.events import TurnCompleted
+from server.sessions.model import DEFAULT_TENANT
+from server.sessions.service import ChatSessions
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _tenant(context: Context) -> str:
+    return DEFAULT_TENANT
+
+
+def _bind(request: Any) -> None:
+    """Adds the request's session id to this RPC's log line."""
+    session_id = getattr(request, "session_id", "")
+    if session_id:
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+
+
+class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
+    def __init__(self, chats: ChatSessions) -> None:
+        self._chats = chats
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: Context
+    ) -> pb.CreateSessionResponse:
+        settings = settings_from_pb(request.session)
+        session = await self._chats.create(_tenant(context), settings, request.session_id)
+        structlog.contextvars.bind_contextvars(session_id=session.session_id)
+        response = pb.CreateSessionResponse()
+        session_to_pb(session, response.session)
+        return response
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: Context
+    ) -> pb.GetSessionResponse:
+        _bind(request)
+        session = await self._chats.get(_tenant(context), request.session_id)
+        response = pb.GetSessionResponse()
+        session_to_pb(session, response.session)
+        return response
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> pb.ListSessionsResponse:
+        page = await self._chats.list(
+            _tenant(context),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            filter=request.filter,
+            order_by=request.order_by,
+        )
+        response = pb.ListSessionsResponse(next_page_token=page.next_page_token)
+        for session in page.items:
+            session_to_pb(session, response.sessions.add())
+        return response
+
+    async def DeleteSession(
+        self, request: pb.DeleteSessionRequest, context: Context
+    ) -> pb.DeleteSessionResponse:
+        _bind(request)
+        await self._chats.delete(_tenant(context), request.session_id)
+        return pb.DeleteSessionResponse()
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Context
+    ) -> pb.ListMessagesResponse:
+        _bind(request)
+        page = await self._chats.list_messages(
+            _tenant(context),
+            request.session_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        response = pb.ListMessagesResponse(next_page_token=page.next_page_token)
+        messages_to_pb(page.items, response.messages)
+        return response
+
+    def _turn(self, request: TurnRequest, context: Context) -> Any:
+        _bind(request)
+        turn = turn_input(request, context.time_remaining())
+        return self._chats.run_turn(_tenant(context), request.session_id, turn)
+
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: Context
+    ) -> pb.SendMessageResponse:
+        response = pb.SendMessageResponse()
+        async with aclosing(self._turn(request, context)) as events:
+            async for event in events:
+                if isinstance(event, TurnCompleted):
+                    reply_to_pb(event.reply, response.reply)
+        return response
+
+    async def StreamReply(
+        self, request: pb.StreamReplyRequest, context: Context
+    ) -> AsyncIterator[pb.StreamReplyResponse]:
+        sequence_number = 0
+        async with aclosing(self._turn(request, context)) as events:
+            async for event in events:
+                sequence_number += 1
+                yield event_to_pb(event, sequence_number)
+
+    # RPCs of the contract that later releases serve.
+
+    async def UpdateSession(
+        self, request: pb.UpdateSessionRequest, context: Context
+    ) -> pb.UpdateSessionResponse:
+        raise _not_live("UpdateSession")
+
+    async def ForkSession(
+        self, request: pb.ForkSessionRequest, context: Context
+    ) -> pb.ForkSessionResponse:
+        raise _not_live("ForkSession")
+
+    async def ClearHistory(
+        self, request: pb.ClearHistoryRequest, context: Context
+    ) -> pb.ClearHistoryResponse:
+        raise _not_live("ClearHistory")
+
+    async def ExportSession(
+        self, request: pb.ExportSessionRequest, context: Context
+    ) -> pb.ExportSessionResponse:
+        raise _not_live("ExportSession")
+
+    async def ImportSession(
+        self, request: pb.ImportSessionRequest, context: Context
+    ) -> pb.ImportSessionResponse:
+        raise _not_live("ImportSession")
+
+    async def AppendMessages(
+        self, request: pb.AppendMessagesRequest, context: Context
+    ) -> pb.AppendMessagesResponse:
+        raise _not_live("AppendMessages")
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: Context
+    ) -> pb.CountTokensResponse:
+        raise _not_live("CountTokens")
+
+    async def CancelReply(
+        self, request: pb.CancelReplyRequest, context: Context
+    ) -> pb.CancelReplyResponse:
+        raise _not_live("CancelReply")
+
+    async def GenerateContent(
+        self, request: pb.GenerateContentRequest, context: Context
+    ) -> pb.GenerateContentResponse:
+        raise _not_live("GenerateContent")
+
+    async def ListTools(
+        self, request: pb.ListToolsRequest, context: Context
+    ) -> pb.ListToolsResponse:
+        raise _not_live("ListTools")
+
+    async def StreamGenerateContent(
+        self, request: pb.StreamGenerateContentRequest, context: Context
+    ) -> AsyncIterator[pb.StreamGenerateContentResponse]:
+        raise _not_live("StreamGenerateContent")
+        yield  # a generator, as server-streaming handlers are
+
+
+def _not_live(name: str) -> Unimplemented:
+    return Unimplemented(
+        f"{name} is part of the chatd.v1 contract but is not live in this release; "
+        "see the README for the RPCs served today",
+        reason="RPC_NOT_LIVE",
+    )
