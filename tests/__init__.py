@@ -1,0 +1,1 @@
+"""chatd test suite."""

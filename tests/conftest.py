@@ -1,0 +1,78 @@
+"""Shared fixtures: a real chatd server on 127.0.0.1:0 and stubs connected to it over TCP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from chatd.v1 import chat_service_pb2_grpc
+from server import app, logs
+from server.config import Settings
+from server.sessions.ports import ModelProvider, SessionStore
+
+logs.configure("console", os.environ.get("CHATD_TEST_LOG_LEVEL", "warning"))
+
+
+@dataclass
+class Chatd:
+    """A running in-process server and a client connected to it."""
+
+    running: app.RunningServer
+    channel: grpc.aio.Channel
+    stub: chat_service_pb2_grpc.ChatServiceStub
+    health: health_pb2_grpc.HealthStub
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+
+StartChatd = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_chatd(tmp_path: Path) -> AsyncIterator[StartChatd]:
+    """Starts servers on demand (SQLite in tmp_path by default) and stops them all at the end."""
+    started: list[Chatd] = []
+
+    async def start(
+        *,
+        store: SessionStore | None = None,
+        provider: ModelProvider | None = None,
+        **overrides: Any,
+    ) -> Chatd:
+        options: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "database_url": f"sqlite:///{tmp_path}/chatd-{len(started)}.db",
+            "grace_period": 1.0,
+        }
+        options.update(overrides)
+        running = await app.start(Settings(**options), store=store, provider=provider)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        chatd = Chatd(
+            running,
+            channel,
+            chat_service_pb2_grpc.ChatServiceStub(channel),
+            health_pb2_grpc.HealthStub(channel),
+        )
+        started.append(chatd)
+        return chatd
+
+    yield start
+    for chatd in started:
+        await chatd.channel.close()
+        await chatd.running.stop(grace=0)
+
+
+@pytest.fixture
+async def chatd(start_chatd: StartChatd) -> Chatd:
+    """One server on SQLite with the echo provider."""
+    server: Chatd = await start_chatd()
+    return server

@@ -1,0 +1,58 @@
+"""A scripted model provider implementing the ModelProvider Protocol, for turn-engine tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from server.sessions.model import FinishReason, Part, Usage
+from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
+
+
+@dataclass
+class ScriptedProvider:
+    """Streams `deltas` (with `delay` seconds before each), records every request it gets,
+    and records whether the consumer cancelled it. `fail_after` raises `error` after that
+    many deltas."""
+
+    deltas: list[str] = field(default_factory=lambda: ["Hel", "lo", "!"])
+    delay: float = 0.0
+    error: BaseException | None = None
+    fail_after: int | None = None
+    requests: list[ModelRequest] = field(default_factory=list)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return "scripted"
+
+    @property
+    def default_model(self) -> str:
+        return "scripted-model"
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        self.requests.append(request)
+        self.started.set()
+        try:
+            for i, delta in enumerate(self.deltas):
+                if self.fail_after is not None and i == self.fail_after:
+                    assert self.error is not None
+                    raise self.error
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                yield ModelChunk(parts=(Part(text=delta),))
+            yield ModelChunk(
+                usage=Usage(prompt_tokens=3, candidates_tokens=2, total_tokens=5),
+                finish_reason=FinishReason.STOP,
+            )
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def count_tokens(self, request: ModelRequest) -> TokenCount:
+        return TokenCount(len(request.contents), estimated=True)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,55 @@
+"""Test helpers: reading rich error details and walking a session's history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from chatd.v1 import chat_service_pb2 as pb
+from server.rpc.errors import STATUS_DETAILS_KEY
+
+
+def rich_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The google.rpc details of a failed call, keyed by their message name."""
+    found: dict[str, Any] = {}
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY:
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                for cls in (
+                    error_details_pb2.ErrorInfo,
+                    error_details_pb2.BadRequest,
+                    error_details_pb2.RetryInfo,
+                ):
+                    if detail.Is(cls.DESCRIPTOR):
+                        message = cls()
+                        detail.Unpack(message)
+                        found[cls.DESCRIPTOR.name] = message
+    return found
+
+
+def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    bad = rich_details(error).get("BadRequest")
+    return [v.field for v in bad.field_violations] if bad else []
+
+
+async def all_messages(stub: Any, session_id: str, page_size: int = 1000) -> list[pb.Message]:
+    messages: list[pb.Message] = []
+    token = ""
+    while True:
+        page = await stub.ListMessages(
+            pb.ListMessagesRequest(session_id=session_id, page_size=page_size, page_token=token)
+        )
+        messages.extend(page.messages)
+        token = page.next_page_token
+        if not token:
+            return messages
+
+
+async def outcome(call: Any) -> list[Any]:
+    """Awaits a unary call or drains a streaming one; the responses as a list."""
+    if hasattr(call, "__aiter__"):
+        return [response async for response in call]
+    return [await call]

@@ -1,0 +1,33 @@
+"""Import rules import-linter cannot express: only the gemini provider touches the SDK."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SERVER = Path(__file__).resolve().parent.parent / "server"
+GEMINI = SERVER / "providers" / "gemini"
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_gemini_provider_imports_google_genai_or_its_transport() -> None:
+    offenders = [
+        str(path.relative_to(SERVER))
+        for path in SERVER.rglob("*.py")
+        if GEMINI not in path.parents
+        and any(
+            name == "google.genai" or name.startswith(("google.genai.", "httpx"))
+            for name in imported_modules(path)
+        )
+    ]
+    assert offenders == []
