@@ -75,3 +75,33 @@ async def test_grpcurl_walkthrough(chatd: Chatd) -> None:
         await grpcurl(chatd, "chatd.v1.ChatService/ListMessages", data={"session_id": session_id})
     )
     assert [m["role"] for m in history["messages"]] == ["ROLE_USER", "ROLE_MODEL"]
+
+
+def readme_walkthrough() -> str:
+    """The README's grpcurl block, exactly as a reader would paste it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = readme.split("```sh\n")[1:]
+    return next(b.split("```")[0] for b in blocks if b.startswith("G="))
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (make test installs it)")
+async def test_readme_walkthrough_runs_as_written(chatd: Chatd) -> None:
+    """Every command of the README's walkthrough succeeds against a live server."""
+    script = readme_walkthrough()
+    assert "127.0.0.1:50051" in script
+    assert GRPCURL is not None
+    script = script.replace("127.0.0.1:50051", chatd.address).replace(".venv/bin/grpcurl", GRPCURL)
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "turn 2 of this conversation" in text, "the streamed reply remembers turn 1"
+    assert '"status": "SERVING"' in text
