@@ -1,0 +1,752 @@
+"""Fake Gemini REST server (stdlib only) that google-genai talks to over real HTTP in tests.
+
+Usage::
+
+    with FakeGemini() as fake:  # or: fake_gemini_fixture wrapped in pytest.fixture
+        fake.push(Reply(text="Hello there", chunks=3, chunk_delay=0.01))
+        fake.push(HttpError(429, retry_delay="7s"), times=2)  # the next two requests fail
+        client = genai.Client(
+            api_key="k", http_options=types.HttpOptions(base_url=fake.base_url)
+        )
+        ...
+        assert fake.requests[0].api_key == "k"
+        assert fake.requests[0].texts() == ["hi"]
+        fake.wait_for_disconnect(timeout=0.5)  # a client gave up on a stream
+
+Scripts are consumed in order: per method if pushed with ``method=...``, else from a queue
+shared by generateContent and streamGenerateContent; ``Tokens`` goes to countTokens. With
+nothing queued the fake echoes the last user text (``set_default`` changes that). A script
+may also be a callable taking the ``RecordedRequest`` and returning a script.
+
+- ``Reply``: a model answer (text/parts, finish reason, usage, blocked prompt), streamed as
+  ``chunks`` slices per text part, with delays, a mid-stream error event (``error_after``)
+  or a mid-stream connection drop (``drop_after``).
+- ``HttpError``: an HTTP error with a Google-style body (RetryInfo when ``retry_delay``).
+- ``Drop``: close the connection without answering.  ``Tokens``: a countTokens answer.
+- ``Raw``: GenerateContentResponse dicts sent verbatim.
+- Part builders ``text_part``, ``thought_part``, ``call_part``; ``usage`` builds
+  usageMetadata. Requests keep their raw JSON; ``get_field`` and ``b64decode`` read it
+  whatever the key casing or base64 alphabet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import http
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+Json: TypeAlias = dict[str, Any]
+Method: TypeAlias = Literal["generateContent", "streamGenerateContent", "countTokens"]
+_T = TypeVar("_T")
+
+_log = logging.getLogger(__name__)
+
+_PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$")
+_METHODS: tuple[Method, ...] = ("generateContent", "streamGenerateContent", "countTokens")
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def b64encode(data: bytes) -> str:
+    """Encodes bytes the way the Gemini API sends them (standard alphabet, padded)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """Decodes base64 in the standard or URL-safe alphabet, padded or not."""
+    # The SDK sends URL-safe base64; the API and hand-written tests use the standard one.
+    normalized = text.replace("-", "+").replace("_", "/")
+    normalized += "=" * (-len(normalized) % 4)
+    try:
+        return base64.b64decode(normalized, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64: {text!r}") from exc
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def get_field(obj: Any, *path: str | int, default: Any = None) -> Any:
+    """Walks ``path`` through dicts/lists, matching each key in camelCase or snake_case."""
+    for key in path:
+        if isinstance(key, int):
+            if not isinstance(obj, list) or not -len(obj) <= key < len(obj):
+                return default
+            obj = obj[key]
+            continue
+        if not isinstance(obj, dict):
+            return default
+        for candidate in (key, _camel(key), _snake(key)):
+            if candidate in obj:
+                obj = obj[candidate]
+                break
+        else:
+            return default
+    return obj
+
+
+def text_part(text: str, *, signature: bytes | None = None) -> Json:
+    """A text part, optionally carrying a thought signature."""
+    return _with_signature({"text": text}, signature)
+
+
+def thought_part(text: str, *, signature: bytes | None = None) -> Json:
+    """A thought-summary part (``thought: true``)."""
+    return _with_signature({"text": text, "thought": True}, signature)
+
+
+def call_part(
+    name: str,
+    args: Json | None = None,
+    *,
+    id: str | None = None,  # mirrors the API field name
+    signature: bytes | None = None,
+) -> Json:
+    """A functionCall part with optional id and thought signature."""
+    call: Json = {"name": name, "args": args or {}}
+    if id is not None:
+        call["id"] = id
+    return _with_signature({"functionCall": call}, signature)
+
+
+def _with_signature(part: Json, signature: bytes | None) -> Json:
+    if signature is not None:
+        part["thoughtSignature"] = b64encode(signature)
+    return part
+
+
+def usage(prompt: int = 0, candidates: int = 0, thoughts: int = 0) -> Json:
+    """A usageMetadata dict; the total is the sum, as the API reports it."""
+    meta: Json = {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt + candidates + thoughts,
+    }
+    if thoughts:
+        meta["thoughtsTokenCount"] = thoughts
+    return meta
+
+
+def _split_text(text: str, pieces: int) -> list[str]:
+    count = max(1, min(pieces, len(text)))
+    size, extra = divmod(len(text), count)
+    out: list[str] = []
+    start = 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+# --------------------------------------------------------------------------- scripts
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """An HTTP error reply with a Google-style ``{"error": {...}}`` body."""
+
+    code: int
+    message: str = "fake error"
+    status: str | None = None  # defaults to the canonical name for ``code``
+    retry_delay: str | None = None  # e.g. "7s": adds a google.rpc.RetryInfo detail
+    details: Sequence[Json] = ()
+    delay: float = 0.0  # seconds before the response headers
+
+    def body(self) -> Json:
+        details = list(self.details)
+        if self.retry_delay is not None:
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": self.retry_delay,
+                }
+            )
+        error: Json = {
+            "code": self.code,
+            "message": self.message,
+            "status": self.status or _STATUS_NAMES.get(self.code, "UNKNOWN"),
+        }
+        if details:
+            error["details"] = details
+        return {"error": error}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A model answer; ``chunks``, ``chunk_delay``, ``error_after``, ``drop_after`` only
+    affect streaming (generateContent always gets the whole answer at once)."""
+
+    text: str | None = None  # shorthand for a leading text_part(text)
+    parts: Sequence[Json] = ()
+    finish_reason: str | None = "STOP"
+    usage: Json | None = None
+    block_reason: str | None = None  # blocked prompt: no candidates, promptFeedback only
+    chunks: int = 1  # each text part is streamed as this many slices
+    delay: float = 0.0  # seconds before the response headers
+    chunk_delay: float = 0.0  # seconds before each SSE event after the first
+    error_after: int | None = None  # send `data: {"error": ...}` after this many events
+    error: HttpError = HttpError(500, "fake mid-stream error")
+    drop_after: int | None = None  # close the socket after this many events (if no error_after)
+
+    def all_parts(self) -> list[Json]:
+        leading = [text_part(self.text)] if self.text is not None else []
+        return leading + [dict(part) for part in self.parts]
+
+    def response(self, model: str) -> Json:
+        """The whole answer as one GenerateContentResponse."""
+        if self.block_reason is not None:
+            return self._envelope(model, None, final=True)
+        return self._envelope(model, self._candidate(self.all_parts(), final=True), final=True)
+
+    def events(self, model: str) -> list[Json]:
+        """The answer as streamed GenerateContentResponse chunks (finish/usage on the last)."""
+        if self.block_reason is not None:
+            return [self.response(model)]
+        pieces: list[Json] = []
+        for part in self.all_parts():
+            if "text" not in part or self.chunks <= 1:
+                pieces.append(part)
+                continue
+            slices = _split_text(part["text"], self.chunks)
+            for index, piece in enumerate(slices):
+                sliced = {**part, "text": piece}
+                # The signature belongs to the part as a whole: send it once, at its end.
+                if index < len(slices) - 1:
+                    sliced.pop("thoughtSignature", None)
+                pieces.append(sliced)
+        groups: list[list[Json]] = [[piece] for piece in pieces] or [[]]
+        last = len(groups) - 1
+        return [
+            self._envelope(model, self._candidate(group, final=i == last), final=i == last)
+            for i, group in enumerate(groups)
+        ]
+
+    def _candidate(self, parts: list[Json], *, final: bool) -> Json:
+        candidate: Json = {"index": 0}
+        if parts:
+            candidate["content"] = {"role": "model", "parts": parts}
+        if final and self.finish_reason is not None:
+            candidate["finishReason"] = self.finish_reason
+        return candidate
+
+    def _envelope(self, model: str, candidate: Json | None, *, final: bool) -> Json:
+        response: Json = {"modelVersion": model}
+        if candidate is not None:
+            response["candidates"] = [candidate]
+        else:
+            response["promptFeedback"] = {"blockReason": self.block_reason}
+        if final and self.usage is not None:
+            response["usageMetadata"] = self.usage
+        return response
+
+
+@dataclass(frozen=True)
+class Raw:
+    """GenerateContentResponse dicts sent verbatim: each as one SSE event when streaming;
+    generateContent gets the first one."""
+
+    responses: Sequence[Json]
+    chunk_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Close the connection after reading the request, without sending a byte."""
+
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A countTokens answer."""
+
+    total: int
+
+
+Script: TypeAlias = Reply | Raw | HttpError | Drop | Tokens
+ScriptSource: TypeAlias = Script | Callable[["RecordedRequest"], Script]
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTP request as the fake received it."""
+
+    method: str  # generateContent, streamGenerateContent, countTokens ("" if unrouted)
+    model: str
+    path: str  # the request target, query string included
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON (None if the body was not JSON)
+    raw_body: bytes
+    time: float  # time.monotonic() when the request was read
+
+    @property
+    def api_key(self) -> str | None:
+        return self.headers.get("x-goog-api-key")
+
+    @property
+    def contents(self) -> list[Json]:
+        contents = get_field(self.body, "contents", default=[])
+        return contents if isinstance(contents, list) else []
+
+    def field(self, *path: str | int, default: Any = None) -> Any:
+        """``get_field`` on the body, e.g. ``req.field("generationConfig", "temperature")``."""
+        return get_field(self.body, *path, default=default)
+
+    def texts(self, role: str | None = "user") -> list[str]:
+        """Text of every text part in ``contents`` whose role is ``role`` (None: any)."""
+        return [
+            part["text"]
+            for content in self.contents
+            if role is None or content.get("role") == role
+            for part in content.get("parts", [])
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        ]
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """A client that closed its connection before the response was complete."""
+
+    request: RecordedRequest
+    events_sent: int  # SSE events written before the client went away
+    time: float  # time.monotonic() when the fake noticed
+
+
+def echo_default(request: RecordedRequest) -> Script:
+    """Default script: countTokens counts words, generation echoes the last user text."""
+    if request.method == "countTokens":
+        return Tokens(sum(len(text.split()) for text in request.texts(role=None)))
+    texts = request.texts()
+    return Reply(text=f"echo: {texts[-1] if texts else ''}")
+
+
+# --------------------------------------------------------------------------- script queues
+
+
+class _ScriptQueues:
+    """Thread-safe FIFO queues of scripts, one per method plus one shared by generation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str | None, deque[ScriptSource]] = {}
+        self.default: Callable[[RecordedRequest], Script] = echo_default
+
+    def push(self, script: ScriptSource, times: int, method: Method | None) -> None:
+        if method is None and isinstance(script, Tokens):
+            method = "countTokens"
+        if method is not None and method not in _METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        with self._lock:
+            self._queues.setdefault(method, deque()).extend([script] * times)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queues.clear()
+
+    def take(self, request: RecordedRequest) -> Script:
+        keys: list[str | None] = [request.method]
+        if request.method != "countTokens":
+            keys.append(None)  # the shared generation queue
+        with self._lock:
+            source = next(
+                (queue.popleft() for key in keys if (queue := self._queues.get(key))), None
+            )
+        if source is None:
+            return self.default(request)
+        return source(request) if callable(source) else source
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while the fake was still answering."""
+
+
+class _Connection:
+    """One HTTP/1.1 keep-alive connection: reads requests, writes responses."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.reusable = True
+        self.events_sent = 0  # SSE events written for the response in progress
+        self._eof: asyncio.Task[None] | None = None
+
+    async def read_request(self) -> tuple[str, str, dict[str, str], bytes] | None:
+        """Returns (verb, target, headers, body), or None when the client is done."""
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            return None
+        request_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+        verb, target, _version = request_line.split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        # httpx sends a Content-Length for the SDK's JSON bodies; chunked uploads never occur.
+        length = int(headers.get("content-length", "0"))
+        try:
+            body = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        if headers.get("connection", "").lower() == "close":
+            self.reusable = False
+        return verb, target, headers, body
+
+    def watch_for_eof(self) -> None:
+        """Starts noticing a client hang-up while the response is in progress."""
+        self.events_sent = 0
+        self._eof = asyncio.ensure_future(self._read_until_eof())
+
+    async def _read_until_eof(self) -> None:
+        # Reading is the only prompt way to see a FIN: writes to a closed peer can still
+        # succeed into the kernel buffer. httpx never pipelines, so bytes here are unexpected.
+        while True:
+            try:
+                data = await self.reader.read(65536)
+            except (ConnectionError, OSError):
+                return
+            if not data:
+                return
+            self.reusable = False  # we swallowed bytes of a pipelined request
+
+    async def stop_watching(self) -> None:
+        if self._eof is None:
+            return
+        if self._eof.done():
+            self.reusable = False
+        self._eof.cancel()
+        # Wait for the cancellation to land: a StreamReader allows only one pending read.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._eof
+        self._eof = None
+
+    async def pause(self, seconds: float) -> None:
+        """Sleeps, raising _ClientGone as soon as the client hangs up."""
+        if self._eof is None:
+            await asyncio.sleep(seconds)
+            return
+        done, _ = await asyncio.wait({self._eof}, timeout=max(seconds, 0.0))
+        if done:
+            raise _ClientGone
+
+    async def write(self, data: bytes) -> None:
+        if self._eof is not None and self._eof.done():
+            raise _ClientGone
+        try:
+            self.writer.write(data)
+            await self.writer.drain()  # flush now so each SSE event arrives live
+        except (ConnectionError, OSError) as exc:
+            raise _ClientGone from exc
+
+    async def send_json(self, code: int, body: Json) -> None:
+        payload = json.dumps(body).encode()
+        head = _status_line(code) + (
+            "Content-Type: application/json; charset=UTF-8\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        await self.write(head.encode() + payload)
+
+    async def start_sse(self) -> None:
+        # Chunked encoding keeps the connection reusable and lets httpx see each event as
+        # it is written; a missing terminating chunk is how a mid-stream drop looks.
+        head = _status_line(200) + (
+            "Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await self.write(head.encode())
+
+    async def send_event(self, body: Json) -> None:
+        # Exactly what the SDK's parser accepts: `data: ` + JSON, then a blank line.
+        event = b"data: " + json.dumps(body).encode() + b"\r\n\r\n"
+        await self.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        self.events_sent += 1
+
+    async def end_sse(self) -> None:
+        await self.write(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        if self._eof is not None:
+            self._eof.cancel()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+def _status_line(code: int) -> str:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"HTTP/1.1 {code} {phrase}\r\n"
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class FakeGemini:
+    """A fake Gemini REST endpoint served from its own thread and event loop."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._host = host
+        self._port = 0
+        self._scripts = _ScriptQueues()
+        self._cond = threading.Condition()
+        self._requests: list[RecordedRequest] = []
+        self._disconnects: list[Disconnect] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._startup_error: BaseException | None = None
+
+    # ---- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``, for ``types.HttpOptions(base_url=...)``."""
+        if not self._port:
+            raise RuntimeError("FakeGemini is not started")
+        return f"http://{self._host}:{self._port}"
+
+    def start(self) -> FakeGemini:
+        """Binds a free port and starts serving in a daemon thread."""
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="fake-gemini", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(10) or self._startup_error is not None:
+            raise RuntimeError("FakeGemini failed to start") from self._startup_error
+        return self
+
+    def stop(self) -> None:
+        """Closes every connection and stops the server thread."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> FakeGemini:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ---- scripting
+
+    def push(self, script: ScriptSource, *, times: int = 1, method: Method | None = None) -> None:
+        """Queues ``script`` for the next ``times`` requests (of ``method``, if given)."""
+        self._scripts.push(script, times, method)
+
+    def set_default(self, default: Callable[[RecordedRequest], Script] | None) -> None:
+        """Sets what answers when no script is queued (None restores the echo default)."""
+        self._scripts.default = default or echo_default
+
+    def reset(self) -> None:
+        """Forgets queued scripts, recorded requests and disconnects."""
+        self._scripts.clear()
+        with self._cond:
+            self._requests.clear()
+            self._disconnects.clear()
+
+    # ---- observation
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of the requests received so far, oldest first."""
+        with self._cond:
+            return list(self._requests)
+
+    @property
+    def disconnects(self) -> list[Disconnect]:
+        """A snapshot of the client hang-ups seen during unfinished responses."""
+        with self._cond:
+            return list(self._disconnects)
+
+    def wait_for_request(self, count: int = 1, timeout: float = 1.0) -> RecordedRequest:
+        """Blocks until ``count`` requests have arrived; returns the ``count``-th."""
+        return self._wait(self._requests, count, timeout, "requests")
+
+    def wait_for_disconnect(self, count: int = 1, timeout: float = 1.0) -> Disconnect:
+        """Blocks until ``count`` disconnects were seen; returns the ``count``-th."""
+        return self._wait(self._disconnects, count, timeout, "disconnects")
+
+    # The wait runs in a worker thread, where asyncio.timeout could not interrupt it.
+    async def await_disconnect(self, count: int = 1, timeout: float = 1.0) -> Disconnect:
+        """``wait_for_disconnect`` without blocking the caller's event loop."""
+        return await asyncio.to_thread(self.wait_for_disconnect, count, timeout)
+
+    def _wait(self, items: list[_T], count: int, timeout: float, what: str) -> _T:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(items) >= count, timeout):
+                raise TimeoutError(f"saw {len(items)} {what} in {timeout}s, wanted {count}")
+            return items[count - 1]
+
+    def _record(self, items: list[_T], item: _T) -> None:
+        with self._cond:
+            items.append(item)
+            self._cond.notify_all()
+
+    # ---- server thread
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            server = loop.run_until_complete(asyncio.start_server(self._on_connect, self._host, 0))
+            self._port = server.sockets[0].getsockname()[1]
+        except BaseException as exc:
+            self._startup_error = exc
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._shutdown(server))
+            loop.close()
+
+    async def _shutdown(self, server: asyncio.Server) -> None:
+        server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        conn = _Connection(reader, writer)
+        try:
+            while conn.reusable and (parsed := await conn.read_request()) is not None:
+                await self._answer(conn, *parsed)
+        except (_ClientGone, asyncio.CancelledError):
+            # Cancellation comes from stop(); re-raising it would make asyncio's start_server
+            # callback log every open connection as an error.
+            pass
+        except Exception:
+            # Surface bugs in the fake itself; the client just sees a dropped connection.
+            _log.exception("fake gemini: unexpected error")
+        finally:
+            conn.close()
+            self._tasks.discard(task)
+
+    async def _answer(
+        self, conn: _Connection, verb: str, target: str, headers: dict[str, str], raw: bytes
+    ) -> None:
+        match = _PATH.match(urlsplit(target).path)
+        method, model = (match["method"], match["model"]) if match else ("", "")
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        request = RecordedRequest(method, model, target, headers, body, raw, time.monotonic())
+        self._record(self._requests, request)
+
+        if verb != "POST" or method not in _METHODS:
+            await conn.send_json(404, HttpError(404, f"fake: no route {verb} {target}").body())
+            return
+
+        script = self._scripts.take(request)
+        conn.watch_for_eof()
+        try:
+            await self._play(conn, request, script)
+        except _ClientGone:
+            self._record(self._disconnects, Disconnect(request, conn.events_sent, time.monotonic()))
+            raise
+        finally:
+            await conn.stop_watching()
+
+    async def _play(self, conn: _Connection, request: RecordedRequest, script: Script) -> None:
+        match script:
+            case Drop(delay=delay):
+                await conn.pause(delay)
+                conn.reusable = False
+            case HttpError(delay=delay):
+                await conn.pause(delay)
+                await conn.send_json(script.code, script.body())
+            case Tokens(total=total) if request.method == "countTokens":
+                await conn.send_json(200, {"totalTokens": total})
+            case Reply() | Raw() if request.method == "streamGenerateContent":
+                await self._stream(conn, request, script)
+            case Reply(delay=delay) if request.method == "generateContent":
+                await conn.pause(delay)
+                await conn.send_json(200, script.response(request.model))
+            case Raw(responses=responses) if request.method == "generateContent":
+                await conn.send_json(200, responses[0])
+            case _:
+                message = f"fake: {type(script).__name__} cannot answer {request.method}"
+                await conn.send_json(500, HttpError(500, message).body())
+
+    async def _stream(
+        self, conn: _Connection, request: RecordedRequest, script: Reply | Raw
+    ) -> None:
+        if isinstance(script, Raw):
+            events, delay, error_after, drop_after = list(script.responses), 0.0, None, None
+        else:
+            events, delay = script.events(request.model), script.delay
+            error_after, drop_after = script.error_after, script.drop_after
+        cut = error_after if error_after is not None else drop_after
+        await conn.pause(delay)
+        await conn.start_sse()
+        for index, event in enumerate(events[:cut]):
+            if index:
+                await conn.pause(script.chunk_delay)
+            await conn.send_event(event)
+        if isinstance(script, Reply) and error_after is not None:
+            if conn.events_sent:
+                await conn.pause(script.chunk_delay)
+            await conn.send_event(script.error.body())
+        elif drop_after is not None:
+            conn.reusable = False  # closing now leaves the chunked body unterminated
+            return
+        await conn.end_sse()
+
+
+def fake_gemini_fixture() -> Iterator[FakeGemini]:
+    """Generator for a pytest fixture: ``fake_gemini = pytest.fixture(fake_gemini_fixture)``."""
+    with FakeGemini() as fake:
+        yield fake
