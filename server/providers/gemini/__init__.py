@@ -1,0 +1,118 @@
+"""The gemini provider: Gemini through google-genai's async client, chatd owning history and tools.
+
+Only this package imports google.genai.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx2
+import pydantic
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from server.providers.gemini.convert import to_chunk, to_config, to_contents
+from server.providers.gemini.upstream import map_api_error, map_transport_error
+from server.sessions import errors
+from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
+
+# Retried by the SDK before the first byte of a response; never in the middle of a stream.
+RETRIED_STATUSES = [408, 429, 500, 502, 503, 504]
+DEFAULT_MODEL = "gemini-2.5-flash"
+
+
+@dataclass(frozen=True, slots=True)
+class GeminiSettings:
+    api_key: str | None = None
+    vertexai: bool = False
+    project: str | None = None
+    location: str | None = None
+    base_url: str | None = None
+    default_model: str = DEFAULT_MODEL
+    timeout: float = 120.0
+    retry_attempts: int = 3
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 8.0
+    # The SDK's default jitter adds up to a whole second to every retry.
+    retry_jitter: float = 0.25
+
+
+class GeminiProvider:
+    """Gemini through the SDK's async client, on a pinned httpx2 transport owned by chatd."""
+
+    def __init__(self, settings: GeminiSettings) -> None:
+        self._settings = settings
+        # Passing our own client pins the transport: the SDK would otherwise switch to
+        # aiohttp whenever it happens to be importable.
+        self._http = httpx2.AsyncClient(timeout=settings.timeout)
+        retry = types.HttpRetryOptions(
+            attempts=settings.retry_attempts,
+            initial_delay=settings.retry_initial_delay,
+            max_delay=settings.retry_max_delay,
+            jitter=settings.retry_jitter,
+            http_status_codes=RETRIED_STATUSES,
+        )
+        http_options = types.HttpOptions(
+            base_url=settings.base_url,
+            timeout=round(settings.timeout * 1000),
+            retry_options=retry,
+            httpx_async_client=self._http,
+        )
+        self._client = genai.Client(
+            api_key=None if settings.vertexai else settings.api_key,
+            vertexai=settings.vertexai or None,
+            project=settings.project,
+            location=settings.location,
+            http_options=http_options,
+        )
+
+    @property
+    def name(self) -> str:
+        return "gemini"
+
+    @property
+    def default_model(self) -> str:
+        return self._settings.default_model
+
+    def _config(self, request: ModelRequest) -> types.GenerateContentConfig:
+        try:
+            return to_config(request, self._settings.timeout)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            raise errors.UpstreamRejected(
+                f"the Gemini SDK refused the session's settings ({where}: {first.get('msg')})",
+                reason="INVALID_MODEL_SETTINGS",
+            ) from exc
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        config = self._config(request)
+        try:
+            responses = await self._client.aio.models.generate_content_stream(
+                model=request.model, contents=to_contents(request.contents), config=config
+            )
+            async for response in responses:
+                yield to_chunk(response)
+        except genai_errors.APIError as exc:
+            raise map_api_error(exc, request.model) from exc
+        except httpx2.TransportError as exc:
+            raise map_transport_error(exc) from exc
+
+    async def count_tokens(self, request: ModelRequest) -> TokenCount:
+        """The model's own count of `contents` (the Gemini API counts nothing else)."""
+        try:
+            result = await self._client.aio.models.count_tokens(
+                model=request.model, contents=to_contents(request.contents)
+            )
+        except genai_errors.APIError as exc:
+            raise map_api_error(exc, request.model) from exc
+        except httpx2.TransportError as exc:
+            raise map_transport_error(exc) from exc
+        return TokenCount(result.total_tokens or 0, estimated=False)
+
+    async def close(self) -> None:
+        await self._client.aio.aclose()
+        await self._http.aclose()
