@@ -26,19 +26,46 @@ SERVICE_NAME = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_
 
 
 def build_provider(settings: Settings) -> ModelProvider:
-    """Chooses the model provider; `auto` is echo until a Gemini provider is available."""
-    if settings.provider == "gemini":
-        raise SystemExit("CHATD_PROVIDER=gemini: the gemini provider is not in this release")
-    provider = EchoProvider(
-        default_model=settings.default_model or "echo", delay=settings.echo_delay_ms / 1000
+    """The configured provider; `auto` is gemini when credentials exist, echo otherwise."""
+    if settings.provider == "gemini" or (
+        settings.provider == "auto" and settings.gemini_configured
+    ):
+        # Imported here so that echo-only deployments never load the SDK.
+        from server.providers.gemini import DEFAULT_MODEL, GeminiProvider, GeminiSettings
+
+        backend = "Vertex AI" if settings.gemini_vertexai else "the Gemini API"
+        log.info(
+            "provider selected",
+            provider="gemini",
+            why=f"CHATD_PROVIDER={settings.provider} and credentials for {backend} are set",
+            base_url=settings.gemini_base_url or "default",
+        )
+        return GeminiProvider(
+            GeminiSettings(
+                api_key=settings.gemini_api_key or None,
+                vertexai=settings.gemini_vertexai,
+                project=settings.gemini_project or None,
+                location=settings.gemini_location or None,
+                base_url=settings.gemini_base_url or None,
+                default_model=settings.default_model or DEFAULT_MODEL,
+                timeout=settings.gemini_timeout,
+                retry_attempts=settings.gemini_retry_attempts,
+            )
+        )
+    why = (
+        "CHATD_PROVIDER=echo"
+        if settings.provider == "echo"
+        else "CHATD_PROVIDER=auto and no GEMINI_API_KEY, GOOGLE_API_KEY or Vertex AI project"
     )
     log.warning(
         "provider selected",
         provider="echo",
-        why=f"CHATD_PROVIDER={settings.provider}",
+        why=why,
         notice=f"replies repeat your message {NOTICE}",
     )
-    return provider
+    return EchoProvider(
+        default_model=settings.default_model or "echo", delay=settings.echo_delay_ms / 1000
+    )
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PROVIDERS = ("auto", "echo", "gemini")
 LOG_FORMATS = ("auto", "json", "console")
@@ -30,26 +30,74 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     max_message_bytes: int = 8 * 1024 * 1024
+    # Gemini: an API key, or Vertex AI with a project (and location).
+    gemini_api_key: str = field(default="", repr=False)
+    gemini_vertexai: bool = False
+    gemini_project: str = ""
+    gemini_location: str = ""
+    gemini_base_url: str = ""
+    gemini_timeout: float = 120.0
+    gemini_retry_attempts: int = 3
+
+    @property
+    def gemini_configured(self) -> bool:
+        """Credentials for the Gemini API or Vertex AI are present."""
+        return bool(self.gemini_api_key) or (self.gemini_vertexai and bool(self.gemini_project))
 
 
-# (field, flag, environment variable, help)
-_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
-    ("listen", "--listen", "CHATD_LISTEN", "host:port to serve gRPC on (port 0 picks one)"),
-    ("database_url", "--database-url", "CHATD_DATABASE_URL", "sqlite:///path.db or memory://"),
-    ("provider", "--provider", "CHATD_PROVIDER", "auto | echo | gemini"),
-    ("default_model", "--default-model", "CHATD_DEFAULT_MODEL", "model for sessions without one"),
-    ("grace_period", "--grace-period", "CHATD_GRACE_PERIOD", "seconds running RPCs get at stop"),
-    ("cache_max_bytes", "--cache-max-bytes", "CHATD_CACHE_MAX_BYTES", "session cache cap (0=off)"),
-    ("sqlite_synchronous", "--sqlite-synchronous", "CHATD_SQLITE_SYNCHRONOUS", "FULL | NORMAL"),
-    ("echo_delay_ms", "--echo-delay-ms", "CHATD_ECHO_DELAY_MS", "echo provider delay per delta"),
-    ("log_format", "--log-format", "CHATD_LOG_FORMAT", "auto (JSON unless a TTY) | json | console"),
-    ("log_level", "--log-level", "CHATD_LOG_LEVEL", "debug | info | warning | error"),
-    ("max_message_bytes", "--max-message-bytes", "CHATD_MAX_MESSAGE_BYTES", "largest request"),
+# (field, flag, environment variables (the first one set wins), help)
+_OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
+    ("listen", "--listen", ("CHATD_LISTEN",), "host:port to serve gRPC on (port 0 picks one)"),
+    ("database_url", "--database-url", ("CHATD_DATABASE_URL",), "sqlite:///path.db or memory://"),
+    ("provider", "--provider", ("CHATD_PROVIDER",), "auto | echo | gemini"),
+    (
+        "default_model",
+        "--default-model",
+        ("CHATD_DEFAULT_MODEL",),
+        "model for sessions without one",
+    ),
+    ("grace_period", "--grace-period", ("CHATD_GRACE_PERIOD",), "seconds RPCs get at stop"),
+    ("cache_max_bytes", "--cache-max-bytes", ("CHATD_CACHE_MAX_BYTES",), "cache cap (0=off)"),
+    ("sqlite_synchronous", "--sqlite-synchronous", ("CHATD_SQLITE_SYNCHRONOUS",), "FULL | NORMAL"),
+    ("echo_delay_ms", "--echo-delay-ms", ("CHATD_ECHO_DELAY_MS",), "echo delay per delta"),
+    (
+        "log_format",
+        "--log-format",
+        ("CHATD_LOG_FORMAT",),
+        "auto (JSON unless a TTY) | json | console",
+    ),
+    ("log_level", "--log-level", ("CHATD_LOG_LEVEL",), "debug | info | warning | error"),
+    ("max_message_bytes", "--max-message-bytes", ("CHATD_MAX_MESSAGE_BYTES",), "largest request"),
+    # Credentials come from the environment only, never from flags visible in `ps`.
+    ("gemini_api_key", None, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ""),
+    ("gemini_vertexai", None, ("GOOGLE_GENAI_USE_VERTEXAI",), ""),
+    ("gemini_project", None, ("GOOGLE_CLOUD_PROJECT",), ""),
+    ("gemini_location", None, ("GOOGLE_CLOUD_LOCATION",), ""),
+    (
+        "gemini_base_url",
+        "--gemini-base-url",
+        ("CHATD_GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"),
+        "Gemini API base URL",
+    ),
+    ("gemini_timeout", "--gemini-timeout", ("CHATD_GEMINI_TIMEOUT",), "seconds per model call"),
+    (
+        "gemini_retry_attempts",
+        "--gemini-retry-attempts",
+        ("CHATD_GEMINI_RETRY_ATTEMPTS",),
+        "tries per model call, first included",
+    ),
 )
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 def _convert(name: str, raw: str, source: str) -> object:
     kind = type(getattr(Settings(), name))
+    if kind is bool:
+        if raw.strip().lower() not in _TRUE + _FALSE:
+            raise SettingsError(f"{source}={raw!r}: expected true or false")
+        return raw.strip().lower() in _TRUE
     try:
         return kind(raw)
     except ValueError:
@@ -59,15 +107,18 @@ def _convert(name: str, raw: str, source: str) -> object:
 def load(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
     """Flags win over environment variables, which win over defaults."""
     parser = argparse.ArgumentParser(prog="chatd serve", description="Run the chatd gRPC server.")
-    for name, flag, env, help_ in _OPTIONS:
-        parser.add_argument(flag, dest=name, default=None, help=f"{help_} [env {env}]")
+    for name, flag, envs, help_ in _OPTIONS:
+        if flag is not None:
+            parser.add_argument(flag, dest=name, default=None, help=f"{help_} [env {envs[0]}]")
     args = parser.parse_args(list(argv))
     values: dict[str, object] = {}
-    for name, flag, env, _ in _OPTIONS:
-        raw = getattr(args, name)
-        source = flag
-        if raw is None and env in environ:
-            raw, source = environ[env], env
+    for name, flag, envs, _ in _OPTIONS:
+        raw = getattr(args, name, None)
+        source = flag or ""
+        if raw is None:
+            env = next((e for e in envs if environ.get(e)), None)
+            if env is not None:
+                raw, source = environ[env], env
         if raw is not None:
             values[name] = _convert(name, raw, source)
     settings = Settings(**values)  # type: ignore[arg-type]
@@ -92,5 +143,14 @@ def validate(settings: Settings) -> None:
     for name in ("grace_period", "cache_max_bytes", "echo_delay_ms"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{name} must not be negative")
+    if settings.gemini_timeout <= 0:
+        raise SettingsError("CHATD_GEMINI_TIMEOUT must be positive")
+    if not 1 <= settings.gemini_retry_attempts <= 10:
+        raise SettingsError("CHATD_GEMINI_RETRY_ATTEMPTS must be between 1 and 10")
+    if settings.provider == "gemini" and not settings.gemini_configured:
+        raise SettingsError(
+            "CHATD_PROVIDER=gemini needs GEMINI_API_KEY (or GOOGLE_API_KEY), or "
+            "GOOGLE_GENAI_USE_VERTEXAI=true with GOOGLE_CLOUD_PROJECT"
+        )
     if settings.max_message_bytes < 1024:
         raise SettingsError("CHATD_MAX_MESSAGE_BYTES must be at least 1024")

@@ -15,7 +15,9 @@ from grpc_health.v1 import health_pb2_grpc
 from chatd.v1 import chat_service_pb2_grpc
 from server import app, logs
 from server.config import Settings
+from server.providers.gemini import GeminiProvider, GeminiSettings
 from server.sessions.ports import ModelProvider, SessionStore
+from tests.fake_gemini import FakeGemini, fake_gemini_fixture
 
 logs.configure("console", os.environ.get("CHATD_TEST_LOG_LEVEL", "warning"))
 
@@ -75,4 +77,28 @@ async def start_chatd(tmp_path: Path) -> AsyncIterator[StartChatd]:
 async def chatd(start_chatd: StartChatd) -> Chatd:
     """One server on SQLite with the echo provider."""
     server: Chatd = await start_chatd()
+    return server
+
+
+fake_gemini = pytest.fixture(fake_gemini_fixture)
+
+
+def fast_gemini(fake: FakeGemini, **overrides: Any) -> GeminiProvider:
+    """The gemini provider pointed at the fake, with retries fast enough for tests."""
+    options: dict[str, Any] = {
+        "api_key": "test-key",
+        "base_url": fake.base_url,
+        "retry_initial_delay": 0.01,
+        "retry_max_delay": 0.02,
+        "retry_jitter": 0.0,
+        "timeout": 5.0,
+    }
+    options.update(overrides)
+    return GeminiProvider(GeminiSettings(**options))
+
+
+@pytest.fixture
+async def gemini_chatd(start_chatd: StartChatd, fake_gemini: FakeGemini) -> Chatd:
+    """A server whose model is the fake Gemini, reached through the real SDK over HTTP."""
+    server: Chatd = await start_chatd(provider=fast_gemini(fake_gemini))
     return server

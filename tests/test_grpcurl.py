@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Chatd
+from tests.fake_gemini import FakeGemini
+from tests.process import ChatdProcess
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -84,13 +86,12 @@ def readme_walkthrough() -> str:
     return next(b.split("```")[0] for b in blocks if b.startswith("G="))
 
 
-@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (make test installs it)")
-async def test_readme_walkthrough_runs_as_written(chatd: Chatd) -> None:
-    """Every command of the README's walkthrough succeeds against a live server."""
+async def run_walkthrough(address: str) -> str:
+    """Runs the README's block against `address`; its output."""
+    assert GRPCURL is not None
     script = readme_walkthrough()
     assert "127.0.0.1:50051" in script
-    assert GRPCURL is not None
-    script = script.replace("127.0.0.1:50051", chatd.address).replace(".venv/bin/grpcurl", GRPCURL)
+    script = script.replace("127.0.0.1:50051", address).replace(".venv/bin/grpcurl", GRPCURL)
     proc = await asyncio.create_subprocess_exec(
         "bash",
         "-euo",
@@ -102,6 +103,38 @@ async def test_readme_walkthrough_runs_as_written(chatd: Chatd) -> None:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
-    text = out.decode()
+    return out.decode()
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (make test installs it)")
+async def test_readme_walkthrough_runs_as_written(chatd: Chatd) -> None:
+    """Every command of the README's walkthrough succeeds against a live server."""
+    text = await run_walkthrough(chatd.address)
     assert "turn 2 of this conversation" in text, "the streamed reply remembers turn 1"
     assert '"status": "SERVING"' in text
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (make test installs it)")
+async def test_readme_walkthrough_on_the_gemini_provider(
+    tmp_path: Path, fake_gemini: FakeGemini
+) -> None:
+    """CHATD_PROVIDER=gemini, configured only by environment, serves the same walkthrough."""
+    server = ChatdProcess(
+        "--database-url",
+        f"sqlite:///{tmp_path}/chatd.db",
+        env={
+            "CHATD_PROVIDER": "gemini",
+            "GEMINI_API_KEY": "walkthrough-key",
+            "CHATD_GEMINI_BASE_URL": fake_gemini.base_url,
+        },
+    )
+    await server.start()
+    try:
+        text = await run_walkthrough(server.address)
+    finally:
+        await server.kill()
+    assert "echo: Stream this reply" in text, "the fake Gemini answered through the SDK"
+    sent = fake_gemini.requests
+    assert [r.api_key for r in sent] == ["walkthrough-key"] * 2
+    assert sent[-1].texts("user") == ["Hello, chatd!", "Stream this reply"]
+    assert any(e.get("provider") == "gemini" for e in server.log)

@@ -120,3 +120,23 @@ def messages_to_pb(messages: Iterable[Message], out: Any) -> None:
     """Appends each message to a repeated Message field."""
     for message in messages:
         message_to_pb(message, out.add())
+
+
+def contents_from_pb(contents: Sequence[pb.Content], field: str) -> tuple[Message, ...]:
+    """Caller-supplied history: each content needs a role and at least one part."""
+    messages = []
+    for i, content in enumerate(contents):
+        where = f"{field}[{i}]"
+        role = ROLE_FROM_PB.get(content.role)
+        if role is None:
+            raise InvalidArgument(f"{where}.role", "must be ROLE_USER or ROLE_MODEL")
+        if not content.parts:
+            raise InvalidArgument(f"{where}.parts", "must hold at least one part")
+        messages.append(Message(role, parts_from_pb(content.parts, f"{where}.parts")))
+    return tuple(messages)
+
+
+def content_to_pb(message: Message, out: pb.Content) -> None:
+    out.role = ROLE_TO_PB[message.role]
+    for part in message.parts:
+        part_to_pb(part, out.parts.add())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -11,13 +11,15 @@ import structlog
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import chat_service_pb2_grpc
-from server.rpc.content_codec import messages_to_pb
+from server.rpc.content_codec import contents_from_pb, messages_to_pb, parts_from_pb
+from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
 from server.rpc.session_codec import session_to_pb, settings_from_pb
 from server.rpc.turn_codec import TurnRequest, event_to_pb, reply_to_pb, turn_input
-from server.sessions.errors import Unimplemented
-from server.sessions.events import TurnCompleted
-from server.sessions.model import DEFAULT_TENANT
+from server.sessions.errors import InvalidArgument, Unimplemented
+from server.sessions.events import TurnCompleted, TurnEvent
+from server.sessions.model import DEFAULT_TENANT, Part
 from server.sessions.service import ChatSessions
+from server.sessions.stateless import GenerationDone
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -92,7 +94,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         messages_to_pb(page.items, response.messages)
         return response
 
-    def _turn(self, request: TurnRequest, context: Context) -> Any:
+    def _turn(self, request: TurnRequest, context: Context) -> AsyncGenerator[TurnEvent, None]:
         _bind(request)
         turn = turn_input(request, context.time_remaining())
         return self._chats.run_turn(_tenant(context), request.session_id, turn)
@@ -115,6 +117,45 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             async for event in events:
                 sequence_number += 1
                 yield event_to_pb(event, sequence_number)
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: Context
+    ) -> pb.CountTokensResponse:
+        _bind(request)
+        if request.text and request.parts:
+            raise InvalidArgument("parts", "set either text or parts, not both")
+        candidate = (
+            (Part(text=request.text),) if request.text else parts_from_pb(request.parts, "parts")
+        )
+        count = await self._chats.count_tokens(
+            _tenant(context),
+            request.session_id,
+            candidate=candidate,
+            contents=contents_from_pb(request.contents, "contents"),
+            model=request.model,
+        )
+        return pb.CountTokensResponse(total_tokens=count.total_tokens, estimated=count.estimated)
+
+    async def GenerateContent(
+        self, request: pb.GenerateContentRequest, context: Context
+    ) -> pb.GenerateContentResponse:
+        response = pb.GenerateContentResponse()
+        given = generate_input(request, context.time_remaining())
+        async with aclosing(self._chats.generate(given)) as events:
+            async for event in events:
+                if isinstance(event, GenerationDone):
+                    generation_to_pb(event, response.generation)
+        return response
+
+    async def StreamGenerateContent(
+        self, request: pb.StreamGenerateContentRequest, context: Context
+    ) -> AsyncIterator[pb.StreamGenerateContentResponse]:
+        given = generate_input(request, context.time_remaining())
+        sequence_number = 0
+        async with aclosing(self._chats.generate(given)) as events:
+            async for event in events:
+                sequence_number += 1
+                yield generation_event_to_pb(event, sequence_number)
 
     # RPCs of the contract that later releases serve.
 
@@ -148,31 +189,15 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     ) -> pb.AppendMessagesResponse:
         raise _not_live("AppendMessages")
 
-    async def CountTokens(
-        self, request: pb.CountTokensRequest, context: Context
-    ) -> pb.CountTokensResponse:
-        raise _not_live("CountTokens")
-
     async def CancelReply(
         self, request: pb.CancelReplyRequest, context: Context
     ) -> pb.CancelReplyResponse:
         raise _not_live("CancelReply")
 
-    async def GenerateContent(
-        self, request: pb.GenerateContentRequest, context: Context
-    ) -> pb.GenerateContentResponse:
-        raise _not_live("GenerateContent")
-
     async def ListTools(
         self, request: pb.ListToolsRequest, context: Context
     ) -> pb.ListToolsResponse:
         raise _not_live("ListTools")
-
-    async def StreamGenerateContent(
-        self, request: pb.StreamGenerateContentRequest, context: Context
-    ) -> AsyncIterator[pb.StreamGenerateContentResponse]:
-        raise _not_live("StreamGenerateContent")
-        yield  # a generator, as server-streaming handlers are
 
 
 def _not_live(name: str) -> Unimplemented:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from server.sessions.context import history_needed, select_window
 from server.sessions.errors import FailedPrecondition
 from server.sessions.events import (
     MessageCompleted,
-    TextDelta,
     TurnCompleted,
     TurnEvent,
     TurnReply,
@@ -27,7 +26,7 @@ from server.sessions.model import (
     SessionState,
 )
 from server.sessions.ports import ModelProvider, ModelRequest, SessionStore
-from server.sessions.reply import ReplyBuilder
+from server.sessions.reply import ReplyBuilder, stream_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,9 @@ class TurnEngine:
         self._clock = clock
         self._locks = KeyedLocks()
 
-    async def run(self, tenant: str, session_id: str, turn: TurnInput) -> AsyncIterator[TurnEvent]:
+    async def run(
+        self, tenant: str, session_id: str, turn: TurnInput
+    ) -> AsyncGenerator[TurnEvent, None]:
         """Yields the turn's events; the last one is TurnCompleted, sent after the commit."""
         async with self._locks.hold((tenant, session_id)):
             session = await self._store.get_session(tenant, session_id)
@@ -82,11 +83,8 @@ class TurnEngine:
 
             request = self._request(session, [*history, user], turn)
             builder = ReplyBuilder()
-            async for chunk in self._provider.stream(request):
-                for part in chunk.parts:
-                    if part.text:
-                        yield TextDelta(part.text, part.thought)
-                builder.add(chunk)
+            async for delta in stream_model(self._provider, request, builder):
+                yield delta
 
             added: tuple[Message, ...] = ()
             if builder.parts:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
+from server.sessions.events import TextDelta
 from server.sessions.model import FinishReason, Message, Part, Role, Usage
-from server.sessions.ports import ModelChunk
+from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest
 
 
 class ReplyBuilder:
@@ -73,3 +75,14 @@ class ReplyBuilder:
             finish_reason=self.resolved_finish_reason(),
             model=self.model_version or model,
         )
+
+
+async def stream_model(
+    provider: ModelProvider, request: ModelRequest, builder: ReplyBuilder
+) -> AsyncIterator[TextDelta]:
+    """Runs one model call into `builder`, yielding its text as it arrives."""
+    async for chunk in provider.stream(request):
+        for part in chunk.parts:
+            if part.text:
+                yield TextDelta(part.text, part.thought)
+        builder.add(chunk)

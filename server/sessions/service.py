@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from server.sessions import paging
+from server.sessions.context import history_needed, select_window
 from server.sessions.engine import TurnEngine, TurnInput
 from server.sessions.errors import AlreadyExists, InvalidArgument
 from server.sessions.events import TurnEvent
 from server.sessions.filters import parse_label_filter
 from server.sessions.ids import check_id, new_session_id
-from server.sessions.model import Message, Session, SessionSettings
-from server.sessions.ports import ModelProvider, SessionOrder, SessionQuery, SessionStore
+from server.sessions.model import Message, Part, Role, Session, SessionSettings
+from server.sessions.ports import (
+    ModelProvider,
+    ModelRequest,
+    SessionOrder,
+    SessionQuery,
+    SessionStore,
+    TokenCount,
+)
+from server.sessions.stateless import GenerateInput, GenerationEvent, generate
 from server.sessions.validation import check_generation_config, check_settings, check_user_parts
 
 DEFAULT_SESSIONS_PAGE = 50
@@ -52,6 +61,7 @@ class ChatSessions:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._provider = provider
         self._known_tools = known_tools
         self._clock = clock
         self._engine = TurnEngine(store, provider, clock=clock)
@@ -125,10 +135,47 @@ class ChatSessions:
             token = paging.encode_token(query_key, [messages[-1].seq])
         return Page(messages, token)
 
-    def run_turn(self, tenant: str, session_id: str, turn: TurnInput) -> AsyncIterator[TurnEvent]:
+    def run_turn(
+        self, tenant: str, session_id: str, turn: TurnInput
+    ) -> AsyncGenerator[TurnEvent, None]:
         """Validates the input, then returns the turn's event stream (see TurnEngine.run)."""
         check_id("session_id", session_id)
         check_user_parts(turn.parts, "parts")
         if turn.config_override is not None:
             check_generation_config(turn.config_override, "generation_config")
         return self._engine.run(tenant, session_id, turn)
+
+    async def count_tokens(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        candidate: tuple[Part, ...],
+        contents: tuple[Message, ...],
+        model: str,
+    ) -> TokenCount:
+        """Tokens of what the next turn would send: the session's context window plus
+        `candidate`; without a session, of `contents` alone."""
+        if not session_id:
+            if not contents:
+                raise InvalidArgument("contents", "set session_id, or contents to count")
+            request_model = model or self._provider.default_model
+            return await self._provider.count_tokens(ModelRequest(request_model, contents))
+        if contents:
+            raise InvalidArgument(
+                "contents", "with session_id, send the candidate as text or parts"
+            )
+        check_id("session_id", session_id)
+        session = await self._store.get_session(tenant, session_id)
+        policy = session.settings.context_policy
+        history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
+        if candidate:
+            check_user_parts(candidate, "parts")
+            history.append(Message(Role.USER, candidate))
+        window = select_window(history, policy)
+        request_model = model or session.settings.model or self._provider.default_model
+        return await self._provider.count_tokens(ModelRequest(request_model, window))
+
+    def generate(self, given: GenerateInput) -> AsyncGenerator[GenerationEvent, None]:
+        """Stateless generation (see sessions.stateless)."""
+        return generate(self._provider, given)

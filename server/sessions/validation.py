@@ -50,18 +50,20 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
 
 
 def check_settings(settings: SessionSettings, known_tools: Collection[str], prefix: str) -> None:
-    """Validates a whole SessionSettings; `prefix` is the proto path of the session message."""
+    """Validates a whole SessionSettings; `prefix` is the proto path of the settings' message
+    ("session", or "" where they are fields of the request itself)."""
+    p = f"{prefix}." if prefix else ""
     if settings.model and _MODEL.fullmatch(settings.model) is None:
-        raise InvalidArgument(f"{prefix}.model", f"{settings.model[:64]!r} is not a model name")
-    check_generation_config(settings.generation_config, f"{prefix}.generation_config")
+        raise InvalidArgument(f"{p}model", f"{settings.model[:64]!r} is not a model name")
+    check_generation_config(settings.generation_config, f"{p}generation_config")
     for i, tool in enumerate(settings.tools):
         if tool not in known_tools:
             raise InvalidArgument(
-                f"{prefix}.tools[{i}]", f"{tool[:64]!r} is not a registered tool (see ListTools)"
+                f"{p}tools[{i}]", f"{tool[:64]!r} is not a registered tool (see ListTools)"
             )
     names: set[str] = set(settings.tools)
     for i, decl in enumerate(settings.function_declarations):
-        field = f"{prefix}.function_declarations[{i}]"
+        field = f"{p}function_declarations[{i}]"
         if _FUNCTION_NAME.fullmatch(decl.name) is None:
             raise InvalidArgument(
                 f"{field}.name",
@@ -73,29 +75,29 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
         if decl.parameters is not None and decl.parameters.get("type", "object") != "object":
             raise InvalidArgument(f"{field}.parameters", "must be a JSON schema of type object")
     if len(settings.labels) > MAX_LABELS:
-        raise InvalidArgument(f"{prefix}.labels", f"at most {MAX_LABELS} labels allowed")
+        raise InvalidArgument(f"{p}labels", f"at most {MAX_LABELS} labels allowed")
     for key, value in settings.labels.items():
         if _LABEL_KEY.fullmatch(key) is None:
             raise InvalidArgument(
-                f"{prefix}.labels", f"{key[:64]!r} is not a label key (letters, digits, _ . - /)"
+                f"{p}labels", f"{key[:64]!r} is not a label key (letters, digits, _ . - /)"
             )
         if len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgument(f"{prefix}.labels[{key}]", f"longer than {MAX_LABEL_VALUE}")
+            raise InvalidArgument(f"{p}labels[{key}]", f"longer than {MAX_LABEL_VALUE}")
     if len(settings.display_name) > MAX_DISPLAY_NAME:
-        raise InvalidArgument(f"{prefix}.display_name", f"longer than {MAX_DISPLAY_NAME}")
+        raise InvalidArgument(f"{p}display_name", f"longer than {MAX_DISPLAY_NAME}")
     policy = settings.context_policy
     if policy.max_messages < 0:
-        raise InvalidArgument(f"{prefix}.context_policy.max_messages", "must not be negative")
+        raise InvalidArgument(f"{p}context_policy.max_messages", "must not be negative")
     if policy.max_tokens < 0:
-        raise InvalidArgument(f"{prefix}.context_policy.max_tokens", "must not be negative")
+        raise InvalidArgument(f"{p}context_policy.max_tokens", "must not be negative")
     for i, safety in enumerate(settings.safety_settings):
         for name, value in (("category", safety.category), ("threshold", safety.threshold)):
             if _ENUM_NAME.fullmatch(value) is None:
                 raise InvalidArgument(
-                    f"{prefix}.safety_settings[{i}].{name}", f"{value[:64]!r} is not a valid name"
+                    f"{p}safety_settings[{i}].{name}", f"{value[:64]!r} is not a valid name"
                 )
     if settings.ttl_seconds is not None and not settings.ttl_seconds > 0:
-        raise InvalidArgument(f"{prefix}.ttl", "must be positive")
+        raise InvalidArgument(f"{p}ttl", "must be positive")
 
 
 def check_user_parts(parts: Sequence[Part], field: str) -> None:
