@@ -5,7 +5,9 @@ Only this package imports google.genai.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx2
@@ -88,31 +90,56 @@ class GeminiProvider:
                 reason="INVALID_MODEL_SETTINGS",
             ) from exc
 
+    def _deadline(self, request: ModelRequest) -> float:
+        """When the whole call must be over: the SDK's own timeout applies per read and
+        per retry, so chatd bounds the call as a whole."""
+        budget = self._settings.timeout
+        if request.timeout is not None:
+            budget = min(budget, request.timeout)
+        return asyncio.get_running_loop().time() + budget
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         config = self._config(request)
-        try:
-            responses = await self._client.aio.models.generate_content_stream(
-                model=request.model, contents=to_contents(request.contents), config=config
-            )
-            async for response in responses:
+        deadline = self._deadline(request)
+        with _upstream_errors(request.model):
+            async with asyncio.timeout_at(deadline):
+                responses = await self._client.aio.models.generate_content_stream(
+                    model=request.model, contents=to_contents(request.contents), config=config
+                )
+            iterator = aiter(responses)
+            while True:
+                # The deadline covers waiting for the model, never the consumer's own
+                # work between chunks (a yield inside a timeout would cancel the consumer).
+                async with asyncio.timeout_at(deadline):
+                    response = await anext(iterator, None)
+                if response is None:
+                    return
                 yield to_chunk(response)
-        except genai_errors.APIError as exc:
-            raise map_api_error(exc, request.model) from exc
-        except httpx2.TransportError as exc:
-            raise map_transport_error(exc) from exc
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
         """The model's own count of `contents` (the Gemini API counts nothing else)."""
-        try:
-            result = await self._client.aio.models.count_tokens(
-                model=request.model, contents=to_contents(request.contents)
-            )
-        except genai_errors.APIError as exc:
-            raise map_api_error(exc, request.model) from exc
-        except httpx2.TransportError as exc:
-            raise map_transport_error(exc) from exc
+        with _upstream_errors(request.model):
+            async with asyncio.timeout_at(self._deadline(request)):
+                result = await self._client.aio.models.count_tokens(
+                    model=request.model, contents=to_contents(request.contents)
+                )
         return TokenCount(result.total_tokens or 0, estimated=False)
 
     async def close(self) -> None:
         await self._client.aio.aclose()
         await self._http.aclose()
+
+
+@contextmanager
+def _upstream_errors(model: str) -> Iterator[None]:
+    """Raises the domain error for whatever the SDK, its transport or the deadline raised."""
+    try:
+        yield
+    except genai_errors.APIError as exc:
+        raise map_api_error(exc, model) from exc
+    except httpx2.TransportError as exc:
+        raise map_transport_error(exc) from exc
+    except TimeoutError as exc:
+        raise errors.DeadlineExceeded(
+            "the Gemini API did not finish in time", reason="UPSTREAM_TIMEOUT"
+        ) from exc

@@ -161,13 +161,22 @@ def _usage(metadata: types.GenerateContentResponseUsageMetadata | None) -> Usage
     )
 
 
-def _finish_reason(reason: types.FinishReason | None) -> FinishReason | None:
-    if reason is None or reason.value == "FINISH_REASON_UNSPECIFIED":
+# Gemini's finish reasons; chatd's own (PROMPT_BLOCKED, TOOL_CALLS_PENDING, ...) never
+# come from upstream, even if a future API version reused one of their names.
+_UPSTREAM_FINISH = {
+    r.value: r
+    for r in FinishReason
+    if r.value in types.FinishReason.__members__ and r is not FinishReason.UNSPECIFIED
+}
+
+
+def _finish_reason(reason: types.FinishReason | str | None) -> FinishReason | None:
+    if reason is None:
         return None
-    try:
-        return FinishReason(reason.value)
-    except ValueError:
-        return FinishReason.OTHER
+    name = reason.value if isinstance(reason, types.FinishReason) else str(reason)
+    if name == "FINISH_REASON_UNSPECIFIED":
+        return None
+    return _UPSTREAM_FINISH.get(name, FinishReason.OTHER)
 
 
 def to_chunk(response: types.GenerateContentResponse) -> ModelChunk:
