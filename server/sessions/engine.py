@@ -1,16 +1,18 @@
-"""The turn engine: one user message in, the model's reply out, stored atomically."""
+"""The turn engine: a message (or tool results) in, the model's reply out, stored atomically."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field
 
 from server.sessions.context import history_needed, select_window
 from server.sessions.errors import FailedPrecondition
 from server.sessions.events import (
     MessageCompleted,
+    ToolCallAnswered,
+    ToolCallRequested,
     TurnCompleted,
     TurnEvent,
     TurnReply,
@@ -18,43 +20,82 @@ from server.sessions.events import (
 from server.sessions.ids import new_turn_id
 from server.sessions.locks import KeyedLocks
 from server.sessions.model import (
+    FinishReason,
+    FunctionCall,
+    FunctionResponse,
     GenerationConfig,
     Message,
     Part,
+    PendingTurn,
     Role,
     Session,
-    SessionState,
+    Usage,
 )
-from server.sessions.ports import ModelProvider, ModelRequest, SessionStore
+from server.sessions.ports import ModelProvider, ModelRequest, SessionStore, ToolRunner
 from server.sessions.reply import ReplyBuilder, stream_model
+from server.sessions.tool_calls import (
+    ToolResultInput,
+    calls_of,
+    check_tool_results,
+    responses_message,
+    run_server_calls,
+    with_call_ids,
+)
+
+ROUND_LIMIT_ERROR = "chatd stopped the tool loop: this turn used its {} tool rounds"
 
 
 @dataclass(frozen=True, slots=True)
 class TurnInput:
-    """What the caller sends for one turn."""
+    """What the caller sends for one turn: a user message, or results for pending calls."""
 
-    parts: tuple[Part, ...]
+    parts: tuple[Part, ...] = ()
+    tool_results: tuple[ToolResultInput, ...] = ()
     config_override: GenerationConfig | None = None
     # Seconds left before the caller's deadline, if it set one.
     timeout: float | None = None
 
 
-class TurnEngine:
-    """Runs turns, one at a time per session.
+@dataclass(slots=True)
+class _Turn:
+    """A turn in progress: the messages it has added and what its model calls cost."""
 
-    A turn's messages are committed in one store transaction after the model has
-    finished, so a failed or cancelled turn leaves history exactly as it was.
+    session: Session
+    turn_id: str
+    first_seq: int
+    history: list[Message]
+    rounds: int = 0
+    added: list[Message] = field(default_factory=list)
+    usage: Usage = Usage()
+
+    @property
+    def next_seq(self) -> int:
+        return self.session.next_seq + len(self.added)
+
+    def contents(self) -> list[Message]:
+        return [*self.history, *self.added]
+
+
+class TurnEngine:
+    """Runs turns, one at a time per session, including chatd's own tool loop.
+
+    Messages are committed in one store transaction when the turn ends, or pauses for
+    the caller's tool results, so a failed or cancelled turn leaves history as it was.
     """
 
     def __init__(
         self,
         store: SessionStore,
         provider: ModelProvider,
+        tools: ToolRunner,
         *,
+        max_tool_rounds: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._provider = provider
+        self._tools = tools
+        self._max_tool_rounds = max_tool_rounds
         self._clock = clock
         self._locks = KeyedLocks()
 
@@ -64,80 +105,173 @@ class TurnEngine:
         """Yields the turn's events; the last one is TurnCompleted, sent after the commit."""
         async with self._locks.hold((tenant, session_id)):
             session = await self._store.get_session(tenant, session_id)
-            if session.state is SessionState.AWAITING_TOOL_RESULTS:
-                raise FailedPrecondition(
-                    "the session is waiting for tool_results answering its pending tool calls",
-                    reason="TOOL_RESULTS_PENDING",
-                )
-            policy = session.settings.context_policy
-            history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
-            turn_id = new_turn_id()
-            user = Message(
-                role=Role.USER,
-                parts=turn.parts,
-                seq=session.next_seq,
-                create_time=self._clock(),
-                turn_id=turn_id,
-            )
-            yield MessageCompleted(user)
+            if turn.tool_results:
+                state = await self._resume(session, turn)
+                answers = {r.call_id: r.is_error for r in turn.tool_results}
+                for part in state.added[-1].parts:
+                    response = part.function_response
+                    if response is not None and response.id in answers:
+                        yield ToolCallAnswered(response, answers[response.id], 0.0)
+            else:
+                state = await self._begin(session, turn)
+            yield MessageCompleted(state.added[-1])
+            async for event in self._loop(state, turn):
+                yield event
 
-            request = self._request(session, [*history, user], turn)
+    async def _begin(self, session: Session, turn: TurnInput) -> _Turn:
+        if session.pending is not None:
+            raise FailedPrecondition(
+                "the session is waiting for tool_results answering its pending tool calls",
+                reason="TOOL_RESULTS_PENDING",
+            )
+        policy = session.settings.context_policy
+        history = await self._store.recent_messages(
+            session.tenant, session.session_id, history_needed(policy)
+        )
+        state = _Turn(session, new_turn_id(), session.next_seq, history)
+        state.added.append(
+            Message(Role.USER, turn.parts, state.next_seq, self._clock(), state.turn_id)
+        )
+        return state
+
+    async def _resume(self, session: Session, turn: TurnInput) -> _Turn:
+        responses = check_tool_results(session.pending, turn.tool_results)
+        pending = session.pending
+        assert pending is not None
+        needed = history_needed(session.settings.context_policy)
+        if needed is not None:
+            # The paused turn is sent whole, however long it is.
+            needed = max(needed, session.next_seq - pending.first_seq)
+        history = await self._store.recent_messages(session.tenant, session.session_id, needed)
+        state = _Turn(session, pending.turn_id, pending.first_seq, history, pending.rounds)
+        state.added.append(
+            responses_message(
+                pending.calls,
+                responses,
+                seq=state.next_seq,
+                create_time=self._clock(),
+                turn_id=state.turn_id,
+            )
+        )
+        return state
+
+    async def _loop(self, state: _Turn, turn: TurnInput) -> AsyncGenerator[TurnEvent, None]:
+        settings = state.session.settings
+        caller_names = {d.name for d in settings.function_declarations}
+        enabled = frozenset(settings.tools)
+        while True:
+            request = self._request(state, turn)
             builder = ReplyBuilder()
             async for delta in stream_model(self._provider, request, builder):
                 yield delta
-
-            added: tuple[Message, ...] = ()
-            if builder.parts:
-                answer = builder.message(
-                    seq=user.seq + 1,
+            state.usage = state.usage + builder.usage
+            finish = builder.resolved_finish_reason()
+            if not builder.parts:
+                break
+            answer = with_call_ids(
+                builder.message(
+                    seq=state.next_seq,
                     create_time=self._clock(),
-                    turn_id=turn_id,
+                    turn_id=state.turn_id,
                     model=request.model,
                 )
-                yield MessageCompleted(answer)
-                added = (user, answer)
-                await self._commit(session, added)
-            # A reply with no content (a blocked prompt, a safety stop before any
-            # output) is not stored: history keeps alternating user/model turns.
-            yield TurnCompleted(
-                TurnReply(
-                    turn_id=turn_id,
-                    text=added[-1].text if added else "",
-                    messages=added,
-                    finish_reason=builder.resolved_finish_reason(),
-                    usage=builder.usage,
-                    model=builder.model_version or request.model,
-                    block_reason=builder.block_reason,
-                )
             )
+            state.added.append(answer)
+            yield MessageCompleted(answer)
+            calls = calls_of(answer)
+            if not calls:
+                break
+            for call in calls:
+                yield ToolCallRequested(call, caller_executed=call.name in caller_names)
+            if state.rounds >= self._max_tool_rounds:
+                finish = FinishReason.MAX_TOOL_ROUNDS
+                error = {"error": ROUND_LIMIT_ERROR.format(self._max_tool_rounds)}
+                stopped = {c.id: FunctionResponse(c.id, c.name, error) for c in calls}
+                state.added.append(self._responses(state, stopped))
+                yield MessageCompleted(state.added[-1])
+                break
+            server_calls = [c for c in calls if c.name not in caller_names]
+            answered = await run_server_calls(self._tools, enabled, server_calls)
+            for event in answered:
+                yield event
+            state.rounds += 1
+            by_id = {a.response.id: a.response for a in answered}
+            waiting = [c for c in calls if c.name in caller_names]
+            if waiting:
+                pending = PendingTurn(
+                    state.turn_id, state.first_seq, state.rounds, calls, tuple(by_id.values())
+                )
+                await self._commit(state, pending)
+                yield self._completed(state, builder, FinishReason.TOOL_CALLS_PENDING, waiting)
+                return
+            state.added.append(self._responses(state, by_id))
+            yield MessageCompleted(state.added[-1])
+        # A turn that produced nothing (a blocked prompt, a safety stop before any output)
+        # is not stored, so history keeps alternating user and model turns.
+        if any(m.role is Role.MODEL for m in state.added) or state.session.pending is not None:
+            await self._commit(state, None)
+        else:
+            state.added.clear()
+        yield self._completed(state, builder, finish, ())
 
-    def _request(self, session: Session, messages: list[Message], turn: TurnInput) -> ModelRequest:
-        settings = session.settings
+    def _responses(self, state: _Turn, by_id: dict[str, FunctionResponse]) -> Message:
+        """The responses to the calls of the turn's last (model) message."""
+        return responses_message(
+            calls_of(state.added[-1]),
+            by_id,
+            seq=state.next_seq,
+            create_time=self._clock(),
+            turn_id=state.turn_id,
+        )
+
+    def _request(self, state: _Turn, turn: TurnInput) -> ModelRequest:
+        settings = state.session.settings
         config = settings.generation_config
         if turn.config_override is not None:
             config = turn.config_override.merged_over(config)
+        enabled = set(settings.tools)
+        declarations = [d for d in self._tools.declarations() if d.name in enabled]
         return ModelRequest(
             model=settings.model or self._provider.default_model,
-            contents=select_window(messages, settings.context_policy),
+            contents=select_window(state.contents(), settings.context_policy),
             system_instruction=settings.system_instruction,
             generation_config=config,
-            function_declarations=settings.function_declarations,
+            function_declarations=[*declarations, *settings.function_declarations],
             safety_settings=settings.safety_settings,
             timeout=turn.timeout,
         )
 
-    async def _commit(self, session: Session, added: tuple[Message, ...]) -> None:
-        usage = session.usage
-        for message in added:
-            if message.usage is not None:
-                usage = usage + message.usage
+    def _completed(
+        self,
+        state: _Turn,
+        builder: ReplyBuilder,
+        finish: FinishReason,
+        waiting: Sequence[FunctionCall],
+    ) -> TurnCompleted:
+        last_model = next((m for m in reversed(state.added) if m.role is Role.MODEL), None)
+        return TurnCompleted(
+            TurnReply(
+                turn_id=state.turn_id,
+                text=last_model.text if last_model is not None else "",
+                messages=tuple(state.added),
+                finish_reason=finish,
+                usage=state.usage,
+                pending_tool_calls=tuple(waiting),
+                model=builder.model_version or (last_model.model if last_model else ""),
+                block_reason=builder.block_reason,
+            )
+        )
+
+    async def _commit(self, state: _Turn, pending: PendingTurn | None) -> None:
+        session = state.session
         updated = session.evolve(
-            message_count=session.message_count + len(added),
-            next_seq=session.next_seq + len(added),
-            usage=usage,
+            message_count=session.message_count + len(state.added),
+            next_seq=state.next_seq,
+            usage=session.usage + state.usage,
+            pending=pending,
             update_time=self._clock(),
             version=session.version + 1,
         )
         # Once the commit has started it finishes even if the caller goes away, so
         # the turn is either wholly stored or not at all.
-        await asyncio.shield(self._store.commit_turn(updated, added, session.version))
+        await asyncio.shield(self._store.commit_turn(updated, state.added, session.version))

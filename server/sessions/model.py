@@ -214,6 +214,26 @@ class SessionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingTurn:
+    """A turn paused until the caller answers its caller-executed function calls.
+
+    Its messages so far are already in history; `calls` are all the calls of the model's
+    last message and `answered` the responses chatd already has (from server tools).
+    """
+
+    turn_id: str
+    first_seq: int
+    rounds: int
+    calls: tuple[FunctionCall, ...]
+    answered: tuple[FunctionResponse, ...] = ()
+
+    @property
+    def awaiting(self) -> tuple[FunctionCall, ...]:
+        done = {r.id for r in self.answered}
+        return tuple(c for c in self.calls if c.id not in done)
+
+
+@dataclass(frozen=True, slots=True)
 class Session:
     """A session as stored: settings plus what chatd keeps about it.
 
@@ -229,9 +249,23 @@ class Session:
     message_count: int = 0
     next_seq: int = 0
     usage: Usage = Usage()
-    state: SessionState = SessionState.ACTIVE
-    pending_tool_calls: tuple[FunctionCall, ...] = ()
+    pending: PendingTurn | None = None
     version: int = 1
+
+    @property
+    def expire_time(self) -> float | None:
+        """When the session expires: its fixed expire_time, or ttl after the last update."""
+        if self.settings.ttl_seconds is not None:
+            return self.update_time + self.settings.ttl_seconds
+        return self.settings.expire_time
+
+    @property
+    def state(self) -> SessionState:
+        return SessionState.ACTIVE if self.pending is None else SessionState.AWAITING_TOOL_RESULTS
+
+    @property
+    def pending_tool_calls(self) -> tuple[FunctionCall, ...]:
+        return () if self.pending is None else self.pending.awaiting
 
     def evolve(self, **changes: Any) -> Session:
         return replace(self, **changes)

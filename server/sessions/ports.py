@@ -51,6 +51,8 @@ class SessionStore(Protocol):
 
     Every method is safe to call concurrently. Writes are durable when they return.
     Sessions of one tenant are invisible to another: a wrong tenant is NotFound.
+    Times are kept to the microsecond. A write whose awaiting task is cancelled may or
+    may not have been applied.
     """
 
     async def create_session(self, session: Session) -> None:
@@ -76,12 +78,17 @@ class SessionStore(Protocol):
         """At most `limit` messages with seq > after_seq, oldest first. Raises NotFound."""
 
     async def commit_turn(
-        self, session: Session, messages: Sequence[Message], expected_version: int
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        expected_version: int,
     ) -> None:
         """Atomically replaces the session row with `session` and appends `messages`.
 
-        Raises Conflict (and writes nothing) unless the stored version equals
-        `expected_version`; raises NotFound if the session is gone.
+        Requires session.version > expected_version and message seqs increasing from the
+        stored next_seq up to below session.next_seq. Raises Conflict (and writes nothing)
+        unless the stored version equals `expected_version`; NotFound if the session is
+        gone.
         """
 
     async def close(self) -> None:
@@ -138,3 +145,30 @@ class ModelProvider(Protocol):
     async def count_tokens(self, request: ModelRequest) -> TokenCount: ...
 
     async def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    """A tool's answer: `response` goes to the model as a FunctionResponse's response,
+    {"result": ...} on success or {"error": "..."} when the call failed."""
+
+    response: Mapping[str, object]
+    is_error: bool
+
+
+class ToolRunner(Protocol):
+    """The server-registered tools a session may enable."""
+
+    def declarations(self) -> Sequence[FunctionDeclaration]:
+        """Every registered tool, sorted by name."""
+        ...
+
+    def names(self) -> frozenset[str]: ...
+
+    async def run(self, name: str, args: Mapping[str, object]) -> ToolOutcome:
+        """Runs one call. Never raises for a tool's own failure (unknown name, arguments
+        that break the schema, an exception, a timeout): those become error outcomes."""
+        ...

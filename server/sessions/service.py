@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -14,7 +14,7 @@ from server.sessions.errors import AlreadyExists, InvalidArgument
 from server.sessions.events import TurnEvent
 from server.sessions.filters import parse_label_filter
 from server.sessions.ids import check_id, new_session_id
-from server.sessions.model import Message, Part, Role, Session, SessionSettings
+from server.sessions.model import FunctionDeclaration, Message, Part, Role, Session, SessionSettings
 from server.sessions.ports import (
     ModelProvider,
     ModelRequest,
@@ -22,12 +22,14 @@ from server.sessions.ports import (
     SessionQuery,
     SessionStore,
     TokenCount,
+    ToolRunner,
 )
 from server.sessions.stateless import GenerateInput, GenerationEvent, generate
 from server.sessions.validation import check_generation_config, check_settings, check_user_parts
 
 DEFAULT_SESSIONS_PAGE = 50
 DEFAULT_MESSAGES_PAGE = 100
+DEFAULT_TOOLS_PAGE = 100
 
 _ORDERS = {
     "": (SessionOrder.CREATE_TIME, True),
@@ -56,20 +58,23 @@ class ChatSessions:
         self,
         store: SessionStore,
         provider: ModelProvider,
+        tools: ToolRunner,
         *,
-        known_tools: Collection[str] = (),
+        max_tool_rounds: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._provider = provider
-        self._known_tools = known_tools
+        self._tools = tools
         self._clock = clock
-        self._engine = TurnEngine(store, provider, clock=clock)
+        self._engine = TurnEngine(
+            store, provider, tools, max_tool_rounds=max_tool_rounds, clock=clock
+        )
 
     async def create(self, tenant: str, settings: SessionSettings, session_id: str) -> Session:
         if session_id:
             check_id("session_id", session_id)
-        check_settings(settings, self._known_tools, "session")
+        check_settings(settings, self._tools.names(), "session")
         now = self._clock()
         session = Session(
             tenant=tenant,
@@ -140,7 +145,10 @@ class ChatSessions:
     ) -> AsyncGenerator[TurnEvent, None]:
         """Validates the input, then returns the turn's event stream (see TurnEngine.run)."""
         check_id("session_id", session_id)
-        check_user_parts(turn.parts, "parts")
+        if turn.tool_results and turn.parts:
+            raise InvalidArgument("tool_results", "send either a message or tool_results, not both")
+        if not turn.tool_results:
+            check_user_parts(turn.parts, "parts")
         if turn.config_override is not None:
             check_generation_config(turn.config_override, "generation_config")
         return self._engine.run(tenant, session_id, turn)
@@ -179,3 +187,14 @@ class ChatSessions:
     def generate(self, given: GenerateInput) -> AsyncGenerator[GenerationEvent, None]:
         """Stateless generation (see sessions.stateless)."""
         return generate(self._provider, given)
+
+    def list_tools(self, *, page_size: int, page_token: str) -> Page[FunctionDeclaration]:
+        """The server-registered tools sessions may enable, by name."""
+        size = paging.page_size(page_size, DEFAULT_TOOLS_PAGE)
+        start = 0
+        if page_token:
+            start = paging.seq_cursor(paging.decode_token(page_token, "tools"))
+        tools = list(self._tools.declarations())
+        page = tools[start : start + size]
+        more = start + size < len(tools)
+        return Page(page, paging.encode_token("tools", [start + size]) if more else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -19,10 +19,10 @@ from server.sessions.model import (
     GenerationConfig,
     Message,
     Part,
+    PendingTurn,
     Role,
     SafetySetting,
     SessionSettings,
-    SessionState,
     ThinkingConfig,
     Usage,
 )
@@ -32,7 +32,6 @@ Dict = dict[str, Any]
 # Enum lookups by value through a dict: Enum(value) is several times slower per row.
 ROLES = {r.value: r for r in Role}
 FINISH_REASONS = {r.value: r for r in FinishReason}
-STATES = {s.value: s for s in SessionState}
 
 _USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 _GEN_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -176,14 +175,33 @@ def message_from_body(
     )
 
 
-def pending_to_json(calls: Iterable[FunctionCall]) -> str | None:
-    """Pending tool calls as JSON, or None (a NULL column) when there are none."""
-    encoded = [function_call_to_dict(c) for c in calls]
-    return dumps(encoded) if encoded else None
+def pending_to_json(pending: PendingTurn | None) -> str | None:
+    """A paused turn as JSON, or None (a NULL column) when the session is not paused."""
+    if pending is None:
+        return None
+    return dumps(
+        {
+            "turn_id": pending.turn_id,
+            "first_seq": pending.first_seq,
+            "rounds": pending.rounds,
+            "calls": [function_call_to_dict(c) for c in pending.calls],
+            "answered": [part_to_dict(Part(function_response=r)) for r in pending.answered],
+        }
+    )
 
 
-def pending_from_json(text: str | None) -> tuple[FunctionCall, ...]:
-    return () if text is None else tuple(function_call_from_dict(c) for c in loads(text))
+def pending_from_json(text: str | None) -> PendingTurn | None:
+    if text is None:
+        return None
+    d = loads(text)
+    answered = (part_from_dict(r).function_response for r in d.get("answered", ()))
+    return PendingTurn(
+        turn_id=d["turn_id"],
+        first_seq=d["first_seq"],
+        rounds=d["rounds"],
+        calls=tuple(function_call_from_dict(c) for c in d["calls"]),
+        answered=tuple(r for r in answered if r is not None),
+    )
 
 
 # ----------------------------------------------------------------------------- settings

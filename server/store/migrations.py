@@ -58,7 +58,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                     next_seq INTEGER NOT NULL,
                     usage TEXT NOT NULL,             -- JSON
                     state TEXT NOT NULL,
-                    pending TEXT,                    -- JSON list of calls, NULL when none
+                    pending TEXT,                    -- JSON of the paused turn, NULL when none
                     version INTEGER NOT NULL,
                     PRIMARY KEY (tenant, session_id))""",
                 *_SESSIONS_INDEXES,

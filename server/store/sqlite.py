@@ -66,14 +66,14 @@ def _session_values(s: Session) -> tuple[Any, ...]:
         s.next_seq,
         codec.dumps(codec.usage_to_dict(s.usage)),
         s.state.value,
-        codec.pending_to_json(s.pending_tool_calls),
+        codec.pending_to_json(s.pending),
         s.version,
     )
 
 
 def _session_from_row(row: Any) -> Session:
     tenant, session_id, settings, created, updated, _, count, next_seq = row[:8]
-    usage, state, pending, version = row[8:]
+    usage, _state, pending, version = row[8:]  # state is derived from pending
     return Session(
         tenant=tenant,
         session_id=session_id,
@@ -83,8 +83,7 @@ def _session_from_row(row: Any) -> Session:
         message_count=count,
         next_seq=next_seq,
         usage=codec.usage_from_dict(codec.loads(usage)),
-        state=codec.STATES[state],
-        pending_tool_calls=codec.pending_from_json(pending),
+        pending=codec.pending_from_json(pending),
         version=version,
     )
 

@@ -11,6 +11,7 @@ from server.sessions.model import (
     GenerationConfig,
     Message,
     Part,
+    PendingTurn,
     Role,
     SessionSettings,
     ThinkingConfig,
@@ -41,7 +42,7 @@ def test_default_values_encode_to_nothing() -> None:
     assert codec.dumps(codec.settings_to_dict(SessionSettings())) == "{}"
     assert codec.dumps(codec.usage_to_dict(Usage())) == "{}"
     assert codec.dumps(codec.part_to_dict(Part(text="hi"))) == '{"text":"hi"}'
-    assert codec.pending_to_json(()) is None
+    assert codec.pending_to_json(None) is None
 
 
 def test_generation_config_keeps_zero_apart_from_none() -> None:
@@ -83,9 +84,12 @@ def test_inline_data_is_standard_base64() -> None:
 
 def test_non_dict_mappings_are_encoded_as_objects() -> None:
     call = FunctionCall("id", "f", MappingProxyType({"a": MappingProxyType({"b": 1})}))
-    text = codec.pending_to_json([call])
-    assert text == '[{"name":"f","id":"id","args":{"a":{"b":1}}}]'
-    assert codec.pending_from_json(text) == (FunctionCall("id", "f", {"a": {"b": 1}}),)
+    text = codec.pending_to_json(PendingTurn("t", 0, 0, (call,)))
+    assert text is not None
+    assert '"calls":[{"name":"f","id":"id","args":{"a":{"b":1}}}]' in text
+    back = codec.pending_from_json(text)
+    assert back is not None
+    assert back.calls == (FunctionCall("id", "f", {"a": {"b": 1}}),)
 
 
 def test_message_without_usage_differs_from_zero_usage() -> None:

@@ -7,9 +7,10 @@ import pytest
 from server.sessions.errors import AlreadyExists, NotFound
 from server.sessions.model import (
     FunctionCall,
+    FunctionResponse,
     GenerationConfig,
+    PendingTurn,
     SessionSettings,
-    SessionState,
     ThinkingConfig,
     Usage,
 )
@@ -121,8 +122,13 @@ async def test_settings_round_trip_losslessly(
     """Every settings field survives storage, including 0 versus None (inherit)."""
     session = new_session(settings=settings).evolve(
         usage=Usage(1, 2, 3, 4, 5, 6),
-        state=SessionState.AWAITING_TOOL_RESULTS,
-        pending_tool_calls=(FunctionCall("c1", "lookup", {"q": "x"}), FunctionCall("", "bare")),
+        pending=PendingTurn(
+            turn_id="t1",
+            first_seq=0,
+            rounds=1,
+            calls=(FunctionCall("c1", "lookup", {"q": "x"}), FunctionCall("c2", "bare")),
+            answered=(FunctionResponse("c1", "lookup", {"result": [1, 2.5, "x"]}),),
+        ),
         message_count=0,
     )
     await store.create_session(session)
