@@ -1,0 +1,118 @@
+"""ToolRegistry: the server's tools by name, run with validation, timeouts and no surprises."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from server.sessions.model import FunctionDeclaration
+from server.sessions.ports import ToolOutcome
+from server.tools.definition import Tool, ToolError
+from server.tools.jsonvalues import NotJSONError, to_json_value
+from server.tools.schema import ArgumentError
+
+# A tool's error message goes back into the model's context: keep it to a readable size.
+_MAX_ERROR_CHARS = 1000
+
+
+def unique_tools(tools: Iterable[tuple[Tool, str]]) -> list[Tool]:
+    """The tools with repeats of the same object dropped; raises ValueError when two different
+    tools share a name, naming where each came from."""
+    seen: dict[str, tuple[Tool, str]] = {}
+    for t, origin in tools:
+        first = seen.setdefault(t.name, (t, origin))
+        if first[0] is not t:
+            raise ValueError(f"duplicate tool name {t.name!r}: defined by {first[1]} and {origin}")
+    return [t for t, _ in seen.values()]
+
+
+class ToolRegistry:
+    """The server-registered tools; implements the domain's ToolRunner port."""
+
+    def __init__(self, tools: Iterable[Tool]) -> None:
+        unique = unique_tools((t, t.source) for t in tools)
+        self._tools: dict[str, Tool] = {t.name: t for t in sorted(unique, key=lambda t: t.name)}
+        self._declarations = tuple(t.declaration for t in self._tools.values())
+
+    def declarations(self) -> Sequence[FunctionDeclaration]:
+        """Every registered tool, sorted by name."""
+        return self._declarations
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._tools)
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    async def run(self, name: str, args: Mapping[str, object]) -> ToolOutcome:
+        """Runs one call. A tool's own failure (unknown name, bad arguments, an exception, a
+        timeout, a result that is not JSON) becomes an error outcome; cancellation propagates."""
+        t = self._tools.get(name)
+        if t is None:
+            known = ", ".join(self._tools) or "none"
+            return _error(f"unknown tool {name!r}; known tools: {known}")
+        try:
+            kwargs = t.arguments(args)
+        except ArgumentError as e:
+            return _error(f"invalid arguments for tool {name!r}: {e}")
+        deadline = asyncio.timeout(t.timeout)
+        try:
+            async with deadline:
+                value = await _call(t, kwargs)
+        except ToolError as e:
+            _log().info("tool_refused", tool=name, error=str(e))
+            return _error(str(e) or type(e).__name__)
+        except Exception as e:
+            # A TimeoutError the tool raised itself is an ordinary failure, not our deadline.
+            if isinstance(e, TimeoutError) and deadline.expired():
+                # A sync tool's thread cannot be stopped; it finishes in the background.
+                _log().warning("tool_timed_out", tool=name, timeout=t.timeout)
+                return _error(f"tool {name!r} timed out after {t.timeout:g}s")
+            _log().warning("tool_failed", tool=name, error=_describe(e), exc_info=True)
+            return _error(_describe(e))
+        try:
+            result = to_json_value(value)
+        except NotJSONError as e:
+            _log().warning("tool_result_not_json", tool=name, error=str(e))
+            return _error(f"tool {name!r} returned a value that is not JSON: {e}")
+        return ToolOutcome({"result": result}, is_error=False)
+
+
+async def _call(t: Tool, kwargs: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(t.function):
+        return await t.function(**kwargs)
+    # Plain functions may block (files, sockets, CPU): never on the event loop.
+    value = await asyncio.to_thread(t.function, **kwargs)
+    if inspect.isawaitable(value):  # a plain callable that returned a coroutine
+        value = await value
+    return value
+
+
+def _describe(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _error(message: str) -> ToolOutcome:
+    if len(message) > _MAX_ERROR_CHARS:
+        message = message[: _MAX_ERROR_CHARS - 1] + "…"
+    return ToolOutcome({"error": message}, is_error=True)
+
+
+def _log() -> Any:
+    # Looked up per use rather than cached at import, so logging configuration done later
+    # (and structlog.testing.capture_logs) applies; it is only used off the hot path.
+    return structlog.get_logger("chatd.tools")

@@ -1,0 +1,225 @@
+"""ToolRegistry.run: outcomes for success and every kind of failure, timeouts, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+import structlog
+
+from server.sessions.ports import ToolOutcome, ToolRunner
+from server.tools import ToolError, ToolRegistry, tool
+
+
+@tool
+async def add(a: int, b: int = 0) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+@tool
+def pair(x: str) -> tuple[str, list[tuple[int, int]]]:
+    """Returns tuples, which go to the model as lists."""
+    return (x, [(1, 2)])
+
+
+@tool
+def explode(message: str) -> None:
+    """Raises."""
+    raise RuntimeError(message)
+
+
+@tool
+async def refuse(message: str) -> None:
+    """Raises ToolError."""
+    raise ToolError(message)
+
+
+@tool
+def not_json() -> object:
+    """Returns a set."""
+    return {"ok": {1, 2}}
+
+
+@tool
+async def own_timeout() -> None:
+    """Raises TimeoutError itself, well before its deadline."""
+    raise TimeoutError("upstream took too long")
+
+
+@tool(timeout=0.05)
+async def slow() -> str:
+    """Sleeps past its timeout."""
+    await asyncio.sleep(5)
+    return "never"
+
+
+RELEASE = threading.Event()
+
+
+@tool(timeout=0.05)
+def slow_sync() -> None:
+    """Blocks its thread past its timeout, until the test releases it."""
+    RELEASE.wait(2)
+
+
+@tool
+async def nap(seconds: float) -> float:
+    """Sleeps on the event loop."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@tool
+def block(seconds: float) -> float:
+    """Sleeps in its thread (time.sleep would freeze the loop if it ran there)."""
+    time.sleep(seconds)
+    return seconds
+
+
+REGISTRY = ToolRegistry([add, pair, explode, refuse, not_json, own_timeout, slow, nap, block])
+
+
+def test_the_registry_is_a_tool_runner_with_sorted_declarations() -> None:
+    runner: ToolRunner = REGISTRY
+    names = [d.name for d in runner.declarations()]
+    assert names == sorted(names)
+    assert runner.names() == frozenset(names)
+    assert "add" in REGISTRY and REGISTRY.get("add") is add
+
+
+async def test_success_wraps_the_return_value_in_result() -> None:
+    assert await REGISTRY.run("add", {"a": 2, "b": 3.0}) == ToolOutcome({"result": 5}, False)
+
+
+async def test_tuples_in_results_become_lists() -> None:
+    outcome = await REGISTRY.run("pair", {"x": "p"})
+    assert outcome == ToolOutcome({"result": ["p", [[1, 2]]]}, False)
+
+
+async def test_an_unknown_tool_is_an_error_listing_the_known_ones() -> None:
+    outcome = await REGISTRY.run("nope", {})
+    assert outcome.is_error
+    assert outcome.response["error"] == (
+        "unknown tool 'nope'; known tools: add, block, explode, nap, not_json, own_timeout, "
+        "pair, refuse, slow"
+    )
+
+
+async def test_arguments_breaking_the_schema_are_an_error_naming_them() -> None:
+    outcome = await REGISTRY.run("add", {"a": "two", "c": 1})
+    assert outcome == ToolOutcome(
+        {
+            "error": "invalid arguments for tool 'add': args.a: expected integer, got string; "
+            "args.c: unknown argument (known: a, b)"
+        },
+        True,
+    )
+
+
+async def test_an_exception_is_an_error_with_its_type_and_message_and_is_logged() -> None:
+    with structlog.testing.capture_logs() as logs:
+        outcome = await REGISTRY.run("explode", {"message": "boom"})
+    assert outcome == ToolOutcome({"error": "RuntimeError: boom"}, True)
+    assert logs == [
+        {
+            "event": "tool_failed",
+            "tool": "explode",
+            "error": "RuntimeError: boom",
+            "exc_info": True,
+            "log_level": "warning",
+        }
+    ]
+
+
+async def test_a_tool_error_gives_the_model_just_its_message() -> None:
+    outcome = await REGISTRY.run("refuse", {"message": "no such city"})
+    assert outcome == ToolOutcome({"error": "no such city"}, True)
+
+
+async def test_a_tools_own_timeout_error_is_an_ordinary_failure() -> None:
+    outcome = await REGISTRY.run("own_timeout", {})
+    assert outcome == ToolOutcome({"error": "TimeoutError: upstream took too long"}, True)
+
+
+async def test_a_slow_async_tool_is_stopped_at_its_timeout() -> None:
+    started = time.monotonic()
+    outcome = await REGISTRY.run("slow", {})
+    assert outcome == ToolOutcome({"error": "tool 'slow' timed out after 0.05s"}, True)
+    assert time.monotonic() - started < 0.5
+
+
+async def test_a_slow_sync_tool_times_out_without_waiting_for_its_thread() -> None:
+    RELEASE.clear()
+    started = time.monotonic()
+    try:
+        outcome = await ToolRegistry([slow_sync]).run("slow_sync", {})
+        assert outcome == ToolOutcome({"error": "tool 'slow_sync' timed out after 0.05s"}, True)
+        assert time.monotonic() - started < 0.5
+    finally:
+        RELEASE.set()  # the thread cannot be cancelled: let it finish
+
+
+async def test_a_sync_tool_runs_off_the_event_loop() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    outcome = await REGISTRY.run("block", {"seconds": 0.2})
+    task.cancel()
+    assert outcome == ToolOutcome({"result": 0.2}, False)
+    # Had time.sleep run on the loop, the ticker could not have ticked at all meanwhile.
+    assert ticks >= 5
+
+
+@pytest.mark.parametrize("name", ["nap", "block"])
+async def test_two_slow_calls_run_concurrently(name: str) -> None:
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        REGISTRY.run(name, {"seconds": 0.2}), REGISTRY.run(name, {"seconds": 0.2})
+    )
+    assert [o.response for o in outcomes] == [{"result": 0.2}] * 2
+    assert time.monotonic() - started < 0.35
+
+
+async def test_a_result_that_is_not_json_is_an_error_saying_so() -> None:
+    outcome = await REGISTRY.run("not_json", {})
+    assert outcome.is_error
+    assert outcome.response["error"] == (
+        "tool 'not_json' returned a value that is not JSON: result.ok: set is not JSON-able"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (float("inf"), "result: inf is not a JSON number"),
+        ({1: "a"}, "result: key 1 is not a string"),
+        (10**400, "result: integer with 401 digits is too large"),
+        (b"bytes", "result: bytes is not JSON-able"),
+    ],
+)
+async def test_values_json_cannot_carry_are_refused(value: Any, why: str) -> None:
+    @tool
+    def give() -> Any:
+        """Returns the value."""
+        return value
+
+    outcome = await ToolRegistry([give]).run("give", {})
+    assert outcome.response == {"error": f"tool 'give' returned a value that is not JSON: {why}"}
+
+
+async def test_cancelling_the_turn_cancels_the_call() -> None:
+    task = asyncio.create_task(REGISTRY.run("nap", {"seconds": 5}))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
