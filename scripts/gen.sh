@@ -23,8 +23,8 @@ done
 touch "$work/chatd/__init__.py" "$work/chatd/v1/__init__.py" "$work/chatd/py.typed"
 
 if [ "$check" = 1 ]; then
-  if ! diff -r "$work/chatd" "$out/chatd" >/dev/null; then
-    diff -r "$work/chatd" "$out/chatd" | head -20
+  if ! diff -r -x __pycache__ "$work/chatd" "$out/chatd" >/dev/null; then
+    diff -r -x __pycache__ "$work/chatd" "$out/chatd" | head -20
     echo "generated/ is stale: run 'make gen' and commit the result" >&2
     exit 1
   fi

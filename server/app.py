@@ -16,9 +16,10 @@ from server.config import Settings
 from server.providers.echo import NOTICE, EchoProvider
 from server.rpc.interceptors import ErrorsAndLogging
 from server.rpc.servicer import ChatServicer
-from server.sessions.ports import ModelProvider, SessionStore
+from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.store import open_store
+from server.tools import load_tools
 
 log = structlog.get_logger("chatd")
 
@@ -68,6 +69,16 @@ def build_provider(settings: Settings) -> ModelProvider:
     )
 
 
+def build_tools(settings: Settings) -> ToolRunner:
+    """The built-in tools, those of CHATD_TOOLS modules and of `chatd.tools` entry points."""
+    try:
+        registry = load_tools(settings.tool_modules)
+    except (ImportError, ValueError) as exc:
+        raise SystemExit(f"chatd: cannot load tools: {exc}") from exc
+    log.info("tools loaded", tools=sorted(registry.names()))
+    return registry
+
+
 @dataclass
 class RunningServer:
     """A started chatd: its bound port and what must be closed at shutdown."""
@@ -93,15 +104,17 @@ async def start(
     *,
     store: SessionStore | None = None,
     provider: ModelProvider | None = None,
+    tools: ToolRunner | None = None,
 ) -> RunningServer:
-    """Starts serving; `store` and `provider` replace the configured ones (for tests)."""
+    """Starts serving; `store`, `provider` and `tools` replace the configured ones."""
+    tools = tools or build_tools(settings)
     store = store or await open_store(
         settings.database_url,
         cache_max_bytes=settings.cache_max_bytes,
         sqlite_synchronous=settings.sqlite_synchronous.upper(),
     )
     provider = provider or build_provider(settings)
-    chats = ChatSessions(store, provider)
+    chats = ChatSessions(store, provider, tools, max_tool_rounds=settings.max_tool_rounds)
 
     limit = settings.max_message_bytes
     server = grpc.aio.server(

@@ -30,6 +30,9 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     max_message_bytes: int = 8 * 1024 * 1024
+    # Python modules whose @tool functions are served, comma-separated.
+    tools: str = ""
+    max_tool_rounds: int = 8
     # Gemini: an API key, or Vertex AI with a project (and location).
     gemini_api_key: str = field(default="", repr=False)
     gemini_vertexai: bool = False
@@ -38,6 +41,10 @@ class Settings:
     gemini_base_url: str = ""
     gemini_timeout: float = 120.0
     gemini_retry_attempts: int = 3
+
+    @property
+    def tool_modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.tools.split(",") if m.strip())
 
     @property
     def gemini_configured(self) -> bool:
@@ -68,6 +75,8 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
     ),
     ("log_level", "--log-level", ("CHATD_LOG_LEVEL",), "debug | info | warning | error"),
     ("max_message_bytes", "--max-message-bytes", ("CHATD_MAX_MESSAGE_BYTES",), "largest request"),
+    ("tools", "--tools", ("CHATD_TOOLS",), "modules with @tool functions, comma-separated"),
+    ("max_tool_rounds", "--max-tool-rounds", ("CHATD_MAX_TOOL_ROUNDS",), "tool rounds per turn"),
     # Credentials come from the environment only, never from flags visible in `ps`.
     ("gemini_api_key", None, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ""),
     ("gemini_vertexai", None, ("GOOGLE_GENAI_USE_VERTEXAI",), ""),
@@ -143,6 +152,8 @@ def validate(settings: Settings) -> None:
     for name in ("grace_period", "cache_max_bytes", "echo_delay_ms"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{name} must not be negative")
+    if not 1 <= settings.max_tool_rounds <= 100:
+        raise SettingsError("CHATD_MAX_TOOL_ROUNDS must be between 1 and 100")
     if settings.gemini_timeout <= 0:
         raise SettingsError("CHATD_GEMINI_TIMEOUT must be positive")
     if not 1 <= settings.gemini_retry_attempts <= 10:

@@ -16,7 +16,7 @@ from chatd.v1 import chat_service_pb2_grpc
 from server import app, logs
 from server.config import Settings
 from server.providers.gemini import GeminiProvider, GeminiSettings
-from server.sessions.ports import ModelProvider, SessionStore
+from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from tests.fake_gemini import FakeGemini, fake_gemini_fixture
 
 logs.configure("console", os.environ.get("CHATD_TEST_LOG_LEVEL", "warning"))
@@ -48,6 +48,7 @@ async def start_chatd(tmp_path: Path) -> AsyncIterator[StartChatd]:
         *,
         store: SessionStore | None = None,
         provider: ModelProvider | None = None,
+        tools: ToolRunner | None = None,
         **overrides: Any,
     ) -> Chatd:
         options: dict[str, Any] = {
@@ -56,7 +57,7 @@ async def start_chatd(tmp_path: Path) -> AsyncIterator[StartChatd]:
             "grace_period": 1.0,
         }
         options.update(overrides)
-        running = await app.start(Settings(**options), store=store, provider=provider)
+        running = await app.start(Settings(**options), store=store, provider=provider, tools=tools)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         chatd = Chatd(
             running,

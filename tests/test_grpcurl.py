@@ -79,17 +79,20 @@ async def test_grpcurl_walkthrough(chatd: Chatd) -> None:
     assert [m["role"] for m in history["messages"]] == ["ROLE_USER", "ROLE_MODEL"]
 
 
-def readme_walkthrough() -> str:
-    """The README's grpcurl block, exactly as a reader would paste it."""
+def readme_block(first_line_start: str) -> str:
+    """A README shell block, exactly as a reader would paste it."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    blocks = readme.split("```sh\n")[1:]
-    return next(b.split("```")[0] for b in blocks if b.startswith("G="))
+    blocks = [b.split("```")[0] for b in readme.split("```sh\n")[1:]]
+    return next(b for b in blocks if b.startswith(first_line_start))
 
 
-async def run_walkthrough(address: str) -> str:
-    """Runs the README's block against `address`; its output."""
+def readme_walkthrough() -> str:
+    return readme_block("G=")
+
+
+async def run_readme_script(script: str, address: str) -> str:
+    """Runs README shell lines against `address` with the dev grpcurl; their output."""
     assert GRPCURL is not None
-    script = readme_walkthrough()
     assert "127.0.0.1:50051" in script
     script = script.replace("127.0.0.1:50051", address).replace(".venv/bin/grpcurl", GRPCURL)
     proc = await asyncio.create_subprocess_exec(
@@ -109,7 +112,7 @@ async def run_walkthrough(address: str) -> str:
 @pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (make test installs it)")
 async def test_readme_walkthrough_runs_as_written(chatd: Chatd) -> None:
     """Every command of the README's walkthrough succeeds against a live server."""
-    text = await run_walkthrough(chatd.address)
+    text = await run_readme_script(readme_walkthrough(), chatd.address)
     assert "turn 2 of this conversation" in text, "the streamed reply remembers turn 1"
     assert '"status": "SERVING"' in text
 
@@ -130,7 +133,7 @@ async def test_readme_walkthrough_on_the_gemini_provider(
     )
     await server.start()
     try:
-        text = await run_walkthrough(server.address)
+        text = await run_readme_script(readme_walkthrough(), server.address)
     finally:
         await server.kill()
     assert "echo: Stream this reply" in text, "the fake Gemini answered through the SDK"
@@ -138,3 +141,14 @@ async def test_readme_walkthrough_on_the_gemini_provider(
     assert [r.api_key for r in sent] == ["walkthrough-key"] * 2
     assert sent[-1].texts("user") == ["Hello, chatd!", "Stream this reply"]
     assert any(e.get("provider") == "gemini" for e in server.log)
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (make test installs it)")
+async def test_readme_tools_walkthrough_runs_as_written(chatd: Chatd) -> None:
+    """The README's function-calling block on the echo provider, ids included."""
+    setup = readme_walkthrough().splitlines()[0]
+    tools_block = readme_block('$G -plaintext -d \'{"session_id": "tools"')
+    text = await run_readme_script(setup + "\n" + tools_block, chatd.address)
+    assert "get_current_time returned" in text
+    assert "FINISH_REASON_TOOL_CALLS_PENDING" in text
+    assert 'lookup_order returned {\\"result\\": {\\"status\\": \\"shipped\\"}}' in text

@@ -249,7 +249,9 @@ async def test_tool_results_without_pending_calls_fail_precondition(chatd: Chatd
     await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s1"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await chatd.stub.SendMessage(
-            pb.SendMessageRequest(session_id="s1", tool_results=[pb.ToolResult(call_id="c1")])
+            pb.SendMessageRequest(
+                session_id="s1", tool_results=[pb.ToolResult(call_id="c1", error="x")]
+            )
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
@@ -260,7 +262,7 @@ async def test_tool_results_without_pending_calls_fail_precondition(chatd: Chatd
         ("UpdateSession", pb.UpdateSessionRequest()),
         ("ForkSession", pb.ForkSessionRequest()),
         ("CancelReply", pb.CancelReplyRequest()),
-        ("ListTools", pb.ListToolsRequest()),
+        ("ClearHistory", pb.ClearHistoryRequest()),
     ],
 )
 async def test_rpcs_not_live_yet_answer_unimplemented(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 
 from server.sessions.context import is_turn_start
-from server.sessions.model import FinishReason, Message, Part, Role, Usage
+from server.sessions.model import FinishReason, FunctionCall, Message, Part, Role, Usage
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
 
 NOTICE = "(chatd echo provider, not a language model)"
@@ -17,6 +18,9 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_BLOB = 258
 
 _WORDS = re.compile(r"\S+\s*|\s+")
+# `/call NAME {json args}` on a line of its own asks for a function call.
+_CALL = re.compile(r"^/call\s+(?P<name>\S+)\s*(?P<args>.*?)\s*$", re.MULTILINE)
+CALL_USAGE = 'usage: /call <function> {"arg": "value"} (one call per line)'
 
 
 def estimate_tokens(messages: Sequence[Message], system_instruction: str = "") -> int:
@@ -52,7 +56,9 @@ def _describe(part: Part) -> str:
 class EchoProvider:
     """Repeats the user's last message, says how much history it was sent, and streams by word.
 
-    `delay` seconds pass before each delta, to make streaming visible by hand.
+    A line `/call NAME {"arg": ...}` in the message makes it call function NAME instead
+    (several lines: several calls at once); given the results, it reports them. `delay`
+    seconds pass before each delta, to make streaming visible by hand.
     """
 
     def __init__(self, *, default_model: str = "echo", delay: float = 0.0) -> None:
@@ -77,14 +83,42 @@ class EchoProvider:
             f"{len(contents) - 1} earlier messages in context {NOTICE}"
         )
 
+    def reply(self, request: ModelRequest) -> tuple[Part, ...] | str:
+        """Function calls asked for with /call lines, or the reply text."""
+        last = request.contents[-1] if request.contents else None
+        if last is not None and any(p.function_response is not None for p in last.parts):
+            results = "; ".join(
+                f"{r.name} returned {json.dumps(r.response, sort_keys=True)}"
+                for p in last.parts
+                if (r := p.function_response) is not None
+            )
+            return f"Echo: {results} {NOTICE}"
+        text = "".join(p.text or "" for p in last.parts) if last is not None else ""
+        calls = []
+        for match in _CALL.finditer(text):
+            try:
+                args = json.loads(match["args"] or "{}")
+            except ValueError:
+                return f"Echo: cannot parse the arguments of /call {match['name']}: {CALL_USAGE}"
+            if not isinstance(args, dict):
+                return f"Echo: /call arguments must be a JSON object: {CALL_USAGE}"
+            calls.append(Part(function_call=FunctionCall("", match["name"], args)))
+        return tuple(calls) if calls else self.reply_text(request)
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
-        text = self.reply_text(request)
-        for word in _WORDS.findall(text):
+        reply = self.reply(request)
+        if isinstance(reply, str):
+            for word in _WORDS.findall(reply):
+                if self._delay:
+                    await asyncio.sleep(self._delay)
+                yield ModelChunk(parts=(Part(text=word),))
+            answer = -(-len(reply) // CHARS_PER_TOKEN)
+        else:
             if self._delay:
                 await asyncio.sleep(self._delay)
-            yield ModelChunk(parts=(Part(text=word),))
+            yield ModelChunk(parts=reply)
+            answer = estimate_tokens([Message(Role.MODEL, reply)])
         prompt = estimate_tokens(request.contents, request.system_instruction)
-        answer = -(-len(text) // CHARS_PER_TOKEN)
         yield ModelChunk(
             usage=Usage(
                 prompt_tokens=prompt, candidates_tokens=answer, total_tokens=prompt + answer

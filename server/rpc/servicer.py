@@ -11,7 +11,12 @@ import structlog
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import chat_service_pb2_grpc
-from server.rpc.content_codec import contents_from_pb, messages_to_pb, parts_from_pb
+from server.rpc.content_codec import (
+    contents_from_pb,
+    dict_to_struct,
+    messages_to_pb,
+    parts_from_pb,
+)
 from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
 from server.rpc.session_codec import session_to_pb, settings_from_pb
 from server.rpc.turn_codec import TurnRequest, event_to_pb, reply_to_pb, turn_input
@@ -157,6 +162,17 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
                 sequence_number += 1
                 yield generation_event_to_pb(event, sequence_number)
 
+    async def ListTools(
+        self, request: pb.ListToolsRequest, context: Context
+    ) -> pb.ListToolsResponse:
+        page = self._chats.list_tools(page_size=request.page_size, page_token=request.page_token)
+        response = pb.ListToolsResponse(next_page_token=page.next_page_token)
+        for declaration in page.items:
+            tool = response.tools.add(name=declaration.name, description=declaration.description)
+            if declaration.parameters is not None:
+                dict_to_struct(declaration.parameters, tool.parameters)
+        return response
+
     # RPCs of the contract that later releases serve.
 
     async def UpdateSession(
@@ -193,11 +209,6 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self, request: pb.CancelReplyRequest, context: Context
     ) -> pb.CancelReplyResponse:
         raise _not_live("CancelReply")
-
-    async def ListTools(
-        self, request: pb.ListToolsRequest, context: Context
-    ) -> pb.ListToolsResponse:
-        raise _not_live("ListTools")
 
 
 def _not_live(name: str) -> Unimplemented:

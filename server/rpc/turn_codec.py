@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf import json_format
+
 from chatd.v1 import chat_service_pb2 as pb
 from server.rpc.content_codec import (
     FINISH_TO_PB,
@@ -14,7 +16,7 @@ from server.rpc.content_codec import (
 )
 from server.rpc.session_codec import generation_config_from_pb
 from server.sessions.engine import TurnInput
-from server.sessions.errors import FailedPrecondition, InvalidArgument
+from server.sessions.errors import InvalidArgument
 from server.sessions.events import (
     MessageCompleted,
     TextDelta,
@@ -25,6 +27,7 @@ from server.sessions.events import (
     TurnReply,
 )
 from server.sessions.model import Part
+from server.sessions.tool_calls import ToolResultInput
 
 TurnRequest = pb.SendMessageRequest | pb.StreamReplyRequest
 
@@ -33,16 +36,29 @@ def turn_input(request: TurnRequest, timeout: float | None) -> TurnInput:
     """The turn a SendMessage or StreamReply request asks for (both share field numbers)."""
     if request.text and request.parts:
         raise InvalidArgument("parts", "set either text or parts, not both")
-    if request.tool_results:
-        raise FailedPrecondition(
-            "tool_results: the session has no pending tool calls to answer",
-            reason="NO_PENDING_TOOL_CALLS",
-        )
     parts = (Part(text=request.text),) if request.text else parts_from_pb(request.parts, "parts")
     override = None
     if request.HasField("generation_config"):
         override = generation_config_from_pb(request.generation_config)
-    return TurnInput(parts=parts, config_override=override, timeout=timeout)
+    return TurnInput(
+        parts=parts,
+        tool_results=tuple(tool_result_from_pb(r, i) for i, r in enumerate(request.tool_results)),
+        config_override=override,
+        timeout=timeout,
+    )
+
+
+def tool_result_from_pb(result: pb.ToolResult, index: int) -> ToolResultInput:
+    field = f"tool_results[{index}]"
+    if not result.call_id:
+        raise InvalidArgument(f"{field}.call_id", "is required")
+    match result.WhichOneof("outcome"):
+        case "result":
+            value = json_format.MessageToDict(result.result)
+            return ToolResultInput(result.call_id, {"result": value}, is_error=False)
+        case "error":
+            return ToolResultInput(result.call_id, {"error": result.error}, is_error=True)
+    raise InvalidArgument(field, "set result (any JSON value) or error (a message)")
 
 
 def reply_to_pb(reply: TurnReply, out: pb.Reply) -> None:

@@ -39,6 +39,12 @@ class AlreadyExists(ChatdError):
     reason = "ALREADY_EXISTS"
 
 
+class DuplicateRequest(ChatdError):
+    """A store refused a write because its request id was already recorded."""
+
+    reason = "DUPLICATE_REQUEST"
+
+
 class FailedPrecondition(ChatdError):
     reason = "FAILED_PRECONDITION"
 
