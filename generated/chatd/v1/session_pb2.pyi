@@ -406,6 +406,7 @@ class SessionDocument(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     EXPORT_TIME_FIELD_NUMBER: _builtins.int
+    PENDING_TURN_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Document format version; this contract writes 1."""
     @_builtins.property
@@ -414,6 +415,10 @@ class SessionDocument(_message.Message):
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.Message]: ...
     @_builtins.property
     def export_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def pending_turn(self) -> Global___PendingTurn:
+        """Set when the session's last turn waits for the caller's tool results."""
+
     def __init__(
         self,
         *,
@@ -421,14 +426,55 @@ class SessionDocument(_message.Message):
         session: Global___Session | None = ...,
         messages: _abc.Iterable[_content_pb2.Message] | None = ...,
         export_time: _timestamp_pb2.Timestamp | None = ...,
+        pending_turn: Global___PendingTurn | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["export_time", b"export_time", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["export_time", b"export_time", "pending_turn", b"pending_turn", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_time", b"export_time", "format_version", b"format_version", "messages", b"messages", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_time", b"export_time", "format_version", b"format_version", "messages", b"messages", "pending_turn", b"pending_turn", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionDocument: _TypeAlias = SessionDocument  # noqa: Y015
+
+@_typing.final
+class PendingTurn(_message.Message):
+    """A turn paused for caller-executed tools: its messages so far are in
+    history; `calls` are the model's last calls and `answered` the responses
+    chatd already has.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    FIRST_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    first_message_id: _builtins.str
+    """The turn's first message."""
+    rounds: _builtins.int
+    """Tool rounds the turn has used."""
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.FunctionCall]: ...
+    @_builtins.property
+    def answered(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.FunctionResponse]: ...
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        first_message_id: _builtins.str = ...,
+        rounds: _builtins.int = ...,
+        calls: _abc.Iterable[_content_pb2.FunctionCall] | None = ...,
+        answered: _abc.Iterable[_content_pb2.FunctionResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "calls", b"calls", "first_message_id", b"first_message_id", "rounds", b"rounds", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingTurn: _TypeAlias = PendingTurn  # noqa: Y015
 
 @_typing.final
 class Tool(_message.Message):
