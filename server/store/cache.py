@@ -2,78 +2,69 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from server.sessions.errors import NotFound
 from server.sessions.locks import KeyedLocks
 from server.sessions.model import Message, Session
-from server.sessions.ports import SessionQuery, SessionStore
+from server.sessions.ports import RequestRecord, SessionQuery, SessionStore
 from server.store import rules
-from server.store.sizes import message_size, session_size
+from server.store.cache_entry import CacheStats, Entry
+
+__all__ = ["CacheStats", "CachedStore"]
 
 _Key = tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class CacheStats:
-    hits: int
-    misses: int
-    evictions: int
-    entries: int
-    bytes: int
-
-
-@dataclass(slots=True)
-class _Entry:
-    session: Session
-    # The newest messages, oldest first, with nothing missing between them and the end.
-    tail: list[Message] = field(default_factory=list)
-    complete: bool = False  # the tail is the whole history
-    # Kept up to date incrementally: re-estimating a long tail on every turn would cost
-    # more than the cache saves.
-    session_bytes: int = 0
-    tail_bytes: int = 0
-
-    @classmethod
-    def of(cls, session: Session, tail: Sequence[Message] = (), complete: bool = False) -> _Entry:
-        entry = cls(session, list(tail), complete, session_size(session))
-        entry.tail_bytes = sum(message_size(m) for m in entry.tail)
-        return entry
-
-    @property
-    def size(self) -> int:
-        return self.session_bytes + self.tail_bytes
-
-    def covers(self, limit: int | None) -> bool:
-        return self.complete or (limit is not None and len(self.tail) >= limit)
-
-
-def _seq(message: Message) -> int:
-    return message.seq
 
 
 class CachedStore:
     """Write-through cache over `inner`, bounded by an estimate of its bytes.
 
-    Hits are answered without awaiting. Every call that reaches `inner` for a session
-    holds that session's lock and refills the entry while holding it, so a slow load can
-    never overwrite what a newer write put in the cache. Assumes it is the only writer
-    of `inner` (one process per database).
+    Every call that reaches `inner` for a session holds that session's lock and refills
+    the entry while holding it, so a slow load can never overwrite what a newer write
+    put in the cache.
+
+    By default it assumes it is `inner`'s only writer (one process per database), and
+    hits are answered without awaiting. With `shared=True` other processes write the
+    same database, and the cache must never serve what they replaced:
+
+    - get_session always reads the row from `inner`. The cached tail is kept only if
+      the cached session equals that row (same version, times and next_seq), else it is
+      dropped; either way the entry is then *validated*.
+    - recent_messages and list_messages answer from the tail only for a validated entry,
+      and each such answer uses the validation up. History read that way is as of the
+      caller's preceding get_session: read the session first, then its history (the
+      turn engine does). Any other history read goes to `inner`.
+    - Writes through this cache update the entry but leave it unvalidated; a Conflict
+      or any other failure drops it.
     """
 
-    def __init__(self, inner: SessionStore, max_bytes: int, *, max_tail_messages: int = 1000):
+    def __init__(
+        self,
+        inner: SessionStore,
+        max_bytes: int,
+        *,
+        max_tail_messages: int = 1000,
+        shared: bool = False,
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self._inner = inner
         self._max_bytes = max_bytes
         self._max_tail = max_tail_messages
+        self._shared = shared
         # One session may take at most a quarter, so a huge one cannot flush all others.
         self._max_entry_bytes = max_bytes // 4
-        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
+        self._entries: OrderedDict[_Key, Entry] = OrderedDict()
         self._locks = KeyedLocks()
         self._bytes = self._hits = self._misses = self._evictions = 0
+        # delete_expired has deleted, or may be deleting, sessions expired by this time
+        # (microseconds); such sessions are not cached, or a racing load could revive one.
+        self._swept_until: int | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self._shared
 
     @property
     def stats(self) -> CacheStats:
@@ -83,33 +74,35 @@ class CachedStore:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _hit(self, key: _Key) -> _Entry | None:
+    def _hit(self, key: _Key) -> Entry | None:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
         return entry
 
-    def _take(self, key: _Key) -> _Entry | None:
+    def _use(self, entry: Entry) -> bool:
+        """Whether the entry's history may answer a read now (always, unless shared)."""
+        if self._shared and not entry.validated:
+            return False
+        entry.validated = False  # one read per validation
+        return True
+
+    def _take(self, key: _Key) -> Entry | None:
         """Removes the entry from the cache (and its accounting) to change or drop it."""
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry.size
         return entry
 
-    def _put(self, key: _Key, entry: _Entry) -> None:
+    def _swept(self, session: Session) -> bool:
+        expire = rules.expire_micros(session)
+        return expire is not None and self._swept_until is not None and expire <= self._swept_until
+
+    def _put(self, key: _Key, entry: Entry) -> None:
         """Inserts a taken or new entry as most recent, trimming it and evicting to fit."""
-        tail = entry.tail
-        drop = max(len(tail) - self._max_tail, 0)
-        dropped = sum(message_size(m) for m in tail[:drop])
-        while drop < len(tail) and entry.size - dropped > self._max_entry_bytes:
-            dropped += message_size(tail[drop])
-            drop += 1
-        if drop:
-            del tail[:drop]
-            entry.tail_bytes -= dropped
-            entry.complete = False
-        if entry.size > self._max_entry_bytes:
-            return  # even the bare session is too big to be worth caching
+        entry.trim(self._max_tail, self._max_entry_bytes)
+        if entry.size > self._max_entry_bytes or self._swept(entry.session):
+            return  # too big to be worth caching, or perhaps deleted already
         self._entries[key] = entry
         self._bytes += entry.size
         while self._bytes > self._max_bytes:
@@ -119,16 +112,28 @@ class CachedStore:
 
     # ------------------------------------------------------------------ SessionStore
 
-    async def create_session(self, session: Session) -> None:
+    async def create_session(
+        self,
+        session: Session,
+        messages: Sequence[Message] = (),
+        request: RequestRecord | None = None,
+    ) -> None:
         key = (session.tenant, session.session_id)
         async with self._locks.hold(key):
-            await self._inner.create_session(session)
-            # A new session has no messages, so the empty tail is its whole history.
+            try:
+                await self._inner.create_session(session, messages, request)
+            except BaseException:
+                self._take(key)  # the outcome may be unknown (cancelled): reload
+                raise
             self._take(key)
-            self._put(key, _Entry.of(rules.quantize_session(session), complete=True))
+            # The initial messages are the session's whole history.
+            history = [rules.quantize_message(m) for m in messages]
+            self._put(key, Entry.of(rules.quantize_session(session), history, complete=True))
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         key = (tenant, session_id)
+        if self._shared:
+            return await self._validate(key)
         if (entry := self._hit(key)) is not None:
             self._hits += 1
             return entry.session
@@ -137,8 +142,32 @@ class CachedStore:
             if (entry := self._entries.get(key)) is not None:  # filled while we waited
                 return entry.session
             session = await self._inner.get_session(tenant, session_id)
-            self._put(key, _Entry.of(session))
+            self._put(key, Entry.of(session))
             return session
+
+    async def _validate(self, key: _Key) -> Session:
+        """Shared mode's get_session: the stored row, with the tail kept if still current."""
+        async with self._locks.hold(key):
+            try:
+                fresh = await self._inner.get_session(*key)
+            except NotFound:
+                self._take(key)
+                raise
+            except BaseException:
+                if (entry := self._entries.get(key)) is not None:
+                    entry.validated = False
+                raise
+            entry = self._take(key)
+            # Equality, not just the version: a session deleted and created again
+            # elsewhere restarts at version 1 with another history.
+            if entry is not None and entry.session == fresh:
+                self._hits += 1
+            else:
+                self._misses += 1
+                entry = Entry.of(fresh)
+            entry.validated = True
+            self._put(key, entry)
+            return fresh
 
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         return await self._inner.list_sessions(tenant, query)
@@ -155,44 +184,47 @@ class CachedStore:
         self, tenant: str, session_id: str, limit: int | None = None
     ) -> list[Message]:
         key = (tenant, session_id)
-        if (entry := self._hit(key)) is not None and entry.covers(limit):
+        if (entry := self._hit(key)) is not None and entry.covers(limit) and self._use(entry):
             self._hits += 1
-            return _last(entry.tail, limit)
+            return entry.last(limit)
         self._misses += 1
         async with self._locks.hold(key):
-            if (entry := self._entries.get(key)) is not None and entry.covers(limit):
-                return _last(entry.tail, limit)
+            entry = self._entries.get(key)
+            if entry is not None and entry.covers(limit) and self._use(entry):
+                return entry.last(limit)
             messages = await self._inner.recent_messages(tenant, session_id, limit)
             # Fill only an entry that survived the await; without its session (not loaded
-            # here, to keep a miss one call) there is nothing to attach the tail to.
+            # here, to keep a miss one call) there is nothing to attach the tail to. In
+            # shared mode the tail may be newer than the entry's session; the next
+            # get_session then finds the row changed and drops it.
             entry = self._entries.get(key)
             whole = limit is None or len(messages) < limit
             if entry is not None and (whole or len(messages) > len(entry.tail)):
                 self._take(key)
-                self._put(key, _Entry.of(entry.session, messages, whole))
+                self._put(key, Entry.of(entry.session, messages, whole))
             return messages
 
     async def list_messages(
         self, tenant: str, session_id: str, after_seq: int, limit: int
     ) -> list[Message]:
         entry = self._hit((tenant, session_id))
-        # Served when every message after `after_seq` is in the tail.
-        if entry is not None and (
-            entry.complete or (entry.tail and entry.tail[0].seq <= after_seq)
-        ):
+        if entry is not None and entry.covers_after(after_seq) and self._use(entry):
             self._hits += 1
-            start = bisect_right(entry.tail, after_seq, key=_seq)
-            return entry.tail[start : start + max(limit, 0)]
+            return entry.after(after_seq, limit)
         self._misses += 1
         return await self._inner.list_messages(tenant, session_id, after_seq, limit)
 
     async def commit_turn(
-        self, session: Session, messages: Sequence[Message], expected_version: int
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        expected_version: int,
+        request: RequestRecord | None = None,
     ) -> None:
         key = (session.tenant, session.session_id)
         async with self._locks.hold(key):
             try:
-                await self._inner.commit_turn(session, messages, expected_version)
+                await self._inner.commit_turn(session, messages, expected_version, request)
             except BaseException:
                 # Conflict/NotFound mean the entry is stale; anything else (cancellation
                 # included) leaves the outcome unknown. Reload from inner next time.
@@ -201,30 +233,49 @@ class CachedStore:
             session = rules.quantize_session(session)
             added = [rules.quantize_message(m) for m in messages]
             entry = self._take(key)
-            if entry is None:
-                # The new messages are the newest, so they alone are a valid tail.
-                entry = _Entry.of(session, added)
+            old = None if entry is None else entry.session
+            if (
+                entry is not None
+                and old is not None
+                and old.version == expected_version
+                and old.create_time == session.create_time
+            ):
+                entry.advance(session, added)
+                entry.validated = False
             else:
-                old = entry.session
-                # Settings rarely change between turns and are the costly part to size.
-                if not (
-                    session.settings is old.settings
-                    and not session.pending_tool_calls
-                    and not old.pending_tool_calls
-                ):
-                    entry.session_bytes = session_size(session)
-                entry.session = session
-                entry.tail.extend(added)
-                entry.tail_bytes += sum(message_size(m) for m in added)
+                # The tail may lack what happened between the cached version and
+                # expected_version; the new messages are the newest, so they alone are
+                # a valid tail.
+                entry = Entry.of(session, added)
             self._put(key, entry)
+
+    async def clear_history(self, session: Session, expected_version: int) -> None:
+        key = (session.tenant, session.session_id)
+        async with self._locks.hold(key):
+            try:
+                await self._inner.clear_history(session, expected_version)
+            finally:
+                self._take(key)
+            self._put(key, Entry.of(rules.quantize_session(session), complete=True))
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        cutoff = rules.to_micros(now)
+        if self._swept_until is None or cutoff > self._swept_until:
+            self._swept_until = cutoff
+        try:
+            return await self._inner.delete_expired(now, limit)
+        finally:
+            # Not knowing which sessions inner deleted, forget every one it may have.
+            for key in [k for k, e in self._entries.items() if self._swept(e.session)]:
+                self._take(key)
+
+    async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
+        return await self._inner.get_request(tenant, request_id)
+
+    async def delete_requests_before(self, time: float, limit: int) -> int:
+        return await self._inner.delete_requests_before(time, limit)
 
     async def close(self) -> None:
         self._entries.clear()
         self._bytes = 0
         await self._inner.close()
-
-
-def _last(tail: list[Message], limit: int | None) -> list[Message]:
-    if limit is None:
-        return list(tail)
-    return tail[-limit:] if limit > 0 else []

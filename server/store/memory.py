@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from server.sessions.model import Message, Session
-from server.sessions.ports import SessionOrder, SessionQuery
+from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
 from server.store import rules
 
 
@@ -25,11 +25,13 @@ def _seq(message: Message) -> int:
 class MemoryStore:
     """SessionStore in process memory. Values are frozen, so nothing is copied.
 
-    Each method runs without awaiting, so it is atomic on the event loop.
+    Each method runs without awaiting, so it is atomic on the event loop. Every check
+    comes before the first change, so a refused write changes nothing.
     """
 
     def __init__(self) -> None:
         self._tenants: dict[str, dict[str, _Record]] = {}
+        self._requests: dict[tuple[str, str], RequestRecord] = {}
 
     def _record(self, tenant: str, session_id: str) -> _Record:
         record = self._tenants.get(tenant, {}).get(session_id)
@@ -37,11 +39,32 @@ class MemoryStore:
             raise rules.not_found(session_id)
         return record
 
-    async def create_session(self, session: Session) -> None:
-        sessions = self._tenants.setdefault(session.tenant, {})
+    def _check_request(self, request: RequestRecord | None) -> None:
+        # Checked before anything else, like the SQL stores' first insert: the retry of
+        # a write that did apply must be told so, not get Conflict or AlreadyExists.
+        if request is not None and (request.tenant, request.request_id) in self._requests:
+            raise rules.duplicate_request(request.request_id)
+
+    def _keep_request(self, request: RequestRecord | None) -> None:
+        if request is not None:
+            self._requests[request.tenant, request.request_id] = rules.quantize_request(request)
+
+    async def create_session(
+        self,
+        session: Session,
+        messages: Sequence[Message] = (),
+        request: RequestRecord | None = None,
+    ) -> None:
+        rules.check_seqs(session, messages)
+        rules.check_request(session, request)
+        self._check_request(request)
+        sessions = self._tenants.get(session.tenant, {})
         if session.session_id in sessions:
             raise rules.already_exists(session.session_id)
-        sessions[session.session_id] = _Record(rules.quantize_session(session))
+        history = [rules.quantize_message(m) for m in messages]
+        record = _Record(rules.quantize_session(session), history)
+        self._tenants.setdefault(session.tenant, {})[session.session_id] = record
+        self._keep_request(request)
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         return self._record(tenant, session_id).session
@@ -55,10 +78,12 @@ class MemoryStore:
             return (s.create_time if by_create else s.update_time, s.session_id)
 
         labels = query.labels.items()
+        alive = None if query.alive_at is None else rules.to_micros(query.alive_at)
         candidates = [
             r.session
             for r in self._tenants.get(tenant, {}).values()
             if all(r.session.settings.labels.get(k) == v for k, v in labels)
+            and (alive is None or _alive(r.session, alive))
         ]
         if (after := query.after) is not None:
             cursor = (rules.quantize_time(after.time), after.session_id)
@@ -88,18 +113,72 @@ class MemoryStore:
         start = bisect_right(messages, after_seq, key=_seq)
         return messages[start : start + max(limit, 0)]
 
-    async def commit_turn(
-        self, session: Session, messages: Sequence[Message], expected_version: int
-    ) -> None:
-        rules.check_turn(session, messages, expected_version)
+    def _guarded(self, session: Session, expected_version: int, first_new_seq: int) -> _Record:
+        """The stored record, if `session` may replace it (else Conflict/NotFound)."""
         record = self._record(session.tenant, session.session_id)
         stored = record.session
         if stored.version != expected_version:
             raise rules.conflict(session.session_id, stored.version, expected_version)
-        if stored.next_seq > rules.first_new_seq(session, messages):
+        if stored.next_seq > first_new_seq:
             raise rules.seq_reused(stored.next_seq)
+        return record
+
+    async def commit_turn(
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        expected_version: int,
+        request: RequestRecord | None = None,
+    ) -> None:
+        rules.check_turn(session, messages, expected_version)
+        rules.check_request(session, request)
+        self._check_request(request)
+        first = rules.first_new_seq(session, messages)
+        record = self._guarded(session, expected_version, first)
         record.session = rules.quantize_session(session)
         record.messages.extend(rules.quantize_message(m) for m in messages)
+        self._keep_request(request)
+
+    async def clear_history(self, session: Session, expected_version: int) -> None:
+        rules.check_version(session, expected_version)
+        record = self._guarded(session, expected_version, session.next_seq)
+        record.session = rules.quantize_session(session)
+        record.messages = []
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        cutoff = rules.to_micros(now)
+        expired = (
+            (expire, tenant, session_id)
+            for tenant, sessions in self._tenants.items()
+            for session_id, record in sessions.items()
+            if (expire := rules.expire_micros(record.session)) is not None and expire <= cutoff
+        )
+        # Soonest expired first, as the SQL stores walk their expire_time index.
+        doomed = heapq.nsmallest(max(limit, 0), expired)
+        for _, tenant, session_id in doomed:
+            del self._tenants[tenant][session_id]
+        return len(doomed)
+
+    async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
+        return self._requests.get((tenant, request_id))
+
+    async def delete_requests_before(self, time: float, limit: int) -> int:
+        cutoff = rules.to_micros(time)
+        old = (
+            (rules.to_micros(r.create_time), key)
+            for key, r in self._requests.items()
+            if rules.to_micros(r.create_time) < cutoff
+        )
+        doomed = heapq.nsmallest(max(limit, 0), old)
+        for _, key in doomed:
+            del self._requests[key]
+        return len(doomed)
 
     async def close(self) -> None:
         self._tenants.clear()
+        self._requests.clear()
+
+
+def _alive(session: Session, at_micros: int) -> bool:
+    expire = rules.expire_micros(session)
+    return expire is None or expire > at_micros

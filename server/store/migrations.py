@@ -41,6 +41,20 @@ _SESSIONS_INDEXES = (
     "CREATE INDEX sessions_by_update ON sessions (tenant, update_time, session_id)",
 )
 
+_REQUESTS_TABLE = """CREATE TABLE requests (
+    tenant TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    create_time {micros} NOT NULL,
+    PRIMARY KEY (tenant, request_id))"""
+_REQUESTS_INDEX = "CREATE INDEX requests_by_create ON requests (create_time)"
+# Partial: most sessions never expire. SQLite uses it too, since `expire_time <= ?`
+# implies the index's condition.
+_EXPIRE_INDEX = (
+    "CREATE INDEX sessions_by_expire ON sessions (expire_time) WHERE expire_time IS NOT NULL"
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -74,21 +88,25 @@ MIGRATIONS: tuple[Migration, ...] = (
                     FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, session_id)
                 ) WITHOUT ROWID""",
             ),
-            # Not exercised yet; written now so the numbering stays shared. COLLATE "C"
-            # makes session_id order byte order, as in SQLite and the memory store.
+            # Settled when the PostgreSQL store shipped (it had never run before). JSON
+            # holding caller, model or tool text is TEXT: jsonb refuses \u0000 and would
+            # reorder keys. `labels` is a jsonb copy of settings.labels for filtering
+            # (chatd writes both). COLLATE "C" makes session_id order byte order, as in
+            # SQLite and the memory store.
             POSTGRESQL: (
                 """CREATE TABLE sessions (
                     tenant TEXT NOT NULL,
                     session_id TEXT COLLATE "C" NOT NULL,
-                    settings JSONB NOT NULL,
+                    settings TEXT NOT NULL,
+                    labels JSONB NOT NULL,
                     create_time BIGINT NOT NULL,
                     update_time BIGINT NOT NULL,
                     expire_time BIGINT,
                     message_count BIGINT NOT NULL,
                     next_seq BIGINT NOT NULL,
-                    usage JSONB NOT NULL,
+                    usage TEXT NOT NULL,
                     state TEXT NOT NULL,
-                    pending JSONB,
+                    pending TEXT,
                     version BIGINT NOT NULL,
                     PRIMARY KEY (tenant, session_id))""",
                 *_SESSIONS_INDEXES,
@@ -99,9 +117,30 @@ MIGRATIONS: tuple[Migration, ...] = (
                     turn_id TEXT NOT NULL,
                     role TEXT NOT NULL,
                     create_time BIGINT NOT NULL,
-                    body JSONB NOT NULL,
+                    body TEXT NOT NULL,
                     PRIMARY KEY (tenant, session_id, seq),
                     FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, session_id))""",
+            ),
+        },
+    ),
+    Migration(
+        2,
+        "idempotent request records; expiry index",
+        {
+            SQLITE: (
+                _REQUESTS_TABLE.format(micros="INTEGER") + " WITHOUT ROWID",
+                _REQUESTS_INDEX,
+                _EXPIRE_INDEX,
+                # Migration 1 stored settings.expire_time; the column now holds the
+                # derived expiry, which for ttl sessions is ttl after the last update.
+                "UPDATE sessions SET expire_time = update_time"
+                " + CAST(ROUND(json_extract(settings, '$.ttl_seconds') * 1000000) AS INTEGER)"
+                " WHERE json_extract(settings, '$.ttl_seconds') IS NOT NULL",
+            ),
+            POSTGRESQL: (
+                _REQUESTS_TABLE.format(micros="BIGINT"),
+                _REQUESTS_INDEX,
+                _EXPIRE_INDEX,
             ),
         },
     ),

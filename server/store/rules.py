@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.sessions.errors import AlreadyExists, Conflict, NotFound
+from server.sessions.errors import AlreadyExists, Conflict, DuplicateRequest, NotFound
 from server.sessions.model import Message, Session
+from server.sessions.ports import RequestRecord
 
 MICROS_PER_SECOND = 1_000_000
 
@@ -21,6 +22,21 @@ def from_micros(micros: int) -> float:
 def quantize_time(seconds: float) -> float:
     """The time as a backend storing integer microseconds gives it back."""
     return from_micros(to_micros(seconds))
+
+
+def expire_micros(session: Session) -> int | None:
+    """The stored expire_time column: the session's derived expiry (ttl or fixed)."""
+    expire = session.expire_time
+    return None if expire is None else to_micros(expire)
+
+
+def quantize_request(request: RequestRecord) -> RequestRecord:
+    created = quantize_time(request.create_time)
+    if created == request.create_time:
+        return request
+    return RequestRecord(
+        request.tenant, request.request_id, request.fingerprint, request.result, created
+    )
 
 
 def quantize_session(session: Session) -> Session:
@@ -48,16 +64,17 @@ def quantize_message(message: Message) -> Message:
     )
 
 
-def check_turn(session: Session, messages: Sequence[Message], expected_version: int) -> None:
-    """Rejects a turn that could corrupt history whatever is stored (a caller bug).
-
-    Seqs must strictly increase and stay below the new `next_seq`; the version must move
-    forward, or optimistic concurrency could not tell this write from the previous one.
-    """
+def check_version(session: Session, expected_version: int) -> None:
+    """The version must move forward, or optimistic concurrency could not tell this write
+    from the previous one."""
     if session.version <= expected_version:
         raise ValueError(
             f"session version {session.version} must exceed expected_version {expected_version}"
         )
+
+
+def check_seqs(session: Session, messages: Sequence[Message]) -> None:
+    """Seqs must strictly increase and stay below the session's `next_seq`."""
     previous: int | None = None
     for message in messages:
         if previous is not None and message.seq <= previous:
@@ -65,6 +82,18 @@ def check_turn(session: Session, messages: Sequence[Message], expected_version: 
         previous = message.seq
     if previous is not None and session.next_seq <= previous:
         raise ValueError(f"next_seq {session.next_seq} must exceed the last message seq {previous}")
+
+
+def check_turn(session: Session, messages: Sequence[Message], expected_version: int) -> None:
+    """Rejects a turn that could corrupt history whatever is stored (a caller bug)."""
+    check_version(session, expected_version)
+    check_seqs(session, messages)
+
+
+def check_request(session: Session, request: RequestRecord | None) -> None:
+    # A record filed under another tenant would let that tenant read this one's result.
+    if request is not None and request.tenant != session.tenant:
+        raise ValueError("a request record must belong to the session's tenant")
 
 
 def first_new_seq(session: Session, messages: Sequence[Message]) -> int:
@@ -86,6 +115,10 @@ def already_exists(session_id: str) -> AlreadyExists:
 
 def conflict(session_id: str, stored: int, expected: int) -> Conflict:
     return Conflict(f"session {session_id!r} is at version {stored}, not {expected}")
+
+
+def duplicate_request(request_id: str) -> DuplicateRequest:
+    return DuplicateRequest(f"request {request_id!r} was already made")
 
 
 def seq_reused(next_seq: int) -> ValueError:

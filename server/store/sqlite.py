@@ -8,106 +8,48 @@ from pathlib import Path
 from typing import Any
 
 from server.sessions.model import Message, Session
-from server.sessions.ports import SessionOrder, SessionQuery
-from server.store import codec, rules
+from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
+from server.store import rows, rules
+from server.store import sqlite_sql as sql
 from server.store.sqlite_setup import SYNCHRONOUS_MODES, connect
 from server.store.worker import ConnectionThread
 
-_SESSION_COLUMNS = (
-    "tenant, session_id, settings, create_time, update_time, expire_time,"
-    " message_count, next_seq, usage, state, pending, version"
-)
-_MESSAGE_COLUMNS = "seq, turn_id, role, create_time, body"
-
-_INSERT_SESSION = (
-    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT (tenant, session_id) DO NOTHING"
-)
-# The version and seq guards ride on the UPDATE itself, so a good turn costs no SELECT.
-_UPDATE_SESSION = (
-    "UPDATE sessions SET settings=?, create_time=?, update_time=?, expire_time=?,"
-    " message_count=?, next_seq=?, usage=?, state=?, pending=?, version=?"
-    " WHERE tenant=? AND session_id=? AND version=? AND next_seq<=?"
-)
-_INSERT_MESSAGE = (
-    f"INSERT INTO messages (tenant, session_id, {_MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)"
-)
-_DELETE_MESSAGES = "DELETE FROM messages WHERE tenant=? AND session_id=?"
-_DELETE_SESSION = "DELETE FROM sessions WHERE tenant=? AND session_id=?"
-_SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant=? AND session_id=?"
-_SELECT_GUARDS = "SELECT version, next_seq FROM sessions WHERE tenant=? AND session_id=?"
-_EXISTS = "SELECT 1 FROM sessions WHERE tenant=? AND session_id=?"
-_ALL_MESSAGES = (
-    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE tenant=? AND session_id=? ORDER BY seq"
-)
-_LAST_MESSAGES = (
-    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE tenant=? AND session_id=?"
-    " ORDER BY seq DESC LIMIT ?"
-)
-_MESSAGES_AFTER = (
-    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE tenant=? AND session_id=? AND seq>?"
-    " ORDER BY seq LIMIT ?"
-)
-# Labels match through json_each, whose `key` column is the plain key string, so any key
-# works (dots, quotes, '$'); a json_extract path cannot address a key containing '"'.
-_LABEL_MATCHES = (
-    "EXISTS (SELECT 1 FROM json_each(settings, '$.labels') WHERE key = ? AND value = ?)"
-)
-
-
-def _session_values(s: Session) -> tuple[Any, ...]:
-    expire = s.settings.expire_time
-    return (
-        codec.dumps(codec.settings_to_dict(s.settings)),
-        rules.to_micros(s.create_time),
-        rules.to_micros(s.update_time),
-        None if expire is None else rules.to_micros(expire),
-        s.message_count,
-        s.next_seq,
-        codec.dumps(codec.usage_to_dict(s.usage)),
-        s.state.value,
-        codec.pending_to_json(s.pending),
-        s.version,
-    )
-
-
-def _session_from_row(row: Any) -> Session:
-    tenant, session_id, settings, created, updated, _, count, next_seq = row[:8]
-    usage, _state, pending, version = row[8:]  # state is derived from pending
-    return Session(
-        tenant=tenant,
-        session_id=session_id,
-        settings=codec.settings_from_dict(codec.loads(settings)),
-        create_time=rules.from_micros(created),
-        update_time=rules.from_micros(updated),
-        message_count=count,
-        next_seq=next_seq,
-        usage=codec.usage_from_dict(codec.loads(usage)),
-        pending=codec.pending_from_json(pending),
-        version=version,
-    )
-
-
-def _message_from_row(row: Any) -> Message:
-    seq, turn_id, role, created, body = row
-    return codec.message_from_body(
-        codec.loads(body),
-        role=role,
-        seq=seq,
-        create_time=rules.from_micros(created),
-        turn_id=turn_id,
-    )
+# Kept importable under its old name: tests read its query plan.
+_LAST_MESSAGES = sql.LAST_MESSAGES
 
 
 def _require(conn: sqlite3.Connection, tenant: str, session_id: str) -> None:
-    if conn.execute(_EXISTS, (tenant, session_id)).fetchone() is None:
+    if conn.execute(sql.EXISTS, (tenant, session_id)).fetchone() is None:
         raise rules.not_found(session_id)
+
+
+def _insert_request(conn: sqlite3.Connection, request: tuple[Any, ...] | None) -> None:
+    # First in every job that takes one: a retry of a write that did apply must be told
+    # DuplicateRequest, not Conflict or AlreadyExists. Raising rolls the job back whole.
+    if request is not None and conn.execute(sql.INSERT_REQUEST, request).rowcount == 0:
+        raise rules.duplicate_request(request[1])
+
+
+def _replace_session(
+    conn: sqlite3.Connection, update: tuple[Any, ...], key: tuple[str, str], expected: int
+) -> None:
+    """Runs a guarded UPDATE_SESSION, raising NotFound, Conflict or seq reuse on a miss."""
+    if conn.execute(sql.UPDATE_SESSION, update).rowcount == 0:
+        session_id = key[1]
+        guards = conn.execute(sql.SELECT_GUARDS, key).fetchone()
+        if guards is None:
+            raise rules.not_found(session_id)
+        if guards[0] != expected:
+            raise rules.conflict(session_id, guards[0], expected)
+        raise rules.seq_reused(guards[1])
 
 
 class SqliteStore:
     """SessionStore on stdlib sqlite3: one writer thread, one reader thread.
 
     Bound to the event loop that opened it. A write resolves after its COMMIT returned.
+    Rows are encoded on the event loop rather than on the writer thread: the writer
+    holds the database write lock, so its time is the scarcer one.
     """
 
     def __init__(self, writer: ConnectionThread, reader: ConnectionThread) -> None:
@@ -136,21 +78,32 @@ class SqliteStore:
             raise
         return cls(writer, reader)
 
-    async def create_session(self, session: Session) -> None:
-        values = (session.tenant, session.session_id, *_session_values(session))
+    async def create_session(
+        self,
+        session: Session,
+        messages: Sequence[Message] = (),
+        request: RequestRecord | None = None,
+    ) -> None:
+        rules.check_seqs(session, messages)
+        rules.check_request(session, request)
+        values = (session.tenant, session.session_id, *rows.session_values(session))
+        history = sql.message_rows(session, messages)
+        record = None if request is None else rows.request_values(request)
 
         def job(conn: sqlite3.Connection) -> None:
-            if conn.execute(_INSERT_SESSION, values).rowcount == 0:
+            _insert_request(conn, record)
+            if conn.execute(sql.INSERT_SESSION, values).rowcount == 0:
                 raise rules.already_exists(session.session_id)
+            conn.executemany(sql.INSERT_MESSAGE, history)
 
         await self._writer.submit(job)
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         def job(conn: sqlite3.Connection) -> Session:
-            row = conn.execute(_SELECT_SESSION, (tenant, session_id)).fetchone()
+            row = conn.execute(sql.SELECT_SESSION, (tenant, session_id)).fetchone()
             if row is None:
                 raise rules.not_found(session_id)
-            return _session_from_row(row)
+            return rows.session_from_row(row)
 
         return await self._reader.submit(job)
 
@@ -166,16 +119,19 @@ class SqliteStore:
             where.append(f"({column}, session_id) {op} (?, ?)")
             params += [rules.to_micros(after.time), after.session_id]
         for key, value in query.labels.items():
-            where.append(_LABEL_MATCHES)
+            where.append(sql.LABEL_MATCHES)
             params += [key, value]
-        sql = (
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
+        if query.alive_at is not None:
+            where.append(sql.ALIVE)
+            params.append(rules.to_micros(query.alive_at))
+        statement = (
+            f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
             f" ORDER BY {column} {direction}, session_id {direction} LIMIT ?"
         )
         params.append(query.limit)
 
         def job(conn: sqlite3.Connection) -> list[Session]:
-            return [_session_from_row(row) for row in conn.execute(sql, params)]
+            return [rows.session_from_row(row) for row in conn.execute(statement, params)]
 
         return await self._reader.submit(job)
 
@@ -183,8 +139,8 @@ class SqliteStore:
         key = (tenant, session_id)
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute(_DELETE_MESSAGES, key)
-            if conn.execute(_DELETE_SESSION, key).rowcount == 0:
+            conn.execute(sql.DELETE_MESSAGES, key)
+            if conn.execute(sql.DELETE_SESSION, key).rowcount == 0:
                 raise rules.not_found(session_id)
 
         await self._writer.submit(job)
@@ -194,16 +150,16 @@ class SqliteStore:
     ) -> list[Message]:
         def job(conn: sqlite3.Connection) -> list[Message]:
             if limit is None:
-                rows = conn.execute(_ALL_MESSAGES, (tenant, session_id)).fetchall()
+                found = conn.execute(sql.ALL_MESSAGES, (tenant, session_id)).fetchall()
             elif limit > 0:
                 # Newest first through the primary key, so the cost follows `limit`.
-                rows = conn.execute(_LAST_MESSAGES, (tenant, session_id, limit)).fetchall()
-                rows.reverse()
+                found = conn.execute(sql.LAST_MESSAGES, (tenant, session_id, limit)).fetchall()
+                found.reverse()
             else:
-                rows = []
-            if not rows:  # messages imply their session (foreign key); none proves nothing
+                found = []
+            if not found:  # messages imply their session (foreign key); none proves nothing
                 _require(conn, tenant, session_id)
-            return [_message_from_row(row) for row in rows]
+            return [rows.message_from_row(row) for row in found]
 
         return await self._reader.submit(job)
 
@@ -212,51 +168,71 @@ class SqliteStore:
     ) -> list[Message]:
         def job(conn: sqlite3.Connection) -> list[Message]:
             params = (tenant, session_id, after_seq, max(limit, 0))
-            rows = conn.execute(_MESSAGES_AFTER, params).fetchall()
-            if not rows:
+            found = conn.execute(sql.MESSAGES_AFTER, params).fetchall()
+            if not found:
                 _require(conn, tenant, session_id)
-            return [_message_from_row(row) for row in rows]
+            return [rows.message_from_row(row) for row in found]
 
         return await self._reader.submit(job)
 
     async def commit_turn(
-        self, session: Session, messages: Sequence[Message], expected_version: int
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        expected_version: int,
+        request: RequestRecord | None = None,
     ) -> None:
         rules.check_turn(session, messages, expected_version)
-        tenant, session_id = session.tenant, session.session_id
-        # Encoded here rather than on the writer thread: the writer holds the database
-        # write lock, so its time is the scarcer one.
-        update = (
-            *_session_values(session),
-            tenant,
-            session_id,
-            expected_version,
-            rules.first_new_seq(session, messages),
-        )
-        rows = [
-            (
-                tenant,
-                session_id,
-                m.seq,
-                m.turn_id,
-                m.role.value,
-                rules.to_micros(m.create_time),
-                codec.dumps(codec.message_body_to_dict(m)),
-            )
-            for m in messages
-        ]
+        rules.check_request(session, request)
+        first = rules.first_new_seq(session, messages)
+        update = sql.update_values(session, expected_version, first)
+        added = sql.message_rows(session, messages)
+        record = None if request is None else rows.request_values(request)
+        key = (session.tenant, session.session_id)
 
         def job(conn: sqlite3.Connection) -> None:
-            if conn.execute(_UPDATE_SESSION, update).rowcount == 0:
-                guards = conn.execute(_SELECT_GUARDS, (tenant, session_id)).fetchone()
-                if guards is None:
-                    raise rules.not_found(session_id)
-                if guards[0] != expected_version:
-                    raise rules.conflict(session_id, guards[0], expected_version)
-                raise rules.seq_reused(guards[1])
-            conn.executemany(_INSERT_MESSAGE, rows)
+            _insert_request(conn, record)
+            _replace_session(conn, update, key, expected_version)
+            conn.executemany(sql.INSERT_MESSAGE, added)
 
         await self._writer.submit(job)
+
+    async def clear_history(self, session: Session, expected_version: int) -> None:
+        rules.check_version(session, expected_version)
+        update = sql.update_values(session, expected_version, session.next_seq)
+        key = (session.tenant, session.session_id)
+
+        def job(conn: sqlite3.Connection) -> None:
+            _replace_session(conn, update, key, expected_version)
+            conn.execute(sql.DELETE_MESSAGES, key)
+
+        await self._writer.submit(job)
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        params = (rules.to_micros(now), max(limit, 0))
+
+        def job(conn: sqlite3.Connection) -> int:
+            doomed = conn.execute(sql.EXPIRED, params).fetchall()
+            conn.executemany(sql.DELETE_MESSAGES, doomed)
+            conn.executemany(sql.DELETE_SESSION, doomed)
+            return len(doomed)
+
+        return await self._writer.submit(job)
+
+    async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
+        def job(conn: sqlite3.Connection) -> RequestRecord | None:
+            row = conn.execute(sql.SELECT_REQUEST, (tenant, request_id)).fetchone()
+            return None if row is None else rows.request_from_row(row)
+
+        return await self._reader.submit(job)
+
+    async def delete_requests_before(self, time: float, limit: int) -> int:
+        params = (rules.to_micros(time), max(limit, 0))
+
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql.DELETE_OLD_REQUESTS, params).rowcount
+
+        return await self._writer.submit(job)
 
     async def close(self) -> None:
         """Commits every write queued so far, then stops both threads."""

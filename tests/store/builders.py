@@ -22,7 +22,7 @@ from server.sessions.model import (
     ThinkingConfig,
     Usage,
 )
-from server.sessions.ports import SessionStore
+from server.sessions.ports import RequestRecord, SessionStore
 
 T0 = 1_700_000_000.0
 TENANT = "tenant-a"
@@ -35,10 +35,29 @@ def new_session(
     created: float = T0,
     labels: Mapping[str, str] | None = None,
     settings: SessionSettings | None = None,
+    ttl: float | None = None,
+    expire: float | None = None,
 ) -> Session:
     if settings is None:
-        settings = SessionSettings(model="gemini-test", labels=dict(labels or {}))
+        settings = SessionSettings(
+            model="gemini-test", labels=dict(labels or {}), ttl_seconds=ttl, expire_time=expire
+        )
     return Session(tenant, session_id, settings, create_time=created, update_time=created)
+
+
+def with_history(session: Session, *texts: str) -> tuple[Session, list[Message]]:
+    """A new session that starts with one message per text (as a fork or import makes)."""
+    messages = [
+        text_message(i, text, role=(Role.USER, Role.MODEL)[i % 2], created=session.create_time)
+        for i, text in enumerate(texts)
+    ]
+    return session.evolve(next_seq=len(texts), message_count=len(texts)), messages
+
+
+def request_of(
+    request_id: str, *, tenant: str = TENANT, created: float = T0, result: str = "ok"
+) -> RequestRecord:
+    return RequestRecord(tenant, request_id, f"fp-{request_id}", result, created)
 
 
 def text_message(seq: int, text: str, *, role: Role = Role.USER, created: float = T0) -> Message:
@@ -79,7 +98,7 @@ async def history(store: SessionStore, session: Session) -> list[str]:
 # Every settings field set, with zeros where None would mean "inherit".
 FULL_SETTINGS = SessionSettings(
     model="gemini-2.5-flash",
-    system_instruction="Be brief.\nÜnïcödé 🚀",
+    system_instruction="Be brief.\nÜnïcödé 🚀 nul:\x00",
     generation_config=GenerationConfig(
         temperature=0.0,
         top_p=0.95,
@@ -112,7 +131,7 @@ EVERY_PART_KIND = Message(
     role=Role.MODEL,
     parts=(
         Part(text=""),
-        Part(text='plain ünïcödé 🚀 "quoted" \\ back\nslash'),
+        Part(text='plain ünïcödé 🚀 "quoted" \\ back\nslash nul:\x00'),
         Part(text="a thought", thought=True, thought_signature=bytes(range(256))),
         Part(inline_data=Blob("image/png", bytes(range(256)) * 3, display_name="pic.png")),
         Part(inline_data=Blob("application/octet-stream", b"")),

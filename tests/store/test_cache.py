@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from server.sessions.errors import Conflict
+from server.sessions.errors import Conflict, NotFound
 from server.sessions.model import Message, Session
-from server.sessions.ports import SessionStore
+from server.sessions.ports import RequestRecord, SessionStore
 from server.store import CachedStore, MemoryStore
 
-from .builders import TENANT, commit, history, new_session, turn_of
+from .builders import T0, TENANT, commit, history, new_session, turn_of, with_history
 
 
 class SpyStore(MemoryStore):
@@ -24,10 +24,14 @@ class SpyStore(MemoryStore):
         self.calls: Counter[str] = Counter()
         self.fail_commits = False
         self.hold_loads: asyncio.Event | None = None
+        self.hold_sessions: asyncio.Event | None = None
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         self.calls["get_session"] += 1
-        return await super().get_session(tenant, session_id)
+        loaded = await super().get_session(tenant, session_id)
+        if self.hold_sessions is not None:
+            await self.hold_sessions.wait()
+        return loaded
 
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int | None = None
@@ -45,11 +49,15 @@ class SpyStore(MemoryStore):
         return await super().list_messages(tenant, session_id, after_seq, limit)
 
     async def commit_turn(
-        self, session: Session, messages: Sequence[Message], expected_version: int
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        expected_version: int,
+        request: RequestRecord | None = None,
     ) -> None:
         if self.fail_commits:
             raise OSError("disk on fire")
-        await super().commit_turn(session, messages, expected_version)
+        await super().commit_turn(session, messages, expected_version, request)
 
 
 @pytest.fixture
@@ -199,3 +207,105 @@ async def test_the_memory_url_is_never_cached_and_stats_start_at_zero() -> None:
     store: SessionStore = await open_store("memory://", cache_max_bytes=1000)
     assert isinstance(store, MemoryStore)
     assert CachedStore(MemoryStore(), 10).stats.bytes == 0
+
+
+# ----------------------------------------------------------------------------- shared mode
+
+
+async def test_shared_get_session_always_reads_inner_and_validates_one_history_read(
+    inner: SpyStore,
+) -> None:
+    cache = CachedStore(inner, 1_000_000, shared=True)
+    session = new_session()
+    await cache.create_session(session)
+    session = await commit(cache, session, "a", "b")
+    # Without a get_session first, history comes from inner.
+    assert await history(cache, session) == ["a", "b"]
+    assert inner.calls["recent_messages"] == 1
+    assert await cache.get_session(TENANT, "s1") == session
+    assert inner.calls["get_session"] == 1
+    assert await history(cache, session) == ["a", "b"]  # validated: from the tail
+    assert inner.calls["recent_messages"] == 1
+    assert [m.seq for m in await cache.list_messages(TENANT, "s1", 0, 10)] == [1]
+    assert inner.calls["list_messages"] == 1  # the validation was used up
+    await cache.get_session(TENANT, "s1")
+    assert [m.seq for m in await cache.list_messages(TENANT, "s1", 0, 10)] == [1]
+    assert inner.calls == Counter(get_session=2, recent_messages=1, list_messages=1)
+
+
+async def test_shared_mode_drops_the_tail_when_another_writer_moved_the_session(
+    inner: SpyStore,
+) -> None:
+    cache = CachedStore(inner, 1_000_000, shared=True)
+    session = new_session()
+    await cache.create_session(session)
+    session = await commit(cache, session, "mine")
+    await cache.get_session(TENANT, "s1")
+    theirs = await commit(inner, session, "theirs")  # another replica, behind our back
+    assert await cache.get_session(TENANT, "s1") == theirs
+    assert await history(cache, theirs) == ["mine", "theirs"]
+    # Our next turn, based on the fresh read, goes through and is cached again.
+    ours = await commit(cache, theirs, "mine again")
+    assert await cache.get_session(TENANT, "s1") == ours
+    inner.calls.clear()
+    assert await history(cache, ours) == ["mine", "theirs", "mine again"]
+    assert inner.calls == Counter()
+
+
+async def test_shared_mode_forgets_a_session_deleted_elsewhere(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 1_000_000, shared=True)
+    await cache.create_session(new_session())
+    await cache.get_session(TENANT, "s1")
+    await inner.delete_session(TENANT, "s1")
+    with pytest.raises(NotFound):
+        await cache.get_session(TENANT, "s1")
+    with pytest.raises(NotFound):
+        await cache.recent_messages(TENANT, "s1")
+
+
+async def test_a_cached_session_that_expired_is_not_served_after_a_sweep(
+    inner: SpyStore,
+) -> None:
+    """Unshared, every hit skips inner: the sweep must drop what it may have deleted."""
+    cache = CachedStore(inner, 1_000_000)
+    for sid, expire in (("due", T0 + 5), ("later", T0 + 50)):
+        session = new_session(sid, expire=expire)
+        await cache.create_session(session)
+        await commit(cache, session, "hi")
+    assert await cache.delete_expired(T0 + 10, 10) == 1
+    with pytest.raises(NotFound):
+        await cache.get_session(TENANT, "due")
+    assert (await cache.get_session(TENANT, "later")).session_id == "later"
+
+
+async def test_a_load_racing_a_sweep_cannot_cache_a_deleted_session(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 1_000_000)
+    session = new_session(expire=T0 + 5)
+    await inner.create_session(session)
+    inner.hold_sessions = asyncio.Event()
+    load = asyncio.create_task(cache.get_session(TENANT, "s1"))
+    await asyncio.sleep(0.01)
+    assert await cache.delete_expired(T0 + 10, 10) == 1
+    inner.hold_sessions.set()
+    assert await load == session  # read before the sweep, so not cached after it
+    inner.hold_sessions = None
+    with pytest.raises(NotFound):
+        await cache.get_session(TENANT, "s1")
+    assert cache.stats.entries == 0
+
+
+async def test_writes_through_the_cache_keep_the_entry_consistent(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 1_000_000)
+    session, messages = with_history(new_session(), "x", "y")
+    await cache.create_session(session, messages)
+    inner.calls.clear()
+    assert await history(cache, session) == ["x", "y"]  # complete from the create
+    cleared = session.evolve(version=2, message_count=0)
+    await cache.clear_history(cleared, 1)
+    assert await cache.get_session(TENANT, "s1") == cleared
+    assert await cache.recent_messages(TENANT, "s1") == []
+    assert inner.calls == Counter()
+    with pytest.raises(Conflict):
+        await cache.clear_history(cleared.evolve(version=3), 1)
+    assert await cache.get_session(TENANT, "s1") == cleared
+    assert inner.calls["get_session"] == 1  # the conflict dropped the entry

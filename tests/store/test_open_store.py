@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from server.sessions.errors import Unavailable
 from server.store import CachedStore, MemoryStore, SqliteStore, open_store
 
 from .builders import TENANT, new_session
+from .conftest import fresh_schema, postgres_dsn
 
 
 async def test_memory_url_opens_an_uncached_memory_store() -> None:
@@ -44,8 +46,6 @@ async def test_sqlite_url_with_a_relative_path_is_relative_to_the_working_direct
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://user:secret@db/chatd", "PostgreSQL"),
-        ("postgres://user:secret@db/chatd", "PostgreSQL"),
         ("mysql://db/chatd", "'mysql'"),
         ("chatd.db", "''"),
         ("sqlite://relative.db", "sqlite:///"),
@@ -59,3 +59,48 @@ async def test_unsupported_urls_name_the_problem_without_echoing_secrets(
     with pytest.raises(ValueError, match=message) as raised:
         await open_store(url, cache_max_bytes=0)
     assert "secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+async def test_an_unreachable_postgres_is_unavailable_without_echoing_secrets(
+    scheme: str,
+) -> None:
+    """Nothing listens on port 1: the failure is Unavailable and names no credentials."""
+    with pytest.raises(Unavailable, match="PostgreSQL is unavailable") as raised:
+        await open_store(f"{scheme}://chatd:secret@127.0.0.1:1/chatd", cache_max_bytes=0)
+    assert "secret" not in str(raised.value)
+    assert "secret" not in repr(raised.value.__cause__)
+
+
+async def test_a_malformed_postgres_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValueError, match="URL is invalid") as raised:
+        await open_store("postgresql://chatd:secret@127.0.0.1:notaport/db", cache_max_bytes=0)
+    assert "secret" not in str(raised.value)
+    assert raised.value.__cause__ is None
+
+
+@pytest.mark.parametrize(("cache_bytes", "cached"), [(1 << 20, True), (0, False)])
+async def test_postgres_urls_open_a_shared_cache_over_postgres(
+    cache_bytes: int, cached: bool
+) -> None:
+    from server.store.postgres import PostgresStore
+
+    dsn = postgres_dsn()
+    async with fresh_schema(dsn) as schema:
+        store = await open_store(
+            dsn,
+            cache_max_bytes=cache_bytes,
+            postgres_min_connections=1,
+            postgres_max_connections=2,
+            postgres_schema=schema,
+        )
+        try:
+            if cached:
+                assert isinstance(store, CachedStore)
+                assert store.shared
+            else:
+                assert isinstance(store, PostgresStore)
+            await store.create_session(new_session())
+            assert (await store.get_session(TENANT, "s1")).session_id == "s1"
+        finally:
+            await store.close()

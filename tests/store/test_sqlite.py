@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from server.sessions.errors import Conflict
-from server.store import SchemaTooNew, SqliteStore
-from server.store.migrations import MIGRATIONS, Migration, pending
+from server.store import SchemaTooNew, SqliteStore, rules, sqlite_sql
+from server.store.migrations import BOOTSTRAP, MIGRATIONS, Migration, pending
 from server.store.sqlite import _LAST_MESSAGES
 
-from .builders import TENANT, commit, history, new_session, turn_of
+from .builders import T0, TENANT, commit, history, new_session, turn_of
 
 
 @pytest.fixture
@@ -138,3 +138,57 @@ async def test_recent_messages_reads_newest_first_through_the_primary_key(db: st
     details = " ".join(row[-1] for row in plan)
     assert "PRIMARY KEY" in details
     assert "TEMP B-TREE" not in details
+
+
+async def test_the_expire_time_column_holds_the_derived_expiry(db: str) -> None:
+    store = await SqliteStore.open(db)
+    session = new_session(ttl=30, expire=T0 + 1)
+    await store.create_session(session)
+    await commit(store, session, "later", updated=T0 + 5)
+    await store.create_session(new_session("fixed", expire=T0 + 7.5))
+    await store.create_session(new_session("never"))
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT session_id, expire_time FROM sessions ORDER BY 1").fetchall()
+    conn.close()
+    assert rows == [
+        ("fixed", rules.to_micros(T0 + 7.5)),
+        ("never", None),
+        ("s1", rules.to_micros(T0 + 35)),
+    ]
+
+
+async def test_migration_2_derives_the_expiry_of_existing_ttl_sessions(db: str) -> None:
+    """Rows written under migration 1 held settings.expire_time; ttl rows get theirs."""
+    Path(db).parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.execute(BOOTSTRAP)
+        for statement in MIGRATIONS[0].for_dialect("sqlite"):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 'one', 0)")
+        settings = '{"ttl_seconds":2.5,"expire_time":1.0}'
+        conn.execute(
+            "INSERT INTO sessions VALUES (?, 's1', ?, 10, 20, 1000000, 0, 0, '{}', 'ACTIVE',"
+            " NULL, 1)",
+            (TENANT, settings),
+        )
+    conn.close()
+    await (await SqliteStore.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT expire_time FROM sessions").fetchone() == (20 + 2_500_000,)
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("statement", "index"),
+    [
+        (sqlite_sql.EXPIRED, "sessions_by_expire"),
+        (sqlite_sql.DELETE_OLD_REQUESTS, "requests_by_create"),
+    ],
+)
+async def test_sweeps_walk_their_indexes(db: str, statement: str, index: str) -> None:
+    await (await SqliteStore.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {statement}", (1, 10)).fetchall()
+    conn.close()
+    assert index in " ".join(row[-1] for row in plan)

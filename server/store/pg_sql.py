@@ -1,0 +1,115 @@
+"""PostgresStore's statements and their parameters; rows convert through rows.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from server.sessions.model import Message, Session
+from server.store import codec
+from server.store.rows import (
+    MESSAGE_COLUMNS,
+    REQUEST_COLUMNS,
+    SESSION_COLUMNS,
+    message_values,
+    session_values,
+)
+
+# $1, $2 are (tenant, session_id) everywhere; labels ($4) is a jsonb copy of the
+# settings' labels, for filtering.
+INSERT_SESSION = (
+    "INSERT INTO sessions (tenant, session_id, settings, labels, create_time, update_time,"
+    " expire_time, message_count, next_seq, usage, state, pending, version)"
+    " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " ON CONFLICT (tenant, session_id) DO NOTHING RETURNING 1"
+)
+# The version check rides on the UPDATE: its row lock makes a racing writer wait, then
+# re-check `version` against the row the winner committed, and match nothing.
+UPDATE_SESSION = (
+    "UPDATE sessions SET settings = $3, labels = $4::jsonb, create_time = $5,"
+    " update_time = $6, expire_time = $7, message_count = $8, next_seq = $9, usage = $10,"
+    " state = $11, pending = $12, version = $13"
+    " WHERE tenant = $1 AND session_id = $2 AND version = $14 AND next_seq <= $15 RETURNING 1"
+)
+# One round trip for any number of messages.
+INSERT_MESSAGES = (
+    f"INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS})"
+    " SELECT $1, $2, m.* FROM unnest($3::bigint[], $4::text[], $5::text[], $6::bigint[],"
+    " $7::text[]) AS m"
+)
+INSERT_REQUEST = (
+    f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT (tenant, request_id) DO NOTHING RETURNING 1"
+)
+SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant = $1 AND request_id = $2"
+SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = $1 AND session_id = $2"
+SELECT_GUARDS = "SELECT version, next_seq FROM sessions WHERE tenant = $1 AND session_id = $2"
+EXISTS = "SELECT 1 FROM sessions WHERE tenant = $1 AND session_id = $2"
+# Taken before deleting messages: a commit holding the row finishes first, and the
+# DELETE that follows (a new snapshot) then sees every message it added.
+LOCK_SESSION = "SELECT 1 FROM sessions WHERE tenant = $1 AND session_id = $2 FOR UPDATE"
+DELETE_MESSAGES = "DELETE FROM messages WHERE tenant = $1 AND session_id = $2"
+DELETE_SESSION = "DELETE FROM sessions WHERE tenant = $1 AND session_id = $2"
+ALL_MESSAGES = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant = $1 AND session_id = $2 ORDER BY seq"
+)
+LAST_MESSAGES = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant = $1 AND session_id = $2"
+    " ORDER BY seq DESC LIMIT $3"
+)
+MESSAGES_AFTER = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant = $1 AND session_id = $2"
+    " AND seq > $3 ORDER BY seq LIMIT $4"
+)
+# SKIP LOCKED: replicas sweeping at once split the work instead of queueing, and a
+# session in the middle of a commit is left for the next sweep.
+LOCK_EXPIRED = (
+    "SELECT tenant, session_id FROM sessions WHERE expire_time <= $1"
+    " ORDER BY expire_time LIMIT $2 FOR UPDATE SKIP LOCKED"
+)
+_LOCKED = "(tenant, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+DELETE_LOCKED_MESSAGES = f"DELETE FROM messages WHERE {_LOCKED}"
+DELETE_LOCKED_SESSIONS = f"DELETE FROM sessions WHERE {_LOCKED}"
+DELETE_OLD_REQUESTS = (
+    "DELETE FROM requests WHERE (tenant, request_id) IN ("
+    " SELECT tenant, request_id FROM requests WHERE create_time < $1"
+    " ORDER BY create_time LIMIT $2 FOR UPDATE SKIP LOCKED)"
+)
+
+
+def session_params(s: Session) -> tuple[Any, ...]:
+    """$1..$13 of INSERT_SESSION and UPDATE_SESSION."""
+    settings, *rest = session_values(s)
+    return (s.tenant, s.session_id, settings, codec.dumps(s.settings.labels), *rest)
+
+
+def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, ...]:
+    """$1..$7 of INSERT_MESSAGES: the key, then one array per column."""
+    columns = zip(*(message_values(m) for m in messages), strict=True)
+    return (session.tenant, session.session_id, *(list(c) for c in columns))
+
+
+def list_sessions(
+    *, by_create: bool, descending: bool, after: bool, labels: int, alive: bool
+) -> str:
+    """The SELECT of one listing page; parameters follow in the order of the arguments.
+
+    Only fixed SQL text is chosen here; every value is a bound parameter.
+    """
+    column = "create_time" if by_create else "update_time"
+    op, direction = ("<", "DESC") if descending else (">", "ASC")
+    where = ["tenant = $1"]
+    n = 1
+    if after:
+        where.append(f"({column}, session_id) {op} (${n + 1}, ${n + 2})")
+        n += 2
+    for _ in range(labels):
+        where.append(f"labels ->> ${n + 1} = ${n + 2}")
+        n += 2
+    if alive:
+        where.append(f"(expire_time IS NULL OR expire_time > ${n + 1})")
+        n += 1
+    return (
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
+        f" ORDER BY {column} {direction}, session_id {direction} LIMIT ${n + 1}"
+    )

@@ -1,0 +1,242 @@
+"""PostgresStore: sessions in PostgreSQL through an asyncpg pool, for many replicas."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from server.sessions.model import Message, Session
+from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
+from server.store import pg_sql as sql
+from server.store import rows, rules
+from server.store.pg_driver import Connection, Pool, translated
+from server.store.pg_setup import open_pool
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as 'DELETE 3'."""
+    return int(status.rpartition(" ")[2])
+
+
+class PostgresStore:
+    """SessionStore on PostgreSQL; any number of processes may share one database.
+
+    Every write is one transaction, so a write another replica races either wins whole
+    or raises Conflict having written nothing. Times are BIGINT microseconds, as in
+    SQLite. Text cannot hold U+0000 in PostgreSQL: such labels are refused (ValueError);
+    everything else is stored as escaped JSON and keeps it.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        schema: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> PostgresStore:
+        """Connects, migrates, and returns the store.
+
+        `schema` confines chatd's tables to that schema (created if missing), so one
+        database can hold several deployments; by default they go to the first schema
+        on the server's search_path (usually public). Raises Unavailable if the server
+        cannot be reached, SchemaTooNew if a newer chatd migrated the database.
+        """
+        pool = await open_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            schema=schema,
+            connect_timeout=connect_timeout,
+        )
+        return cls(pool)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        with translated():
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        """A connection inside a transaction, rolled back if the block raises."""
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    @staticmethod
+    async def _insert_request(conn: Connection, request: RequestRecord | None) -> None:
+        # First in every write that takes one: a retry of a write that did apply must be
+        # told DuplicateRequest, not Conflict or AlreadyExists. A concurrent transaction
+        # with the same id makes this wait for it, then count as a duplicate.
+        if request is None:
+            return
+        if await conn.fetchval(sql.INSERT_REQUEST, *rows.request_values(request)) is None:
+            raise rules.duplicate_request(request.request_id)
+
+    @staticmethod
+    async def _insert_messages(
+        conn: Connection, session: Session, messages: Sequence[Message]
+    ) -> None:
+        if messages:
+            await conn.execute(sql.INSERT_MESSAGES, *sql.message_params(session, messages))
+
+    @staticmethod
+    async def _replace_session(
+        conn: Connection, session: Session, expected_version: int, first_new_seq: int
+    ) -> None:
+        """Runs the guarded UPDATE, raising NotFound, Conflict or seq reuse on a miss."""
+        params = (*sql.session_params(session), expected_version, first_new_seq)
+        if await conn.fetchval(sql.UPDATE_SESSION, *params) is not None:
+            return
+        guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
+        if guards is None:
+            raise rules.not_found(session.session_id)
+        if guards[0] != expected_version:
+            raise rules.conflict(session.session_id, guards[0], expected_version)
+        raise rules.seq_reused(guards[1])
+
+    @staticmethod
+    async def _require(conn: Connection, tenant: str, session_id: str) -> None:
+        if await conn.fetchval(sql.EXISTS, tenant, session_id) is None:
+            raise rules.not_found(session_id)
+
+    # ------------------------------------------------------------------ SessionStore
+
+    async def create_session(
+        self,
+        session: Session,
+        messages: Sequence[Message] = (),
+        request: RequestRecord | None = None,
+    ) -> None:
+        rules.check_seqs(session, messages)
+        rules.check_request(session, request)
+        params = sql.session_params(session)
+        async with self._transaction() as conn:
+            await self._insert_request(conn, request)
+            if await conn.fetchval(sql.INSERT_SESSION, *params) is None:
+                raise rules.already_exists(session.session_id)
+            await self._insert_messages(conn, session, messages)
+
+    async def get_session(self, tenant: str, session_id: str) -> Session:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.SELECT_SESSION, tenant, session_id)
+        if row is None:
+            raise rules.not_found(session_id)
+        return rows.session_from_row(row)
+
+    async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
+        if query.limit <= 0:
+            return []
+        labels = query.labels.items()
+        if any("\x00" in k or "\x00" in v for k, v in labels):
+            return []  # no stored label can hold NUL, so none matches
+        statement = sql.list_sessions(
+            by_create=query.order is SessionOrder.CREATE_TIME,
+            descending=query.descending,
+            after=query.after is not None,
+            labels=len(labels),
+            alive=query.alive_at is not None,
+        )
+        params: list[object] = [tenant]
+        if (after := query.after) is not None:
+            params += [rules.to_micros(after.time), after.session_id]
+        for key, value in labels:
+            params += [key, value]
+        if query.alive_at is not None:
+            params.append(rules.to_micros(query.alive_at))
+        params.append(query.limit)
+        async with self._connection() as conn:
+            found = await conn.fetch(statement, *params)
+        return [rows.session_from_row(row) for row in found]
+
+    async def delete_session(self, tenant: str, session_id: str) -> None:
+        async with self._transaction() as conn:
+            if await conn.fetchval(sql.LOCK_SESSION, tenant, session_id) is None:
+                raise rules.not_found(session_id)
+            await conn.execute(sql.DELETE_MESSAGES, tenant, session_id)
+            await conn.execute(sql.DELETE_SESSION, tenant, session_id)
+
+    async def recent_messages(
+        self, tenant: str, session_id: str, limit: int | None = None
+    ) -> list[Message]:
+        async with self._connection() as conn:
+            if limit is None:
+                found = await conn.fetch(sql.ALL_MESSAGES, tenant, session_id)
+            elif limit > 0:
+                # Newest first through the primary key, so the cost follows `limit`.
+                found = await conn.fetch(sql.LAST_MESSAGES, tenant, session_id, limit)
+                found.reverse()
+            else:
+                found = []
+            if not found:  # messages imply their session (foreign key); none proves nothing
+                await self._require(conn, tenant, session_id)
+        return [rows.message_from_row(row) for row in found]
+
+    async def list_messages(
+        self, tenant: str, session_id: str, after_seq: int, limit: int
+    ) -> list[Message]:
+        async with self._connection() as conn:
+            params = (tenant, session_id, after_seq, max(limit, 0))
+            found = await conn.fetch(sql.MESSAGES_AFTER, *params)
+            if not found:
+                await self._require(conn, tenant, session_id)
+        return [rows.message_from_row(row) for row in found]
+
+    async def commit_turn(
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        expected_version: int,
+        request: RequestRecord | None = None,
+    ) -> None:
+        rules.check_turn(session, messages, expected_version)
+        rules.check_request(session, request)
+        first = rules.first_new_seq(session, messages)
+        async with self._transaction() as conn:
+            await self._insert_request(conn, request)
+            await self._replace_session(conn, session, expected_version, first)
+            await self._insert_messages(conn, session, messages)
+
+    async def clear_history(self, session: Session, expected_version: int) -> None:
+        rules.check_version(session, expected_version)
+        async with self._transaction() as conn:
+            # The UPDATE locks the row first, so no commit can add messages meanwhile.
+            await self._replace_session(conn, session, expected_version, session.next_seq)
+            await conn.execute(sql.DELETE_MESSAGES, session.tenant, session.session_id)
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        async with self._transaction() as conn:
+            doomed = await conn.fetch(sql.LOCK_EXPIRED, rules.to_micros(now), limit)
+            if not doomed:
+                return 0
+            keys = ([row[0] for row in doomed], [row[1] for row in doomed])
+            await conn.execute(sql.DELETE_LOCKED_MESSAGES, *keys)
+            return _count(await conn.execute(sql.DELETE_LOCKED_SESSIONS, *keys))
+
+    async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.SELECT_REQUEST, tenant, request_id)
+        return None if row is None else rows.request_from_row(row)
+
+    async def delete_requests_before(self, time: float, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        async with self._connection() as conn:
+            status = await conn.execute(sql.DELETE_OLD_REQUESTS, rules.to_micros(time), limit)
+        return _count(status)
+
+    async def close(self) -> None:
+        """Waits for calls in flight to release their connections, then closes them."""
+        if not self._closed:
+            self._closed = True
+            await self._pool.close()
