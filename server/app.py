@@ -16,9 +16,11 @@ from server.config import Settings
 from server.providers.echo import NOTICE, EchoProvider
 from server.rpc.interceptors import ErrorsAndLogging
 from server.rpc.servicer import ChatServicer
+from server.sessions.errors import ChatdError
 from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.store import open_store
+from server.sweeper import Sweeper
 from server.tools import load_tools
 
 log = structlog.get_logger("chatd")
@@ -87,6 +89,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     store: SessionStore
     provider: ModelProvider
+    sweeper: Sweeper
     port: int
     grace_period: float
 
@@ -94,6 +97,7 @@ class RunningServer:
         """Health NOT_SERVING, let running RPCs finish within the grace period, then close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period if grace is None else grace)
+        await self.sweeper.stop()
         await self.store.close()
         await self.provider.close()
         log.info("stopped")
@@ -108,11 +112,17 @@ async def start(
 ) -> RunningServer:
     """Starts serving; `store`, `provider` and `tools` replace the configured ones."""
     tools = tools or build_tools(settings)
-    store = store or await open_store(
-        settings.database_url,
-        cache_max_bytes=settings.cache_max_bytes,
-        sqlite_synchronous=settings.sqlite_synchronous.upper(),
-    )
+    if store is None:
+        try:
+            store = await open_store(
+                settings.database_url,
+                cache_max_bytes=settings.cache_max_bytes,
+                sqlite_synchronous=settings.sqlite_synchronous.upper(),
+                postgres_max_connections=settings.postgres_max_connections,
+                postgres_schema=settings.postgres_schema or None,
+            )
+        except (ValueError, ChatdError) as exc:
+            raise SystemExit(f"chatd: cannot open the store: {exc}") from exc
     provider = provider or build_provider(settings)
     chats = ChatSessions(store, provider, tools, max_tool_rounds=settings.max_tool_rounds)
 
@@ -137,11 +147,17 @@ async def start(
         await store.close()
         raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
     await server.start()
+    sweeper = Sweeper(
+        store, interval=settings.sweep_interval, request_window=settings.request_id_window
+    )
+    sweeper.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rpartition(":")[0]
     log.info("serving", address=f"{host}:{port}", port=port, database=settings.database_url)
-    return RunningServer(server, health_servicer, store, provider, port, settings.grace_period)
+    return RunningServer(
+        server, health_servicer, store, provider, sweeper, port, settings.grace_period
+    )
 
 
 async def serve(settings: Settings) -> None:

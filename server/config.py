@@ -26,6 +26,8 @@ class Settings:
     grace_period: float = 10.0
     cache_max_bytes: int = 64 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
+    postgres_schema: str = ""
+    postgres_max_connections: int = 10
     echo_delay_ms: float = 0.0
     log_format: str = "auto"
     log_level: str = "info"
@@ -33,6 +35,8 @@ class Settings:
     # Python modules whose @tool functions are served, comma-separated.
     tools: str = ""
     max_tool_rounds: int = 8
+    sweep_interval: float = 60.0
+    request_id_window: float = 24 * 3600.0
     # Gemini: an API key, or Vertex AI with a project (and location).
     gemini_api_key: str = field(default="", repr=False)
     gemini_vertexai: bool = False
@@ -66,6 +70,18 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
     ("grace_period", "--grace-period", ("CHATD_GRACE_PERIOD",), "seconds RPCs get at stop"),
     ("cache_max_bytes", "--cache-max-bytes", ("CHATD_CACHE_MAX_BYTES",), "cache cap (0=off)"),
     ("sqlite_synchronous", "--sqlite-synchronous", ("CHATD_SQLITE_SYNCHRONOUS",), "FULL | NORMAL"),
+    (
+        "postgres_schema",
+        "--postgres-schema",
+        ("CHATD_POSTGRES_SCHEMA",),
+        "schema for chatd's tables",
+    ),
+    (
+        "postgres_max_connections",
+        "--postgres-max-connections",
+        ("CHATD_POSTGRES_MAX_CONNECTIONS",),
+        "connection pool size per replica",
+    ),
     ("echo_delay_ms", "--echo-delay-ms", ("CHATD_ECHO_DELAY_MS",), "echo delay per delta"),
     (
         "log_format",
@@ -77,6 +93,13 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
     ("max_message_bytes", "--max-message-bytes", ("CHATD_MAX_MESSAGE_BYTES",), "largest request"),
     ("tools", "--tools", ("CHATD_TOOLS",), "modules with @tool functions, comma-separated"),
     ("max_tool_rounds", "--max-tool-rounds", ("CHATD_MAX_TOOL_ROUNDS",), "tool rounds per turn"),
+    ("sweep_interval", "--sweep-interval", ("CHATD_SWEEP_INTERVAL",), "seconds between sweeps"),
+    (
+        "request_id_window",
+        "--request-id-window",
+        ("CHATD_REQUEST_ID_WINDOW",),
+        "seconds a request_id is remembered",
+    ),
     # Credentials come from the environment only, never from flags visible in `ps`.
     ("gemini_api_key", None, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ""),
     ("gemini_vertexai", None, ("GOOGLE_GENAI_USE_VERTEXAI",), ""),
@@ -152,6 +175,10 @@ def validate(settings: Settings) -> None:
     for name in ("grace_period", "cache_max_bytes", "echo_delay_ms"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{name} must not be negative")
+    if settings.postgres_max_connections < 1:
+        raise SettingsError("CHATD_POSTGRES_MAX_CONNECTIONS must be at least 1")
+    if settings.sweep_interval <= 0 or settings.request_id_window <= 0:
+        raise SettingsError("CHATD_SWEEP_INTERVAL and CHATD_REQUEST_ID_WINDOW must be positive")
     if not 1 <= settings.max_tool_rounds <= 100:
         raise SettingsError("CHATD_MAX_TOOL_ROUNDS must be between 1 and 100")
     if settings.gemini_timeout <= 0:

@@ -5,40 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from server.sessions.context import is_turn_start
 from server.sessions.model import FinishReason, FunctionCall, Message, Part, Role, Usage
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
+from server.sessions.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 NOTICE = "(chatd echo provider, not a language model)"
-# Estimate for the echo provider and a fallback elsewhere: about 4 characters a
-# token for text, a flat 258 tokens for each blob or file (Gemini's image rate).
-CHARS_PER_TOKEN = 4
-TOKENS_PER_BLOB = 258
 
 _WORDS = re.compile(r"\S+\s*|\s+")
 # `/call NAME {json args}` on a line of its own asks for a function call.
 _CALL = re.compile(r"^/call\s+(?P<name>\S+)\s*(?P<args>.*?)\s*$", re.MULTILINE)
 CALL_USAGE = 'usage: /call <function> {"arg": "value"} (one call per line)'
-
-
-def estimate_tokens(messages: Sequence[Message], system_instruction: str = "") -> int:
-    chars = len(system_instruction)
-    blobs = 0
-    for message in messages:
-        for part in message.parts:
-            if part.text is not None:
-                chars += len(part.text)
-            elif part.inline_data is not None or part.file_data is not None:
-                blobs += 1
-            elif part.function_call is not None:
-                chars += len(part.function_call.name) + len(str(part.function_call.args))
-            elif part.function_response is not None:
-                chars += len(part.function_response.name) + len(
-                    str(part.function_response.response)
-                )
-    return -(-chars // CHARS_PER_TOKEN) + blobs * TOKENS_PER_BLOB
 
 
 def _describe(part: Part) -> str:

@@ -9,7 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from chatd.v1 import content_pb2 as pb
 from server.sessions.errors import InvalidArgument
-from server.sessions.ids import message_id
+from server.sessions.ids import message_id, parse_message_id
 from server.sessions.model import (
     Blob,
     FileData,
@@ -140,3 +140,37 @@ def content_to_pb(message: Message, out: pb.Content) -> None:
     out.role = ROLE_TO_PB[message.role]
     for part in message.parts:
         part_to_pb(part, out.parts.add())
+
+
+def usage_from_pb(usage: pb.UsageMetadata) -> Usage:
+    return Usage(
+        prompt_tokens=usage.prompt_token_count,
+        candidates_tokens=usage.candidates_token_count,
+        total_tokens=usage.total_token_count,
+        thoughts_tokens=usage.thoughts_token_count,
+        cached_tokens=usage.cached_content_token_count,
+        tool_use_prompt_tokens=usage.tool_use_prompt_token_count,
+    )
+
+
+FINISH_FROM_PB = {v: k for k, v in FINISH_TO_PB.items()}
+
+
+def message_from_pb(message: pb.Message, field: str, *, keep_ids: bool) -> Message:
+    """A caller-supplied message; with `keep_ids` (an import) every stored field is read."""
+    role = ROLE_FROM_PB.get(message.role)
+    if role is None:
+        raise InvalidArgument(f"{field}.role", "must be ROLE_USER or ROLE_MODEL")
+    parts = parts_from_pb(message.parts, f"{field}.parts")
+    if not keep_ids:
+        return Message(role, parts)
+    return Message(
+        role,
+        parts,
+        seq=parse_message_id(f"{field}.message_id", message.message_id),
+        create_time=message.create_time.ToMicroseconds() / 1e6,
+        turn_id=message.turn_id,
+        usage=usage_from_pb(message.usage) if message.HasField("usage") else None,
+        finish_reason=FINISH_FROM_PB.get(message.finish_reason) if message.finish_reason else None,
+        model=message.model,
+    )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any
 
-import grpc
 import structlog
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import chat_service_pb2_grpc
+from server.rpc.calls import Context
+from server.rpc.calls import bind_session as _bind
+from server.rpc.calls import tenant_of as _tenant
 from server.rpc.content_codec import (
     contents_from_pb,
     dict_to_struct,
@@ -18,29 +19,18 @@ from server.rpc.content_codec import (
     parts_from_pb,
 )
 from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
+from server.rpc.request_keys import request_key
 from server.rpc.session_codec import session_to_pb, settings_from_pb
+from server.rpc.session_ops import SessionOpsServicer
 from server.rpc.turn_codec import TurnRequest, event_to_pb, reply_to_pb, turn_input
-from server.sessions.errors import InvalidArgument, Unimplemented
+from server.sessions.errors import InvalidArgument
 from server.sessions.events import TurnCompleted, TurnEvent
-from server.sessions.model import DEFAULT_TENANT, Part
+from server.sessions.model import Part
 from server.sessions.service import ChatSessions
 from server.sessions.stateless import GenerationDone
 
-Context = grpc.aio.ServicerContext[Any, Any]
 
-
-def _tenant(context: Context) -> str:
-    return DEFAULT_TENANT
-
-
-def _bind(request: Any) -> None:
-    """Adds the request's session id to this RPC's log line."""
-    session_id = getattr(request, "session_id", "")
-    if session_id:
-        structlog.contextvars.bind_contextvars(session_id=session_id)
-
-
-class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
+class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer):
     def __init__(self, chats: ChatSessions) -> None:
         self._chats = chats
 
@@ -48,7 +38,12 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self, request: pb.CreateSessionRequest, context: Context
     ) -> pb.CreateSessionResponse:
         settings = settings_from_pb(request.session)
-        session = await self._chats.create(_tenant(context), settings, request.session_id)
+        session = await self._chats.create(
+            _tenant(context),
+            settings,
+            request.session_id,
+            request_key("CreateSession", request),
+        )
         structlog.contextvars.bind_contextvars(session_id=session.session_id)
         response = pb.CreateSessionResponse()
         session_to_pb(session, response.session)
@@ -102,7 +97,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     def _turn(self, request: TurnRequest, context: Context) -> AsyncGenerator[TurnEvent, None]:
         _bind(request)
         turn = turn_input(request, context.time_remaining())
-        return self._chats.run_turn(_tenant(context), request.session_id, turn)
+        key = request_key("turn", request)
+        return self._chats.run_turn(_tenant(context), request.session_id, turn, key)
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
@@ -172,48 +168,3 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             if declaration.parameters is not None:
                 dict_to_struct(declaration.parameters, tool.parameters)
         return response
-
-    # RPCs of the contract that later releases serve.
-
-    async def UpdateSession(
-        self, request: pb.UpdateSessionRequest, context: Context
-    ) -> pb.UpdateSessionResponse:
-        raise _not_live("UpdateSession")
-
-    async def ForkSession(
-        self, request: pb.ForkSessionRequest, context: Context
-    ) -> pb.ForkSessionResponse:
-        raise _not_live("ForkSession")
-
-    async def ClearHistory(
-        self, request: pb.ClearHistoryRequest, context: Context
-    ) -> pb.ClearHistoryResponse:
-        raise _not_live("ClearHistory")
-
-    async def ExportSession(
-        self, request: pb.ExportSessionRequest, context: Context
-    ) -> pb.ExportSessionResponse:
-        raise _not_live("ExportSession")
-
-    async def ImportSession(
-        self, request: pb.ImportSessionRequest, context: Context
-    ) -> pb.ImportSessionResponse:
-        raise _not_live("ImportSession")
-
-    async def AppendMessages(
-        self, request: pb.AppendMessagesRequest, context: Context
-    ) -> pb.AppendMessagesResponse:
-        raise _not_live("AppendMessages")
-
-    async def CancelReply(
-        self, request: pb.CancelReplyRequest, context: Context
-    ) -> pb.CancelReplyResponse:
-        raise _not_live("CancelReply")
-
-
-def _not_live(name: str) -> Unimplemented:
-    return Unimplemented(
-        f"{name} is part of the chatd.v1 contract but is not live in this release; "
-        "see the README for the RPCs served today",
-        reason="RPC_NOT_LIVE",
-    )

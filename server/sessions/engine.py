@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from server.sessions.context import history_needed, select_window
-from server.sessions.errors import FailedPrecondition
+from server.sessions.errors import Cancelled, FailedPrecondition
 from server.sessions.events import (
     MessageCompleted,
     ToolCallAnswered,
@@ -17,6 +18,7 @@ from server.sessions.events import (
     TurnEvent,
     TurnReply,
 )
+from server.sessions.expiry import live_session
 from server.sessions.ids import new_turn_id
 from server.sessions.locks import KeyedLocks
 from server.sessions.model import (
@@ -31,7 +33,13 @@ from server.sessions.model import (
     Session,
     Usage,
 )
-from server.sessions.ports import ModelProvider, ModelRequest, SessionStore, ToolRunner
+from server.sessions.ports import (
+    ModelProvider,
+    ModelRequest,
+    RequestRecord,
+    SessionStore,
+    ToolRunner,
+)
 from server.sessions.reply import ReplyBuilder, stream_model
 from server.sessions.tool_calls import (
     ToolResultInput,
@@ -42,6 +50,8 @@ from server.sessions.tool_calls import (
     with_call_ids,
 )
 
+# Builds the request record stored with a turn, from the turn's reply.
+Recorder = Callable[[TurnReply], RequestRecord]
 ROUND_LIMIT_ERROR = "chatd stopped the tool loop: this turn used its {} tool rounds"
 
 
@@ -98,25 +108,73 @@ class TurnEngine:
         self._max_tool_rounds = max_tool_rounds
         self._clock = clock
         self._locks = KeyedLocks()
+        # The task running each session's current turn, for CancelReply.
+        self._running: dict[tuple[str, str], asyncio.Task[object]] = {}
+        self._cancel_requested: set[tuple[str, str]] = set()
+
+    def hold(self, tenant: str, session_id: str) -> AbstractAsyncContextManager[None]:
+        """The session's turn lock: other writes to a session wait for its running turn."""
+        return self._locks.hold((tenant, session_id))
+
+    def cancel(self, tenant: str, session_id: str) -> bool:
+        """Cancels the session's running turn (nothing of it is stored); False if none runs."""
+        key = (tenant, session_id)
+        task = self._running.get(key)
+        if task is None or task.done():
+            return False
+        self._cancel_requested.add(key)
+        task.cancel()
+        return True
 
     async def run(
-        self, tenant: str, session_id: str, turn: TurnInput
+        self,
+        tenant: str,
+        session_id: str,
+        turn: TurnInput,
+        record: Recorder | None = None,
     ) -> AsyncGenerator[TurnEvent, None]:
-        """Yields the turn's events; the last one is TurnCompleted, sent after the commit."""
-        async with self._locks.hold((tenant, session_id)):
-            session = await self._store.get_session(tenant, session_id)
-            if turn.tool_results:
-                state = await self._resume(session, turn)
-                answers = {r.call_id: r.is_error for r in turn.tool_results}
-                for part in state.added[-1].parts:
-                    response = part.function_response
-                    if response is not None and response.id in answers:
-                        yield ToolCallAnswered(response, answers[response.id], 0.0)
-            else:
-                state = await self._begin(session, turn)
-            yield MessageCompleted(state.added[-1])
-            async for event in self._loop(state, turn):
-                yield event
+        """Yields the turn's events; the last one is TurnCompleted, sent after the commit.
+
+        `record` makes the request record stored in the same transaction as the turn.
+        """
+        key = (tenant, session_id)
+        async with self._locks.hold(key):
+            task = asyncio.current_task()
+            if task is not None:
+                self._running[key] = task
+            try:
+                async for event in self._run(tenant, session_id, turn, record):
+                    yield event
+            except asyncio.CancelledError:
+                if key not in self._cancel_requested or task is None:
+                    raise
+                # Cancelled by CancelReply, not by this RPC's own caller: the caller
+                # is still there and gets a status saying what happened.
+                task.uncancel()
+                raise Cancelled(
+                    "CancelReply stopped this reply; the turn was not stored",
+                    reason="REPLY_CANCELLED",
+                ) from None
+            finally:
+                self._running.pop(key, None)
+                self._cancel_requested.discard(key)
+
+    async def _run(
+        self, tenant: str, session_id: str, turn: TurnInput, record: Recorder | None
+    ) -> AsyncGenerator[TurnEvent, None]:
+        session = await live_session(self._store, tenant, session_id, self._clock())
+        if turn.tool_results:
+            state = await self._resume(session, turn)
+            answers = {r.call_id: r.is_error for r in turn.tool_results}
+            for part in state.added[-1].parts:
+                response = part.function_response
+                if response is not None and response.id in answers:
+                    yield ToolCallAnswered(response, answers[response.id], 0.0)
+        else:
+            state = await self._begin(session, turn)
+        yield MessageCompleted(state.added[-1])
+        async for event in self._loop(state, turn, record):
+            yield event
 
     async def _begin(self, session: Session, turn: TurnInput) -> _Turn:
         if session.pending is not None:
@@ -155,7 +213,9 @@ class TurnEngine:
         )
         return state
 
-    async def _loop(self, state: _Turn, turn: TurnInput) -> AsyncGenerator[TurnEvent, None]:
+    async def _loop(
+        self, state: _Turn, turn: TurnInput, record: Recorder | None
+    ) -> AsyncGenerator[TurnEvent, None]:
         settings = state.session.settings
         caller_names = {d.name for d in settings.function_declarations}
         enabled = frozenset(settings.tools)
@@ -201,18 +261,21 @@ class TurnEngine:
                 pending = PendingTurn(
                     state.turn_id, state.first_seq, state.rounds, calls, tuple(by_id.values())
                 )
-                await self._commit(state, pending)
-                yield self._completed(state, builder, FinishReason.TOOL_CALLS_PENDING, waiting)
+                reply = self._reply(state, builder, FinishReason.TOOL_CALLS_PENDING, waiting)
+                await self._commit(state, pending, reply, record)
+                yield TurnCompleted(reply)
                 return
             state.added.append(self._responses(state, by_id))
             yield MessageCompleted(state.added[-1])
         # A turn that produced nothing (a blocked prompt, a safety stop before any output)
         # is not stored, so history keeps alternating user and model turns.
-        if any(m.role is Role.MODEL for m in state.added) or state.session.pending is not None:
-            await self._commit(state, None)
-        else:
+        stored = any(m.role is Role.MODEL for m in state.added) or state.session.pending is not None
+        if not stored:
             state.added.clear()
-        yield self._completed(state, builder, finish, ())
+        reply = self._reply(state, builder, finish, ())
+        if stored:
+            await self._commit(state, None, reply, record)
+        yield TurnCompleted(reply)
 
     def _responses(self, state: _Turn, by_id: dict[str, FunctionResponse]) -> Message:
         """The responses to the calls of the turn's last (model) message."""
@@ -241,28 +304,32 @@ class TurnEngine:
             timeout=turn.timeout,
         )
 
-    def _completed(
+    def _reply(
         self,
         state: _Turn,
         builder: ReplyBuilder,
         finish: FinishReason,
         waiting: Sequence[FunctionCall],
-    ) -> TurnCompleted:
+    ) -> TurnReply:
         last_model = next((m for m in reversed(state.added) if m.role is Role.MODEL), None)
-        return TurnCompleted(
-            TurnReply(
-                turn_id=state.turn_id,
-                text=last_model.text if last_model is not None else "",
-                messages=tuple(state.added),
-                finish_reason=finish,
-                usage=state.usage,
-                pending_tool_calls=tuple(waiting),
-                model=builder.model_version or (last_model.model if last_model else ""),
-                block_reason=builder.block_reason,
-            )
+        return TurnReply(
+            turn_id=state.turn_id,
+            text=last_model.text if last_model is not None else "",
+            messages=tuple(state.added),
+            finish_reason=finish,
+            usage=state.usage,
+            pending_tool_calls=tuple(waiting),
+            model=builder.model_version or (last_model.model if last_model else ""),
+            block_reason=builder.block_reason,
         )
 
-    async def _commit(self, state: _Turn, pending: PendingTurn | None) -> None:
+    async def _commit(
+        self,
+        state: _Turn,
+        pending: PendingTurn | None,
+        reply: TurnReply,
+        record: Recorder | None,
+    ) -> None:
         session = state.session
         updated = session.evolve(
             message_count=session.message_count + len(state.added),
@@ -274,4 +341,7 @@ class TurnEngine:
         )
         # Once the commit has started it finishes even if the caller goes away, so
         # the turn is either wholly stored or not at all.
-        await asyncio.shield(self._store.commit_turn(updated, state.added, session.version))
+        request = record(reply) if record is not None else None
+        await asyncio.shield(
+            self._store.commit_turn(updated, state.added, session.version, request)
+        )

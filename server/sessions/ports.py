@@ -44,6 +44,23 @@ class SessionQuery:
     after: SessionCursor | None = None
     # Every label here must be present on the session with this value.
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Sessions whose expire_time is at or before this time are left out.
+    alive_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What an idempotent request produced, kept under (tenant, request_id).
+
+    `fingerprint` identifies the request's content (method included), so a reused id
+    with a different request can be refused; `result` is the encoded outcome.
+    """
+
+    tenant: str
+    request_id: str
+    fingerprint: str
+    result: str
+    create_time: float
 
 
 class SessionStore(Protocol):
@@ -52,11 +69,20 @@ class SessionStore(Protocol):
     Every method is safe to call concurrently. Writes are durable when they return.
     Sessions of one tenant are invisible to another: a wrong tenant is NotFound.
     Times are kept to the microsecond. A write whose awaiting task is cancelled may or
-    may not have been applied.
+    may not have been applied. Every write that takes a `request` stores it in the same
+    transaction and raises DuplicateRequest (writing nothing) if its id is already taken.
     """
 
-    async def create_session(self, session: Session) -> None:
-        """Stores a new session. Raises AlreadyExists if the id is taken in its tenant."""
+    async def create_session(
+        self,
+        session: Session,
+        messages: Sequence[Message] = (),
+        request: RequestRecord | None = None,
+    ) -> None:
+        """Stores a new session with an initial history (seqs below session.next_seq).
+
+        Raises AlreadyExists if the id is taken in its tenant.
+        """
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         """Raises NotFound."""
@@ -82,14 +108,28 @@ class SessionStore(Protocol):
         session: Session,
         messages: Sequence[Message],
         expected_version: int,
+        request: RequestRecord | None = None,
     ) -> None:
         """Atomically replaces the session row with `session` and appends `messages`.
 
         Requires session.version > expected_version and message seqs increasing from the
         stored next_seq up to below session.next_seq. Raises Conflict (and writes nothing)
         unless the stored version equals `expected_version`; NotFound if the session is
-        gone.
+        gone. With no messages this is how settings are updated.
         """
+
+    async def clear_history(self, session: Session, expected_version: int) -> None:
+        """Atomically deletes every message and replaces the session row (Conflict and
+        NotFound as in commit_turn)."""
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        """Deletes at most `limit` sessions (with their messages) whose expire_time is at
+        or before `now`; how many it deleted."""
+
+    async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None: ...
+
+    async def delete_requests_before(self, time: float, limit: int) -> int:
+        """Forgets at most `limit` request records created before `time`; how many."""
 
     async def close(self) -> None:
         """Flushes and releases resources; the store is unusable afterwards."""

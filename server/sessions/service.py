@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from server.sessions import paging
 from server.sessions.context import history_needed, select_window
 from server.sessions.engine import TurnEngine, TurnInput
-from server.sessions.errors import AlreadyExists, InvalidArgument
-from server.sessions.events import TurnEvent
+from server.sessions.errors import AlreadyExists, Conflict, DuplicateRequest, InvalidArgument
+from server.sessions.events import TurnEvent, TurnReply
+from server.sessions.expiry import live_session
 from server.sessions.filters import parse_label_filter
+from server.sessions.history_ops import HistoryOps, SessionDocument
+from server.sessions.idempotency import (
+    RequestKey,
+    Requests,
+    decode_messages_result,
+    decode_session_result,
+    encode_messages_result,
+    encode_session_result,
+    encode_turn_result,
+    replay_turn,
+)
 from server.sessions.ids import check_id, new_session_id
 from server.sessions.model import FunctionDeclaration, Message, Part, Role, Session, SessionSettings
 from server.sessions.ports import (
     ModelProvider,
     ModelRequest,
+    RequestRecord,
     SessionOrder,
     SessionQuery,
     SessionStore,
@@ -70,29 +83,92 @@ class ChatSessions:
         self._engine = TurnEngine(
             store, provider, tools, max_tool_rounds=max_tool_rounds, clock=clock
         )
+        self._requests = Requests(store, clock)
+        self.history = HistoryOps(store, self._engine, self._check_settings, clock)
 
-    async def create(self, tenant: str, settings: SessionSettings, session_id: str) -> Session:
+    def _check_settings(self, settings: SessionSettings, prefix: str) -> None:
+        check_settings(settings, self._tools.names(), prefix)
+
+    async def _once(
+        self,
+        tenant: str,
+        key: RequestKey | None,
+        create: Callable[[Callable[[str], RequestRecord | None]], Awaitable[Session]],
+    ) -> Session:
+        """Runs `create` once per request id: a retry gets the session the first run made."""
+        if key is None:
+            return await create(lambda session_id: None)
+        async with self._requests.claim(tenant, key) as done:
+            if done is None:
+
+                def record(session_id: str) -> RequestRecord:
+                    return self._requests.record(tenant, key, encode_session_result(session_id))
+
+                try:
+                    return await create(record)
+                except DuplicateRequest:
+                    done = await self._store.get_request(tenant, key.request_id)
+                    if done is None:
+                        raise
+        return await self.get(tenant, decode_session_result(done.result))
+
+    async def create(
+        self,
+        tenant: str,
+        settings: SessionSettings,
+        session_id: str,
+        key: RequestKey | None = None,
+    ) -> Session:
         if session_id:
             check_id("session_id", session_id)
-        check_settings(settings, self._tools.names(), "session")
-        now = self._clock()
-        session = Session(
-            tenant=tenant,
-            session_id=session_id or new_session_id(),
-            settings=settings,
-            create_time=now,
-            update_time=now,
+        self._check_settings(settings, "session")
+
+        async def create(record: Callable[[str], RequestRecord | None]) -> Session:
+            now = self._clock()
+            session = Session(
+                tenant=tenant,
+                session_id=session_id or new_session_id(),
+                settings=settings,
+                create_time=now,
+                update_time=now,
+            )
+            try:
+                await self._store.create_session(session, (), record(session.session_id))
+            except AlreadyExists as exc:
+                raise AlreadyExists(
+                    f"session {session.session_id!r} already exists", reason="SESSION_EXISTS"
+                ) from exc
+            return session
+
+        return await self._once(tenant, key, create)
+
+    async def fork(
+        self,
+        tenant: str,
+        session_id: str,
+        upto: int | None,
+        new_id: str,
+        key: RequestKey | None = None,
+    ) -> Session:
+        check_id("session_id", session_id)
+        return await self._once(
+            tenant, key, lambda record: self.history.fork(tenant, session_id, upto, new_id, record)
         )
-        try:
-            await self._store.create_session(session)
-        except AlreadyExists as exc:
-            raise AlreadyExists(
-                f"session {session.session_id!r} already exists", reason="SESSION_EXISTS"
-            ) from exc
-        return session
+
+    async def import_session(
+        self,
+        tenant: str,
+        document: SessionDocument,
+        session_id: str,
+        key: RequestKey | None = None,
+    ) -> Session:
+        return await self._once(
+            tenant, key, lambda record: self.history.import_(tenant, document, session_id, record)
+        )
 
     async def get(self, tenant: str, session_id: str) -> Session:
-        return await self._store.get_session(tenant, check_id("session_id", session_id))
+        check_id("session_id", session_id)
+        return await live_session(self._store, tenant, session_id, self._clock())
 
     async def list(
         self, tenant: str, *, page_size: int, page_token: str, filter: str, order_by: str
@@ -110,7 +186,12 @@ class ChatSessions:
         if page_token:
             after = paging.session_cursor(paging.decode_token(page_token, query_key))
         query = SessionQuery(
-            limit=size + 1, order=order, descending=descending, after=after, labels=labels
+            limit=size + 1,
+            order=order,
+            descending=descending,
+            after=after,
+            labels=labels,
+            alive_at=self._clock(),
         )
         sessions = await self._store.list_sessions(tenant, query)
         token = ""
@@ -122,7 +203,35 @@ class ChatSessions:
         return Page(sessions, token)
 
     async def delete(self, tenant: str, session_id: str) -> None:
-        await self._store.delete_session(tenant, check_id("session_id", session_id))
+        await self.get(tenant, session_id)
+        async with self._engine.hold(tenant, session_id):
+            await self._store.delete_session(tenant, session_id)
+
+    async def append(
+        self,
+        tenant: str,
+        session_id: str,
+        messages: tuple[Message, ...],
+        key: RequestKey | None = None,
+    ) -> tuple[tuple[Message, ...], Session]:
+        """Adds messages without calling the model (see HistoryOps.append)."""
+        check_id("session_id", session_id)
+        if key is None:
+            return await self.history.append(tenant, session_id, messages, None)
+        async with self._requests.claim(tenant, key) as done:
+            if done is None:
+
+                def record(stored: Sequence[Message]) -> RequestRecord:
+                    return self._requests.record(tenant, key, encode_messages_result(stored))
+
+                return await self.history.append(tenant, session_id, messages, record)
+        first, count = decode_messages_result(done.result)
+        stored = await self._store.list_messages(tenant, session_id, first - 1, count)
+        return tuple(stored), await self.get(tenant, session_id)
+
+    def cancel(self, tenant: str, session_id: str) -> bool:
+        check_id("session_id", session_id)
+        return self._engine.cancel(tenant, session_id)
 
     async def list_messages(
         self, tenant: str, session_id: str, *, page_size: int, page_token: str
@@ -140,10 +249,11 @@ class ChatSessions:
             token = paging.encode_token(query_key, [messages[-1].seq])
         return Page(messages, token)
 
-    def run_turn(
-        self, tenant: str, session_id: str, turn: TurnInput
+    async def run_turn(
+        self, tenant: str, session_id: str, turn: TurnInput, key: RequestKey | None = None
     ) -> AsyncGenerator[TurnEvent, None]:
-        """Validates the input, then returns the turn's event stream (see TurnEngine.run)."""
+        """Validates the input, then streams the turn (see TurnEngine.run); with a request
+        key, a retry streams the first run's stored result instead of calling the model."""
         check_id("session_id", session_id)
         if turn.tool_results and turn.parts:
             raise InvalidArgument("tool_results", "send either a message or tool_results, not both")
@@ -151,7 +261,27 @@ class ChatSessions:
             check_user_parts(turn.parts, "parts")
         if turn.config_override is not None:
             check_generation_config(turn.config_override, "generation_config")
-        return self._engine.run(tenant, session_id, turn)
+        if key is None:
+            async for event in self._engine.run(tenant, session_id, turn):
+                yield event
+            return
+        async with self._requests.claim(tenant, key) as done:
+            if done is None:
+
+                def record(reply: TurnReply) -> RequestRecord:
+                    return self._requests.record(tenant, key, encode_turn_result(reply))
+
+                try:
+                    async for event in self._engine.run(tenant, session_id, turn, record):
+                        yield event
+                    return
+                except DuplicateRequest as exc:
+                    raise Conflict(
+                        "another replica completed this request_id first: retry to get its result",
+                        reason="REQUEST_RACED",
+                    ) from exc
+        async for event in replay_turn(self._store, tenant, session_id, done):
+            yield event
 
     async def count_tokens(
         self,
@@ -173,8 +303,7 @@ class ChatSessions:
             raise InvalidArgument(
                 "contents", "with session_id, send the candidate as text or parts"
             )
-        check_id("session_id", session_id)
-        session = await self._store.get_session(tenant, session_id)
+        session = await self.get(tenant, session_id)
         policy = session.settings.context_policy
         history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
         if candidate:

@@ -83,6 +83,8 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
             )
         if len(value) > MAX_LABEL_VALUE:
             raise InvalidArgument(f"{p}labels[{key}]", f"longer than {MAX_LABEL_VALUE}")
+        if "\x00" in value:
+            raise InvalidArgument(f"{p}labels[{key}]", "must not contain NUL characters")
     if len(settings.display_name) > MAX_DISPLAY_NAME:
         raise InvalidArgument(f"{p}display_name", f"longer than {MAX_DISPLAY_NAME}")
     policy = settings.context_policy

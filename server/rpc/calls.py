@@ -1,0 +1,24 @@
+"""Per-call context shared by the servicers: who is calling, and log binding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import structlog
+
+from server.sessions.model import DEFAULT_TENANT
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def tenant_of(context: Context) -> str:
+    """The calling tenant (every caller shares one until authentication is configured)."""
+    return DEFAULT_TENANT
+
+
+def bind_session(request: Any) -> None:
+    """Adds the request's session id to this RPC's log line."""
+    session_id = getattr(request, "session_id", "")
+    if session_id:
+        structlog.contextvars.bind_contextvars(session_id=session_id)

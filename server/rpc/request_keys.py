@@ -1,0 +1,20 @@
+"""Idempotency keys: the caller's request_id plus a fingerprint of the rest of the request."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from server.sessions.idempotency import RequestKey
+
+
+def request_key(kind: str, request: Any) -> RequestKey | None:
+    """None without a request_id. The fingerprint covers every other field, so the same id
+    with different content is told apart; `kind` lets SendMessage and StreamReply share ids."""
+    if not request.request_id:
+        return None
+    body = type(request)()
+    body.CopyFrom(request)
+    body.ClearField("request_id")
+    digest = hashlib.sha256(kind.encode() + b"\0" + body.SerializeToString(deterministic=True))
+    return RequestKey(request.request_id, digest.hexdigest())

@@ -1,0 +1,116 @@
+"""The whole-session RPCs: update, fork, clear, export, import, append and cancel."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from chatd.v1 import chat_service_pb2 as pb
+from server.rpc.calls import Context
+from server.rpc.calls import bind_session as _bind
+from server.rpc.calls import tenant_of as _tenant
+from server.rpc.content_codec import message_from_pb, messages_to_pb
+from server.rpc.document_codec import document_from_pb, document_to_pb
+from server.rpc.request_keys import request_key
+from server.rpc.session_codec import session_to_pb
+from server.rpc.update_mask import etag_version, updated_settings
+from server.sessions.errors import InvalidArgument
+from server.sessions.ids import check_id, parse_message_id
+from server.sessions.service import ChatSessions
+
+
+class SessionOpsServicer:
+    """The whole-session RPCs, mixed into ChatServicer."""
+
+    _chats: ChatSessions
+
+    async def UpdateSession(
+        self, request: pb.UpdateSessionRequest, context: Context
+    ) -> pb.UpdateSessionResponse:
+        session_id = request.session.session_id
+        structlog.contextvars.bind_contextvars(session_id=session_id)
+        if not session_id:
+            raise InvalidArgument("session.session_id", "is required")
+        tenant = _tenant(context)
+        current = await self._chats.get(tenant, session_id)
+        settings = updated_settings(current, request)
+        version = etag_version(request.etag or request.session.etag)
+        session = await self._chats.history.update(tenant, session_id, settings, version)
+        response = pb.UpdateSessionResponse()
+        session_to_pb(session, response.session)
+        return response
+
+    async def ForkSession(
+        self, request: pb.ForkSessionRequest, context: Context
+    ) -> pb.ForkSessionResponse:
+        _bind(request)
+        upto = parse_message_id("message_id", request.message_id) if request.message_id else None
+        session = await self._chats.fork(
+            _tenant(context),
+            request.session_id,
+            upto,
+            request.new_session_id,
+            request_key("ForkSession", request),
+        )
+        response = pb.ForkSessionResponse()
+        session_to_pb(session, response.session)
+        return response
+
+    async def ClearHistory(
+        self, request: pb.ClearHistoryRequest, context: Context
+    ) -> pb.ClearHistoryResponse:
+        _bind(request)
+        check_id("session_id", request.session_id)
+        session = await self._chats.history.clear(_tenant(context), request.session_id)
+        response = pb.ClearHistoryResponse()
+        session_to_pb(session, response.session)
+        return response
+
+    async def ExportSession(
+        self, request: pb.ExportSessionRequest, context: Context
+    ) -> pb.ExportSessionResponse:
+        _bind(request)
+        check_id("session_id", request.session_id)
+        document = await self._chats.history.export(_tenant(context), request.session_id)
+        response = pb.ExportSessionResponse()
+        document_to_pb(document, time.time(), response.document)
+        return response
+
+    async def ImportSession(
+        self, request: pb.ImportSessionRequest, context: Context
+    ) -> pb.ImportSessionResponse:
+        tenant = _tenant(context)
+        document = document_from_pb(request.document, tenant)
+        session = await self._chats.import_session(
+            tenant, document, request.session_id, request_key("ImportSession", request)
+        )
+        structlog.contextvars.bind_contextvars(session_id=session.session_id)
+        response = pb.ImportSessionResponse()
+        session_to_pb(session, response.session)
+        return response
+
+    async def AppendMessages(
+        self, request: pb.AppendMessagesRequest, context: Context
+    ) -> pb.AppendMessagesResponse:
+        _bind(request)
+        check_id("session_id", request.session_id)
+        messages = tuple(
+            message_from_pb(m, f"messages[{i}]", keep_ids=False)
+            for i, m in enumerate(request.messages)
+        )
+        stored, session = await self._chats.append(
+            _tenant(context), request.session_id, messages, request_key("AppendMessages", request)
+        )
+        response = pb.AppendMessagesResponse()
+        messages_to_pb(stored, response.messages)
+        session_to_pb(session, response.session)
+        return response
+
+    async def CancelReply(
+        self, request: pb.CancelReplyRequest, context: Context
+    ) -> pb.CancelReplyResponse:
+        _bind(request)
+        tenant = _tenant(context)
+        await self._chats.get(tenant, request.session_id)
+        return pb.CancelReplyResponse(cancelled=self._chats.cancel(tenant, request.session_id))

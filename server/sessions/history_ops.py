@@ -1,0 +1,213 @@
+"""Operations on a session as a whole: update, fork, clear, append, export and import."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from server.sessions.context import is_turn_start
+from server.sessions.engine import TurnEngine
+from server.sessions.errors import Conflict, FailedPrecondition, InvalidArgument
+from server.sessions.expiry import live_session
+from server.sessions.ids import check_id, message_id, new_session_id, new_turn_id
+from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
+from server.sessions.ports import RequestRecord, SessionStore
+from server.sessions.wellformed import check_history
+
+PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDocument:
+    """A whole session: what ExportSession produces and ImportSession consumes."""
+
+    session: Session
+    messages: tuple[Message, ...]
+
+
+class HistoryOps:
+    def __init__(
+        self,
+        store: SessionStore,
+        engine: TurnEngine,
+        check_settings: Callable[[SessionSettings, str], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._engine = engine
+        self._check_settings = check_settings
+        self._clock = clock
+
+    async def _all_messages(
+        self, tenant: str, session_id: str, upto: int | None = None
+    ) -> list[Message]:
+        messages: list[Message] = []
+        after = -1
+        while True:
+            page = await self._store.list_messages(tenant, session_id, after, PAGE)
+            messages.extend(m for m in page if upto is None or m.seq <= upto)
+            if len(page) < PAGE or (upto is not None and page[-1].seq >= upto):
+                return messages
+            after = page[-1].seq
+
+    async def update(
+        self, tenant: str, session_id: str, settings: SessionSettings, etag_version: int | None
+    ) -> Session:
+        self._check_settings(settings, "session")
+        async with self._engine.hold(tenant, session_id):
+            session = await live_session(self._store, tenant, session_id, self._clock())
+            if etag_version is not None and etag_version != session.version:
+                raise Conflict(
+                    "etag: the session changed since it was read; read it again",
+                    reason="ETAG_MISMATCH",
+                )
+            updated = session.evolve(
+                settings=settings, update_time=self._clock(), version=session.version + 1
+            )
+            await asyncio.shield(self._store.commit_turn(updated, (), session.version))
+            return updated
+
+    async def clear(self, tenant: str, session_id: str) -> Session:
+        """Empties history, keeps settings; a paused turn is dropped with it."""
+        async with self._engine.hold(tenant, session_id):
+            session = await live_session(self._store, tenant, session_id, self._clock())
+            cleared = session.evolve(
+                message_count=0,
+                pending=None,
+                update_time=self._clock(),
+                version=session.version + 1,
+            )
+            await asyncio.shield(self._store.clear_history(cleared, session.version))
+            return cleared
+
+    async def append(
+        self,
+        tenant: str,
+        session_id: str,
+        messages: Sequence[Message],
+        record: Callable[[Sequence[Message]], RequestRecord] | None,
+    ) -> tuple[tuple[Message, ...], Session]:
+        if not messages:
+            raise InvalidArgument("messages", "is required: the messages to append")
+        async with self._engine.hold(tenant, session_id):
+            session = await live_session(self._store, tenant, session_id, self._clock())
+            if session.pending is not None:
+                raise FailedPrecondition(
+                    "the session is waiting for tool_results answering its pending tool calls",
+                    reason="TOOL_RESULTS_PENDING",
+                )
+            last = await self._store.recent_messages(tenant, session_id, 1)
+            check_history(messages, "messages", last[-1] if last else None)
+            now = self._clock()
+            stored: list[Message] = []
+            turn_id = last[-1].turn_id if last else new_turn_id()
+            for i, message in enumerate(messages):
+                if is_turn_start(message):
+                    turn_id = new_turn_id()
+                stored.append(
+                    replace(message, seq=session.next_seq + i, create_time=now, turn_id=turn_id)
+                )
+            usage = session.usage
+            for message in stored:
+                if message.usage is not None:
+                    usage = usage + message.usage
+            updated = session.evolve(
+                message_count=session.message_count + len(stored),
+                next_seq=session.next_seq + len(stored),
+                usage=usage,
+                update_time=now,
+                version=session.version + 1,
+            )
+            request = record(stored) if record is not None else None
+            await asyncio.shield(self._store.commit_turn(updated, stored, session.version, request))
+            return tuple(stored), updated
+
+    async def fork(
+        self,
+        tenant: str,
+        session_id: str,
+        upto: int | None,
+        new_id: str,
+        request: Callable[[str], RequestRecord | None],
+    ) -> Session:
+        """A new session whose history is the source's up to message `upto` (inclusive)."""
+        if new_id:
+            check_id("new_session_id", new_id)
+        source = await live_session(self._store, tenant, session_id, self._clock())
+        messages = await self._all_messages(tenant, session_id, upto)
+        if upto is not None and (not messages or messages[-1].seq != upto):
+            raise InvalidArgument(
+                "message_id", f"{message_id(upto)!r} is not a message of this session"
+            )
+        if source.pending is not None:
+            # The paused turn is not complete: the fork stops before it.
+            messages = [m for m in messages if m.seq < source.pending.first_seq]
+        if upto is not None and messages:
+            rest = await self._store.list_messages(tenant, session_id, upto, 1)
+            if rest and rest[0].turn_id == messages[-1].turn_id and not is_turn_start(rest[0]):
+                raise InvalidArgument(
+                    "message_id",
+                    f"{message_id(upto)!r} is inside a turn: fork at the last message of a turn",
+                )
+        return await self._create_copy(
+            tenant, source.settings, messages, new_id or new_session_id(), None, request
+        )
+
+    async def export(self, tenant: str, session_id: str) -> SessionDocument:
+        async with self._engine.hold(tenant, session_id):
+            session = await live_session(self._store, tenant, session_id, self._clock())
+            messages = await self._all_messages(tenant, session_id)
+        return SessionDocument(session, tuple(messages))
+
+    async def import_(
+        self,
+        tenant: str,
+        document: SessionDocument,
+        session_id: str,
+        request: Callable[[str], RequestRecord | None],
+    ) -> Session:
+        source = document.session
+        self._check_settings(source.settings, "document.session")
+        messages = document.messages
+        for i in range(1, len(messages)):
+            if messages[i].seq <= messages[i - 1].seq:
+                raise InvalidArgument(
+                    f"document.messages[{i}].message_id", "message ids must increase"
+                )
+        check_history(
+            messages, "document.messages", None, open_calls_allowed=source.pending is not None
+        )
+        new_id = session_id or source.session_id or new_session_id()
+        check_id("session_id", new_id)
+        return await self._create_copy(
+            tenant, source.settings, list(messages), new_id, source.pending, request
+        )
+
+    async def _create_copy(
+        self,
+        tenant: str,
+        settings: SessionSettings,
+        messages: list[Message],
+        new_id: str,
+        pending: PendingTurn | None,
+        request: Callable[[str], RequestRecord | None],
+    ) -> Session:
+        now = self._clock()
+        usage = Usage()
+        for message in messages:
+            if message.usage is not None:
+                usage = usage + message.usage
+        session = Session(
+            tenant=tenant,
+            session_id=new_id,
+            settings=settings,
+            create_time=now,
+            update_time=now,
+            message_count=len(messages),
+            next_seq=messages[-1].seq + 1 if messages else 0,
+            usage=usage,
+            pending=pending,
+        )
+        await self._store.create_session(session, messages, request(new_id))
+        return session

@@ -1,0 +1,37 @@
+"""Token counts of messages: the model's recorded count where there is one, else an estimate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from server.sessions.model import Message, Role
+
+# About 4 characters a token for text, and a flat 258 tokens for each blob or file
+# (Gemini's rate for an image).
+CHARS_PER_TOKEN = 4
+TOKENS_PER_BLOB = 258
+
+
+def estimate_tokens(messages: Iterable[Message], system_instruction: str = "") -> int:
+    chars = len(system_instruction)
+    blobs = 0
+    for message in messages:
+        for part in message.parts:
+            if part.text is not None:
+                chars += len(part.text)
+            elif part.inline_data is not None or part.file_data is not None:
+                blobs += 1
+            elif part.function_call is not None:
+                chars += len(part.function_call.name) + len(str(part.function_call.args))
+            elif part.function_response is not None:
+                response = part.function_response
+                chars += len(response.name) + len(str(response.response))
+    return -(-chars // CHARS_PER_TOKEN) + blobs * TOKENS_PER_BLOB
+
+
+def message_tokens(message: Message) -> int:
+    """A model message's output tokens as the model counted them; an estimate otherwise."""
+    usage = message.usage
+    if message.role is Role.MODEL and usage is not None and usage.candidates_tokens > 0:
+        return usage.candidates_tokens
+    return estimate_tokens((message,))

@@ -1,0 +1,67 @@
+"""The sweeper: deletes expired sessions and forgotten request ids, in bounded batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from server.sessions.ports import SessionStore
+
+log = structlog.get_logger("chatd.sweeper")
+
+BATCH = 500
+
+
+class Sweeper:
+    """Every `interval` seconds: expired sessions go, and request records older than
+    `request_window` (so retries after that run again)."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        interval: float,
+        request_window: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._interval = interval
+        self._request_window = request_window
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> tuple[int, int]:
+        """One pass; (sessions, request records) deleted. Batches keep each transaction small."""
+        now = self._clock()
+        sessions = requests = 0
+        while (n := await self._store.delete_expired(now, BATCH)) > 0:
+            sessions += n
+            if n < BATCH:
+                break
+        cutoff = now - self._request_window
+        while (n := await self._store.delete_requests_before(cutoff, BATCH)) > 0:
+            requests += n
+            if n < BATCH:
+                break
+        if sessions or requests:
+            log.info("swept", expired_sessions=sessions, request_records=requests)
+        return sessions, requests
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="chatd-sweeper")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep()
+            except Exception:  # a failed pass is retried on the next tick
+                log.exception("sweep failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
