@@ -39,6 +39,8 @@ lint: $(VENV)/.dev gen-check
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
+	@if git rev-parse -q --verify main >/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=main'; fi
 	$(BIN)/lint-imports
 
 fmt: $(VENV)/.dev

@@ -14,11 +14,13 @@ from grpc_reflection.v1alpha import reflection
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
 from server.config import Settings
 from server.providers.echo import NOTICE, EchoProvider
-from server.rpc.interceptors import ErrorsAndLogging
+from server.rpc.guards import ApiKeys, RateLimiter, StreamSlots, parse_keys
+from server.rpc.interceptors import Admission, ErrorsAndLogging
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import ChatdError
 from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
+from server.sessions.validation import MessageLimits
 from server.store import open_store
 from server.sweeper import Sweeper
 from server.tools import load_tools
@@ -81,6 +83,66 @@ def build_tools(settings: Settings) -> ToolRunner:
     return registry
 
 
+def build_admission(settings: Settings) -> Admission:
+    """API keys (from CHATD_API_KEYS and CHATD_API_KEYS_FILE), rate limits, stream slots."""
+    keys: dict[str, str] = {}
+    try:
+        if settings.api_keys:
+            keys.update(parse_keys(settings.api_keys.split(","), "CHATD_API_KEYS"))
+        if settings.api_keys_file:
+            with open(settings.api_keys_file) as file:
+                keys.update(parse_keys(file, settings.api_keys_file))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"chatd: cannot load API keys: {exc}") from exc
+    tenants = sorted(set(keys.values()))
+    if keys:
+        log.info("authentication on", tenants=tenants)
+    else:
+        log.warning("authentication off: every caller is tenant 'default'")
+    return Admission(
+        ApiKeys(keys),
+        RateLimiter(settings.rate_limit, max(settings.rate_burst, 1.0)),
+        StreamSlots(settings.max_streams),
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from PEM files; with a client CA, clients must present a certificate (mTLS)."""
+    if not settings.tls_cert:
+        return None
+    try:
+        with open(settings.tls_key, "rb") as key, open(settings.tls_cert, "rb") as cert:
+            pair = (key.read(), cert.read())
+        client_ca = None
+        if settings.tls_client_ca:
+            with open(settings.tls_client_ca, "rb") as ca:
+                client_ca = ca.read()
+    except OSError as exc:
+        raise SystemExit(f"chatd: cannot read TLS files: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    limit = settings.max_message_bytes
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    if settings.max_connection_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace * 1000)),
+        ]
+    return options
+
+
 @dataclass
 class RunningServer:
     """A started chatd: its bound port and what must be closed at shutdown."""
@@ -124,16 +186,18 @@ async def start(
         except (ValueError, ChatdError) as exc:
             raise SystemExit(f"chatd: cannot open the store: {exc}") from exc
     provider = provider or build_provider(settings)
-    chats = ChatSessions(store, provider, tools, max_tool_rounds=settings.max_tool_rounds)
+    chats = ChatSessions(
+        store,
+        provider,
+        tools,
+        max_tool_rounds=settings.max_tool_rounds,
+        limits=MessageLimits(settings.max_text_chars, settings.max_parts),
+        max_sessions_per_tenant=settings.max_sessions_per_tenant,
+    )
 
-    limit = settings.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ErrorsAndLogging()],
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[ErrorsAndLogging(build_admission(settings))],
+        options=server_options(settings),
     )
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)
     health_servicer = health.aio.HealthServicer()
@@ -142,8 +206,12 @@ async def start(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except (RuntimeError, OSError) as exc:
         await store.close()
         raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
     await server.start()

@@ -37,6 +37,24 @@ class Settings:
     max_tool_rounds: int = 8
     sweep_interval: float = 60.0
     request_id_window: float = 24 * 3600.0
+    # Callers: API keys as "tenant:key" pairs and/or a file of "tenant key" lines.
+    api_keys: str = field(default="", repr=False)
+    api_keys_file: str = ""
+    insecure_no_auth: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Limits.
+    max_text_chars: int = 100_000
+    max_parts: int = 64
+    max_sessions_per_tenant: int = 100_000
+    max_streams: int = 1000
+    rate_limit: float = 500.0
+    rate_burst: float = 1000.0
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    max_connection_age: float = 1800.0
+    max_connection_age_grace: float = 300.0
     # Gemini: an API key, or Vertex AI with a project (and location).
     gemini_api_key: str = field(default="", repr=False)
     gemini_vertexai: bool = False
@@ -100,7 +118,38 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         ("CHATD_REQUEST_ID_WINDOW",),
         "seconds a request_id is remembered",
     ),
+    ("api_keys_file", "--api-keys-file", ("CHATD_API_KEYS_FILE",), "file of 'tenant key' lines"),
+    ("insecure_no_auth", "--insecure-no-auth", ("CHATD_INSECURE_NO_AUTH",), "serve without keys"),
+    ("tls_cert", "--tls-cert", ("CHATD_TLS_CERT",), "server certificate chain (PEM)"),
+    ("tls_key", "--tls-key", ("CHATD_TLS_KEY",), "server private key (PEM)"),
+    ("tls_client_ca", "--tls-client-ca", ("CHATD_TLS_CLIENT_CA",), "CA for client certs (mTLS)"),
+    ("max_text_chars", "--max-text-chars", ("CHATD_MAX_TEXT_CHARS",), "characters per message"),
+    ("max_parts", "--max-parts", ("CHATD_MAX_PARTS",), "parts per message"),
+    (
+        "max_sessions_per_tenant",
+        "--max-sessions-per-tenant",
+        ("CHATD_MAX_SESSIONS_PER_TENANT",),
+        "sessions a tenant may keep (0 = no cap)",
+    ),
+    ("max_streams", "--max-streams", ("CHATD_MAX_STREAMS",), "concurrent streams (0 = no cap)"),
+    ("rate_limit", "--rate-limit", ("CHATD_RATE_LIMIT",), "requests/s per tenant (0 = off)"),
+    ("rate_burst", "--rate-burst", ("CHATD_RATE_BURST",), "requests a tenant may burst"),
+    ("keepalive_time", "--keepalive-time", ("CHATD_KEEPALIVE_TIME",), "seconds between pings"),
+    ("keepalive_timeout", "--keepalive-timeout", ("CHATD_KEEPALIVE_TIMEOUT",), "ping timeout"),
+    (
+        "max_connection_age",
+        "--max-connection-age",
+        ("CHATD_MAX_CONNECTION_AGE",),
+        "seconds before a connection is recycled (0 = never)",
+    ),
+    (
+        "max_connection_age_grace",
+        "--max-connection-age-grace",
+        ("CHATD_MAX_CONNECTION_AGE_GRACE",),
+        "seconds calls get to finish on a recycled connection",
+    ),
     # Credentials come from the environment only, never from flags visible in `ps`.
+    ("api_keys", None, ("CHATD_API_KEYS",), ""),
     ("gemini_api_key", None, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ""),
     ("gemini_vertexai", None, ("GOOGLE_GENAI_USE_VERTEXAI",), ""),
     ("gemini_project", None, ("GOOGLE_CLOUD_PROJECT",), ""),
@@ -140,7 +189,13 @@ def load(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settin
     """Flags win over environment variables, which win over defaults."""
     parser = argparse.ArgumentParser(prog="chatd serve", description="Run the chatd gRPC server.")
     for name, flag, envs, help_ in _OPTIONS:
-        if flag is not None:
+        if flag is None:
+            continue
+        if isinstance(getattr(Settings(), name), bool):
+            parser.add_argument(
+                flag, dest=name, action="store_const", const="true", help=f"{help_} [env {envs[0]}]"
+            )
+        else:
             parser.add_argument(flag, dest=name, default=None, help=f"{help_} [env {envs[0]}]")
     args = parser.parse_args(list(argv))
     values: dict[str, object] = {}
@@ -158,10 +213,40 @@ def load(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settin
     return settings
 
 
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
 def validate(settings: Settings) -> None:
     host, sep, port = settings.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise SettingsError(f"CHATD_LISTEN/--listen={settings.listen!r}: expected host:port")
+    has_keys = bool(settings.api_keys or settings.api_keys_file)
+    if not has_keys and not settings.insecure_no_auth and not host.startswith(_LOOPBACK):
+        raise SettingsError(
+            f"refusing to listen on {settings.listen} without API keys: anyone who can reach "
+            "it could read and write every session. Set CHATD_API_KEYS or "
+            "CHATD_API_KEYS_FILE, or pass --insecure-no-auth if the network is trusted"
+        )
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SettingsError("CHATD_TLS_CERT and CHATD_TLS_KEY go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise SettingsError("CHATD_TLS_CLIENT_CA (mutual TLS) needs CHATD_TLS_CERT and KEY")
+    for name in (
+        "max_text_chars",
+        "max_parts",
+        "max_sessions_per_tenant",
+        "max_streams",
+        "rate_limit",
+        "rate_burst",
+        "keepalive_time",
+        "keepalive_timeout",
+        "max_connection_age",
+        "max_connection_age_grace",
+    ):
+        if getattr(settings, name) < 0:
+            raise SettingsError(f"{name} must not be negative")
+    if settings.max_text_chars < 1 or settings.max_parts < 1:
+        raise SettingsError("CHATD_MAX_TEXT_CHARS and CHATD_MAX_PARTS must be at least 1")
     if settings.provider not in PROVIDERS:
         raise SettingsError(f"CHATD_PROVIDER={settings.provider!r}: expected one of {PROVIDERS}")
     if settings.log_format not in LOG_FORMATS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -12,9 +13,13 @@ from server.sessions.model import DEFAULT_TENANT
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+# Set per RPC by the interceptor, after authentication.
+TENANT: ContextVar[str] = ContextVar("chatd_tenant", default=DEFAULT_TENANT)
+
+
 def tenant_of(context: Context) -> str:
-    """The calling tenant (every caller shares one until authentication is configured)."""
-    return DEFAULT_TENANT
+    """The calling tenant: the owner of the API key (everyone shares one without keys)."""
+    return TENANT.get()
 
 
 def bind_session(request: Any) -> None:

@@ -23,6 +23,7 @@ CODES: dict[type[errors.ChatdError], grpc.StatusCode] = {
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.UpstreamRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"

@@ -107,6 +107,7 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
         async with aclosing(self._turn(request, context)) as events:
             async for event in events:
                 if isinstance(event, TurnCompleted):
+                    _log_usage(event)
                     reply_to_pb(event.reply, response.reply)
         return response
 
@@ -117,6 +118,8 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
         async with aclosing(self._turn(request, context)) as events:
             async for event in events:
                 sequence_number += 1
+                if isinstance(event, TurnCompleted):
+                    _log_usage(event)
                 yield event_to_pb(event, sequence_number)
 
     async def CountTokens(
@@ -168,3 +171,11 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
             if declaration.parameters is not None:
                 dict_to_struct(declaration.parameters, tool.parameters)
         return response
+
+
+def _log_usage(done: TurnCompleted) -> None:
+    """Adds the turn's token counts to this RPC's log line."""
+    usage = done.reply.usage
+    structlog.contextvars.bind_contextvars(
+        tokens_in=usage.prompt_tokens, tokens_out=usage.candidates_tokens
+    )

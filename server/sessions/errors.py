@@ -85,3 +85,7 @@ class UpstreamRejected(ChatdError):
     """The model API refused the request as invalid (INVALID_ARGUMENT without a field of ours)."""
 
     reason = "UPSTREAM_INVALID_ARGUMENT"
+
+
+class Unauthenticated(ChatdError):
+    reason = "UNAUTHENTICATED"

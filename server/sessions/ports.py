@@ -87,6 +87,9 @@ class SessionStore(Protocol):
     async def get_session(self, tenant: str, session_id: str) -> Session:
         """Raises NotFound."""
 
+    async def count_sessions(self, tenant: str) -> int:
+        """How many sessions the tenant has stored (expired ones not yet swept included)."""
+
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         """At most `query.limit` sessions after `query.after`, in the query's order."""
 

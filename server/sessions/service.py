@@ -10,7 +10,13 @@ from typing import Generic, TypeVar
 from server.sessions import paging
 from server.sessions.context import history_needed, select_window
 from server.sessions.engine import TurnEngine, TurnInput
-from server.sessions.errors import AlreadyExists, Conflict, DuplicateRequest, InvalidArgument
+from server.sessions.errors import (
+    AlreadyExists,
+    Conflict,
+    DuplicateRequest,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from server.sessions.events import TurnEvent, TurnReply
 from server.sessions.expiry import live_session
 from server.sessions.filters import parse_label_filter
@@ -38,7 +44,13 @@ from server.sessions.ports import (
     ToolRunner,
 )
 from server.sessions.stateless import GenerateInput, GenerationEvent, generate
-from server.sessions.validation import check_generation_config, check_settings, check_user_parts
+from server.sessions.validation import (
+    MessageLimits,
+    check_generation_config,
+    check_message_size,
+    check_settings,
+    check_user_parts,
+)
 
 DEFAULT_SESSIONS_PAGE = 50
 DEFAULT_MESSAGES_PAGE = 100
@@ -74,9 +86,13 @@ class ChatSessions:
         tools: ToolRunner,
         *,
         max_tool_rounds: int = 8,
+        limits: MessageLimits | None = None,
+        max_sessions_per_tenant: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._limits = limits or MessageLimits()
+        self._max_sessions = max_sessions_per_tenant
         self._provider = provider
         self._tools = tools
         self._clock = clock
@@ -89,6 +105,14 @@ class ChatSessions:
     def _check_settings(self, settings: SessionSettings, prefix: str) -> None:
         check_settings(settings, self._tools.names(), prefix)
 
+    async def _check_room(self, tenant: str) -> None:
+        if self._max_sessions and await self._store.count_sessions(tenant) >= self._max_sessions:
+            raise ResourceExhausted(
+                f"the tenant already has the most sessions allowed ({self._max_sessions}): "
+                "delete some first",
+                reason="SESSION_QUOTA",
+            )
+
     async def _once(
         self,
         tenant: str,
@@ -97,9 +121,11 @@ class ChatSessions:
     ) -> Session:
         """Runs `create` once per request id: a retry gets the session the first run made."""
         if key is None:
+            await self._check_room(tenant)
             return await create(lambda session_id: None)
         async with self._requests.claim(tenant, key) as done:
             if done is None:
+                await self._check_room(tenant)
 
                 def record(session_id: str) -> RequestRecord:
                     return self._requests.record(tenant, key, encode_session_result(session_id))
@@ -216,6 +242,8 @@ class ChatSessions:
     ) -> tuple[tuple[Message, ...], Session]:
         """Adds messages without calling the model (see HistoryOps.append)."""
         check_id("session_id", session_id)
+        for i, message in enumerate(messages):
+            check_message_size(message.parts, f"messages[{i}].parts", self._limits)
         if key is None:
             return await self.history.append(tenant, session_id, messages, None)
         async with self._requests.claim(tenant, key) as done:
@@ -258,7 +286,7 @@ class ChatSessions:
         if turn.tool_results and turn.parts:
             raise InvalidArgument("tool_results", "send either a message or tool_results, not both")
         if not turn.tool_results:
-            check_user_parts(turn.parts, "parts")
+            check_user_parts(turn.parts, "parts", self._limits)
         if turn.config_override is not None:
             check_generation_config(turn.config_override, "generation_config")
         if key is None:
@@ -307,7 +335,7 @@ class ChatSessions:
         policy = session.settings.context_policy
         history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
         if candidate:
-            check_user_parts(candidate, "parts")
+            check_user_parts(candidate, "parts", self._limits)
             history.append(Message(Role.USER, candidate))
         window = select_window(history, policy)
         request_model = model or session.settings.model or self._provider.default_model
@@ -315,6 +343,8 @@ class ChatSessions:
 
     def generate(self, given: GenerateInput) -> AsyncGenerator[GenerationEvent, None]:
         """Stateless generation (see sessions.stateless)."""
+        for i, content in enumerate(given.contents):
+            check_message_size(content.parts, f"contents[{i}].parts", self._limits)
         return generate(self._provider, given)
 
     def list_tools(self, *, page_size: int, page_token: str) -> Page[FunctionDeclaration]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from server.sessions.errors import InvalidArgument
 from server.sessions.model import GenerationConfig, Part, SessionSettings
@@ -14,6 +15,15 @@ _FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
 _ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _MIME = re.compile(r"[\w.+\-]+/[\w.+\-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLimits:
+    """How big one caller message may be."""
+
+    max_text_chars: int = 100_000
+    max_parts: int = 64
+
 
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
@@ -102,8 +112,21 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
         raise InvalidArgument(f"{p}ttl", "must be positive")
 
 
-def check_user_parts(parts: Sequence[Part], field: str) -> None:
-    """A user message: at least one part, no function calls or responses, no empty data."""
+def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
+    if len(parts) > limits.max_parts:
+        raise InvalidArgument(field, f"{len(parts)} parts; at most {limits.max_parts} allowed")
+    chars = sum(len(p.text) for p in parts if p.text is not None)
+    if chars > limits.max_text_chars:
+        raise InvalidArgument(
+            "text" if field == "parts" and len(parts) == 1 else field,
+            f"{chars} characters of text; at most {limits.max_text_chars} allowed",
+        )
+
+
+def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
+    """A user message: at least one part, no function calls or responses, no empty data,
+    within the size limits."""
+    check_message_size(parts, field, limits)
     if not parts or all(p.text is not None and not p.text.strip() for p in parts):
         raise InvalidArgument("text", "the message is empty: set text or parts")
     for i, part in enumerate(parts):

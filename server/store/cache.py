@@ -269,6 +269,9 @@ class CachedStore:
             for key in [k for k, e in self._entries.items() if self._swept(e.session)]:
                 self._take(key)
 
+    async def count_sessions(self, tenant: str) -> int:
+        return await self._inner.count_sessions(tenant)
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         return await self._inner.get_request(tenant, request_id)
 

@@ -69,6 +69,9 @@ class MemoryStore:
     async def get_session(self, tenant: str, session_id: str) -> Session:
         return self._record(tenant, session_id).session
 
+    async def count_sessions(self, tenant: str) -> int:
+        return len(self._tenants.get(tenant, {}))
+
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         if query.limit <= 0:
             return []

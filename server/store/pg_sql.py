@@ -41,6 +41,7 @@ INSERT_REQUEST = (
     f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT (tenant, request_id) DO NOTHING RETURNING 1"
 )
+COUNT_SESSIONS = "SELECT count(*) FROM sessions WHERE tenant = $1"
 SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant = $1 AND request_id = $2"
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = $1 AND session_id = $2"
 SELECT_GUARDS = "SELECT version, next_seq FROM sessions WHERE tenant = $1 AND session_id = $2"

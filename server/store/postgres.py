@@ -223,6 +223,11 @@ class PostgresStore:
             await conn.execute(sql.DELETE_LOCKED_MESSAGES, *keys)
             return _count(await conn.execute(sql.DELETE_LOCKED_SESSIONS, *keys))
 
+    async def count_sessions(self, tenant: str) -> int:
+        async with self._connection() as conn:
+            count: int = await conn.fetchval(sql.COUNT_SESSIONS, tenant)
+        return count
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(sql.SELECT_REQUEST, tenant, request_id)

@@ -219,6 +219,13 @@ class SqliteStore:
 
         return await self._writer.submit(job)
 
+    async def count_sessions(self, tenant: str) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute(sql.COUNT_SESSIONS, (tenant,)).fetchone()[0]
+            return count
+
+        return await self._reader.submit(job)
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         def job(conn: sqlite3.Connection) -> RequestRecord | None:
             row = conn.execute(sql.SELECT_REQUEST, (tenant, request_id)).fetchone()

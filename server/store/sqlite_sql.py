@@ -31,6 +31,7 @@ INSERT_REQUEST = (
     f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?,?,?,?,?)"
     " ON CONFLICT (tenant, request_id) DO NOTHING"
 )
+COUNT_SESSIONS = "SELECT count(*) FROM sessions WHERE tenant=?"
 SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant=? AND request_id=?"
 DELETE_MESSAGES = "DELETE FROM messages WHERE tenant=? AND session_id=?"
 DELETE_SESSION = "DELETE FROM sessions WHERE tenant=? AND session_id=?"

@@ -143,3 +143,15 @@ async def test_times_are_kept_to_the_microsecond(store: SessionStore) -> None:
     stored = await store.get_session(TENANT, "s1")
     assert stored.create_time == pytest.approx(T0 + 0.123457, abs=1e-9)
     assert stored.create_time == round((T0 + 0.1234567) * 1e6) / 1e6
+
+
+async def test_count_sessions_counts_one_tenant(store: SessionStore) -> None:
+    """The per-tenant session quota counts only that tenant's sessions."""
+    assert await store.count_sessions(TENANT) == 0
+    for sid in ("a", "b", "c"):
+        await store.create_session(new_session(sid))
+    await store.create_session(new_session("a", tenant="other"))
+    assert await store.count_sessions(TENANT) == 3
+    assert await store.count_sessions("other") == 1
+    await store.delete_session(TENANT, "b")
+    assert await store.count_sessions(TENANT) == 2
