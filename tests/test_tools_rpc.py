@@ -349,18 +349,28 @@ async def test_tool_failures_reach_the_model_as_errors_and_the_turn_completes(
 async def test_tool_loop_stops_at_the_round_limit(
     tool_chatd: Chatd, fake_gemini: FakeGemini
 ) -> None:
-    """A model that keeps calling tools is stopped after max_tool_rounds (3 here)."""
+    """A model that keeps calling tools is stopped after max_tool_rounds (3 here): its last
+    calls are answered with an error and it is asked once more with function calling off."""
     await session(tool_chatd, tools=["calculate"])
     fake_gemini.set_default(
-        lambda request: Reply(parts=[call_part("calculate", {"expression": "1"})])
+        lambda request: (
+            Reply(text="I give up.")
+            if request.field("tool_config")
+            else Reply(parts=[call_part("calculate", {"expression": "1"})])
+        )
     )
     sent = await tool_chatd.stub.SendMessage(pb.SendMessageRequest(session_id="t", text="loop"))
     assert sent.reply.finish_reason == content_pb2.FINISH_REASON_MAX_TOOL_ROUNDS
-    assert len(fake_gemini.requests) == 4, "3 rounds of tools, 4 model calls"
+    assert sent.reply.text == "I give up."
+    assert len(fake_gemini.requests) == 5, "3 rounds of tools, 4 model calls, 1 last word"
+    last = fake_gemini.requests[-1]
+    mode = get_field(last.field("tool_config"), "function_calling_config", "mode")
+    assert mode == "NONE"
     history = await all_messages(tool_chatd.stub, "t")
-    last = history[-1]
-    assert last.role == content_pb2.ROLE_USER
-    assert "tool rounds" in last.parts[0].function_response.response["error"]
+    stopped = history[-2]
+    assert stopped.role == content_pb2.ROLE_USER
+    assert "tool rounds" in stopped.parts[0].function_response.response["error"]
+    assert history[-1].role == content_pb2.ROLE_MODEL
 
 
 async def test_context_window_never_splits_a_call_from_its_response(

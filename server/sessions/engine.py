@@ -48,6 +48,7 @@ from server.sessions.tool_calls import (
     responses_message,
     run_server_calls,
     with_call_ids,
+    without_calls,
 )
 
 # Builds the request record stored with a turn, from the turn's reply.
@@ -219,15 +220,14 @@ class TurnEngine:
         settings = state.session.settings
         caller_names = {d.name for d in settings.function_declarations}
         enabled = frozenset(settings.tools)
+        calls_allowed = True
         while True:
-            request = self._request(state, turn)
+            request = self._request(state, turn, calls_allowed)
             builder = ReplyBuilder()
             async for delta in stream_model(self._provider, request, builder):
                 yield delta
             state.usage = state.usage + builder.usage
             finish = builder.resolved_finish_reason()
-            if not builder.parts:
-                break
             answer = with_call_ids(
                 builder.message(
                     seq=state.next_seq,
@@ -236,6 +236,12 @@ class TurnEngine:
                     model=request.model,
                 )
             )
+            if not calls_allowed:
+                # The last word after the round limit: calls would go unanswered.
+                finish = FinishReason.MAX_TOOL_ROUNDS
+                answer = without_calls(answer)
+            if not answer.parts:
+                break
             state.added.append(answer)
             yield MessageCompleted(answer)
             calls = calls_of(answer)
@@ -244,12 +250,15 @@ class TurnEngine:
             for call in calls:
                 yield ToolCallRequested(call, caller_executed=call.name in caller_names)
             if state.rounds >= self._max_tool_rounds:
-                finish = FinishReason.MAX_TOOL_ROUNDS
+                # Answer the calls with an error and ask once more, without tools, so
+                # the turn still ends with the model's own words.
                 error = {"error": ROUND_LIMIT_ERROR.format(self._max_tool_rounds)}
                 stopped = {c.id: FunctionResponse(c.id, c.name, error) for c in calls}
                 state.added.append(self._responses(state, stopped))
                 yield MessageCompleted(state.added[-1])
-                break
+                calls_allowed = False
+                finish = FinishReason.MAX_TOOL_ROUNDS
+                continue
             server_calls = [c for c in calls if c.name not in caller_names]
             answered = await run_server_calls(self._tools, enabled, server_calls)
             for event in answered:
@@ -287,7 +296,7 @@ class TurnEngine:
             turn_id=state.turn_id,
         )
 
-    def _request(self, state: _Turn, turn: TurnInput) -> ModelRequest:
+    def _request(self, state: _Turn, turn: TurnInput, calls_allowed: bool) -> ModelRequest:
         settings = state.session.settings
         config = settings.generation_config
         if turn.config_override is not None:
@@ -302,6 +311,7 @@ class TurnEngine:
             function_declarations=[*declarations, *settings.function_declarations],
             safety_settings=settings.safety_settings,
             timeout=turn.timeout,
+            allow_function_calls=calls_allowed,
         )
 
     def _reply(

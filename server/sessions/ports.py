@@ -153,6 +153,8 @@ class ModelRequest:
     safety_settings: Sequence[SafetySetting] = ()
     # Seconds left before the caller's deadline, if it set one.
     timeout: float | None = None
+    # False: the model must answer in words, not with function calls.
+    allow_function_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)

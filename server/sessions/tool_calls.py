@@ -43,6 +43,11 @@ def with_call_ids(message: Message) -> Message:
     return replace(message, parts=parts)
 
 
+def without_calls(message: Message) -> Message:
+    parts = tuple(p for p in message.parts if p.function_call is None)
+    return message if len(parts) == len(message.parts) else replace(message, parts=parts)
+
+
 def calls_of(message: Message) -> tuple[FunctionCall, ...]:
     return tuple(p.function_call for p in message.parts if p.function_call is not None)
 

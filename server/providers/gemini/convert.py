@@ -101,6 +101,10 @@ def to_config(request: ModelRequest, timeout: float) -> types.GenerateContentCon
             for d in request.function_declarations
         ]
         fields["tools"] = [types.Tool(function_declarations=declarations)]
+        if not request.allow_function_calls:
+            fields["tool_config"] = types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(mode="NONE")  # type: ignore[arg-type]
+            )
     if request.safety_settings:
         fields["safety_settings"] = [
             types.SafetySetting(category=s.category, threshold=s.threshold)  # type: ignore[arg-type]
