@@ -85,61 +85,65 @@ def _code_name(context: Context) -> str:
     return grpc.StatusCode(code).name if isinstance(code, tuple) else str(code)
 
 
-def _failed(exc: Exception) -> str:
-    return code_for(exc).name if isinstance(exc, ChatdError) else "INTERNAL"
-
-
 class _Call:
-    """One RPC's bookkeeping: its request id, tenant and log line."""
+    """`async with _Call(...)` around one RPC: admits it (request id, tenant, rate, stream
+    slot), turns an exception into its status, and writes the RPC's log line."""
 
-    __slots__ = ("code", "method", "request_id", "start")
+    __slots__ = ("_admission", "_context", "_method", "_request_id", "_slot", "_start", "_stream")
 
-    def __init__(self, method: str, admission: Admission, context: Context) -> None:
+    def __init__(self, method: str, admission: Admission, context: Context, stream: bool) -> None:
+        self._method, self._admission, self._context = method, admission, context
+        self._stream, self._slot = stream, False
+        self._request_id = ""
+
+    async def __aenter__(self) -> None:
         structlog.contextvars.clear_contextvars()
-        self.method, self.code, self.start = method, "UNKNOWN", time.perf_counter()
-        metadata = _metadata(context)
-        self.request_id = _request_id(metadata)
-        structlog.contextvars.bind_contextvars(request_id=self.request_id)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
-        self._admit(admission, metadata)
+        self._start = time.perf_counter()
+        try:
+            self._admit()
+        except Exception as exc:
+            # __aexit__ does not run when __aenter__ fails: refuse the call here.
+            await self.__aexit__(type(exc), exc, None)
 
-    def _admit(self, admission: Admission, metadata: dict[str, str]) -> None:
-        tenant = admission.tenant(self.method, metadata)
+    def _admit(self) -> None:
+        metadata = _metadata(self._context)
+        self._request_id = _request_id(metadata)
+        structlog.contextvars.bind_contextvars(request_id=self._request_id)
+        self._context.set_trailing_metadata(((REQUEST_ID_KEY, self._request_id),))
+        tenant = self._admission.tenant(self._method, metadata)
         TENANT.set(tenant)
         structlog.contextvars.bind_contextvars(tenant=tenant)
+        if self._stream:
+            self._admission.streams.acquire()
+            self._slot = True
 
-    def finish(self) -> None:
-        duration = round((time.perf_counter() - self.start) * 1e3, 3)
-        log.info("rpc", method=self.method, code=self.code, duration_ms=duration)
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: Any
+    ) -> None:
+        if exc is None:
+            code = _code_name(self._context)
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            code = "CANCELLED"
+        elif isinstance(exc, grpc.aio.AbortError):
+            code = _code_name(self._context)
+        elif isinstance(exc, Exception):
+            code = code_for(exc).name if isinstance(exc, ChatdError) else "INTERNAL"
+        else:
+            code = "UNKNOWN"
+        if self._slot:
+            self._admission.streams.release()
+        duration = round((time.perf_counter() - self._start) * 1e3, 3)
+        log.info("rpc", method=self._method, code=code, duration_ms=duration)
+        if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+            await _abort(self._context, exc, self._request_id or uuid.uuid4().hex)
 
 
 def _wrap_unary(
     method: str, inner: Callable[[Any, Any], Awaitable[Any]], admission: Admission
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
-        request_id = ""
-        call = None
-        try:
-            call = _Call(method, admission, context)
-            request_id = call.request_id
-            result = await inner(request, context)
-            call.code = _code_name(context)
-            return result
-        except asyncio.CancelledError:
-            if call is not None:
-                call.code = "CANCELLED"
-            raise
-        except grpc.aio.AbortError:
-            if call is not None:
-                call.code = _code_name(context)
-            raise
-        except Exception as exc:
-            if call is not None:
-                call.code = _failed(exc)
-            await _abort(context, exc, request_id or uuid.uuid4().hex)
-        finally:
-            if call is not None:
-                call.finish()
+        async with _Call(method, admission, context, stream=False):
+            return await inner(request, context)
 
     return handler
 
@@ -148,34 +152,9 @@ def _wrap_stream(
     method: str, inner: Callable[[Any, Any], AsyncIterator[Any]], admission: Admission
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        request_id = ""
-        call = None
-        slot = False
-        try:
-            call = _Call(method, admission, context)
-            request_id = call.request_id
-            admission.streams.acquire()
-            slot = True
+        async with _Call(method, admission, context, stream=True):
             async for response in inner(request, context):
                 yield response
-            call.code = _code_name(context)
-        except (asyncio.CancelledError, GeneratorExit):
-            if call is not None:
-                call.code = "CANCELLED"
-            raise
-        except grpc.aio.AbortError:
-            if call is not None:
-                call.code = _code_name(context)
-            raise
-        except Exception as exc:
-            if call is not None:
-                call.code = _failed(exc)
-            await _abort(context, exc, request_id or uuid.uuid4().hex)
-        finally:
-            if slot:
-                admission.streams.release()
-            if call is not None:
-                call.finish()
 
     return handler
 
