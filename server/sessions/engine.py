@@ -68,6 +68,17 @@ class TurnInput:
 
 
 @dataclass(slots=True)
+class _Running:
+    """A running turn as CancelReply sees it: its task, and whether the turn is inside
+    the engine (cancellable) or suspended at a yield while its RPC writes an event."""
+
+    task: asyncio.Task[object]
+    inside: bool = True
+    requested: bool = False
+    finished: bool = False
+
+
+@dataclass(slots=True)
 class _Turn:
     """A turn in progress: the messages it has added and what its model calls cost."""
 
@@ -109,22 +120,24 @@ class TurnEngine:
         self._max_tool_rounds = max_tool_rounds
         self._clock = clock
         self._locks = KeyedLocks()
-        # The task running each session's current turn, for CancelReply.
-        self._running: dict[tuple[str, str], asyncio.Task[object]] = {}
-        self._cancel_requested: set[tuple[str, str]] = set()
+        # Each session's running turn, for CancelReply.
+        self._running: dict[tuple[str, str], _Running] = {}
 
     def hold(self, tenant: str, session_id: str) -> AbstractAsyncContextManager[None]:
         """The session's turn lock: other writes to a session wait for its running turn."""
         return self._locks.hold((tenant, session_id))
 
     def cancel(self, tenant: str, session_id: str) -> bool:
-        """Cancels the session's running turn (nothing of it is stored); False if none runs."""
-        key = (tenant, session_id)
-        task = self._running.get(key)
-        if task is None or task.done():
+        """Stops the session's running turn (nothing of it is stored); False if none runs."""
+        running = self._running.get((tenant, session_id))
+        if running is None or running.task.done() or running.finished:
             return False
-        self._cancel_requested.add(key)
-        task.cancel()
+        running.requested = True
+        if running.inside:
+            running.task.cancel()
+        # Otherwise the turn is suspended at a yield, while the RPC writes an event;
+        # cancelling the task there would look like the caller leaving and send no
+        # status, so the turn stops itself when it resumes.
         return True
 
     async def run(
@@ -141,24 +154,29 @@ class TurnEngine:
         key = (tenant, session_id)
         async with self._locks.hold(key):
             task = asyncio.current_task()
-            if task is not None:
-                self._running[key] = task
+            assert task is not None
+            running = self._running[key] = _Running(task)
             try:
                 async for event in self._run(tenant, session_id, turn, record):
+                    running.inside = False
+                    running.finished = isinstance(event, TurnCompleted)
                     yield event
+                    running.inside = True
+                    if running.requested and not running.finished:
+                        raise asyncio.CancelledError
             except asyncio.CancelledError:
-                if key not in self._cancel_requested or task is None:
+                if not running.requested:
                     raise
-                # Cancelled by CancelReply, not by this RPC's own caller: the caller
-                # is still there and gets a status saying what happened.
-                task.uncancel()
+                # Stopped by CancelReply, not by this RPC's own caller: the caller is
+                # still there and gets a status saying what happened.
+                if task.cancelling():
+                    task.uncancel()
                 raise Cancelled(
                     "CancelReply stopped this reply; the turn was not stored",
                     reason="REPLY_CANCELLED",
                 ) from None
             finally:
-                self._running.pop(key, None)
-                self._cancel_requested.discard(key)
+                del self._running[key]
 
     async def _run(
         self, tenant: str, session_id: str, turn: TurnInput, record: Recorder | None
