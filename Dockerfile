@@ -16,14 +16,15 @@ ENV PATH=/opt/chatd/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CHATD_LISTEN=0.0.0.0:50051 \
     CHATD_DATABASE_URL=sqlite:////data/chatd.db \
-    CHATD_LOG_FORMAT=json
+    CHATD_LOG_FORMAT=json \
+    CHATD_METRICS_LISTEN=0.0.0.0:9464
 RUN groupadd --system chatd && useradd --system --gid chatd --home-dir /data chatd \
  && mkdir -p /data && chown chatd:chatd /data
 COPY --from=build /opt/chatd /opt/chatd
 USER chatd
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 50051
+EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:50051'); r = g.HealthStub(ch).Check(h.HealthCheckRequest(service='chatd.v1.ChatService'), timeout=2); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
 STOPSIGNAL SIGTERM

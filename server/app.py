@@ -13,6 +13,15 @@ from grpc_reflection.v1alpha import reflection
 
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
 from server.config import Settings
+from server.metrics import (
+    InstrumentedProvider,
+    InstrumentedStore,
+    InstrumentedTools,
+    Metrics,
+    MetricsServer,
+    parse_listen,
+    start_metrics_server,
+)
 from server.providers.echo import NOTICE, EchoProvider
 from server.rpc.guards import ApiKeys, RateLimiter, StreamSlots, parse_keys
 from server.rpc.interceptors import Admission, ErrorsAndLogging
@@ -21,7 +30,7 @@ from server.sessions.errors import ChatdError
 from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
-from server.store import open_store
+from server.store import CachedStore, open_store
 from server.sweeper import Sweeper
 from server.tools import load_tools
 
@@ -154,6 +163,8 @@ class RunningServer:
     sweeper: Sweeper
     port: int
     grace_period: float
+    metrics: Metrics | None = None
+    metrics_server: MetricsServer | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, let running RPCs finish within the grace period, then close."""
@@ -162,6 +173,8 @@ class RunningServer:
         await self.sweeper.stop()
         await self.store.close()
         await self.provider.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         log.info("stopped")
 
 
@@ -186,6 +199,14 @@ async def start(
         except (ValueError, ChatdError) as exc:
             raise SystemExit(f"chatd: cannot open the store: {exc}") from exc
     provider = provider or build_provider(settings)
+    metrics = Metrics() if settings.metrics_listen else None
+    if metrics is not None:
+        if isinstance(store, CachedStore):
+            cached = store
+            metrics.watch_cache(lambda: cached.stats)
+        store = InstrumentedStore(store, metrics)
+        provider = InstrumentedProvider(provider, metrics)
+        tools = InstrumentedTools(tools, metrics)
     chats = ChatSessions(
         store,
         provider,
@@ -196,7 +217,7 @@ async def start(
     )
 
     server = grpc.aio.server(
-        interceptors=[ErrorsAndLogging(build_admission(settings))],
+        interceptors=[ErrorsAndLogging(build_admission(settings), metrics)],
         options=server_options(settings),
     )
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)
@@ -214,6 +235,18 @@ async def start(
     except (RuntimeError, OSError) as exc:
         await store.close()
         raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
+    metrics_server = None
+    if metrics is not None:
+        try:
+            metrics_server = await start_metrics_server(
+                metrics, *parse_listen(settings.metrics_listen)
+            )
+        except OSError as exc:
+            await server.stop(None)
+            await store.close()
+            raise SystemExit(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
+        metrics_host = settings.metrics_listen.rpartition(":")[0]
+        log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
     await server.start()
     sweeper = Sweeper(
         store, interval=settings.sweep_interval, request_window=settings.request_id_window
@@ -224,7 +257,15 @@ async def start(
     host = settings.listen.rpartition(":")[0]
     log.info("serving", address=f"{host}:{port}", port=port, database=settings.database_url)
     return RunningServer(
-        server, health_servicer, store, provider, sweeper, port, settings.grace_period
+        server,
+        health_servicer,
+        store,
+        provider,
+        sweeper,
+        port,
+        settings.grace_period,
+        metrics,
+        metrics_server,
     )
 
 

@@ -55,6 +55,8 @@ class Settings:
     keepalive_timeout: float = 20.0
     max_connection_age: float = 1800.0
     max_connection_age_grace: float = 300.0
+    # Prometheus GET /metrics, on its own port; empty turns it off.
+    metrics_listen: str = "127.0.0.1:9464"
     # Gemini: an API key, or Vertex AI with a project (and location).
     gemini_api_key: str = field(default="", repr=False)
     gemini_vertexai: bool = False
@@ -148,6 +150,12 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         ("CHATD_MAX_CONNECTION_AGE_GRACE",),
         "seconds calls get to finish on a recycled connection",
     ),
+    (
+        "metrics_listen",
+        "--metrics-listen",
+        ("CHATD_METRICS_LISTEN",),
+        "host:port for Prometheus GET /metrics (empty = off)",
+    ),
     # Credentials come from the environment only, never from flags visible in `ps`.
     ("api_keys", None, ("CHATD_API_KEYS",), ""),
     ("gemini_api_key", None, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ""),
@@ -208,6 +216,8 @@ def load(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settin
                 raw, source = environ[env], env
         if raw is not None:
             values[name] = _convert(name, raw, source)
+    if args.metrics_listen is None and environ.get("CHATD_METRICS_LISTEN") == "":
+        values["metrics_listen"] = ""  # set, and empty: metrics off
     settings = Settings(**values)  # type: ignore[arg-type]
     validate(settings)
     return settings
@@ -220,6 +230,13 @@ def validate(settings: Settings) -> None:
     host, sep, port = settings.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise SettingsError(f"CHATD_LISTEN/--listen={settings.listen!r}: expected host:port")
+    if settings.metrics_listen:
+        m_host, m_sep, m_port = settings.metrics_listen.rpartition(":")
+        if not m_sep or not m_host or not m_port.isdigit() or int(m_port) > 65535:
+            raise SettingsError(
+                f"CHATD_METRICS_LISTEN/--metrics-listen={settings.metrics_listen!r}: "
+                "expected host:port, or empty to turn metrics off"
+            )
     has_keys = bool(settings.api_keys or settings.api_keys_file)
     if not has_keys and not settings.insecure_no_auth and not host.startswith(_LOOPBACK):
         raise SettingsError(

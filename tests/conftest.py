@@ -55,6 +55,8 @@ async def start_chatd(tmp_path: Path) -> AsyncIterator[StartChatd]:
             "listen": "127.0.0.1:0",
             "database_url": f"sqlite:///{tmp_path}/chatd-{len(started)}.db",
             "grace_period": 1.0,
+            # Every test server serves metrics, on a port of its own.
+            "metrics_listen": "127.0.0.1:0",
         }
         options.update(overrides)
         running = await app.start(Settings(**options), store=store, provider=provider, tools=tools)

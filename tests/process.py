@@ -22,7 +22,7 @@ class ChatdProcess:
     """A chatd server process; `start()` returns once it logs that it is serving."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = ["--listen", "127.0.0.1:0", *args]
+        self.args = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args]
         self.env = {**os.environ, "CHATD_LOG_FORMAT": "json", **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0

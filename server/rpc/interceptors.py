@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
+from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.calls import TENANT
 from server.rpc.errors import code_for, rich_status, trailing_metadata
 from server.rpc.guards import ApiKeys, RateLimiter, StreamSlots
@@ -89,16 +90,33 @@ class _Call:
     """`async with _Call(...)` around one RPC: admits it (request id, tenant, rate, stream
     slot), turns an exception into its status, and writes the RPC's log line."""
 
-    __slots__ = ("_admission", "_context", "_method", "_request_id", "_slot", "_start", "_stream")
+    __slots__ = (
+        "_admission",
+        "_context",
+        "_method",
+        "_metrics",
+        "_request_id",
+        "_slot",
+        "_start",
+        "_stream",
+    )
 
-    def __init__(self, method: str, admission: Admission, context: Context, stream: bool) -> None:
+    def __init__(
+        self,
+        method: str,
+        admission: Admission,
+        context: Context,
+        stream: bool,
+        metrics: RpcObserver = NO_RPC_METRICS,
+    ) -> None:
         self._method, self._admission, self._context = method, admission, context
-        self._stream, self._slot = stream, False
+        self._stream, self._slot, self._metrics = stream, False, metrics
         self._request_id = ""
 
     async def __aenter__(self) -> None:
         structlog.contextvars.clear_contextvars()
         self._start = time.perf_counter()
+        self._metrics.rpc_started(self._method, self._stream)
         try:
             self._admit()
         except Exception as exc:
@@ -132,27 +150,34 @@ class _Call:
             code = "UNKNOWN"
         if self._slot:
             self._admission.streams.release()
-        duration = round((time.perf_counter() - self._start) * 1e3, 3)
-        log.info("rpc", method=self._method, code=code, duration_ms=duration)
+        seconds = time.perf_counter() - self._start
+        self._metrics.rpc_finished(self._method, code, seconds, self._stream)
+        log.info("rpc", method=self._method, code=code, duration_ms=round(seconds * 1e3, 3))
         if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
             await _abort(self._context, exc, self._request_id or uuid.uuid4().hex)
 
 
 def _wrap_unary(
-    method: str, inner: Callable[[Any, Any], Awaitable[Any]], admission: Admission
+    method: str,
+    inner: Callable[[Any, Any], Awaitable[Any]],
+    admission: Admission,
+    metrics: RpcObserver,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
-        async with _Call(method, admission, context, stream=False):
+        async with _Call(method, admission, context, False, metrics):
             return await inner(request, context)
 
     return handler
 
 
 def _wrap_stream(
-    method: str, inner: Callable[[Any, Any], AsyncIterator[Any]], admission: Admission
+    method: str,
+    inner: Callable[[Any, Any], AsyncIterator[Any]],
+    admission: Admission,
+    metrics: RpcObserver,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _Call(method, admission, context, stream=True):
+        async with _Call(method, admission, context, True, metrics):
             async for response in inner(request, context):
                 yield response
 
@@ -162,8 +187,9 @@ def _wrap_stream(
 class ErrorsAndLogging(grpc.aio.ServerInterceptor):
     """Applies admission, the error table and the per-RPC log line to every handler."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, metrics: RpcObserver | None = None) -> None:
         self._admission = admission
+        self._metrics = NO_RPC_METRICS if metrics is None else metrics
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
@@ -190,16 +216,16 @@ class ErrorsAndLogging(grpc.aio.ServerInterceptor):
         }
         if h.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, h.unary_unary, self._admission), **serde
+                _wrap_unary(method, h.unary_unary, self._admission, self._metrics), **serde
             )
         if h.unary_stream is not None:
             # grpc.aio tells write-style streaming handlers (coroutines calling
             # context.write, like health Watch) from generators by their function kind.
             inner = h.unary_stream
             wrapped: Any = (
-                _wrap_stream(method, inner, self._admission)
+                _wrap_stream(method, inner, self._admission, self._metrics)
                 if inspect.isasyncgenfunction(inner)
-                else _wrap_unary(method, inner, self._admission)
+                else _wrap_unary(method, inner, self._admission, self._metrics)
             )
             return grpc.unary_stream_rpc_method_handler(wrapped, **serde)
         # Client-streaming handlers (server reflection) keep their own error handling.

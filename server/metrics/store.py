@@ -1,0 +1,134 @@
+"""InstrumentedStore: a SessionStore that times every operation by its outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from server.metrics.core import Metrics
+from server.sessions.errors import AlreadyExists, Conflict, DuplicateRequest, NotFound
+from server.sessions.model import Message, Session
+from server.sessions.ports import RequestRecord, SessionQuery, SessionStore
+
+
+def store_outcome(exc: BaseException | None) -> str:
+    """ok, the store contract's answers (not_found, conflict, duplicate), cancelled or error."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, Conflict):
+        return "conflict"
+    if isinstance(exc, AlreadyExists | DuplicateRequest):
+        return "duplicate"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"
+
+
+class _Timed:
+    """Times one operation; never swallows what the operation raised."""
+
+    __slots__ = ("_metrics", "_operation", "_start")
+
+    def __init__(self, metrics: Metrics, operation: str) -> None:
+        self._metrics = metrics
+        self._operation = operation
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        seconds = time.perf_counter() - self._start
+        self._metrics.record_store_operation(self._operation, store_outcome(exc), seconds)
+
+
+class InstrumentedStore:
+    """Wraps `inner` transparently, recording each method under its own name."""
+
+    def __init__(self, inner: SessionStore, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def _timed(self, operation: str) -> _Timed:
+        return _Timed(self._metrics, operation)
+
+    async def create_session(
+        self,
+        session: Session,
+        messages: Sequence[Message] = (),
+        request: RequestRecord | None = None,
+    ) -> None:
+        with self._timed("create_session"):
+            await self._inner.create_session(session, messages, request)
+
+    async def get_session(self, tenant: str, session_id: str) -> Session:
+        with self._timed("get_session"):
+            return await self._inner.get_session(tenant, session_id)
+
+    async def count_sessions(self, tenant: str) -> int:
+        with self._timed("count_sessions"):
+            return await self._inner.count_sessions(tenant)
+
+    async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
+        with self._timed("list_sessions"):
+            return await self._inner.list_sessions(tenant, query)
+
+    async def delete_session(self, tenant: str, session_id: str) -> None:
+        with self._timed("delete_session"):
+            await self._inner.delete_session(tenant, session_id)
+
+    async def recent_messages(
+        self, tenant: str, session_id: str, limit: int | None = None
+    ) -> list[Message]:
+        with self._timed("recent_messages"):
+            return await self._inner.recent_messages(tenant, session_id, limit)
+
+    async def list_messages(
+        self, tenant: str, session_id: str, after_seq: int, limit: int
+    ) -> list[Message]:
+        with self._timed("list_messages"):
+            return await self._inner.list_messages(tenant, session_id, after_seq, limit)
+
+    async def commit_turn(
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        expected_version: int,
+        request: RequestRecord | None = None,
+    ) -> None:
+        with self._timed("commit_turn"):
+            await self._inner.commit_turn(session, messages, expected_version, request)
+
+    async def clear_history(self, session: Session, expected_version: int) -> None:
+        with self._timed("clear_history"):
+            await self._inner.clear_history(session, expected_version)
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        with self._timed("delete_expired"):
+            return await self._inner.delete_expired(now, limit)
+
+    async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
+        with self._timed("get_request"):
+            return await self._inner.get_request(tenant, request_id)
+
+    async def delete_requests_before(self, time: float, limit: int) -> int:
+        with self._timed("delete_requests_before"):
+            return await self._inner.delete_requests_before(time, limit)
+
+    async def close(self) -> None:
+        with self._timed("close"):
+            await self._inner.close()
+
+
+if TYPE_CHECKING:  # mypy checks that the decorator still implements the port
+    _implements: type[SessionStore] = InstrumentedStore
