@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 from server import app, config, logs
 
@@ -18,7 +19,17 @@ def main(argv: list[str] | None = None) -> None:
     except config.SettingsError as exc:
         raise SystemExit(f"chatd: {exc}") from None
     logs.configure(settings.log_format, settings.log_level)
-    asyncio.run(app.serve(settings))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(app.serve(settings))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: it makes the event loop's own work cheaper."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

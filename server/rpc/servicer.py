@@ -96,7 +96,11 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
 
     def _turn(self, request: TurnRequest, context: Context) -> AsyncGenerator[TurnEvent, None]:
         _bind(request)
-        turn = turn_input(request, context.time_remaining())
+        turn = turn_input(
+            request,
+            context.time_remaining(),
+            stream_text=isinstance(request, pb.StreamReplyRequest),
+        )
         key = request_key("turn", request)
         return self._chats.run_turn(_tenant(context), request.session_id, turn, key)
 

@@ -32,7 +32,7 @@ from server.sessions.tool_calls import ToolResultInput
 TurnRequest = pb.SendMessageRequest | pb.StreamReplyRequest
 
 
-def turn_input(request: TurnRequest, timeout: float | None) -> TurnInput:
+def turn_input(request: TurnRequest, timeout: float | None, *, stream_text: bool) -> TurnInput:
     """The turn a SendMessage or StreamReply request asks for (both share field numbers)."""
     if request.text and request.parts:
         raise InvalidArgument("parts", "set either text or parts, not both")
@@ -45,6 +45,7 @@ def turn_input(request: TurnRequest, timeout: float | None) -> TurnInput:
         tool_results=tuple(tool_result_from_pb(r, i) for i, r in enumerate(request.tool_results)),
         config_override=override,
         timeout=timeout,
+        stream_text=stream_text,
     )
 
 

@@ -9,9 +9,14 @@ from server.sessions.tokens import message_tokens
 
 
 def is_turn_start(message: Message) -> bool:
-    """A user message that is not a tool result: the only place a window may begin."""
-    return message.role is Role.USER and not any(
-        p.function_response is not None for p in message.parts
+    """A user message that is not a tool result: the only place a window may begin.
+
+    Tool results travel in messages of their own, so the first part tells.
+    """
+    return (
+        message.role is Role.USER
+        and bool(message.parts)
+        and message.parts[0].function_response is None
     )
 
 

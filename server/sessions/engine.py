@@ -65,6 +65,8 @@ class TurnInput:
     config_override: GenerationConfig | None = None
     # Seconds left before the caller's deadline, if it set one.
     timeout: float | None = None
+    # Text deltas as the model produces them; off when only the whole reply is wanted.
+    stream_text: bool = True
 
 
 @dataclass(slots=True)
@@ -242,7 +244,9 @@ class TurnEngine:
         while True:
             request = self._request(state, turn, calls_allowed)
             builder = ReplyBuilder()
-            async for delta in stream_model(self._provider, request, builder):
+            async for delta in stream_model(
+                self._provider, request, builder, deltas=turn.stream_text
+            ):
                 yield delta
             state.usage = state.usage + builder.usage
             finish = builder.resolved_finish_reason()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 from server.sessions.events import TextDelta
 from server.sessions.model import FinishReason, Message, Part, Role, Usage
@@ -15,11 +14,15 @@ class ReplyBuilder:
 
     Adjacent text parts of the same kind are joined so history holds one part per
     run of text, not one per chunk; a part carrying a thought signature closes its
-    run so the signature stays attached to exactly the text it signed.
+    run so the signature stays attached to exactly the text it signed. Text pieces
+    are joined once, when the run closes, not on every chunk.
     """
 
     def __init__(self) -> None:
         self._parts: list[Part] = []
+        # The open run of text: its pieces and whether it is a thought.
+        self._pieces: list[str] = []
+        self._thought = False
         self.usage = Usage()
         self.finish_reason: FinishReason | None = None
         self.block_reason = ""
@@ -39,28 +42,35 @@ class ReplyBuilder:
             self.model_version = chunk.model_version
 
     def _add_part(self, part: Part) -> None:
-        last = self._parts[-1] if self._parts else None
-        if (
-            last is not None
-            and last.text is not None
-            and part.text is not None
-            and last.thought == part.thought
-            and not last.thought_signature
-        ):
-            self._parts[-1] = replace(
-                last, text=last.text + part.text, thought_signature=part.thought_signature
-            )
-        elif part.text == "" and not part.thought_signature:
-            return
-        else:
+        if part.text is None:
+            self._close_run()
             self._parts.append(part)
+            return
+        if self._pieces and part.thought != self._thought:
+            self._close_run()
+        if part.thought_signature:
+            # The signed part ends the run: the signature belongs to all of its text.
+            text = "".join(self._pieces) + part.text
+            self._pieces = []
+            self._parts.append(
+                Part(text=text, thought=part.thought, thought_signature=part.thought_signature)
+            )
+        elif part.text:
+            self._pieces.append(part.text)
+            self._thought = part.thought
+
+    def _close_run(self) -> None:
+        if self._pieces:
+            self._parts.append(Part(text="".join(self._pieces), thought=self._thought))
+            self._pieces = []
 
     @property
     def parts(self) -> tuple[Part, ...]:
+        self._close_run()
         return tuple(self._parts)
 
     def resolved_finish_reason(self) -> FinishReason:
-        if self.block_reason and not self._parts:
+        if self.block_reason and not self.parts:
             return FinishReason.PROMPT_BLOCKED
         return self.finish_reason or FinishReason.STOP
 
@@ -78,11 +88,13 @@ class ReplyBuilder:
 
 
 async def stream_model(
-    provider: ModelProvider, request: ModelRequest, builder: ReplyBuilder
+    provider: ModelProvider, request: ModelRequest, builder: ReplyBuilder, *, deltas: bool = True
 ) -> AsyncIterator[TextDelta]:
-    """Runs one model call into `builder`, yielding its text as it arrives."""
+    """Runs one model call into `builder`, yielding its text as it arrives (unless `deltas`
+    is off: a caller that waits for the whole reply skips an event per chunk)."""
     async for chunk in provider.stream(request):
-        for part in chunk.parts:
-            if part.text:
-                yield TextDelta(part.text, part.thought)
+        if deltas:
+            for part in chunk.parts:
+                if part.text:
+                    yield TextDelta(part.text, part.thought)
         builder.add(chunk)
