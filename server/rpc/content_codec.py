@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,8 +28,26 @@ ROLE_TO_PB = {Role.USER: pb.ROLE_USER, Role.MODEL: pb.ROLE_MODEL}
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
 
 
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
+def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    converted: dict[str, Any] = json_format.MessageToDict(value)
+    finite_json(converted, field)
+    return converted
+
+
+def finite_json(value: Any, field: str) -> Any:
+    """`value` if it is plain JSON; a Struct can carry NaN and Infinity, which JSON cannot."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise InvalidArgument(field, "numbers must be finite (no NaN or Infinity)") from None
+    return value
+
+
+def seconds_of(value: timestamp_pb2.Timestamp, field: str) -> float:
+    try:
+        return value.ToMicroseconds() / 1e6
+    except ValueError:
+        raise InvalidArgument(field, "is not a valid timestamp") from None
 
 
 def dict_to_struct(value: Any, out: struct_pb2.Struct) -> None:
@@ -81,10 +100,13 @@ def part_from_pb(part: pb.Part, field: str) -> Part:
         return Part(file_data=FileData(f.mime_type, f.file_uri, f.display_name), **extra)
     if kind == "function_call":
         c = part.function_call
-        return Part(function_call=FunctionCall(c.id, c.name, struct_to_dict(c.args)), **extra)
+        args = struct_to_dict(c.args, f"{field}.function_call.args")
+        return Part(function_call=FunctionCall(c.id, c.name, args), **extra)
     if kind == "function_response":
         r = part.function_response
-        response = FunctionResponse(r.id, r.name, struct_to_dict(r.response))
+        response = FunctionResponse(
+            r.id, r.name, struct_to_dict(r.response, f"{field}.function_response.response")
+        )
         return Part(function_response=response, **extra)
     raise InvalidArgument(field, "has no content: set one of text, inline_data, file_data, ...")
 
@@ -168,7 +190,7 @@ def message_from_pb(message: pb.Message, field: str, *, keep_ids: bool) -> Messa
         role,
         parts,
         seq=parse_message_id(f"{field}.message_id", message.message_id),
-        create_time=message.create_time.ToMicroseconds() / 1e6,
+        create_time=seconds_of(message.create_time, f"{field}.create_time"),
         turn_id=message.turn_id,
         usage=usage_from_pb(message.usage) if message.HasField("usage") else None,
         finish_reason=FINISH_FROM_PB.get(message.finish_reason) if message.finish_reason else None,

@@ -57,9 +57,15 @@ def document_from_pb(document: pb.SessionDocument, tenant: str) -> SessionDocume
                 "document.pending_turn.first_message_id", turn.first_message_id
             ),
             rounds=turn.rounds,
-            calls=tuple(FunctionCall(c.id, c.name, struct_to_dict(c.args)) for c in turn.calls),
+            calls=tuple(
+                FunctionCall(c.id, c.name, struct_to_dict(c.args, "document.pending_turn.calls"))
+                for c in turn.calls
+            ),
             answered=tuple(
-                FunctionResponse(r.id, r.name, struct_to_dict(r.response)) for r in turn.answered
+                FunctionResponse(
+                    r.id, r.name, struct_to_dict(r.response, "document.pending_turn.answered")
+                )
+                for r in turn.answered
             ),
         )
     session = Session(

@@ -30,7 +30,9 @@ def generate_input(request: GenerateRequest, timeout: float | None) -> GenerateI
             FunctionDeclaration(
                 d.name,
                 d.description,
-                struct_to_dict(d.parameters) if d.HasField("parameters") else None,
+                struct_to_dict(d.parameters, "function_declarations")
+                if d.HasField("parameters")
+                else None,
             )
             for d in request.function_declarations
         ),

@@ -18,7 +18,7 @@ from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.calls import TENANT
 from server.rpc.errors import code_for, rich_status, trailing_metadata
 from server.rpc.guards import ApiKeys, RateLimiter, StreamSlots
-from server.sessions.errors import ChatdError
+from server.sessions.errors import ChatdError, InvalidArgument
 from server.sessions.model import DEFAULT_TENANT
 
 log = structlog.get_logger("chatd.rpc")
@@ -66,6 +66,9 @@ async def _abort(context: Context, exc: Exception, request_id: str) -> None:
     """Ends the RPC with the status `exc` maps to. Always raises."""
     if isinstance(exc, ChatdError):
         code, message, detail = code_for(exc), exc.message, exc
+    elif isinstance(exc, NotImplementedError):
+        # A generated servicer's default for an RPC its implementation lacks.
+        code, message, detail = grpc.StatusCode.UNIMPLEMENTED, "method not implemented", None
     else:
         log.error("unhandled exception", exc_info=exc)
         code, message, detail = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, None
@@ -144,6 +147,8 @@ class _Call:
             code = "CANCELLED"
         elif isinstance(exc, grpc.aio.AbortError):
             code = _code_name(self._context)
+        elif isinstance(exc, NotImplementedError):
+            code = "UNIMPLEMENTED"
         elif isinstance(exc, Exception):
             code = code_for(exc).name if isinstance(exc, ChatdError) else "INTERNAL"
         else:
@@ -157,6 +162,36 @@ class _Call:
             await _abort(self._context, exc, self._request_id or uuid.uuid4().hex)
 
 
+class _Undecodable:
+    """What the request deserializer yields for bytes that are not the method's message:
+    grpc would answer UNKNOWN for a deserializer's exception, chatd INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return _Undecodable(str(exc)[:200])
+
+    return parse
+
+
+def _decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            "request", f"is not a valid message for this method ({request.error})"
+        )
+
+
 def _wrap_unary(
     method: str,
     inner: Callable[[Any, Any], Awaitable[Any]],
@@ -165,6 +200,7 @@ def _wrap_unary(
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
         async with _Call(method, admission, context, False, metrics):
+            _decoded(request)
             return await inner(request, context)
 
     return handler
@@ -178,6 +214,7 @@ def _wrap_stream(
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         async with _Call(method, admission, context, True, metrics):
+            _decoded(request)
             async for response in inner(request, context):
                 yield response
 
@@ -211,7 +248,7 @@ class ErrorsAndLogging(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         h: Any = handler
         serde = {
-            "request_deserializer": h.request_deserializer,
+            "request_deserializer": _lenient(h.request_deserializer),
             "response_serializer": h.response_serializer,
         }
         if h.unary_unary is not None:

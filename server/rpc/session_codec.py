@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from google.protobuf import duration_pb2
+
 from chatd.v1 import session_pb2 as pb
 from server.rpc.content_codec import (
     dict_to_struct,
     function_call_to_pb,
+    seconds_of,
     struct_to_dict,
     timestamp,
     usage_to_pb,
 )
+from server.sessions.errors import InvalidArgument
 from server.sessions.model import (
     ContextPolicy,
     FunctionDeclaration,
@@ -53,7 +57,7 @@ def generation_config_from_pb(config: pb.GenerationConfig) -> GenerationConfig:
         seed=config.seed if has("seed") else None,
         response_mime_type=config.response_mime_type or None,
         response_json_schema=(
-            struct_to_dict(config.response_json_schema)
+            struct_to_dict(config.response_json_schema, "generation_config.response_json_schema")
             if config.HasField("response_json_schema")
             else None
         ),
@@ -102,7 +106,9 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
             FunctionDeclaration(
                 d.name,
                 d.description,
-                struct_to_dict(d.parameters) if d.HasField("parameters") else None,
+                struct_to_dict(d.parameters, "session.function_declarations")
+                if d.HasField("parameters")
+                else None,
             )
             for d in session.function_declarations
         ),
@@ -114,9 +120,11 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
         safety_settings=tuple(
             SafetySetting(s.category, s.threshold) for s in session.safety_settings
         ),
-        ttl_seconds=session.ttl.ToTimedelta().total_seconds() if expiration == "ttl" else None,
+        ttl_seconds=_ttl(session.ttl) if expiration == "ttl" else None,
         expire_time=(
-            session.expire_time.ToMicroseconds() / 1e6 if expiration == "expire_time" else None
+            seconds_of(session.expire_time, "session.expire_time")
+            if expiration == "expire_time"
+            else None
         ),
     )
 
@@ -150,3 +158,10 @@ def session_to_pb(session: Session, out: pb.Session) -> None:
     for call in session.pending_tool_calls:
         function_call_to_pb(call, out.pending_tool_calls.add())
     out.etag = f'W/"{session.version}"'
+
+
+def _ttl(value: duration_pb2.Duration) -> float:
+    try:
+        return value.ToTimedelta().total_seconds()
+    except (ValueError, OverflowError):
+        raise InvalidArgument("session.ttl", "is not a valid duration") from None

@@ -39,18 +39,24 @@ class Requests:
         if len(key.request_id) > MAX_REQUEST_ID:
             raise InvalidArgument("request_id", f"longer than {MAX_REQUEST_ID} characters")
         slot = (tenant, key.request_id)
-        while (running := self._running.get(slot)) is not None:
-            await asyncio.shield(running)
-        record = await self._store.get_request(tenant, key.request_id)
-        if record is not None:
-            if record.fingerprint != key.fingerprint:
-                raise InvalidArgument(
-                    "request_id",
-                    f"{key.request_id!r} was already used for a different request",
-                    reason="REQUEST_ID_REUSED",
-                )
-            yield record
-            return
+        while True:
+            running = self._running.get(slot)
+            if running is not None:
+                await asyncio.shield(running)
+                continue
+            record = await self._store.get_request(tenant, key.request_id)
+            if record is not None:
+                if record.fingerprint != key.fingerprint:
+                    raise InvalidArgument(
+                        "request_id",
+                        f"{key.request_id!r} was already used for a different request",
+                        reason="REQUEST_ID_REUSED",
+                    )
+                yield record
+                return
+            # Another duplicate may have claimed the id while the store was read.
+            if slot not in self._running:
+                break
         done = asyncio.get_running_loop().create_future()
         self._running[slot] = done
         try:
