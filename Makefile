@@ -13,6 +13,8 @@ help:
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
+	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
+	@echo "make soak   the long reliability suite (tests/reliability)"
 
 # The virtual environment, rebuilt when the dependency list changes.
 $(VENV)/.runtime: pyproject.toml
@@ -53,6 +55,13 @@ gen: $(VENV)/.dev
 
 gen-check: $(VENV)/.dev
 	scripts/gen.sh --check $(PY) generated
+
+bench: $(VENV)/.dev
+	$(PY) -m bench
+
+# The PostgreSQL parts run when CHATD_TEST_POSTGRES_DSN is set, as in CI.
+soak: $(VENV)/.dev
+	$(PY) -m pytest -m soak tests/reliability -s -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

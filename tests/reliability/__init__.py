@@ -1,0 +1,1 @@
+"""Reliability suite: crash, concurrency, fuzzing, upstream-fault, shutdown and replica checks."""

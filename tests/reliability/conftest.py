@@ -1,0 +1,20 @@
+"""Registers the `soak` marker; soak tests run only with `-m soak` (`make soak`)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: long reliability runs, skipped unless selected with -m soak (make soak)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("markexpr", ""):
+        return
+    skip = pytest.mark.skip(reason="run with make soak")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(skip)
