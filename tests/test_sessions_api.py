@@ -214,6 +214,25 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
         (
             "CreateSession",
             pb.CreateSessionRequest(
+                session=session_pb2.Session(
+                    generation_config=session_pb2.GenerationConfig(
+                        response_json_schema={"maximum": float("inf")}
+                    )
+                )
+            ),
+            "session.generation_config.response_json_schema",
+        ),
+        (
+            "SendMessage",
+            pb.SendMessageRequest(
+                session_id="s1",
+                tool_results=[pb.ToolResult(call_id="c", result={"number_value": float("nan")})],
+            ),
+            "tool_results[0].result",
+        ),
+        (
+            "CreateSession",
+            pb.CreateSessionRequest(
                 session=session_pb2.Session(generation_config=session_pb2.GenerationConfig(top_p=2))
             ),
             "session.generation_config.top_p",

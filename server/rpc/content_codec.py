@@ -29,18 +29,19 @@ ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
 
 
 def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    converted: dict[str, Any] = json_format.MessageToDict(value)
-    finite_json(converted, field)
+    converted: dict[str, Any] = json_value(value, field)
     return converted
 
 
-def finite_json(value: Any, field: str) -> Any:
-    """`value` if it is plain JSON; a Struct can carry NaN and Infinity, which JSON cannot."""
+def json_value(value: struct_pb2.Struct | struct_pb2.Value, field: str) -> Any:
+    """A Struct or Value as plain JSON. Protobuf numbers may be NaN or Infinity, which JSON
+    (and so Gemini and chatd's storage) cannot hold: those are refused, naming the field."""
     try:
-        json.dumps(value, allow_nan=False)
+        converted = json_format.MessageToDict(value)
+        json.dumps(converted, allow_nan=False)
     except ValueError:
         raise InvalidArgument(field, "numbers must be finite (no NaN or Infinity)") from None
-    return value
+    return converted
 
 
 def seconds_of(value: timestamp_pb2.Timestamp, field: str) -> float:

@@ -38,7 +38,9 @@ _STATE_TO_PB = {
 }
 
 
-def generation_config_from_pb(config: pb.GenerationConfig) -> GenerationConfig:
+def generation_config_from_pb(
+    config: pb.GenerationConfig, field: str = "generation_config"
+) -> GenerationConfig:
     has = config.HasField
     thinking = None
     if config.HasField("thinking"):
@@ -57,7 +59,7 @@ def generation_config_from_pb(config: pb.GenerationConfig) -> GenerationConfig:
         seed=config.seed if has("seed") else None,
         response_mime_type=config.response_mime_type or None,
         response_json_schema=(
-            struct_to_dict(config.response_json_schema, "generation_config.response_json_schema")
+            struct_to_dict(config.response_json_schema, f"{field}.response_json_schema")
             if config.HasField("response_json_schema")
             else None
         ),
@@ -100,7 +102,9 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
     return SessionSettings(
         model=session.model,
         system_instruction=session.system_instruction,
-        generation_config=generation_config_from_pb(session.generation_config),
+        generation_config=generation_config_from_pb(
+            session.generation_config, "session.generation_config"
+        ),
         tools=tuple(session.tools),
         function_declarations=tuple(
             FunctionDeclaration(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from google.protobuf import json_format
-
 from chatd.v1 import chat_service_pb2 as pb
 from server.rpc.content_codec import (
     FINISH_TO_PB,
     dict_to_struct,
-    finite_json,
     function_call_to_pb,
+    json_value,
     message_to_pb,
     messages_to_pb,
     parts_from_pb,
@@ -56,7 +54,7 @@ def tool_result_from_pb(result: pb.ToolResult, index: int) -> ToolResultInput:
         raise InvalidArgument(f"{field}.call_id", "is required")
     match result.WhichOneof("outcome"):
         case "result":
-            value = finite_json(json_format.MessageToDict(result.result), f"{field}.result")
+            value = json_value(result.result, f"{field}.result")
             return ToolResultInput(result.call_id, {"result": value}, is_error=False)
         case "error":
             return ToolResultInput(result.call_id, {"error": result.error}, is_error=True)
