@@ -27,7 +27,7 @@ from tests.reliability.fuzzing import Method, methods, requests, spread
 from tests.reliability.malformed import malformed
 
 BAD_CODES = frozenset({"UNKNOWN", "INTERNAL"})
-CONCURRENCY = 16
+SOAK_CONCURRENCY = 16  # the fast tier sends one at a time, so that its fixed seed replays exactly
 CALL_TIMEOUT = 10.0  # a call still running then counts as left hanging
 
 
@@ -118,10 +118,10 @@ def encode(request: Any) -> bytes:
     return request if isinstance(request, bytes) else request.SerializeToString()
 
 
-async def fire(chatd: Chatd, cases: list[tuple[Method, Any]]) -> Outcomes:
-    """Sends every case, CONCURRENCY at a time, and tallies the statuses."""
+async def fire(chatd: Chatd, cases: list[tuple[Method, Any]], concurrency: int) -> Outcomes:
+    """Sends every case, `concurrency` at a time, and tallies the statuses."""
     outcomes = Outcomes()
-    limit = asyncio.Semaphore(CONCURRENCY)
+    limit = asyncio.Semaphore(concurrency)
 
     async def one(method: Method, request: Any) -> None:
         async with limit:
@@ -224,6 +224,7 @@ async def fuzz(
     cases_for: Callable[[Method, Pools], SearchStrategy[Any]],
     total: int,
     seed: int | None,
+    concurrency: int,
 ) -> None:
     """Sends `total` cases drawn from `cases_for` (spread over every method) to a fresh
     server, then checks it is still healthy and that no status was UNKNOWN or INTERNAL
@@ -234,7 +235,7 @@ async def fuzz(
     loop = asyncio.get_running_loop()
     started = loop.time()
     cases = spread(methods(), lambda m: cases_for(m, pools), total, chosen)
-    outcomes = await fire(chatd, cases)
+    outcomes = await fire(chatd, cases, concurrency)
     elapsed = loop.time() - started
     sick = await health_problem(chatd)
     report(what, outcomes, unhandled, sick, chosen, elapsed)
@@ -247,7 +248,7 @@ async def test_fuzzed_requests_never_crash_or_answer_unknown_or_internal(
 ) -> None:
     """Fast tier: ~700 hypothesis-built requests spread over every RPC (random strings incl.
     unicode/NUL/huge, extreme ints, unknown enums, nested parts, bad masks and page tokens)."""
-    await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 700, FAST_SEED)
+    await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 700, FAST_SEED, 1)
 
 
 async def test_malformed_request_bytes_never_answer_unknown_or_internal(
@@ -255,7 +256,7 @@ async def test_malformed_request_bytes_never_answer_unknown_or_internal(
 ) -> None:
     """Fast tier: ~300 undecodable payloads (random, truncated, corrupted, bad UTF-8, wrong
     wire types, lying lengths, nesting past the recursion limit) to every method path."""
-    await fuzz(start_chatd, unhandled, "malformed wire bytes", malformed, 300, FAST_SEED)
+    await fuzz(start_chatd, unhandled, "malformed wire bytes", malformed, 300, FAST_SEED, 1)
 
 
 @pytest.mark.soak
@@ -264,7 +265,7 @@ async def test_soak_10000_fuzzed_requests_never_crash_or_answer_unknown_or_inter
     start_chatd: StartChatd, unhandled: ExceptionRecorder
 ) -> None:
     """Soak: 10,000 hypothesis-built requests over every RPC."""
-    await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 10_000, None)
+    await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 10_000, None, SOAK_CONCURRENCY)
 
 
 @pytest.mark.soak
@@ -273,4 +274,6 @@ async def test_soak_5000_malformed_request_bytes_are_never_unknown_or_internal(
     start_chatd: StartChatd, unhandled: ExceptionRecorder
 ) -> None:
     """Soak: 5,000 undecodable payloads to every method path."""
-    await fuzz(start_chatd, unhandled, "malformed wire bytes", malformed, 5_000, None)
+    await fuzz(
+        start_chatd, unhandled, "malformed wire bytes", malformed, 5_000, None, SOAK_CONCURRENCY
+    )
