@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ def _line(name: str, concurrency: int, result: dict[str, Any]) -> str:
 Job = dict[str, Any] | Callable[[], Awaitable[dict[str, Any]]]
 
 
-async def compare(jobs: dict[str, Job], timing: Timing, say: Any) -> list[dict[str, Any]]:
+async def compare(jobs: Mapping[str, Job], timing: Timing, say: Any) -> list[dict[str, Any]]:
     """Alternates the named jobs at each level (a callable makes a fresh job for each load)."""
     shape = {"warmup": timing.warmup, "duration": timing.duration, "max_calls": timing.max_calls}
     levels = []
