@@ -1,5 +1,6 @@
 """One outcome per turn, decided in one place: once its commit has begun a cancel loses,
-the session lock covers the write, and masked updates apply to the current state.
+the session lock covers the write, and masked updates apply to the current state; an
+expired session is gone for every path at once.
 
 Driven at the domain level (ChatSessions on the memory store) with a store whose writes
 wait on an event, so every interleaving here is forced, not hoped for.
@@ -10,15 +11,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from server.sessions.engine import TurnInput
-from server.sessions.errors import Cancelled
+from server.sessions.errors import Cancelled, NotFound
 from server.sessions.events import MessageCompleted, TurnCompleted, TurnEvent
-from server.sessions.model import DEFAULT_TENANT, Part, SessionSettings
+from server.sessions.model import DEFAULT_TENANT, Message, Part, Role, SessionSettings
+from server.sessions.ports import SessionStore
 from server.sessions.service import ChatSessions
-from server.store import MemoryStore
+from server.store import CachedStore, MemoryStore, SqliteStore
 from server.tools import ToolRegistry
 from tests.fakes import LatchStore, ScriptedProvider
 
@@ -143,3 +146,47 @@ async def test_masked_updates_apply_to_the_state_under_the_lock(latch: LatchStor
 
 def _evolve(settings: SessionSettings, **changes: object) -> SessionSettings:
     return replace(settings, **changes)
+
+
+@pytest.fixture(params=["memory", "cached-sqlite"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
+    store: SessionStore
+    if request.param == "memory":
+        store = MemoryStore()
+    else:
+        store = CachedStore(await SqliteStore.open(str(tmp_path / "chatd.db")), 1 << 20)
+    yield store
+    await store.close()
+
+
+async def test_an_expired_session_is_gone_for_every_path_before_the_sweep(
+    any_store: SessionStore,
+) -> None:
+    now = [1000.0]
+    chats = ChatSessions(any_store, ScriptedProvider(), ToolRegistry([]), clock=lambda: now[0])
+    old = await chats.create(TENANT, SessionSettings(ttl_seconds=10), "s")
+    async for _ in chats.run_turn(TENANT, "s", TurnInput(parts=(Part(text="old"),))):
+        pass
+    now[0] += 11  # expired; nothing has swept it
+
+    reads = [
+        chats.get(TENANT, "s"),
+        chats.list_messages(TENANT, "s", page_size=10, page_token=""),
+        chats.history.export(TENANT, "s"),
+        chats.fork(TENANT, "s", None, "copy"),
+        chats.append(TENANT, "s", (Message(Role.USER, (Part(text="x"),)),)),
+        chats.count_tokens(TENANT, "s", candidate=(), contents=(), model=""),
+        chats.history.clear(TENANT, "s"),
+        chats.delete(TENANT, "s"),
+        run(chats, "s", "new"),
+    ]
+    for read in reads:
+        with pytest.raises(NotFound):
+            await read
+    listed = await chats.list(TENANT, page_size=10, page_token="", filter="", order_by="")
+    assert listed.items == []
+
+    new = await chats.create(TENANT, SessionSettings(), "s")  # the id is free again
+    assert new.uid != old.uid
+    page = await chats.list_messages(TENANT, "s", page_size=10, page_token="")
+    assert page.items == []
