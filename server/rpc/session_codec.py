@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf import duration_pb2
 
 from chatd.v1 import session_pb2 as pb
@@ -97,6 +99,21 @@ def generation_config_to_pb(config: GenerationConfig, out: pb.GenerationConfig) 
             out.thinking.thinking_level = _LEVELS_TO_PB[t.thinking_level]
 
 
+def function_declarations_from_pb(
+    declarations: Sequence[pb.FunctionDeclaration], field: str
+) -> tuple[FunctionDeclaration, ...]:
+    return tuple(
+        FunctionDeclaration(
+            d.name,
+            d.description,
+            struct_to_dict(d.parameters, f"{field}[{i}].parameters")
+            if d.HasField("parameters")
+            else None,
+        )
+        for i, d in enumerate(declarations)
+    )
+
+
 def settings_from_pb(session: pb.Session) -> SessionSettings:
     expiration = session.WhichOneof("expiration")
     return SessionSettings(
@@ -106,15 +123,8 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
             session.generation_config, "session.generation_config"
         ),
         tools=tuple(session.tools),
-        function_declarations=tuple(
-            FunctionDeclaration(
-                d.name,
-                d.description,
-                struct_to_dict(d.parameters, "session.function_declarations")
-                if d.HasField("parameters")
-                else None,
-            )
-            for d in session.function_declarations
+        function_declarations=function_declarations_from_pb(
+            session.function_declarations, "session.function_declarations"
         ),
         labels=dict(session.labels),
         display_name=session.display_name,

@@ -8,11 +8,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from server.sessions.errors import InvalidArgument
-from server.sessions.model import GenerationConfig, Part, SessionSettings
+from server.sessions.model import GenerationConfig, Message, Part, SessionSettings
+from server.sessions.values import check_json_depth
 
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/@]{0,127}")
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
-_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
 _ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _MIME = re.compile(r"[\w.+\-]+/[\w.+\-]+")
 
@@ -51,10 +52,12 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
     mime = config.response_mime_type
     if mime and _MIME.fullmatch(mime) is None:
         raise InvalidArgument(f"{prefix}.response_mime_type", f"{mime!r} is not a media type")
-    if config.response_json_schema is not None and mime not in ("application/json", None, ""):
-        raise InvalidArgument(
-            f"{prefix}.response_json_schema", "requires response_mime_type application/json"
-        )
+    if config.response_json_schema is not None:
+        if mime not in ("application/json", None, ""):
+            raise InvalidArgument(
+                f"{prefix}.response_json_schema", "requires response_mime_type application/json"
+            )
+        check_json_depth(config.response_json_schema, f"{prefix}.response_json_schema")
     if config.thinking is not None:
         _range(f"{prefix}.thinking.thinking_budget", config.thinking.thinking_budget, -1, 1 << 20)
 
@@ -82,12 +85,14 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
         if decl.name in names:
             raise InvalidArgument(f"{field}.name", f"{decl.name!r} is declared twice")
         names.add(decl.name)
-        if decl.parameters is not None and decl.parameters.get("type", "object") != "object":
-            raise InvalidArgument(f"{field}.parameters", "must be a JSON schema of type object")
+        if decl.parameters is not None:
+            if decl.parameters.get("type", "object") != "object":
+                raise InvalidArgument(f"{field}.parameters", "must be a JSON schema of type object")
+            check_json_depth(decl.parameters, f"{field}.parameters")
     if len(settings.labels) > MAX_LABELS:
         raise InvalidArgument(f"{p}labels", f"at most {MAX_LABELS} labels allowed")
     for key, value in settings.labels.items():
-        if _LABEL_KEY.fullmatch(key) is None:
+        if LABEL_KEY.fullmatch(key) is None:
             raise InvalidArgument(
                 f"{p}labels", f"{key[:64]!r} is not a label key (letters, digits, _ . - /)"
             )
@@ -115,12 +120,47 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
 def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
     if len(parts) > limits.max_parts:
         raise InvalidArgument(field, f"{len(parts)} parts; at most {limits.max_parts} allowed")
-    chars = sum(len(p.text) for p in parts if p.text is not None)
-    if chars > limits.max_text_chars:
+    chars = 0
+    for i, part in enumerate(parts):
+        if part.text is None:
+            continue
+        chars += len(part.text)
+        if chars > limits.max_text_chars:
+            where = f"{field}[{i}].text" if len(part.text) > limits.max_text_chars else field
+            raise InvalidArgument(
+                "text" if field == "parts" and len(parts) == 1 else where,
+                f"{sum(len(p.text or '') for p in parts)} characters of text; "
+                f"at most {limits.max_text_chars} allowed",
+            )
+
+
+def check_part(part: Part, where: str) -> None:
+    """Rules for any part of any message: Gemini refuses an empty text part (unless it
+    carries a thought signature), and JSON values must stay within the nesting limit."""
+    if part.text is not None and not part.text and not part.thought_signature:
         raise InvalidArgument(
-            "text" if field == "parts" and len(parts) == 1 else field,
-            f"{chars} characters of text; at most {limits.max_text_chars} allowed",
+            f"{where}.text",
+            "is empty: Gemini refuses empty text parts (only a part carrying a "
+            "thought_signature may have empty text)",
         )
+    if part.function_call is not None:
+        check_json_depth(part.function_call.args, f"{where}.function_call.args")
+    if part.function_response is not None:
+        check_json_depth(part.function_response.response, f"{where}.function_response.response")
+
+
+def check_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
+    """The size limits and the part rules, for the parts of one message."""
+    check_message_size(parts, field, limits)
+    for i, part in enumerate(parts):
+        check_part(part, f"{field}[{i}]")
+
+
+def check_messages(messages: Sequence[Message], field: str, limits: MessageLimits) -> None:
+    """Caller-supplied history (appended, imported or sent statelessly): every message
+    obeys the limits a message sent with SendMessage obeys."""
+    for i, message in enumerate(messages):
+        check_parts(message.parts, f"{field}[{i}].parts", limits)
 
 
 def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
@@ -131,6 +171,7 @@ def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -
         raise InvalidArgument("text", "the message is empty: set text or parts")
     for i, part in enumerate(parts):
         where = f"{field}[{i}]"
+        check_part(part, where)
         if part.function_call is not None or part.function_response is not None:
             raise InvalidArgument(
                 where, "a user message carries text or data; answer tool calls with tool_results"
