@@ -23,6 +23,7 @@ from server.metrics import (
     start_metrics_server,
 )
 from server.providers.echo import NOTICE, EchoProvider
+from server.redact import redact_url
 from server.rpc.guards import ApiKeys, RateLimiter, StreamSlots, parse_keys
 from server.rpc.interceptors import Admission, ErrorsAndLogging
 from server.rpc.servicer import ChatServicer
@@ -52,7 +53,7 @@ def build_provider(settings: Settings) -> ModelProvider:
             "provider selected",
             provider="gemini",
             why=f"CHATD_PROVIDER={settings.provider} and credentials for {backend} are set",
-            base_url=settings.gemini_base_url or "default",
+            base_url=redact_url(settings.gemini_base_url) or "default",
         )
         return GeminiProvider(
             GeminiSettings(
@@ -255,7 +256,9 @@ async def start(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rpartition(":")[0]
-    log.info("serving", address=f"{host}:{port}", port=port, database=settings.database_url)
+    log.info(
+        "serving", address=f"{host}:{port}", port=port, database=redact_url(settings.database_url)
+    )
     return RunningServer(
         server,
         health_servicer,

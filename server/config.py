@@ -20,7 +20,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
-    database_url: str = "sqlite:///var/chatd.db"
+    # Not in repr: a URL may carry a password (print it through server.redact).
+    database_url: str = field(default="sqlite:///var/chatd.db", repr=False)
     provider: str = "auto"
     default_model: str = ""
     grace_period: float = 10.0
@@ -62,7 +63,7 @@ class Settings:
     gemini_vertexai: bool = False
     gemini_project: str = ""
     gemini_location: str = ""
-    gemini_base_url: str = ""
+    gemini_base_url: str = field(default="", repr=False)
     gemini_timeout: float = 120.0
     gemini_retry_attempts: int = 3
 
