@@ -650,3 +650,22 @@ async def test_import_obeys_the_limits_append_obeys(chatd: Chatd) -> None:
         assert fields and fields[0].startswith("messages[")
     listed = await stub.ListSessions(pb.ListSessionsRequest())
     assert [s.session_id for s in listed.sessions] == ["src"]
+
+
+async def test_function_calls_and_responses_without_a_name_are_refused(chatd: Chatd) -> None:
+    """Gemini refuses history holding a nameless function call or response, so appending
+    or importing one is INVALID_ARGUMENT naming the part's name."""
+    stub = chatd.stub
+    document = await exported_with_call(stub, "src")
+    nameless_call = history_with_call(struct({"q": 1}))
+    nameless_call[1].parts[0].function_call.name = ""
+    fields, _ = await refused(
+        stub.AppendMessages(pb.AppendMessagesRequest(session_id="src", messages=nameless_call))
+    )
+    assert fields == ["messages[1].parts[0].function_call.name"]
+    document.messages[2].parts[0].function_response.name = ""
+    fields, _ = await refused(
+        stub.ImportSession(pb.ImportSessionRequest(document=document, session_id="copy"))
+    )
+    assert fields == ["document.messages[2].parts[0].function_response.name"]
+    assert len(await all_messages(stub, "src")) == 4

@@ -136,7 +136,8 @@ def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits)
 
 def check_part(part: Part, where: str) -> None:
     """Rules for any part of any message: Gemini refuses an empty text part (unless it
-    carries a thought signature), and JSON values must stay within the nesting limit."""
+    carries a thought signature) and a function call or response without a name, and JSON
+    values must stay within the nesting limit."""
     if part.text is not None and not part.text and not part.thought_signature:
         raise InvalidArgument(
             f"{where}.text",
@@ -144,8 +145,12 @@ def check_part(part: Part, where: str) -> None:
             "thought_signature may have empty text)",
         )
     if part.function_call is not None:
+        if not part.function_call.name:
+            raise InvalidArgument(f"{where}.function_call.name", "is required")
         check_json_depth(part.function_call.args, f"{where}.function_call.args")
     if part.function_response is not None:
+        if not part.function_response.name:
+            raise InvalidArgument(f"{where}.function_response.name", "is required")
         check_json_depth(part.function_response.response, f"{where}.function_response.response")
 
 
