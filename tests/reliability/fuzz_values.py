@@ -126,13 +126,13 @@ def crafted_tokens(real: Sequence[str]) -> Strategy[str]:
             (2, tokens),
             (3, st.builds(repositioned, tokens, position)),
             (2, st.builds(repositioned, tokens, st.lists(hostile, min_size=1, max_size=2))),
-            (1, st.builds(lambda t, d: _with_raw_position(t, d), tokens, deep)),
+            (1, st.builds(lambda t, d: with_raw_position(t, d), tokens, deep)),
             (1, st.builds(lambda t, n: t[:n], tokens, st.integers(0, 40))),
         ]
     return weighted(*choices)
 
 
-def _with_raw_position(token: str, position: str) -> str:
+def with_raw_position(token: str, position: str) -> str:
     """`token` with its position replaced by raw JSON text (which json.dumps cannot make:
     NaN literals, nesting too deep to build as Python lists)."""
     try:

@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
-from tests.reliability.fuzz_values import Pools
+from tests.reliability.fuzz_values import Pools, with_raw_position
 from tests.reliability.fuzzing import Method, methods
 
 # (levels, objects?): around the limit of 24, and arrays as deep as a request can carry
@@ -121,11 +121,14 @@ def hostile_cases(pools: Pools) -> list[tuple[Method, Any]]:
                 document.messages[0].parts.extend(content_pb2.Part(text=text) for _ in range(parts))
             add("ImportSession", pb.ImportSessionRequest(document=document))
     deep = "[" * 5000 + "]" * 5000
-    for position in ('[1e300,"a"]', '[NaN,"a"]', f'[{10**30},"a"]', "[-1]", deep):
-        token = _token('{"q":"x","p":' + position + "}")
-        add("ListSessions", pb.ListSessionsRequest(page_token=token))
-        add("ListMessages", pb.ListMessagesRequest(session_id=plain, page_token=token))
-        add("ListTools", pb.ListToolsRequest(page_token=token))
+    positions = ('[1e300,"a"]', '[NaN,"a"]', f'[{10**30},"a"]', "[-1]", f"[{10**30}]", deep)
+    for position in positions:
+        # The real tokens' query fingerprints, so the position itself is what gets checked.
+        tokens = [with_raw_position(t, position) for t in pools.page_tokens]
+        for token in [_token('{"q":"x","p":' + position + "}"), *tokens]:
+            add("ListSessions", pb.ListSessionsRequest(page_token=token))
+            add("ListMessages", pb.ListMessagesRequest(session_id=plain, page_token=token))
+            add("ListTools", pb.ListToolsRequest(page_token=token))
     add("ListSessions", pb.ListSessionsRequest(page_token=_token(deep)))
     for terms in (64, 65, 1001):
         text = " AND ".join(f'labels.k{i} = "v{i}"' for i in range(terms))
