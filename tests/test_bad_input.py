@@ -461,9 +461,13 @@ async def test_gemini_calls_past_the_limit_never_reach_history_or_responses(
     reply = (await stub.SendMessage(pb.SendMessageRequest(session_id="g", text="q"))).reply
     assert reply.finish_reason == content_pb2.FINISH_REASON_MALFORMED_FUNCTION_CALL
     assert reply.text == "let me look"
-    fake_gemini.push(Reply(parts=[deep_call]))
+    # A fine call beside the deep one goes too: the model made them together.
+    fine_call = call_part("lookup", {"a": 1}, id="c0", signature=b"sig")
+    fake_gemini.push(Reply(parts=[fine_call, deep_call]))
     events = await outcome(stub.StreamReply(pb.StreamReplyRequest(session_id="g", text="q2")))
     assert events[-1].reply.finish_reason == content_pb2.FINISH_REASON_MALFORMED_FUNCTION_CALL
+    assert not events[-1].reply.pending_tool_calls
+    assert not any(e.HasField("tool_call") for e in events)
     fake_gemini.push(Reply(text="fine"))
     await stub.SendMessage(pb.SendMessageRequest(session_id="g", text="q3"))
     sent = fake_gemini.requests[-1]

@@ -37,7 +37,11 @@ def parse_label_filter(text: str, field: str = "filter") -> dict[str, str]:
             )
         key, value = term["key"], re.sub(r"\\(.)", r"\1", term["value"])
         if LABEL_KEY.fullmatch(key) is None:
-            raise InvalidArgument(field, f"{key[:64]!r} is not a label key (at most 63 characters)")
+            raise InvalidArgument(
+                field,
+                f"{key[:64]!r} is not a label key (letters, digits, _ . - /, starting with a "
+                "letter or digit, at most 63 characters)",
+            )
         if len(value) > MAX_LABEL_VALUE or "\x00" in value:
             raise InvalidArgument(
                 field,

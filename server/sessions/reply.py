@@ -20,8 +20,9 @@ class ReplyBuilder:
 
     The model's output meets the same JSON nesting limit as a caller's input: a function
     call (or response) nested deeper is dropped here, before anything sees or stores it,
-    and the call ends with MALFORMED_FUNCTION_CALL, as Gemini itself reports a call it
-    could not produce, so no stored turn holds a value clients cannot decode.
+    with the other calls of the same reply, and the call ends with MALFORMED_FUNCTION_CALL,
+    as Gemini itself reports a call it could not produce; the reply's text is kept. So no
+    stored turn holds a value clients cannot decode.
     """
 
     def __init__(self) -> None:
@@ -79,6 +80,12 @@ class ReplyBuilder:
     @property
     def parts(self) -> tuple[Part, ...]:
         self._close_run()
+        if self.dropped_calls:
+            # A reply keeps none of its calls once one is dropped: a partial set would
+            # split calls the model made together (and the thought signature on the first).
+            return tuple(
+                p for p in self._parts if p.function_call is None and p.function_response is None
+            )
         return tuple(self._parts)
 
     def resolved_finish_reason(self) -> FinishReason:
