@@ -432,6 +432,7 @@ async def test_echo_model_calls_past_the_limit_end_malformed_and_store_no_call(
     events = await outcome(stub.StreamReply(pb.StreamReplyRequest(session_id="m", text=text)))
     assert events[-1].reply.finish_reason == content_pb2.FINISH_REASON_MALFORMED_FUNCTION_CALL
     assert not any(e.HasField("tool_call") for e in events)
+    assert not await all_messages(stub, "m"), "a turn that produced nothing is not stored"
     very_deep = "/call lookup " + "[" * 5000 + "]" * 5000
     reply = (await stub.SendMessage(pb.SendMessageRequest(session_id="m", text=very_deep))).reply
     assert "cannot parse the arguments" in reply.text
