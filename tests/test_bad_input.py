@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import DecodeError
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
@@ -674,3 +675,44 @@ async def test_function_calls_and_responses_without_a_name_are_refused(chatd: Ch
     )
     assert fields == ["document.messages[2].parts[0].function_response.name"]
     assert len(await all_messages(stub, "src")) == 4
+
+
+# ----------------------------------------------------------------------------- the number
+
+
+def _responses_holding(depth: int) -> list[Any]:
+    """Each response that returns stored function-call arguments nesting objects `depth`
+    deep, at its deepest (built in place: copying a message that deep fails in upb)."""
+    sent = pb.SendMessageResponse()
+    streamed = pb.StreamReplyResponse()
+    listed = pb.ListMessagesResponse()
+    exported = pb.ExportSessionResponse()
+    for messages in (
+        sent.reply.messages,
+        streamed.reply.messages,
+        listed.messages,
+        exported.document.messages,
+    ):
+        call = messages.add().parts.add().function_call
+        call.name = "f"
+        call.args.update({"a": nested(depth - 1)})
+    return [sent, streamed, listed, exported]
+
+
+def _decodes(response: Any) -> bool:
+    try:
+        type(response).FromString(response.SerializeToString())
+    except DecodeError:
+        return False
+    return True
+
+
+def test_the_limit_leaves_eight_object_levels_below_what_clients_decode() -> None:
+    """The measurement behind MAX_JSON_DEPTH (README, Input limits): with this protobuf,
+    arguments nesting objects 32 deep still decode in every response that returns them,
+    33 no longer do; the limit stays eight levels below."""
+    assert MAX_JSON_DEPTH == 32 - 8
+    for response in _responses_holding(32):
+        assert _decodes(response), type(response).__name__
+    for response in _responses_holding(33):
+        assert not _decodes(response), type(response).__name__
