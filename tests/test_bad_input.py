@@ -716,3 +716,26 @@ def test_the_limit_leaves_eight_object_levels_below_what_clients_decode() -> Non
         assert _decodes(response), type(response).__name__
     for response in _responses_holding(33):
         assert not _decodes(response), type(response).__name__
+
+
+async def test_data_parts_gemini_would_refuse_are_refused_in_history(chatd: Chatd) -> None:
+    """Appended or imported history obeys the part rules a sent message obeys: inline data
+    needs a media type and bytes, a file its URI."""
+    stub = chatd.stub
+    document = await exported_with_call(stub, "src")
+    before = await snapshot(stub, "src")
+    no_bytes = content_pb2.Part(inline_data=content_pb2.Blob(mime_type="image/png"))
+    messages = [
+        content_pb2.Message(role=content_pb2.ROLE_USER, parts=[{"text": "look"}, no_bytes]),
+        content_pb2.Message(role=content_pb2.ROLE_MODEL, parts=[{"text": "ok"}]),
+    ]
+    fields, _ = await refused(
+        stub.AppendMessages(pb.AppendMessagesRequest(session_id="src", messages=messages))
+    )
+    assert fields == ["messages[0].parts[1].inline_data.data"]
+    document.messages[0].parts.add(file_data=content_pb2.FileData(mime_type="text/plain"))
+    fields, _ = await refused(
+        stub.ImportSession(pb.ImportSessionRequest(document=document, session_id="copy"))
+    )
+    assert fields == ["document.messages[0].parts[1].file_data.file_uri"]
+    assert await snapshot(stub, "src") == before

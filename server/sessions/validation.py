@@ -135,15 +135,23 @@ def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits)
 
 
 def check_part(part: Part, where: str) -> None:
-    """Rules for any part of any message: Gemini refuses an empty text part (unless it
-    carries a thought signature) and a function call or response without a name, and JSON
-    values must stay within the nesting limit."""
+    """Rules for any part of any message, each a part Gemini would refuse in every later
+    turn: an empty text part (unless it carries a thought signature), data without a media
+    type or bytes, a file without its URI, a function call or response without a name;
+    and JSON values must stay within the nesting limit."""
     if part.text is not None and not part.text and not part.thought_signature:
         raise InvalidArgument(
             f"{where}.text",
             "is empty: Gemini refuses empty text parts (only a part carrying a "
             "thought_signature may have empty text)",
         )
+    if part.inline_data is not None:
+        if _MIME.fullmatch(part.inline_data.mime_type) is None:
+            raise InvalidArgument(f"{where}.inline_data.mime_type", "is not a media type")
+        if not part.inline_data.data:
+            raise InvalidArgument(f"{where}.inline_data.data", "is empty")
+    if part.file_data is not None and not part.file_data.file_uri:
+        raise InvalidArgument(f"{where}.file_data.file_uri", "is required")
     if part.function_call is not None:
         if not part.function_call.name:
             raise InvalidArgument(f"{where}.function_call.name", "is required")
@@ -181,12 +189,5 @@ def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -
             raise InvalidArgument(
                 where, "a user message carries text or data; answer tool calls with tool_results"
             )
-        if part.inline_data is not None:
-            if _MIME.fullmatch(part.inline_data.mime_type) is None:
-                raise InvalidArgument(f"{where}.inline_data.mime_type", "is not a media type")
-            if not part.inline_data.data:
-                raise InvalidArgument(f"{where}.inline_data.data", "is empty")
-        if part.file_data is not None and not part.file_data.file_uri:
-            raise InvalidArgument(f"{where}.file_data.file_uri", "is required")
         if part.text is None and part.inline_data is None and part.file_data is None:
             raise InvalidArgument(where, "has no content: set text, inline_data or file_data")
