@@ -739,3 +739,30 @@ async def test_data_parts_gemini_would_refuse_are_refused_in_history(chatd: Chat
     )
     assert fields == ["document.messages[0].parts[1].file_data.file_uri"]
     assert await snapshot(stub, "src") == before
+
+
+async def test_implausible_usage_in_history_is_refused(chatd: Chatd) -> None:
+    """Token counts of imported messages are Gemini's int32 counts: negative or larger ones
+    (which used to overflow the session's sums into INTERNAL) are refused, as is a paused
+    turn's negative round count."""
+    stub = chatd.stub
+    document = await exported_with_call(stub, "src")
+    before = await snapshot(stub, "src")
+    for count in (2**63 - 1, 2**31, -1):
+        tampered = session_pb2.SessionDocument()
+        tampered.CopyFrom(document)
+        for message in tampered.messages:
+            message.usage.total_token_count = count
+        fields, message = await refused(
+            stub.ImportSession(pb.ImportSessionRequest(document=tampered, session_id="copy"))
+        )
+        assert fields == ["document.messages[0].usage.total_token_count"]
+        assert "2147483647" in message
+    await paused_session(stub, "paused")
+    paused = await snapshot(stub, "paused")
+    paused.pending_turn.rounds = -1
+    fields, _ = await refused(
+        stub.ImportSession(pb.ImportSessionRequest(document=paused, session_id="copy"))
+    )
+    assert fields == ["document.pending_turn.rounds"]
+    assert await snapshot(stub, "src") == before

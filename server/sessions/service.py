@@ -189,6 +189,8 @@ class ChatSessions:
         check_messages(document.messages, "document.messages", self._limits)
         pending = document.session.pending
         if pending is not None:
+            if pending.rounds < 0:
+                raise InvalidArgument("document.pending_turn.rounds", "must not be negative")
             for i, call in enumerate(pending.calls):
                 check_json_depth(call.args, f"document.pending_turn.calls[{i}].args")
             for i, answer in enumerate(pending.answered):

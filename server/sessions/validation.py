@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from server.sessions.errors import InvalidArgument
-from server.sessions.model import GenerationConfig, Message, Part, SessionSettings
+from server.sessions.model import GenerationConfig, Message, Part, SessionSettings, Usage
 from server.sessions.values import check_json_depth
 
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/@]{0,127}")
@@ -30,6 +30,16 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_DISPLAY_NAME = 512
 MAX_STOP_SEQUENCES = 16
+# Gemini reports token counts as int32; a session's sums then stay far inside int64.
+MAX_TOKEN_COUNT = 2**31 - 1
+_USAGE_FIELDS = (
+    ("prompt_token_count", "prompt_tokens"),
+    ("candidates_token_count", "candidates_tokens"),
+    ("total_token_count", "total_tokens"),
+    ("thoughts_token_count", "thoughts_tokens"),
+    ("cached_content_token_count", "cached_tokens"),
+    ("tool_use_prompt_token_count", "tool_use_prompt_tokens"),
+)
 
 
 def _range(field: str, value: float | None, low: float, high: float) -> None:
@@ -169,11 +179,22 @@ def check_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> Non
         check_part(part, f"{field}[{i}]")
 
 
+def check_usage(usage: Usage, field: str) -> None:
+    for name, attribute in _USAGE_FIELDS:
+        value = getattr(usage, attribute)
+        if not 0 <= value <= MAX_TOKEN_COUNT:
+            raise InvalidArgument(
+                f"{field}.{name}", f"must be between 0 and {MAX_TOKEN_COUNT} (got {value})"
+            )
+
+
 def check_messages(messages: Sequence[Message], field: str, limits: MessageLimits) -> None:
     """Caller-supplied history (appended, imported or sent statelessly): every message
-    obeys the limits a message sent with SendMessage obeys."""
+    obeys the limits a message sent with SendMessage obeys, and carries plausible usage."""
     for i, message in enumerate(messages):
         check_parts(message.parts, f"{field}[{i}].parts", limits)
+        if message.usage is not None:
+            check_usage(message.usage, f"{field}[{i}].usage")
 
 
 def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
