@@ -1,7 +1,8 @@
 """Known-hostile requests aimed at the fuzz pools' real sessions, sent by the fast tier on
 every run: forged page tokens, oversized filters, JSON around the nesting limit (from the
-caller and, via echo's /call, from the model), Values with no kind, empty text parts and
-oversized imported messages. Random requests rarely get past other checks to reach these."""
+caller and, via echo's /call, from the model), Values with no kind, empty text parts,
+oversized imported messages and imported token counts past int64 sums. Random requests
+rarely get past other checks to reach these."""
 
 from __future__ import annotations
 
@@ -114,6 +115,11 @@ def hostile_cases(pools: Pools) -> list[tuple[Method, Any]]:
                 pb.StreamReplyRequest(session_id=pools.session_ids[2], tool_results=[result]),
             )
     for raw in pools.documents[:1]:
+        for count in (2**63 - 1, -(2**63), 2**31):
+            document = session_pb2.SessionDocument.FromString(raw)
+            for message in document.messages:
+                message.usage.total_token_count = count
+            add("ImportSession", pb.ImportSessionRequest(document=document, session_id="h-usage"))
         for text, parts in (("x" * 2_000_000, 1), ("p", 5000), ("", 1)):
             document = session_pb2.SessionDocument.FromString(raw)
             if document.messages:
