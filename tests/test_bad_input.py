@@ -766,3 +766,23 @@ async def test_implausible_usage_in_history_is_refused(chatd: Chatd) -> None:
     )
     assert fields == ["document.pending_turn.rounds"]
     assert await snapshot(stub, "src") == before
+
+
+async def test_nul_in_ids_stored_as_text_is_refused_on_every_store(chatd: Chatd) -> None:
+    """A request_id or an imported turn_id holding NUL (which PostgreSQL text cannot store,
+    so it used to fail INTERNAL there) is refused on every backend, naming the field."""
+    stub = chatd.stub
+    document = await exported_with_call(stub, "src")
+    before = await snapshot(stub, "src")
+    fields, _ = await refused(
+        stub.SendMessage(pb.SendMessageRequest(session_id="src", text="a", request_id="r\x00"))
+    )
+    assert fields == ["request_id"]
+    for turn_id in ("t\x00", "t" * 129):
+        document.messages[0].turn_id = turn_id
+        fields, message = await refused(
+            stub.ImportSession(pb.ImportSessionRequest(document=document, session_id="copy"))
+        )
+        assert fields == ["document.messages[0].turn_id"]
+        assert "128" in message
+    assert await snapshot(stub, "src") == before

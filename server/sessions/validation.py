@@ -30,6 +30,7 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_DISPLAY_NAME = 512
 MAX_STOP_SEQUENCES = 16
+MAX_TURN_ID = 128
 # Gemini reports token counts as int32; a session's sums then stay far inside int64.
 MAX_TOKEN_COUNT = 2**31 - 1
 _USAGE_FIELDS = (
@@ -195,6 +196,12 @@ def check_messages(messages: Sequence[Message], field: str, limits: MessageLimit
         check_parts(message.parts, f"{field}[{i}].parts", limits)
         if message.usage is not None:
             check_usage(message.usage, f"{field}[{i}].usage")
+        # An imported turn_id is stored as it is, in a column PostgreSQL keeps as TEXT.
+        if len(message.turn_id) > MAX_TURN_ID or "\x00" in message.turn_id:
+            raise InvalidArgument(
+                f"{field}[{i}].turn_id",
+                f"at most {MAX_TURN_ID} characters, without NUL characters",
+            )
 
 
 def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
