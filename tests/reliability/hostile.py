@@ -1,8 +1,8 @@
 """Known-hostile requests aimed at the fuzz pools' real sessions, sent by the fast tier on
 every run: forged page tokens, oversized filters, JSON around the nesting limit (from the
 caller and, via echo's /call, from the model), Values with no kind, empty text parts,
-oversized imported messages and imported token counts past int64 sums. Random requests
-rarely get past other checks to reach these."""
+oversized imported messages, imported token counts past int64 sums and NUL in ids kept as
+text. Random requests rarely get past other checks to reach these."""
 
 from __future__ import annotations
 
@@ -115,6 +115,11 @@ def hostile_cases(pools: Pools) -> list[tuple[Method, Any]]:
                 pb.StreamReplyRequest(session_id=pools.session_ids[2], tool_results=[result]),
             )
     for raw in pools.documents[:1]:
+        document = session_pb2.SessionDocument.FromString(raw)
+        for message in document.messages:
+            message.turn_id = "t\x00"
+        add("ImportSession", pb.ImportSessionRequest(document=document, session_id="h-nul"))
+        add("SendMessage", pb.SendMessageRequest(session_id=plain, text="x", request_id="r\x00"))
         for count in (2**63 - 1, -(2**63), 2**31):
             document = session_pb2.SessionDocument.FromString(raw)
             for message in document.messages:

@@ -27,6 +27,7 @@ from tests.reliability.fuzz_values import Pools
 from tests.reliability.fuzzing import Method, methods, requests, spread
 from tests.reliability.hostile import hostile_cases
 from tests.reliability.malformed import malformed
+from tests.store.conftest import fresh_schema, postgres_dsn
 
 # UNDECODABLE: a successful response a standard protobuf client cannot decode.
 BAD_CODES = frozenset({"UNKNOWN", "INTERNAL", "UNDECODABLE"})
@@ -268,12 +269,13 @@ async def fuzz(
     concurrency: int,
     *,
     hostile: bool = False,
+    **server: Any,
 ) -> None:
     """Sends `total` cases drawn from `cases_for` (spread over every method) to a fresh
     server, then checks it is still healthy, that no status was UNKNOWN or INTERNAL and no
     response undecodable (other codes, DEADLINE_EXCEEDED included, are counted and
     printed), and that every session it left can still be read back."""
-    chatd = await start_chatd(rate_limit=0)
+    chatd = await start_chatd(rate_limit=0, **server)
     pools = await seed_pools(chatd)
     chosen = fuzz_seed(seed)
     loop = asyncio.get_running_loop()
@@ -298,6 +300,28 @@ async def test_fuzzed_requests_never_crash_or_answer_unknown_or_internal(
     unicode/NUL/huge, extreme ints, unknown enums, nested parts, bad masks and page tokens),
     after the known-hostile cases of tests/reliability/hostile.py."""
     await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 700, FAST_SEED, 1, hostile=True)
+
+
+async def test_fuzzed_requests_on_postgresql_never_crash_or_answer_unknown_or_internal(
+    start_chatd: StartChatd, unhandled: ExceptionRecorder
+) -> None:
+    """Fast tier on PostgreSQL (CHATD_TEST_POSTGRES_DSN): the hostile cases and ~300 fuzzed
+    requests meet a second SQL dialect, whose text columns refuse NUL and whose integers
+    are bounded differently."""
+    dsn = postgres_dsn()
+    async with fresh_schema(dsn) as schema:
+        await fuzz(
+            start_chatd,
+            unhandled,
+            "fuzzed requests on PostgreSQL",
+            requests,
+            300,
+            FAST_SEED,
+            1,
+            hostile=True,
+            database_url=dsn,
+            postgres_schema=schema,
+        )
 
 
 async def test_malformed_request_bytes_never_answer_unknown_or_internal(
