@@ -348,12 +348,14 @@ async def test_imported_documents_nested_past_the_limit_are_refused(chatd: Chatd
     tampered = session_pb2.SessionDocument()
     tampered.CopyFrom(document)
     tampered.messages[1].parts[0].function_call.args.CopyFrom(deep)
+    tampered.messages[1].parts[0].function_call.args_json = ""
     fields, _ = await refused(
         stub.ImportSession(pb.ImportSessionRequest(document=tampered, session_id="x1"))
     )
     assert fields == ["document.messages[1].parts[0].function_call.args"]
     tampered.CopyFrom(document)
     tampered.messages[2].parts[0].function_response.response.CopyFrom(deep)
+    tampered.messages[2].parts[0].function_response.response_json = ""
     fields, _ = await refused(
         stub.ImportSession(pb.ImportSessionRequest(document=tampered, session_id="x2"))
     )
@@ -362,6 +364,7 @@ async def test_imported_documents_nested_past_the_limit_are_refused(chatd: Chatd
     await paused_session(stub, "paused")
     paused = await snapshot(stub, "paused")
     paused.pending_turn.calls[0].args.CopyFrom(deep)
+    paused.pending_turn.calls[0].args_json = ""
     fields, _ = await refused(
         stub.ImportSession(pb.ImportSessionRequest(document=paused, session_id="x3"))
     )
@@ -551,6 +554,7 @@ async def test_values_with_no_kind_are_invalid_argument_and_null_stays_legal(
     document.messages[2].parts[0].function_response.response.fields["x"].CopyFrom(
         struct_pb2.Value()
     )
+    document.messages[2].parts[0].function_response.response_json = ""
     fields, _ = await refused(
         stub.ImportSession(pb.ImportSessionRequest(document=document, session_id="copy"))
     )

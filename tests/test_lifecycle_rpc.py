@@ -185,7 +185,21 @@ async def test_append_messages_adds_history_the_model_then_sees(chatd: Chatd) ->
     [
         ([], "messages"),
         ([model("model first")], "messages[0]"),
-        ([user("q"), model("a"), model("again")], "messages[2]"),
+        (
+            [
+                user("q"),
+                model("a"),
+                content_pb2.Message(
+                    role=content_pb2.ROLE_MODEL,
+                    parts=[
+                        content_pb2.Part(
+                            function_response=content_pb2.FunctionResponse(id="c", name="f")
+                        )
+                    ],
+                ),
+            ],
+            "messages[2]",
+        ),
         ([content_pb2.Message(role=content_pb2.ROLE_USER)], "messages[0].parts"),
         ([content_pb2.Message(parts=[content_pb2.Part(text="x")])], "messages[0].role"),
         (

@@ -9,28 +9,74 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from chatd.v1 import content_pb2 as pb
+from server.rpc.metadata_codec import candidate_metadata_to_pb
 from server.sessions.errors import InvalidArgument
 from server.sessions.ids import message_id, parse_message_id
 from server.sessions.model import (
     Blob,
+    CodeExecutionResult,
+    ExecutableCode,
     FileData,
     FinishReason,
     FunctionCall,
     FunctionResponse,
+    FunctionResponsePart,
     Message,
     Part,
     Role,
+    ServerToolCall,
+    ServerToolResponse,
     Usage,
 )
+from server.sessions.values import json_text, parse_json_text
 
 FINISH_TO_PB = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.value}") for r in FinishReason}
 ROLE_TO_PB = {Role.USER: pb.ROLE_USER, Role.MODEL: pb.ROLE_MODEL}
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
 
 
+# Integers a double holds exactly.
+_EXACT_INTS = 2**53
+
+
 def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
     converted: dict[str, Any] = json_value(value, field)
     return converted
+
+
+def object_input(
+    message: Any, struct_name: str, json_name: str, field: str
+) -> dict[str, Any] | None:
+    """A JSON object given as a Struct field or as its JSON-text twin (None if neither is
+    set). Both may be set only as chatd writes them (a message read back and sent again):
+    the Struct then equals the JSON text's, which is read; otherwise setting both is an
+    error naming the text field. `field` is the message's path."""
+    text = getattr(message, json_name)
+    has_struct = message.HasField(struct_name)
+    if text:
+        value: dict[str, Any] = parse_json_text(text, f"{field}.{json_name}")
+        if has_struct and not _same_struct(value, getattr(message, struct_name)):
+            raise InvalidArgument(
+                f"{field}.{json_name}",
+                f"set either {struct_name} or {json_name}, not both (both are accepted "
+                "only when they hold the same value, as chatd writes them)",
+            )
+        return value
+    if has_struct:
+        return struct_to_dict(getattr(message, struct_name), f"{field}.{struct_name}")
+    return None
+
+
+def _same_struct(value: dict[str, Any], given: struct_pb2.Struct) -> bool:
+    written = struct_pb2.Struct()
+    dict_to_struct(value, written)
+    return written == given
+
+
+def object_output(value: Any, message: Any, struct_name: str, json_name: str) -> None:
+    """Writes a JSON object into both forms: the Struct and the exact JSON text."""
+    dict_to_struct(value, getattr(message, struct_name))
+    setattr(message, json_name, json_text(value))
 
 
 class _Unreadable(Exception):
@@ -75,6 +121,9 @@ def _value(value: struct_pb2.Value) -> Any:
         number = value.number_value
         if not math.isfinite(number):
             raise _Unreadable("numbers must be finite (no NaN or Infinity)")
+        if number.is_integer() and abs(number) <= _EXACT_INTS:
+            # Struct numbers are doubles: an integral one is the integer the caller meant.
+            return int(number)
         return number
     if kind == "bool_value":
         return value.bool_value
@@ -113,24 +162,47 @@ def timestamp(seconds: float, out: timestamp_pb2.Timestamp) -> None:
     out.FromMicroseconds(round(seconds * 1_000_000))
 
 
+def _blob_to_pb(blob: Blob, out: pb.Blob) -> None:
+    out.mime_type = blob.mime_type
+    out.data = blob.data
+    out.display_name = blob.display_name
+
+
+def _file_to_pb(file: FileData, out: pb.FileData) -> None:
+    out.mime_type = file.mime_type
+    out.file_uri = file.file_uri
+    out.display_name = file.display_name
+
+
 def part_to_pb(part: Part, out: pb.Part) -> None:
     if part.text is not None:
         out.text = part.text
     elif part.inline_data is not None:
-        blob = part.inline_data
-        out.inline_data.mime_type = blob.mime_type
-        out.inline_data.data = blob.data
-        out.inline_data.display_name = blob.display_name
+        _blob_to_pb(part.inline_data, out.inline_data)
     elif part.file_data is not None:
-        out.file_data.mime_type = part.file_data.mime_type
-        out.file_data.file_uri = part.file_data.file_uri
-        out.file_data.display_name = part.file_data.display_name
+        _file_to_pb(part.file_data, out.file_data)
     elif part.function_call is not None:
         function_call_to_pb(part.function_call, out.function_call)
     elif part.function_response is not None:
-        out.function_response.id = part.function_response.id
-        out.function_response.name = part.function_response.name
-        dict_to_struct(part.function_response.response, out.function_response.response)
+        function_response_to_pb(part.function_response, out.function_response)
+    elif (code := part.executable_code) is not None:
+        out.executable_code.language = code.language
+        out.executable_code.code = code.code
+        out.executable_code.id = code.id
+    elif (result := part.code_execution_result) is not None:
+        out.code_execution_result.outcome = result.outcome
+        out.code_execution_result.output = result.output
+        out.code_execution_result.id = result.id
+    elif (call := part.tool_call) is not None:
+        out.tool_call.id = call.id
+        out.tool_call.tool_type = call.tool_type
+        out.tool_call.args_json = json_text(call.args)
+    elif (answer := part.tool_response) is not None:
+        out.tool_response.id = answer.id
+        out.tool_response.tool_type = answer.tool_type
+        out.tool_response.response_json = json_text(answer.response)
+    elif part.gemini_part is not None:
+        out.gemini_part = json_text(part.gemini_part)
     out.thought = part.thought
     out.thought_signature = part.thought_signature
 
@@ -138,7 +210,63 @@ def part_to_pb(part: Part, out: pb.Part) -> None:
 def function_call_to_pb(call: FunctionCall, out: pb.FunctionCall) -> None:
     out.id = call.id
     out.name = call.name
-    dict_to_struct(call.args, out.args)
+    object_output(call.args, out, "args", "args_json")
+
+
+def function_response_to_pb(response: FunctionResponse, out: pb.FunctionResponse) -> None:
+    out.id = response.id
+    out.name = response.name
+    object_output(response.response, out, "response", "response_json")
+    response_parts_to_pb(response.parts, out.parts)
+
+
+def response_parts_to_pb(parts: Sequence[FunctionResponsePart], out: Any) -> None:
+    """Appends each function response part to a repeated FunctionResponsePart field."""
+    for part in parts:
+        item = out.add()
+        if part.inline_data is not None:
+            _blob_to_pb(part.inline_data, item.inline_data)
+        elif part.file_data is not None:
+            _file_to_pb(part.file_data, item.file_data)
+
+
+def response_parts_from_pb(
+    parts: Sequence[pb.FunctionResponsePart], field: str
+) -> tuple[FunctionResponsePart, ...]:
+    out = []
+    for i, part in enumerate(parts):
+        match part.WhichOneof("data"):
+            case "inline_data":
+                b = part.inline_data
+                out.append(
+                    FunctionResponsePart(inline_data=Blob(b.mime_type, b.data, b.display_name))
+                )
+            case "file_data":
+                f = part.file_data
+                out.append(
+                    FunctionResponsePart(
+                        file_data=FileData(f.mime_type, f.file_uri, f.display_name)
+                    )
+                )
+            case _:
+                raise InvalidArgument(f"{field}[{i}]", "set inline_data or file_data")
+    return tuple(out)
+
+
+def function_call_from_pb(call: pb.FunctionCall, field: str) -> FunctionCall:
+    args = object_input(call, "args", "args_json", field) or {}
+    return FunctionCall(call.id, call.name, args)
+
+
+def function_response_from_pb(response: pb.FunctionResponse, field: str) -> FunctionResponse:
+    value = object_input(response, "response", "response_json", field) or {}
+    parts = response_parts_from_pb(response.parts, f"{field}.parts")
+    return FunctionResponse(response.id, response.name, value, parts)
+
+
+def _json_object(text: str, field: str) -> dict[str, Any]:
+    value: dict[str, Any] = parse_json_text(text, field) if text else {}
+    return value
 
 
 def part_from_pb(part: pb.Part, field: str) -> Part:
@@ -153,16 +281,36 @@ def part_from_pb(part: pb.Part, field: str) -> Part:
         f = part.file_data
         return Part(file_data=FileData(f.mime_type, f.file_uri, f.display_name), **extra)
     if kind == "function_call":
-        c = part.function_call
-        args = struct_to_dict(c.args, f"{field}.function_call.args")
-        return Part(function_call=FunctionCall(c.id, c.name, args), **extra)
+        call = function_call_from_pb(part.function_call, f"{field}.function_call")
+        return Part(function_call=call, **extra)
     if kind == "function_response":
-        r = part.function_response
-        response = FunctionResponse(
-            r.id, r.name, struct_to_dict(r.response, f"{field}.function_response.response")
-        )
+        response = function_response_from_pb(part.function_response, f"{field}.function_response")
         return Part(function_response=response, **extra)
-    raise InvalidArgument(field, "has no content: set one of text, inline_data, file_data, ...")
+    if kind == "executable_code":
+        c = part.executable_code
+        return Part(executable_code=ExecutableCode(c.language, c.code, c.id), **extra)
+    if kind == "code_execution_result":
+        r = part.code_execution_result
+        return Part(code_execution_result=CodeExecutionResult(r.outcome, r.output, r.id), **extra)
+    if kind == "tool_call":
+        t = part.tool_call
+        args = _json_object(t.args_json, f"{field}.tool_call.args_json")
+        return Part(tool_call=ServerToolCall(t.id, t.tool_type, args), **extra)
+    if kind == "tool_response":
+        t2 = part.tool_response
+        response_value = _json_object(t2.response_json, f"{field}.tool_response.response_json")
+        return Part(tool_response=ServerToolResponse(t2.id, t2.tool_type, response_value), **extra)
+    if kind == "gemini_part":
+        return Part(gemini_part=parse_json_text(part.gemini_part, f"{field}.gemini_part"))
+    if part.thought_signature:
+        # A signature-only part, as the model sends them.
+        return Part(**extra)
+    raise InvalidArgument(
+        field,
+        "has no content: set one of text, inline_data, file_data, function_call, "
+        "function_response, executable_code, code_execution_result, tool_call, "
+        "tool_response or gemini_part (or only a thought_signature)",
+    )
 
 
 def parts_from_pb(parts: Sequence[pb.Part], field: str) -> tuple[Part, ...]:
@@ -190,6 +338,8 @@ def message_to_pb(message: Message, out: pb.Message) -> None:
     if message.finish_reason is not None:
         out.finish_reason = FINISH_TO_PB[message.finish_reason]
     out.model = message.model
+    if message.candidate_metadata is not None:
+        candidate_metadata_to_pb(message.candidate_metadata, out.candidate_metadata)
 
 
 def messages_to_pb(messages: Iterable[Message], out: Any) -> None:
@@ -249,4 +399,9 @@ def message_from_pb(message: pb.Message, field: str, *, keep_ids: bool) -> Messa
         usage=usage_from_pb(message.usage) if message.HasField("usage") else None,
         finish_reason=FINISH_FROM_PB.get(message.finish_reason) if message.finish_reason else None,
         model=message.model,
+        candidate_metadata=(
+            parse_json_text(message.candidate_metadata.json, f"{field}.candidate_metadata.json")
+            if message.candidate_metadata.json
+            else None
+        ),
     )

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from chatd.v1 import session_pb2 as pb
 from server.rpc.content_codec import (
-    dict_to_struct,
+    function_call_from_pb,
     function_call_to_pb,
+    function_response_from_pb,
+    function_response_to_pb,
     message_from_pb,
     messages_to_pb,
-    struct_to_dict,
     timestamp,
 )
 from server.rpc.session_codec import session_to_pb, settings_from_pb
 from server.sessions.errors import InvalidArgument
 from server.sessions.history_ops import SessionDocument
 from server.sessions.ids import message_id, parse_message_id
-from server.sessions.model import FunctionCall, FunctionResponse, PendingTurn, Session
+from server.sessions.model import PendingTurn, Session
 
 FORMAT_VERSION = 1
 
@@ -34,8 +35,7 @@ def document_to_pb(document: SessionDocument, export_time: float, out: pb.Sessio
         for call in pending.calls:
             function_call_to_pb(call, turn.calls.add())
         for response in pending.answered:
-            answer = turn.answered.add(id=response.id, name=response.name)
-            dict_to_struct(response.response, answer.response)
+            function_response_to_pb(response, turn.answered.add())
 
 
 def document_from_pb(document: pb.SessionDocument, tenant: str) -> SessionDocument:
@@ -58,17 +58,11 @@ def document_from_pb(document: pb.SessionDocument, tenant: str) -> SessionDocume
             ),
             rounds=turn.rounds,
             calls=tuple(
-                FunctionCall(
-                    c.id, c.name, struct_to_dict(c.args, f"document.pending_turn.calls[{i}].args")
-                )
+                function_call_from_pb(c, f"document.pending_turn.calls[{i}]")
                 for i, c in enumerate(turn.calls)
             ),
             answered=tuple(
-                FunctionResponse(
-                    r.id,
-                    r.name,
-                    struct_to_dict(r.response, f"document.pending_turn.answered[{i}].response"),
-                )
+                function_response_from_pb(r, f"document.pending_turn.answered[{i}]")
                 for i, r in enumerate(turn.answered)
             ),
         )

@@ -7,10 +7,15 @@ from server.rpc.content_codec import (
     FINISH_TO_PB,
     content_to_pb,
     contents_from_pb,
-    dict_to_struct,
+    function_call_to_pb,
     usage_to_pb,
 )
-from server.rpc.session_codec import function_declarations_from_pb, generation_config_from_pb
+from server.rpc.metadata_codec import candidate_metadata_to_pb
+from server.rpc.session_codec import (
+    builtin_tools_from_pb,
+    function_declarations_from_pb,
+    generation_config_from_pb,
+)
 from server.sessions.events import TextDelta, ToolCallRequested
 from server.sessions.model import SafetySetting
 from server.sessions.stateless import GenerateInput, GenerationDone, GenerationEvent
@@ -32,6 +37,7 @@ def generate_input(request: GenerateRequest, timeout: float | None) -> GenerateI
             SafetySetting(s.category, s.threshold) for s in request.safety_settings
         ),
         timeout=timeout,
+        builtin_tools=builtin_tools_from_pb(request.builtin_tools),
     )
 
 
@@ -42,6 +48,9 @@ def generation_to_pb(done: GenerationDone, out: pb.Generation) -> None:
     usage_to_pb(done.usage, out.usage)
     out.model = done.model
     out.block_reason = done.block_reason
+    if done.candidate_metadata is not None:
+        candidate_metadata_to_pb(done.candidate_metadata, out.candidate_metadata)
+    out.no_content = done.no_content
 
 
 def generation_event_to_pb(
@@ -53,9 +62,7 @@ def generation_event_to_pb(
             out.text_delta.text = text
             out.text_delta.thought = thought
         case ToolCallRequested(call=call):
-            out.function_call.id = call.id
-            out.function_call.name = call.name
-            dict_to_struct(call.args, out.function_call.args)
+            function_call_to_pb(call, out.function_call)
         case GenerationDone():
             generation_to_pb(event, out.generation)
     return out

@@ -8,15 +8,16 @@ from google.protobuf import duration_pb2
 
 from chatd.v1 import session_pb2 as pb
 from server.rpc.content_codec import (
-    dict_to_struct,
     function_call_to_pb,
+    object_input,
+    object_output,
     seconds_of,
-    struct_to_dict,
     timestamp,
     usage_to_pb,
 )
 from server.sessions.errors import InvalidArgument
 from server.sessions.model import (
+    BuiltinTools,
     ContextPolicy,
     FunctionDeclaration,
     GenerationConfig,
@@ -60,10 +61,8 @@ def generation_config_from_pb(
         stop_sequences=tuple(config.stop_sequences) or None,
         seed=config.seed if has("seed") else None,
         response_mime_type=config.response_mime_type or None,
-        response_json_schema=(
-            struct_to_dict(config.response_json_schema, f"{field}.response_json_schema")
-            if config.HasField("response_json_schema")
-            else None
+        response_json_schema=object_input(
+            config, "response_json_schema", "response_json_schema_json", field
         ),
         thinking=thinking,
         presence_penalty=config.presence_penalty if has("presence_penalty") else None,
@@ -87,7 +86,9 @@ def generation_config_to_pb(config: GenerationConfig, out: pb.GenerationConfig) 
     out.stop_sequences.extend(config.stop_sequences or ())
     out.response_mime_type = config.response_mime_type or ""
     if config.response_json_schema is not None:
-        dict_to_struct(config.response_json_schema, out.response_json_schema)
+        object_output(
+            config.response_json_schema, out, "response_json_schema", "response_json_schema_json"
+        )
     if config.thinking is not None:
         t = config.thinking
         out.thinking.SetInParent()
@@ -106,12 +107,33 @@ def function_declarations_from_pb(
         FunctionDeclaration(
             d.name,
             d.description,
-            struct_to_dict(d.parameters, f"{field}[{i}].parameters")
-            if d.HasField("parameters")
-            else None,
+            object_input(d, "parameters", "parameters_json", f"{field}[{i}]"),
         )
         for i, d in enumerate(declarations)
     )
+
+
+def builtin_tools_from_pb(tools: pb.BuiltinTools) -> BuiltinTools:
+    has = tools.HasField
+    return BuiltinTools(
+        google_search=has("google_search"),
+        code_execution=has("code_execution"),
+        url_context=has("url_context"),
+        google_maps=has("google_maps"),
+        google_maps_widget=has("google_maps") and tools.google_maps.enable_widget,
+    )
+
+
+def builtin_tools_to_pb(tools: BuiltinTools, out: pb.BuiltinTools) -> None:
+    if tools.google_search:
+        out.google_search.SetInParent()
+    if tools.code_execution:
+        out.code_execution.SetInParent()
+    if tools.url_context:
+        out.url_context.SetInParent()
+    if tools.google_maps:
+        out.google_maps.enable_widget = tools.google_maps_widget
+        out.google_maps.SetInParent()
 
 
 def settings_from_pb(session: pb.Session) -> SessionSettings:
@@ -134,6 +156,7 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
         safety_settings=tuple(
             SafetySetting(s.category, s.threshold) for s in session.safety_settings
         ),
+        builtin_tools=builtin_tools_from_pb(session.builtin_tools),
         ttl_seconds=_ttl(session.ttl) if expiration == "ttl" else None,
         expire_time=(
             seconds_of(session.expire_time, "session.expire_time")
@@ -153,13 +176,15 @@ def session_to_pb(session: Session, out: pb.Session) -> None:
     for decl in s.function_declarations:
         d = out.function_declarations.add(name=decl.name, description=decl.description)
         if decl.parameters is not None:
-            dict_to_struct(decl.parameters, d.parameters)
+            object_output(decl.parameters, d, "parameters", "parameters_json")
     out.labels.update(s.labels)
     out.display_name = s.display_name
     out.context_policy.max_messages = s.context_policy.max_messages
     out.context_policy.max_tokens = s.context_policy.max_tokens
     for safety in s.safety_settings:
         out.safety_settings.add(category=safety.category, threshold=safety.threshold)
+    if s.builtin_tools:
+        builtin_tools_to_pb(s.builtin_tools, out.builtin_tools)
     if s.ttl_seconds is not None:
         out.ttl.FromNanoseconds(round(s.ttl_seconds * 1e9))
     elif s.expire_time is not None:

@@ -5,19 +5,23 @@ from __future__ import annotations
 from chatd.v1 import chat_service_pb2 as pb
 from server.rpc.content_codec import (
     FINISH_TO_PB,
-    dict_to_struct,
     function_call_to_pb,
+    function_response_to_pb,
     json_value,
     message_to_pb,
     messages_to_pb,
+    part_to_pb,
     parts_from_pb,
+    response_parts_from_pb,
     usage_to_pb,
 )
+from server.rpc.metadata_codec import candidate_metadata_to_pb
 from server.rpc.session_codec import generation_config_from_pb
 from server.sessions.engine import TurnInput
 from server.sessions.errors import InvalidArgument
 from server.sessions.events import (
     MessageCompleted,
+    PartReceived,
     TextDelta,
     ToolCallAnswered,
     ToolCallRequested,
@@ -27,6 +31,7 @@ from server.sessions.events import (
 )
 from server.sessions.model import Part
 from server.sessions.tool_calls import ToolResultInput
+from server.sessions.values import parse_json_text
 
 TurnRequest = pb.SendMessageRequest | pb.StreamReplyRequest
 
@@ -52,13 +57,20 @@ def tool_result_from_pb(result: pb.ToolResult, index: int) -> ToolResultInput:
     field = f"tool_results[{index}]"
     if not result.call_id:
         raise InvalidArgument(f"{field}.call_id", "is required")
+    parts = response_parts_from_pb(result.parts, f"{field}.parts")
     match result.WhichOneof("outcome"):
         case "result":
             value = json_value(result.result, f"{field}.result")
-            return ToolResultInput(result.call_id, {"result": value}, is_error=False)
+            return ToolResultInput(result.call_id, {"result": value}, False, parts)
+        case "result_json":
+            value = parse_json_text(result.result_json, f"{field}.result_json", want_object=False)
+            return ToolResultInput(result.call_id, {"result": value}, False, parts)
         case "error":
-            return ToolResultInput(result.call_id, {"error": result.error}, is_error=True)
-    raise InvalidArgument(field, "set result (any JSON value) or error (a message)")
+            return ToolResultInput(result.call_id, {"error": result.error}, True, parts)
+    raise InvalidArgument(
+        field,
+        "set result (a google.protobuf.Value), result_json (JSON text) or error (a message)",
+    )
 
 
 def reply_to_pb(reply: TurnReply, out: pb.Reply) -> None:
@@ -71,6 +83,14 @@ def reply_to_pb(reply: TurnReply, out: pb.Reply) -> None:
         function_call_to_pb(call, out.pending_tool_calls.add())
     out.model = reply.model
     out.block_reason = reply.block_reason
+    if reply.candidate_metadata is not None:
+        candidate_metadata_to_pb(reply.candidate_metadata, out.candidate_metadata)
+    out.no_content = reply.no_content
+    out.no_content_reason = reply.no_content_reason
+    if reply.unstored_message is not None:
+        out.not_stored = True
+        message_to_pb(reply.unstored_message, out.unstored_message)
+        out.unstored_message.message_id = ""
 
 
 def event_to_pb(event: TurnEvent, sequence_number: int) -> pb.StreamReplyResponse:
@@ -79,6 +99,8 @@ def event_to_pb(event: TurnEvent, sequence_number: int) -> pb.StreamReplyRespons
         case TextDelta(text=text, thought=thought):
             out.text_delta.text = text
             out.text_delta.thought = thought
+        case PartReceived(part=part):
+            part_to_pb(part, out.part)
         case MessageCompleted(message=message):
             message_to_pb(message, out.message)
             # The turn is not stored yet and may never be: an id announced now could
@@ -91,9 +113,7 @@ def event_to_pb(event: TurnEvent, sequence_number: int) -> pb.StreamReplyRespons
             out.tool_call.caller_executed = caller_executed
         case ToolCallAnswered(response=response, is_error=is_error, duration=duration):
             result = out.tool_result
-            result.function_response.id = response.id
-            result.function_response.name = response.name
-            dict_to_struct(response.response, result.function_response.response)
+            function_response_to_pb(response, result.function_response)
             result.is_error = is_error
             result.duration.FromNanoseconds(round(duration * 1e9))
     return out

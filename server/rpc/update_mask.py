@@ -23,6 +23,7 @@ UPDATABLE = (
     "display_name",
     "context_policy",
     "safety_settings",
+    "builtin_tools",
     "ttl",
     "expire_time",
 )

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from server.sessions.context import history_needed, select_window
 from server.sessions.errors import Cancelled, FailedPrecondition
@@ -245,6 +245,7 @@ class TurnEngine:
         caller_names = {d.name for d in settings.function_declarations}
         enabled = frozenset(settings.tools)
         calls_allowed = True
+        empty = False
         while True:
             request = self._request(state, turn, calls_allowed)
             builder = ReplyBuilder()
@@ -266,7 +267,10 @@ class TurnEngine:
                 # The last word after the round limit: calls would go unanswered.
                 finish = FinishReason.MAX_TOOL_ROUNDS
                 answer = without_calls(answer)
-            if not answer.parts:
+            if not any(p.has_content for p in answer.parts):
+                # No content (no candidate, an empty text, a bare signature): nothing to
+                # store or send back; the turn ends here, reported as such.
+                empty = True
                 break
             state.added.append(answer)
             yield MessageCompleted(answer)
@@ -302,12 +306,23 @@ class TurnEngine:
                 return
             state.added.append(self._responses(state, by_id))
             yield MessageCompleted(state.added[-1])
-        # A turn that produced nothing (a blocked prompt, a safety stop before any output)
-        # is not stored, so history keeps alternating user and model turns.
+        # A turn where the model answered the user's message with no content is not
+        # stored at all: history stays as it was and the message can simply be sent
+        # again; the reply says so and carries the message. A turn that ran tools or
+        # answered tool results first is stored, without a final answer.
         stored = any(m.role is Role.MODEL for m in state.added) or state.session.pending is not None
+        unstored = None
         if not stored:
+            unstored = state.added[0]
             state.added.clear()
         reply = self._reply(state, builder, finish, ())
+        if empty:
+            reply = replace(
+                reply,
+                no_content=True,
+                no_content_reason=_no_content_reason(builder, finish, stored),
+                unstored_message=unstored,
+            )
         if stored:
             await self._commit(state, None, reply, record)
         yield TurnCompleted(reply)
@@ -336,6 +351,7 @@ class TurnEngine:
             generation_config=config,
             function_declarations=[*declarations, *settings.function_declarations],
             safety_settings=settings.safety_settings,
+            builtin_tools=settings.builtin_tools,
             timeout=turn.timeout,
             allow_function_calls=calls_allowed,
         )
@@ -357,6 +373,7 @@ class TurnEngine:
             pending_tool_calls=tuple(waiting),
             model=builder.model_version or (last_model.model if last_model else ""),
             block_reason=builder.block_reason,
+            candidate_metadata=builder.candidate_metadata,
         )
 
     async def _commit(
@@ -383,3 +400,20 @@ class TurnEngine:
         if running is not None:
             running.committing = True
         await complete(self._store.commit_turn(updated, state.added, session.version, request))
+
+
+def _no_content_reason(builder: ReplyBuilder, finish: FinishReason, stored: bool) -> str:
+    """Why a turn ended without an answer, in words a person reading a log understands."""
+    said = [f"finish reason {finish.value}"]
+    metadata = builder.candidate_metadata or {}
+    if isinstance(message := metadata.get("finishMessage"), str) and message:
+        said.append(f"Gemini said: {message}")
+    if builder.block_reason:
+        said.append(f"block reason {builder.block_reason}")
+    outcome = (
+        "the turn's tool calls and results were stored, without a final answer"
+        if stored
+        else "nothing of this turn was stored: history is unchanged and the message can "
+        "be sent again"
+    )
+    return f"the model's answer had no content ({'; '.join(said)}); {outcome}"

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.sessions.model import FinishReason, FunctionCall, FunctionResponse, Message, Usage
+from server.sessions.model import (
+    FinishReason,
+    FunctionCall,
+    FunctionResponse,
+    JSONObject,
+    Message,
+    Part,
+    Usage,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
     thought: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PartReceived:
+    """A part of the model's answer other than text and function calls (executable code,
+    a code execution result, Gemini's own tool calls, data), as soon as it arrives."""
+
+    part: Part
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +59,13 @@ class TurnReply:
     pending_tool_calls: tuple[FunctionCall, ...] = ()
     model: str = ""
     block_reason: str = ""
+    # The last model answer's candidate metadata (grounding, citations, ...).
+    candidate_metadata: JSONObject | None = None
+    # The model's last answer had no content; `no_content_reason` says what happened.
+    no_content: bool = False
+    no_content_reason: str = ""
+    # Nothing of the turn was stored; the user's message that was not.
+    unstored_message: Message | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +73,11 @@ class TurnCompleted:
     reply: TurnReply
 
 
-TurnEvent = TextDelta | ToolCallRequested | ToolCallAnswered | MessageCompleted | TurnCompleted
+TurnEvent = (
+    TextDelta
+    | PartReceived
+    | ToolCallRequested
+    | ToolCallAnswered
+    | MessageCompleted
+    | TurnCompleted
+)

@@ -168,6 +168,8 @@ def encode_turn_result(session: Session, reply: TurnReply) -> str:
             "pending": [c.id for c in reply.pending_tool_calls],
             "model": reply.model,
             "block_reason": reply.block_reason,
+            "candidate_metadata": reply.candidate_metadata,
+            "no_content": reply.no_content_reason if reply.no_content else None,
         },
         separators=(",", ":"),
     )
@@ -205,5 +207,8 @@ async def replay_turn(
             pending_tool_calls=calls,
             model=data["model"],
             block_reason=data["block_reason"],
+            candidate_metadata=data.get("candidate_metadata"),
+            no_content=data.get("no_content") is not None,
+            no_content_reason=data.get("no_content") or "",
         )
     )

@@ -70,15 +70,64 @@ class FunctionCall:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionResponsePart:
+    """Media a function returns beside its JSON response: exactly one of the two."""
+
+    inline_data: Blob | None = None
+    file_data: FileData | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionResponse:
     id: str
     name: str
+    response: JSONObject = field(default_factory=dict)
+    parts: tuple[FunctionResponsePart, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutableCode:
+    """Code the model ran with Gemini's code execution tool."""
+
+    language: str
+    code: str
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CodeExecutionResult:
+    outcome: str
+    output: str = ""
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerToolCall:
+    """A call to one of Gemini's own tools, which Gemini runs itself (a `toolCall` part)."""
+
+    id: str
+    tool_type: str
+    args: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerToolResponse:
+    """Gemini's own answer to a ServerToolCall (a `toolResponse` part)."""
+
+    id: str
+    tool_type: str
     response: JSONObject = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """Exactly one of text, inline_data, file_data, function_call, function_response."""
+    """At most one of text, inline_data, file_data, function_call, function_response,
+    executable_code, code_execution_result, tool_call, tool_response and gemini_part.
+
+    `gemini_part` is a part chatd does not model, kept as the Gemini REST JSON of the
+    whole part (its signature included) and sent back as it came. A part with none of
+    them set carries only its thought_signature.
+    """
 
     text: str | None = None
     inline_data: Blob | None = None
@@ -87,6 +136,32 @@ class Part:
     function_response: FunctionResponse | None = None
     thought: bool = False
     thought_signature: bytes = b""
+    executable_code: ExecutableCode | None = None
+    code_execution_result: CodeExecutionResult | None = None
+    tool_call: ServerToolCall | None = None
+    tool_response: ServerToolResponse | None = None
+    gemini_part: JSONObject | None = None
+
+    @property
+    def signature_only(self) -> bool:
+        """The part holds nothing but a thought signature."""
+        return (
+            self.text is None
+            and self.inline_data is None
+            and self.file_data is None
+            and self.function_call is None
+            and self.function_response is None
+            and self.executable_code is None
+            and self.code_execution_result is None
+            and self.tool_call is None
+            and self.tool_response is None
+            and self.gemini_part is None
+        )
+
+    @property
+    def has_content(self) -> bool:
+        """The part says something: not an empty text, not a bare signature."""
+        return not self.signature_only and self.text != ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +196,9 @@ class Message:
     usage: Usage | None = None
     finish_reason: FinishReason | None = None
     model: str = ""
+    # What Gemini said about a model answer besides its parts (grounding, citations,
+    # safety ratings, finish message...): the candidate's other fields, camelCase JSON.
+    candidate_metadata: JSONObject | None = None
 
     @property
     def text(self) -> str:
@@ -191,6 +269,20 @@ class FunctionDeclaration:
 
 
 @dataclass(frozen=True, slots=True)
+class BuiltinTools:
+    """Gemini's own tools a session enables (run by Gemini inside the model call)."""
+
+    google_search: bool = False
+    code_execution: bool = False
+    url_context: bool = False
+    google_maps: bool = False
+    google_maps_widget: bool = False
+
+    def __bool__(self) -> bool:
+        return self.google_search or self.code_execution or self.url_context or self.google_maps
+
+
+@dataclass(frozen=True, slots=True)
 class SafetySetting:
     category: str
     threshold: str
@@ -209,6 +301,7 @@ class SessionSettings:
     display_name: str = ""
     context_policy: ContextPolicy = ContextPolicy()
     safety_settings: tuple[SafetySetting, ...] = ()
+    builtin_tools: BuiltinTools = BuiltinTools()
     ttl_seconds: float | None = None
     expire_time: float | None = None
 

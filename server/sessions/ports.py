@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.sessions.model import (
+    JSON,
+    BuiltinTools,
     FinishReason,
     FunctionDeclaration,
+    FunctionResponsePart,
     GenerationConfig,
+    JSONObject,
     Message,
     Part,
     SafetySetting,
@@ -165,6 +169,7 @@ class ModelRequest:
     timeout: float | None = None
     # False: the model must answer in words, not with function calls.
     allow_function_calls: bool = True
+    builtin_tools: BuiltinTools = BuiltinTools()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +181,8 @@ class ModelChunk:
     finish_reason: FinishReason | None = None
     block_reason: str = ""
     model_version: str = ""
+    # The candidate's fields besides content, finish reason and index (camelCase JSON).
+    candidate_metadata: JSONObject | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +215,12 @@ class ModelProvider(Protocol):
 @dataclass(frozen=True, slots=True)
 class ToolOutcome:
     """A tool's answer: `response` goes to the model as a FunctionResponse's response,
-    {"result": ...} on success or {"error": "..."} when the call failed."""
+    {"result": ...} on success or {"error": "..."} when the call failed; `parts` are
+    media returned with it (the FunctionResponse's parts)."""
 
-    response: Mapping[str, object]
+    response: Mapping[str, JSON]
     is_error: bool
+    parts: tuple[FunctionResponsePart, ...] = ()
 
 
 class ToolRunner(Protocol):

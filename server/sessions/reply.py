@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from server.sessions.events import TextDelta
-from server.sessions.model import FinishReason, Message, Part, Role, Usage
+from server.sessions.events import PartReceived, TextDelta
+from server.sessions.model import JSON, FinishReason, JSONObject, Message, Part, Role, Usage
 from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest
 from server.sessions.values import too_deep
 
@@ -35,6 +35,7 @@ class ReplyBuilder:
         self.block_reason = ""
         self.model_version = ""
         self.dropped_calls = 0
+        self._metadata: dict[str, JSON] = {}
 
     def add(self, chunk: ModelChunk) -> None:
         for part in chunk.parts:
@@ -48,6 +49,31 @@ class ReplyBuilder:
             self.block_reason = chunk.block_reason
         if chunk.model_version:
             self.model_version = chunk.model_version
+        if chunk.candidate_metadata:
+            self._merge_metadata(chunk.candidate_metadata)
+
+    def _merge_metadata(self, metadata: JSONObject) -> None:
+        """A streamed answer's metadata: each chunk's fields replace the earlier ones
+        (Gemini sends grounding and ratings whole), except citations, which each chunk
+        reports for its own text and so add up."""
+        for key, value in metadata.items():
+            earlier = self._metadata.get("citationMetadata")
+            if key == "citationMetadata" and isinstance(earlier, dict):
+                seen = list(earlier.get("citations", []))
+                more = [c for c in value.get("citations", []) if c not in seen]
+                self._metadata[key] = {**earlier, **value, "citations": seen + more}
+            else:
+                self._metadata[key] = value
+
+    @property
+    def candidate_metadata(self) -> JSONObject | None:
+        return dict(self._metadata) or None
+
+    @property
+    def has_content(self) -> bool:
+        """The answer holds something: a part that is not an empty text or a bare
+        signature. Without content it is not an answer to store or send back."""
+        return any(p.has_content for p in self.parts)
 
     def _add_part(self, part: Part) -> None:
         if (part.function_call is not None and too_deep(part.function_call.args)) or (
@@ -105,17 +131,21 @@ class ReplyBuilder:
             usage=self.usage,
             finish_reason=self.resolved_finish_reason(),
             model=self.model_version or model,
+            candidate_metadata=self.candidate_metadata,
         )
 
 
 async def stream_model(
     provider: ModelProvider, request: ModelRequest, builder: ReplyBuilder, *, deltas: bool = True
-) -> AsyncIterator[TextDelta]:
-    """Runs one model call into `builder`, yielding its text as it arrives (unless `deltas`
-    is off: a caller that waits for the whole reply skips an event per chunk)."""
+) -> AsyncIterator[TextDelta | PartReceived]:
+    """Runs one model call into `builder`, yielding its text as it arrives and its other
+    parts but function calls (reported once the answer is whole), unless `deltas` is
+    off: a caller that waits for the whole reply skips an event per chunk."""
     async for chunk in provider.stream(request):
         if deltas:
             for part in chunk.parts:
                 if part.text:
                     yield TextDelta(part.text, part.thought)
+                elif part.has_content and part.function_call is None:
+                    yield PartReceived(part)
         builder.add(chunk)

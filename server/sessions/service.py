@@ -48,6 +48,7 @@ from server.sessions.validation import (
     MessageLimits,
     check_generation_config,
     check_messages,
+    check_response_parts,
     check_settings,
     check_user_parts,
 )
@@ -305,6 +306,7 @@ class ChatSessions:
         for i, result in enumerate(turn.tool_results):
             # Stored as the function response {"result": value} or {"error": message}.
             check_json_depth(result.response, f"tool_results[{i}].result")
+            check_response_parts(result.parts, f"tool_results[{i}].parts")
         if turn.config_override is not None:
             check_generation_config(turn.config_override, "generation_config")
         if key is None:

@@ -6,11 +6,13 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from server.sessions.errors import InvalidArgument
-from server.sessions.events import TextDelta, ToolCallRequested
+from server.sessions.events import PartReceived, TextDelta, ToolCallRequested
 from server.sessions.model import (
+    BuiltinTools,
     FinishReason,
     FunctionDeclaration,
     GenerationConfig,
+    JSONObject,
     Message,
     SafetySetting,
     SessionSettings,
@@ -30,6 +32,7 @@ class GenerateInput:
     function_declarations: Sequence[FunctionDeclaration] = ()
     safety_settings: Sequence[SafetySetting] = ()
     timeout: float | None = None
+    builtin_tools: BuiltinTools = BuiltinTools()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,9 @@ class GenerationDone:
     usage: Usage
     model: str
     block_reason: str = ""
+    candidate_metadata: JSONObject | None = None
+    # The answer had no content (no candidate, an empty text, a bare signature).
+    no_content: bool = False
 
 
 GenerationEvent = TextDelta | ToolCallRequested | GenerationDone
@@ -57,6 +63,7 @@ async def generate(
         generation_config=given.generation_config,
         function_declarations=tuple(given.function_declarations),
         safety_settings=tuple(given.safety_settings),
+        builtin_tools=given.builtin_tools,
     )
     # The same rules as a session's settings, reported against this request's fields.
     check_settings(settings, known_tools=(), prefix="")
@@ -68,10 +75,13 @@ async def generate(
         function_declarations=given.function_declarations,
         safety_settings=given.safety_settings,
         timeout=given.timeout,
+        builtin_tools=given.builtin_tools,
     )
     builder = ReplyBuilder()
     async for delta in stream_model(provider, request, builder):
-        yield delta
+        # StreamGenerateContent has no event for them: the final content carries them.
+        if not isinstance(delta, PartReceived):
+            yield delta
     for part in builder.parts:
         if part.function_call is not None:
             yield ToolCallRequested(part.function_call, caller_executed=True)
@@ -81,4 +91,6 @@ async def generate(
         usage=builder.usage,
         model=builder.model_version or request.model,
         block_reason=builder.block_reason,
+        candidate_metadata=builder.candidate_metadata,
+        no_content=not builder.has_content,
     )

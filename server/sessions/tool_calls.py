@@ -12,6 +12,7 @@ from server.sessions.events import ToolCallAnswered
 from server.sessions.model import (
     FunctionCall,
     FunctionResponse,
+    FunctionResponsePart,
     Message,
     Part,
     PendingTurn,
@@ -22,11 +23,13 @@ from server.sessions.ports import ToolOutcome, ToolRunner
 
 @dataclass(frozen=True, slots=True)
 class ToolResultInput:
-    """The caller's answer to one pending call: a JSON result or an error message."""
+    """The caller's answer to one pending call: a JSON result or an error message, and
+    media returned with it."""
 
     call_id: str
     response: Mapping[str, object]
     is_error: bool
+    parts: tuple[FunctionResponsePart, ...] = ()
 
 
 def with_call_ids(message: Message) -> Message:
@@ -81,7 +84,7 @@ async def run_server_calls(
                 {"error": f"function {call.name!r} is not available in this session"},
                 is_error=True,
             )
-        response = FunctionResponse(call.id, call.name, dict(outcome.response))
+        response = FunctionResponse(call.id, call.name, dict(outcome.response), outcome.parts)
         return ToolCallAnswered(response, outcome.is_error, time.perf_counter() - start)
 
     return list(await asyncio.gather(*(one(c) for c in calls)))
@@ -111,7 +114,9 @@ def check_tool_results(
         if result.call_id not in awaiting or result.call_id in responses:
             raise InvalidArgument(field, f"call {result.call_id!r} is already answered")
         call = calls[result.call_id]
-        responses[call.id] = FunctionResponse(call.id, call.name, dict(result.response))
+        responses[call.id] = FunctionResponse(
+            call.id, call.name, dict(result.response), result.parts
+        )
     missing = [c.id for c in pending.calls if c.id not in responses]
     if missing:
         raise InvalidArgument(

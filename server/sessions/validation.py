@@ -8,7 +8,14 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from server.sessions.errors import InvalidArgument
-from server.sessions.model import GenerationConfig, Message, Part, SessionSettings, Usage
+from server.sessions.model import (
+    FunctionResponsePart,
+    GenerationConfig,
+    Message,
+    Part,
+    SessionSettings,
+    Usage,
+)
 from server.sessions.values import check_json_depth
 
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/@]{0,127}")
@@ -171,6 +178,32 @@ def check_part(part: Part, where: str) -> None:
         if not part.function_response.name:
             raise InvalidArgument(f"{where}.function_response.name", "is required")
         check_json_depth(part.function_response.response, f"{where}.function_response.response")
+        check_response_parts(part.function_response.parts, f"{where}.function_response.parts")
+    if part.executable_code is not None and not part.executable_code.language:
+        raise InvalidArgument(f"{where}.executable_code.language", "is required")
+    if part.code_execution_result is not None and not part.code_execution_result.outcome:
+        raise InvalidArgument(f"{where}.code_execution_result.outcome", "is required")
+    if part.tool_call is not None and not part.tool_call.tool_type:
+        raise InvalidArgument(f"{where}.tool_call.tool_type", "is required")
+    if part.tool_response is not None and not part.tool_response.tool_type:
+        raise InvalidArgument(f"{where}.tool_response.tool_type", "is required")
+    if part.gemini_part is not None and not part.gemini_part:
+        raise InvalidArgument(f"{where}.gemini_part", "must be a non-empty JSON object")
+
+
+def check_response_parts(parts: Sequence[FunctionResponsePart], field: str) -> None:
+    """Media in a function response: data with its media type, or a file's URI."""
+    for i, part in enumerate(parts):
+        if part.inline_data is not None:
+            if _MIME.fullmatch(part.inline_data.mime_type) is None:
+                raise InvalidArgument(f"{field}[{i}].inline_data.mime_type", "is not a media type")
+            if not part.inline_data.data:
+                raise InvalidArgument(f"{field}[{i}].inline_data.data", "is empty")
+        elif part.file_data is not None:
+            if not part.file_data.file_uri:
+                raise InvalidArgument(f"{field}[{i}].file_data.file_uri", "is required")
+        else:
+            raise InvalidArgument(f"{field}[{i}]", "set inline_data or file_data")
 
 
 def check_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
@@ -217,5 +250,12 @@ def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -
             raise InvalidArgument(
                 where, "a user message carries text or data; answer tool calls with tool_results"
             )
-        if part.text is None and part.inline_data is None and part.file_data is None:
-            raise InvalidArgument(where, "has no content: set text, inline_data or file_data")
+        if (
+            part.text is None
+            and part.inline_data is None
+            and part.file_data is None
+            and part.gemini_part is None
+        ):
+            raise InvalidArgument(
+                where, "has no content: set text, inline_data, file_data or gemini_part"
+            )

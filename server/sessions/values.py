@@ -13,9 +13,12 @@ the model.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping
 
 from server.sessions.errors import InvalidArgument
+from server.sessions.model import JSON
 
 MAX_JSON_DEPTH = 24
 DEPTH_RULE = (
@@ -59,3 +62,66 @@ def check_json_depth(value: object, field: str, outer: int = 0) -> None:
         raise InvalidArgument(
             field, f"nests too deeply: {DEPTH_RULE}{inside}", reason="JSON_TOO_DEEP"
         )
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON: numbers must be finite")
+
+
+# Larger integers cannot even be approximated by the double a protobuf Struct holds.
+_MAX_INT_DIGITS = 308
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is out of any number's range")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of a double's range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_int=_int, parse_float=_float)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def parse_json_text(text: str, field: str, *, want_object: bool = True) -> JSON:
+    """A caller's JSON text as a JSON value, exactly (integers stay integers), refusing what
+    is not JSON (NaN, Infinity, trailing text), a non-object where one is wanted and
+    values nested past MAX_JSON_DEPTH, naming the field."""
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise InvalidArgument(
+            field, f"nests too deeply: {DEPTH_RULE}", reason="JSON_TOO_DEEP"
+        ) from None
+    except ValueError as exc:
+        raise InvalidArgument(field, f"is not valid JSON text: {exc}") from None
+    if want_object and not isinstance(value, dict):
+        raise InvalidArgument(field, "must be a JSON object")
+    check_json_depth(value, field)
+    if "\\u" in text:
+        try:
+            json_text(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(
+                field, "holds a lone UTF-16 surrogate escape, which is not a character"
+            ) from None
+    return value
+
+
+def json_text(value: JSON) -> str:
+    """A JSON value as compact JSON text, exactly (integers of any size stay integers)."""
+    return _ENCODER.encode(_plain(value))
+
+
+def _plain(value: JSON) -> JSON:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

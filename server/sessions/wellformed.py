@@ -5,12 +5,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from server.sessions.errors import InvalidArgument
-from server.sessions.model import Message, Role
+from server.sessions.model import FunctionCall, FunctionResponse, Message, Role
 from server.sessions.tool_calls import calls_of
 
 
-def _responses(message: Message) -> list[str]:
-    return [p.function_response.id for p in message.parts if p.function_response is not None]
+def _responses(message: Message) -> list[FunctionResponse]:
+    return [p.function_response for p in message.parts if p.function_response is not None]
+
+
+def _answer(calls: Sequence[FunctionCall], responses: Sequence[FunctionResponse]) -> bool:
+    """Whether `responses` answer exactly `calls`: by id, or by name for a response
+    without an id (the model sends calls without ids, and they are answered so)."""
+    open_calls = list(calls)
+    for response in responses:
+        match = next(
+            (
+                c
+                for c in open_calls
+                if (c.id == response.id if response.id else c.name == response.name)
+            ),
+            None,
+        )
+        if match is None:
+            return False
+        open_calls.remove(match)
+    return not open_calls
+
+
+def _describe(calls: Sequence[FunctionCall]) -> str:
+    return ", ".join(c.id or c.name for c in calls)
 
 
 def check_history(
@@ -22,41 +45,45 @@ def check_history(
 ) -> None:
     """`messages` continue a history ending in `previous` (None: an empty history).
 
-    The history starts with a user message; a model message follows a user message; a
-    model message's function calls are answered, all and only them, by the next message,
-    which holds nothing but those responses. With `open_calls_allowed` the last message's
-    calls may stay unanswered (a paused turn).
+    The history starts with a user message. Roles need not alternate: Gemini serves
+    consecutive user or model contents, and the SDK's own chat keeps a streamed reply as
+    one model content per chunk. The function calls of a run of model messages are
+    answered, all and only them, by the next message, which holds nothing but those
+    responses; a response is matched to its call by id, or by name when it has no id
+    (calls the model made without ids). With `open_calls_allowed` the last calls may stay
+    unanswered (a paused turn).
     """
     prev = previous
+    open_calls: list[FunctionCall] = list(calls_of(previous)) if previous is not None else []
     for i, message in enumerate(messages):
         where = f"{field}[{i}]"
         if not message.parts:
             raise InvalidArgument(f"{where}.parts", "must hold at least one part")
         calls = calls_of(message)
         responses = _responses(message)
-        if any(not c.id for c in calls) or any(not r for r in responses):
-            raise InvalidArgument(where, "function calls and responses need their id")
-        expected = [c.id for c in calls_of(prev)] if prev is not None else []
         if message.role is Role.USER:
             if calls:
                 raise InvalidArgument(where, "a user message cannot carry function calls")
             if responses and len(responses) != len(message.parts):
                 raise InvalidArgument(where, "function responses go in a message of their own")
-            if sorted(responses) != sorted(expected):
-                if responses and not expected:
-                    raise InvalidArgument(
-                        where, "function responses must follow a model message's function calls"
-                    )
+            if responses and not open_calls:
                 raise InvalidArgument(
-                    where, f"must answer exactly the function calls {', '.join(expected)}"
+                    where, "function responses must follow a model message's function calls"
                 )
+            if open_calls and not _answer(open_calls, responses):
+                raise InvalidArgument(
+                    where, f"must answer exactly the function calls {_describe(open_calls)}"
+                )
+            open_calls = []
         else:
             if responses:
                 raise InvalidArgument(where, "a model message cannot carry function responses")
-            if prev is None or prev.role is Role.MODEL:
-                raise InvalidArgument(where, "a model message must follow a user message")
-            if expected:
-                raise InvalidArgument(where, "the previous function calls are unanswered")
+            if prev is None:
+                raise InvalidArgument(where, "the history must start with a user message")
+            open_calls.extend(calls)
         prev = message
-    if prev is not None and not open_calls_allowed and calls_of(prev):
+    if open_calls and not open_calls_allowed:
         raise InvalidArgument(field, "the last message's function calls are unanswered")
+    if open_calls and any(not c.id for c in open_calls):
+        # A paused turn's calls are answered by id with tool_results.
+        raise InvalidArgument(field, "the pending function calls need their id")

@@ -10,18 +10,24 @@ from typing import Any
 
 from server.sessions.model import (
     Blob,
+    BuiltinTools,
+    CodeExecutionResult,
     ContextPolicy,
+    ExecutableCode,
     FileData,
     FinishReason,
     FunctionCall,
     FunctionDeclaration,
     FunctionResponse,
+    FunctionResponsePart,
     GenerationConfig,
     Message,
     Part,
     PendingTurn,
     Role,
     SafetySetting,
+    ServerToolCall,
+    ServerToolResponse,
     SessionSettings,
     ThinkingConfig,
     Usage,
@@ -86,24 +92,87 @@ def function_call_from_dict(d: Mapping[str, Any]) -> FunctionCall:
     return FunctionCall(id=d.get("id", ""), name=d["name"], args=d.get("args", {}))
 
 
+def _blob_to_dict(blob: Blob) -> Dict:
+    inline: Dict = {"mime_type": blob.mime_type, "data": _b64(blob.data)}
+    if blob.display_name:
+        inline["display_name"] = blob.display_name
+    return inline
+
+
+def _file_to_dict(file: FileData) -> Dict:
+    file_d: Dict = {"mime_type": file.mime_type, "file_uri": file.file_uri}
+    if file.display_name:
+        file_d["display_name"] = file.display_name
+    return file_d
+
+
+def _blob_from_dict(d: Mapping[str, Any]) -> Blob:
+    return Blob(d["mime_type"], _unb64(d["data"]), d.get("display_name", ""))
+
+
+def _file_from_dict(d: Mapping[str, Any]) -> FileData:
+    return FileData(d["mime_type"], d["file_uri"], d.get("display_name", ""))
+
+
+def function_response_to_dict(resp: FunctionResponse) -> Dict:
+    d = _call_to_dict(resp.name, resp.id, "response", resp.response)
+    if resp.parts:
+        parts: list[Dict] = []
+        for p in resp.parts:
+            if p.inline_data is not None:
+                parts.append({"inline_data": _blob_to_dict(p.inline_data)})
+            elif p.file_data is not None:
+                parts.append({"file_data": _file_to_dict(p.file_data)})
+        d["parts"] = parts
+    return d
+
+
+def function_response_from_dict(d: Mapping[str, Any]) -> FunctionResponse:
+    parts = tuple(
+        FunctionResponsePart(
+            inline_data=_blob_from_dict(p["inline_data"]) if "inline_data" in p else None,
+            file_data=_file_from_dict(p["file_data"]) if "file_data" in p else None,
+        )
+        for p in d.get("parts", ())
+    )
+    return FunctionResponse(d.get("id", ""), d["name"], d.get("response", {}), parts)
+
+
+def _with_id(d: Dict, value: str) -> Dict:
+    if value:
+        d["id"] = value
+    return d
+
+
 def part_to_dict(part: Part) -> Dict:
     d: Dict = {}
     if part.text is not None:
         d["text"] = part.text
     if (blob := part.inline_data) is not None:
-        inline: Dict = {"mime_type": blob.mime_type, "data": _b64(blob.data)}
-        if blob.display_name:
-            inline["display_name"] = blob.display_name
-        d["inline_data"] = inline
+        d["inline_data"] = _blob_to_dict(blob)
     if (file := part.file_data) is not None:
-        file_d: Dict = {"mime_type": file.mime_type, "file_uri": file.file_uri}
-        if file.display_name:
-            file_d["display_name"] = file.display_name
-        d["file_data"] = file_d
+        d["file_data"] = _file_to_dict(file)
     if (call := part.function_call) is not None:
         d["function_call"] = function_call_to_dict(call)
     if (resp := part.function_response) is not None:
-        d["function_response"] = _call_to_dict(resp.name, resp.id, "response", resp.response)
+        d["function_response"] = function_response_to_dict(resp)
+    if (code := part.executable_code) is not None:
+        d["executable_code"] = _with_id({"language": code.language, "code": code.code}, code.id)
+    if (result := part.code_execution_result) is not None:
+        d["code_execution_result"] = _with_id(
+            {"outcome": result.outcome, "output": result.output}, result.id
+        )
+    if (tool_call := part.tool_call) is not None:
+        d["tool_call"] = _with_id(
+            {"tool_type": tool_call.tool_type, "args": tool_call.args}, tool_call.id
+        )
+    if (tool_response := part.tool_response) is not None:
+        d["tool_response"] = _with_id(
+            {"tool_type": tool_response.tool_type, "response": tool_response.response},
+            tool_response.id,
+        )
+    if part.gemini_part is not None:
+        d["gemini_part"] = part.gemini_part
     if part.thought:
         d["thought"] = True
     if part.thought_signature:
@@ -119,20 +188,31 @@ def part_from_dict(d: Mapping[str, Any]) -> Part:
         d.get("function_response"),
     )
     signature = d.get("thought_signature")
+    code, result = d.get("executable_code"), d.get("code_execution_result")
+    tool_call, tool_response = d.get("tool_call"), d.get("tool_response")
     return Part(
         text=d.get("text"),
-        inline_data=None
-        if inline is None
-        else Blob(inline["mime_type"], _unb64(inline["data"]), inline.get("display_name", "")),
-        file_data=None
-        if file is None
-        else FileData(file["mime_type"], file["file_uri"], file.get("display_name", "")),
+        inline_data=None if inline is None else _blob_from_dict(inline),
+        file_data=None if file is None else _file_from_dict(file),
         function_call=None if call is None else function_call_from_dict(call),
-        function_response=None
-        if resp is None
-        else FunctionResponse(resp.get("id", ""), resp["name"], resp.get("response", {})),
+        function_response=None if resp is None else function_response_from_dict(resp),
         thought=d.get("thought", False),
         thought_signature=b"" if signature is None else _unb64(signature),
+        executable_code=None
+        if code is None
+        else ExecutableCode(code["language"], code["code"], code.get("id", "")),
+        code_execution_result=None
+        if result is None
+        else CodeExecutionResult(result["outcome"], result["output"], result.get("id", "")),
+        tool_call=None
+        if tool_call is None
+        else ServerToolCall(tool_call.get("id", ""), tool_call["tool_type"], tool_call["args"]),
+        tool_response=None
+        if tool_response is None
+        else ServerToolResponse(
+            tool_response.get("id", ""), tool_response["tool_type"], tool_response["response"]
+        ),
+        gemini_part=d.get("gemini_part"),
     )
 
 
@@ -156,6 +236,8 @@ def message_body_to_dict(message: Message) -> Dict:
         d["finish_reason"] = message.finish_reason.value
     if message.model:
         d["model"] = message.model
+    if message.candidate_metadata is not None:
+        d["candidate_metadata"] = message.candidate_metadata
     return d
 
 
@@ -172,6 +254,7 @@ def message_from_body(
         usage=None if usage is None else usage_from_dict(usage),
         finish_reason=None if finish is None else FINISH_REASONS[finish],
         model=body.get("model", ""),
+        candidate_metadata=body.get("candidate_metadata"),
     )
 
 
@@ -245,6 +328,10 @@ def _declaration_to_dict(decl: FunctionDeclaration) -> Dict:
     return d
 
 
+def _builtin_tools_to_dict(tools: BuiltinTools) -> Dict:
+    return {f.name: True for f in fields(BuiltinTools) if getattr(tools, f.name)}
+
+
 def settings_to_dict(settings: SessionSettings) -> Dict:
     s = settings
     d: Dict = {}
@@ -268,6 +355,8 @@ def settings_to_dict(settings: SessionSettings) -> Dict:
         }
     if s.safety_settings:
         d["safety_settings"] = [[x.category, x.threshold] for x in s.safety_settings]
+    if s.builtin_tools:
+        d["builtin_tools"] = _builtin_tools_to_dict(s.builtin_tools)
     if s.ttl_seconds is not None:
         d["ttl_seconds"] = s.ttl_seconds
     if s.expire_time is not None:
@@ -290,6 +379,7 @@ def settings_from_dict(d: Mapping[str, Any]) -> SessionSettings:
         display_name=d.get("display_name", ""),
         context_policy=ContextPolicy(**d.get("context_policy", {})),
         safety_settings=tuple(SafetySetting(c, t) for c, t in d.get("safety_settings", ())),
+        builtin_tools=BuiltinTools(**d.get("builtin_tools", {})),
         ttl_seconds=None if ttl is None else float(ttl),
         expire_time=None if expire is None else float(expire),
     )

@@ -1,7 +1,7 @@
 """Server tools: the @tool decorator, the registry that runs them, and the built-ins."""
 
 from server.tools.builtins import BUILTIN_TOOLS
-from server.tools.definition import DEFAULT_TIMEOUT, Tool, ToolError, tool
+from server.tools.definition import DEFAULT_TIMEOUT, Tool, ToolError, ToolResult, tool
 from server.tools.loading import ENTRY_POINT_GROUP, ToolLoadError, load_tools
 from server.tools.registry import ToolRegistry
 from server.tools.schema import ArgumentError
@@ -15,6 +15,7 @@ __all__ = [
     "ToolError",
     "ToolLoadError",
     "ToolRegistry",
+    "ToolResult",
     "load_tools",
     "tool",
 ]

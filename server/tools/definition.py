@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from server.sessions.model import FunctionDeclaration
+from server.sessions.model import Blob, FileData, FunctionDeclaration
 from server.tools.docstrings import parse_docstring
 from server.tools.schema import check_schema, validate
 from server.tools.signature import Converter, derive_parameters
@@ -24,6 +24,16 @@ DEFAULT_TIMEOUT = 30.0
 class ToolError(Exception):
     """Raised by a tool for an expected failure (bad input, a missing record): the model gets
     just the message, and no traceback is logged."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool returns when it has media for the model beside its JSON value: the
+    value goes in the function response as {"result": value}, each of `parts` (an image's
+    bytes as a Blob, a file as FileData) in the function response's parts."""
+
+    value: Any = None
+    parts: tuple[Blob | FileData, ...] = ()
 
 
 # eq=False: tools compare by identity, which is also how loading tells a tool re-exported by

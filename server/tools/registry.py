@@ -9,9 +9,9 @@ from typing import Any
 
 import structlog
 
-from server.sessions.model import FunctionDeclaration
+from server.sessions.model import Blob, FileData, FunctionDeclaration, FunctionResponsePart
 from server.sessions.ports import ToolOutcome
-from server.tools.definition import Tool, ToolError
+from server.tools.definition import Tool, ToolError, ToolResult
 from server.tools.jsonvalues import NotJSONError, to_json_value
 from server.tools.schema import ArgumentError
 
@@ -83,12 +83,19 @@ class ToolRegistry:
                 return _error(f"tool {name!r} timed out after {t.timeout:g}s")
             _log().warning("tool_failed", tool=name, error=_describe(e), exc_info=True)
             return _error(_describe(e))
+        parts: tuple[FunctionResponsePart, ...] = ()
+        if isinstance(value, ToolResult):
+            parts, problem = _media(value.parts)
+            if problem:
+                _log().warning("tool_result_bad_media", tool=name, error=problem)
+                return _error(f"tool {name!r} returned media chatd cannot send: {problem}")
+            value = value.value
         try:
             result = to_json_value(value)
         except NotJSONError as e:
             _log().warning("tool_result_not_json", tool=name, error=str(e))
             return _error(f"tool {name!r} returned a value that is not JSON: {e}")
-        return ToolOutcome({"result": result}, is_error=False)
+        return ToolOutcome({"result": result}, is_error=False, parts=parts)
 
 
 async def _call(t: Tool, kwargs: dict[str, Any]) -> Any:
@@ -99,6 +106,23 @@ async def _call(t: Tool, kwargs: dict[str, Any]) -> Any:
     if inspect.isawaitable(value):  # a plain callable that returned a coroutine
         value = await value
     return value
+
+
+def _media(given: Sequence[object]) -> tuple[tuple[FunctionResponsePart, ...], str]:
+    """A tool's media as function response parts, or what is wrong with them."""
+    parts = []
+    for i, item in enumerate(given):
+        if isinstance(item, Blob):
+            if not item.mime_type or not item.data:
+                return (), f"parts[{i}] needs a mime_type and data"
+            parts.append(FunctionResponsePart(inline_data=item))
+        elif isinstance(item, FileData):
+            if not item.file_uri:
+                return (), f"parts[{i}] needs a file_uri"
+            parts.append(FunctionResponsePart(file_data=item))
+        else:
+            return (), f"parts[{i}] is a {type(item).__name__}, not a Blob or FileData"
+    return tuple(parts), ""
 
 
 def _describe(e: BaseException) -> str:

@@ -441,13 +441,28 @@ class ToolResult(_message.Message):
     CALL_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """The id of the FunctionCall being answered."""
     error: _builtins.str
     """Sent to the model as {"error": <message>}."""
+    result_json: _builtins.str
+    """Any JSON value as JSON text, sent exactly as {"result": <value>}: the
+    easiest form for callers holding JSON already (Go, Node, Java).
+    """
     @_builtins.property
     def result(self) -> _struct_pb2.Value:
-        """Any JSON value; sent to the model as {"result": <value>}."""
+        """Any JSON value; sent to the model as {"result": <value>}. Numbers are
+        doubles here: integral numbers within +-2^53 are read as integers; use
+        `result_json` for exact values.
+        """
+
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.FunctionResponsePart]:
+        """Media returned with the result (images, files), sent to the model as the
+        FunctionResponse's parts.
+        """
 
     def __init__(
         self,
@@ -455,12 +470,14 @@ class ToolResult(_message.Message):
         call_id: _builtins.str = ...,
         result: _struct_pb2.Value | None = ...,
         error: _builtins.str = ...,
+        result_json: _builtins.str = ...,
+        parts: _abc.Iterable[_content_pb2.FunctionResponsePart] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result", "result_json", b"result_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "error", b"error", "outcome", b"outcome", "parts", b"parts", "result", b"result", "result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error", "result_json"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
@@ -525,6 +542,11 @@ class Reply(_message.Message):
     PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     BLOCK_REASON_FIELD_NUMBER: _builtins.int
+    CANDIDATE_METADATA_FIELD_NUMBER: _builtins.int
+    NO_CONTENT_FIELD_NUMBER: _builtins.int
+    NOT_STORED_FIELD_NUMBER: _builtins.int
+    NO_CONTENT_REASON_FIELD_NUMBER: _builtins.int
+    UNSTORED_MESSAGE_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     text: _builtins.str
     """The final answer's text (thoughts excluded)."""
@@ -532,6 +554,22 @@ class Reply(_message.Message):
     model: _builtins.str
     block_reason: _builtins.str
     """Why the prompt was blocked, with FINISH_REASON_PROMPT_BLOCKED."""
+    no_content: _builtins.bool
+    """The model's last answer had no content: no candidate at all (a blocked
+    prompt), or parts with nothing in them (an empty text, a bare thought
+    signature), as with some MALFORMED_FUNCTION_CALL or SAFETY finishes. Such
+    an answer is never stored; `no_content_reason` says what happened.
+    """
+    not_stored: _builtins.bool
+    """Nothing of this turn was stored: the model gave no content in answer to
+    the user's message, so history is as it was and the message can be sent
+    again. `unstored_message` is that message. (A turn that answered tool
+    results, or ran tools before the empty answer, is stored.)
+    """
+    no_content_reason: _builtins.str
+    """With `no_content`: a readable explanation (finish reason, Gemini's finish
+    message or block reason, and whether the turn was stored).
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.Message]:
         """Every message the turn added, in order: the user's message or tool
@@ -546,6 +584,16 @@ class Reply(_message.Message):
     def pending_tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.FunctionCall]:
         """Calls the caller must answer with tool_results before the next message."""
 
+    @_builtins.property
+    def candidate_metadata(self) -> _content_pb2.CandidateMetadata:
+        """What Gemini said about the turn's last answer besides its parts
+        (grounding sources, citations, safety ratings, finish message).
+        """
+
+    @_builtins.property
+    def unstored_message(self) -> _content_pb2.Message:
+        """With `not_stored`: the user's message that was not stored (no message_id)."""
+
     def __init__(
         self,
         *,
@@ -557,10 +605,15 @@ class Reply(_message.Message):
         pending_tool_calls: _abc.Iterable[_content_pb2.FunctionCall] | None = ...,
         model: _builtins.str = ...,
         block_reason: _builtins.str = ...,
+        candidate_metadata: _content_pb2.CandidateMetadata | None = ...,
+        no_content: _builtins.bool = ...,
+        not_stored: _builtins.bool = ...,
+        no_content_reason: _builtins.str = ...,
+        unstored_message: _content_pb2.Message | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "finish_reason", b"finish_reason", "messages", b"messages", "model", b"model", "pending_tool_calls", b"pending_tool_calls", "text", b"text", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "finish_reason", b"finish_reason", "messages", b"messages", "model", b"model", "no_content", b"no_content", "no_content_reason", b"no_content_reason", "not_stored", b"not_stored", "pending_tool_calls", b"pending_tool_calls", "text", b"text", "turn_id", b"turn_id", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -714,6 +767,7 @@ class StreamReplyResponse(_message.Message):
     TOOL_RESULT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     REPLY_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
     sequence_number: _builtins.int
     """1, 2, 3, ... within one stream."""
     @_builtins.property
@@ -732,6 +786,14 @@ class StreamReplyResponse(_message.Message):
     def reply(self) -> Global___Reply:
         """The turn is over; always the last event."""
 
+    @_builtins.property
+    def part(self) -> _content_pb2.Part:
+        """A part of the model's answer other than text and function calls, as
+        soon as it arrives: executable code, code execution results, Gemini's
+        own tool calls and responses, inline data, parts chatd does not model.
+        The completed `message` carries it again.
+        """
+
     def __init__(
         self,
         *,
@@ -741,12 +803,13 @@ class StreamReplyResponse(_message.Message):
         tool_result: Global___ToolResultEvent | None = ...,
         message: _content_pb2.Message | None = ...,
         reply: Global___Reply | None = ...,
+        part: _content_pb2.Part | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "reply", b"reply", "text_delta", b"text_delta", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "part", b"part", "reply", b"reply", "text_delta", b"text_delta", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "reply", b"reply", "sequence_number", b"sequence_number", "text_delta", b"text_delta", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "part", b"part", "reply", b"reply", "sequence_number", b"sequence_number", "text_delta", b"text_delta", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "tool_call", "tool_result", "message", "reply"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "tool_call", "tool_result", "message", "reply", "part"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -967,6 +1030,7 @@ class GenerateContentRequest(_message.Message):
     GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
     FUNCTION_DECLARATIONS_FIELD_NUMBER: _builtins.int
     SAFETY_SETTINGS_FIELD_NUMBER: _builtins.int
+    BUILTIN_TOOLS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty = the server's default model."""
     system_instruction: _builtins.str
@@ -978,6 +1042,10 @@ class GenerateContentRequest(_message.Message):
     def function_declarations(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.FunctionDeclaration]: ...
     @_builtins.property
     def safety_settings(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SafetySetting]: ...
+    @_builtins.property
+    def builtin_tools(self) -> _session_pb2.BuiltinTools:
+        """Gemini's own tools (Google Search, code execution, URL context, ...)."""
+
     def __init__(
         self,
         *,
@@ -987,10 +1055,11 @@ class GenerateContentRequest(_message.Message):
         generation_config: _session_pb2.GenerationConfig | None = ...,
         function_declarations: _abc.Iterable[_session_pb2.FunctionDeclaration] | None = ...,
         safety_settings: _abc.Iterable[_session_pb2.SafetySetting] | None = ...,
+        builtin_tools: _session_pb2.BuiltinTools | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["builtin_tools", b"builtin_tools", "generation_config", b"generation_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin_tools", b"builtin_tools", "contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1008,14 +1077,22 @@ class Generation(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     BLOCK_REASON_FIELD_NUMBER: _builtins.int
+    CANDIDATE_METADATA_FIELD_NUMBER: _builtins.int
+    NO_CONTENT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     finish_reason: _content_pb2.FinishReason.ValueType
     model: _builtins.str
     block_reason: _builtins.str
+    no_content: _builtins.bool
+    """The answer had no content (see Reply.no_content)."""
     @_builtins.property
     def content(self) -> _content_pb2.Content: ...
     @_builtins.property
     def usage(self) -> _content_pb2.UsageMetadata: ...
+    @_builtins.property
+    def candidate_metadata(self) -> _content_pb2.CandidateMetadata:
+        """What Gemini said about the answer besides its parts."""
+
     def __init__(
         self,
         *,
@@ -1025,10 +1102,12 @@ class Generation(_message.Message):
         usage: _content_pb2.UsageMetadata | None = ...,
         model: _builtins.str = ...,
         block_reason: _builtins.str = ...,
+        candidate_metadata: _content_pb2.CandidateMetadata | None = ...,
+        no_content: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "content", b"content", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "no_content", b"no_content", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1064,6 +1143,7 @@ class StreamGenerateContentRequest(_message.Message):
     GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
     FUNCTION_DECLARATIONS_FIELD_NUMBER: _builtins.int
     SAFETY_SETTINGS_FIELD_NUMBER: _builtins.int
+    BUILTIN_TOOLS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     system_instruction: _builtins.str
     @_builtins.property
@@ -1074,6 +1154,10 @@ class StreamGenerateContentRequest(_message.Message):
     def function_declarations(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.FunctionDeclaration]: ...
     @_builtins.property
     def safety_settings(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SafetySetting]: ...
+    @_builtins.property
+    def builtin_tools(self) -> _session_pb2.BuiltinTools:
+        """Gemini's own tools (Google Search, code execution, URL context, ...)."""
+
     def __init__(
         self,
         *,
@@ -1083,10 +1167,11 @@ class StreamGenerateContentRequest(_message.Message):
         generation_config: _session_pb2.GenerationConfig | None = ...,
         function_declarations: _abc.Iterable[_session_pb2.FunctionDeclaration] | None = ...,
         safety_settings: _abc.Iterable[_session_pb2.SafetySetting] | None = ...,
+        builtin_tools: _session_pb2.BuiltinTools | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["builtin_tools", b"builtin_tools", "generation_config", b"generation_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin_tools", b"builtin_tools", "contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,31 +26,59 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63hatd/v1/content.proto\x12\x08\x63hatd.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x04\x42lob\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"E\n\x08\x46ileData\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ile_uri\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"O\n\x0c\x46unctionCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"W\n\x10\x46unctionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x08response\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x84\x02\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x0binline_data\x18\x02 \x01(\x0b\x32\x0e.chatd.v1.BlobH\x00\x12\'\n\tfile_data\x18\x03 \x01(\x0b\x32\x12.chatd.v1.FileDataH\x00\x12/\n\rfunction_call\x18\x04 \x01(\x0b\x32\x16.chatd.v1.FunctionCallH\x00\x12\x37\n\x11\x66unction_response\x18\x05 \x01(\x0b\x32\x1a.chatd.v1.FunctionResponseH\x00\x12\x0f\n\x07thought\x18\n \x01(\x08\x12\x19\n\x11thought_signature\x18\x0b \x01(\x0c\x42\x06\n\x04\x64\x61ta\"F\n\x07\x43ontent\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.chatd.v1.Role\x12\x1d\n\x05parts\x18\x02 \x03(\x0b\x32\x0e.chatd.v1.Part\"\xcd\x01\n\rUsageMetadata\x12\x1a\n\x12prompt_token_count\x18\x01 \x01(\x03\x12\x1e\n\x16\x63\x61ndidates_token_count\x18\x02 \x01(\x03\x12\x19\n\x11total_token_count\x18\x03 \x01(\x03\x12\x1c\n\x14thoughts_token_count\x18\x04 \x01(\x03\x12\"\n\x1a\x63\x61\x63hed_content_token_count\x18\x05 \x01(\x03\x12#\n\x1btool_use_prompt_token_count\x18\x06 \x01(\x03\"\x82\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x1c\n\x04role\x18\x02 \x01(\x0e\x32\x0e.chatd.v1.Role\x12\x1d\n\x05parts\x18\x03 \x03(\x0b\x32\x0e.chatd.v1.Part\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07turn_id\x18\x05 \x01(\t\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.chatd.v1.UsageMetadata\x12-\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x16.chatd.v1.FinishReason\x12\r\n\x05model\x18\x08 \x01(\t*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_MODEL\x10\x02*\xfc\x04\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x18\n\x14\x46INISH_REASON_SAFETY\x10\x03\x12\x1c\n\x18\x46INISH_REASON_RECITATION\x10\x04\x12\x1a\n\x16\x46INISH_REASON_LANGUAGE\x10\x05\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x06\x12\x1b\n\x17\x46INISH_REASON_BLOCKLIST\x10\x07\x12$\n FINISH_REASON_PROHIBITED_CONTENT\x10\x08\x12\x16\n\x12\x46INISH_REASON_SPII\x10\t\x12)\n%FINISH_REASON_MALFORMED_FUNCTION_CALL\x10\n\x12\x1e\n\x1a\x46INISH_REASON_IMAGE_SAFETY\x10\x0b\x12&\n\"FINISH_REASON_UNEXPECTED_TOOL_CALL\x10\x0c\x12%\n!FINISH_REASON_TOO_MANY_TOOL_CALLS\x10\r\x12+\n\'FINISH_REASON_MISSING_THOUGHT_SIGNATURE\x10\x0e\x12\x1d\n\x19\x46INISH_REASON_IMAGE_OTHER\x10\x0f\x12 \n\x1c\x46INISH_REASON_PROMPT_BLOCKED\x10\x64\x12$\n FINISH_REASON_TOOL_CALLS_PENDING\x10\x65\x12!\n\x1d\x46INISH_REASON_MAX_TOOL_ROUNDS\x10\x66\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63hatd/v1/content.proto\x12\x08\x63hatd.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x04\x42lob\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"E\n\x08\x46ileData\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ile_uri\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"b\n\x0c\x46unctionCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\targs_json\x18\x04 \x01(\t\"\x9d\x01\n\x10\x46unctionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x08response\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rresponse_json\x18\x04 \x01(\t\x12-\n\x05parts\x18\x05 \x03(\x0b\x32\x1e.chatd.v1.FunctionResponsePart\"n\n\x14\x46unctionResponsePart\x12%\n\x0binline_data\x18\x01 \x01(\x0b\x32\x0e.chatd.v1.BlobH\x00\x12\'\n\tfile_data\x18\x02 \x01(\x0b\x32\x12.chatd.v1.FileDataH\x00\x42\x06\n\x04\x64\x61ta\"<\n\x0e\x45xecutableCode\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\"B\n\x13\x43odeExecutionResult\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\"B\n\x0eServerToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttool_type\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\"J\n\x12ServerToolResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttool_type\x18\x02 \x01(\t\x12\x15\n\rresponse_json\x18\x03 \x01(\t\"\xf6\x03\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x0binline_data\x18\x02 \x01(\x0b\x32\x0e.chatd.v1.BlobH\x00\x12\'\n\tfile_data\x18\x03 \x01(\x0b\x32\x12.chatd.v1.FileDataH\x00\x12/\n\rfunction_call\x18\x04 \x01(\x0b\x32\x16.chatd.v1.FunctionCallH\x00\x12\x37\n\x11\x66unction_response\x18\x05 \x01(\x0b\x32\x1a.chatd.v1.FunctionResponseH\x00\x12\x33\n\x0f\x65xecutable_code\x18\x06 \x01(\x0b\x32\x18.chatd.v1.ExecutableCodeH\x00\x12>\n\x15\x63ode_execution_result\x18\x07 \x01(\x0b\x32\x1d.chatd.v1.CodeExecutionResultH\x00\x12-\n\ttool_call\x18\x08 \x01(\x0b\x32\x18.chatd.v1.ServerToolCallH\x00\x12\x35\n\rtool_response\x18\t \x01(\x0b\x32\x1c.chatd.v1.ServerToolResponseH\x00\x12\x15\n\x0bgemini_part\x18\r \x01(\tH\x00\x12\x0f\n\x07thought\x18\n \x01(\x08\x12\x19\n\x11thought_signature\x18\x0b \x01(\x0c\x42\x06\n\x04\x64\x61ta\"F\n\x07\x43ontent\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.chatd.v1.Role\x12\x1d\n\x05parts\x18\x02 \x03(\x0b\x32\x0e.chatd.v1.Part\"\xcd\x01\n\rUsageMetadata\x12\x1a\n\x12prompt_token_count\x18\x01 \x01(\x03\x12\x1e\n\x16\x63\x61ndidates_token_count\x18\x02 \x01(\x03\x12\x19\n\x11total_token_count\x18\x03 \x01(\x03\x12\x1c\n\x14thoughts_token_count\x18\x04 \x01(\x03\x12\"\n\x1a\x63\x61\x63hed_content_token_count\x18\x05 \x01(\x03\x12#\n\x1btool_use_prompt_token_count\x18\x06 \x01(\x03\"\xbb\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x1c\n\x04role\x18\x02 \x01(\x0e\x32\x0e.chatd.v1.Role\x12\x1d\n\x05parts\x18\x03 \x03(\x0b\x32\x0e.chatd.v1.Part\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07turn_id\x18\x05 \x01(\t\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.chatd.v1.UsageMetadata\x12-\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x16.chatd.v1.FinishReason\x12\r\n\x05model\x18\x08 \x01(\t\x12\x37\n\x12\x63\x61ndidate_metadata\x18\t \x01(\x0b\x32\x1b.chatd.v1.CandidateMetadata\"\x95\x02\n\x11\x43\x61ndidateMetadata\x12\x16\n\x0e\x66inish_message\x18\x01 \x01(\t\x12\x37\n\x12grounding_metadata\x18\x02 \x01(\x0b\x32\x1b.chatd.v1.GroundingMetadata\x12:\n\x14url_context_metadata\x18\x03 \x01(\x0b\x32\x1c.chatd.v1.UrlContextMetadata\x12.\n\x0esafety_ratings\x18\x04 \x03(\x0b\x32\x16.chatd.v1.SafetyRating\x12\x35\n\x11\x63itation_metadata\x18\x05 \x01(\x0b\x32\x1a.chatd.v1.CitationMetadata\x12\x0c\n\x04json\x18\x06 \x01(\t\"\xaa\x01\n\x11GroundingMetadata\x12\x1a\n\x12web_search_queries\x18\x01 \x03(\t\x12*\n\x07sources\x18\x02 \x03(\x0b\x32\x19.chatd.v1.GroundingSource\x12,\n\x08supports\x18\x03 \x03(\x0b\x32\x1a.chatd.v1.GroundingSupport\x12\x1f\n\x17search_entry_point_html\x18\x04 \x01(\t\"K\n\x0fGroundingSource\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\x8f\x01\n\x10GroundingSupport\x12\x13\n\x0bstart_index\x18\x01 \x01(\x05\x12\x11\n\tend_index\x18\x02 \x01(\x05\x12\x12\n\npart_index\x18\x03 \x01(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0esource_indices\x18\x05 \x03(\x05\x12\x19\n\x11\x63onfidence_scores\x18\x06 \x03(\x02\"A\n\x12UrlContextMetadata\x12+\n\x0curl_metadata\x18\x01 \x03(\x0b\x32\x15.chatd.v1.UrlMetadata\"B\n\x0bUrlMetadata\x12\x15\n\rretrieved_url\x18\x01 \x01(\t\x12\x1c\n\x14url_retrieval_status\x18\x02 \x01(\t\"F\n\x0cSafetyRating\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\t\x12\x0f\n\x07\x62locked\x18\x03 \x01(\x08\"9\n\x10\x43itationMetadata\x12%\n\tcitations\x18\x01 \x03(\x0b\x32\x12.chatd.v1.Citation\"_\n\x08\x43itation\x12\x13\n\x0bstart_index\x18\x01 \x01(\x05\x12\x11\n\tend_index\x18\x02 \x01(\x05\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0f\n\x07license\x18\x05 \x01(\t*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_MODEL\x10\x02*\xfc\x04\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x18\n\x14\x46INISH_REASON_SAFETY\x10\x03\x12\x1c\n\x18\x46INISH_REASON_RECITATION\x10\x04\x12\x1a\n\x16\x46INISH_REASON_LANGUAGE\x10\x05\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x06\x12\x1b\n\x17\x46INISH_REASON_BLOCKLIST\x10\x07\x12$\n FINISH_REASON_PROHIBITED_CONTENT\x10\x08\x12\x16\n\x12\x46INISH_REASON_SPII\x10\t\x12)\n%FINISH_REASON_MALFORMED_FUNCTION_CALL\x10\n\x12\x1e\n\x1a\x46INISH_REASON_IMAGE_SAFETY\x10\x0b\x12&\n\"FINISH_REASON_UNEXPECTED_TOOL_CALL\x10\x0c\x12%\n!FINISH_REASON_TOO_MANY_TOOL_CALLS\x10\r\x12+\n\'FINISH_REASON_MISSING_THOUGHT_SIGNATURE\x10\x0e\x12\x1d\n\x19\x46INISH_REASON_IMAGE_OTHER\x10\x0f\x12 \n\x1c\x46INISH_REASON_PROMPT_BLOCKED\x10\x64\x12$\n FINISH_REASON_TOOL_CALLS_PENDING\x10\x65\x12!\n\x1d\x46INISH_REASON_MAX_TOOL_ROUNDS\x10\x66\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatd.v1.content_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1207
-  _globals['_ROLE']._serialized_end=1266
-  _globals['_FINISHREASON']._serialized_start=1269
-  _globals['_FINISHREASON']._serialized_end=1905
+  _globals['_ROLE']._serialized_start=3021
+  _globals['_ROLE']._serialized_end=3080
+  _globals['_FINISHREASON']._serialized_start=3083
+  _globals['_FINISHREASON']._serialized_end=3719
   _globals['_BLOB']._serialized_start=99
   _globals['_BLOB']._serialized_end=160
   _globals['_FILEDATA']._serialized_start=162
   _globals['_FILEDATA']._serialized_end=231
   _globals['_FUNCTIONCALL']._serialized_start=233
-  _globals['_FUNCTIONCALL']._serialized_end=312
-  _globals['_FUNCTIONRESPONSE']._serialized_start=314
-  _globals['_FUNCTIONRESPONSE']._serialized_end=401
-  _globals['_PART']._serialized_start=404
-  _globals['_PART']._serialized_end=664
-  _globals['_CONTENT']._serialized_start=666
-  _globals['_CONTENT']._serialized_end=736
-  _globals['_USAGEMETADATA']._serialized_start=739
-  _globals['_USAGEMETADATA']._serialized_end=944
-  _globals['_MESSAGE']._serialized_start=947
-  _globals['_MESSAGE']._serialized_end=1205
+  _globals['_FUNCTIONCALL']._serialized_end=331
+  _globals['_FUNCTIONRESPONSE']._serialized_start=334
+  _globals['_FUNCTIONRESPONSE']._serialized_end=491
+  _globals['_FUNCTIONRESPONSEPART']._serialized_start=493
+  _globals['_FUNCTIONRESPONSEPART']._serialized_end=603
+  _globals['_EXECUTABLECODE']._serialized_start=605
+  _globals['_EXECUTABLECODE']._serialized_end=665
+  _globals['_CODEEXECUTIONRESULT']._serialized_start=667
+  _globals['_CODEEXECUTIONRESULT']._serialized_end=733
+  _globals['_SERVERTOOLCALL']._serialized_start=735
+  _globals['_SERVERTOOLCALL']._serialized_end=801
+  _globals['_SERVERTOOLRESPONSE']._serialized_start=803
+  _globals['_SERVERTOOLRESPONSE']._serialized_end=877
+  _globals['_PART']._serialized_start=880
+  _globals['_PART']._serialized_end=1382
+  _globals['_CONTENT']._serialized_start=1384
+  _globals['_CONTENT']._serialized_end=1454
+  _globals['_USAGEMETADATA']._serialized_start=1457
+  _globals['_USAGEMETADATA']._serialized_end=1662
+  _globals['_MESSAGE']._serialized_start=1665
+  _globals['_MESSAGE']._serialized_end=1980
+  _globals['_CANDIDATEMETADATA']._serialized_start=1983
+  _globals['_CANDIDATEMETADATA']._serialized_end=2260
+  _globals['_GROUNDINGMETADATA']._serialized_start=2263
+  _globals['_GROUNDINGMETADATA']._serialized_end=2433
+  _globals['_GROUNDINGSOURCE']._serialized_start=2435
+  _globals['_GROUNDINGSOURCE']._serialized_end=2510
+  _globals['_GROUNDINGSUPPORT']._serialized_start=2513
+  _globals['_GROUNDINGSUPPORT']._serialized_end=2656
+  _globals['_URLCONTEXTMETADATA']._serialized_start=2658
+  _globals['_URLCONTEXTMETADATA']._serialized_end=2723
+  _globals['_URLMETADATA']._serialized_start=2725
+  _globals['_URLMETADATA']._serialized_end=2791
+  _globals['_SAFETYRATING']._serialized_start=2793
+  _globals['_SAFETYRATING']._serialized_end=2863
+  _globals['_CITATIONMETADATA']._serialized_start=2865
+  _globals['_CITATIONMETADATA']._serialized_end=2922
+  _globals['_CITATION']._serialized_start=2924
+  _globals['_CITATION']._serialized_end=3019
 # @@protoc_insertion_point(module_scope)

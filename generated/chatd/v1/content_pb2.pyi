@@ -162,21 +162,33 @@ class FunctionCall(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
+    ARGS_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Call id; chatd keeps the model's and assigns a stable one when it has none."""
     name: _builtins.str
+    args_json: _builtins.str
+    """The arguments as JSON text (an object), exactly as the model wrote them.
+    chatd fills both forms; a caller sets either one (both is an error).
+    Go, Node and Java callers can use this with their own JSON library.
+    """
     @_builtins.property
-    def args(self) -> _struct_pb2.Struct: ...
+    def args(self) -> _struct_pb2.Struct:
+        """The arguments as a Struct. Struct numbers are doubles: integers beyond
+        2^53 lose precision here, so read `args_json` for exact values. On input,
+        integral Struct numbers within +-2^53 are read as integers.
+        """
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         args: _struct_pb2.Struct | None = ...,
+        args_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "id", b"id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "args_json", b"args_json", "id", b"id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,11 +203,25 @@ class FunctionResponse(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
+    RESPONSE_JSON_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    response_json: _builtins.str
+    """The response as JSON text (an object), exact. chatd fills both forms; a
+    caller sets either one (both is an error).
+    """
     @_builtins.property
     def response(self) -> _struct_pb2.Struct:
-        """By convention {"result": ...} on success or {"error": ...} on failure."""
+        """By convention {"result": ...} on success or {"error": ...} on failure.
+        Struct numbers are doubles; read `response_json` for exact values.
+        """
+
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionResponsePart]:
+        """Media the function returns beside its JSON response (images, files), as
+        Gemini's FunctionResponse.parts.
+        """
 
     def __init__(
         self,
@@ -203,14 +229,161 @@ class FunctionResponse(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         response: _struct_pb2.Struct | None = ...,
+        response_json: _builtins.str = ...,
+        parts: _abc.Iterable[Global___FunctionResponsePart] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "parts", b"parts", "response", b"response", "response_json", b"response_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FunctionResponse: _TypeAlias = FunctionResponse  # noqa: Y015
+
+@_typing.final
+class FunctionResponsePart(_message.Message):
+    """A piece of media inside a FunctionResponse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INLINE_DATA_FIELD_NUMBER: _builtins.int
+    FILE_DATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inline_data(self) -> Global___Blob: ...
+    @_builtins.property
+    def file_data(self) -> Global___FileData: ...
+    def __init__(
+        self,
+        *,
+        inline_data: Global___Blob | None = ...,
+        file_data: Global___FileData | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_data", b"file_data", "inline_data", b"inline_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_data", b"file_data", "inline_data", b"inline_data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["inline_data", "file_data"]  # noqa: Y015
+    _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
+
+Global___FunctionResponsePart: _TypeAlias = FunctionResponsePart  # noqa: Y015
+
+@_typing.final
+class ExecutableCode(_message.Message):
+    """Code the model wrote and Gemini's code execution tool ran (`executableCode`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    language: _builtins.str
+    """The language, for example "PYTHON"."""
+    code: _builtins.str
+    id: _builtins.str
+    """Pairs the code with its CodeExecutionResult, when Gemini sets it."""
+    def __init__(
+        self,
+        *,
+        language: _builtins.str = ...,
+        code: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "id", b"id", "language", b"language"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutableCode: _TypeAlias = ExecutableCode  # noqa: Y015
+
+@_typing.final
+class CodeExecutionResult(_message.Message):
+    """The result of running ExecutableCode (`codeExecutionResult`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    outcome: _builtins.str
+    """For example "OUTCOME_OK", "OUTCOME_FAILED", "OUTCOME_DEADLINE_EXCEEDED"."""
+    output: _builtins.str
+    """stdout on success, the error otherwise."""
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        outcome: _builtins.str = ...,
+        output: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "outcome", b"outcome", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CodeExecutionResult: _TypeAlias = CodeExecutionResult  # noqa: Y015
+
+@_typing.final
+class ServerToolCall(_message.Message):
+    """A call the model made to one of Gemini's own tools, run by Gemini itself
+    (`toolCall`); chatd keeps and replays it, it never runs it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TOOL_TYPE_FIELD_NUMBER: _builtins.int
+    ARGS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    tool_type: _builtins.str
+    """The built-in tool, for example "GOOGLE_SEARCH_WEB"."""
+    args_json: _builtins.str
+    """The arguments as JSON text (an object)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tool_type: _builtins.str = ...,
+        args_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "id", b"id", "tool_type", b"tool_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerToolCall: _TypeAlias = ServerToolCall  # noqa: Y015
+
+@_typing.final
+class ServerToolResponse(_message.Message):
+    """Gemini's own answer to a ServerToolCall (`toolResponse`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TOOL_TYPE_FIELD_NUMBER: _builtins.int
+    RESPONSE_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    tool_type: _builtins.str
+    response_json: _builtins.str
+    """The response as JSON text (an object)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tool_type: _builtins.str = ...,
+        response_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "response_json", b"response_json", "tool_type", b"tool_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerToolResponse: _TypeAlias = ServerToolResponse  # noqa: Y015
 
 @_typing.final
 class Part(_message.Message):
@@ -223,11 +396,23 @@ class Part(_message.Message):
     FILE_DATA_FIELD_NUMBER: _builtins.int
     FUNCTION_CALL_FIELD_NUMBER: _builtins.int
     FUNCTION_RESPONSE_FIELD_NUMBER: _builtins.int
+    EXECUTABLE_CODE_FIELD_NUMBER: _builtins.int
+    CODE_EXECUTION_RESULT_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    TOOL_RESPONSE_FIELD_NUMBER: _builtins.int
+    GEMINI_PART_FIELD_NUMBER: _builtins.int
     THOUGHT_FIELD_NUMBER: _builtins.int
     THOUGHT_SIGNATURE_FIELD_NUMBER: _builtins.int
     text: _builtins.str
+    gemini_part: _builtins.str
+    """A part chatd does not model, as Gemini's REST JSON of the whole part
+    (thought signature included), kept and sent back exactly as it came.
+    """
     thought: _builtins.bool
-    """The part is the model's reasoning rather than its answer."""
+    """A part with none of `data` set and a thought_signature is a signature-only
+    part: the model sends them, and they go back to it as they came.
+    The part is the model's reasoning rather than its answer.
+    """
     thought_signature: _builtins.bytes
     """Opaque signature the model requires back byte-for-byte on later turns."""
     @_builtins.property
@@ -238,6 +423,18 @@ class Part(_message.Message):
     def function_call(self) -> Global___FunctionCall: ...
     @_builtins.property
     def function_response(self) -> Global___FunctionResponse: ...
+    @_builtins.property
+    def executable_code(self) -> Global___ExecutableCode:
+        """Code the model ran with Gemini's code execution tool."""
+
+    @_builtins.property
+    def code_execution_result(self) -> Global___CodeExecutionResult: ...
+    @_builtins.property
+    def tool_call(self) -> Global___ServerToolCall:
+        """A call to, and the answer of, one of Gemini's own tools."""
+
+    @_builtins.property
+    def tool_response(self) -> Global___ServerToolResponse: ...
     def __init__(
         self,
         *,
@@ -246,14 +443,19 @@ class Part(_message.Message):
         file_data: Global___FileData | None = ...,
         function_call: Global___FunctionCall | None = ...,
         function_response: Global___FunctionResponse | None = ...,
+        executable_code: Global___ExecutableCode | None = ...,
+        code_execution_result: Global___CodeExecutionResult | None = ...,
+        tool_call: Global___ServerToolCall | None = ...,
+        tool_response: Global___ServerToolResponse | None = ...,
+        gemini_part: _builtins.str = ...,
         thought: _builtins.bool = ...,
         thought_signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_data", b"file_data", "function_call", b"function_call", "function_response", b"function_response", "inline_data", b"inline_data", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_execution_result", b"code_execution_result", "data", b"data", "executable_code", b"executable_code", "file_data", b"file_data", "function_call", b"function_call", "function_response", b"function_response", "gemini_part", b"gemini_part", "inline_data", b"inline_data", "text", b"text", "tool_call", b"tool_call", "tool_response", b"tool_response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_data", b"file_data", "function_call", b"function_call", "function_response", b"function_response", "inline_data", b"inline_data", "text", b"text", "thought", b"thought", "thought_signature", b"thought_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_execution_result", b"code_execution_result", "data", b"data", "executable_code", b"executable_code", "file_data", b"file_data", "function_call", b"function_call", "function_response", b"function_response", "gemini_part", b"gemini_part", "inline_data", b"inline_data", "text", b"text", "thought", b"thought", "thought_signature", b"thought_signature", "tool_call", b"tool_call", "tool_response", b"tool_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["text", "inline_data", "file_data", "function_call", "function_response"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["text", "inline_data", "file_data", "function_call", "function_response", "executable_code", "code_execution_result", "tool_call", "tool_response", "gemini_part"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -334,6 +536,7 @@ class Message(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    CANDIDATE_METADATA_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Output only. Unique within the session, increasing in history order."""
     role: Global___Role.ValueType
@@ -353,6 +556,12 @@ class Message(_message.Message):
     def usage(self) -> Global___UsageMetadata:
         """Output only. Set on model messages."""
 
+    @_builtins.property
+    def candidate_metadata(self) -> Global___CandidateMetadata:
+        """Output only (read on import). What Gemini said about the answer besides
+        its parts: sources, citations, safety ratings, finish message.
+        """
+
     def __init__(
         self,
         *,
@@ -364,11 +573,311 @@ class Message(_message.Message):
         usage: Global___UsageMetadata | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         model: _builtins.str = ...,
+        candidate_metadata: Global___CandidateMetadata | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "parts", b"parts", "role", b"role", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "parts", b"parts", "role", b"role", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class CandidateMetadata(_message.Message):
+    """What Gemini reports about an answer besides its content. The typed fields
+    are output only, read from `json`, which keeps everything exactly.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINISH_MESSAGE_FIELD_NUMBER: _builtins.int
+    GROUNDING_METADATA_FIELD_NUMBER: _builtins.int
+    URL_CONTEXT_METADATA_FIELD_NUMBER: _builtins.int
+    SAFETY_RATINGS_FIELD_NUMBER: _builtins.int
+    CITATION_METADATA_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    finish_message: _builtins.str
+    """Gemini's explanation of the finish reason (`finishMessage`)."""
+    json: _builtins.str
+    """The candidate's fields other than content, finishReason and index, as
+    a JSON object with Gemini's camelCase names (groundingMetadata,
+    urlContextMetadata, citationMetadata, safetyRatings, finishMessage,
+    avgLogprobs, logprobsResult, ...) as the google-genai SDK reads them.
+    Lossless: this is what ImportSession and AppendMessages read.
+    """
+    @_builtins.property
+    def grounding_metadata(self) -> Global___GroundingMetadata:
+        """Sources and citations of Grounding with Google Search or Google Maps."""
+
+    @_builtins.property
+    def url_context_metadata(self) -> Global___UrlContextMetadata:
+        """The URLs the URL context tool retrieved."""
+
+    @_builtins.property
+    def safety_ratings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SafetyRating]: ...
+    @_builtins.property
+    def citation_metadata(self) -> Global___CitationMetadata:
+        """Sources the answer recites."""
+
+    def __init__(
+        self,
+        *,
+        finish_message: _builtins.str = ...,
+        grounding_metadata: Global___GroundingMetadata | None = ...,
+        url_context_metadata: Global___UrlContextMetadata | None = ...,
+        safety_ratings: _abc.Iterable[Global___SafetyRating] | None = ...,
+        citation_metadata: Global___CitationMetadata | None = ...,
+        json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["citation_metadata", b"citation_metadata", "grounding_metadata", b"grounding_metadata", "url_context_metadata", b"url_context_metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation_metadata", b"citation_metadata", "finish_message", b"finish_message", "grounding_metadata", b"grounding_metadata", "json", b"json", "safety_ratings", b"safety_ratings", "url_context_metadata", b"url_context_metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateMetadata: _TypeAlias = CandidateMetadata  # noqa: Y015
+
+@_typing.final
+class GroundingMetadata(_message.Message):
+    """Grounding sources and how the answer's text rests on them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEB_SEARCH_QUERIES_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    SUPPORTS_FIELD_NUMBER: _builtins.int
+    SEARCH_ENTRY_POINT_HTML_FIELD_NUMBER: _builtins.int
+    search_entry_point_html: _builtins.str
+    """The Google Search suggestions HTML a grounded answer must display
+    (`searchEntryPoint.renderedContent`).
+    """
+    @_builtins.property
+    def web_search_queries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The search queries the model ran (`webSearchQueries`)."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroundingSource]:
+        """One per `groundingChunks` entry, in order; supports point into this list."""
+
+    @_builtins.property
+    def supports(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroundingSupport]:
+        """Which segment of the answer which sources support (`groundingSupports`)."""
+
+    def __init__(
+        self,
+        *,
+        web_search_queries: _abc.Iterable[_builtins.str] | None = ...,
+        sources: _abc.Iterable[Global___GroundingSource] | None = ...,
+        supports: _abc.Iterable[Global___GroundingSupport] | None = ...,
+        search_entry_point_html: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["search_entry_point_html", b"search_entry_point_html", "sources", b"sources", "supports", b"supports", "web_search_queries", b"web_search_queries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroundingMetadata: _TypeAlias = GroundingMetadata  # noqa: Y015
+
+@_typing.final
+class GroundingSource(_message.Message):
+    """A grounding source (a web page, a retrieved document or a place)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    title: _builtins.str
+    domain: _builtins.str
+    """The source's domain, for web sources."""
+    kind: _builtins.str
+    """"web", "retrievedContext", "maps" or "image": which kind of chunk it is."""
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        title: _builtins.str = ...,
+        domain: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "kind", b"kind", "title", b"title", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroundingSource: _TypeAlias = GroundingSource  # noqa: Y015
+
+@_typing.final
+class GroundingSupport(_message.Message):
+    """A segment of the answer and the sources supporting it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_INDEX_FIELD_NUMBER: _builtins.int
+    END_INDEX_FIELD_NUMBER: _builtins.int
+    PART_INDEX_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    SOURCE_INDICES_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_SCORES_FIELD_NUMBER: _builtins.int
+    start_index: _builtins.int
+    """The segment: byte offsets into the part's text, the part, the text."""
+    end_index: _builtins.int
+    part_index: _builtins.int
+    text: _builtins.str
+    @_builtins.property
+    def source_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices into GroundingMetadata.sources."""
+
+    @_builtins.property
+    def confidence_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        start_index: _builtins.int = ...,
+        end_index: _builtins.int = ...,
+        part_index: _builtins.int = ...,
+        text: _builtins.str = ...,
+        source_indices: _abc.Iterable[_builtins.int] | None = ...,
+        confidence_scores: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence_scores", b"confidence_scores", "end_index", b"end_index", "part_index", b"part_index", "source_indices", b"source_indices", "start_index", b"start_index", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroundingSupport: _TypeAlias = GroundingSupport  # noqa: Y015
+
+@_typing.final
+class UrlContextMetadata(_message.Message):
+    """URL context retrieval results."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_METADATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def url_metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___UrlMetadata]: ...
+    def __init__(
+        self,
+        *,
+        url_metadata: _abc.Iterable[Global___UrlMetadata] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["url_metadata", b"url_metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UrlContextMetadata: _TypeAlias = UrlContextMetadata  # noqa: Y015
+
+@_typing.final
+class UrlMetadata(_message.Message):
+    """One URL the URL context tool tried."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRIEVED_URL_FIELD_NUMBER: _builtins.int
+    URL_RETRIEVAL_STATUS_FIELD_NUMBER: _builtins.int
+    retrieved_url: _builtins.str
+    url_retrieval_status: _builtins.str
+    """For example "URL_RETRIEVAL_STATUS_SUCCESS"."""
+    def __init__(
+        self,
+        *,
+        retrieved_url: _builtins.str = ...,
+        url_retrieval_status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retrieved_url", b"retrieved_url", "url_retrieval_status", b"url_retrieval_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UrlMetadata: _TypeAlias = UrlMetadata  # noqa: Y015
+
+@_typing.final
+class SafetyRating(_message.Message):
+    """Gemini's safety rating of an answer for one harm category."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    probability: _builtins.str
+    blocked: _builtins.bool
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        probability: _builtins.str = ...,
+        blocked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "category", b"category", "probability", b"probability"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SafetyRating: _TypeAlias = SafetyRating  # noqa: Y015
+
+@_typing.final
+class CitationMetadata(_message.Message):
+    """Sources an answer recites."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CITATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]: ...
+    def __init__(
+        self,
+        *,
+        citations: _abc.Iterable[Global___Citation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CitationMetadata: _TypeAlias = CitationMetadata  # noqa: Y015
+
+@_typing.final
+class Citation(_message.Message):
+    """One recited source and the span of the answer it covers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_INDEX_FIELD_NUMBER: _builtins.int
+    END_INDEX_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    LICENSE_FIELD_NUMBER: _builtins.int
+    start_index: _builtins.int
+    end_index: _builtins.int
+    uri: _builtins.str
+    title: _builtins.str
+    license: _builtins.str
+    def __init__(
+        self,
+        *,
+        start_index: _builtins.int = ...,
+        end_index: _builtins.int = ...,
+        uri: _builtins.str = ...,
+        title: _builtins.str = ...,
+        license: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_index", b"end_index", "license", b"license", "start_index", b"start_index", "title", b"title", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Citation: _TypeAlias = Citation  # noqa: Y015

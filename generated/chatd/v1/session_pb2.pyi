@@ -95,6 +95,7 @@ class GenerationConfig(_message.Message):
     THINKING_FIELD_NUMBER: _builtins.int
     PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    RESPONSE_JSON_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     temperature: _builtins.float
     top_p: _builtins.float
     top_k: _builtins.int
@@ -103,12 +104,17 @@ class GenerationConfig(_message.Message):
     response_mime_type: _builtins.str
     presence_penalty: _builtins.float
     frequency_penalty: _builtins.float
+    response_json_schema_json: _builtins.str
+    """`response_json_schema` as JSON text (an object), exact. chatd fills both
+    forms; a caller sets either one (both is an error).
+    """
     @_builtins.property
     def stop_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def response_json_schema(self) -> _struct_pb2.Struct:
         """A JSON schema the response must follow (with response_mime_type
-        "application/json").
+        "application/json"). Struct numbers are doubles; `response_json_schema_json`
+        keeps integers exact.
         """
 
     @_builtins.property
@@ -127,10 +133,11 @@ class GenerationConfig(_message.Message):
         thinking: Global___ThinkingConfig | None = ...,
         presence_penalty: _builtins.float | None = ...,
         frequency_penalty: _builtins.float | None = ...,
+        response_json_schema_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "response_json_schema", b"response_json_schema", "seed", b"seed", "temperature", b"temperature", "thinking", b"thinking", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "response_json_schema", b"response_json_schema", "response_mime_type", b"response_mime_type", "seed", b"seed", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "thinking", b"thinking", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "response_json_schema", b"response_json_schema", "response_json_schema_json", b"response_json_schema_json", "response_mime_type", b"response_mime_type", "seed", b"seed", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "thinking", b"thinking", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
@@ -200,8 +207,13 @@ class FunctionDeclaration(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
+    parameters_json: _builtins.str
+    """`parameters` as JSON text (an object), exact. chatd fills both forms; a
+    caller sets either one (both is an error).
+    """
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """JSON schema of the arguments."""
@@ -212,14 +224,130 @@ class FunctionDeclaration(_message.Message):
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
+        parameters_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters", "parameters_json", b"parameters_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FunctionDeclaration: _TypeAlias = FunctionDeclaration  # noqa: Y015
+
+@_typing.final
+class BuiltinTools(_message.Message):
+    """Gemini's own tools, run by Gemini inside the model call, next to chatd's
+    server tools and the caller's function declarations. A tool is enabled when
+    its field is set, as in Gemini's REST `tools` (`{"googleSearch": {}}`).
+    Their parts (executable code, code execution results, server-side tool
+    calls) are stored and replayed; their metadata (grounding sources, URL
+    context) comes back in each answer's candidate_metadata.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class GoogleSearch(_message.Message):
+        """Google Search grounding."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class CodeExecution(_message.Message):
+        """Code execution."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class UrlContext(_message.Message):
+        """URL context."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        def __init__(
+            self,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GoogleMaps(_message.Message):
+        """Google Maps grounding."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ENABLE_WIDGET_FIELD_NUMBER: _builtins.int
+        enable_widget: _builtins.bool
+        """Ask for a context token to render the Google Maps widget
+        (`enableWidget`).
+        """
+        def __init__(
+            self,
+            *,
+            enable_widget: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["enable_widget", b"enable_widget"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GOOGLE_SEARCH_FIELD_NUMBER: _builtins.int
+    CODE_EXECUTION_FIELD_NUMBER: _builtins.int
+    URL_CONTEXT_FIELD_NUMBER: _builtins.int
+    GOOGLE_MAPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def google_search(self) -> Global___BuiltinTools.GoogleSearch:
+        """Grounding with Google Search (`googleSearch`)."""
+
+    @_builtins.property
+    def code_execution(self) -> Global___BuiltinTools.CodeExecution:
+        """Code execution (`codeExecution`): the model writes and runs Python."""
+
+    @_builtins.property
+    def url_context(self) -> Global___BuiltinTools.UrlContext:
+        """URL context (`urlContext`): the model reads URLs named in the prompt."""
+
+    @_builtins.property
+    def google_maps(self) -> Global___BuiltinTools.GoogleMaps:
+        """Grounding with Google Maps (`googleMaps`)."""
+
+    def __init__(
+        self,
+        *,
+        google_search: Global___BuiltinTools.GoogleSearch | None = ...,
+        code_execution: Global___BuiltinTools.CodeExecution | None = ...,
+        url_context: Global___BuiltinTools.UrlContext | None = ...,
+        google_maps: Global___BuiltinTools.GoogleMaps | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_execution", b"code_execution", "google_maps", b"google_maps", "google_search", b"google_search", "url_context", b"url_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_execution", b"code_execution", "google_maps", b"google_maps", "google_search", b"google_search", "url_context", b"url_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuiltinTools: _TypeAlias = BuiltinTools  # noqa: Y015
 
 @_typing.final
 class SafetySetting(_message.Message):
@@ -312,6 +440,7 @@ class Session(_message.Message):
     PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
+    BUILTIN_TOOLS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Output only (set through CreateSessionRequest.session_id)."""
     model: _builtins.str
@@ -368,6 +497,10 @@ class Session(_message.Message):
     def pending_tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.FunctionCall]:
         """Output only. Calls waiting for the caller's tool_results."""
 
+    @_builtins.property
+    def builtin_tools(self) -> Global___BuiltinTools:
+        """Gemini's own tools this session enables."""
+
     def __init__(
         self,
         *,
@@ -391,10 +524,11 @@ class Session(_message.Message):
         pending_tool_calls: _abc.Iterable[_content_pb2.FunctionCall] | None = ...,
         etag: _builtins.str = ...,
         uid: _builtins.str = ...,
+        builtin_tools: Global___BuiltinTools | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context_policy", b"context_policy", "create_time", b"create_time", "expiration", b"expiration", "expire_time", b"expire_time", "generation_config", b"generation_config", "ttl", b"ttl", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["builtin_tools", b"builtin_tools", "context_policy", b"context_policy", "create_time", b"create_time", "expiration", b"expiration", "expire_time", b"expire_time", "generation_config", b"generation_config", "ttl", b"ttl", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_policy", b"context_policy", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "expiration", b"expiration", "expire_time", b"expire_time", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "labels", b"labels", "message_count", b"message_count", "model", b"model", "pending_tool_calls", b"pending_tool_calls", "safety_settings", b"safety_settings", "session_id", b"session_id", "state", b"state", "system_instruction", b"system_instruction", "tools", b"tools", "ttl", b"ttl", "uid", b"uid", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin_tools", b"builtin_tools", "context_policy", b"context_policy", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "expiration", b"expiration", "expire_time", b"expire_time", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "labels", b"labels", "message_count", b"message_count", "model", b"model", "pending_tool_calls", b"pending_tool_calls", "safety_settings", b"safety_settings", "session_id", b"session_id", "state", b"state", "system_instruction", b"system_instruction", "tools", b"tools", "ttl", b"ttl", "uid", b"uid", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_expiration: _TypeAlias = _typing.Literal["expire_time", "ttl"]  # noqa: Y015
     _WhichOneofArgType_expiration: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015

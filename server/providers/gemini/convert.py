@@ -9,19 +9,57 @@ from google.genai import types
 
 from server.sessions.model import (
     Blob,
+    BuiltinTools,
+    CodeExecutionResult,
+    ExecutableCode,
     FileData,
     FinishReason,
     FunctionCall,
     FunctionResponse,
+    FunctionResponsePart,
     GenerationConfig,
     Message,
     Part,
+    ServerToolCall,
+    ServerToolResponse,
     Usage,
 )
 from server.sessions.ports import ModelChunk, ModelRequest
 
 
+def _blob(blob: Blob) -> types.Blob:
+    return types.Blob(
+        mime_type=blob.mime_type, data=blob.data, display_name=blob.display_name or None
+    )
+
+
+def _file(f: FileData) -> types.FileData:
+    return types.FileData(
+        mime_type=f.mime_type, file_uri=f.file_uri, display_name=f.display_name or None
+    )
+
+
+def _response_part(part: FunctionResponsePart) -> types.FunctionResponsePart:
+    if part.inline_data is not None:
+        b = part.inline_data
+        return types.FunctionResponsePart(
+            inline_data=types.FunctionResponseBlob(
+                mime_type=b.mime_type, data=b.data, display_name=b.display_name or None
+            )
+        )
+    assert part.file_data is not None
+    f = part.file_data
+    return types.FunctionResponsePart(
+        file_data=types.FunctionResponseFileData(
+            mime_type=f.mime_type, file_uri=f.file_uri, display_name=f.display_name or None
+        )
+    )
+
+
 def _to_sdk_part(part: Part) -> types.Part:
+    if part.gemini_part is not None:
+        # Kept as Gemini sent it, signature included: it goes back the same way.
+        return types.Part.model_validate(part.gemini_part)
     extra: dict[str, Any] = {}
     if part.thought:
         extra["thought"] = True
@@ -30,25 +68,55 @@ def _to_sdk_part(part: Part) -> types.Part:
     if part.text is not None:
         return types.Part(text=part.text, **extra)
     if part.inline_data is not None:
-        blob = part.inline_data
-        inline = types.Blob(
-            mime_type=blob.mime_type, data=blob.data, display_name=blob.display_name or None
-        )
-        return types.Part(inline_data=inline, **extra)
+        return types.Part(inline_data=_blob(part.inline_data), **extra)
     if part.file_data is not None:
-        f = part.file_data
-        file_data = types.FileData(
-            mime_type=f.mime_type, file_uri=f.file_uri, display_name=f.display_name or None
-        )
-        return types.Part(file_data=file_data, **extra)
+        return types.Part(file_data=_file(part.file_data), **extra)
     if part.function_call is not None:
         c = part.function_call
         call = types.FunctionCall(id=c.id or None, name=c.name, args=dict(c.args))
         return types.Part(function_call=call, **extra)
     if part.function_response is not None:
         r = part.function_response
-        response = types.FunctionResponse(id=r.id or None, name=r.name, response=dict(r.response))
+        response = types.FunctionResponse(
+            id=r.id or None,
+            name=r.name,
+            response=dict(r.response),
+            parts=[_response_part(p) for p in r.parts] or None,
+        )
         return types.Part(function_response=response, **extra)
+    if part.executable_code is not None:
+        code = part.executable_code
+        executable = types.ExecutableCode(
+            language=code.language,  # type: ignore[arg-type]
+            code=code.code,
+            id=code.id or None,
+        )
+        return types.Part(executable_code=executable, **extra)
+    if part.code_execution_result is not None:
+        result = part.code_execution_result
+        ran = types.CodeExecutionResult(
+            outcome=result.outcome,  # type: ignore[arg-type]
+            output=result.output,
+            id=result.id or None,
+        )
+        return types.Part(code_execution_result=ran, **extra)
+    if part.tool_call is not None:
+        t = part.tool_call
+        tool_call = types.ToolCall(
+            id=t.id or None,
+            tool_type=t.tool_type,  # type: ignore[arg-type]
+            args=dict(t.args),
+        )
+        return types.Part(tool_call=tool_call, **extra)
+    if part.tool_response is not None:
+        t2 = part.tool_response
+        tool_response = types.ToolResponse(
+            id=t2.id or None,
+            tool_type=t2.tool_type,  # type: ignore[arg-type]
+            response=dict(t2.response),
+        )
+        return types.Part(tool_response=tool_response, **extra)
+    # A signature-only part.
     return types.Part(**extra)
 
 
@@ -86,6 +154,21 @@ def _config_fields(config: GenerationConfig) -> dict[str, Any]:
     return fields
 
 
+def _builtin_tools(tools: BuiltinTools) -> list[types.Tool]:
+    """Gemini's own tools, one Tool each, as the API documents them."""
+    out = []
+    if tools.google_search:
+        out.append(types.Tool(google_search=types.GoogleSearch()))
+    if tools.code_execution:
+        out.append(types.Tool(code_execution=types.ToolCodeExecution()))
+    if tools.url_context:
+        out.append(types.Tool(url_context=types.UrlContext()))
+    if tools.google_maps:
+        maps = types.GoogleMaps(enable_widget=True if tools.google_maps_widget else None)
+        out.append(types.Tool(google_maps=maps))
+    return out
+
+
 def to_config(request: ModelRequest, timeout: float) -> types.GenerateContentConfig:
     """The SDK config for `request`; automatic function calling stays off: chatd runs tools."""
     fields = _config_fields(request.generation_config)
@@ -105,6 +188,8 @@ def to_config(request: ModelRequest, timeout: float) -> types.GenerateContentCon
             fields["tool_config"] = types.ToolConfig(
                 function_calling_config=types.FunctionCallingConfig(mode="NONE")  # type: ignore[arg-type]
             )
+    if request.builtin_tools:
+        fields["tools"] = [*fields.get("tools", ()), *_builtin_tools(request.builtin_tools)]
     if request.safety_settings:
         fields["safety_settings"] = [
             types.SafetySetting(category=s.category, threshold=s.threshold)  # type: ignore[arg-type]
@@ -122,7 +207,8 @@ def to_config(request: ModelRequest, timeout: float) -> types.GenerateContentCon
 # ----------------------------------------------------------------------------- SDK -> domain
 
 
-def _from_sdk_part(part: types.Part) -> Part | None:
+def _typed_part(part: types.Part) -> Part:
+    """The domain part for an SDK part, reading only the fields chatd models."""
     extra: dict[str, Any] = {
         "thought": bool(part.thought),
         "thought_signature": part.thought_signature or b"",
@@ -146,10 +232,65 @@ def _from_sdk_part(part: types.Part) -> Part | None:
         r = part.function_response
         response = FunctionResponse(r.id or "", r.name or "", r.response or {})
         return Part(function_response=response, **extra)
-    if part.thought_signature:
-        # A bare signature (no content) still has to go back to the model.
-        return Part(text="", **extra)
-    return None
+    if part.executable_code is not None:
+        code = part.executable_code
+        language = code.language.value if code.language is not None else ""
+        return Part(
+            executable_code=ExecutableCode(language, code.code or "", code.id or ""), **extra
+        )
+    if part.code_execution_result is not None:
+        result = part.code_execution_result
+        outcome = result.outcome.value if result.outcome is not None else ""
+        return Part(
+            code_execution_result=CodeExecutionResult(
+                outcome, result.output or "", result.id or ""
+            ),
+            **extra,
+        )
+    if part.tool_call is not None:
+        t = part.tool_call
+        tool_type = t.tool_type.value if t.tool_type is not None else ""
+        return Part(tool_call=ServerToolCall(t.id or "", tool_type, t.args or {}), **extra)
+    if part.tool_response is not None:
+        t2 = part.tool_response
+        tool_type = t2.tool_type.value if t2.tool_type is not None else ""
+        return Part(
+            tool_response=ServerToolResponse(t2.id or "", tool_type, t2.response or {}), **extra
+        )
+    return Part(**extra)
+
+
+def _dump(part: types.Part) -> dict[str, Any]:
+    dumped: dict[str, Any] = part.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dumped
+
+
+def _essential(value: Any) -> Any:
+    """`value` without what says nothing (false flags, empty ids, empty objects), so that a
+    part and its typed copy compare equal when chatd models everything in it."""
+    if isinstance(value, dict):
+        kept = {k: _essential(v) for k, v in value.items()}
+        return {
+            k: v
+            for k, v in kept.items()
+            if v is not False and v != {} and not (v == "" and k in ("id", "displayName"))
+        }
+    if isinstance(value, list):
+        return [_essential(v) for v in value]
+    return value
+
+
+def _from_sdk_part(part: types.Part) -> Part | None:
+    """The domain part for a part of the model's answer. A part holding anything chatd
+    does not model (a kind, or a field of a kind) is kept whole as its Gemini JSON, never
+    re-shaped; a part carrying only a signature stays a signature-only part."""
+    typed = _typed_part(part)
+    original = _dump(part)
+    if not _essential(original):
+        return None
+    if _essential(_dump(_to_sdk_part(typed))) == _essential(original):
+        return typed
+    return Part(gemini_part=original)
 
 
 def _usage(metadata: types.GenerateContentResponseUsageMetadata | None) -> Usage | None:
@@ -186,11 +327,13 @@ def _finish_reason(reason: types.FinishReason | str | None) -> FinishReason | No
 def to_chunk(response: types.GenerateContentResponse) -> ModelChunk:
     parts: list[Part] = []
     finish = None
+    metadata = None
     if response.candidates:
         candidate = response.candidates[0]
         finish = _finish_reason(candidate.finish_reason)
         if candidate.content is not None:
             parts = [p for p in map(_from_sdk_part, candidate.content.parts or ()) if p is not None]
+        metadata = _candidate_metadata(candidate)
     block = ""
     if response.prompt_feedback is not None and response.prompt_feedback.block_reason is not None:
         block = response.prompt_feedback.block_reason.value
@@ -200,4 +343,18 @@ def to_chunk(response: types.GenerateContentResponse) -> ModelChunk:
         finish_reason=finish,
         block_reason=block,
         model_version=response.model_version or "",
+        candidate_metadata=metadata,
     )
+
+
+# What the domain models of a candidate itself; the rest is its metadata.
+_CANDIDATE_CORE = {"content", "finish_reason", "index"}
+
+
+def _candidate_metadata(candidate: types.Candidate) -> dict[str, Any] | None:
+    """Everything the candidate says besides its content, as the SDK reads it (camelCase
+    JSON): grounding, URL context, citations, safety ratings, finish message, ..."""
+    metadata: dict[str, Any] = candidate.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude=_CANDIDATE_CORE
+    )
+    return metadata or None
