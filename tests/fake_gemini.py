@@ -141,6 +141,46 @@ def call_part(
     return _with_signature({"functionCall": call}, signature)
 
 
+def code_part(
+    code: str, *, language: str = "PYTHON", id: str | None = None, signature: bytes | None = None
+) -> Json:
+    """An executableCode part (code execution tool)."""
+    body: Json = {"language": language, "code": code}
+    if id is not None:
+        body["id"] = id
+    return _with_signature({"executableCode": body}, signature)
+
+
+def code_result_part(output: str, *, outcome: str = "OUTCOME_OK", id: str | None = None) -> Json:
+    """A codeExecutionResult part."""
+    body: Json = {"outcome": outcome, "output": output}
+    if id is not None:
+        body["id"] = id
+    return {"codeExecutionResult": body}
+
+
+def signature_part(signature: bytes) -> Json:
+    """A part carrying only a thought signature, as the API streams them."""
+    return {"thoughtSignature": b64encode(signature)}
+
+
+def grounding(*sources: tuple[str, str], queries: Sequence[str] = ()) -> Json:
+    """A groundingMetadata dict with web sources (uri, title), each supporting one segment."""
+    return {
+        "webSearchQueries": list(queries),
+        "groundingChunks": [{"web": {"uri": uri, "title": title}} for uri, title in sources],
+        "groundingSupports": [
+            {
+                "segment": {"startIndex": i, "endIndex": i + 1, "text": "x"},
+                "groundingChunkIndices": [i],
+                "confidenceScores": [0.5],
+            }
+            for i in range(len(sources))
+        ],
+        "searchEntryPoint": {"renderedContent": "<div>suggestions</div>"},
+    }
+
+
 def _with_signature(part: Json, signature: bytes | None) -> Json:
     if signature is not None:
         part["thoughtSignature"] = b64encode(signature)
@@ -220,6 +260,7 @@ class Reply:
     error_after: int | None = None  # send `data: {"error": ...}` after this many events
     error: HttpError = HttpError(500, "fake mid-stream error")
     drop_after: int | None = None  # close the socket after this many events (if no error_after)
+    candidate: Json | None = None  # more fields of the final candidate (groundingMetadata, ...)
 
     def all_parts(self) -> list[Json]:
         leading = [text_part(self.text)] if self.text is not None else []
@@ -260,6 +301,8 @@ class Reply:
             candidate["content"] = {"role": "model", "parts": parts}
         if final and self.finish_reason is not None:
             candidate["finishReason"] = self.finish_reason
+        if final and self.candidate is not None:
+            candidate.update(self.candidate)
         return candidate
 
     def _envelope(self, model: str, candidate: Json | None, *, final: bool) -> Json:

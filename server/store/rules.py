@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from server.sessions.errors import (
     AlreadyExists,
@@ -58,16 +59,7 @@ def quantize_message(message: Message) -> Message:
     created = quantize_time(message.create_time)
     if created == message.create_time:
         return message
-    return Message(
-        role=message.role,
-        parts=message.parts,
-        seq=message.seq,
-        create_time=created,
-        turn_id=message.turn_id,
-        usage=message.usage,
-        finish_reason=message.finish_reason,
-        model=message.model,
-    )
+    return replace(message, create_time=created)
 
 
 def check_version(session: Session, expected_version: int) -> None:
