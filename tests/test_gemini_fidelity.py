@@ -678,3 +678,36 @@ async def test_export_import_then_next_turn_sends_identical_contents(
     originals = [json.loads(b) for b in bodies]
     assert json.dumps(originals[0]["contents"]) == json.dumps(originals[1]["contents"])
     assert str(BIG) in json.dumps(originals[0]["contents"])
+
+
+async def test_appended_gemini_parts_and_signature_only_parts_are_checked_and_sent_as_given(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """A caller's gemini_part must name Gemini Part fields; a good one and a
+    signature-only part go to the model as given. A part with nothing in it is refused."""
+    await new_session(gemini_chatd)
+    odd = {"text": "clip", "videoMetadata": {"startOffset": "1s"}}
+    good = [
+        user(content_pb2.Part(gemini_part=json.dumps(odd))),
+        model(text("seen"), content_pb2.Part(thought_signature=SIGNATURE)),
+    ]
+    await gemini_chatd.stub.AppendMessages(pb.AppendMessagesRequest(session_id="g", messages=good))
+    await send(gemini_chatd, "next")
+    contents = fake_gemini.requests[-1].contents
+    assert get_field(contents[0], "parts", 0, "video_metadata") == {"start_offset": "1s"} or (
+        get_field(contents[0], "parts", 0, "video_metadata") == {"startOffset": "1s"}
+    )
+    assert b64decode(get_field(contents[1], "parts", 1, "thought_signature")) == SIGNATURE
+
+    for bad, field in [
+        (content_pb2.Part(gemini_part='{"bogus": 1}'), "messages[0].parts[0].gemini_part"),
+        (content_pb2.Part(gemini_part='{"text": 5}'), "messages[0].parts[0].gemini_part"),
+        (content_pb2.Part(gemini_part="[1]"), "messages[0].parts[0].gemini_part"),
+        (content_pb2.Part(), "messages[0].parts[0]"),
+    ]:
+        fields = await refused(
+            gemini_chatd.stub.AppendMessages(
+                pb.AppendMessagesRequest(session_id="g", messages=[user(bad), model(text("a"))])
+            )
+        )
+        assert fields == [field]

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.sessions.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.sessions.events import MessageCompleted, TextDelta, TurnCompleted, TurnEvent, TurnReply
+from server.sessions.events import (
+    MessageCompleted,
+    PartReceived,
+    TextDelta,
+    TurnCompleted,
+    TurnEvent,
+    TurnReply,
+)
 from server.sessions.expiry import live_session
 from server.sessions.model import FinishReason, Message, Role, Session, Usage
 from server.sessions.ports import RequestRecord, SessionStore
@@ -193,8 +200,12 @@ async def replay_turn(
         if p.function_call is not None and p.function_call.id in pending
     )
     for message in messages:
-        if message.role is Role.MODEL and message.text:
-            yield TextDelta(message.text)
+        if message.role is Role.MODEL:
+            if message.text:
+                yield TextDelta(message.text)
+            for part in message.parts:
+                if part.has_content and part.text is None and part.function_call is None:
+                    yield PartReceived(part)
         yield MessageCompleted(message)
     last_model = next((m for m in reversed(messages) if m.role is Role.MODEL), None)
     yield TurnCompleted(

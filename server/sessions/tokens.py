@@ -26,6 +26,17 @@ def estimate_tokens(messages: Iterable[Message], system_instruction: str = "") -
             elif part.function_response is not None:
                 response = part.function_response
                 chars += len(response.name) + len(str(response.response))
+                blobs += len(response.parts)
+            elif part.executable_code is not None:
+                chars += len(part.executable_code.code)
+            elif part.code_execution_result is not None:
+                chars += len(part.code_execution_result.output)
+            elif part.tool_call is not None:
+                chars += len(str(part.tool_call.args))
+            elif part.tool_response is not None:
+                chars += len(str(part.tool_response.response))
+            elif part.gemini_part is not None:
+                chars += len(str(part.gemini_part))
     return -(-chars // CHARS_PER_TOKEN) + blobs * TOKENS_PER_BLOB
 
 

@@ -11,6 +11,7 @@ from server.sessions.errors import InvalidArgument
 from server.sessions.model import (
     FunctionResponsePart,
     GenerationConfig,
+    JSONObject,
     Message,
     Part,
     SessionSettings,
@@ -187,8 +188,52 @@ def check_part(part: Part, where: str) -> None:
         raise InvalidArgument(f"{where}.tool_call.tool_type", "is required")
     if part.tool_response is not None and not part.tool_response.tool_type:
         raise InvalidArgument(f"{where}.tool_response.tool_type", "is required")
-    if part.gemini_part is not None and not part.gemini_part:
-        raise InvalidArgument(f"{where}.gemini_part", "must be a non-empty JSON object")
+    if part.gemini_part is not None:
+        check_gemini_part(part.gemini_part, f"{where}.gemini_part")
+
+
+# The fields of a Gemini Part (google-genai's types.Part, which refuses any other), by
+# their REST names, with the JSON type each holds; snake_case names are accepted too.
+_GEMINI_PART_FIELDS: dict[str, type] = {
+    "text": str,
+    "thought": bool,
+    "thoughtSignature": str,
+    "inlineData": dict,
+    "fileData": dict,
+    "functionCall": dict,
+    "functionResponse": dict,
+    "executableCode": dict,
+    "codeExecutionResult": dict,
+    "toolCall": dict,
+    "toolResponse": dict,
+    "videoMetadata": dict,
+    "mediaResolution": dict,
+    "partMetadata": dict,
+    "audioTranscription": dict,
+    "mediaProcessing": dict,
+    "speechMetadata": dict,
+    "documentMetadata": dict,
+    "spreadsheetMetadata": dict,
+    "audioMetadata": dict,
+}
+_SNAKE = re.compile(r"_([a-z])")
+
+
+def check_gemini_part(part: JSONObject, field: str) -> None:
+    """A part given as Gemini JSON: a non-empty object of Gemini Part fields, each holding
+    the right kind of JSON value."""
+    if not part:
+        raise InvalidArgument(field, "must be a non-empty JSON object of Gemini Part fields")
+    for key, value in part.items():
+        name = _SNAKE.sub(lambda m: m[1].upper(), key)
+        expected = _GEMINI_PART_FIELDS.get(name)
+        if expected is None:
+            raise InvalidArgument(
+                field, f"{key[:64]!r} is not a field of a Gemini Part (see Gemini's Part)"
+            )
+        if not isinstance(value, expected) or (expected is str and not value and name != "text"):
+            kind = {str: "a string", bool: "true or false", dict: "an object"}[expected]
+            raise InvalidArgument(field, f"{key!r} must be {kind}")
 
 
 def check_response_parts(parts: Sequence[FunctionResponsePart], field: str) -> None:

@@ -100,11 +100,12 @@ class GeminiProvider:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         config = self._config(request)
+        contents = _contents(request)
         deadline = self._deadline(request)
         with _upstream_errors(request.model):
             async with asyncio.timeout_at(deadline):
                 responses = await self._client.aio.models.generate_content_stream(
-                    model=request.model, contents=to_contents(request.contents), config=config
+                    model=request.model, contents=contents, config=config
                 )
             iterator = aiter(responses)
             while True:
@@ -121,13 +122,28 @@ class GeminiProvider:
         with _upstream_errors(request.model):
             async with asyncio.timeout_at(self._deadline(request)):
                 result = await self._client.aio.models.count_tokens(
-                    model=request.model, contents=to_contents(request.contents)
+                    model=request.model, contents=_contents(request)
                 )
         return TokenCount(result.total_tokens or 0, estimated=False)
 
     async def close(self) -> None:
         await self._client.aio.aclose()
         await self._http.aclose()
+
+
+def _contents(request: ModelRequest) -> list[types.Content]:
+    """The request's history as SDK contents; a part kept as Gemini JSON that the SDK will
+    not take (chatd checks its fields, not their insides) is refused here, before any call."""
+    try:
+        return to_contents(request.contents)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise errors.UpstreamRejected(
+            f"a gemini_part in the history is not a part the Gemini SDK accepts "
+            f"({where}: {first.get('msg')})",
+            reason="INVALID_GEMINI_PART",
+        ) from exc
 
 
 @contextmanager
