@@ -50,6 +50,8 @@ def _describe(part: Part) -> str:
         return f"[{part.file_data.mime_type} file {part.file_data.file_uri}]"
     if part.function_response is not None:
         return f"[result of {part.function_response.name}]"
+    if part.gemini_part is not None:
+        return f"[Gemini part with {', '.join(sorted(part.gemini_part))}]"
     return ""
 
 
