@@ -108,22 +108,32 @@ class GeminiProvider:
                     model=request.model, contents=contents, config=config
                 )
             iterator = aiter(responses)
+            started = False
             while True:
                 # The deadline covers waiting for the model, never the consumer's own
                 # work between chunks (a yield inside a timeout would cancel the consumer).
                 async with asyncio.timeout_at(deadline):
-                    response = await anext(iterator, None)
+                    try:
+                        response = await anext(iterator, None)
+                    except ValueError as exc:
+                        if started:
+                            raise
+                        raise _refused_request(exc) from exc
                 if response is None:
                     return
+                started = True
                 yield to_chunk(response)
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
         """The model's own count of `contents` (the Gemini API counts nothing else)."""
         with _upstream_errors(request.model):
             async with asyncio.timeout_at(self._deadline(request)):
-                result = await self._client.aio.models.count_tokens(
-                    model=request.model, contents=_contents(request)
-                )
+                try:
+                    result = await self._client.aio.models.count_tokens(
+                        model=request.model, contents=_contents(request)
+                    )
+                except ValueError as exc:
+                    raise _refused_request(exc) from exc
         return TokenCount(result.total_tokens or 0, estimated=False)
 
     async def close(self) -> None:
@@ -144,6 +154,14 @@ def _contents(request: ModelRequest) -> list[types.Content]:
             f"({where}: {first.get('msg')})",
             reason="INVALID_GEMINI_PART",
         ) from exc
+
+
+def _refused_request(exc: ValueError) -> errors.UpstreamRejected:
+    """google-genai builds the request when the stream starts and raises ValueError for
+    what the Gemini API cannot take (a Vertex-only field in a part kept as Gemini JSON)."""
+    return errors.UpstreamRejected(
+        f"the Gemini SDK refused to send this request: {exc}", reason="INVALID_GEMINI_PART"
+    )
 
 
 @contextmanager

@@ -1,0 +1,150 @@
+"""GeminiProvider reading and writing the parts and metadata chatd carries for Gemini: the
+real google-genai SDK over real HTTP against FakeGemini."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from server.providers.gemini import GeminiProvider, GeminiSettings
+from server.sessions import errors
+from server.sessions.model import FunctionCall, Message, Part, Role
+from server.sessions.ports import ModelChunk, ModelRequest
+from server.sessions.reply import ReplyBuilder
+from tests.fake_gemini import FakeGemini, Raw, fake_gemini_fixture, get_field
+
+MODEL = "gemini-test"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGemini]:
+    yield from fake_gemini_fixture()
+
+
+@pytest.fixture
+async def provider(fake: FakeGemini) -> AsyncIterator[GeminiProvider]:
+    made = GeminiProvider(
+        GeminiSettings(api_key="k", base_url=fake.base_url, retry_attempts=1, timeout=5.0)
+    )
+    yield made
+    await made.close()
+
+
+def request(*messages: Message) -> ModelRequest:
+    contents = messages or (Message(Role.USER, (Part(text="hi"),)),)
+    return ModelRequest(model=MODEL, contents=contents)
+
+
+async def collect(provider: GeminiProvider, req: ModelRequest) -> list[ModelChunk]:
+    return [chunk async for chunk in provider.stream(req)]
+
+
+def event(parts: list[dict[str, object]], **candidate: object) -> dict[str, object]:
+    return {"candidates": [{"content": {"role": "model", "parts": parts}, **candidate}]}
+
+
+async def test_streamed_metadata_merges_citations_and_keeps_the_latest_of_the_rest(
+    fake: FakeGemini, provider: GeminiProvider
+) -> None:
+    """Citations reported per chunk add up; grounding and ratings sent again replace the
+    earlier ones, as Gemini sends them whole."""
+    first = {"citationSources": [{"startIndex": 0, "endIndex": 2, "uri": "https://a"}]}
+    second = {"citationSources": [{"startIndex": 3, "endIndex": 5, "uri": "https://b"}]}
+    fake.push(
+        Raw(
+            [
+                event(
+                    [{"text": "ab"}],
+                    citationMetadata=first,
+                    safetyRatings=[{"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "LOW"}],
+                ),
+                event(
+                    [{"text": "cd"}],
+                    citationMetadata=second,
+                    safetyRatings=[{"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"}],
+                    groundingMetadata={"webSearchQueries": ["q"]},
+                    finishReason="STOP",
+                ),
+            ]
+        )
+    )
+    builder = ReplyBuilder()
+    for chunk in await collect(provider, request()):
+        builder.add(chunk)
+    metadata = builder.candidate_metadata
+    assert metadata is not None
+    assert [c["uri"] for c in metadata["citationMetadata"]["citations"]] == [
+        "https://a",
+        "https://b",
+    ]
+    assert metadata["safetyRatings"] == [{"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"}]
+    assert metadata["groundingMetadata"] == {"webSearchQueries": ["q"]}
+
+
+async def test_explicit_defaults_keep_a_part_typed(
+    fake: FakeGemini, provider: GeminiProvider
+) -> None:
+    """`thought: false`, an empty id or empty args say nothing chatd loses: the part stays
+    typed rather than being kept as Gemini JSON."""
+    fake.push(
+        Raw(
+            [
+                event(
+                    [
+                        {"text": "x", "thought": False},
+                        {"functionCall": {"name": "f", "args": {}, "id": ""}},
+                    ]
+                )
+            ]
+        )
+    )
+    chunks = await collect(provider, request())
+    parts = [p for c in chunks for p in c.parts]
+    assert parts[0] == Part(text="x")
+    assert parts[1] == Part(function_call=FunctionCall("", "f", {}))
+
+
+async def test_an_empty_part_is_dropped(fake: FakeGemini, provider: GeminiProvider) -> None:
+    fake.push(Raw([event([{}, {"text": "x"}])]))
+    chunks = await collect(provider, request())
+    assert [p for c in chunks for p in c.parts] == [Part(text="x")]
+
+
+async def test_a_kept_part_the_sdk_will_not_send_is_refused_not_an_internal_error(
+    fake: FakeGemini, provider: GeminiProvider
+) -> None:
+    """A Gemini JSON part google-genai refuses to send to the Gemini API (a Vertex-only
+    field) is the request's fault: UpstreamRejected, and nothing reaches Gemini."""
+    vertex_only = {"functionCall": {"name": "f", "args": {}, "willContinue": True}}
+    history = (
+        Message(Role.USER, (Part(text="hi"),)),
+        Message(Role.MODEL, (Part(gemini_part=vertex_only),)),
+        Message(Role.USER, (Part(text="more"),)),
+    )
+    with pytest.raises(errors.UpstreamRejected) as err:
+        await collect(provider, request(*history))
+    assert err.value.reason == "INVALID_GEMINI_PART"
+    bad_shape = (Message(Role.USER, (Part(gemini_part={"text": 5}),)),)
+    with pytest.raises(errors.UpstreamRejected):
+        await collect(provider, request(*bad_shape))
+    assert fake.requests == []
+
+
+async def test_function_call_ids_and_signature_only_parts_go_out_as_stored(
+    fake: FakeGemini, provider: GeminiProvider
+) -> None:
+    history = (
+        Message(Role.USER, (Part(text="hi"),)),
+        Message(
+            Role.MODEL,
+            (
+                Part(function_call=FunctionCall("", "f", {"n": 3})),
+                Part(thought_signature=b"\x01\x02"),
+            ),
+        ),
+    )
+    await collect(provider, request(*history))
+    sent = fake.requests[-1].contents[1]["parts"]
+    assert get_field(sent[0], "function_call") == {"args": {"n": 3}, "name": "f"}
+    assert set(sent[1]) in ({"thoughtSignature"}, {"thought_signature"})
