@@ -40,6 +40,10 @@ async def collect(provider: GeminiProvider, req: ModelRequest) -> list[ModelChun
     return [chunk async for chunk in provider.stream(req)]
 
 
+def rating(probability: str) -> dict[str, str]:
+    return {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": probability}
+
+
 def event(parts: list[dict[str, object]], **candidate: object) -> dict[str, object]:
     return {"candidates": [{"content": {"role": "model", "parts": parts}, **candidate}]}
 
@@ -57,12 +61,12 @@ async def test_streamed_metadata_merges_citations_and_keeps_the_latest_of_the_re
                 event(
                     [{"text": "ab"}],
                     citationMetadata=first,
-                    safetyRatings=[{"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "LOW"}],
+                    safetyRatings=[rating("LOW")],
                 ),
                 event(
                     [{"text": "cd"}],
                     citationMetadata=second,
-                    safetyRatings=[{"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"}],
+                    safetyRatings=[rating("NEGLIGIBLE")],
                     groundingMetadata={"webSearchQueries": ["q"]},
                     finishReason="STOP",
                 ),
@@ -78,7 +82,7 @@ async def test_streamed_metadata_merges_citations_and_keeps_the_latest_of_the_re
         "https://a",
         "https://b",
     ]
-    assert metadata["safetyRatings"] == [{"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"}]
+    assert metadata["safetyRatings"] == [rating("NEGLIGIBLE")]
     assert metadata["groundingMetadata"] == {"webSearchQueries": ["q"]}
 
 
