@@ -186,8 +186,10 @@ async def start(
     provider: ModelProvider | None = None,
     tools: ToolRunner | None = None,
 ) -> RunningServer:
-    """Starts serving; `store`, `provider` and `tools` replace the configured ones."""
-    tools = tools or build_tools(settings)
+    """Starts serving; `store`, `provider` and `tools` replace the configured ones.
+
+    The store opens first: when it cannot, its StartupError is the only line logged.
+    """
     if store is None:
         try:
             store = await open_store(
@@ -199,6 +201,11 @@ async def start(
             )
         except (ValueError, ChatdError) as exc:
             raise SystemExit(f"chatd: cannot open the store: {exc}") from exc
+    try:
+        tools = tools or build_tools(settings)
+    except SystemExit:
+        await store.close()
+        raise
     provider = provider or build_provider(settings)
     metrics = Metrics() if settings.metrics_listen else None
     if metrics is not None:
