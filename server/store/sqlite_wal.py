@@ -209,11 +209,10 @@ class WalKeeper:
     def after_batch(self, conn: sqlite3.Connection) -> None:
         if self._watch:
             found = current_header(self._database)
-            if found is not None:
+            if found is not None and found != self._wal:
                 self._watch = False
-                if found != self._wal:
-                    self._wal = found
-                    self._lock.record(found, Fingerprint.of(self._database))
+                self._wal = found
+                self._lock.record(found, Fingerprint.of(self._database))
         try:
             size = os.stat(self._wal_path).st_size
         except FileNotFoundError:
@@ -229,11 +228,10 @@ class WalKeeper:
         finally:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         self._lock.record(self._wal, Fingerprint.of(self._database))
-        if busy:
-            self._next_at = size + self._limit // 8
-        else:
-            self._next_at = self._limit
-            self._watch = True  # the next write starts the WAL again with a new header
+        self._next_at = size + self._limit // 8 if busy else self._limit
+        # Even a busy checkpoint may have copied every frame, and then the next write
+        # restarts the WAL itself: from now on a new header may appear at any write.
+        self._watch = True
 
     def closing(self) -> None:
         """Before the last connection closes: SQLite checkpoints and removes the WAL then."""
