@@ -138,10 +138,20 @@ async def test_the_wal_left_by_kill_9_is_replayed(tmp_path: Path) -> None:
         await server.kill()
 
 
-async def test_a_foreign_wal_is_refused_and_left_unapplied(tmp_path: Path) -> None:
-    """Another database's WAL copied next to this one: refused, neither file is touched."""
+@pytest.mark.parametrize("mine_ended", ["killed", "stopped"])
+async def test_a_foreign_wal_is_refused_and_left_unapplied(tmp_path: Path, mine_ended: str) -> None:
+    """Another database's WAL copied next to this one, whether this one's chatd was killed
+    (its own WAL replaced) or stopped cleanly (no WAL expected): refused, nothing touched."""
     mine, other = tmp_path / "mine.db", tmp_path / "other.db"
-    await create_and_kill(mine, "mine")
+    if mine_ended == "killed":
+        await create_and_kill(mine, "mine")
+    else:
+        server = await ChatdProcess("--database-url", f"sqlite:///{mine}").start()
+        try:
+            await stop(server)
+        finally:
+            await server.kill()
+        assert not wal_of(mine).exists()
     await create_and_kill(other, "other")
     foreign = wal_of(other).read_bytes()
     wal_of(mine).write_bytes(foreign)

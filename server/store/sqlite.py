@@ -111,7 +111,7 @@ class SqliteStore:
             wal = check_before_open(database, lock.previous)
             keeper = WalKeeper(lock, database, BUSY_TIMEOUT_MS)
             try:
-                lock.record(wal, None)  # the file may change while SQLite opens it
+                lock.record(wal, None, opening=True)  # the file changes while SQLite opens it
             except OSError as exc:
                 raise sqlite_files.write_error(lock.path, exc) from exc
             store = await cls._start(database, mode, keeper)

@@ -67,12 +67,14 @@ class Fingerprint:
 
 @dataclass(frozen=True, slots=True)
 class OwnerRecord:
-    """The last state the owner recorded. `wal` None: no WAL was in use (a WAL started
-    since then has checkpoint sequence 0). `database` None: the database file may have been
-    changing (chatd was checkpointing, opening or closing), so it proves nothing."""
+    """The last state the owner recorded. `wal` None: no WAL was in use. `opening`: chatd
+    was opening the database, so a WAL SQLite started from nothing (checkpoint sequence 0)
+    may have appeared since. `database` None: the database file may have been changing
+    (chatd was checkpointing, opening or closing), so it proves nothing."""
 
     wal: WalHeader | None
     database: Fingerprint | None
+    opening: bool = False
 
 
 def _holder_text(record: dict[str, Any] | None) -> str:
@@ -101,7 +103,7 @@ def _parse_record(raw: dict[str, Any] | None) -> OwnerRecord | None:
         db = None if raw["database"] is None else Fingerprint(*(int(v) for v in raw["database"]))
     except (TypeError, ValueError):
         return None
-    return OwnerRecord(wal, db)
+    return OwnerRecord(wal, db, raw.get("opening") is True)
 
 
 class OwnerLock:
@@ -154,7 +156,9 @@ class OwnerLock:
         lock._size = os.fstat(fd).st_size  # every rewrite covers the previous owner's record
         return lock
 
-    def record(self, wal: WalHeader | None, database: Fingerprint | None) -> None:
+    def record(
+        self, wal: WalHeader | None, database: Fingerprint | None, *, opening: bool = False
+    ) -> None:
         """Rewrites the record in place and syncs it, so it survives a crash."""
         if self._fd is None:
             return
@@ -164,6 +168,7 @@ class OwnerLock:
             "database": None
             if database is None
             else [database.inode, database.size, database.mtime_ns],
+            "opening": opening,
         }
         data = json.dumps(body).encode()
         self._size = max(self._size, -(-(len(data) + 1) // _RECORD_BLOCK) * _RECORD_BLOCK)

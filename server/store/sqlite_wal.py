@@ -12,8 +12,9 @@ the WAL itself before SQLite opens the files:
   salts, or their successor (SQLite restarts a WAL with salt-1 plus one and the sequence
   plus one; chatd records the new header after the write that restarted it, so a crash in
   between leaves exactly one step to accept). A WAL started from nothing has sequence 0
-  and random salts; when the record says no WAL was in use, such a WAL is the one SQLite
-  began after that and is accepted;
+  and random salts; chatd makes SQLite start it while opening the database, before any
+  caller's write, and records it at once. Only when the record says chatd was opening the
+  database is a WAL of sequence 0 accepted without its salts on record;
 - and when the record holds a fingerprint of the database file (taken while chatd knew
   the file was not changing), the file must still match it: a database copied back from
   a backup under a WAL it never had is refused.
@@ -115,9 +116,10 @@ def _refuse(database: Path, cause: str) -> StartupError:
     return StartupError(str(wal), cause, _MOVE_ASIDE.format(wal=wal, db=database))
 
 
-def _belongs(found: WalHeader, recorded: WalHeader | None) -> bool:
+def _belongs(found: WalHeader, record: OwnerRecord) -> bool:
+    recorded = record.wal
     if recorded is None:
-        return found.checkpoint == 0
+        return record.opening and found.checkpoint == 0
     successor = WalHeader(
         (recorded.checkpoint + 1) & 0xFFFFFFFF, (recorded.salt1 + 1) & 0xFFFFFFFF, found.salt2
     )
@@ -163,7 +165,7 @@ def check_before_open(database: Path, record: OwnerRecord | None) -> WalHeader |
             "it holds unapplied transactions but chatd has no record that it belongs to this"
             " database (the lock file is missing, or an older chatd or another program wrote it)",
         )
-    if not _belongs(header, record.wal):
+    if not _belongs(header, record):
         raise _refuse(
             database,
             "it holds unapplied transactions of another database"
@@ -203,6 +205,12 @@ class WalKeeper:
             FRAME_HEADER_SIZE + page_size
         )
         self._wal = current_header(self._database)
+        if self._wal is None:
+            # Make SQLite start its WAL now, so its header is on record before any write a
+            # caller is told about (rewriting user_version changes nothing else).
+            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            self._wal = current_header(self._database)
         self._watch = self._wal is None
         self._lock.record(self._wal, Fingerprint.of(self._database))
 

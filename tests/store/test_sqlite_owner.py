@@ -79,12 +79,21 @@ def test_a_wal_two_restarts_ahead_of_the_record_is_refused(image: Path) -> None:
     assert "move" in raised.value.fix
 
 
-def test_a_new_wal_is_accepted_when_none_was_recorded(tmp_path: Path) -> None:
-    """A crash after the first write of a WAL started from nothing: sequence 0 belongs."""
+def test_a_new_wal_is_accepted_when_the_record_says_chatd_was_opening(tmp_path: Path) -> None:
+    """A crash while opening, after SQLite started a WAL from nothing: sequence 0 belongs."""
     target = tmp_path / "fresh.db"
     crash_image(tmp_path / "source.db", target)
     assert header_of(target).checkpoint == 0
-    assert check_before_open(target, OwnerRecord(None, Fingerprint.of(target))) is not None
+    record = OwnerRecord(None, Fingerprint.of(target), opening=True)
+    assert check_before_open(target, record) is not None
+
+
+def test_a_new_wal_next_to_a_cleanly_closed_database_is_refused(tmp_path: Path) -> None:
+    """chatd closed the database and removed its WAL: whatever WAL appeared is foreign."""
+    target = tmp_path / "fresh.db"
+    crash_image(tmp_path / "source.db", target)
+    with pytest.raises(StartupError, match="another database"):
+        check_before_open(target, OwnerRecord(None, Fingerprint.of(target)))
 
 
 def test_a_restarted_wal_is_refused_when_none_was_recorded(image: Path) -> None:
