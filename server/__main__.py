@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     except StartupError as exc:
         # The one place a start-up problem becomes an exit code: one record, no traceback.
         structlog.get_logger("chatd").error(
-            f"cannot start: {exc}", path=exc.path, cause=exc.cause, fix=exc.fix
+            "cannot start", path=exc.path, cause=exc.cause, fix=exc.fix
         )
         raise SystemExit(1) from None
 

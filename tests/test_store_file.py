@@ -55,7 +55,7 @@ def one_line(code: int, lines: list[str], path: Path, *causes: str) -> dict[str,
     assert code == 1, lines
     assert len(lines) == 1, lines
     record: dict[str, Any] = json.loads(lines[0])
-    assert record["level"] == "error"
+    assert (record["level"], record["event"]) == ("error", "cannot start")
     assert record["path"] == str(path)
     for cause in causes:
         assert cause in record["cause"], record
