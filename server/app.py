@@ -31,6 +31,7 @@ from server.sessions.errors import ChatdError
 from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
+from server.startup import StartupError
 from server.store import CachedStore, open_store
 from server.sweeper import Sweeper
 from server.tools import load_tools
@@ -88,7 +89,11 @@ def build_tools(settings: Settings) -> ToolRunner:
     try:
         registry = load_tools(settings.tool_modules)
     except (ImportError, ValueError) as exc:
-        raise SystemExit(f"chatd: cannot load tools: {exc}") from exc
+        raise StartupError(
+            ",".join(settings.tool_modules) or "chatd.tools entry points",
+            f"cannot load tools: {exc}",
+            "fix or remove the tool module (CHATD_TOOLS)",
+        ) from exc
     log.info("tools loaded", tools=sorted(registry.names()))
     return registry
 
@@ -103,7 +108,11 @@ def build_admission(settings: Settings) -> Admission:
             with open(settings.api_keys_file) as file:
                 keys.update(parse_keys(file, settings.api_keys_file))
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"chatd: cannot load API keys: {exc}") from exc
+        raise StartupError(
+            settings.api_keys_file or "CHATD_API_KEYS",
+            f"cannot load API keys: {exc}",
+            "give one `tenant key` pair per line (CHATD_API_KEYS: tenant:key,...)",
+        ) from exc
     tenants = sorted(set(keys.values()))
     if keys:
         log.info("authentication on", tenants=tenants)
@@ -128,7 +137,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
             with open(settings.tls_client_ca, "rb") as ca:
                 client_ca = ca.read()
     except OSError as exc:
-        raise SystemExit(f"chatd: cannot read TLS files: {exc}") from exc
+        raise StartupError(
+            exc.filename or settings.tls_cert,
+            f"cannot read TLS files: {exc.strerror}",
+            "check CHATD_TLS_CERT, CHATD_TLS_KEY and CHATD_TLS_CLIENT_CA",
+        ) from exc
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
@@ -200,10 +213,15 @@ async def start(
                 postgres_schema=settings.postgres_schema or None,
             )
         except (ValueError, ChatdError) as exc:
-            raise SystemExit(f"chatd: cannot open the store: {exc}") from exc
+            # Named by its setting: a PostgreSQL URL may hold a password.
+            raise StartupError(
+                "CHATD_DATABASE_URL",
+                f"cannot open the store: {exc}",
+                "check the URL and that its database is reachable",
+            ) from exc
     try:
         tools = tools or build_tools(settings)
-    except SystemExit:
+    except StartupError:
         await store.close()
         raise
     provider = provider or build_provider(settings)
@@ -242,7 +260,9 @@ async def start(
             port = server.add_secure_port(settings.listen, credentials)
     except (RuntimeError, OSError) as exc:
         await store.close()
-        raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
+        raise StartupError(
+            settings.listen, f"cannot listen: {exc}", "choose a free address (--listen)"
+        ) from exc
     metrics_server = None
     if metrics is not None:
         try:
@@ -252,7 +272,11 @@ async def start(
         except OSError as exc:
             await server.stop(None)
             await store.close()
-            raise SystemExit(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
+            raise StartupError(
+                settings.metrics_listen,
+                f"cannot serve metrics: {exc}",
+                "choose a free address (--metrics-listen), or an empty one to turn metrics off",
+            ) from exc
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
     await server.start()
