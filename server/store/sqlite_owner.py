@@ -96,7 +96,7 @@ def _read_json(fd: int) -> dict[str, Any] | None:
 
 
 def _parse_record(raw: dict[str, Any] | None) -> OwnerRecord | None:
-    if raw is None or "database" not in raw or "wal" not in raw:
+    if raw is None or "database" not in raw or "wal" not in raw or raw.get("known") is False:
         return None
     try:
         wal = None if raw["wal"] is None else WalHeader(*(int(v) for v in raw["wal"]))
@@ -152,14 +152,35 @@ class OwnerLock:
                 "stop that chatd first, or give this one another database file;"
                 " several replicas need PostgreSQL",
             ) from exc
-        lock = cls(fd, path, database, _parse_record(_read_json(fd)))
+        previous = _parse_record(_read_json(fd))
+        lock = cls(fd, path, database, previous)
         lock._size = os.fstat(fd).st_size  # every rewrite covers the previous owner's record
+        try:
+            # Name the new holder at once, keeping what the previous owner recorded about
+            # the files until they are checked: a refused second process reads this.
+            if previous is None:
+                lock.record(None, None, known=False)
+            else:
+                lock.record(previous.wal, previous.database, opening=previous.opening)
+        except OSError as exc:
+            lock.release()
+            raise StartupError(
+                str(database),
+                f"cannot write its lock file {path}: {exc.strerror}",
+                "free space on its file system, or make the lock file writable",
+            ) from exc
         return lock
 
     def record(
-        self, wal: WalHeader | None, database: Fingerprint | None, *, opening: bool = False
+        self,
+        wal: WalHeader | None,
+        database: Fingerprint | None,
+        *,
+        opening: bool = False,
+        known: bool = True,
     ) -> None:
-        """Rewrites the record in place and syncs it, so it survives a crash."""
+        """Rewrites the record in place and syncs it, so it survives a crash. `known=False`
+        names the holder only: the files' state is still unknown (no usable record)."""
         if self._fd is None:
             return
         body = {
@@ -169,6 +190,7 @@ class OwnerLock:
             if database is None
             else [database.inode, database.size, database.mtime_ns],
             "opening": opening,
+            "known": known,
         }
         data = json.dumps(body).encode()
         self._size = max(self._size, -(-(len(data) + 1) // _RECORD_BLOCK) * _RECORD_BLOCK)

@@ -208,3 +208,27 @@ async def test_the_lock_file_names_the_holder_and_is_released_on_close(tmp_path:
     await store.close()
     lock = OwnerLock.acquire(database)
     lock.release()
+
+
+def test_a_refused_start_keeps_what_the_previous_owner_recorded(image: Path) -> None:
+    """Taking the lock names the new holder at once but keeps the files' recorded state, so
+    a start refused over a WAL is refused again, for the same reason, when retried."""
+    for _ in range(2):
+        lock = OwnerLock.acquire(image)
+        try:
+            assert owner_record(image)["pid"] == os.getpid()
+            with pytest.raises(StartupError, match="no record"):
+                check_before_open(image, lock.previous)
+        finally:
+            lock.release()
+    header = header_of(image)
+    lock = OwnerLock.acquire(image)
+    lock.record(predecessor(header, 2), None)
+    lock.release()
+    for _ in range(2):
+        lock = OwnerLock.acquire(image)
+        try:
+            with pytest.raises(StartupError, match="another database"):
+                check_before_open(image, lock.previous)
+        finally:
+            lock.release()
