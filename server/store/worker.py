@@ -159,7 +159,7 @@ class ConnectionThread:
                     # If the error already ended the transaction (SQLite does that on I/O
                     # errors), ROLLBACK TO raises and the whole batch fails below.
                     conn.execute("ROLLBACK TO job")
-                    outcomes.append((future, None, exc))
+                    outcomes.append((future, None, _job_failed(exc)))
                 else:
                     outcomes.append((future, result, None))
                 conn.execute("RELEASE job")
@@ -180,7 +180,7 @@ class ConnectionThread:
                 try:
                     outcomes.append((future, job(conn), None))
                 except Exception as exc:
-                    outcomes.append((future, None, exc))
+                    outcomes.append((future, None, _job_failed(exc)))
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
@@ -192,3 +192,9 @@ def _batch_failed(cause: Exception) -> Unavailable:
     error = Unavailable(f"storage transaction failed: {cause}")
     error.__cause__ = cause
     return error
+
+
+def _job_failed(error: Exception) -> Exception:
+    # SQLite's operational errors (read-only file, full disk, I/O) are the storage failing,
+    # not the request: UNAVAILABLE, as a failed COMMIT is, rather than INTERNAL.
+    return _batch_failed(error) if isinstance(error, sqlite3.OperationalError) else error
