@@ -32,7 +32,7 @@ from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
 from server.startup import StartupError
-from server.store import CachedStore, open_store
+from server.store import CachedStore, SchemaTooNew, open_store
 from server.sweeper import Sweeper
 from server.tools import load_tools
 
@@ -212,7 +212,7 @@ async def start(
                 postgres_max_connections=settings.postgres_max_connections,
                 postgres_schema=settings.postgres_schema or None,
             )
-        except (ValueError, ChatdError) as exc:
+        except (ValueError, ChatdError, SchemaTooNew) as exc:
             # Named by its setting: a PostgreSQL URL may hold a password.
             raise StartupError(
                 "CHATD_DATABASE_URL",

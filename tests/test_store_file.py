@@ -21,6 +21,7 @@ import pytest
 from chatd.v1 import chat_service_pb2 as pb
 from server.store import SqliteStore
 from tests.process import ROOT, ChatdProcess
+from tests.store.conftest import fresh_schema, postgres_dsn
 
 NOBODY = 65534
 
@@ -300,6 +301,43 @@ async def test_a_read_only_directory_is_one_line_and_exit_1(shared_dir: Path) ->
     directory.chmod(0o555)
     code, lines = await refused(database, prefix=prefix)
     one_line(code, lines, database, "cannot create its lock file")
+
+
+async def test_a_postgres_schema_from_a_newer_chatd_is_one_line_and_exit_1() -> None:
+    """Not only SQLite: the newer-schema refusal is the same record, and no URL is echoed."""
+    import asyncpg
+
+    dsn = postgres_dsn()
+    async with fresh_schema(dsn) as schema:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"CREATE SCHEMA {schema}")
+            await conn.execute(
+                f"CREATE TABLE {schema}.schema_migrations"
+                " (version BIGINT PRIMARY KEY, description TEXT, applied_at BIGINT)"
+            )
+            await conn.execute(f"INSERT INTO {schema}.schema_migrations VALUES (999, 'x', 0)")
+        finally:
+            await conn.close()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            dsn,
+            "--postgres-schema",
+            schema,
+            cwd=ROOT,
+            env={**os.environ, "CHATD_LOG_FORMAT": "json"},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+        lines = [line for line in stderr.decode().splitlines() if line.strip()]
+        one_line(await proc.wait(), lines, Path("CHATD_DATABASE_URL"), "999")
+        assert dsn not in lines[0]
 
 
 # ----------------------------------------------------------------------------------- paths
