@@ -114,11 +114,10 @@ class SqliteStore:
                 lock.record(wal, None, opening=True)  # the file changes while SQLite opens it
             except OSError as exc:
                 raise sqlite_files.write_error(lock.path, exc) from exc
-            store = await cls._start(database, mode, keeper)
+            writer, reader = await cls._start(database, mode, keeper)
         except BaseException:
             lock.release()
             raise
-        store._owner = (lock, keeper)
         if found.new:
             log.warning(
                 f"created new database at {database}",
@@ -127,10 +126,14 @@ class SqliteStore:
                 working_directory=os.getcwd(),
             )
         log.info("database opened", path=str(database), wal_replayed=wal is not None)
-        return store
+        return cls(writer, reader, (lock, keeper))
 
     @classmethod
-    async def _start(cls, database: Path, mode: str, keeper: WalKeeper) -> SqliteStore:
+    async def _start(
+        cls, database: Path, mode: str, keeper: WalKeeper
+    ) -> tuple[ConnectionThread, ConnectionThread]:
+        """The writer (which migrates) and the reader, with SQLite's errors explained."""
+
         def open_writer() -> sqlite3.Connection:
             conn = connect(str(database), mode, writer=True)
             try:
@@ -171,7 +174,7 @@ class SqliteStore:
             if isinstance(exc, sqlite3.Error):
                 raise sqlite_files.explain(database, exc) from exc
             raise
-        return cls(writer, reader)
+        return writer, reader
 
     async def create_session(
         self,
