@@ -81,8 +81,10 @@ def inspect(path: Path) -> DatabaseFile:
     if page_size < 512 or page_size & (page_size - 1):
         raise StartupError(str(path), f"is damaged (page size {page_size} in its header)", _RESTORE)
     pages = int.from_bytes(header[28:32], "big")
-    # The in-header size is only valid when its change counter matches (SQLite 3.7.0+).
-    if header[24:28] == header[92:96] and size < pages * page_size:
+    # The in-header size is only valid when its change counter matches (SQLite 3.7.0+), and
+    # only without a WAL: a checkpoint cut short writes page 1 before the file has grown,
+    # and replaying the WAL completes it.
+    if header[24:28] == header[92:96] and size < pages * page_size and not _has_wal(path):
         raise StartupError(
             str(path),
             f"is truncated ({size} bytes, its header says {pages * page_size})",
@@ -123,6 +125,13 @@ def explain(path: Path, exc: sqlite3.Error) -> StartupError:
     error = StartupError(str(path), cause, fix)
     error.__cause__ = exc
     return error
+
+
+def _has_wal(path: Path) -> bool:
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _disk_full(path: Path) -> bool:

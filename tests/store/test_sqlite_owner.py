@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from server.startup import StartupError
-from server.store import SqliteStore, sqlite_wal
+from server.store import SqliteStore, sqlite_files, sqlite_wal
 from server.store.sqlite_owner import Fingerprint, OwnerLock, OwnerRecord, WalHeader
 from server.store.sqlite_setup import BUSY_TIMEOUT_MS, connect
 from server.store.sqlite_wal import WalKeeper, check_before_open, current_header, wal_path
@@ -232,3 +232,19 @@ def test_a_refused_start_keeps_what_the_previous_owner_recorded(image: Path) -> 
                 check_before_open(image, lock.previous)
         finally:
             lock.release()
+
+
+def test_a_database_shorter_than_its_header_says_is_left_to_its_wal(tmp_path: Path) -> None:
+    """A checkpoint cut short by kill -9 writes page 1 (the new size) before the file has
+    grown; the WAL still holds every page, so only without a WAL is that truncation."""
+    database = tmp_path / "chatd.db"
+    conn = sqlite3.connect(database)
+    conn.execute("CREATE TABLE filler (x)")
+    conn.executemany("INSERT INTO filler VALUES (?)", [("x" * 1000,)] * 40)
+    conn.commit()
+    conn.close()
+    os.truncate(database, 8192)
+    with pytest.raises(StartupError, match="is truncated"):
+        sqlite_files.inspect(database)
+    wal_path(database).write_bytes(b"\0" * 64)
+    assert sqlite_files.inspect(database).new is False
