@@ -300,7 +300,7 @@ async def test_a_read_only_directory_is_one_line_and_exit_1(shared_dir: Path) ->
     database = directory / "chatd.db"
     directory.chmod(0o555)
     code, lines = await refused(database, prefix=prefix)
-    one_line(code, lines, database, "cannot create its lock file")
+    one_line(code, lines, database, "cannot open or create its lock file")
 
 
 async def test_a_postgres_schema_from_a_newer_chatd_is_one_line_and_exit_1() -> None:

@@ -131,9 +131,9 @@ class OwnerLock:
         except OSError as exc:
             raise StartupError(
                 str(database),
-                f"cannot create its lock file {path}: {exc.strerror}",
-                "chatd needs read and write access to the database's directory"
-                " (it keeps the lock file, the -wal and the -shm file there)",
+                f"cannot open or create its lock file {path}: {exc.strerror}",
+                "chatd needs read and write access to the database's directory and the files"
+                " in it (it keeps the lock file, the -wal and the -shm file there)",
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
