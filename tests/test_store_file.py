@@ -188,13 +188,25 @@ def _garbage(path: Path) -> None:
     path.write_bytes(bytes(range(256)) * 40)
 
 
-def _truncated(path: Path) -> None:
+def _filled(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE schema_migrations (version)")
         conn.execute("CREATE TABLE filler (x)")
         conn.executemany("INSERT INTO filler VALUES (?)", [("x" * 1000,)] * 40)
     conn.close()
+
+
+def _truncated(path: Path) -> None:
+    _filled(path)
     os.truncate(path, 8192)
+
+
+def _damaged(path: Path) -> None:
+    """A valid header over a page 1 of garbage: only SQLite itself can tell."""
+    _filled(path)
+    with open(path, "r+b") as file:
+        file.seek(100)
+        file.write(b"\xab" * (4096 - 100))
 
 
 def _too_new(path: Path) -> None:
@@ -219,11 +231,12 @@ def _directory(path: Path) -> None:
     [
         (_garbage, "is not a SQLite database"),
         (_truncated, "is truncated"),
+        (_damaged, "is damaged"),
         (_too_new, "schema version 999 is newer"),
         (_foreign_schema, "another program's SQLite database"),
         (_directory, "is a directory"),
     ],
-    ids=["garbage", "truncated", "too-new", "foreign-schema", "directory"],
+    ids=["garbage", "truncated", "damaged", "too-new", "foreign-schema", "directory"],
 )
 async def test_an_unusable_file_is_one_line_and_exit_1(
     tmp_path: Path, make: Callable[[Path], None], cause: str
