@@ -277,6 +277,10 @@ def _unprivileged() -> tuple[str, ...]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("running as root without setpriv: permission bits cannot be tested")
+    for needed in (ROOT, Path(sys.executable).parent):
+        for directory in (needed, *needed.parents):
+            if not directory.stat().st_mode & 0o001:
+                pytest.skip(f"{directory} is closed to other users: chatd cannot run as nobody")
     return (setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 
 
