@@ -424,3 +424,90 @@ async def test_model_change_while_paused_is_failed_precondition(
     assert "thoughtSignature" not in str(sent.body) and "thought_signature" not in str(sent.body)
     history = await all_messages(gemini_chatd.stub, "g")
     assert history[1].parts[0].thought_signature == SIGNATURE
+
+
+# --------------------------------------------------------------------------- labels
+
+
+LABELS = {"team": "search", "Cost.Center": "A/B", "env": "prod"}
+
+
+@pytest.mark.parametrize(
+    ("vertex", "forward", "expected"),
+    [
+        (True, True, {"team": "search", "env": "prod"}),
+        (True, False, None),
+        (False, True, None),
+    ],
+)
+async def test_session_labels_go_upstream_only_on_vertex_when_forwarded(
+    start_chatd: StartChatd,
+    fake_gemini: FakeGemini,
+    vertex: bool,
+    forward: bool,
+    expected: dict[str, str] | None,
+) -> None:
+    """Vertex AI takes request labels (Google Cloud label syntax only: "Cost.Center" stays
+    chatd's own); the Gemini API takes none, so chatd never sends them there."""
+    provider = fast_gemini(fake_gemini, vertexai=vertex, forward_labels=forward)
+    chatd = await start_chatd(provider=provider)
+    await new_session(chatd, labels=LABELS)
+    await send(chatd)
+    await chatd.stub.GenerateContent(
+        pb.GenerateContentRequest(
+            contents=[content_pb2.Content(role=content_pb2.ROLE_USER, parts=[{"text": "x"}])],
+            labels=LABELS,
+        )
+    )
+    for sent in fake_gemini.requests:
+        assert sent.vertex is vertex
+        assert sent.rejection is None
+        assert sent.field("labels") == expected
+    stored = (await chatd.stub.GetSession(pb.GetSessionRequest(session_id="g"))).session
+    assert dict(stored.labels) == LABELS
+
+
+# --------------------------------------------------------------------------- wire rules
+
+
+async def test_display_names_are_kept_but_sent_only_to_vertex(
+    start_chatd: StartChatd, fake_gemini: FakeGemini
+) -> None:
+    """The Gemini API's Blob and FileData have no display_name (it answers 400 Unknown
+    name); Vertex AI's do."""
+    image = content_pb2.Part(
+        inline_data=content_pb2.Blob(mime_type="image/png", data=b"\x89", display_name="pic")
+    )
+    for index, vertex in enumerate((False, True)):
+        chatd = await start_chatd(provider=fast_gemini(fake_gemini, vertexai=vertex))
+        await new_session(chatd)
+        await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="g", parts=[image]))
+        sent = fake_gemini.requests[index]
+        assert sent.rejection is None
+        blob = get_field(sent.contents[0], "parts", 0, "inline_data")
+        assert get_field(blob, "display_name") == ("pic" if vertex else None)
+        history = await all_messages(chatd.stub, "g")
+        assert history[0].parts[0].inline_data.display_name == "pic"
+
+
+async def test_gemini_3_current_turn_call_without_signature_gets_the_documented_dummy(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """A paused turn whose call has no signature (appended history, or written by a model
+    that signs nothing) resumes on Gemini 3 with the dummy signature the thought-signature
+    guide documents, which the strict fake, like Gemini, accepts."""
+    decl = session_pb2.FunctionDeclaration(name="lookup")
+    await new_session(gemini_chatd, model="gemini-3-flash-preview", function_declarations=[decl])
+    fake_gemini.push(Reply(parts=[call_part("lookup", {}, id="c1")]))
+    await send(gemini_chatd)
+    await gemini_chatd.stub.SendMessage(
+        pb.SendMessageRequest(
+            session_id="g", tool_results=[pb.ToolResult(call_id="c1", result={"number_value": 1})]
+        )
+    )
+    resumed = fake_gemini.requests[-1]
+    assert resumed.rejection is None
+    call = resumed.contents[1]["parts"][0]
+    assert get_field(call, "thought_signature") == "skip_thought_signature_validator"
+    history = await all_messages(gemini_chatd.stub, "g")
+    assert history[1].parts[0].thought_signature == b"", "history is never rewritten"
