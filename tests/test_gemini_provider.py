@@ -3,9 +3,8 @@ HTTP against FakeGemini (no SDK function is patched)."""
 
 from __future__ import annotations
 
-import json
-
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
