@@ -511,3 +511,21 @@ async def test_gemini_3_current_turn_call_without_signature_gets_the_documented_
     assert get_field(call, "thought_signature") == "skip_thought_signature_validator"
     history = await all_messages(gemini_chatd.stub, "g")
     assert history[1].parts[0].thought_signature == b"", "history is never rewritten"
+
+
+async def test_count_tokens_on_vertex_passes_instruction_and_tools_in_the_sdk_config(
+    start_chatd: StartChatd, fake_gemini: FakeGemini
+) -> None:
+    """Vertex AI's countTokens takes systemInstruction and tools beside contents, which the
+    SDK's public count_tokens sends from CountTokensConfig."""
+    chatd = await start_chatd(provider=fast_gemini(fake_gemini, vertexai=True))
+    decl = session_pb2.FunctionDeclaration(name="lookup")
+    await new_session(chatd, system_instruction="Be brief.", function_declarations=[decl])
+    fake_gemini.push(Tokens(9))
+    counted = await chatd.stub.CountTokens(pb.CountTokensRequest(session_id="g", text="hi"))
+    assert counted.total_tokens == 9
+    sent = fake_gemini.requests[-1]
+    assert sent.vertex and sent.rejection is None
+    assert sent.field("system_instruction", "parts") == [{"text": "Be brief."}]
+    assert get_field(sent.body, "tools", 0, "function_declarations", 0, "name") == "lookup"
+    assert sent.texts("user") == ["hi"]
