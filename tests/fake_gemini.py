@@ -766,6 +766,38 @@ def _check_empty_text(contents: list[Any]) -> None:
                 )
 
 
+# Part.data is a oneof: https://ai.google.dev/api/caching#Part ("data can be only one of").
+_PART_DATA = (
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+    "executableCode",
+    "codeExecutionResult",
+    "toolCall",
+    "toolResponse",
+)
+
+
+def _check_parts(contents: list[Any]) -> None:
+    # A content needs parts (reported: "contents.parts must not be empty"), and a part holds
+    # at most one data field (the JSON parser refuses a second member of the oneof).
+    for i, content in enumerate(contents):
+        parts = get_field(content, "parts", default=[]) or []
+        if not parts:
+            raise InvalidRequest(
+                f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."
+            )
+        for j, part in enumerate(parts):
+            present = [name for name in _PART_DATA if get_field(part, name) is not None]
+            if len(present) > 1:
+                raise InvalidRequest(
+                    f"Invalid JSON payload received. Oneof field 'data' is already set. Cannot "
+                    f"set '{present[1]}' (contents[{i}].parts[{j}])"
+                )
+
+
 def _only_function_responses(content: Any) -> bool:
     parts = get_field(content, "parts", default=[]) or []
     return bool(parts) and all(get_field(p, "functionResponse") is not None for p in parts)
@@ -820,6 +852,7 @@ def _check_generate(model: str, request: Any, vertex: bool) -> None:
         # https://ai.google.dev/api/generate-content#request-body: contents is required.
         raise InvalidRequest("* GenerateContentRequest.contents: contents is not specified")
     _check_thinking(get_field(request, "generationConfig", default={}))
+    _check_parts(contents)
     _check_empty_text(contents)
     _check_current_turn_signatures(model, contents)
     _check_cached_content(request)

@@ -704,3 +704,11 @@ async def test_the_sdk_itself_passes_the_strict_fake(
     )
     await client.aio.models.generate_content(model=MODEL, contents="hi", config=config)
     assert fake.requests[-1].rejection is None
+
+
+async def test_empty_contents_parts_and_two_data_fields_are_refused(fake: FakeGemini) -> None:
+    """A content needs parts; a part's data is a oneof (https://ai.google.dev/api/caching#Part)."""
+    await assert_refused(fake, {"contents": []}, "contents is not specified")
+    await assert_refused(fake, {"contents": [{"role": "user", "parts": []}]}, "must not be empty")
+    both = {"role": "user", "parts": [{"text": "a", "fileData": {"fileUri": "gs://b/x"}}]}
+    await assert_refused(fake, {"contents": [both]}, "Oneof field 'data' is already set")
