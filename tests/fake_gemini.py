@@ -13,6 +13,13 @@ Usage::
         assert fake.requests[0].texts() == ["hi"]
         fake.wait_for_disconnect(timeout=0.5)  # a client gave up on a stream
 
+The fake is strict by default: a request the real API refuses (unknown field names, a
+thinking budget beside a level, empty unsigned text, an unsigned current-turn call on
+Gemini 3, ...; see ``check_request``) gets HTTP 400 INVALID_ARGUMENT with a message like
+the API's, and its record carries ``rejection``. A test that sends such a request on
+purpose sets ``fake.strict = False``. Gemini API paths (``/v1|v1beta|v1alpha/models/M:...``)
+and Vertex AI paths (``.../publishers/google/models/M:...``, ``record.vertex``) are served.
+
 Scripts are consumed in order: per method if pushed with ``method=...``, else from a queue
 shared by generateContent and streamGenerateContent; ``Tokens`` goes to countTokens. With
 nothing queued the fake echoes the last user text (``set_default`` changes that). A script
