@@ -66,6 +66,7 @@ def build_provider(settings: Settings) -> ModelProvider:
                 default_model=settings.default_model or DEFAULT_MODEL,
                 timeout=settings.gemini_timeout,
                 retry_attempts=settings.gemini_retry_attempts,
+                forward_labels=settings.gemini_forward_labels,
             )
         )
     why = (

@@ -32,6 +32,7 @@ def generate_input(request: GenerateRequest, timeout: float | None) -> GenerateI
             SafetySetting(s.category, s.threshold) for s in request.safety_settings
         ),
         timeout=timeout,
+        labels=dict(request.labels),
     )
 
 
