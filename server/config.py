@@ -66,6 +66,8 @@ class Settings:
     gemini_base_url: str = field(default="", repr=False)
     gemini_timeout: float = 120.0
     gemini_retry_attempts: int = 3
+    # Send session labels upstream as Vertex AI request labels.
+    gemini_forward_labels: bool = False
 
     @property
     def tool_modules(self) -> tuple[str, ...]:
@@ -175,6 +177,12 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         "--gemini-retry-attempts",
         ("CHATD_GEMINI_RETRY_ATTEMPTS",),
         "tries per model call, first included",
+    ),
+    (
+        "gemini_forward_labels",
+        "--gemini-forward-labels",
+        ("CHATD_GEMINI_FORWARD_LABELS",),
+        "send session labels to Vertex AI as request labels",
     ),
 )
 

@@ -136,7 +136,10 @@ class EchoProvider:
         )
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
-        return TokenCount(estimate_tokens(request.contents), estimated=True)
+        total = estimate_tokens(
+            request.contents, request.system_instruction, request.function_declarations
+        )
+        return TokenCount(total, estimated=True)
 
     async def close(self) -> None:
         return None

@@ -205,6 +205,8 @@ def part_to_pb(part: Part, out: pb.Part) -> None:
         out.gemini_part = json_text(part.gemini_part)
     out.thought = part.thought
     out.thought_signature = part.thought_signature
+    if part.media_resolution:
+        out.media_resolution = pb.MediaResolution.Value(part.media_resolution)
 
 
 def function_call_to_pb(call: FunctionCall, out: pb.FunctionCall) -> None:
@@ -271,7 +273,11 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
 
 def part_from_pb(part: pb.Part, field: str) -> Part:
     kind = part.WhichOneof("data")
-    extra: dict[str, Any] = {"thought": part.thought, "thought_signature": part.thought_signature}
+    extra: dict[str, Any] = {
+        "thought": part.thought,
+        "thought_signature": part.thought_signature,
+        "media_resolution": media_resolution_from_pb(part.media_resolution),
+    }
     if kind == "text":
         return Part(text=part.text, **extra)
     if kind == "inline_data":
@@ -313,6 +319,18 @@ def part_from_pb(part: pb.Part, field: str) -> Part:
     )
 
 
+_RESOLUTIONS: dict[int, str] = {
+    value: name
+    for name, value in pb.MediaResolution.items()
+    if value != pb.MEDIA_RESOLUTION_UNSPECIFIED
+}
+
+
+def media_resolution_from_pb(value: int) -> str:
+    """The MediaResolution name, "" when unset (an unknown number is left unset too)."""
+    return _RESOLUTIONS.get(value, "")
+
+
 def parts_from_pb(parts: Sequence[pb.Part], field: str) -> tuple[Part, ...]:
     return tuple(part_from_pb(p, f"{field}[{i}]") for i, p in enumerate(parts))
 
@@ -324,6 +342,18 @@ def usage_to_pb(usage: Usage, out: pb.UsageMetadata) -> None:
     out.thoughts_token_count = usage.thoughts_tokens
     out.cached_content_token_count = usage.cached_tokens
     out.tool_use_prompt_token_count = usage.tool_use_prompt_tokens
+    for name, attribute in _DETAILS:
+        for modality, count in getattr(usage, attribute):
+            getattr(out, name).add(modality=modality, token_count=count)
+    out.traffic_type = usage.traffic_type
+
+
+_DETAILS = (
+    ("prompt_tokens_details", "prompt_details"),
+    ("candidates_tokens_details", "candidates_details"),
+    ("cache_tokens_details", "cache_details"),
+    ("tool_use_prompt_tokens_details", "tool_use_prompt_details"),
+)
 
 
 def message_to_pb(message: Message, out: pb.Message) -> None:
@@ -376,6 +406,11 @@ def usage_from_pb(usage: pb.UsageMetadata) -> Usage:
         thoughts_tokens=usage.thoughts_token_count,
         cached_tokens=usage.cached_content_token_count,
         tool_use_prompt_tokens=usage.tool_use_prompt_token_count,
+        **{
+            attribute: tuple((d.modality, d.token_count) for d in getattr(usage, name))
+            for name, attribute in _DETAILS
+        },
+        traffic_type=usage.traffic_type,
     )
 
 

@@ -38,6 +38,7 @@ def generate_input(request: GenerateRequest, timeout: float | None) -> GenerateI
         ),
         timeout=timeout,
         builtin_tools=builtin_tools_from_pb(request.builtin_tools),
+        labels=dict(request.labels),
     )
 
 

@@ -50,6 +50,7 @@ from server.sessions.tool_calls import (
     with_call_ids,
     without_calls,
 )
+from server.sessions.validation import check_cache_use
 from server.sessions.writes import complete
 
 # Builds the request record stored with a turn, from the session and the turn's reply.
@@ -342,6 +343,12 @@ class TurnEngine:
         config = settings.generation_config
         if turn.config_override is not None:
             config = turn.config_override.merged_over(config)
+            check_cache_use(
+                config,
+                settings.system_instruction,
+                bool(settings.tools or settings.function_declarations),
+                "generation_config",
+            )
         enabled = set(settings.tools)
         declarations = [d for d in self._tools.declarations() if d.name in enabled]
         return ModelRequest(
@@ -354,6 +361,7 @@ class TurnEngine:
             builtin_tools=settings.builtin_tools,
             timeout=turn.timeout,
             allow_function_calls=calls_allowed,
+            labels=settings.labels,
         )
 
     def _reply(

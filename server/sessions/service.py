@@ -339,28 +339,60 @@ class ChatSessions:
         candidate: tuple[Part, ...],
         contents: tuple[Message, ...],
         model: str,
+        system_instruction: str = "",
+        function_declarations: tuple[FunctionDeclaration, ...] = (),
     ) -> TokenCount:
         """Tokens of what the next turn would send: the session's context window plus
-        `candidate`; without a session, of `contents` alone."""
+        `candidate`, its system instruction and its tools' declarations; without a
+        session, of `contents` with the given instruction and declarations."""
         if not session_id:
             if not contents:
                 raise InvalidArgument("contents", "set session_id, or contents to count")
             check_messages(contents, "contents", self._limits)
+            settings = SessionSettings(
+                model=model,
+                system_instruction=system_instruction,
+                function_declarations=function_declarations,
+            )
+            check_settings(settings, known_tools=(), prefix="")
             request_model = model or self._provider.default_model
-            return await self._provider.count_tokens(ModelRequest(request_model, contents))
-        if contents:
+            return await self._provider.count_tokens(
+                ModelRequest(
+                    request_model,
+                    contents,
+                    system_instruction=system_instruction,
+                    function_declarations=function_declarations,
+                )
+            )
+        if contents or system_instruction or function_declarations:
+            field = (
+                "contents"
+                if contents
+                else ("system_instruction" if system_instruction else "function_declarations")
+            )
             raise InvalidArgument(
-                "contents", "with session_id, send the candidate as text or parts"
+                field, "with session_id, the session's own are counted: send only the candidate"
             )
         session = await self.get(tenant, session_id)
-        policy = session.settings.context_policy
+        settings = session.settings
+        policy = settings.context_policy
         history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
         if candidate:
             check_user_parts(candidate, "parts", self._limits)
             history.append(Message(Role.USER, candidate))
         window = select_window(history, policy)
-        request_model = model or session.settings.model or self._provider.default_model
-        return await self._provider.count_tokens(ModelRequest(request_model, window))
+        enabled = set(settings.tools)
+        declarations = [d for d in self._tools.declarations() if d.name in enabled]
+        request = ModelRequest(
+            model or settings.model or self._provider.default_model,
+            window,
+            system_instruction=settings.system_instruction,
+            generation_config=settings.generation_config,
+            function_declarations=[*declarations, *settings.function_declarations],
+            safety_settings=settings.safety_settings,
+            labels=settings.labels,
+        )
+        return await self._provider.count_tokens(request)
 
     def generate(self, given: GenerateInput) -> AsyncGenerator[GenerationEvent, None]:
         """Stateless generation (see sessions.stateless)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from server.sessions.errors import InvalidArgument
 from server.sessions.events import PartReceived, TextDelta, ToolCallRequested
@@ -33,6 +33,7 @@ class GenerateInput:
     safety_settings: Sequence[SafetySetting] = ()
     timeout: float | None = None
     builtin_tools: BuiltinTools = BuiltinTools()
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +61,10 @@ async def generate(
         raise InvalidArgument("contents", "is required: the conversation to continue")
     settings = SessionSettings(
         model=given.model,
+        system_instruction=given.system_instruction,
         generation_config=given.generation_config,
         function_declarations=tuple(given.function_declarations),
+        labels=dict(given.labels),
         safety_settings=tuple(given.safety_settings),
         builtin_tools=given.builtin_tools,
     )
@@ -76,6 +79,7 @@ async def generate(
         safety_settings=given.safety_settings,
         timeout=given.timeout,
         builtin_tools=given.builtin_tools,
+        labels=given.labels,
     )
     builder = ReplyBuilder()
     async for delta in stream_model(provider, request, builder):

@@ -24,6 +24,17 @@ _FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
 _ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _MIME = re.compile(r"[\w.+\-]+/[\w.+\-]+")
+# An explicit cache: the Gemini API's "cachedContents/ID", or Vertex AI's full name.
+_CACHED_CONTENT = re.compile(
+    r"(?:projects/[A-Za-z0-9_.\-]{1,128}/locations/[A-Za-z0-9_\-]{1,64}/)?"
+    r"cachedContents/[A-Za-z0-9_\-]{1,128}"
+)
+# The values google-genai 3.6.1 knows (types.ThinkingLevel, MediaResolution, ...).
+THINKING_LEVELS = ("MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH")
+MEDIA_RESOLUTIONS = ("MEDIA_RESOLUTION_LOW", "MEDIA_RESOLUTION_MEDIUM", "MEDIA_RESOLUTION_HIGH")
+PART_MEDIA_RESOLUTIONS = (*MEDIA_RESOLUTIONS, "MEDIA_RESOLUTION_ULTRA_HIGH")
+SERVICE_TIERS = ("standard", "flex", "priority")
+FUNCTION_CALLING_MODES = ("AUTO", "ANY", "NONE", "VALIDATED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +59,12 @@ _USAGE_FIELDS = (
     ("thoughts_token_count", "thoughts_tokens"),
     ("cached_content_token_count", "cached_tokens"),
     ("tool_use_prompt_token_count", "tool_use_prompt_tokens"),
+)
+_DETAIL_FIELDS = (
+    ("prompt_tokens_details", "prompt_details"),
+    ("candidates_tokens_details", "candidates_details"),
+    ("cache_tokens_details", "cache_details"),
+    ("tool_use_prompt_tokens_details", "tool_use_prompt_details"),
 )
 
 
@@ -77,8 +94,58 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
                 f"{prefix}.response_json_schema", "requires response_mime_type application/json"
             )
         check_json_depth(config.response_json_schema, f"{prefix}.response_json_schema")
-    if config.thinking is not None:
-        _range(f"{prefix}.thinking.thinking_budget", config.thinking.thinking_budget, -1, 1 << 20)
+    if (thinking := config.thinking) is not None:
+        _range(f"{prefix}.thinking.thinking_budget", thinking.thinking_budget, -1, 1 << 20)
+        if thinking.thinking_budget is not None and thinking.thinking_level is not None:
+            raise InvalidArgument(
+                f"{prefix}.thinking.thinking_level",
+                "set thinking_level or thinking_budget, not both: Gemini refuses a request "
+                "carrying both",
+            )
+        _one_of(f"{prefix}.thinking.thinking_level", thinking.thinking_level, THINKING_LEVELS)
+    _one_of(f"{prefix}.media_resolution", config.media_resolution, MEDIA_RESOLUTIONS)
+    _one_of(f"{prefix}.service_tier", config.service_tier, SERVICE_TIERS)
+    if (tools := config.tool_config) is not None:
+        _one_of(f"{prefix}.tool_config.mode", tools.mode, FUNCTION_CALLING_MODES)
+        if tools.allowed_function_names and tools.mode not in ("ANY", "VALIDATED"):
+            raise InvalidArgument(
+                f"{prefix}.tool_config.allowed_function_names",
+                "only with mode MODE_ANY or MODE_VALIDATED",
+            )
+        for i, name in enumerate(tools.allowed_function_names):
+            if _FUNCTION_NAME.fullmatch(name) is None:
+                raise InvalidArgument(
+                    f"{prefix}.tool_config.allowed_function_names[{i}]",
+                    f"{name[:64]!r} is not a function name",
+                )
+    cache = config.cached_content
+    if cache is not None and _CACHED_CONTENT.fullmatch(cache) is None:
+        raise InvalidArgument(
+            f"{prefix}.cached_content",
+            f"{cache[:64]!r} is not a cache name (cachedContents/ID, or on Vertex AI "
+            "projects/P/locations/L/cachedContents/ID)",
+        )
+
+
+def _one_of(field: str, value: str | None, allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise InvalidArgument(field, f"{value[:64]!r} is not one of {', '.join(allowed)}")
+
+
+def check_cache_use(
+    config: GenerationConfig, system_instruction: str, tools: bool, prefix: str
+) -> None:
+    """A request reading an explicit cache carries no system instruction, tools or tool
+    config of its own: Gemini refuses them beside cachedContent (they belong in the cache)."""
+    if config.cached_content is None:
+        return
+    if system_instruction or tools or config.tool_config is not None:
+        raise InvalidArgument(
+            f"{prefix}.cached_content",
+            "a request using a cached content may not set system_instruction, tools, "
+            "function_declarations or tool_config: Gemini refuses them beside a cache, "
+            "which holds its own",
+        )
 
 
 def check_settings(settings: SessionSettings, known_tools: Collection[str], prefix: str) -> None:
@@ -88,6 +155,12 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
     if settings.model and _MODEL.fullmatch(settings.model) is None:
         raise InvalidArgument(f"{p}model", f"{settings.model[:64]!r} is not a model name")
     check_generation_config(settings.generation_config, f"{p}generation_config")
+    check_cache_use(
+        settings.generation_config,
+        settings.system_instruction,
+        bool(settings.tools or settings.function_declarations),
+        f"{p}generation_config",
+    )
     for i, tool in enumerate(settings.tools):
         if tool not in known_tools:
             raise InvalidArgument(
@@ -171,6 +244,12 @@ def check_part(part: Part, where: str) -> None:
             raise InvalidArgument(f"{where}.inline_data.data", "is empty")
     if part.file_data is not None and not part.file_data.file_uri:
         raise InvalidArgument(f"{where}.file_data.file_uri", "is required")
+    if part.media_resolution:
+        if part.inline_data is None and part.file_data is None:
+            raise InvalidArgument(
+                f"{where}.media_resolution", "applies to inline_data and file_data parts only"
+            )
+        _one_of(f"{where}.media_resolution", part.media_resolution, PART_MEDIA_RESOLUTIONS)
     if part.function_call is not None:
         if not part.function_call.name:
             raise InvalidArgument(f"{where}.function_call.name", "is required")
@@ -265,6 +344,19 @@ def check_usage(usage: Usage, field: str) -> None:
             raise InvalidArgument(
                 f"{field}.{name}", f"must be between 0 and {MAX_TOKEN_COUNT} (got {value})"
             )
+    for name, attribute in _DETAIL_FIELDS:
+        for i, (modality, count) in enumerate(getattr(usage, attribute)):
+            if _ENUM_NAME.fullmatch(modality) is None:
+                raise InvalidArgument(f"{field}.{name}[{i}].modality", "is not a modality name")
+            if not 0 <= count <= MAX_TOKEN_COUNT:
+                raise InvalidArgument(
+                    f"{field}.{name}[{i}].token_count",
+                    f"must be between 0 and {MAX_TOKEN_COUNT} (got {count})",
+                )
+    if len(usage.traffic_type) > 64 or (
+        usage.traffic_type and _ENUM_NAME.fullmatch(usage.traffic_type) is None
+    ):
+        raise InvalidArgument(f"{field}.traffic_type", "is not a traffic type name")
 
 
 def check_messages(messages: Sequence[Message], field: str, limits: MessageLimits) -> None:
