@@ -10,7 +10,16 @@ import sys
 from collections.abc import AsyncIterator
 
 from server.sessions.context import is_turn_start
-from server.sessions.model import FinishReason, FunctionCall, Message, Part, Role, Usage
+from server.sessions.model import (
+    CodeExecutionResult,
+    ExecutableCode,
+    FinishReason,
+    FunctionCall,
+    Message,
+    Part,
+    Role,
+    Usage,
+)
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
 from server.sessions.tokens import CHARS_PER_TOKEN, estimate_tokens
 
@@ -20,6 +29,9 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 # `/call NAME {json args}` on a line of its own asks for a function call.
 _CALL = re.compile(r"^/call\s+(?P<name>\S+)\s*(?P<args>.*?)\s*$", re.MULTILINE)
 CALL_USAGE = 'usage: /call <function> {"arg": "value"} (one call per line)'
+# `/code SOURCE` on a line of its own shows what a code execution answer looks like.
+_CODE = re.compile(r"^/code\s+(?P<code>.+?)\s*$", re.MULTILINE)
+CODE_NOT_RUN = f"not run: {NOTICE} runs no code"
 
 
 def _not_json(text: str) -> object:
@@ -111,7 +123,28 @@ class EchoProvider:
             if not isinstance(args, dict):
                 return f"Echo: /call arguments must be a JSON object: {CALL_USAGE}"
             calls.append(Part(function_call=FunctionCall("", match["name"], args)))
-        return tuple(calls) if calls else self.reply_text(request)
+        if calls:
+            return tuple(calls)
+        code = [m["code"] for m in _CODE.finditer(text)]
+        if code:
+            # The parts Gemini's code execution tool answers with, so that clients can be
+            # built and tried offline; the code itself is never run.
+            return (
+                Part(text=f"Echo: code execution parts {NOTICE}"),
+                *(
+                    part
+                    for i, source in enumerate(code)
+                    for part in (
+                        Part(executable_code=ExecutableCode("PYTHON", source, f"code-{i}")),
+                        Part(
+                            code_execution_result=CodeExecutionResult(
+                                "OUTCOME_FAILED", CODE_NOT_RUN, f"code-{i}"
+                            )
+                        ),
+                    )
+                ),
+            )
+        return self.reply_text(request)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         reply = self.reply(request)
