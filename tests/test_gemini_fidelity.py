@@ -711,3 +711,20 @@ async def test_appended_gemini_parts_and_signature_only_parts_are_checked_and_se
             )
         )
         assert fields == [field]
+
+
+async def test_builtin_tools_beside_a_cached_content_are_refused(gemini_chatd: Chatd) -> None:
+    """A cached content holds the tools itself and Gemini refuses tools beside it."""
+    fields = await refused(
+        gemini_chatd.stub.CreateSession(
+            pb.CreateSessionRequest(
+                session=session_pb2.Session(
+                    builtin_tools=ALL_BUILTINS,
+                    generation_config=session_pb2.GenerationConfig(
+                        cached_content="cachedContents/abc"
+                    ),
+                )
+            )
+        )
+    )
+    assert fields == ["session.generation_config.cached_content"]

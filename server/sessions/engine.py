@@ -346,7 +346,7 @@ class TurnEngine:
             check_cache_use(
                 config,
                 settings.system_instruction,
-                bool(settings.tools or settings.function_declarations),
+                bool(settings.tools or settings.function_declarations or settings.builtin_tools),
                 "generation_config",
             )
         enabled = set(settings.tools)

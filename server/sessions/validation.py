@@ -143,8 +143,8 @@ def check_cache_use(
         raise InvalidArgument(
             f"{prefix}.cached_content",
             "a request using a cached content may not set system_instruction, tools, "
-            "function_declarations or tool_config: Gemini refuses them beside a cache, "
-            "which holds its own",
+            "builtin_tools, function_declarations or tool_config: Gemini refuses them "
+            "beside a cache, which holds its own",
         )
 
 
@@ -158,7 +158,7 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
     check_cache_use(
         settings.generation_config,
         settings.system_instruction,
-        bool(settings.tools or settings.function_declarations),
+        bool(settings.tools or settings.function_declarations or settings.builtin_tools),
         f"{p}generation_config",
     )
     for i, tool in enumerate(settings.tools):
