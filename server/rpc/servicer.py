@@ -14,11 +14,11 @@ from server.rpc.calls import bind_session as _bind
 from server.rpc.calls import tenant_of as _tenant
 from server.rpc.content_codec import (
     contents_from_pb,
-    dict_to_struct,
     messages_to_pb,
     parts_from_pb,
 )
 from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
+from server.rpc.json_codec import dict_to_struct
 from server.rpc.request_keys import request_key
 from server.rpc.session_codec import (
     function_declarations_from_pb,

@@ -11,12 +11,11 @@ from chatd.v1 import session_pb2 as pb
 from server.rpc.content_codec import (
     function_call_to_pb,
     media_resolution_from_pb,
-    object_input,
-    object_output,
     seconds_of,
     timestamp,
     usage_to_pb,
 )
+from server.rpc.json_codec import object_input, object_output
 from server.sessions.errors import InvalidArgument
 from server.sessions.model import (
     BuiltinTools,

@@ -7,7 +7,6 @@ from server.rpc.content_codec import (
     FINISH_TO_PB,
     function_call_to_pb,
     function_response_to_pb,
-    json_value,
     message_to_pb,
     messages_to_pb,
     part_to_pb,
@@ -15,6 +14,7 @@ from server.rpc.content_codec import (
     response_parts_from_pb,
     usage_to_pb,
 )
+from server.rpc.json_codec import json_value
 from server.rpc.metadata_codec import candidate_metadata_to_pb
 from server.rpc.session_codec import generation_config_from_pb
 from server.sessions.engine import TurnInput

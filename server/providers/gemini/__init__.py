@@ -18,7 +18,8 @@ from google.genai import _common, types
 from google.genai import errors as genai_errors
 from google.genai import models as sdk_models
 
-from server.providers.gemini.convert import to_chunk, to_config, to_contents
+from server.providers.gemini.answers import to_chunk
+from server.providers.gemini.convert import to_config, to_contents
 from server.providers.gemini.upstream import map_api_error, map_transport_error
 from server.sessions import errors
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount

@@ -1,4 +1,4 @@
-"""Conversion between chatd's domain values and google-genai types, in both directions."""
+"""chatd's domain values as google-genai types: the history, the config and the tools."""
 
 from __future__ import annotations
 
@@ -11,24 +11,14 @@ from typing import Any
 from google.genai import types
 
 from server.sessions.model import (
-    Blob,
     BuiltinTools,
-    CodeExecutionResult,
-    ExecutableCode,
-    FileData,
-    FinishReason,
-    FunctionCall,
-    FunctionResponse,
     FunctionResponsePart,
     GenerationConfig,
     Message,
     Part,
     Role,
-    ServerToolCall,
-    ServerToolResponse,
-    Usage,
 )
-from server.sessions.ports import ModelChunk, ModelRequest
+from server.sessions.ports import ModelRequest
 
 # The dummy signature Gemini documents for function calls it did not sign itself ("Can I
 # transfer a conversation from another model...?": https://ai.google.dev/gemini-api/docs/
@@ -60,7 +50,7 @@ def _response_part(part: FunctionResponsePart, vertex: bool) -> types.FunctionRe
     )
 
 
-def _to_sdk_part(part: Part, vertex: bool) -> types.Part:
+def to_sdk_part(part: Part, vertex: bool) -> types.Part:
     if part.gemini_part is not None:
         # Kept as Gemini sent it, signature included: it goes back the same way.
         return types.Part.model_validate(part.gemini_part)
@@ -208,7 +198,7 @@ def to_contents(
     messages: Sequence[Message], model: str = "", *, vertex: bool = False
 ) -> list[types.Content]:
     return [
-        types.Content(role=m.role.value, parts=[_to_sdk_part(p, vertex) for p in m.parts])
+        types.Content(role=m.role.value, parts=[to_sdk_part(p, vertex) for p in m.parts])
         for m in wire_messages(messages, model)
     ]
 
@@ -339,184 +329,3 @@ def to_config(
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         http_options=http,
     )
-
-
-# ----------------------------------------------------------------------------- SDK -> domain
-
-
-def _typed_part(part: types.Part) -> Part:
-    """The domain part for an SDK part, reading only the fields chatd models."""
-    extra: dict[str, Any] = {
-        "thought": bool(part.thought),
-        "thought_signature": part.thought_signature or b"",
-    }
-    resolution = part.media_resolution.level if part.media_resolution is not None else None
-    if (
-        resolution is not None
-        and resolution != types.PartMediaResolutionLevel.MEDIA_RESOLUTION_UNSPECIFIED
-    ):
-        extra["media_resolution"] = resolution.value
-    if part.text is not None:
-        return Part(text=part.text, **extra)
-    if part.inline_data is not None:
-        b = part.inline_data
-        return Part(
-            inline_data=Blob(b.mime_type or "", b.data or b"", b.display_name or ""), **extra
-        )
-    if part.file_data is not None:
-        f = part.file_data
-        return Part(
-            file_data=FileData(f.mime_type or "", f.file_uri or "", f.display_name or ""), **extra
-        )
-    if part.function_call is not None:
-        c = part.function_call
-        return Part(function_call=FunctionCall(c.id or "", c.name or "", c.args or {}), **extra)
-    if part.function_response is not None:
-        r = part.function_response
-        response = FunctionResponse(r.id or "", r.name or "", r.response or {})
-        return Part(function_response=response, **extra)
-    if part.executable_code is not None:
-        code = part.executable_code
-        language = code.language.value if code.language is not None else ""
-        return Part(
-            executable_code=ExecutableCode(language, code.code or "", code.id or ""), **extra
-        )
-    if part.code_execution_result is not None:
-        result = part.code_execution_result
-        outcome = result.outcome.value if result.outcome is not None else ""
-        return Part(
-            code_execution_result=CodeExecutionResult(
-                outcome, result.output or "", result.id or ""
-            ),
-            **extra,
-        )
-    if part.tool_call is not None:
-        t = part.tool_call
-        tool_type = t.tool_type.value if t.tool_type is not None else ""
-        return Part(tool_call=ServerToolCall(t.id or "", tool_type, t.args or {}), **extra)
-    if part.tool_response is not None:
-        t2 = part.tool_response
-        tool_type = t2.tool_type.value if t2.tool_type is not None else ""
-        return Part(
-            tool_response=ServerToolResponse(t2.id or "", tool_type, t2.response or {}), **extra
-        )
-    return Part(**extra)
-
-
-def _dump(part: types.Part) -> dict[str, Any]:
-    dumped: dict[str, Any] = part.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return dumped
-
-
-def _essential(value: Any) -> Any:
-    """`value` without what says nothing (false flags, empty ids, empty objects), so that a
-    part and its typed copy compare equal when chatd models everything in it."""
-    if isinstance(value, dict):
-        kept = {k: _essential(v) for k, v in value.items()}
-        return {
-            k: v
-            for k, v in kept.items()
-            if v is not False and v != {} and not (v == "" and k in ("id", "displayName"))
-        }
-    if isinstance(value, list):
-        return [_essential(v) for v in value]
-    return value
-
-
-def _from_sdk_part(part: types.Part) -> Part | None:
-    """The domain part for a part of the model's answer. A part holding anything chatd
-    does not model (a kind, or a field of a kind) is kept whole as its Gemini JSON, never
-    re-shaped; a part carrying only a signature stays a signature-only part."""
-    typed = _typed_part(part)
-    original = _dump(part)
-    if not _essential(original):
-        return None
-    # Written back with everything chatd keeps (display names included, as on Vertex AI).
-    if _essential(_dump(_to_sdk_part(typed, vertex=True))) == _essential(original):
-        return typed
-    return Part(gemini_part=original)
-
-
-def _usage(metadata: types.GenerateContentResponseUsageMetadata | None) -> Usage | None:
-    if metadata is None:
-        return None
-    return Usage(
-        prompt_tokens=metadata.prompt_token_count or 0,
-        candidates_tokens=metadata.candidates_token_count or 0,
-        total_tokens=metadata.total_token_count or 0,
-        thoughts_tokens=metadata.thoughts_token_count or 0,
-        cached_tokens=metadata.cached_content_token_count or 0,
-        tool_use_prompt_tokens=metadata.tool_use_prompt_token_count or 0,
-        prompt_details=_modalities(metadata.prompt_tokens_details),
-        candidates_details=_modalities(metadata.candidates_tokens_details),
-        cache_details=_modalities(metadata.cache_tokens_details),
-        tool_use_prompt_details=_modalities(metadata.tool_use_prompt_tokens_details),
-        traffic_type=_name(metadata.traffic_type),
-    )
-
-
-def _name(value: Any) -> str:
-    """An SDK enum's value, or an unknown name the SDK kept as a plain string."""
-    if value is None:
-        return ""
-    return str(getattr(value, "value", value))
-
-
-def _modalities(details: Sequence[types.ModalityTokenCount] | None) -> tuple[tuple[str, int], ...]:
-    return tuple(
-        (_name(d.modality) or "MODALITY_UNSPECIFIED", d.token_count or 0) for d in details or ()
-    )
-
-
-# Gemini's finish reasons; chatd's own (PROMPT_BLOCKED, TOOL_CALLS_PENDING, ...) never
-# come from upstream, even if a future API version reused one of their names.
-_UPSTREAM_FINISH = {
-    r.value: r
-    for r in FinishReason
-    if r.value in types.FinishReason.__members__ and r is not FinishReason.UNSPECIFIED
-}
-
-
-def _finish_reason(reason: types.FinishReason | str | None) -> FinishReason | None:
-    if reason is None:
-        return None
-    name = reason.value if isinstance(reason, types.FinishReason) else str(reason)
-    if name == "FINISH_REASON_UNSPECIFIED":
-        return None
-    return _UPSTREAM_FINISH.get(name, FinishReason.OTHER)
-
-
-def to_chunk(response: types.GenerateContentResponse) -> ModelChunk:
-    parts: list[Part] = []
-    finish = None
-    metadata = None
-    if response.candidates:
-        candidate = response.candidates[0]
-        finish = _finish_reason(candidate.finish_reason)
-        if candidate.content is not None:
-            parts = [p for p in map(_from_sdk_part, candidate.content.parts or ()) if p is not None]
-        metadata = _candidate_metadata(candidate)
-    block = ""
-    if response.prompt_feedback is not None and response.prompt_feedback.block_reason is not None:
-        block = response.prompt_feedback.block_reason.value
-    return ModelChunk(
-        parts=tuple(parts),
-        usage=_usage(response.usage_metadata),
-        finish_reason=finish,
-        block_reason=block,
-        model_version=response.model_version or "",
-        candidate_metadata=metadata,
-    )
-
-
-# What the domain models of a candidate itself; the rest is its metadata.
-_CANDIDATE_CORE = {"content", "finish_reason", "index"}
-
-
-def _candidate_metadata(candidate: types.Candidate) -> dict[str, Any] | None:
-    """Everything the candidate says besides its content, as the SDK reads it (camelCase
-    JSON): grounding, URL context, citations, safety ratings, finish message, ..."""
-    metadata: dict[str, Any] = candidate.model_dump(
-        mode="json", by_alias=True, exclude_none=True, exclude=_CANDIDATE_CORE
-    )
-    return metadata or None
