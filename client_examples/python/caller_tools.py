@@ -17,13 +17,14 @@ Run it against `make run` (from the repository root):
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 from connection import TIMEOUT, Metadata, argument_parser, connection, report
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from chatd.v1 import chat_service_pb2 as pb
@@ -44,9 +45,9 @@ LOOKUP_ORDER.parameters.update(
 )
 
 
-def lookup_order(order_id: float) -> dict[str, Any]:
+def lookup_order(order_id: int) -> dict[str, Any]:
     """The tool itself; in a real service this would query your order database."""
-    number = int(order_id)  # JSON numbers arrive as floats in a protobuf Struct
+    number = int(order_id)
     if number <= 0:
         raise ValueError(f"there is no order {number}")
     return {"order_id": number, "status": "shipped", "carrier": "DHL"}
@@ -62,10 +63,11 @@ def execute(call: content_pb2.FunctionCall) -> pb.ToolResult:
     try:
         if tool is None:
             raise LookupError(f"unknown function {call.name!r}")
-        output = tool(**json_format.MessageToDict(call.args))
+        # args_json is the arguments' exact JSON text (a Struct would turn 7 into 7.0).
+        output = tool(**json.loads(call.args_json))
     except Exception as exc:  # report any failure to the model rather than crash
         return pb.ToolResult(call_id=call.id, error=str(exc))
-    return pb.ToolResult(call_id=call.id, result=json_format.ParseDict(output, struct_pb2.Value()))
+    return pb.ToolResult(call_id=call.id, result_json=json.dumps(output))
 
 
 def compact(message: Message) -> str:
