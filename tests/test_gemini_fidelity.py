@@ -728,3 +728,43 @@ async def test_builtin_tools_beside_a_cached_content_are_refused(gemini_chatd: C
         )
     )
     assert fields == ["session.generation_config.cached_content"]
+
+
+async def test_parts_of_another_models_answer_go_without_their_signatures(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """After a model change, a kept Gemini JSON part loses its signature like any part,
+    and a signature-only part is left out (history itself is unchanged)."""
+    await new_session(gemini_chatd, model="gemini-a")
+    odd = {"text": "tagged", "partMetadata": {"k": 1}, "thoughtSignature": "AAEC"}
+    fake_gemini.push(Reply(parts=[odd, text_part("plain"), signature_part(SIGNATURE)]))
+    await send(gemini_chatd, "hi")
+    await gemini_chatd.stub.UpdateSession(
+        pb.UpdateSessionRequest(
+            session=session_pb2.Session(session_id="g", model="gemini-b"),
+            update_mask={"paths": ["model"]},
+        )
+    )
+    await send(gemini_chatd, "next")
+    sent = fake_gemini.requests[-1].contents[1]["parts"]
+    assert len(sent) == 2
+    assert get_field(sent[0], "part_metadata") == {"k": 1}
+    assert all(get_field(p, "thought_signature") is None for p in sent)
+    history = await all_messages(gemini_chatd.stub, "g")
+    assert len(history[1].parts) == 3
+
+
+async def test_a_retried_stream_repeats_its_part_events(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """A StreamReply retried with the same request_id replays the code execution parts as
+    `part` events without calling the model again."""
+    await new_session(gemini_chatd)
+    fake_gemini.push(CODE_REPLY)
+    request = pb.StreamReplyRequest(session_id="g", text="compute", request_id="r1")
+    kinds = []
+    for _ in range(2):
+        events = [e async for e in gemini_chatd.stub.StreamReply(request)]
+        kinds.append([e.part.WhichOneof("data") for e in events if e.HasField("part")])
+    assert kinds[0] == kinds[1] == ["executable_code", "code_execution_result"]
+    assert len(fake_gemini.requests) == 1
