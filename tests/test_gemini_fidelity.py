@@ -768,3 +768,25 @@ async def test_a_retried_stream_repeats_its_part_events(
         kinds.append([e.part.WhichOneof("data") for e in events if e.HasField("part")])
     assert kinds[0] == kinds[1] == ["executable_code", "code_execution_result"]
     assert len(fake_gemini.requests) == 1
+
+
+async def test_prompt_feedback_reaches_the_reply(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """A blocked prompt's reason, Gemini's message about it and its safety ratings."""
+    await new_session(gemini_chatd)
+    feedback = {
+        "blockReason": "SAFETY",
+        "blockReasonMessage": "blocked for safety",
+        "safetyRatings": [
+            {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}
+        ],
+    }
+    fake_gemini.push(Raw([{"promptFeedback": feedback, "modelVersion": "m"}]))
+    reply = await send(gemini_chatd, "bad")
+    assert reply.no_content and reply.block_reason == "SAFETY"
+    got = reply.prompt_feedback
+    assert got.block_reason == "SAFETY"
+    assert got.block_reason_message == "blocked for safety"
+    assert got.safety_ratings[0].blocked
+    assert json.loads(got.json) == feedback

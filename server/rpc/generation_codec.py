@@ -10,7 +10,7 @@ from server.rpc.content_codec import (
     function_call_to_pb,
     usage_to_pb,
 )
-from server.rpc.metadata_codec import candidate_metadata_to_pb
+from server.rpc.metadata_codec import candidate_metadata_to_pb, prompt_feedback_to_pb
 from server.rpc.session_codec import (
     builtin_tools_from_pb,
     function_declarations_from_pb,
@@ -52,6 +52,8 @@ def generation_to_pb(done: GenerationDone, out: pb.Generation) -> None:
     if done.candidate_metadata is not None:
         candidate_metadata_to_pb(done.candidate_metadata, out.candidate_metadata)
     out.no_content = done.no_content
+    if done.prompt_feedback is not None:
+        prompt_feedback_to_pb(done.prompt_feedback, out.prompt_feedback)
 
 
 def generation_event_to_pb(

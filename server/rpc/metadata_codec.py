@@ -62,6 +62,22 @@ def _grounding(g: dict[str, Any], out: pb.GroundingMetadata) -> None:
     out.search_entry_point_html = _str(_dict(g.get("searchEntryPoint")).get("renderedContent"))
 
 
+def prompt_feedback_to_pb(feedback: JSONObject, out: pb.PromptFeedback) -> None:
+    out.json = json_text(feedback)
+    out.block_reason = _str(feedback.get("blockReason"))
+    out.block_reason_message = _str(feedback.get("blockReasonMessage"))
+    _ratings(feedback.get("safetyRatings"), out.safety_ratings)
+
+
+def _ratings(ratings: Any, out: Any) -> None:
+    for rating in map(_dict, _list(ratings)):
+        out.add(
+            category=_str(rating.get("category")),
+            probability=_str(rating.get("probability")),
+            blocked=rating.get("blocked") is True,
+        )
+
+
 def candidate_metadata_to_pb(metadata: JSONObject, out: pb.CandidateMetadata) -> None:
     out.json = json_text(metadata)
     out.finish_message = _str(metadata.get("finishMessage"))
@@ -74,12 +90,7 @@ def candidate_metadata_to_pb(metadata: JSONObject, out: pb.CandidateMetadata) ->
                 retrieved_url=_str(url.get("retrievedUrl")),
                 url_retrieval_status=_str(url.get("urlRetrievalStatus")),
             )
-    for rating in map(_dict, _list(metadata.get("safetyRatings"))):
-        out.safety_ratings.add(
-            category=_str(rating.get("category")),
-            probability=_str(rating.get("probability")),
-            blocked=rating.get("blocked") is True,
-        )
+    _ratings(metadata.get("safetyRatings"), out.safety_ratings)
     if isinstance(citations := metadata.get("citationMetadata"), dict):
         out.citation_metadata.SetInParent()
         for citation in map(_dict, _list(citations.get("citations"))):

@@ -15,7 +15,7 @@ from server.rpc.content_codec import (
     usage_to_pb,
 )
 from server.rpc.json_codec import json_value
-from server.rpc.metadata_codec import candidate_metadata_to_pb
+from server.rpc.metadata_codec import candidate_metadata_to_pb, prompt_feedback_to_pb
 from server.rpc.session_codec import generation_config_from_pb
 from server.sessions.engine import TurnInput
 from server.sessions.errors import InvalidArgument
@@ -86,6 +86,8 @@ def reply_to_pb(reply: TurnReply, out: pb.Reply) -> None:
     if reply.candidate_metadata is not None:
         candidate_metadata_to_pb(reply.candidate_metadata, out.candidate_metadata)
     out.no_content = reply.no_content
+    if reply.prompt_feedback is not None:
+        prompt_feedback_to_pb(reply.prompt_feedback, out.prompt_feedback)
     out.no_content_reason = reply.no_content_reason
     if reply.unstored_message is not None:
         out.not_stored = True

@@ -382,6 +382,7 @@ class TurnEngine:
             model=builder.model_version or (last_model.model if last_model else ""),
             block_reason=builder.block_reason,
             candidate_metadata=builder.candidate_metadata,
+            prompt_feedback=builder.prompt_feedback,
         )
 
     async def _commit(

@@ -66,6 +66,8 @@ class TurnReply:
     no_content_reason: str = ""
     # Nothing of the turn was stored; the user's message that was not.
     unstored_message: Message | None = None
+    # What the model said about the prompt of its last call (camelCase JSON).
+    prompt_feedback: JSONObject | None = None
 
 
 @dataclass(frozen=True, slots=True)

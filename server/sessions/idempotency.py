@@ -176,6 +176,7 @@ def encode_turn_result(session: Session, reply: TurnReply) -> str:
             "model": reply.model,
             "block_reason": reply.block_reason,
             "candidate_metadata": reply.candidate_metadata,
+            "prompt_feedback": reply.prompt_feedback,
             "no_content": reply.no_content_reason if reply.no_content else None,
         },
         separators=(",", ":"),
@@ -219,6 +220,7 @@ async def replay_turn(
             model=data["model"],
             block_reason=data["block_reason"],
             candidate_metadata=data.get("candidate_metadata"),
+            prompt_feedback=data.get("prompt_feedback"),
             no_content=data.get("no_content") is not None,
             no_content_reason=data.get("no_content") or "",
         )

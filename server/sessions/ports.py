@@ -185,6 +185,8 @@ class ModelChunk:
     model_version: str = ""
     # The candidate's fields besides content, finish reason and index (camelCase JSON).
     candidate_metadata: JSONObject | None = None
+    # The response's promptFeedback as the SDK read it (camelCase JSON).
+    prompt_feedback: JSONObject | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ class ReplyBuilder:
         self.model_version = ""
         self.dropped_calls = 0
         self._metadata: dict[str, JSON] = {}
+        self.prompt_feedback: JSONObject | None = None
 
     def add(self, chunk: ModelChunk) -> None:
         for part in chunk.parts:
@@ -51,6 +52,8 @@ class ReplyBuilder:
             self.model_version = chunk.model_version
         if chunk.candidate_metadata:
             self._merge_metadata(chunk.candidate_metadata)
+        if chunk.prompt_feedback:
+            self.prompt_feedback = chunk.prompt_feedback
 
     def _merge_metadata(self, metadata: JSONObject) -> None:
         """A streamed answer's metadata: each chunk's fields replace the earlier ones

@@ -48,6 +48,7 @@ class GenerationDone:
     candidate_metadata: JSONObject | None = None
     # The answer had no content (no candidate, an empty text, a bare signature).
     no_content: bool = False
+    prompt_feedback: JSONObject | None = None
 
 
 GenerationEvent = TextDelta | ToolCallRequested | GenerationDone
@@ -97,4 +98,5 @@ async def generate(
         block_reason=builder.block_reason,
         candidate_metadata=builder.candidate_metadata,
         no_content=not builder.has_content,
+        prompt_feedback=builder.prompt_feedback,
     )

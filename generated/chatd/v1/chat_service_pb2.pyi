@@ -547,6 +547,7 @@ class Reply(_message.Message):
     NOT_STORED_FIELD_NUMBER: _builtins.int
     NO_CONTENT_REASON_FIELD_NUMBER: _builtins.int
     UNSTORED_MESSAGE_FIELD_NUMBER: _builtins.int
+    PROMPT_FEEDBACK_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     text: _builtins.str
     """The final answer's text (thoughts excluded)."""
@@ -594,6 +595,12 @@ class Reply(_message.Message):
     def unstored_message(self) -> _content_pb2.Message:
         """With `not_stored`: the user's message that was not stored (no message_id)."""
 
+    @_builtins.property
+    def prompt_feedback(self) -> _content_pb2.PromptFeedback:
+        """What Gemini said about the prompt of the turn's last model call, when it
+        said anything (a blocked prompt's reason and ratings).
+        """
+
     def __init__(
         self,
         *,
@@ -610,10 +617,11 @@ class Reply(_message.Message):
         not_stored: _builtins.bool = ...,
         no_content_reason: _builtins.str = ...,
         unstored_message: _content_pb2.Message | None = ...,
+        prompt_feedback: _content_pb2.PromptFeedback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "prompt_feedback", b"prompt_feedback", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "finish_reason", b"finish_reason", "messages", b"messages", "model", b"model", "no_content", b"no_content", "no_content_reason", b"no_content_reason", "not_stored", b"not_stored", "pending_tool_calls", b"pending_tool_calls", "text", b"text", "turn_id", b"turn_id", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "finish_reason", b"finish_reason", "messages", b"messages", "model", b"model", "no_content", b"no_content", "no_content_reason", b"no_content_reason", "not_stored", b"not_stored", "pending_tool_calls", b"pending_tool_calls", "prompt_feedback", b"prompt_feedback", "text", b"text", "turn_id", b"turn_id", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1117,6 +1125,7 @@ class Generation(_message.Message):
     BLOCK_REASON_FIELD_NUMBER: _builtins.int
     CANDIDATE_METADATA_FIELD_NUMBER: _builtins.int
     NO_CONTENT_FIELD_NUMBER: _builtins.int
+    PROMPT_FEEDBACK_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     finish_reason: _content_pb2.FinishReason.ValueType
     model: _builtins.str
@@ -1131,6 +1140,10 @@ class Generation(_message.Message):
     def candidate_metadata(self) -> _content_pb2.CandidateMetadata:
         """What Gemini said about the answer besides its parts."""
 
+    @_builtins.property
+    def prompt_feedback(self) -> _content_pb2.PromptFeedback:
+        """What Gemini said about the prompt (see Reply.prompt_feedback)."""
+
     def __init__(
         self,
         *,
@@ -1142,10 +1155,11 @@ class Generation(_message.Message):
         block_reason: _builtins.str = ...,
         candidate_metadata: _content_pb2.CandidateMetadata | None = ...,
         no_content: _builtins.bool = ...,
+        prompt_feedback: _content_pb2.PromptFeedback | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "content", b"content", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "content", b"content", "prompt_feedback", b"prompt_feedback", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "no_content", b"no_content", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "no_content", b"no_content", "prompt_feedback", b"prompt_feedback", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

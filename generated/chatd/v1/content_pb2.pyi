@@ -723,6 +723,41 @@ class CandidateMetadata(_message.Message):
 Global___CandidateMetadata: _TypeAlias = CandidateMetadata  # noqa: Y015
 
 @_typing.final
+class PromptFeedback(_message.Message):
+    """What Gemini said about the prompt itself (`promptFeedback`). The typed fields
+    are read from `json`, which keeps it exactly as the google-genai SDK read it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_REASON_FIELD_NUMBER: _builtins.int
+    BLOCK_REASON_MESSAGE_FIELD_NUMBER: _builtins.int
+    SAFETY_RATINGS_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    block_reason: _builtins.str
+    """Why the prompt was blocked, for example "SAFETY" (empty when it was not)."""
+    block_reason_message: _builtins.str
+    """Gemini's explanation of the block (`blockReasonMessage`)."""
+    json: _builtins.str
+    @_builtins.property
+    def safety_ratings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SafetyRating]: ...
+    def __init__(
+        self,
+        *,
+        block_reason: _builtins.str = ...,
+        block_reason_message: _builtins.str = ...,
+        safety_ratings: _abc.Iterable[Global___SafetyRating] | None = ...,
+        json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "block_reason_message", b"block_reason_message", "json", b"json", "safety_ratings", b"safety_ratings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptFeedback: _TypeAlias = PromptFeedback  # noqa: Y015
+
+@_typing.final
 class GroundingMetadata(_message.Message):
     """Grounding sources and how the answer's text rests on them."""
 

@@ -187,7 +187,18 @@ def to_chunk(response: types.GenerateContentResponse) -> ModelChunk:
         block_reason=block,
         model_version=response.model_version or "",
         candidate_metadata=metadata,
+        prompt_feedback=_prompt_feedback(response.prompt_feedback),
     )
+
+
+def _prompt_feedback(
+    feedback: types.GenerateContentResponsePromptFeedback | None,
+) -> dict[str, Any] | None:
+    """The response's promptFeedback as the SDK reads it (camelCase JSON)."""
+    if feedback is None:
+        return None
+    dumped: dict[str, Any] = feedback.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dumped or None
 
 
 # What the domain models of a candidate itself; the rest is its metadata.
