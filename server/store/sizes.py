@@ -36,6 +36,21 @@ def part_size(part: Part) -> int:
         size += len(call.id) + len(call.name) + json_size(call.args)
     if (resp := part.function_response) is not None:
         size += len(resp.id) + len(resp.name) + json_size(resp.response)
+        for media in resp.parts:
+            if media.inline_data is not None:
+                size += PART_OVERHEAD + len(media.inline_data.data)
+            if media.file_data is not None:
+                size += PART_OVERHEAD + len(media.file_data.file_uri)
+    if (code := part.executable_code) is not None:
+        size += len(code.code) + len(code.language) + len(code.id)
+    if (result := part.code_execution_result) is not None:
+        size += len(result.output) + len(result.outcome) + len(result.id)
+    if (tool_call := part.tool_call) is not None:
+        size += len(tool_call.id) + len(tool_call.tool_type) + json_size(tool_call.args)
+    if (answer := part.tool_response) is not None:
+        size += len(answer.id) + len(answer.tool_type) + json_size(answer.response)
+    if part.gemini_part is not None:
+        size += json_size(part.gemini_part)
     return size
 
 
@@ -45,6 +60,7 @@ def message_size(message: Message) -> int:
         + len(message.turn_id)
         + len(message.model)
         + sum(part_size(p) for p in message.parts)
+        + (json_size(message.candidate_metadata) if message.candidate_metadata else 0)
     )
 
 
