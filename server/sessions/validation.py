@@ -214,16 +214,26 @@ def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits)
         raise InvalidArgument(field, f"{len(parts)} parts; at most {limits.max_parts} allowed")
     chars = 0
     for i, part in enumerate(parts):
-        if part.text is None:
+        text = _text_of(part)
+        if text is None:
             continue
-        chars += len(part.text)
+        chars += len(text)
         if chars > limits.max_text_chars:
-            where = f"{field}[{i}].text" if len(part.text) > limits.max_text_chars else field
+            name = "gemini_part" if part.gemini_part is not None else "text"
+            where = f"{field}[{i}].{name}" if len(text) > limits.max_text_chars else field
             raise InvalidArgument(
-                "text" if field == "parts" and len(parts) == 1 else where,
-                f"{sum(len(p.text or '') for p in parts)} characters of text; "
+                "text" if field == "parts" and len(parts) == 1 and name == "text" else where,
+                f"{sum(len(_text_of(p) or '') for p in parts)} characters of text; "
                 f"at most {limits.max_text_chars} allowed",
             )
+
+
+def _text_of(part: Part) -> str | None:
+    """The text a part holds, a Gemini JSON part's included."""
+    if part.gemini_part is not None:
+        text = part.gemini_part.get("text")
+        return text if isinstance(text, str) else None
+    return part.text
 
 
 def check_part(part: Part, where: str) -> None:
