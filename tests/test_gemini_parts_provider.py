@@ -152,3 +152,31 @@ async def test_function_call_ids_and_signature_only_parts_go_out_as_stored(
     sent = fake.requests[-1].contents[1]["parts"]
     assert get_field(sent[0], "function_call") == {"args": {"n": 3}, "name": "f"}
     assert set(sent[1]) in ({"thoughtSignature"}, {"thought_signature"})
+
+
+async def test_enum_values_the_sdk_does_not_know_are_kept_as_sent(
+    fake: FakeGemini, provider: GeminiProvider
+) -> None:
+    """A language, outcome or tool type newer than google-genai stays the name Gemini sent."""
+    fake.push(
+        Raw(
+            [
+                event(
+                    [
+                        {"executableCode": {"language": "COBOL", "code": "DISPLAY 1"}},
+                        {"codeExecutionResult": {"outcome": "OUTCOME_NEW", "output": "1"}},
+                        {"toolCall": {"toolType": "NEW_TOOL", "args": {}}},
+                    ]
+                )
+            ]
+        )
+    )
+    with pytest.warns(UserWarning):
+        chunks = await collect(provider, request())
+    parts = [p for c in chunks for p in c.parts]
+    assert parts[0].executable_code is not None
+    assert parts[0].executable_code.language == "COBOL"
+    assert parts[1].code_execution_result is not None
+    assert parts[1].code_execution_result.outcome == "OUTCOME_NEW"
+    assert parts[2].tool_call is not None
+    assert parts[2].tool_call.tool_type == "NEW_TOOL"

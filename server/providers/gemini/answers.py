@@ -58,13 +58,13 @@ def _typed_part(part: types.Part) -> Part:
         return Part(function_response=response, **extra)
     if part.executable_code is not None:
         code = part.executable_code
-        language = code.language.value if code.language is not None else ""
+        language = _name(code.language)
         return Part(
             executable_code=ExecutableCode(language, code.code or "", code.id or ""), **extra
         )
     if part.code_execution_result is not None:
         result = part.code_execution_result
-        outcome = result.outcome.value if result.outcome is not None else ""
+        outcome = _name(result.outcome)
         return Part(
             code_execution_result=CodeExecutionResult(
                 outcome, result.output or "", result.id or ""
@@ -73,11 +73,11 @@ def _typed_part(part: types.Part) -> Part:
         )
     if part.tool_call is not None:
         t = part.tool_call
-        tool_type = t.tool_type.value if t.tool_type is not None else ""
+        tool_type = _name(t.tool_type)
         return Part(tool_call=ServerToolCall(t.id or "", tool_type, t.args or {}), **extra)
     if part.tool_response is not None:
         t2 = part.tool_response
-        tool_type = t2.tool_type.value if t2.tool_type is not None else ""
+        tool_type = _name(t2.tool_type)
         return Part(
             tool_response=ServerToolResponse(t2.id or "", tool_type, t2.response or {}), **extra
         )
@@ -179,7 +179,7 @@ def to_chunk(response: types.GenerateContentResponse) -> ModelChunk:
         metadata = _candidate_metadata(candidate)
     block = ""
     if response.prompt_feedback is not None and response.prompt_feedback.block_reason is not None:
-        block = response.prompt_feedback.block_reason.value
+        block = _name(response.prompt_feedback.block_reason)
     return ModelChunk(
         parts=tuple(parts),
         usage=_usage(response.usage_metadata),
