@@ -125,6 +125,11 @@ class ReplyBuilder:
         return self.finish_reason or FinishReason.STOP
 
     def message(self, *, seq: int, create_time: float, turn_id: str, model: str) -> Message:
+        """The reply as a model message of `model`, the model name it was requested from.
+
+        Not the model version the reply reports: signatures go back only to the model that
+        made them, and the API often names the version serving a request differently
+        (gemini-2.5-flash served by gemini-2.5-flash-001), which is the same model."""
         return Message(
             role=Role.MODEL,
             parts=self.parts,
@@ -133,7 +138,7 @@ class ReplyBuilder:
             turn_id=turn_id,
             usage=self.usage,
             finish_reason=self.resolved_finish_reason(),
-            model=self.model_version or model,
+            model=model,
             candidate_metadata=self.candidate_metadata,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -209,22 +210,42 @@ def needs_v1beta(messages: Sequence[Message]) -> bool:
     return any(p.media_resolution for m in messages for p in m.parts)
 
 
+def _as_float32(value: float) -> bytes:
+    return struct.pack("<f", value)
+
+
+def shortest_float32(value: float) -> float:
+    """The shortest decimal with the same float32 as `value`.
+
+    chatd's API carries these settings as protobuf floats, so a caller's 0.7 arrives as
+    0.699999988079071; Gemini is sent 0.7, what the caller wrote (and what google-genai
+    itself sends for 0.7)."""
+    single = _as_float32(value)
+    for digits in range(1, 10):
+        shortest = float(f"{value:.{digits}g}")
+        if _as_float32(shortest) == single:
+            return shortest
+    return value
+
+
+_FLOAT_SETTINGS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
 def _config_fields(config: GenerationConfig) -> dict[str, Any]:
     fields: dict[str, Any] = {
         name: getattr(config, name)
         for name in (
-            "temperature",
-            "top_p",
             "top_k",
             "max_output_tokens",
             "seed",
             "response_mime_type",
             "response_json_schema",
-            "presence_penalty",
-            "frequency_penalty",
         )
         if getattr(config, name) is not None
     }
+    for name in _FLOAT_SETTINGS:
+        if (value := getattr(config, name)) is not None:
+            fields[name] = shortest_float32(value)
     if config.stop_sequences:
         fields["stop_sequences"] = list(config.stop_sequences)
     if config.thinking is not None:
