@@ -26,6 +26,13 @@ class SessionDocument:
     messages: tuple[Message, ...]
 
 
+def _check_document(messages: Sequence[Message], open_calls_allowed: bool) -> None:
+    for i in range(1, len(messages)):
+        if messages[i].seq <= messages[i - 1].seq:
+            raise InvalidArgument(f"document.messages[{i}].message_id", "message ids must increase")
+    check_history(messages, "document.messages", None, open_calls_allowed=open_calls_allowed)
+
+
 class HistoryOps:
     def __init__(
         self,
@@ -170,14 +177,9 @@ class HistoryOps:
         source = document.session
         self._check_settings(source.settings, "document.session")
         messages = document.messages
-        for i in range(1, len(messages)):
-            if messages[i].seq <= messages[i - 1].seq:
-                raise InvalidArgument(
-                    f"document.messages[{i}].message_id", "message ids must increase"
-                )
-        check_history(
-            messages, "document.messages", None, open_calls_allowed=source.pending is not None
-        )
+        # Seconds of CPU for a long history: on a worker thread, which hands the GIL back
+        # to the event loop every few milliseconds (sys.getswitchinterval).
+        await asyncio.to_thread(_check_document, messages, source.pending is not None)
         new_id = session_id or source.session_id or new_session_id()
         check_id("session_id", new_id)
         return await self._create_copy(

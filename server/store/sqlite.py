@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from server.sessions.model import Message, Session
+from server.sessions.pacing import paced_map
 from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
 from server.store import rows, rules
 from server.store import sqlite_sql as sql
@@ -87,7 +88,11 @@ class SqliteStore:
         rules.check_seqs(session, messages)
         rules.check_request(session, request)
         values = (session.tenant, session.session_id, *rows.session_values(session))
-        history = sql.message_rows(session, messages)
+        key = (session.tenant, session.session_id)
+        # Encoding a long history (an import or a fork) takes seconds of CPU: in paced
+        # slices, so the loop keeps serving, and before the job, so the writer (which
+        # every other write waits for) spends only the INSERTs on it.
+        history = await paced_map(lambda m: (*key, *rows.message_values(m)), messages)
         record = None if request is None else rows.request_values(request)
 
         def job(conn: sqlite3.Connection) -> None:
