@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import resource
 import tempfile
 import time
@@ -33,7 +34,7 @@ def document(messages: int) -> session_pb2.SessionDocument:
     doc.session.model = "echo"
     for i in range(messages):
         message = doc.messages.add(
-            message_id=f"m{i}",
+            message_id=str(i),
             role=content_pb2.ROLE_USER if i % 2 == 0 else content_pb2.ROLE_MODEL,
             turn_id=f"t{i // 2}",
         )
@@ -57,6 +58,18 @@ async def health_probe(stub: Any, stop: asyncio.Event, took: list[float]) -> Non
         await asyncio.sleep(0.01)
 
 
+GC_PAUSES: list[float] = []
+_gc_start = 0.0
+
+
+def _gc_timer(phase: str, info: dict[str, int]) -> None:
+    global _gc_start
+    if phase == "start":
+        _gc_start = time.perf_counter()
+    elif info.get("generation") == 2:
+        GC_PAUSES.append(time.perf_counter() - _gc_start)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -71,21 +84,24 @@ async def measure(name: str, health: Any, call: Callable[[], Awaitable[Any]]) ->
         asyncio.create_task(health_probe(health, stop, checks)),
     ]
     await asyncio.sleep(0.1)
+    GC_PAUSES.clear()
     start = time.perf_counter()
     await call()
     took = time.perf_counter() - start
     stop.set()
     await asyncio.gather(*tasks)
+    gc_note = f"   gen-2 GC: {len(GC_PAUSES)}, longest {max(GC_PAUSES, default=0) * 1e3:.0f} ms"
     print(
         f"{name:<34} {took:6.2f} s   loop lag max {max(lags) * 1e3:7.1f} ms"
         f"  p99 {pct(lags, 0.99) * 1e3:6.1f} ms   Health/Check max {max(checks) * 1e3:7.1f} ms"
-        f"  p99 {pct(checks, 0.99) * 1e3:6.1f} ms",
+        f"  p99 {pct(checks, 0.99) * 1e3:6.1f} ms{gc_note}",
         flush=True,
     )
 
 
 async def main(args: argparse.Namespace) -> None:
     logs.configure("console", "warning")
+    gc.callbacks.append(_gc_timer)
     with tempfile.TemporaryDirectory() as tmp:
         running = await app.start(
             Settings(
