@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.sessions.model import FinishReason, Part, Usage
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
@@ -56,3 +57,44 @@ class ScriptedProvider:
 
     async def close(self) -> None:
         return None
+
+
+class LatchStore:
+    """A SessionStore that passes every call to `inner`, except that while `holding` is
+    set each write (commit_turn, clear_history, delete_session) first reports itself in
+    `entered` and then waits for `release`. `log` records, in order, each held write's
+    start and end and every get_session, so a test can check what overlapped what."""
+
+    _HELD = ("commit_turn", "clear_history", "delete_session")
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.holding = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.log: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+        if name == "get_session":
+
+            async def get_session(tenant: str, session_id: str) -> Any:
+                self.log.append("get_session")
+                return await method(tenant, session_id)
+
+            return get_session
+        if name not in self._HELD:
+            return method
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            if self.holding:
+                self.log.append(f"{name} start")
+                self.entered.set()
+                await self.release.wait()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                if self.holding:
+                    self.log.append(f"{name} end")
+
+        return held

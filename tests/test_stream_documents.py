@@ -78,7 +78,7 @@ def without_identity(document: session_pb2.SessionDocument) -> bytes:
     copy = session_pb2.SessionDocument()
     copy.CopyFrom(document)
     copy.ClearField("export_time")
-    for name in ("session_id", "create_time", "update_time", "etag"):
+    for name in ("session_id", "create_time", "update_time", "etag", "uid"):
         copy.session.ClearField(name)
     return copy.SerializeToString(deterministic=True)
 

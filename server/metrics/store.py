@@ -67,9 +67,14 @@ class InstrumentedStore:
         session: Session,
         messages: Sequence[Message] = (),
         request: RequestRecord | None = None,
+        *,
+        now: float | None = None,
+        max_sessions: int = 0,
     ) -> None:
         with self._timed("create_session"):
-            await self._inner.create_session(session, messages, request)
+            await self._inner.create_session(
+                session, messages, request, now=now, max_sessions=max_sessions
+            )
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         with self._timed("get_session"):

@@ -161,7 +161,8 @@ def session_to_pb(session: Session, out: pb.Session) -> None:
     out.state = _STATE_TO_PB[session.state]
     for call in session.pending_tool_calls:
         function_call_to_pb(call, out.pending_tool_calls.add())
-    out.etag = f'W/"{session.version}"'
+    out.etag = f'W/"{session.version}-{session.uid}"'
+    out.uid = session.uid
 
 
 def _ttl(value: duration_pb2.Duration) -> float:

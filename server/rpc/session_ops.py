@@ -20,7 +20,7 @@ from server.rpc.document_codec import (
 )
 from server.rpc.request_keys import StreamFingerprint, request_key
 from server.rpc.session_codec import session_to_pb
-from server.rpc.update_mask import etag_version, updated_settings
+from server.rpc.update_mask import parse_etag, updated_settings
 from server.sessions.errors import InvalidArgument
 from server.sessions.ids import check_id, parse_message_id
 from server.sessions.pacing import deferred_full_collection
@@ -40,10 +40,11 @@ class SessionOpsServicer:
         if not session_id:
             raise InvalidArgument("session.session_id", "is required")
         tenant = _tenant(context)
-        current = await self._chats.get(tenant, session_id)
-        settings = updated_settings(current, request)
-        version = etag_version(request.etag or request.session.etag)
-        session = await self._chats.history.update(tenant, session_id, settings, version)
+        etag = parse_etag(request.etag or request.session.etag)
+        check_id("session.session_id", session_id)
+        session = await self._chats.history.update(
+            tenant, session_id, lambda current: updated_settings(current, request), etag
+        )
         response = pb.UpdateSessionResponse()
         session_to_pb(session, response.session)
         return response

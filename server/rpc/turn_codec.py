@@ -81,6 +81,9 @@ def event_to_pb(event: TurnEvent, sequence_number: int) -> pb.StreamReplyRespons
             out.text_delta.thought = thought
         case MessageCompleted(message=message):
             message_to_pb(message, out.message)
+            # The turn is not stored yet and may never be: an id announced now could
+            # later name other content. The final reply carries the stored ids.
+            out.message.message_id = ""
         case TurnCompleted(reply=reply):
             reply_to_pb(reply, out.reply)
         case ToolCallRequested(call=call, caller_executed=caller_executed):

@@ -10,6 +10,7 @@ from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import session_pb2
 from server.rpc.session_codec import session_to_pb, settings_from_pb
 from server.sessions.errors import InvalidArgument
+from server.sessions.history_ops import Etag
 from server.sessions.model import Session, SessionSettings
 
 UPDATABLE = (
@@ -25,7 +26,9 @@ UPDATABLE = (
     "ttl",
     "expire_time",
 )
-_ETAG = re.compile(r'W/"(\d{1,18})"')
+# W/"<version>-<uid>": the uid keeps an etag of one life of a session from matching
+# the next one, whose versions start again at 1.
+_ETAG = re.compile(r'W/"(\d{1,18})-([0-9a-f]{1,64})"')
 
 
 def updated_settings(current: Session, request: pb.UpdateSessionRequest) -> SessionSettings:
@@ -59,11 +62,11 @@ def updated_settings(current: Session, request: pb.UpdateSessionRequest) -> Sess
     return settings_from_pb(merged)
 
 
-def etag_version(etag: str) -> int | None:
-    """The session version an etag names (None when the caller sent none)."""
+def parse_etag(etag: str) -> Etag | None:
+    """The session version and life an etag names (None when the caller sent none)."""
     if not etag:
         return None
     match = _ETAG.fullmatch(etag)
     if match is None:
         raise InvalidArgument("etag", f"{etag[:64]!r} is not an etag returned by this server")
-    return int(match[1])
+    return Etag(int(match[1]), match[2])

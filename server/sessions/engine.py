@@ -50,9 +50,10 @@ from server.sessions.tool_calls import (
     with_call_ids,
     without_calls,
 )
+from server.sessions.writes import complete
 
-# Builds the request record stored with a turn, from the turn's reply.
-Recorder = Callable[[TurnReply], RequestRecord]
+# Builds the request record stored with a turn, from the session and the turn's reply.
+Recorder = Callable[[Session, TurnReply], RequestRecord]
 ROUND_LIMIT_ERROR = "chatd stopped the tool loop: this turn used its {} tool rounds"
 
 
@@ -71,12 +72,14 @@ class TurnInput:
 
 @dataclass(slots=True)
 class _Running:
-    """A running turn as CancelReply sees it: its task, and whether the turn is inside
-    the engine (cancellable) or suspended at a yield while its RPC writes an event."""
+    """A running turn as CancelReply sees it: its task, whether the turn is inside the
+    engine (cancellable) or suspended at a yield while its RPC writes an event, and
+    whether its commit has begun (from then on the turn completes and cancel loses)."""
 
     task: asyncio.Task[object]
     inside: bool = True
     requested: bool = False
+    committing: bool = False
     finished: bool = False
 
 
@@ -130,9 +133,10 @@ class TurnEngine:
         return self._locks.hold((tenant, session_id))
 
     def cancel(self, tenant: str, session_id: str) -> bool:
-        """Stops the session's running turn (nothing of it is stored); False if none runs."""
+        """Stops the session's running turn (nothing of it is stored); False if none runs
+        or its commit has begun, in which case the turn completes and is stored."""
         running = self._running.get((tenant, session_id))
-        if running is None or running.task.done() or running.finished:
+        if running is None or running.task.done() or running.finished or running.committing:
             return False
         running.requested = True
         if running.inside:
@@ -371,9 +375,11 @@ class TurnEngine:
             update_time=self._clock(),
             version=session.version + 1,
         )
-        # Once the commit has started it finishes even if the caller goes away, so
-        # the turn is either wholly stored or not at all.
-        request = record(reply) if record is not None else None
-        await asyncio.shield(
-            self._store.commit_turn(updated, state.added, session.version, request)
-        )
+        request = record(session, reply) if record is not None else None
+        # From here the turn's outcome is the commit's: CancelReply no longer stops it,
+        # and a caller that leaves is told so only after the write ended, still holding
+        # the session lock, so no other write to the session can overlap this one.
+        running = self._running.get((session.tenant, session.session_id))
+        if running is not None:
+            running.committing = True
+        await complete(self._store.commit_turn(updated, state.added, session.version, request))

@@ -10,10 +10,17 @@ from server.sessions.context import is_turn_start
 from server.sessions.engine import TurnEngine
 from server.sessions.errors import Conflict, FailedPrecondition, InvalidArgument
 from server.sessions.expiry import live_session
-from server.sessions.ids import check_id, message_id, new_session_id, new_turn_id
+from server.sessions.ids import (
+    check_id,
+    message_id,
+    new_session_id,
+    new_session_uid,
+    new_turn_id,
+)
 from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
 from server.sessions.ports import RequestRecord, SessionStore
 from server.sessions.wellformed import check_history
+from server.sessions.writes import complete
 
 PAGE = 1000
 
@@ -33,6 +40,14 @@ def _check_document(messages: Sequence[Message], open_calls_allowed: bool) -> No
     check_history(messages, "document.messages", None, open_calls_allowed=open_calls_allowed)
 
 
+@dataclass(frozen=True, slots=True)
+class Etag:
+    """A version of one life of a session, as a caller read it."""
+
+    version: int
+    uid: str
+
+
 class HistoryOps:
     def __init__(
         self,
@@ -40,11 +55,13 @@ class HistoryOps:
         engine: TurnEngine,
         check_settings: Callable[[SessionSettings, str], None],
         clock: Callable[[], float],
+        max_sessions: int = 0,
     ) -> None:
         self._store = store
         self._engine = engine
         self._check_settings = check_settings
         self._clock = clock
+        self._max_sessions = max_sessions
 
     async def _all_messages(
         self, tenant: str, session_id: str, upto: int | None = None
@@ -59,20 +76,32 @@ class HistoryOps:
             after = page[-1].seq
 
     async def update(
-        self, tenant: str, session_id: str, settings: SessionSettings, etag_version: int | None
+        self,
+        tenant: str,
+        session_id: str,
+        change: Callable[[Session], SessionSettings],
+        etag: Etag | None,
     ) -> Session:
-        self._check_settings(settings, "session")
+        """Writes the settings `change` makes of the session as it is under the session
+        lock, so concurrent updates of different fields both land.
+
+        Raises NotFound, Conflict (ETAG_MISMATCH) when `etag` is set and the session
+        moved on or is another life of it, and InvalidArgument from `change` or the
+        settings' checks.
+        """
         async with self._engine.hold(tenant, session_id):
             session = await live_session(self._store, tenant, session_id, self._clock())
-            if etag_version is not None and etag_version != session.version:
+            if etag is not None and (etag.version, etag.uid) != (session.version, session.uid):
                 raise Conflict(
                     "etag: the session changed since it was read; read it again",
                     reason="ETAG_MISMATCH",
                 )
+            settings = change(session)
+            self._check_settings(settings, "session")
             updated = session.evolve(
                 settings=settings, update_time=self._clock(), version=session.version + 1
             )
-            await asyncio.shield(self._store.commit_turn(updated, (), session.version))
+            await complete(self._store.commit_turn(updated, (), session.version))
             return updated
 
     async def clear(self, tenant: str, session_id: str) -> Session:
@@ -85,7 +114,7 @@ class HistoryOps:
                 update_time=self._clock(),
                 version=session.version + 1,
             )
-            await asyncio.shield(self._store.clear_history(cleared, session.version))
+            await complete(self._store.clear_history(cleared, session.version))
             return cleared
 
     async def append(
@@ -93,7 +122,7 @@ class HistoryOps:
         tenant: str,
         session_id: str,
         messages: Sequence[Message],
-        record: Callable[[Sequence[Message]], RequestRecord] | None,
+        record: Callable[[Session, Sequence[Message]], RequestRecord] | None,
     ) -> tuple[tuple[Message, ...], Session]:
         if not messages:
             raise InvalidArgument("messages", "is required: the messages to append")
@@ -126,8 +155,8 @@ class HistoryOps:
                 update_time=now,
                 version=session.version + 1,
             )
-            request = record(stored) if record is not None else None
-            await asyncio.shield(self._store.commit_turn(updated, stored, session.version, request))
+            request = record(updated, stored) if record is not None else None
+            await complete(self._store.commit_turn(updated, stored, session.version, request))
             return tuple(stored), updated
 
     async def fork(
@@ -136,7 +165,7 @@ class HistoryOps:
         session_id: str,
         upto: int | None,
         new_id: str,
-        request: Callable[[str], RequestRecord | None],
+        request: Callable[[Session], RequestRecord | None],
     ) -> Session:
         """A new session whose history is the source's up to message `upto` (inclusive)."""
         if new_id:
@@ -172,7 +201,7 @@ class HistoryOps:
         tenant: str,
         document: SessionDocument,
         session_id: str,
-        request: Callable[[str], RequestRecord | None],
+        request: Callable[[Session], RequestRecord | None],
     ) -> Session:
         source = document.session
         self._check_settings(source.settings, "document.session")
@@ -193,7 +222,7 @@ class HistoryOps:
         messages: list[Message],
         new_id: str,
         pending: PendingTurn | None,
-        request: Callable[[str], RequestRecord | None],
+        request: Callable[[Session], RequestRecord | None],
     ) -> Session:
         now = self._clock()
         usage = Usage()
@@ -210,6 +239,9 @@ class HistoryOps:
             next_seq=messages[-1].seq + 1 if messages else 0,
             usage=usage,
             pending=pending,
+            uid=new_session_uid(),
         )
-        await self._store.create_session(session, messages, request(new_id))
+        await self._store.create_session(
+            session, messages, request(session), now=now, max_sessions=self._max_sessions
+        )
         return session

@@ -7,10 +7,12 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from server.sessions.errors import InvalidArgument
+from server.sessions.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.sessions.events import MessageCompleted, TextDelta, TurnCompleted, TurnEvent, TurnReply
-from server.sessions.model import FinishReason, Message, Role, Usage
+from server.sessions.expiry import live_session
+from server.sessions.model import FinishReason, Message, Role, Session, Usage
 from server.sessions.ports import RequestRecord, SessionStore
 
 MAX_REQUEST_ID = 128
@@ -70,33 +72,88 @@ class Requests:
 
 
 # ----------------------------------------------------------------------------- encoding
+#
+# A record names what its request produced by the session's uid (one life of the
+# session) and the seqs of the messages it stored, which never change within a life:
+# history is append-only, seqs are never reused, and ClearHistory only removes. A replay
+# reads those messages back and then checks that the session still lives the same life;
+# anything else (deleted, expired, created again, cleared) is a clear error, never
+# another request's content.
 
 
-def encode_session_result(session_id: str) -> str:
-    return json.dumps({"session_id": session_id})
+def _gone(request_id: str, why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"request_id {request_id!r} already ran, but its result is no longer available: {why}",
+        reason="REQUEST_RESULT_GONE",
+    )
 
 
-def decode_session_result(result: str) -> str:
-    session_id: str = json.loads(result)["session_id"]
-    return session_id
+async def _same_life(
+    store: SessionStore, record: RequestRecord, session_id: str, uid: str | None, now: float
+) -> Session:
+    """The session, if it still lives the life `uid` the record was made in."""
+    try:
+        session = await live_session(store, record.tenant, session_id, now)
+    except NotFound:
+        raise _gone(record.request_id, f"session {session_id!r} was deleted since") from None
+    if uid is not None and session.uid != uid:
+        raise _gone(
+            record.request_id, f"session {session_id!r} was deleted and created again since"
+        )
+    return session
 
 
-def encode_messages_result(messages: Sequence[Message]) -> str:
-    return json.dumps({"first_seq": messages[0].seq if messages else 0, "count": len(messages)})
+def encode_session_result(session: Session) -> str:
+    return json.dumps({"session_id": session.session_id, "uid": session.uid})
 
 
-def decode_messages_result(result: str) -> tuple[int, int]:
-    data = json.loads(result)
-    return int(data["first_seq"]), int(data["count"])
+async def replay_session_result(store: SessionStore, record: RequestRecord, now: float) -> Session:
+    """The session an earlier run of a create-like request made, in its current state."""
+    data = json.loads(record.result)
+    return await _same_life(store, record, data["session_id"], data.get("uid"), now)
 
 
-def encode_turn_result(reply: TurnReply) -> str:
+def encode_messages_result(session: Session, messages: Sequence[Message]) -> str:
+    first = messages[0].seq if messages else 0
+    return json.dumps({"first_seq": first, "count": len(messages), "uid": session.uid})
+
+
+async def _stored_range(
+    store: SessionStore, record: RequestRecord, session_id: str, data: dict[str, Any], now: float
+) -> tuple[list[Message], Session]:
+    """The messages a record names, read back and checked to be that life's."""
+    count = data["count"]
+    messages = (
+        await store.list_messages(record.tenant, session_id, data["first_seq"] - 1, count)
+        if count
+        else []
+    )
+    session = await _same_life(store, record, session_id, data.get("uid"), now)
+    turn_id = data.get("turn_id")
+    if (
+        len(messages) != count
+        or (count and messages[0].seq != data["first_seq"])
+        or (turn_id is not None and any(m.turn_id != turn_id for m in messages))
+    ):
+        raise _gone(record.request_id, f"the history of session {session_id!r} was cleared since")
+    return messages, session
+
+
+async def replay_messages(
+    store: SessionStore, record: RequestRecord, session_id: str, now: float
+) -> tuple[list[Message], Session]:
+    """The messages an earlier AppendMessages stored, and the session as it is now."""
+    return await _stored_range(store, record, session_id, json.loads(record.result), now)
+
+
+def encode_turn_result(session: Session, reply: TurnReply) -> str:
     """The reply without its messages, which are stored anyway: their seq range suffices."""
     seqs = [m.seq for m in reply.messages]
     u = reply.usage
     return json.dumps(
         {
             "turn_id": reply.turn_id,
+            "uid": session.uid,
             "first_seq": seqs[0] if seqs else 0,
             "count": len(seqs),
             "finish_reason": reply.finish_reason.value,
@@ -117,15 +174,15 @@ def encode_turn_result(reply: TurnReply) -> str:
 
 
 async def replay_turn(
-    store: SessionStore, tenant: str, session_id: str, record: RequestRecord
+    store: SessionStore, session_id: str, record: RequestRecord, now: float
 ) -> AsyncIterator[TurnEvent]:
-    """The events of a turn that already ran, rebuilt from its stored messages."""
+    """The events of a turn that already ran, rebuilt from its stored messages.
+
+    Raises FailedPrecondition (REQUEST_RESULT_GONE) when those messages are no longer
+    the session's: it was deleted, expired, created again or cleared since.
+    """
     data = json.loads(record.result)
-    messages = (
-        await store.list_messages(tenant, session_id, data["first_seq"] - 1, data["count"])
-        if data["count"]
-        else []
-    )
+    messages, _ = await _stored_range(store, record, session_id, data, now)
     pending = set(data["pending"])
     calls = tuple(
         p.function_call

@@ -24,6 +24,11 @@ def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
+def new_session_uid() -> str:
+    """A session life's uid: 32 hex digits, never reused."""
+    return uuid.uuid4().hex
+
+
 def new_turn_id() -> str:
     return "t" + uuid.uuid4().hex[:15]
 

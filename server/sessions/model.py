@@ -239,6 +239,9 @@ class Session:
 
     `version` increases with every write; stores use it to refuse writes based on a
     stale read (optimistic concurrency). `next_seq` is the seq of the next message.
+    `uid` names this life of the session (AIP-148): a session deleted, or expired, and
+    created again under the same id has another uid, so a record made in one life (a
+    request record, a cache entry, a write racing the delete) never applies to the next.
     """
 
     tenant: str
@@ -251,6 +254,7 @@ class Session:
     usage: Usage = Usage()
     pending: PendingTurn | None = None
     version: int = 1
+    uid: str = ""
 
     @property
     def expire_time(self) -> float | None:

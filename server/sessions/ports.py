@@ -78,10 +78,19 @@ class SessionStore(Protocol):
         session: Session,
         messages: Sequence[Message] = (),
         request: RequestRecord | None = None,
+        *,
+        now: float | None = None,
+        max_sessions: int = 0,
     ) -> None:
         """Stores a new session with an initial history (seqs below session.next_seq).
 
-        Raises AlreadyExists if the id is taken in its tenant.
+        With `now`, a session stored under the same id that expired at or before `now`
+        is gone already (every read says NotFound), so it is deleted with its history
+        and replaced. With max_sessions > 0 the tenant may hold at most that many
+        sessions (alive at `now`, when given) including the new one, counted in the
+        same transaction as the insert, so concurrent creates cannot overshoot it
+        (ResourceExhausted, reason SESSION_QUOTA). Raises AlreadyExists if the id is
+        taken in its tenant.
         """
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
@@ -118,7 +127,8 @@ class SessionStore(Protocol):
         Requires session.version > expected_version and message seqs increasing from the
         stored next_seq up to below session.next_seq. Raises Conflict (and writes nothing)
         unless the stored version equals `expected_version`; NotFound if the session is
-        gone. With no messages this is how settings are updated.
+        gone or the stored session is another life of it (another uid). With no
+        messages this is how settings are updated.
         """
 
     async def clear_history(self, session: Session, expected_version: int) -> None:

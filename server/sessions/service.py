@@ -15,7 +15,7 @@ from server.sessions.errors import (
     Conflict,
     DuplicateRequest,
     InvalidArgument,
-    ResourceExhausted,
+    NotFound,
 )
 from server.sessions.events import TurnEvent, TurnReply
 from server.sessions.expiry import live_session
@@ -24,14 +24,14 @@ from server.sessions.history_ops import HistoryOps, SessionDocument
 from server.sessions.idempotency import (
     RequestKey,
     Requests,
-    decode_messages_result,
-    decode_session_result,
     encode_messages_result,
     encode_session_result,
     encode_turn_result,
+    replay_messages,
+    replay_session_result,
     replay_turn,
 )
-from server.sessions.ids import check_id, new_session_id
+from server.sessions.ids import check_id, new_session_id, new_session_uid
 from server.sessions.model import FunctionDeclaration, Message, Part, Role, Session, SessionSettings
 from server.sessions.ports import (
     ModelProvider,
@@ -51,6 +51,7 @@ from server.sessions.validation import (
     check_settings,
     check_user_parts,
 )
+from server.sessions.writes import complete
 
 DEFAULT_SESSIONS_PAGE = 50
 DEFAULT_MESSAGES_PAGE = 100
@@ -100,35 +101,28 @@ class ChatSessions:
             store, provider, tools, max_tool_rounds=max_tool_rounds, clock=clock
         )
         self._requests = Requests(store, clock)
-        self.history = HistoryOps(store, self._engine, self._check_settings, clock)
+        self.history = HistoryOps(
+            store, self._engine, self._check_settings, clock, max_sessions_per_tenant
+        )
 
     def _check_settings(self, settings: SessionSettings, prefix: str) -> None:
         check_settings(settings, self._tools.names(), prefix)
-
-    async def _check_room(self, tenant: str) -> None:
-        if self._max_sessions and await self._store.count_sessions(tenant) >= self._max_sessions:
-            raise ResourceExhausted(
-                f"the tenant already has the most sessions allowed ({self._max_sessions}): "
-                "delete some first",
-                reason="SESSION_QUOTA",
-            )
 
     async def _once(
         self,
         tenant: str,
         key: RequestKey | None,
-        create: Callable[[Callable[[str], RequestRecord | None]], Awaitable[Session]],
+        create: Callable[[Callable[[Session], RequestRecord | None]], Awaitable[Session]],
     ) -> Session:
-        """Runs `create` once per request id: a retry gets the session the first run made."""
+        """Runs `create` once per request id: a retry gets the session the first run made,
+        as it is now, or FailedPrecondition (REQUEST_RESULT_GONE) if that session is gone."""
         if key is None:
-            await self._check_room(tenant)
-            return await create(lambda session_id: None)
+            return await create(lambda session: None)
         async with self._requests.claim(tenant, key) as done:
             if done is None:
-                await self._check_room(tenant)
 
-                def record(session_id: str) -> RequestRecord:
-                    return self._requests.record(tenant, key, encode_session_result(session_id))
+                def record(session: Session) -> RequestRecord:
+                    return self._requests.record(tenant, key, encode_session_result(session))
 
                 try:
                     return await create(record)
@@ -136,7 +130,7 @@ class ChatSessions:
                     done = await self._store.get_request(tenant, key.request_id)
                     if done is None:
                         raise
-        return await self.get(tenant, decode_session_result(done.result))
+        return await replay_session_result(self._store, done, self._clock())
 
     async def create(
         self,
@@ -149,7 +143,7 @@ class ChatSessions:
             check_id("session_id", session_id)
         self._check_settings(settings, "session")
 
-        async def create(record: Callable[[str], RequestRecord | None]) -> Session:
+        async def create(record: Callable[[Session], RequestRecord | None]) -> Session:
             now = self._clock()
             session = Session(
                 tenant=tenant,
@@ -157,9 +151,12 @@ class ChatSessions:
                 settings=settings,
                 create_time=now,
                 update_time=now,
+                uid=new_session_uid(),
             )
             try:
-                await self._store.create_session(session, (), record(session.session_id))
+                await self._store.create_session(
+                    session, (), record(session), now=now, max_sessions=self._max_sessions
+                )
             except AlreadyExists as exc:
                 raise AlreadyExists(
                     f"session {session.session_id!r} already exists", reason="SESSION_EXISTS"
@@ -229,9 +226,12 @@ class ChatSessions:
         return Page(sessions, token)
 
     async def delete(self, tenant: str, session_id: str) -> None:
+        """Deletes the session and its history, after any running turn of it ended.
+
+        Raises NotFound (an expired session is already gone)."""
         await self.get(tenant, session_id)
         async with self._engine.hold(tenant, session_id):
-            await self._store.delete_session(tenant, session_id)
+            await complete(self._store.delete_session(tenant, session_id))
 
     async def append(
         self,
@@ -249,13 +249,13 @@ class ChatSessions:
         async with self._requests.claim(tenant, key) as done:
             if done is None:
 
-                def record(stored: Sequence[Message]) -> RequestRecord:
-                    return self._requests.record(tenant, key, encode_messages_result(stored))
+                def record(session: Session, stored: Sequence[Message]) -> RequestRecord:
+                    result = encode_messages_result(session, stored)
+                    return self._requests.record(tenant, key, result)
 
                 return await self.history.append(tenant, session_id, messages, record)
-        first, count = decode_messages_result(done.result)
-        stored = await self._store.list_messages(tenant, session_id, first - 1, count)
-        return tuple(stored), await self.get(tenant, session_id)
+        stored, session = await replay_messages(self._store, done, session_id, self._clock())
+        return tuple(stored), session
 
     def cancel(self, tenant: str, session_id: str) -> bool:
         check_id("session_id", session_id)
@@ -264,13 +264,19 @@ class ChatSessions:
     async def list_messages(
         self, tenant: str, session_id: str, *, page_size: int, page_token: str
     ) -> Page[Message]:
-        check_id("session_id", session_id)
+        """A page of history, oldest first. Raises NotFound (deleted or expired sessions
+        included), InvalidArgument for a page token of another session or another life
+        of it (deleted and created again)."""
+        session = await self.get(tenant, session_id)
         size = paging.page_size(page_size, DEFAULT_MESSAGES_PAGE)
-        query_key = f"messages|{session_id}"
+        query_key = f"messages|{session_id}|{session.uid}"
         after = -1
         if page_token:
             after = paging.seq_cursor(paging.decode_token(page_token, query_key))
         messages = await self._store.list_messages(tenant, session_id, after, size + 1)
+        if messages and (await self.get(tenant, session_id)).uid != session.uid:
+            # Deleted and created again while the page was read: not this life's history.
+            raise NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
         token = ""
         if len(messages) > size:
             messages = messages[:size]
@@ -296,8 +302,8 @@ class ChatSessions:
         async with self._requests.claim(tenant, key) as done:
             if done is None:
 
-                def record(reply: TurnReply) -> RequestRecord:
-                    return self._requests.record(tenant, key, encode_turn_result(reply))
+                def record(session: Session, reply: TurnReply) -> RequestRecord:
+                    return self._requests.record(tenant, key, encode_turn_result(session, reply))
 
                 try:
                     async for event in self._engine.run(tenant, session_id, turn, record):
@@ -308,7 +314,7 @@ class ChatSessions:
                         "another replica completed this request_id first: retry to get its result",
                         reason="REQUEST_RACED",
                     ) from exc
-        async for event in replay_turn(self._store, tenant, session_id, done):
+        async for event in replay_turn(self._store, session_id, done, self._clock()):
             yield event
 
     async def count_tokens(

@@ -117,11 +117,16 @@ class CachedStore:
         session: Session,
         messages: Sequence[Message] = (),
         request: RequestRecord | None = None,
+        *,
+        now: float | None = None,
+        max_sessions: int = 0,
     ) -> None:
         key = (session.tenant, session.session_id)
         async with self._locks.hold(key):
             try:
-                await self._inner.create_session(session, messages, request)
+                await self._inner.create_session(
+                    session, messages, request, now=now, max_sessions=max_sessions
+                )
             except BaseException:
                 self._take(key)  # the outcome may be unknown (cancelled): reload
                 raise
@@ -241,7 +246,7 @@ class CachedStore:
                 entry is not None
                 and old is not None
                 and old.version == expected_version
-                and old.create_time == session.create_time
+                and old.uid == session.uid
             ):
                 entry.advance(session, added)
                 entry.validated = False

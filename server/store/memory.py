@@ -54,13 +54,26 @@ class MemoryStore:
         session: Session,
         messages: Sequence[Message] = (),
         request: RequestRecord | None = None,
+        *,
+        now: float | None = None,
+        max_sessions: int = 0,
     ) -> None:
         rules.check_seqs(session, messages)
         rules.check_request(session, request)
         self._check_request(request)
         sessions = self._tenants.get(session.tenant, {})
-        if session.session_id in sessions:
+        at = None if now is None else rules.to_micros(now)
+        existing = sessions.get(session.session_id)
+        if existing is not None and (at is None or _alive(existing.session, at)):
             raise rules.already_exists(session.session_id)
+        if max_sessions > 0:
+            others = (
+                r
+                for sid, r in sessions.items()
+                if sid != session.session_id and (at is None or _alive(r.session, at))
+            )
+            if sum(1 for _ in others) >= max_sessions:
+                raise rules.quota_exceeded(max_sessions)
         history = [rules.quantize_message(m) for m in messages]
         record = _Record(rules.quantize_session(session), history)
         self._tenants.setdefault(session.tenant, {})[session.session_id] = record
@@ -118,7 +131,9 @@ class MemoryStore:
 
     def _guarded(self, session: Session, expected_version: int, first_new_seq: int) -> _Record:
         """The stored record, if `session` may replace it (else Conflict/NotFound)."""
-        record = self._record(session.tenant, session.session_id)
+        record = self._tenants.get(session.tenant, {}).get(session.session_id)
+        if record is None or record.session.uid != session.uid:
+            raise rules.not_found(session.session_id)
         stored = record.session
         if stored.version != expected_version:
             raise rules.conflict(session.session_id, stored.version, expected_version)

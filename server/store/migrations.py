@@ -144,6 +144,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         },
     ),
+    Migration(
+        3,
+        "a uid per session life",
+        {
+            # Sessions stored before this get a uid of their own, as if just created.
+            SQLITE: (
+                "ALTER TABLE sessions ADD COLUMN uid TEXT NOT NULL DEFAULT ''",
+                "UPDATE sessions SET uid = lower(hex(randomblob(16)))",
+            ),
+            POSTGRESQL: (
+                "ALTER TABLE sessions ADD COLUMN uid TEXT NOT NULL DEFAULT ''",
+                "UPDATE sessions SET uid = replace(gen_random_uuid()::text, '-', '')",
+            ),
+        },
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -19,17 +19,19 @@ from server.store.rows import (
 # settings' labels, for filtering.
 INSERT_SESSION = (
     "INSERT INTO sessions (tenant, session_id, settings, labels, create_time, update_time,"
-    " expire_time, message_count, next_seq, usage, state, pending, version)"
-    " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " expire_time, message_count, next_seq, usage, state, pending, version, uid)"
+    " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     " ON CONFLICT (tenant, session_id) DO NOTHING RETURNING 1"
 )
 # The version check rides on the UPDATE: its row lock makes a racing writer wait, then
-# re-check `version` against the row the winner committed, and match nothing.
+# re-check `version` against the row the winner committed, and match nothing. The uid
+# check keeps a write meant for one life of a session off the next one.
 UPDATE_SESSION = (
     "UPDATE sessions SET settings = $3, labels = $4::jsonb, create_time = $5,"
     " update_time = $6, expire_time = $7, message_count = $8, next_seq = $9, usage = $10,"
     " state = $11, pending = $12, version = $13"
-    " WHERE tenant = $1 AND session_id = $2 AND version = $14 AND next_seq <= $15 RETURNING 1"
+    " WHERE tenant = $1 AND session_id = $2 AND uid = $14 AND version = $15"
+    " AND next_seq <= $16 RETURNING 1"
 )
 # One round trip for any number of messages.
 INSERT_MESSAGES = (
@@ -42,9 +44,16 @@ INSERT_REQUEST = (
     " ON CONFLICT (tenant, request_id) DO NOTHING RETURNING 1"
 )
 COUNT_SESSIONS = "SELECT count(*) FROM sessions WHERE tenant = $1"
+COUNT_ALIVE = (
+    "SELECT count(*) FROM sessions WHERE tenant = $1 AND (expire_time IS NULL OR expire_time > $2)"
+)
+# Creates of one tenant take turns while the quota is counted, on every replica.
+# The first key is chatd's own, so other users of advisory locks do not collide.
+LOCK_TENANT = "SELECT pg_advisory_xact_lock(1667330148, hashtext($1))"
+LOCK_EXPIRE = "SELECT expire_time FROM sessions WHERE tenant = $1 AND session_id = $2 FOR UPDATE"
 SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant = $1 AND request_id = $2"
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = $1 AND session_id = $2"
-SELECT_GUARDS = "SELECT version, next_seq FROM sessions WHERE tenant = $1 AND session_id = $2"
+SELECT_GUARDS = "SELECT version, next_seq, uid FROM sessions WHERE tenant = $1 AND session_id = $2"
 EXISTS = "SELECT 1 FROM sessions WHERE tenant = $1 AND session_id = $2"
 # Taken before deleting messages: a commit holding the row finishes first, and the
 # DELETE that follows (a new snapshot) then sees every message it added.
@@ -79,7 +88,7 @@ DELETE_OLD_REQUESTS = (
 
 
 def session_params(s: Session) -> tuple[Any, ...]:
-    """$1..$13 of INSERT_SESSION and UPDATE_SESSION."""
+    """$1..$14 of INSERT_SESSION and UPDATE_SESSION."""
     settings, *rest = session_values(s)
     return (s.tenant, s.session_id, settings, codec.dumps(s.settings.labels), *rest)
 

@@ -103,11 +103,29 @@ class PostgresStore:
         if await conn.fetchval(sql.UPDATE_SESSION, *params) is not None:
             return
         guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
-        if guards is None:
-            raise rules.not_found(session.session_id)
-        if guards[0] != expected_version:
-            raise rules.conflict(session.session_id, guards[0], expected_version)
-        raise rules.seq_reused(guards[1])
+        stored = None if guards is None else (guards[0], guards[1], guards[2])
+        raise rules.guard_failure(session, expected_version, stored)
+
+    @staticmethod
+    async def _replace_expired(conn: Connection, session: Session, now: float | None) -> None:
+        """Deletes the session stored under the new one's id if it expired by `now`."""
+        if now is None:
+            return
+        key = (session.tenant, session.session_id)
+        expire = await conn.fetchval(sql.LOCK_EXPIRE, *key)
+        if expire is not None and expire <= rules.to_micros(now):
+            await conn.execute(sql.DELETE_MESSAGES, *key)
+            await conn.execute(sql.DELETE_SESSION, *key)
+
+    @staticmethod
+    async def _check_quota(conn: Connection, tenant: str, now: float | None, limit: int) -> None:
+        """After a create's insert, holding the tenant's lock: at most `limit` sessions."""
+        if now is None:
+            count = await conn.fetchval(sql.COUNT_SESSIONS, tenant)
+        else:
+            count = await conn.fetchval(sql.COUNT_ALIVE, tenant, rules.to_micros(now))
+        if count > limit:
+            raise rules.quota_exceeded(limit)
 
     @staticmethod
     async def _require(conn: Connection, tenant: str, session_id: str) -> None:
@@ -121,14 +139,22 @@ class PostgresStore:
         session: Session,
         messages: Sequence[Message] = (),
         request: RequestRecord | None = None,
+        *,
+        now: float | None = None,
+        max_sessions: int = 0,
     ) -> None:
         rules.check_seqs(session, messages)
         rules.check_request(session, request)
         params = sql.session_params(session)
         async with self._transaction() as conn:
             await self._insert_request(conn, request)
+            if max_sessions > 0:
+                await conn.execute(sql.LOCK_TENANT, session.tenant)
+            await self._replace_expired(conn, session, now)
             if await conn.fetchval(sql.INSERT_SESSION, *params) is None:
                 raise rules.already_exists(session.session_id)
+            if max_sessions > 0:
+                await self._check_quota(conn, session.tenant, now, max_sessions)
             await self._insert_messages(conn, session, messages)
 
     async def get_session(self, tenant: str, session_id: str) -> Session:

@@ -14,7 +14,7 @@ from server.store import codec, rules
 
 SESSION_COLUMNS = (
     "tenant, session_id, settings, create_time, update_time, expire_time,"
-    " message_count, next_seq, usage, state, pending, version"
+    " message_count, next_seq, usage, state, pending, version, uid"
 )
 MESSAGE_COLUMNS = "seq, turn_id, role, create_time, body"
 REQUEST_COLUMNS = "tenant, request_id, fingerprint, result, create_time"
@@ -33,6 +33,7 @@ def session_values(s: Session) -> tuple[Any, ...]:
         s.state.value,
         codec.pending_to_json(s.pending),
         s.version,
+        s.uid,
     )
 
 
@@ -48,7 +49,7 @@ def request_values(r: RequestRecord) -> tuple[Any, ...]:
 
 def session_from_row(row: Any) -> Session:
     tenant, session_id, settings, created, updated, _, count, next_seq = row[:8]
-    usage, _state, pending, version = row[8:12]  # state is derived from pending
+    usage, _state, pending, version, uid = row[8:13]  # state is derived from pending
     return Session(
         tenant=tenant,
         session_id=session_id,
@@ -60,6 +61,7 @@ def session_from_row(row: Any) -> Session:
         usage=codec.usage_from_dict(codec.loads(usage)),
         pending=codec.pending_from_json(pending),
         version=version,
+        uid=uid,
     )
 
 

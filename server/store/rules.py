@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.sessions.errors import AlreadyExists, Conflict, DuplicateRequest, NotFound
+from server.sessions.errors import (
+    AlreadyExists,
+    Conflict,
+    DuplicateRequest,
+    NotFound,
+    ResourceExhausted,
+)
 from server.sessions.model import Message, Session
 from server.sessions.ports import RequestRecord
 
@@ -119,6 +125,25 @@ def conflict(session_id: str, stored: int, expected: int) -> Conflict:
 
 def duplicate_request(request_id: str) -> DuplicateRequest:
     return DuplicateRequest(f"request {request_id!r} was already made")
+
+
+def quota_exceeded(max_sessions: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the tenant already has the most sessions allowed ({max_sessions}): delete some first",
+        reason="SESSION_QUOTA",
+    )
+
+
+def guard_failure(
+    session: Session, expected_version: int, guards: tuple[int, int, str] | None
+) -> Exception:
+    """Why a guarded session write matched no row, from the stored (version, next_seq,
+    uid): the session is gone (or is another life of it), moved on, or seqs would repeat."""
+    if guards is None or guards[2] != session.uid:
+        return not_found(session.session_id)
+    if guards[0] != expected_version:
+        return conflict(session.session_id, guards[0], expected_version)
+    return seq_reused(guards[1])
 
 
 def seq_reused(next_seq: int) -> ValueError:

@@ -32,17 +32,35 @@ def _insert_request(conn: sqlite3.Connection, request: tuple[Any, ...] | None) -
 
 
 def _replace_session(
-    conn: sqlite3.Connection, update: tuple[Any, ...], key: tuple[str, str], expected: int
+    conn: sqlite3.Connection, update: tuple[Any, ...], session: Session, expected: int
 ) -> None:
     """Runs a guarded UPDATE_SESSION, raising NotFound, Conflict or seq reuse on a miss."""
     if conn.execute(sql.UPDATE_SESSION, update).rowcount == 0:
-        session_id = key[1]
+        key = (session.tenant, session.session_id)
         guards = conn.execute(sql.SELECT_GUARDS, key).fetchone()
-        if guards is None:
-            raise rules.not_found(session_id)
-        if guards[0] != expected:
-            raise rules.conflict(session_id, guards[0], expected)
-        raise rules.seq_reused(guards[1])
+        raise rules.guard_failure(session, expected, guards)
+
+
+def _replace_expired(conn: sqlite3.Connection, key: tuple[str, str], now: int | None) -> None:
+    """Deletes the session stored under `key` if it expired by `now`: a create replaces it."""
+    if now is None:
+        return
+    row = conn.execute(sql.SELECT_EXPIRE, key).fetchone()
+    if row is not None and row[0] is not None and row[0] <= now:
+        conn.execute(sql.DELETE_MESSAGES, key)
+        conn.execute(sql.DELETE_SESSION, key)
+
+
+def _check_quota(conn: sqlite3.Connection, tenant: str, now: int | None, limit: int) -> None:
+    """After a create's insert, in its transaction: the tenant holds at most `limit`."""
+    if limit <= 0:
+        return
+    if now is None:
+        count = conn.execute(sql.COUNT_SESSIONS, (tenant,)).fetchone()[0]
+    else:
+        count = conn.execute(sql.COUNT_ALIVE, (tenant, now)).fetchone()[0]
+    if count > limit:
+        raise rules.quota_exceeded(limit)
 
 
 class SqliteStore:
@@ -84,21 +102,27 @@ class SqliteStore:
         session: Session,
         messages: Sequence[Message] = (),
         request: RequestRecord | None = None,
+        *,
+        now: float | None = None,
+        max_sessions: int = 0,
     ) -> None:
         rules.check_seqs(session, messages)
         rules.check_request(session, request)
-        values = (session.tenant, session.session_id, *rows.session_values(session))
         key = (session.tenant, session.session_id)
+        values = (*key, *rows.session_values(session))
         # Encoding a long history (an import or a fork) takes seconds of CPU: in paced
         # slices, so the loop keeps serving, and before the job, so the writer (which
         # every other write waits for) spends only the INSERTs on it.
         history = await paced_map(lambda m: (*key, *rows.message_values(m)), messages)
         record = None if request is None else rows.request_values(request)
+        now_micros = None if now is None else rules.to_micros(now)
 
         def job(conn: sqlite3.Connection) -> None:
             _insert_request(conn, record)
+            _replace_expired(conn, key, now_micros)
             if conn.execute(sql.INSERT_SESSION, values).rowcount == 0:
                 raise rules.already_exists(session.session_id)
+            _check_quota(conn, session.tenant, now_micros, max_sessions)
             conn.executemany(sql.INSERT_MESSAGE, history)
 
         await self._writer.submit(job)
@@ -193,11 +217,10 @@ class SqliteStore:
         update = sql.update_values(session, expected_version, first)
         added = sql.message_rows(session, messages)
         record = None if request is None else rows.request_values(request)
-        key = (session.tenant, session.session_id)
 
         def job(conn: sqlite3.Connection) -> None:
             _insert_request(conn, record)
-            _replace_session(conn, update, key, expected_version)
+            _replace_session(conn, update, session, expected_version)
             conn.executemany(sql.INSERT_MESSAGE, added)
 
         await self._writer.submit(job)
@@ -208,7 +231,7 @@ class SqliteStore:
         key = (session.tenant, session.session_id)
 
         def job(conn: sqlite3.Connection) -> None:
-            _replace_session(conn, update, key, expected_version)
+            _replace_session(conn, update, session, expected_version)
             conn.execute(sql.DELETE_MESSAGES, key)
 
         await self._writer.submit(job)

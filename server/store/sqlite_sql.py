@@ -15,14 +15,15 @@ from server.store.rows import (
 )
 
 INSERT_SESSION = (
-    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT (tenant, session_id) DO NOTHING"
 )
-# The version and seq guards ride on the UPDATE itself, so a good turn costs no SELECT.
+# The version, seq and life guards ride on the UPDATE itself, so a good turn costs no
+# SELECT. The uid guard keeps a write meant for one life of a session off the next one.
 UPDATE_SESSION = (
     "UPDATE sessions SET settings=?, create_time=?, update_time=?, expire_time=?,"
-    " message_count=?, next_seq=?, usage=?, state=?, pending=?, version=?"
-    " WHERE tenant=? AND session_id=? AND version=? AND next_seq<=?"
+    " message_count=?, next_seq=?, usage=?, state=?, pending=?, version=?, uid=?"
+    " WHERE tenant=? AND session_id=? AND version=? AND next_seq<=? AND uid=?"
 )
 INSERT_MESSAGE = (
     f"INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)"
@@ -32,11 +33,15 @@ INSERT_REQUEST = (
     " ON CONFLICT (tenant, request_id) DO NOTHING"
 )
 COUNT_SESSIONS = "SELECT count(*) FROM sessions WHERE tenant=?"
+COUNT_ALIVE = (
+    "SELECT count(*) FROM sessions WHERE tenant=? AND (expire_time IS NULL OR expire_time > ?)"
+)
+SELECT_EXPIRE = "SELECT expire_time FROM sessions WHERE tenant=? AND session_id=?"
 SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant=? AND request_id=?"
 DELETE_MESSAGES = "DELETE FROM messages WHERE tenant=? AND session_id=?"
 DELETE_SESSION = "DELETE FROM sessions WHERE tenant=? AND session_id=?"
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant=? AND session_id=?"
-SELECT_GUARDS = "SELECT version, next_seq FROM sessions WHERE tenant=? AND session_id=?"
+SELECT_GUARDS = "SELECT version, next_seq, uid FROM sessions WHERE tenant=? AND session_id=?"
 EXISTS = "SELECT 1 FROM sessions WHERE tenant=? AND session_id=?"
 ALL_MESSAGES = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant=? AND session_id=? ORDER BY seq"
@@ -66,7 +71,7 @@ ALIVE = "(expire_time IS NULL OR expire_time > ?)"
 
 def update_values(s: Session, expected_version: int, first_new_seq: int) -> tuple[Any, ...]:
     """Parameters of UPDATE_SESSION."""
-    return (*session_values(s), s.tenant, s.session_id, expected_version, first_new_seq)
+    return (*session_values(s), s.tenant, s.session_id, expected_version, first_new_seq, s.uid)
 
 
 def message_rows(session: Session, messages: Sequence[Message]) -> list[tuple[Any, ...]]:

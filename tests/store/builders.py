@@ -37,12 +37,13 @@ def new_session(
     settings: SessionSettings | None = None,
     ttl: float | None = None,
     expire: float | None = None,
+    uid: str = "life-1",
 ) -> Session:
     if settings is None:
         settings = SessionSettings(
             model="gemini-test", labels=dict(labels or {}), ttl_seconds=ttl, expire_time=expire
         )
-    return Session(tenant, session_id, settings, create_time=created, update_time=created)
+    return Session(tenant, session_id, settings, create_time=created, update_time=created, uid=uid)
 
 
 def with_history(session: Session, *texts: str) -> tuple[Session, list[Message]]:

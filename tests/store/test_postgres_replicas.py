@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.sessions.errors import Conflict, DuplicateRequest, NotFound
+from server.sessions.errors import Conflict, DuplicateRequest, NotFound, ResourceExhausted
 from server.sessions.model import Session
 from server.store import CachedStore
 from server.store.migrations import MIGRATIONS
@@ -158,3 +158,22 @@ async def test_replicas_starting_together_migrate_once(schema: tuple[str, str]) 
     finally:
         await conn.close()
     assert sorted(versions) == [m.version for m in MIGRATIONS]
+
+
+async def test_creates_racing_on_two_replicas_never_overshoot_the_quota(
+    replicas: Replicas,
+) -> None:
+    a, b = replicas
+
+    async def create(i: int) -> bool:
+        store = (a, b)[i % 2]
+        try:
+            session = new_session(f"s{i}", uid=f"u{i}")
+            await store.create_session(session, now=T0, max_sessions=10)
+        except ResourceExhausted:
+            return False
+        return True
+
+    created = await asyncio.gather(*(create(i) for i in range(60)))
+    assert created.count(True) == 10
+    assert await a.count_sessions(TENANT) == await b.count_sessions(TENANT) == 10

@@ -823,7 +823,9 @@ class StreamReplyResponse(_message.Message):
     def tool_result(self) -> Global___ToolResultEvent: ...
     @_builtins.property
     def message(self) -> _content_pb2.Message:
-        """A message of the turn is complete."""
+        """A message of the turn is complete. Its message_id is empty: ids are
+        given when the turn is stored, and the final `reply` carries them.
+        """
 
     @_builtins.property
     def reply(self) -> Global___Reply:

@@ -253,7 +253,8 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelReply(self, request, context):
-        """Stops the running reply of a session; the turn is not stored.
+        """Stops the running reply of a session; the turn is not stored. A reply
+        whose turn is already being stored is not stopped (cancelled = false).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

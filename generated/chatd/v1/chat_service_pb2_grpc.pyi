@@ -68,7 +68,9 @@ class ChatServiceStub:
     CountTokens: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.CountTokensRequest, _chat_service_pb2.CountTokensResponse]
     """Counts the tokens of a session's history plus a candidate message."""
     CancelReply: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.CancelReplyRequest, _chat_service_pb2.CancelReplyResponse]
-    """Stops the running reply of a session; the turn is not stored."""
+    """Stops the running reply of a session; the turn is not stored. A reply
+    whose turn is already being stored is not stopped (cancelled = false).
+    """
     GenerateContent: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.GenerateContentRequest, _chat_service_pb2.GenerateContentResponse]
     """Stateless generation: the caller supplies the whole conversation."""
     StreamGenerateContent: _grpc.UnaryStreamMultiCallable[_chat_service_pb2.StreamGenerateContentRequest, _chat_service_pb2.StreamGenerateContentResponse]
@@ -115,7 +117,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
     CountTokens: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.CountTokensRequest, _chat_service_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of a session's history plus a candidate message."""
     CancelReply: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.CancelReplyRequest, _chat_service_pb2.CancelReplyResponse]  # type: ignore[assignment]
-    """Stops the running reply of a session; the turn is not stored."""
+    """Stops the running reply of a session; the turn is not stored. A reply
+    whose turn is already being stored is not stopped (cancelled = false).
+    """
     GenerateContent: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.GenerateContentRequest, _chat_service_pb2.GenerateContentResponse]  # type: ignore[assignment]
     """Stateless generation: the caller supplies the whole conversation."""
     StreamGenerateContent: _aio.UnaryStreamMultiCallable[_chat_service_pb2.StreamGenerateContentRequest, _chat_service_pb2.StreamGenerateContentResponse]  # type: ignore[assignment]
@@ -261,7 +265,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_service_pb2.CancelReplyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_chat_service_pb2.CancelReplyResponse, _abc.Awaitable[_chat_service_pb2.CancelReplyResponse]]:
-        """Stops the running reply of a session; the turn is not stored."""
+        """Stops the running reply of a session; the turn is not stored. A reply
+        whose turn is already being stored is not stopped (cancelled = false).
+        """
 
     @_abc_1.abstractmethod
     def GenerateContent(

@@ -311,6 +311,7 @@ class Session(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Output only (set through CreateSessionRequest.session_id)."""
     model: _builtins.str
@@ -324,6 +325,12 @@ class Session(_message.Message):
     etag: _builtins.str
     """Output only. Changes on every write; send it back on UpdateSession to
     update only the version you read.
+    """
+    uid: _builtins.str
+    """Output only. Unique to this life of the session (AIP-148): a session
+    deleted or expired and then created again under the same session_id has
+    another uid, and request ids, page tokens and etags of the old one do not
+    apply to it.
     """
     @_builtins.property
     def generation_config(self) -> Global___GenerationConfig: ...
@@ -383,10 +390,11 @@ class Session(_message.Message):
         state: Global___Session.State.ValueType = ...,
         pending_tool_calls: _abc.Iterable[_content_pb2.FunctionCall] | None = ...,
         etag: _builtins.str = ...,
+        uid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context_policy", b"context_policy", "create_time", b"create_time", "expiration", b"expiration", "expire_time", b"expire_time", "generation_config", b"generation_config", "ttl", b"ttl", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_policy", b"context_policy", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "expiration", b"expiration", "expire_time", b"expire_time", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "labels", b"labels", "message_count", b"message_count", "model", b"model", "pending_tool_calls", b"pending_tool_calls", "safety_settings", b"safety_settings", "session_id", b"session_id", "state", b"state", "system_instruction", b"system_instruction", "tools", b"tools", "ttl", b"ttl", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_policy", b"context_policy", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "expiration", b"expiration", "expire_time", b"expire_time", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "labels", b"labels", "message_count", b"message_count", "model", b"model", "pending_tool_calls", b"pending_tool_calls", "safety_settings", b"safety_settings", "session_id", b"session_id", "state", b"state", "system_instruction", b"system_instruction", "tools", b"tools", "ttl", b"ttl", "uid", b"uid", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_expiration: _TypeAlias = _typing.Literal["expire_time", "ttl"]  # noqa: Y015
     _WhichOneofArgType_expiration: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015

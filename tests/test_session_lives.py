@@ -1,0 +1,212 @@
+"""A record never outlives what it describes: request ids, page tokens, etags and message
+ids are bound to one life of one session, through a real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import content_pb2, session_pb2
+from server.store import MemoryStore
+from tests.conftest import Chatd, StartChatd
+from tests.fakes import LatchStore, ScriptedProvider
+from tests.helpers import all_messages, rich_details
+
+
+async def create(chatd: Chatd, sid: str, request_id: str = "") -> session_pb2.Session:
+    response = await chatd.stub.CreateSession(
+        pb.CreateSessionRequest(session_id=sid, request_id=request_id)
+    )
+    return response.session
+
+
+async def recreate(chatd: Chatd, sid: str) -> session_pb2.Session:
+    await chatd.stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid))
+    return await create(chatd, sid)
+
+
+def send(sid: str, text: str, request_id: str = "") -> pb.SendMessageRequest:
+    return pb.SendMessageRequest(session_id=sid, text=text, request_id=request_id)
+
+
+def gone(error: grpc.aio.AioRpcError) -> bool:
+    info = rich_details(error).get("ErrorInfo")
+    return (
+        error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and info is not None
+        and info.reason == "REQUEST_RESULT_GONE"
+    )
+
+
+async def test_a_turn_replayed_after_delete_and_recreate_is_refused_not_another_turn(
+    chatd: Chatd,
+) -> None:
+    await create(chatd, "s")
+    first = (await chatd.stub.SendMessage(send("s", "first question", "r1"))).reply
+    assert (await chatd.stub.SendMessage(send("s", "first question", "r1"))).reply == first
+
+    await recreate(chatd, "s")
+    await chatd.stub.SendMessage(send("s", "other question"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await chatd.stub.SendMessage(send("s", "first question", "r1"))
+    assert gone(unary.value)
+    assert "deleted and created again" in (unary.value.details() or "")
+    stream = chatd.stub.StreamReply(
+        pb.StreamReplyRequest(session_id="s", text="first question", request_id="r1")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        async for _ in stream:
+            pass
+    assert gone(streamed.value)
+    texts = [m.parts[0].text for m in await all_messages(chatd.stub, "s")]
+    assert texts[0] == "other question" and len(texts) == 2
+
+
+async def test_a_turn_replayed_after_clear_history_is_refused(chatd: Chatd) -> None:
+    await create(chatd, "s")
+    await chatd.stub.SendMessage(send("s", "question", "r1"))
+    await chatd.stub.ClearHistory(pb.ClearHistoryRequest(session_id="s"))
+    await chatd.stub.SendMessage(send("s", "after clearing"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.SendMessage(send("s", "question", "r1"))
+    assert gone(err.value)
+    assert "cleared" in (err.value.details() or "")
+
+
+async def test_append_and_create_replays_are_bound_to_their_life(chatd: Chatd) -> None:
+    await create(chatd, "s", request_id="c1")
+    append = pb.AppendMessagesRequest(
+        session_id="s",
+        request_id="a1",
+        messages=[
+            content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="hi")])
+        ],
+    )
+    stored = await chatd.stub.AppendMessages(append)
+    assert (await chatd.stub.AppendMessages(append)).messages == stored.messages
+
+    await recreate(chatd, "s")
+    with pytest.raises(grpc.aio.AioRpcError) as appended:
+        await chatd.stub.AppendMessages(append)
+    assert gone(appended.value)
+    with pytest.raises(grpc.aio.AioRpcError) as created:
+        await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s", request_id="c1"))
+    assert gone(created.value)
+    assert await all_messages(chatd.stub, "s") == []
+
+
+async def test_a_new_life_has_a_new_uid_and_old_etags_and_page_tokens_do_not_apply(
+    chatd: Chatd,
+) -> None:
+    old = await create(chatd, "s")
+    for i in range(3):
+        await chatd.stub.SendMessage(send("s", f"m{i}"))
+    page = await chatd.stub.ListMessages(pb.ListMessagesRequest(session_id="s", page_size=2))
+    assert page.next_page_token
+    read = (await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))).session
+
+    new = await recreate(chatd, "s")
+    assert len(new.uid) == 32 and new.uid != old.uid
+    for i in range(3):
+        await chatd.stub.SendMessage(send("s", f"new{i}"))
+    # The new life is at the version the old etag names: the etag must still not match.
+    assert (await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))).session.etag
+    with pytest.raises(grpc.aio.AioRpcError) as token:
+        await chatd.stub.ListMessages(
+            pb.ListMessagesRequest(session_id="s", page_size=2, page_token=page.next_page_token)
+        )
+    assert token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as etag:
+        await chatd.stub.UpdateSession(
+            pb.UpdateSessionRequest(
+                session=session_pb2.Session(session_id="s", display_name="stale"),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+                etag=read.etag,
+            )
+        )
+    assert etag.value.code() == grpc.StatusCode.ABORTED
+    after = (await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))).session
+    assert after.display_name == "" and after.uid == new.uid
+
+
+async def test_stream_events_announce_no_message_ids_only_the_stored_reply_does(
+    chatd: Chatd,
+) -> None:
+    await create(chatd, "s")
+    events = [
+        e async for e in chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi"))
+    ]
+    announced = [e.message for e in events if e.HasField("message")]
+    assert announced and all(m.message_id == "" for m in announced)
+    reply = events[-1].reply
+    stored = await all_messages(chatd.stub, "s")
+    assert [m.message_id for m in reply.messages] == [m.message_id for m in stored]
+    assert [m.parts for m in announced] == [m.parts for m in stored]
+
+
+async def test_an_unstored_turn_leaves_no_id_that_a_later_turn_reuses(
+    start_chatd: StartChatd,
+) -> None:
+    """A turn that fails after its user message was streamed stores nothing; the ids the
+    next turn gets were never shown for other content."""
+    provider = ScriptedProvider(fail_after=1, error=RuntimeError("upstream broke"))
+    chatd = await start_chatd(provider=provider)
+    await create(chatd, "s")
+    call = chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="lost"))
+    first = await call.read()
+    assert first.HasField("message") and first.message.message_id == ""
+    with pytest.raises(grpc.aio.AioRpcError):
+        await _read_all(call)
+    provider.fail_after = None
+    reply = (await chatd.stub.SendMessage(send("s", "kept"))).reply
+    assert [m.parts[0].text for m in reply.messages] == ["kept", "Hello!"]
+
+
+async def test_cancel_reply_during_the_commit_loses_and_the_stream_gets_the_turn(
+    start_chatd: StartChatd,
+) -> None:
+    """Deterministic: the store holds the turn's commit open while CancelReply lands."""
+    store = LatchStore(MemoryStore())
+    chatd = await start_chatd(store=store)
+    await create(chatd, "s")
+    store.holding = True
+    call = chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hello"))
+    reading = asyncio.ensure_future(_read_all(call))
+    await store.entered.wait()
+
+    cancelled = await chatd.stub.CancelReply(pb.CancelReplyRequest(session_id="s"))
+    assert cancelled.cancelled is False
+    store.release.set()
+    events = await reading
+    assert events[-1].HasField("reply")
+    assert len(await all_messages(chatd.stub, "s")) == 2
+
+
+async def test_cancel_reply_before_the_commit_stops_the_turn_with_cancelled(
+    start_chatd: StartChatd,
+) -> None:
+    provider = ScriptedProvider(delay=3600)
+    chatd = await start_chatd(provider=provider, store=MemoryStore())
+    await create(chatd, "s")
+    call = chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hello"))
+    reading = asyncio.ensure_future(_read_all(call))
+    await provider.started.wait()
+
+    assert (await chatd.stub.CancelReply(pb.CancelReplyRequest(session_id="s"))).cancelled
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reading
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+    assert await all_messages(chatd.stub, "s") == []
+
+
+async def _read_all(call: object) -> list[pb.StreamReplyResponse]:
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+        events.append(event)
+    return events
