@@ -3,8 +3,8 @@
 Runs chatd as a subprocess (SQLite in a temporary folder, cache off so it holds nothing)
 once per configuration: without the large-request budget (so without its malloc_trim),
 with glibc limited to 2 arenas, with a budget too big to refuse anything (so only its
-malloc_trim when the last large request ends), and with the default budget. A refused request is retried after
-0.2 s, so every import completes in both runs.
+malloc_trim when the last large request ends), and with the default budget. A refused
+request is retried after 0.2 s, so every import completes in every run.
 
     .venv/bin/python -m bench.large_requests
 """

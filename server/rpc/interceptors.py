@@ -292,7 +292,9 @@ def _wrap_client_stream(
     metrics: RpcObserver,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(requests: AsyncIterator[Any], context: Context) -> Any:
-        async with _Call(method, admission, context, True, metrics):
+        # Not counted as a stream slot: refused before its first read, a client stream's
+        # next write fails in the client and grpc clients report INTERNAL, not our status.
+        async with _Call(method, admission, context, False, metrics):
             return await inner(_decoded_stream(requests, admission.memory), context)
 
     return handler

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -22,17 +24,37 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import chat_service_pb2_grpc, content_pb2
 from tests.process import ROOT
-from tests.reliability.common import histogram, sqlite_url, start_process
+from tests.reliability.common import histogram, sqlite_url
 
 QUIET = (("authorization", "Bearer key-quiet"),)
 # The product's target (PRODUCT.md, Reliability): the quiet tenant's unary p99 and the
 # health check p99 stay under 250 ms while its neighbour floods and imports.
 P99_TARGET = 0.250
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def serving(health: Any) -> None:
+    """Waits until the server answers SERVING (it starts in well under a second)."""
+    for _ in range(600):
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("chatd did not start serving")
 
 
 def p99(values: list[float]) -> float:
@@ -117,7 +139,6 @@ async def health_checks(health: Any, figures: Figures, stop: asyncio.Event) -> N
 
 async def noisy_neighbour(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     *,
     stream_limit: int,
     workers: int,
@@ -125,34 +146,60 @@ async def noisy_neighbour(
     unary_import: bool,
     seconds: float,
 ) -> Figures:
-    monkeypatch.setenv("CHATD_API_KEYS", "noisy:key-noisy,quiet:key-quiet")
-    # Streams of about a second each: the echo reply's 25 text deltas, 40 ms apart.
-    monkeypatch.setenv("CHATD_ECHO_DELAY_MS", "40")
-    monkeypatch.setenv("CHATD_PROVIDER", "echo")
-    server = await start_process(
-        sqlite_url(tmp_path),
-        "--max-streams-per-tenant",
-        str(stream_limit),
-        "--max-message-bytes",
-        str(64 * 1024 * 1024),
-        "--max-sessions-per-tenant",
-        "0",
-    )
-    args = ["--address", server.address, "--workers", str(workers)]
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "CHATD_API_KEYS": "noisy:key-noisy,quiet:key-quiet",
+        # Streams of about a second each: the echo reply's 25 text deltas, 40 ms apart.
+        "CHATD_ECHO_DELAY_MS": "40",
+        "CHATD_PROVIDER": "echo",
+        "CHATD_LOG_FORMAT": "json",
+    }
+    # Its log goes to a file: a pipe this test read would block the server's writes
+    # whenever the test fell behind, and the test would measure itself.
+    with (tmp_path / "chatd.log").open("wb") as log:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--listen",
+            address,
+            "--metrics-listen",
+            "",
+            "--database-url",
+            sqlite_url(tmp_path),
+            "--rate-limit",
+            "0",
+            "--max-streams-per-tenant",
+            str(stream_limit),
+            "--max-message-bytes",
+            str(64 * 1024 * 1024),
+            "--max-sessions-per-tenant",
+            "0",
+            cwd=ROOT,
+            env=env,
+            stderr=log,
+        )
+    args = ["--address", address, "--workers", str(workers)]
     args += ["--import-messages", str(import_messages), "--seconds", str(seconds)]
     if unary_import:
         args.append("--unary-import")
-    noisy = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.reliability.noisy_tenant",
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    noisy: asyncio.subprocess.Process | None = None
     try:
-        async with server.channel() as channel:
-            stub, health = server.stubs(channel)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            await serving(health)
+            noisy = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.reliability.noisy_tenant",
+                *args,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+            )
             for sid in ("quiet", "quiet-stream"):
                 await stub.CreateSession(pb.CreateSessionRequest(session_id=sid), metadata=QUIET)
             assert noisy.stdout is not None
@@ -171,10 +218,10 @@ async def noisy_neighbour(
             figures.noisy = json.loads(summary)
         return figures
     finally:
-        if noisy.returncode is None:
-            noisy.kill()
-            await noisy.wait()
-        await server.kill()
+        for process in (noisy, server):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
 def check(figures: Figures, import_messages: int) -> None:
@@ -190,11 +237,10 @@ def check(figures: Figures, import_messages: int) -> None:
 
 @pytest.mark.timeout(300)
 async def test_a_flooding_importing_tenant_leaves_the_others_unary_and_health_p99_low(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     figures = await noisy_neighbour(
         tmp_path,
-        monkeypatch,
         stream_limit=8,
         workers=12,
         import_messages=60_000,
@@ -213,11 +259,10 @@ async def test_a_flooding_importing_tenant_leaves_the_others_unary_and_health_p9
 @pytest.mark.soak
 @pytest.mark.timeout(900)
 async def test_soak_a_flooding_importing_tenant_leaves_the_others_p99_low(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     figures = await noisy_neighbour(
         tmp_path,
-        monkeypatch,
         stream_limit=100,
         workers=130,
         import_messages=300_000,
