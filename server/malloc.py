@@ -42,6 +42,10 @@ class Trimmer:
     def available(self) -> bool:
         return _TRIM is not None
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def request(self) -> None:
         if _TRIM is None:
             return

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from chatd.v1 import chat_service_pb2 as pb
+from server.malloc import Trimmer
 from server.rpc.guards import ByteBudget, StreamSlots
 from server.sessions.errors import ResourceExhausted
 from server.sessions.model import FinishReason, Part
@@ -168,3 +169,16 @@ async def test_large_requests_beyond_the_budget_are_refused_not_decoded(
     await asyncio.gather(held, small)
     events = await outcome(stream(chatd, "s1", (), big))
     assert events[-1].HasField("reply"), "the budget comes back when the large call ends"
+
+
+async def test_the_trimmer_hands_memory_back_once_per_burst_of_requests() -> None:
+    trimmer = Trimmer()
+    if not trimmer.available:
+        pytest.skip("no glibc malloc_trim on this system")
+    trimmer.request()
+    trimmer.request()  # before the trim began: the same trim serves it
+    await until(lambda: not trimmer.running, "the trim")
+    assert trimmer.trims == 1
+    trimmer.request()
+    await until(lambda: not trimmer.running, "the next trim")
+    assert trimmer.trims == 2
