@@ -179,3 +179,20 @@ async def test_an_empty_import_stream_is_invalid(chatd: Chatd) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await chatd.stub.StreamImportSession(iter([]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_bad_message_deep_in_a_long_document_is_named_by_its_place(chatd: Chatd) -> None:
+    """Long histories are checked a slice at a time; errors still name the whole
+    document's index."""
+    requests = list(rich_document(4600, 10))
+    for request in requests:
+        for message in request.document.messages:
+            if message.message_id == "4501":  # a model message calling a tool
+                message.role = content_pb2.ROLE_USER
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.StreamImportSession(iter(requests))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violation = rich_details(err.value)["BadRequest"].field_violations[0]
+    assert violation.field == "document.messages[4501]"
+    assert "function calls" in violation.description
+    assert await session_ids(chatd) == set()

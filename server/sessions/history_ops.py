@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -18,6 +19,7 @@ from server.sessions.ids import (
     new_turn_id,
 )
 from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
+from server.sessions.pacing import Pacer
 from server.sessions.ports import RequestRecord, SessionStore
 from server.sessions.wellformed import check_history
 from server.sessions.writes import complete
@@ -33,11 +35,43 @@ class SessionDocument:
     messages: tuple[Message, ...]
 
 
-def _check_document(messages: Sequence[Message], open_calls_allowed: bool) -> None:
+# Messages of an imported history checked per slice (about 4 ms of the event loop).
+_CHECK_SLICE = 2000
+_FIELD = "document.messages"
+
+
+def _shifted(exc: InvalidArgument, offset: int) -> InvalidArgument:
+    """`exc` of a slice starting at message `offset`, naming the message's place in the
+    whole document."""
+    violation = exc.violations[0]
+    field = re.sub(
+        rf"^{re.escape(_FIELD)}\[(\d+)\]",
+        lambda m: f"{_FIELD}[{int(m.group(1)) + offset}]",
+        violation.field,
+    )
+    return InvalidArgument(field, violation.description, reason=exc.reason)
+
+
+async def _check_document(messages: Sequence[Message], open_calls_allowed: bool) -> None:
+    """check_history over a whole document, a slice at a time, yielding between slices: a
+    slice may end on unanswered calls, which the next slice's first message must answer."""
+    pacer = Pacer()
     for i in range(1, len(messages)):
         if messages[i].seq <= messages[i - 1].seq:
-            raise InvalidArgument(f"document.messages[{i}].message_id", "message ids must increase")
-    check_history(messages, "document.messages", None, open_calls_allowed=open_calls_allowed)
+            raise InvalidArgument(f"{_FIELD}[{i}].message_id", "message ids must increase")
+        await pacer.tick()
+    previous = None
+    for start in range(0, len(messages), _CHECK_SLICE):
+        chunk = messages[start : start + _CHECK_SLICE]
+        last = start + _CHECK_SLICE >= len(messages)
+        try:
+            check_history(
+                chunk, _FIELD, previous, open_calls_allowed=open_calls_allowed or not last
+            )
+        except InvalidArgument as exc:
+            raise _shifted(exc, start) from None
+        previous = chunk[-1]
+        await asyncio.sleep(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +240,7 @@ class HistoryOps:
         source = document.session
         self._check_settings(source.settings, "document.session")
         messages = document.messages
-        # Seconds of CPU for a long history: on a worker thread, which hands the GIL back
-        # to the event loop every few milliseconds (sys.getswitchinterval).
-        await asyncio.to_thread(_check_document, messages, source.pending is not None)
+        await _check_document(messages, source.pending is not None)
         new_id = session_id or source.session_id or new_session_id()
         check_id("session_id", new_id)
         return await self._create_copy(

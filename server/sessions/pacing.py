@@ -24,6 +24,11 @@ R = TypeVar("R")
 # Slices of a few milliseconds: health checks and small calls wait at most about this
 # long for the loop, and a 300,000-message document still takes only a few hundred yields.
 SLICE_SECONDS = 0.004
+# Between slices the loop waits this long in its poll, with the GIL released. A bare
+# sleep(0) would let other tasks run but keep the GIL: grpc's poller thread, which hands
+# every completed read and write to the loop, would then get the GIL once per switch
+# interval (5 ms), one completion at a time, and every RPC would stall behind it.
+GIL_BREAK_SECONDS = 0.001
 _NEVER = 1 << 30
 
 
@@ -76,7 +81,7 @@ class Pacer:
 
     async def tick(self) -> None:
         if time.perf_counter() >= self._deadline:
-            await asyncio.sleep(0)
+            await asyncio.sleep(GIL_BREAK_SECONDS)
             self._deadline = time.perf_counter() + self._slice
 
 

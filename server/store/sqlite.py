@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,22 @@ from server.store.worker import ConnectionThread
 
 # Kept importable under its old name: tests read its query plan.
 _LAST_MESSAGES = sql.LAST_MESSAGES
+
+
+# A long history is inserted in slices of this many rows, with a short sleep between them
+# (still in the one transaction). Binding a row takes the GIL and stepping it gives it
+# back, so an unbroken executemany re-takes the GIL hundreds of thousands of times a
+# second; a thread that wants it (the event loop, grpc's poller) then gets it only every
+# switch interval (5 ms), one completion at a time, and RPCs stall for the whole insert.
+_HISTORY_SLICE = 2000
+_GIL_BREAK_SECONDS = 0.002
+
+
+def _insert_history(conn: sqlite3.Connection, history: list[tuple[Any, ...]]) -> None:
+    for start in range(0, len(history), _HISTORY_SLICE):
+        if start:
+            time.sleep(_GIL_BREAK_SECONDS)
+        conn.executemany(sql.INSERT_MESSAGE, history[start : start + _HISTORY_SLICE])
 
 
 def _require(conn: sqlite3.Connection, tenant: str, session_id: str) -> None:
@@ -123,7 +140,7 @@ class SqliteStore:
             if conn.execute(sql.INSERT_SESSION, values).rowcount == 0:
                 raise rules.already_exists(session.session_id)
             _check_quota(conn, session.tenant, now_micros, max_sessions)
-            conn.executemany(sql.INSERT_MESSAGE, history)
+            _insert_history(conn, history)
 
         await self._writer.submit(job)
 
