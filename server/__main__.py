@@ -6,7 +6,10 @@ import asyncio
 import sys
 from collections.abc import Callable
 
+import structlog
+
 from server import app, config, logs
+from server.startup import StartupError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,8 +22,15 @@ def main(argv: list[str] | None = None) -> None:
     except config.SettingsError as exc:
         raise SystemExit(f"chatd: {exc}") from None
     logs.configure(settings.log_format, settings.log_level)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(app.serve(settings))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(app.serve(settings))
+    except StartupError as exc:
+        # The one place a start-up problem becomes an exit code: one record, no traceback.
+        structlog.get_logger("chatd").error(
+            "cannot start", path=exc.path, cause=exc.cause, fix=exc.fix
+        )
+        raise SystemExit(1) from None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

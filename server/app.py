@@ -24,6 +24,7 @@ from server.metrics import (
     start_metrics_server,
 )
 from server.providers.echo import NOTICE, EchoProvider
+from server.redact import redact_url
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots, parse_keys
 from server.rpc.interceptors import Admission, ErrorsAndLogging
 from server.rpc.servicer import ChatServicer
@@ -31,7 +32,8 @@ from server.sessions.errors import ChatdError
 from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
-from server.store import CachedStore, open_store
+from server.startup import StartupError
+from server.store import CachedStore, SchemaTooNew, open_store
 from server.sweeper import Sweeper
 from server.tools import load_tools
 
@@ -53,7 +55,7 @@ def build_provider(settings: Settings) -> ModelProvider:
             "provider selected",
             provider="gemini",
             why=f"CHATD_PROVIDER={settings.provider} and credentials for {backend} are set",
-            base_url=settings.gemini_base_url or "default",
+            base_url=redact_url(settings.gemini_base_url) or "default",
         )
         return GeminiProvider(
             GeminiSettings(
@@ -65,6 +67,7 @@ def build_provider(settings: Settings) -> ModelProvider:
                 default_model=settings.default_model or DEFAULT_MODEL,
                 timeout=settings.gemini_timeout,
                 retry_attempts=settings.gemini_retry_attempts,
+                forward_labels=settings.gemini_forward_labels,
             )
         )
     why = (
@@ -88,7 +91,11 @@ def build_tools(settings: Settings) -> ToolRunner:
     try:
         registry = load_tools(settings.tool_modules)
     except (ImportError, ValueError) as exc:
-        raise SystemExit(f"chatd: cannot load tools: {exc}") from exc
+        raise StartupError(
+            ",".join(settings.tool_modules) or "chatd.tools entry points",
+            f"cannot load tools: {exc}",
+            "fix or remove the tool module (CHATD_TOOLS)",
+        ) from exc
     log.info("tools loaded", tools=sorted(registry.names()))
     return registry
 
@@ -104,7 +111,11 @@ def build_admission(settings: Settings) -> Admission:
             with open(settings.api_keys_file) as file:
                 keys.update(parse_keys(file, settings.api_keys_file))
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"chatd: cannot load API keys: {exc}") from exc
+        raise StartupError(
+            settings.api_keys_file or "CHATD_API_KEYS",
+            f"cannot load API keys: {exc}",
+            "give one `tenant key` pair per line (CHATD_API_KEYS: tenant:key,...)",
+        ) from exc
     tenants = sorted(set(keys.values()))
     if keys:
         log.info("authentication on", tenants=tenants)
@@ -134,7 +145,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
             with open(settings.tls_client_ca, "rb") as ca:
                 client_ca = ca.read()
     except OSError as exc:
-        raise SystemExit(f"chatd: cannot read TLS files: {exc}") from exc
+        raise StartupError(
+            exc.filename or settings.tls_cert,
+            f"cannot read TLS files: {exc.strerror}",
+            "check CHATD_TLS_CERT, CHATD_TLS_KEY and CHATD_TLS_CLIENT_CA",
+        ) from exc
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
@@ -192,8 +207,10 @@ async def start(
     provider: ModelProvider | None = None,
     tools: ToolRunner | None = None,
 ) -> RunningServer:
-    """Starts serving; `store`, `provider` and `tools` replace the configured ones."""
-    tools = tools or build_tools(settings)
+    """Starts serving; `store`, `provider` and `tools` replace the configured ones.
+
+    The store opens first: when it cannot, its StartupError is the only line logged.
+    """
     if store is None:
         try:
             store = await open_store(
@@ -203,8 +220,18 @@ async def start(
                 postgres_max_connections=settings.postgres_max_connections,
                 postgres_schema=settings.postgres_schema or None,
             )
-        except (ValueError, ChatdError) as exc:
-            raise SystemExit(f"chatd: cannot open the store: {exc}") from exc
+        except (ValueError, ChatdError, SchemaTooNew) as exc:
+            # Named by its setting: a PostgreSQL URL may hold a password.
+            raise StartupError(
+                "CHATD_DATABASE_URL",
+                f"cannot open the store: {exc}",
+                "check the URL and that its database is reachable",
+            ) from exc
+    try:
+        tools = tools or build_tools(settings)
+    except StartupError:
+        await store.close()
+        raise
     provider = provider or build_provider(settings)
     metrics = Metrics() if settings.metrics_listen else None
     if metrics is not None:
@@ -241,7 +268,9 @@ async def start(
             port = server.add_secure_port(settings.listen, credentials)
     except (RuntimeError, OSError) as exc:
         await store.close()
-        raise SystemExit(f"cannot listen on {settings.listen}: {exc}") from exc
+        raise StartupError(
+            settings.listen, f"cannot listen: {exc}", "choose a free address (--listen)"
+        ) from exc
     metrics_server = None
     if metrics is not None:
         try:
@@ -251,7 +280,11 @@ async def start(
         except OSError as exc:
             await server.stop(None)
             await store.close()
-            raise SystemExit(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
+            raise StartupError(
+                settings.metrics_listen,
+                f"cannot serve metrics: {exc}",
+                "choose a free address (--metrics-listen), or an empty one to turn metrics off",
+            ) from exc
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
     await server.start()
@@ -262,7 +295,9 @@ async def start(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rpartition(":")[0]
-    log.info("serving", address=f"{host}:{port}", port=port, database=settings.database_url)
+    log.info(
+        "serving", address=f"{host}:{port}", port=port, database=redact_url(settings.database_url)
+    )
     return RunningServer(
         server,
         health_servicer,

@@ -20,7 +20,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
-    database_url: str = "sqlite:///var/chatd.db"
+    # Not in repr: a URL may carry a password (print it through server.redact).
+    database_url: str = field(default="sqlite:///var/chatd.db", repr=False)
     provider: str = "auto"
     default_model: str = ""
     grace_period: float = 10.0
@@ -66,9 +67,11 @@ class Settings:
     gemini_vertexai: bool = False
     gemini_project: str = ""
     gemini_location: str = ""
-    gemini_base_url: str = ""
+    gemini_base_url: str = field(default="", repr=False)
     gemini_timeout: float = 120.0
     gemini_retry_attempts: int = 3
+    # Send session labels upstream as Vertex AI request labels.
+    gemini_forward_labels: bool = False
 
     @property
     def tool_modules(self) -> tuple[str, ...]:
@@ -196,6 +199,12 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         "--gemini-retry-attempts",
         ("CHATD_GEMINI_RETRY_ATTEMPTS",),
         "tries per model call, first included",
+    ),
+    (
+        "gemini_forward_labels",
+        "--gemini-forward-labels",
+        ("CHATD_GEMINI_FORWARD_LABELS",),
+        "send session labels to Vertex AI as request labels",
     ),
 )
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class ChatdProcess:
     """A chatd server process; `start()` returns once it logs that it is serving."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+        self.cwd = cwd
         self.args = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args]
         self.env = {**os.environ, "CHATD_LOG_FORMAT": "json", **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
@@ -36,7 +37,7 @@ class ChatdProcess:
             "server",
             "serve",
             *self.args,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stderr=asyncio.subprocess.PIPE,
         )

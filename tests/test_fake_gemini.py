@@ -392,3 +392,323 @@ def test_b64decode_accepts_both_alphabets_and_missing_padding() -> None:
     assert b64decode("+/8=") == b64decode("-_8") == b"\xfb\xff"
     with pytest.raises(ValueError, match="not base64"):
         b64decode("*")
+
+
+# --------------------------------------------------------------------------- strictness
+
+
+async def post(
+    fake: FakeGemini, body: object, method: str = "generateContent", path: str | None = None
+) -> tuple[int, dict[str, object]]:
+    """Posts ``body`` as JSON straight to the fake; its status and JSON answer."""
+    target = path or f"/v1beta/models/{MODEL}:{method}"
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(fake.base_url + target, json=body)
+    return response.status_code, response.json()
+
+
+def user_text(text: str) -> dict[str, object]:
+    return {"role": "user", "parts": [{"text": text}]}
+
+
+async def assert_refused(fake: FakeGemini, body: object, fragment: str, **kwargs: str) -> None:
+    status, answer = await post(fake, body, **kwargs)
+    assert status == 400, answer
+    error = answer["error"]
+    assert isinstance(error, dict)
+    assert error["status"] == "INVALID_ARGUMENT"
+    assert fragment in error["message"]
+    assert fake.requests[-1].rejection == error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"contents": [user_text("hi")], "temperature": 1}, 'Unknown name "temperature"'),
+        (
+            {"contents": [{"role": "user", "parts": [{"text": "hi", "x": 1}]}]},
+            "Unknown name \"x\" at 'contents[0].parts[0]': Cannot find field.",
+        ),
+        ({"contents": [{"role": "user", "parts": [{"text": "a"}], "y": 1}]}, '"y"'),
+        (
+            {
+                "contents": [
+                    {
+                        "role": "user",
+                        "parts": [
+                            {"inlineData": {"mimeType": "a/b", "data": "AA==", "displayName": "n"}}
+                        ],
+                    }
+                ]
+            },
+            "Unknown name \"displayName\" at 'contents[0].parts[0].inlineData'",
+        ),
+        (
+            {
+                "contents": [
+                    {
+                        "role": "user",
+                        "parts": [{"fileData": {"fileUri": "gs://x", "display_name": "n"}}],
+                    }
+                ]
+            },
+            '"display_name"',
+        ),
+        (
+            {
+                "contents": [
+                    {"role": "model", "parts": [{"functionCall": {"name": "f", "arg": {}}}]}
+                ]
+            },
+            '"arg"',
+        ),
+        (
+            {
+                "contents": [
+                    {"role": "user", "parts": [{"functionResponse": {"name": "f", "result": {}}}]}
+                ]
+            },
+            '"result"',
+        ),
+        ({"contents": [user_text("a")], "generationConfig": {"topP": 1, "top-k": 2}}, '"top-k"'),
+        (
+            {
+                "contents": [user_text("a")],
+                "generationConfig": {"thinkingConfig": {"level": "LOW"}},
+            },
+            '"level"',
+        ),
+        (
+            {
+                "contents": [user_text("a")],
+                "tools": [{"functionDeclarations": [{"name": "f", "params": {}}]}],
+            },
+            '"params"',
+        ),
+        ({"contents": [user_text("a")], "tools": [{"function_decls": []}]}, '"function_decls"'),
+        (
+            {
+                "contents": [user_text("a")],
+                "toolConfig": {"functionCallingConfig": {"modes": "ANY"}},
+            },
+            '"modes"',
+        ),
+        (
+            {"contents": [user_text("a")], "safetySettings": [{"category": "C", "level": "L"}]},
+            '"level"',
+        ),
+        ({"contents": [user_text("a")], "labels": {"team": "a"}}, '"labels"'),
+        # camelCase or the proto's snake_case of a known field, never a mix of both styles.
+        (
+            {"contents": [user_text("a")], "generationConfig": {"max_outputTokens": 1}},
+            '"max_outputTokens"',
+        ),
+    ],
+)
+async def test_unknown_fields_are_refused_at_every_level(
+    fake: FakeGemini, body: dict[str, object], where: str
+) -> None:
+    """The real API refuses a name it does not know, with the path where it found it."""
+    await assert_refused(fake, body, where)
+
+
+async def test_both_casings_of_known_fields_are_accepted(fake: FakeGemini) -> None:
+    """proto3 JSON: a field's lowerCamel JSON name and its original snake_case name."""
+    body = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "a"},
+                    {"inline_data": {"mime_type": "image/png", "data": "AA=="}},
+                    {"fileData": {"mimeType": "image/png", "file_uri": "gs://b/x"}},
+                ],
+            }
+        ],
+        "system_instruction": {"parts": [{"text": "s"}]},
+        "generationConfig": {
+            "max_output_tokens": 5,
+            "topP": 0.5,
+            "thinking_config": {"thinking_level": "XHIGH", "includeThoughts": True},
+            "mediaResolution": "MEDIA_RESOLUTION_LOW",
+        },
+        "tools": [{"function_declarations": [{"name": "f", "parameters_json_schema": {}}]}],
+        "tool_config": {"function_calling_config": {"mode": "VALIDATED"}},
+        "serviceTier": "flex",
+    }
+    status, answer = await post(fake, body)
+    assert status == 200, answer
+
+
+async def test_thinking_budget_and_level_together_are_refused(fake: FakeGemini) -> None:
+    """https://ai.google.dev/gemini-api/docs/gemini-3: both in one request is a 400."""
+    config = {"thinkingConfig": {"thinking_budget": 10, "thinkingLevel": "LOW"}}
+    await assert_refused(
+        fake, {"contents": [user_text("a")], "generationConfig": config}, "thinking_budget"
+    )
+
+
+async def test_unknown_enum_values_are_refused(fake: FakeGemini) -> None:
+    config = {"thinkingConfig": {"thinkingLevel": "ENORMOUS"}}
+    await assert_refused(
+        fake, {"contents": [user_text("a")], "generationConfig": config}, "ENORMOUS"
+    )
+
+
+async def test_empty_text_without_signature_is_refused_with_one_accepted(
+    fake: FakeGemini,
+) -> None:
+    """Reported: "" text is an "empty text parameter" 400, unless it carries a signature."""
+    signed = {"role": "model", "parts": [{"text": "", "thoughtSignature": "AAAA"}]}
+    status, _ = await post(fake, {"contents": [user_text("a"), signed, user_text("b")]})
+    assert status == 200
+    await assert_refused(fake, {"contents": [user_text("")]}, "empty text parameter")
+
+
+def _call(name: str, signature: str | None = None) -> dict[str, object]:
+    part: dict[str, object] = {"functionCall": {"name": name, "args": {}}}
+    if signature is not None:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def _responses(*names: str) -> dict[str, object]:
+    return {
+        "role": "user",
+        "parts": [{"functionResponse": {"name": n, "response": {}}} for n in names],
+    }
+
+
+async def test_gemini_3_needs_signatures_on_current_turn_calls_only(fake: FakeGemini) -> None:
+    """https://ai.google.dev/gemini-api/docs/thought-signatures: on Gemini 3 the first call
+    part of each model content of the current turn carries a signature; earlier turns'
+    calls and other models are not checked."""
+    earlier = [user_text("old"), {"role": "model", "parts": [_call("f")]}, _responses("f")]
+    earlier += [{"role": "model", "parts": [{"text": "done"}]}]
+    current = [
+        user_text("now"),
+        {"role": "model", "parts": [_call("f", "AAAA"), _call("g")]},  # parallel: first signed
+        _responses("f", "g"),
+    ]
+    gemini3 = "/v1beta/models/gemini-3-pro-preview:generateContent"
+    status, answer = await post(fake, {"contents": earlier + current}, path=gemini3)
+    assert status == 200, answer
+
+    unsigned = [user_text("now"), {"role": "model", "parts": [{"text": "t"}, _call("f")]}]
+    unsigned += [_responses("f")]
+    await assert_refused(
+        fake, {"contents": earlier + unsigned}, "missing a thought_signature", path=gemini3
+    )
+    status, _ = await post(fake, {"contents": earlier + unsigned})  # gemini-test: not Gemini 3
+    assert status == 200
+
+
+async def test_cached_content_beside_instruction_or_tools_is_refused(fake: FakeGemini) -> None:
+    body = {"contents": [user_text("a")], "cachedContent": "cachedContents/c1"}
+    status, _ = await post(fake, body)
+    assert status == 200
+    await assert_refused(
+        fake, {**body, "systemInstruction": {"parts": [{"text": "s"}]}}, "CachedContent"
+    )
+
+
+async def test_count_tokens_takes_contents_xor_a_generate_request(fake: FakeGemini) -> None:
+    """https://ai.google.dev/api/tokens#method:-models.counttokens"""
+    contents = [user_text("a b c")]
+    status, answer = await post(fake, {"contents": contents}, method="countTokens")
+    assert (status, answer) == (200, {"totalTokens": 3})
+    inner = {
+        "model": f"models/{MODEL}",
+        "contents": contents,
+        "systemInstruction": {"parts": [{"text": "be brief"}]},
+        "tools": [{"functionDeclarations": [{"name": "f"}]}],
+    }
+    status, answer = await post(fake, {"generateContentRequest": inner}, method="countTokens")
+    assert (status, answer) == (200, {"totalTokens": 5})
+    await assert_refused(
+        fake,
+        {"contents": contents, "generateContentRequest": inner},
+        "mutually exclusive",
+        method="countTokens",
+    )
+    await assert_refused(
+        fake, {"generateContentRequest": {**inner, "extra": 1}}, '"extra"', method="countTokens"
+    )
+    await assert_refused(
+        fake,
+        {"systemInstruction": {"parts": []}, "contents": contents},
+        '"systemInstruction"',
+        method="countTokens",
+    )
+
+
+async def test_vertex_paths_accept_labels_and_display_names(fake: FakeGemini) -> None:
+    """Vertex AI's request has labels and its Blob/FileData a display name."""
+    body = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [{"inlineData": {"mimeType": "a/b", "data": "AA==", "displayName": "n"}}],
+            }
+        ],
+        "labels": {"team": "search"},
+    }
+    for path in (
+        f"/v1beta1/publishers/google/models/{MODEL}:generateContent",
+        f"/v1/projects/p/locations/us-central1/publishers/google/models/{MODEL}:generateContent",
+    ):
+        status, answer = await post(fake, body, path=path)
+        assert status == 200, answer
+        assert fake.requests[-1].vertex
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v2/models/{MODEL}:generateContent",
+        f"/v1beta1/models/{MODEL}:generateContent",
+        f"/v1/models/{MODEL}:embedContent",
+        f"/v1/models/{MODEL}:generate",
+    ],
+)
+async def test_unknown_versions_and_methods_are_404(fake: FakeGemini, path: str) -> None:
+    status, _ = await post(fake, {"contents": [user_text("a")]}, path=path)
+    assert status == 404
+
+
+async def test_a_lenient_fake_takes_what_the_api_refuses(fake: FakeGemini) -> None:
+    """``strict = False`` is how a test sends an invalid request on purpose."""
+    fake.strict = False
+    status, _ = await post(fake, {"contents": [user_text("")], "bogus": 1})
+    assert status == 200
+    assert fake.requests[-1].rejection is None
+
+
+async def test_the_sdk_itself_passes_the_strict_fake(
+    client: genai.Client, fake: FakeGemini
+) -> None:
+    """What google-genai sends for a full config is accepted (its snake_case keys too)."""
+    config = types.GenerateContentConfig(
+        system_instruction="s",
+        temperature=0.1,
+        thinking_config=types.ThinkingConfig(include_thoughts=True, thinking_level="HIGH"),
+        tools=[types.Tool(function_declarations=[types.FunctionDeclaration(name="f")])],
+        tool_config=types.ToolConfig(
+            function_calling_config=types.FunctionCallingConfig(
+                mode="ANY",
+                allowed_function_names=["f"],  # type: ignore[arg-type]
+            )
+        ),
+        media_resolution="MEDIA_RESOLUTION_LOW",  # type: ignore[arg-type]
+        service_tier="flex",  # type: ignore[arg-type]
+    )
+    await client.aio.models.generate_content(model=MODEL, contents="hi", config=config)
+    assert fake.requests[-1].rejection is None
+
+
+async def test_empty_contents_parts_and_two_data_fields_are_refused(fake: FakeGemini) -> None:
+    """A content needs parts; a part's data is a oneof (https://ai.google.dev/api/caching#Part)."""
+    await assert_refused(fake, {"contents": []}, "contents is not specified")
+    await assert_refused(fake, {"contents": [{"role": "user", "parts": []}]}, "must not be empty")
+    both = {"role": "user", "parts": [{"text": "a", "fileData": {"fileUri": "gs://b/x"}}]}
+    await assert_refused(fake, {"contents": [both]}, "Oneof field 'data' is already set")

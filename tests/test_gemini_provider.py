@@ -4,6 +4,7 @@ HTTP against FakeGemini (no SDK function is patched)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -196,9 +197,8 @@ def full_request() -> ModelRequest:
             seed=1234,
             response_mime_type="application/json",
             response_json_schema=RESPONSE_SCHEMA,
-            thinking=ThinkingConfig(
-                include_thoughts=True, thinking_budget=1024, thinking_level="LOW"
-            ),
+            # A budget and a level never travel together: Gemini refuses both.
+            thinking=ThinkingConfig(include_thoughts=True, thinking_level="LOW"),
             presence_penalty=0.5,
             frequency_penalty=-0.25,
         ),
@@ -267,7 +267,7 @@ async def test_every_part_kind_and_setting_reaches_the_wire_losslessly(
     assert get_field(config, "presence_penalty") == 0.5
     assert get_field(config, "frequency_penalty") == -0.25
     assert get_field(config, "thinking_config", "include_thoughts") is True
-    assert get_field(config, "thinking_config", "thinking_budget") == 1024
+    assert get_field(config, "thinking_config", "thinking_budget") is None
     assert get_field(config, "thinking_config", "thinking_level") == "LOW"
 
     assert sent.field("safety_settings") == [
@@ -812,8 +812,9 @@ async def test_cancelling_the_consumer_disconnects_upstream_promptly(
 async def test_count_tokens_returns_the_upstream_total(
     fake: FakeGemini, provider: GeminiProvider
 ) -> None:
-    """count_tokens: the fake's totalTokens, estimated False; the body holds the contents
-    (and only them: the Gemini API counts nothing else)."""
+    """count_tokens: the fake's totalTokens, estimated False; the body is a
+    generateContentRequest holding what a generate call sends: the contents, the system
+    instruction and the function declarations."""
     fake.push(Tokens(42))
     req = ModelRequest(
         model=MODEL,
@@ -822,7 +823,7 @@ async def test_count_tokens_returns_the_upstream_total(
             Message(Role.MODEL, (Part(text="Some.", thought_signature=SIGNATURE),)),
             Message(Role.USER, (Part(inline_data=Blob("image/png", IMAGE)),)),
         ],
-        system_instruction="ignored by countTokens",
+        system_instruction="Counted too.",
         function_declarations=[FunctionDeclaration("f")],
     )
 
@@ -833,11 +834,17 @@ async def test_count_tokens_returns_the_upstream_total(
     assert sent.method == "countTokens"
     assert sent.model == MODEL
     assert sent.api_key == "test-key"
-    assert set(sent.body) == {"contents"}
+    assert set(sent.body) == {"generateContentRequest"}
+    inner = sent.generate_request
+    assert get_field(inner, "model") == f"models/{MODEL}"
     assert sent.texts(role=None) == ["How many tokens?", "Some."]
     assert [content["role"] for content in sent.contents] == ["user", "model", "user"]
-    assert b64decode(sent.field("contents", 1, "parts", 0, "thought_signature")) == SIGNATURE
-    assert b64decode(sent.field("contents", 2, "parts", 0, "inline_data", "data")) == IMAGE
+    assert b64decode(get_field(sent.contents[1], "parts", 0, "thought_signature")) == SIGNATURE
+    assert b64decode(get_field(sent.contents[2], "parts", 0, "inline_data", "data")) == IMAGE
+    assert get_field(inner, "system_instruction", "parts") == [{"text": "Counted too."}]
+    assert get_field(inner, "tools", 0, "function_declarations", 0, "name") == "f"
+    # Automatic function calling is chatd's to run: nothing of it goes upstream.
+    assert "automaticFunctionCalling" not in json.dumps(sent.body)
 
 
 async def test_count_tokens_maps_errors(fake: FakeGemini, provider: GeminiProvider) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
+import sys
 from collections.abc import AsyncIterator
 
 from server.sessions.context import is_turn_start
@@ -18,6 +20,25 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 # `/call NAME {json args}` on a line of its own asks for a function call.
 _CALL = re.compile(r"^/call\s+(?P<name>\S+)\s*(?P<args>.*?)\s*$", re.MULTILINE)
 CALL_USAGE = 'usage: /call <function> {"arg": "value"} (one call per line)'
+
+
+def _not_json(text: str) -> object:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _double_sized(text: str) -> int:
+    # Arguments travel as protobuf Struct numbers, which are doubles.
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"{text[:20]}... is out of range")
+    return value
 
 
 def _describe(part: Part) -> str:
@@ -76,8 +97,14 @@ class EchoProvider:
         calls = []
         for match in _CALL.finditer(text):
             try:
-                args = json.loads(match["args"] or "{}")
-            except ValueError:
+                args = json.loads(
+                    match["args"] or "{}",
+                    parse_constant=_not_json,
+                    parse_float=_finite,
+                    parse_int=_double_sized,
+                )
+            except (ValueError, RecursionError):
+                # RecursionError: JSON nested far too deep for Python's parser.
                 return f"Echo: cannot parse the arguments of /call {match['name']}: {CALL_USAGE}"
             if not isinstance(args, dict):
                 return f"Echo: /call arguments must be a JSON object: {CALL_USAGE}"
@@ -107,7 +134,10 @@ class EchoProvider:
         )
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
-        return TokenCount(estimate_tokens(request.contents), estimated=True)
+        total = estimate_tokens(
+            request.contents, request.system_instruction, request.function_declarations
+        )
+        return TokenCount(total, estimated=True)
 
     async def close(self) -> None:
         return None

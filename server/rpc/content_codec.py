@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from chatd.v1 import content_pb2 as pb
 from server.sessions.errors import InvalidArgument
@@ -33,15 +33,68 @@ def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
     return converted
 
 
+class _Unreadable(Exception):
+    """A Value inside a caller's Struct or Value that is not JSON; `path` locates it."""
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = path
+
+
 def json_value(value: struct_pb2.Struct | struct_pb2.Value, field: str) -> Any:
-    """A Struct or Value as plain JSON. Protobuf numbers may be NaN or Infinity, which JSON
-    (and so Gemini and chatd's storage) cannot hold: those are refused, naming the field."""
+    """A Struct or Value as plain JSON, refusing what JSON (and so Gemini and chatd's
+    storage) cannot hold, naming the field: NaN or Infinity, and a Value with no kind set
+    (what a client sends for a value it never filled in; an explicit null_value is JSON's
+    null)."""
     try:
-        converted = json_format.MessageToDict(value)
-        json.dumps(converted, allow_nan=False)
-    except ValueError:
-        raise InvalidArgument(field, "numbers must be finite (no NaN or Infinity)") from None
-    return converted
+        if isinstance(value, struct_pb2.Struct):
+            return _struct(value)
+        return _value(value)
+    except _Unreadable as bad:
+        where = f" at {field}{bad.path}" if bad.path else ""
+        raise InvalidArgument(field, f"{bad.problem}{where}") from None
+
+
+def _struct(value: struct_pb2.Struct) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.fields.items():
+        try:
+            out[key] = _value(item)
+        except _Unreadable as bad:
+            bad.path = f".{key}{bad.path}"
+            raise
+    return out
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise _Unreadable("numbers must be finite (no NaN or Infinity)")
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value)
+    if kind == "list_value":
+        items = []
+        for i, item in enumerate(value.list_value.values):
+            try:
+                items.append(_value(item))
+            except _Unreadable as bad:
+                bad.path = f"[{i}]{bad.path}"
+                raise
+        return items
+    if kind == "null_value":
+        return None
+    raise _Unreadable(
+        "a google.protobuf.Value has no kind set: set one of null_value, number_value, "
+        "string_value, bool_value, struct_value or list_value"
+    )
 
 
 def seconds_of(value: timestamp_pb2.Timestamp, field: str) -> float:
@@ -80,6 +133,8 @@ def part_to_pb(part: Part, out: pb.Part) -> None:
         dict_to_struct(part.function_response.response, out.function_response.response)
     out.thought = part.thought
     out.thought_signature = part.thought_signature
+    if part.media_resolution:
+        out.media_resolution = pb.MediaResolution.Value(part.media_resolution)
 
 
 def function_call_to_pb(call: FunctionCall, out: pb.FunctionCall) -> None:
@@ -90,7 +145,11 @@ def function_call_to_pb(call: FunctionCall, out: pb.FunctionCall) -> None:
 
 def part_from_pb(part: pb.Part, field: str) -> Part:
     kind = part.WhichOneof("data")
-    extra: dict[str, Any] = {"thought": part.thought, "thought_signature": part.thought_signature}
+    extra: dict[str, Any] = {
+        "thought": part.thought,
+        "thought_signature": part.thought_signature,
+        "media_resolution": media_resolution_from_pb(part.media_resolution),
+    }
     if kind == "text":
         return Part(text=part.text, **extra)
     if kind == "inline_data":
@@ -112,6 +171,18 @@ def part_from_pb(part: pb.Part, field: str) -> Part:
     raise InvalidArgument(field, "has no content: set one of text, inline_data, file_data, ...")
 
 
+_RESOLUTIONS: dict[int, str] = {
+    value: name
+    for name, value in pb.MediaResolution.items()
+    if value != pb.MEDIA_RESOLUTION_UNSPECIFIED
+}
+
+
+def media_resolution_from_pb(value: int) -> str:
+    """The MediaResolution name, "" when unset (an unknown number is left unset too)."""
+    return _RESOLUTIONS.get(value, "")
+
+
 def parts_from_pb(parts: Sequence[pb.Part], field: str) -> tuple[Part, ...]:
     return tuple(part_from_pb(p, f"{field}[{i}]") for i, p in enumerate(parts))
 
@@ -123,6 +194,18 @@ def usage_to_pb(usage: Usage, out: pb.UsageMetadata) -> None:
     out.thoughts_token_count = usage.thoughts_tokens
     out.cached_content_token_count = usage.cached_tokens
     out.tool_use_prompt_token_count = usage.tool_use_prompt_tokens
+    for name, attribute in _DETAILS:
+        for modality, count in getattr(usage, attribute):
+            getattr(out, name).add(modality=modality, token_count=count)
+    out.traffic_type = usage.traffic_type
+
+
+_DETAILS = (
+    ("prompt_tokens_details", "prompt_details"),
+    ("candidates_tokens_details", "candidates_details"),
+    ("cache_tokens_details", "cache_details"),
+    ("tool_use_prompt_tokens_details", "tool_use_prompt_details"),
+)
 
 
 def message_to_pb(message: Message, out: pb.Message) -> None:
@@ -173,6 +256,11 @@ def usage_from_pb(usage: pb.UsageMetadata) -> Usage:
         thoughts_tokens=usage.thoughts_token_count,
         cached_tokens=usage.cached_content_token_count,
         tool_use_prompt_tokens=usage.tool_use_prompt_token_count,
+        **{
+            attribute: tuple((d.modality, d.token_count) for d in getattr(usage, name))
+            for name, attribute in _DETAILS
+        },
+        traffic_type=usage.traffic_type,
     )
 
 

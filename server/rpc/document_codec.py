@@ -95,14 +95,18 @@ def _pending_from_pb(document: pb.SessionDocument) -> PendingTurn | None:
         first_seq=parse_message_id("document.pending_turn.first_message_id", turn.first_message_id),
         rounds=turn.rounds,
         calls=tuple(
-            FunctionCall(c.id, c.name, struct_to_dict(c.args, "document.pending_turn.calls"))
-            for c in turn.calls
+            FunctionCall(
+                c.id, c.name, struct_to_dict(c.args, f"document.pending_turn.calls[{i}].args")
+            )
+            for i, c in enumerate(turn.calls)
         ),
         answered=tuple(
             FunctionResponse(
-                r.id, r.name, struct_to_dict(r.response, "document.pending_turn.answered")
+                r.id,
+                r.name,
+                struct_to_dict(r.response, f"document.pending_turn.answered[{i}].response"),
             )
-            for r in turn.answered
+            for i, r in enumerate(turn.answered)
         ),
     )
 

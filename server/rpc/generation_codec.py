@@ -8,12 +8,11 @@ from server.rpc.content_codec import (
     content_to_pb,
     contents_from_pb,
     dict_to_struct,
-    struct_to_dict,
     usage_to_pb,
 )
-from server.rpc.session_codec import generation_config_from_pb
+from server.rpc.session_codec import function_declarations_from_pb, generation_config_from_pb
 from server.sessions.events import TextDelta, ToolCallRequested
-from server.sessions.model import FunctionDeclaration, SafetySetting
+from server.sessions.model import SafetySetting
 from server.sessions.stateless import GenerateInput, GenerationDone, GenerationEvent
 
 GenerateRequest = pb.GenerateContentRequest | pb.StreamGenerateContentRequest
@@ -26,20 +25,14 @@ def generate_input(request: GenerateRequest, timeout: float | None) -> GenerateI
         contents=contents_from_pb(request.contents, "contents"),
         system_instruction=request.system_instruction,
         generation_config=generation_config_from_pb(request.generation_config),
-        function_declarations=tuple(
-            FunctionDeclaration(
-                d.name,
-                d.description,
-                struct_to_dict(d.parameters, "function_declarations")
-                if d.HasField("parameters")
-                else None,
-            )
-            for d in request.function_declarations
+        function_declarations=function_declarations_from_pb(
+            request.function_declarations, "function_declarations"
         ),
         safety_settings=tuple(
             SafetySetting(s.category, s.threshold) for s in request.safety_settings
         ),
         timeout=timeout,
+        labels=dict(request.labels),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from server.sessions.errors import InvalidArgument
 from server.sessions.idempotency import RequestKey
 
 
@@ -13,6 +14,9 @@ def request_key(kind: str, request: Any) -> RequestKey | None:
     with different content is told apart; `kind` lets SendMessage and StreamReply share ids."""
     if not request.request_id:
         return None
+    if "\x00" in request.request_id:
+        # Stored as text, which PostgreSQL cannot hold with NUL characters.
+        raise InvalidArgument("request_id", "must not contain NUL characters")
     body = type(request)()
     body.CopyFrom(request)
     body.ClearField("request_id")

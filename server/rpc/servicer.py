@@ -20,7 +20,11 @@ from server.rpc.content_codec import (
 )
 from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
 from server.rpc.request_keys import request_key
-from server.rpc.session_codec import session_to_pb, settings_from_pb
+from server.rpc.session_codec import (
+    function_declarations_from_pb,
+    session_to_pb,
+    settings_from_pb,
+)
 from server.rpc.session_ops import SessionOpsServicer
 from server.rpc.turn_codec import TurnRequest, event_to_pb, reply_to_pb, turn_input
 from server.sessions.errors import InvalidArgument
@@ -141,6 +145,10 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
             candidate=candidate,
             contents=contents_from_pb(request.contents, "contents"),
             model=request.model,
+            system_instruction=request.system_instruction,
+            function_declarations=function_declarations_from_pb(
+                request.function_declarations, "function_declarations"
+            ),
         )
         return pb.CountTokensResponse(total_tokens=count.total_tokens, estimated=count.estimated)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf import duration_pb2
 
+from chatd.v1 import content_pb2 as content_pb
 from chatd.v1 import session_pb2 as pb
 from server.rpc.content_codec import (
     dict_to_struct,
     function_call_to_pb,
+    media_resolution_from_pb,
     seconds_of,
     struct_to_dict,
     timestamp,
@@ -23,6 +27,7 @@ from server.sessions.model import (
     SessionSettings,
     SessionState,
     ThinkingConfig,
+    ToolConfig,
 )
 
 _LEVELS = {
@@ -30,8 +35,23 @@ _LEVELS = {
     pb.ThinkingConfig.THINKING_LEVEL_LOW: "LOW",
     pb.ThinkingConfig.THINKING_LEVEL_MEDIUM: "MEDIUM",
     pb.ThinkingConfig.THINKING_LEVEL_HIGH: "HIGH",
+    pb.ThinkingConfig.THINKING_LEVEL_XHIGH: "XHIGH",
 }
 _LEVELS_TO_PB = {v: k for k, v in _LEVELS.items()}
+# Gemini's names for chatd's enums (the SDK's ServiceTier values are lower case).
+_TIERS = {
+    pb.GenerationConfig.SERVICE_TIER_STANDARD: "standard",
+    pb.GenerationConfig.SERVICE_TIER_FLEX: "flex",
+    pb.GenerationConfig.SERVICE_TIER_PRIORITY: "priority",
+}
+_TIERS_TO_PB = {v: k for k, v in _TIERS.items()}
+_MODES = {
+    pb.ToolConfig.MODE_AUTO: "AUTO",
+    pb.ToolConfig.MODE_ANY: "ANY",
+    pb.ToolConfig.MODE_NONE: "NONE",
+    pb.ToolConfig.MODE_VALIDATED: "VALIDATED",
+}
+_MODES_TO_PB = {v: k for k, v in _MODES.items()}
 _STATE_TO_PB = {
     SessionState.ACTIVE: pb.Session.STATE_ACTIVE,
     SessionState.AWAITING_TOOL_RESULTS: pb.Session.STATE_AWAITING_TOOL_RESULTS,
@@ -66,6 +86,17 @@ def generation_config_from_pb(
         thinking=thinking,
         presence_penalty=config.presence_penalty if has("presence_penalty") else None,
         frequency_penalty=config.frequency_penalty if has("frequency_penalty") else None,
+        media_resolution=media_resolution_from_pb(config.media_resolution) or None,
+        service_tier=_TIERS.get(config.service_tier),
+        tool_config=(
+            ToolConfig(
+                _MODES.get(config.tool_config.mode),
+                tuple(config.tool_config.allowed_function_names),
+            )
+            if has("tool_config")
+            else None
+        ),
+        cached_content=config.cached_content or None,
     )
 
 
@@ -95,6 +126,31 @@ def generation_config_to_pb(config: GenerationConfig, out: pb.GenerationConfig) 
             out.thinking.thinking_budget = t.thinking_budget
         if t.thinking_level is not None:
             out.thinking.thinking_level = _LEVELS_TO_PB[t.thinking_level]
+    if config.media_resolution is not None:
+        out.media_resolution = content_pb.MediaResolution.Value(config.media_resolution)
+    if config.service_tier is not None:
+        out.service_tier = _TIERS_TO_PB[config.service_tier]
+    if (tools := config.tool_config) is not None:
+        out.tool_config.SetInParent()
+        if tools.mode is not None:
+            out.tool_config.mode = _MODES_TO_PB[tools.mode]
+        out.tool_config.allowed_function_names.extend(tools.allowed_function_names)
+    out.cached_content = config.cached_content or ""
+
+
+def function_declarations_from_pb(
+    declarations: Sequence[pb.FunctionDeclaration], field: str
+) -> tuple[FunctionDeclaration, ...]:
+    return tuple(
+        FunctionDeclaration(
+            d.name,
+            d.description,
+            struct_to_dict(d.parameters, f"{field}[{i}].parameters")
+            if d.HasField("parameters")
+            else None,
+        )
+        for i, d in enumerate(declarations)
+    )
 
 
 def settings_from_pb(session: pb.Session) -> SessionSettings:
@@ -106,15 +162,8 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
             session.generation_config, "session.generation_config"
         ),
         tools=tuple(session.tools),
-        function_declarations=tuple(
-            FunctionDeclaration(
-                d.name,
-                d.description,
-                struct_to_dict(d.parameters, "session.function_declarations")
-                if d.HasField("parameters")
-                else None,
-            )
-            for d in session.function_declarations
+        function_declarations=function_declarations_from_pb(
+            session.function_declarations, "session.function_declarations"
         ),
         labels=dict(session.labels),
         display_name=session.display_name,

@@ -50,6 +50,7 @@ from server.sessions.tool_calls import (
     with_call_ids,
     without_calls,
 )
+from server.sessions.validation import check_cache_use
 from server.sessions.writes import complete
 
 # Builds the request record stored with a turn, from the session and the turn's reply.
@@ -327,6 +328,12 @@ class TurnEngine:
         config = settings.generation_config
         if turn.config_override is not None:
             config = turn.config_override.merged_over(config)
+            check_cache_use(
+                config,
+                settings.system_instruction,
+                bool(settings.tools or settings.function_declarations),
+                "generation_config",
+            )
         enabled = set(settings.tools)
         declarations = [d for d in self._tools.declarations() if d.name in enabled]
         return ModelRequest(
@@ -338,6 +345,7 @@ class TurnEngine:
             safety_settings=settings.safety_settings,
             timeout=turn.timeout,
             allow_function_calls=calls_allowed,
+            labels=settings.labels,
         )
 
     def _reply(

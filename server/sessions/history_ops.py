@@ -132,6 +132,13 @@ class HistoryOps:
                 )
             settings = change(session)
             self._check_settings(settings, "session")
+            if session.pending is not None and settings.model != session.settings.model:
+                raise FailedPrecondition(
+                    "session.model: the session is waiting for tool results, and the paused "
+                    "turn's thought signatures belong to the model that made them; answer the "
+                    "pending tool calls (or clear the history) before changing the model",
+                    reason="MODEL_CHANGE_WHILE_PAUSED",
+                )
             updated = session.evolve(
                 settings=settings, update_time=self._clock(), version=session.version + 1
             )

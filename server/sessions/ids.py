@@ -7,7 +7,7 @@ import uuid
 
 from server.sessions.errors import InvalidArgument
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ID_RULE = "1-128 characters of letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
@@ -15,7 +15,7 @@ def check_id(field: str, value: str) -> str:
     """Returns `value` if it is a well-formed id, else raises InvalidArgument naming `field`."""
     if not value:
         raise InvalidArgument(field, "is required")
-    if _ID.fullmatch(value) is None:
+    if ID_PATTERN.fullmatch(value) is None:
         raise InvalidArgument(field, f"{value[:64]!r} is not a valid id: use {ID_RULE}")
     return value
 

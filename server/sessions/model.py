@@ -87,6 +87,23 @@ class Part:
     function_response: FunctionResponse | None = None
     thought: bool = False
     thought_signature: bytes = b""
+    # Gemini's MediaResolution name for an inline_data or file_data part ("" = unset).
+    media_resolution: str = ""
+
+
+# Token counts per modality, e.g. (("TEXT", 12), ("IMAGE", 258)), in the model's order.
+ModalityCounts: TypeAlias = tuple[tuple[str, int], ...]
+
+
+def _sum_counts(a: ModalityCounts, b: ModalityCounts) -> ModalityCounts:
+    if not b:
+        return a
+    if not a:
+        return b
+    totals = dict(a)
+    for modality, count in b:
+        totals[modality] = totals.get(modality, 0) + count
+    return tuple(totals.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +114,15 @@ class Usage:
     thoughts_tokens: int = 0
     cached_tokens: int = 0
     tool_use_prompt_tokens: int = 0
+    prompt_details: ModalityCounts = ()
+    candidates_details: ModalityCounts = ()
+    cache_details: ModalityCounts = ()
+    tool_use_prompt_details: ModalityCounts = ()
+    # How the call was billed (Vertex AI); describes one call, so sums keep none.
+    traffic_type: str = ""
 
     def __add__(self, other: Usage) -> Usage:
+        """Counts add up, per modality too; the traffic type of one call is not a sum."""
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.candidates_tokens + other.candidates_tokens,
@@ -106,6 +130,10 @@ class Usage:
             self.thoughts_tokens + other.thoughts_tokens,
             self.cached_tokens + other.cached_tokens,
             self.tool_use_prompt_tokens + other.tool_use_prompt_tokens,
+            _sum_counts(self.prompt_details, other.prompt_details),
+            _sum_counts(self.candidates_details, other.candidates_details),
+            _sum_counts(self.cache_details, other.cache_details),
+            _sum_counts(self.tool_use_prompt_details, other.tool_use_prompt_details),
         )
 
 
@@ -134,6 +162,24 @@ class ThinkingConfig:
     thinking_budget: int | None = None
     thinking_level: str | None = None
 
+    def merged_over(self, base: ThinkingConfig) -> ThinkingConfig:
+        """This config's set fields over `base`. A budget and a level exclude each other
+        (Gemini refuses both), so setting one here drops the other from `base`."""
+        budget = self.thinking_budget
+        level = self.thinking_level
+        if budget is None and level is None:
+            budget, level = base.thinking_budget, base.thinking_level
+        include = self.include_thoughts
+        return ThinkingConfig(base.include_thoughts if include is None else include, budget, level)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolConfig:
+    """How the model may call functions: Gemini's FunctionCallingConfig."""
+
+    mode: str | None = None  # AUTO, ANY, NONE, VALIDATED
+    allowed_function_names: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationConfig:
@@ -150,27 +196,19 @@ class GenerationConfig:
     thinking: ThinkingConfig | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    media_resolution: str | None = None  # MEDIA_RESOLUTION_LOW, _MEDIUM, _HIGH
+    service_tier: str | None = None  # standard, flex, priority
+    tool_config: ToolConfig | None = None
+    cached_content: str | None = None  # cachedContents/ID
 
     def merged_over(self, base: GenerationConfig) -> GenerationConfig:
-        """This config's set fields over `base` (the thinking config merges field by field)."""
+        """This config's set fields over `base`; the thinking config merges field by field
+        (see ThinkingConfig.merged_over), a tool_config replaces the base's whole."""
         values = {}
         for name in self.__slots__:
             mine, theirs = getattr(self, name), getattr(base, name)
             if name == "thinking" and mine is not None and theirs is not None:
-                mine = ThinkingConfig(
-                    *(
-                        a if a is not None else b
-                        for a, b in zip(
-                            (mine.include_thoughts, mine.thinking_budget, mine.thinking_level),
-                            (
-                                theirs.include_thoughts,
-                                theirs.thinking_budget,
-                                theirs.thinking_level,
-                            ),
-                            strict=True,
-                        )
-                    )
-                )
+                mine = mine.merged_over(theirs)
             values[name] = mine if mine is not None else theirs
         return GenerationConfig(**values)
 

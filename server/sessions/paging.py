@@ -8,6 +8,7 @@ import hashlib
 import json
 
 from server.sessions.errors import InvalidArgument
+from server.sessions.ids import ID_PATTERN
 from server.sessions.ports import SessionCursor
 
 MAX_PAGE_SIZE = 1000
@@ -31,15 +32,32 @@ def encode_token(query_key: str, position: list[object]) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+# Tokens this server writes are well under this; anything longer was not written by it.
+MAX_TOKEN_CHARS = 1024
+# Positions are Unix times (until the year 5000) and message or tool offsets.
+_LATEST_TIME = 1e11
+_LARGEST_OFFSET = 1 << 62
+_NOT_OURS = "is not a page token returned by this server"
+
+
+def _no_constants(text: str) -> object:
+    raise ValueError(f"{text} is not JSON")
+
+
 def decode_token(token: str, query_key: str, field: str = "page_token") -> list[object]:
-    """The position stored in `token`; InvalidArgument if it is malformed or from another query."""
+    """The position stored in `token`; InvalidArgument if it is malformed or from another query.
+
+    A token comes back from the caller, so it is parsed as hostile input: bounded length,
+    no NaN or Infinity, no nesting deeper than JSON's own recursion can take."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidArgument(field, f"{_NOT_OURS} (longer than {MAX_TOKEN_CHARS} characters)")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constants)
         position = data["p"]
         fingerprint = data["q"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(field, "is not a page token returned by this server") from exc
+    except (binascii.Error, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+        raise InvalidArgument(field, _NOT_OURS) from exc
     if fingerprint != _fingerprint(query_key) or not isinstance(position, list):
         raise InvalidArgument(
             field, "belongs to a different query: repeat the query's other fields unchanged"
@@ -49,13 +67,18 @@ def decode_token(token: str, query_key: str, field: str = "page_token") -> list[
 
 def session_cursor(position: list[object], field: str = "page_token") -> SessionCursor:
     match position:
-        case [int() | float() as time, str() as session_id]:
+        case [int() | float() as time, str() as session_id] if (
+            not isinstance(time, bool)
+            and 0 <= time <= _LATEST_TIME
+            and ID_PATTERN.fullmatch(session_id) is not None
+        ):
             return SessionCursor(float(time), session_id)
-    raise InvalidArgument(field, "is not a page token returned by this server")
+    raise InvalidArgument(field, _NOT_OURS)
 
 
 def seq_cursor(position: list[object], field: str = "page_token") -> int:
+    """A non-negative offset or message sequence number."""
     match position:
-        case [int() as seq]:
+        case [int() as seq] if not isinstance(seq, bool) and 0 <= seq <= _LARGEST_OFFSET:
             return seq
-    raise InvalidArgument(field, "is not a page token returned by this server")
+    raise InvalidArgument(field, _NOT_OURS)

@@ -165,6 +165,8 @@ class ModelRequest:
     timeout: float | None = None
     # False: the model must answer in words, not with function calls.
     allow_function_calls: bool = True
+    # The session's (or stateless request's) labels; a provider decides whether to send them.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from server.sessions.events import TextDelta
 from server.sessions.model import FinishReason, Message, Part, Role, Usage
 from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest
+from server.sessions.values import too_deep
 
 
 class ReplyBuilder:
@@ -16,6 +17,12 @@ class ReplyBuilder:
     run of text, not one per chunk; a part carrying a thought signature closes its
     run so the signature stays attached to exactly the text it signed. Text pieces
     are joined once, when the run closes, not on every chunk.
+
+    The model's output meets the same JSON nesting limit as a caller's input: a function
+    call (or response) nested deeper is dropped here, before anything sees or stores it,
+    with the other calls of the same reply, and the call ends with MALFORMED_FUNCTION_CALL,
+    as Gemini itself reports a call it could not produce; the reply's text is kept. So no
+    stored turn holds a value clients cannot decode.
     """
 
     def __init__(self) -> None:
@@ -27,6 +34,7 @@ class ReplyBuilder:
         self.finish_reason: FinishReason | None = None
         self.block_reason = ""
         self.model_version = ""
+        self.dropped_calls = 0
 
     def add(self, chunk: ModelChunk) -> None:
         for part in chunk.parts:
@@ -42,6 +50,11 @@ class ReplyBuilder:
             self.model_version = chunk.model_version
 
     def _add_part(self, part: Part) -> None:
+        if (part.function_call is not None and too_deep(part.function_call.args)) or (
+            part.function_response is not None and too_deep(part.function_response.response)
+        ):
+            self.dropped_calls += 1
+            return
         if part.text is None:
             self._close_run()
             self._parts.append(part)
@@ -67,9 +80,17 @@ class ReplyBuilder:
     @property
     def parts(self) -> tuple[Part, ...]:
         self._close_run()
+        if self.dropped_calls:
+            # A reply keeps none of its calls once one is dropped: a partial set would
+            # split calls the model made together (and the thought signature on the first).
+            return tuple(
+                p for p in self._parts if p.function_call is None and p.function_response is None
+            )
         return tuple(self._parts)
 
     def resolved_finish_reason(self) -> FinishReason:
+        if self.dropped_calls:
+            return FinishReason.MALFORMED_FUNCTION_CALL
         if self.block_reason and not self.parts:
             return FinishReason.PROMPT_BLOCKED
         return self.finish_reason or FinishReason.STOP

@@ -47,10 +47,11 @@ from server.sessions.stateless import GenerateInput, GenerationEvent, generate
 from server.sessions.validation import (
     MessageLimits,
     check_generation_config,
-    check_message_size,
+    check_messages,
     check_settings,
     check_user_parts,
 )
+from server.sessions.values import check_json_depth
 from server.sessions.writes import complete
 
 DEFAULT_SESSIONS_PAGE = 50
@@ -185,6 +186,15 @@ class ChatSessions:
         session_id: str,
         key: RequestKey | None = None,
     ) -> Session:
+        check_messages(document.messages, "document.messages", self._limits)
+        pending = document.session.pending
+        if pending is not None:
+            if pending.rounds < 0:
+                raise InvalidArgument("document.pending_turn.rounds", "must not be negative")
+            for i, call in enumerate(pending.calls):
+                check_json_depth(call.args, f"document.pending_turn.calls[{i}].args")
+            for i, answer in enumerate(pending.answered):
+                check_json_depth(answer.response, f"document.pending_turn.answered[{i}].response")
         return await self._once(
             tenant, key, lambda record: self.history.import_(tenant, document, session_id, record)
         )
@@ -242,8 +252,7 @@ class ChatSessions:
     ) -> tuple[tuple[Message, ...], Session]:
         """Adds messages without calling the model (see HistoryOps.append)."""
         check_id("session_id", session_id)
-        for i, message in enumerate(messages):
-            check_message_size(message.parts, f"messages[{i}].parts", self._limits)
+        check_messages(messages, "messages", self._limits)
         if key is None:
             return await self.history.append(tenant, session_id, messages, None)
         async with self._requests.claim(tenant, key) as done:
@@ -293,6 +302,9 @@ class ChatSessions:
             raise InvalidArgument("tool_results", "send either a message or tool_results, not both")
         if not turn.tool_results:
             check_user_parts(turn.parts, "parts", self._limits)
+        for i, result in enumerate(turn.tool_results):
+            # Stored as the function response {"result": value} or {"error": message}.
+            check_json_depth(result.response, f"tool_results[{i}].result")
         if turn.config_override is not None:
             check_generation_config(turn.config_override, "generation_config")
         if key is None:
@@ -325,32 +337,64 @@ class ChatSessions:
         candidate: tuple[Part, ...],
         contents: tuple[Message, ...],
         model: str,
+        system_instruction: str = "",
+        function_declarations: tuple[FunctionDeclaration, ...] = (),
     ) -> TokenCount:
         """Tokens of what the next turn would send: the session's context window plus
-        `candidate`; without a session, of `contents` alone."""
+        `candidate`, its system instruction and its tools' declarations; without a
+        session, of `contents` with the given instruction and declarations."""
         if not session_id:
             if not contents:
                 raise InvalidArgument("contents", "set session_id, or contents to count")
+            check_messages(contents, "contents", self._limits)
+            settings = SessionSettings(
+                model=model,
+                system_instruction=system_instruction,
+                function_declarations=function_declarations,
+            )
+            check_settings(settings, known_tools=(), prefix="")
             request_model = model or self._provider.default_model
-            return await self._provider.count_tokens(ModelRequest(request_model, contents))
-        if contents:
+            return await self._provider.count_tokens(
+                ModelRequest(
+                    request_model,
+                    contents,
+                    system_instruction=system_instruction,
+                    function_declarations=function_declarations,
+                )
+            )
+        if contents or system_instruction or function_declarations:
+            field = (
+                "contents"
+                if contents
+                else ("system_instruction" if system_instruction else "function_declarations")
+            )
             raise InvalidArgument(
-                "contents", "with session_id, send the candidate as text or parts"
+                field, "with session_id, the session's own are counted: send only the candidate"
             )
         session = await self.get(tenant, session_id)
-        policy = session.settings.context_policy
+        settings = session.settings
+        policy = settings.context_policy
         history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
         if candidate:
             check_user_parts(candidate, "parts", self._limits)
             history.append(Message(Role.USER, candidate))
         window = select_window(history, policy)
-        request_model = model or session.settings.model or self._provider.default_model
-        return await self._provider.count_tokens(ModelRequest(request_model, window))
+        enabled = set(settings.tools)
+        declarations = [d for d in self._tools.declarations() if d.name in enabled]
+        request = ModelRequest(
+            model or settings.model or self._provider.default_model,
+            window,
+            system_instruction=settings.system_instruction,
+            generation_config=settings.generation_config,
+            function_declarations=[*declarations, *settings.function_declarations],
+            safety_settings=settings.safety_settings,
+            labels=settings.labels,
+        )
+        return await self._provider.count_tokens(request)
 
     def generate(self, given: GenerateInput) -> AsyncGenerator[GenerationEvent, None]:
         """Stateless generation (see sessions.stateless)."""
-        for i, content in enumerate(given.contents):
-            check_message_size(content.parts, f"contents[{i}].parts", self._limits)
+        check_messages(given.contents, "contents", self._limits)
         return generate(self._provider, given)
 
     def list_tools(self, *, page_size: int, page_token: str) -> Page[FunctionDeclaration]:

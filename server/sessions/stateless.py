@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from server.sessions.errors import InvalidArgument
 from server.sessions.events import TextDelta, ToolCallRequested
@@ -30,6 +30,7 @@ class GenerateInput:
     function_declarations: Sequence[FunctionDeclaration] = ()
     safety_settings: Sequence[SafetySetting] = ()
     timeout: float | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +55,10 @@ async def generate(
         raise InvalidArgument("contents", "is required: the conversation to continue")
     settings = SessionSettings(
         model=given.model,
+        system_instruction=given.system_instruction,
         generation_config=given.generation_config,
         function_declarations=tuple(given.function_declarations),
+        labels=dict(given.labels),
         safety_settings=tuple(given.safety_settings),
     )
     # The same rules as a session's settings, reported against this request's fields.
@@ -68,6 +71,7 @@ async def generate(
         function_declarations=given.function_declarations,
         safety_settings=given.safety_settings,
         timeout=given.timeout,
+        labels=given.labels,
     )
     builder = ReplyBuilder()
     async for delta in stream_model(provider, request, builder):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
-from server.sessions.model import Message, Role
+from server.sessions.model import FunctionDeclaration, Message, Role
 
 # About 4 characters a token for text, and a flat 258 tokens for each blob or file
 # (Gemini's rate for an image).
@@ -12,8 +13,25 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_BLOB = 258
 
 
-def estimate_tokens(messages: Iterable[Message], system_instruction: str = "") -> int:
-    chars = len(system_instruction)
+def declarations_text(declarations: Iterable[FunctionDeclaration]) -> str:
+    """Function declarations as the JSON text a request carries them in."""
+    return "".join(
+        json.dumps(
+            {"name": d.name, "description": d.description, "parameters": d.parameters},
+            separators=(",", ":"),
+            default=dict,
+        )
+        for d in declarations
+    )
+
+
+def estimate_tokens(
+    messages: Iterable[Message],
+    system_instruction: str = "",
+    declarations: Iterable[FunctionDeclaration] = (),
+) -> int:
+    """About what a request with these messages, instruction and declarations costs."""
+    chars = len(system_instruction) + len(declarations_text(declarations))
     blobs = 0
     for message in messages:
         for part in message.parts:

@@ -8,13 +8,25 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from server.sessions.errors import InvalidArgument
-from server.sessions.model import GenerationConfig, Part, SessionSettings
+from server.sessions.model import GenerationConfig, Message, Part, SessionSettings, Usage
+from server.sessions.values import check_json_depth
 
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-/@]{0,127}")
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
-_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
 _ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _MIME = re.compile(r"[\w.+\-]+/[\w.+\-]+")
+# An explicit cache: the Gemini API's "cachedContents/ID", or Vertex AI's full name.
+_CACHED_CONTENT = re.compile(
+    r"(?:projects/[A-Za-z0-9_.\-]{1,128}/locations/[A-Za-z0-9_\-]{1,64}/)?"
+    r"cachedContents/[A-Za-z0-9_\-]{1,128}"
+)
+# The values google-genai 3.6.1 knows (types.ThinkingLevel, MediaResolution, ...).
+THINKING_LEVELS = ("MINIMAL", "LOW", "MEDIUM", "HIGH", "XHIGH")
+MEDIA_RESOLUTIONS = ("MEDIA_RESOLUTION_LOW", "MEDIA_RESOLUTION_MEDIUM", "MEDIA_RESOLUTION_HIGH")
+PART_MEDIA_RESOLUTIONS = (*MEDIA_RESOLUTIONS, "MEDIA_RESOLUTION_ULTRA_HIGH")
+SERVICE_TIERS = ("standard", "flex", "priority")
+FUNCTION_CALLING_MODES = ("AUTO", "ANY", "NONE", "VALIDATED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +41,23 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_DISPLAY_NAME = 512
 MAX_STOP_SEQUENCES = 16
+MAX_TURN_ID = 128
+# Gemini reports token counts as int32; a session's sums then stay far inside int64.
+MAX_TOKEN_COUNT = 2**31 - 1
+_USAGE_FIELDS = (
+    ("prompt_token_count", "prompt_tokens"),
+    ("candidates_token_count", "candidates_tokens"),
+    ("total_token_count", "total_tokens"),
+    ("thoughts_token_count", "thoughts_tokens"),
+    ("cached_content_token_count", "cached_tokens"),
+    ("tool_use_prompt_token_count", "tool_use_prompt_tokens"),
+)
+_DETAIL_FIELDS = (
+    ("prompt_tokens_details", "prompt_details"),
+    ("candidates_tokens_details", "candidates_details"),
+    ("cache_tokens_details", "cache_details"),
+    ("tool_use_prompt_tokens_details", "tool_use_prompt_details"),
+)
 
 
 def _range(field: str, value: float | None, low: float, high: float) -> None:
@@ -51,12 +80,64 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
     mime = config.response_mime_type
     if mime and _MIME.fullmatch(mime) is None:
         raise InvalidArgument(f"{prefix}.response_mime_type", f"{mime!r} is not a media type")
-    if config.response_json_schema is not None and mime not in ("application/json", None, ""):
+    if config.response_json_schema is not None:
+        if mime not in ("application/json", None, ""):
+            raise InvalidArgument(
+                f"{prefix}.response_json_schema", "requires response_mime_type application/json"
+            )
+        check_json_depth(config.response_json_schema, f"{prefix}.response_json_schema")
+    if (thinking := config.thinking) is not None:
+        _range(f"{prefix}.thinking.thinking_budget", thinking.thinking_budget, -1, 1 << 20)
+        if thinking.thinking_budget is not None and thinking.thinking_level is not None:
+            raise InvalidArgument(
+                f"{prefix}.thinking.thinking_level",
+                "set thinking_level or thinking_budget, not both: Gemini refuses a request "
+                "carrying both",
+            )
+        _one_of(f"{prefix}.thinking.thinking_level", thinking.thinking_level, THINKING_LEVELS)
+    _one_of(f"{prefix}.media_resolution", config.media_resolution, MEDIA_RESOLUTIONS)
+    _one_of(f"{prefix}.service_tier", config.service_tier, SERVICE_TIERS)
+    if (tools := config.tool_config) is not None:
+        _one_of(f"{prefix}.tool_config.mode", tools.mode, FUNCTION_CALLING_MODES)
+        if tools.allowed_function_names and tools.mode not in ("ANY", "VALIDATED"):
+            raise InvalidArgument(
+                f"{prefix}.tool_config.allowed_function_names",
+                "only with mode MODE_ANY or MODE_VALIDATED",
+            )
+        for i, name in enumerate(tools.allowed_function_names):
+            if _FUNCTION_NAME.fullmatch(name) is None:
+                raise InvalidArgument(
+                    f"{prefix}.tool_config.allowed_function_names[{i}]",
+                    f"{name[:64]!r} is not a function name",
+                )
+    cache = config.cached_content
+    if cache is not None and _CACHED_CONTENT.fullmatch(cache) is None:
         raise InvalidArgument(
-            f"{prefix}.response_json_schema", "requires response_mime_type application/json"
+            f"{prefix}.cached_content",
+            f"{cache[:64]!r} is not a cache name (cachedContents/ID, or on Vertex AI "
+            "projects/P/locations/L/cachedContents/ID)",
         )
-    if config.thinking is not None:
-        _range(f"{prefix}.thinking.thinking_budget", config.thinking.thinking_budget, -1, 1 << 20)
+
+
+def _one_of(field: str, value: str | None, allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise InvalidArgument(field, f"{value[:64]!r} is not one of {', '.join(allowed)}")
+
+
+def check_cache_use(
+    config: GenerationConfig, system_instruction: str, tools: bool, prefix: str
+) -> None:
+    """A request reading an explicit cache carries no system instruction, tools or tool
+    config of its own: Gemini refuses them beside cachedContent (they belong in the cache)."""
+    if config.cached_content is None:
+        return
+    if system_instruction or tools or config.tool_config is not None:
+        raise InvalidArgument(
+            f"{prefix}.cached_content",
+            "a request using a cached content may not set system_instruction, tools, "
+            "function_declarations or tool_config: Gemini refuses them beside a cache, "
+            "which holds its own",
+        )
 
 
 def check_settings(settings: SessionSettings, known_tools: Collection[str], prefix: str) -> None:
@@ -66,6 +147,12 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
     if settings.model and _MODEL.fullmatch(settings.model) is None:
         raise InvalidArgument(f"{p}model", f"{settings.model[:64]!r} is not a model name")
     check_generation_config(settings.generation_config, f"{p}generation_config")
+    check_cache_use(
+        settings.generation_config,
+        settings.system_instruction,
+        bool(settings.tools or settings.function_declarations),
+        f"{p}generation_config",
+    )
     for i, tool in enumerate(settings.tools):
         if tool not in known_tools:
             raise InvalidArgument(
@@ -82,12 +169,14 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
         if decl.name in names:
             raise InvalidArgument(f"{field}.name", f"{decl.name!r} is declared twice")
         names.add(decl.name)
-        if decl.parameters is not None and decl.parameters.get("type", "object") != "object":
-            raise InvalidArgument(f"{field}.parameters", "must be a JSON schema of type object")
+        if decl.parameters is not None:
+            if decl.parameters.get("type", "object") != "object":
+                raise InvalidArgument(f"{field}.parameters", "must be a JSON schema of type object")
+            check_json_depth(decl.parameters, f"{field}.parameters")
     if len(settings.labels) > MAX_LABELS:
         raise InvalidArgument(f"{p}labels", f"at most {MAX_LABELS} labels allowed")
     for key, value in settings.labels.items():
-        if _LABEL_KEY.fullmatch(key) is None:
+        if LABEL_KEY.fullmatch(key) is None:
             raise InvalidArgument(
                 f"{p}labels", f"{key[:64]!r} is not a label key (letters, digits, _ . - /)"
             )
@@ -115,12 +204,96 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
 def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
     if len(parts) > limits.max_parts:
         raise InvalidArgument(field, f"{len(parts)} parts; at most {limits.max_parts} allowed")
-    chars = sum(len(p.text) for p in parts if p.text is not None)
-    if chars > limits.max_text_chars:
+    chars = 0
+    for i, part in enumerate(parts):
+        if part.text is None:
+            continue
+        chars += len(part.text)
+        if chars > limits.max_text_chars:
+            where = f"{field}[{i}].text" if len(part.text) > limits.max_text_chars else field
+            raise InvalidArgument(
+                "text" if field == "parts" and len(parts) == 1 else where,
+                f"{sum(len(p.text or '') for p in parts)} characters of text; "
+                f"at most {limits.max_text_chars} allowed",
+            )
+
+
+def check_part(part: Part, where: str) -> None:
+    """Rules for any part of any message, each a part Gemini would refuse in every later
+    turn: an empty text part (unless it carries a thought signature), data without a media
+    type or bytes, a file without its URI, a function call or response without a name;
+    and JSON values must stay within the nesting limit."""
+    if part.text is not None and not part.text and not part.thought_signature:
         raise InvalidArgument(
-            "text" if field == "parts" and len(parts) == 1 else field,
-            f"{chars} characters of text; at most {limits.max_text_chars} allowed",
+            f"{where}.text",
+            "is empty: Gemini refuses empty text parts (only a part carrying a "
+            "thought_signature may have empty text)",
         )
+    if part.inline_data is not None:
+        if _MIME.fullmatch(part.inline_data.mime_type) is None:
+            raise InvalidArgument(f"{where}.inline_data.mime_type", "is not a media type")
+        if not part.inline_data.data:
+            raise InvalidArgument(f"{where}.inline_data.data", "is empty")
+    if part.file_data is not None and not part.file_data.file_uri:
+        raise InvalidArgument(f"{where}.file_data.file_uri", "is required")
+    if part.media_resolution:
+        if part.inline_data is None and part.file_data is None:
+            raise InvalidArgument(
+                f"{where}.media_resolution", "applies to inline_data and file_data parts only"
+            )
+        _one_of(f"{where}.media_resolution", part.media_resolution, PART_MEDIA_RESOLUTIONS)
+    if part.function_call is not None:
+        if not part.function_call.name:
+            raise InvalidArgument(f"{where}.function_call.name", "is required")
+        check_json_depth(part.function_call.args, f"{where}.function_call.args")
+    if part.function_response is not None:
+        if not part.function_response.name:
+            raise InvalidArgument(f"{where}.function_response.name", "is required")
+        check_json_depth(part.function_response.response, f"{where}.function_response.response")
+
+
+def check_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
+    """The size limits and the part rules, for the parts of one message."""
+    check_message_size(parts, field, limits)
+    for i, part in enumerate(parts):
+        check_part(part, f"{field}[{i}]")
+
+
+def check_usage(usage: Usage, field: str) -> None:
+    for name, attribute in _USAGE_FIELDS:
+        value = getattr(usage, attribute)
+        if not 0 <= value <= MAX_TOKEN_COUNT:
+            raise InvalidArgument(
+                f"{field}.{name}", f"must be between 0 and {MAX_TOKEN_COUNT} (got {value})"
+            )
+    for name, attribute in _DETAIL_FIELDS:
+        for i, (modality, count) in enumerate(getattr(usage, attribute)):
+            if _ENUM_NAME.fullmatch(modality) is None:
+                raise InvalidArgument(f"{field}.{name}[{i}].modality", "is not a modality name")
+            if not 0 <= count <= MAX_TOKEN_COUNT:
+                raise InvalidArgument(
+                    f"{field}.{name}[{i}].token_count",
+                    f"must be between 0 and {MAX_TOKEN_COUNT} (got {count})",
+                )
+    if len(usage.traffic_type) > 64 or (
+        usage.traffic_type and _ENUM_NAME.fullmatch(usage.traffic_type) is None
+    ):
+        raise InvalidArgument(f"{field}.traffic_type", "is not a traffic type name")
+
+
+def check_messages(messages: Sequence[Message], field: str, limits: MessageLimits) -> None:
+    """Caller-supplied history (appended, imported or sent statelessly): every message
+    obeys the limits a message sent with SendMessage obeys, and carries plausible usage."""
+    for i, message in enumerate(messages):
+        check_parts(message.parts, f"{field}[{i}].parts", limits)
+        if message.usage is not None:
+            check_usage(message.usage, f"{field}[{i}].usage")
+        # An imported turn_id is stored as it is, in a column PostgreSQL keeps as TEXT.
+        if len(message.turn_id) > MAX_TURN_ID or "\x00" in message.turn_id:
+            raise InvalidArgument(
+                f"{field}[{i}].turn_id",
+                f"at most {MAX_TURN_ID} characters, without NUL characters",
+            )
 
 
 def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
@@ -131,16 +304,10 @@ def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -
         raise InvalidArgument("text", "the message is empty: set text or parts")
     for i, part in enumerate(parts):
         where = f"{field}[{i}]"
+        check_part(part, where)
         if part.function_call is not None or part.function_response is not None:
             raise InvalidArgument(
                 where, "a user message carries text or data; answer tool calls with tool_results"
             )
-        if part.inline_data is not None:
-            if _MIME.fullmatch(part.inline_data.mime_type) is None:
-                raise InvalidArgument(f"{where}.inline_data.mime_type", "is not a media type")
-            if not part.inline_data.data:
-                raise InvalidArgument(f"{where}.inline_data.data", "is empty")
-        if part.file_data is not None and not part.file_data.file_uri:
-            raise InvalidArgument(f"{where}.file_data.file_uri", "is required")
         if part.text is None and part.inline_data is None and part.file_data is None:
             raise InvalidArgument(where, "has no content: set text, inline_data or file_data")

@@ -24,6 +24,7 @@ from server.sessions.model import (
     SafetySetting,
     SessionSettings,
     ThinkingConfig,
+    ToolConfig,
     Usage,
 )
 
@@ -34,8 +35,15 @@ ROLES = {r.value: r for r in Role}
 FINISH_REASONS = {r.value: r for r in FinishReason}
 
 _USAGE_FIELDS = tuple(f.name for f in fields(Usage))
+_USAGE_DETAILS = (
+    "prompt_details",
+    "candidates_details",
+    "cache_details",
+    "tool_use_prompt_details",
+)
 _GEN_FLOATS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 _GEN_INTS = ("top_k", "max_output_tokens", "seed")
+_GEN_STRINGS = ("response_mime_type", "media_resolution", "service_tier", "cached_content")
 _DEFAULT_GENERATION = GenerationConfig()
 _DEFAULT_POLICY = ContextPolicy()
 
@@ -108,6 +116,8 @@ def part_to_dict(part: Part) -> Dict:
         d["thought"] = True
     if part.thought_signature:
         d["thought_signature"] = _b64(part.thought_signature)
+    if part.media_resolution:
+        d["media_resolution"] = part.media_resolution
     return d
 
 
@@ -133,6 +143,7 @@ def part_from_dict(d: Mapping[str, Any]) -> Part:
         else FunctionResponse(resp.get("id", ""), resp["name"], resp.get("response", {})),
         thought=d.get("thought", False),
         thought_signature=b"" if signature is None else _unb64(signature),
+        media_resolution=d.get("media_resolution", ""),
     )
 
 
@@ -140,11 +151,16 @@ def part_from_dict(d: Mapping[str, Any]) -> Part:
 
 
 def usage_to_dict(usage: Usage) -> Dict:
+    # Modality details are kept as [[modality, count], ...].
     return {name: value for name in _USAGE_FIELDS if (value := getattr(usage, name))}
 
 
 def usage_from_dict(d: Mapping[str, Any]) -> Usage:
-    return Usage(**d)
+    values = dict(d)
+    for name in _USAGE_DETAILS:
+        if name in values:
+            values[name] = tuple((m, c) for m, c in values[name])
+    return Usage(**values)
 
 
 def message_body_to_dict(message: Message) -> Dict:
@@ -210,9 +226,11 @@ def pending_from_json(text: str | None) -> PendingTurn | None:
 def generation_config_to_dict(config: GenerationConfig) -> Dict:
     # None means "inherit" and 0 is a real setting, so only None fields are left out.
     d: Dict = {}
-    for name in (*_GEN_FLOATS, *_GEN_INTS, "response_mime_type", "response_json_schema"):
+    for name in (*_GEN_FLOATS, *_GEN_INTS, *_GEN_STRINGS, "response_json_schema"):
         if (value := getattr(config, name)) is not None:
             d[name] = value
+    if (tools := config.tool_config) is not None:
+        d["tool_config"] = {"mode": tools.mode, "allowed": list(tools.allowed_function_names)}
     if config.stop_sequences is not None:
         d["stop_sequences"] = list(config.stop_sequences)
     if (thinking := config.thinking) is not None:
@@ -226,7 +244,9 @@ def generation_config_to_dict(config: GenerationConfig) -> Dict:
 
 def generation_config_from_dict(d: Mapping[str, Any]) -> GenerationConfig:
     values: Dict = {name: float(d[name]) for name in _GEN_FLOATS if name in d}
-    values.update((name, d[name]) for name in (*_GEN_INTS, "response_mime_type") if name in d)
+    values.update((name, d[name]) for name in (*_GEN_INTS, *_GEN_STRINGS) if name in d)
+    if (tools := d.get("tool_config")) is not None:
+        values["tool_config"] = ToolConfig(tools["mode"], tuple(tools["allowed"]))
     if "response_json_schema" in d:
         values["response_json_schema"] = d["response_json_schema"]
     if "stop_sequences" in d:

@@ -1,20 +1,34 @@
-"""SqliteStore: sessions in one SQLite file (WAL), group-committed by a writer thread."""
+"""SqliteStore: sessions in one SQLite file (WAL), group-committed by a writer thread.
+
+Opening takes the file's owner lock first (sqlite_owner: one chatd per file), checks the
+file and its WAL (sqlite_files, sqlite_wal) before SQLite touches them, and turns every
+way the file can be unusable into one StartupError.
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from server.sessions.model import Message, Session
 from server.sessions.pacing import paced_map
 from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
-from server.store import rows, rules
+from server.startup import StartupError
+from server.store import rows, rules, sqlite_files
 from server.store import sqlite_sql as sql
-from server.store.sqlite_setup import SYNCHRONOUS_MODES, connect
+from server.store.migrations import SchemaTooNew
+from server.store.sqlite_owner import OwnerLock
+from server.store.sqlite_setup import BUSY_TIMEOUT_MS, SYNCHRONOUS_MODES, ForeignSchema, connect
+from server.store.sqlite_wal import WalKeeper, check_before_open
 from server.store.worker import ConnectionThread
+
+log = structlog.get_logger("chatd.store")
 
 # Kept importable under its old name: tests read its query plan.
 _LAST_MESSAGES = sql.LAST_MESSAGES
@@ -88,31 +102,97 @@ class SqliteStore:
     holds the database write lock, so its time is the scarcer one.
     """
 
-    def __init__(self, writer: ConnectionThread, reader: ConnectionThread) -> None:
+    def __init__(
+        self,
+        writer: ConnectionThread,
+        reader: ConnectionThread,
+        owner: tuple[OwnerLock, WalKeeper] | None = None,
+    ) -> None:
         self._writer = writer
         self._reader = reader
+        self._owner = owner
 
     @classmethod
     async def open(cls, path: str, synchronous: str = "FULL") -> SqliteStore:
+        """Opens (creating it if missing) the database at `path`, relative to the working
+        directory unless absolute; raises StartupError when the file is unusable or taken."""
         mode = synchronous.upper()
         if mode not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
         if not path or path == ":memory:" or path.startswith("file:"):
             raise ValueError(f"SqliteStore needs a file path, not {path!r}")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        database = sqlite_files.resolve(path)
+        sqlite_files.prepare_directory(database)
+        lock = OwnerLock.acquire(database)
+        try:
+            found = sqlite_files.inspect(database)
+            wal = check_before_open(database, lock.previous)
+            keeper = WalKeeper(lock, database, BUSY_TIMEOUT_MS)
+            try:
+                lock.record(wal, None, opening=True)  # the file changes while SQLite opens it
+            except OSError as exc:
+                raise sqlite_files.write_error(lock.path, exc) from exc
+            writer, reader = await cls._start(database, mode, keeper)
+        except BaseException:
+            lock.release()
+            raise
+        if found.new:
+            log.warning(
+                f"created new database at {database}",
+                path=str(database),
+                configured=path,
+                working_directory=os.getcwd(),
+            )
+        log.info("database opened", path=str(database), wal_replayed=wal is not None)
+        return cls(writer, reader, (lock, keeper))
+
+    @classmethod
+    async def _start(
+        cls, database: Path, mode: str, keeper: WalKeeper
+    ) -> tuple[ConnectionThread, ConnectionThread]:
+        """The writer (which migrates) and the reader, with SQLite's errors explained."""
+
+        def open_writer() -> sqlite3.Connection:
+            conn = connect(str(database), mode, writer=True)
+            try:
+                keeper.opened(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
         writer = ConnectionThread(
-            "chatd-sqlite-writer", lambda: connect(path, mode, writer=True), writes=True
+            "chatd-sqlite-writer", open_writer, writes=True, after_batch=keeper.after_batch
         )
-        await writer.start()  # migrates, so the reader finds the tables
+        try:
+            await writer.start()  # migrates, so the reader finds the tables
+        except sqlite3.Error as exc:
+            raise sqlite_files.explain(database, exc) from exc
+        except SchemaTooNew as exc:
+            raise StartupError(
+                str(database), str(exc).partition(";")[0], "run the newer chatd that wrote it"
+            ) from exc
+        except ForeignSchema as exc:
+            raise StartupError(
+                str(database),
+                f"is another program's SQLite database: it {exc}",
+                "point CHATD_DATABASE_URL at chatd's own database file (or a new one)",
+            ) from exc
+        except OSError as exc:
+            raise sqlite_files.write_error(database, exc) from exc
         reader = ConnectionThread(
-            "chatd-sqlite-reader", lambda: connect(path, mode, writer=False), writes=False
+            "chatd-sqlite-reader",
+            lambda: connect(str(database), mode, writer=False),
+            writes=False,
         )
         try:
             await reader.start()
-        except BaseException:
+        except BaseException as exc:
             await writer.stop()
+            if isinstance(exc, sqlite3.Error):
+                raise sqlite_files.explain(database, exc) from exc
             raise
-        return cls(writer, reader)
+        return writer, reader
 
     async def create_session(
         self,
@@ -287,6 +367,15 @@ class SqliteStore:
         return await self._writer.submit(job)
 
     async def close(self) -> None:
-        """Commits every write queued so far, then stops both threads."""
+        """Commits every write queued so far, stops both threads, then releases the file."""
         await self._writer.stop()
-        await self._reader.stop()
+        owner, self._owner = self._owner, None
+        try:
+            if owner is not None:
+                owner[1].closing()
+            await self._reader.stop()  # the last connection: SQLite checkpoints, drops the WAL
+            if owner is not None:
+                owner[1].closed()
+        finally:
+            if owner is not None:
+                owner[0].release()

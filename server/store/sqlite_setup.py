@@ -15,6 +15,22 @@ _RECORD_MIGRATION = (
 )
 
 
+class ForeignSchema(RuntimeError):
+    """The file is a SQLite database, but not chatd's: it has tables and no migration record."""
+
+
+_HAS_MIGRATIONS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 5"
+
+
+def _check_ours(conn: sqlite3.Connection) -> None:
+    """Refuses another program's database before anything (even the journal mode) changes."""
+    if conn.execute(_HAS_MIGRATIONS).fetchone() is None:
+        found = [row[0] for row in conn.execute(_TABLES)]
+        if found:  # chatd's tables would be added to another program's database
+            raise ForeignSchema(f"holds tables chatd did not create: {', '.join(found)}")
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Brings the schema up to date in one transaction, or refuses a newer database."""
     conn.execute("BEGIN IMMEDIATE")
@@ -44,10 +60,13 @@ def connect(path: str, synchronous: str, *, writer: bool) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         if writer:
+            _check_ours(conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{path}: cannot use WAL journaling (got {mode})")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
+            # chatd checkpoints itself (sqlite_wal.WalKeeper), to know when the file changes.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             _migrate(conn)
         else:
             conn.execute("PRAGMA query_only = ON")

@@ -35,6 +35,7 @@ class ConnectionThread:
     its own SAVEPOINT, so a failing job is undone alone while the rest commit together
     (group commit: one fsync for everything that queued up meanwhile). A job's future
     resolves only after COMMIT returned. If COMMIT fails, every job of the batch fails.
+    `after_batch` runs on the thread after each batch's callers were answered.
     Reads share one snapshot per batch and need neither savepoints nor a good COMMIT.
     """
 
@@ -45,8 +46,10 @@ class ConnectionThread:
         *,
         writes: bool,
         max_batch: int = 256,
+        after_batch: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self._name = name
+        self._after_batch = after_batch
         self._connect = connect
         self._writes = writes
         self._max_batch = max_batch
@@ -132,8 +135,17 @@ class ConnectionThread:
                 except Exception as exc:
                     outcomes = [(future, None, _batch_failed(exc)) for _, future in live]
                 self._call(_settle, outcomes)
+                if self._after_batch is not None:
+                    self._housekeeping(conn)
             if stop:
                 return
+
+    def _housekeeping(self, conn: sqlite3.Connection) -> None:
+        # After the batch's callers were answered, so that they never wait for it. A failure
+        # here (a checkpoint on a full disk) fails no job; the next batch tries again.
+        assert self._after_batch is not None
+        with contextlib.suppress(sqlite3.Error, OSError):
+            self._after_batch(conn)
 
     def _write_batch(self, conn: sqlite3.Connection, items: list[_Item]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
@@ -147,7 +159,7 @@ class ConnectionThread:
                     # If the error already ended the transaction (SQLite does that on I/O
                     # errors), ROLLBACK TO raises and the whole batch fails below.
                     conn.execute("ROLLBACK TO job")
-                    outcomes.append((future, None, exc))
+                    outcomes.append((future, None, _job_failed(exc)))
                 else:
                     outcomes.append((future, result, None))
                 conn.execute("RELEASE job")
@@ -168,7 +180,7 @@ class ConnectionThread:
                 try:
                     outcomes.append((future, job(conn), None))
                 except Exception as exc:
-                    outcomes.append((future, None, exc))
+                    outcomes.append((future, None, _job_failed(exc)))
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
@@ -180,3 +192,9 @@ def _batch_failed(cause: Exception) -> Unavailable:
     error = Unavailable(f"storage transaction failed: {cause}")
     error.__cause__ = cause
     return error
+
+
+def _job_failed(error: Exception) -> Exception:
+    # SQLite's operational errors (read-only file, full disk, I/O) are the storage failing,
+    # not the request: UNAVAILABLE, as a failed COMMIT is, rather than INTERNAL.
+    return _batch_failed(error) if isinstance(error, sqlite3.OperationalError) else error

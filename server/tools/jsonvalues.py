@@ -9,6 +9,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from server.sessions.values import DEPTH_RULE, MAX_JSON_DEPTH
+
 
 def json_type_name(value: object) -> str:
     """The JSON Schema type of `value` ("number" for a float), or its Python type's name."""
@@ -58,15 +60,18 @@ class NotJSONError(TypeError):
     pass
 
 
-def to_json_value(value: object, path: str = "result") -> Any:
+def to_json_value(value: object, path: str = "result", enclosing: int = 1) -> Any:
     """`value` as plain JSON data (tuples become lists); raises NotJSONError naming the path.
 
     The result goes into a protobuf Struct and the model's JSON request, so it must be exactly
-    JSON: str keys, finite numbers, no sets, bytes or objects.
+    JSON: str keys, finite numbers, no sets, bytes or objects, and nested no deeper than
+    chatd's limit, counting the `enclosing` objects it is stored in ({"result": value}).
     """
     if isinstance(value, enum.Enum):
         # A tool returning an Enum member means its value (as its parameters do).
-        return to_json_value(value.value, path)
+        return to_json_value(value.value, path, enclosing)
+    if isinstance(value, list | tuple | Mapping) and enclosing >= MAX_JSON_DEPTH:
+        raise NotJSONError(f"{path}: nests too deeply: {DEPTH_RULE}")
     if value is None or isinstance(value, str | bool):
         return value
     if isinstance(value, int):
@@ -79,12 +84,12 @@ def to_json_value(value: object, path: str = "result") -> Any:
             raise NotJSONError(f"{path}: {value} is not a JSON number")
         return value
     if isinstance(value, list | tuple):
-        return [to_json_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [to_json_value(v, f"{path}[{i}]", enclosing + 1) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise NotJSONError(f"{path}: key {key!r} is not a string")
-            out[key] = to_json_value(item, f"{path}.{key}")
+            out[key] = to_json_value(item, f"{path}.{key}", enclosing + 1)
         return out
     raise NotJSONError(f"{path}: {type(value).__name__} is not JSON-able")

@@ -25,6 +25,7 @@ class Pools:
     message_ids: Sequence[str]
     page_tokens: Sequence[str]
     documents: Sequence[bytes] = ()  # serialized ExportSession documents
+    pending_call_ids: Sequence[str] = ()  # calls a paused session waits for
 
 
 def weighted(*choices: tuple[int, Strategy[Any]]) -> Strategy[Any]:
@@ -62,6 +63,12 @@ CALL_LINES = (
     "/call no_such_tool {}",
     "/call calculate [1, 2]",
     "/call calculate {not json",
+    # Past chatd's JSON nesting limit (the call is dropped, MALFORMED_FUNCTION_CALL), at
+    # the limit, and far past what Python's JSON parser can take.
+    "/call lookup_order " + '{"a":' * 30 + "1" + "}" * 30,
+    "/call lookup_order " + '{"a":' * 23 + "[]" + "}" * 23,
+    "/call lookup_order " + "[" * 5000 + "]" * 5000,
+    '/call lookup_order {"a": NaN, "b": 1e400}',
 )
 
 
@@ -99,8 +106,17 @@ def crafted_tokens(real: Sequence[str]) -> Strategy[str]:
             return token
         return encode({**data, "p": where}) if isinstance(data, dict) else token
 
+    def raw(payload: str) -> str:
+        return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+    hostile = st.sampled_from(
+        ["1e300", "NaN", "-Infinity", str(10**30), "-1", "true", '"' + "x" * 300 + '"']
+    )
+    deep = st.integers(50, 5000).map(lambda n: "[" * n + "]" * n)
     choices: list[tuple[int, Strategy[Any]]] = [
         (2, st.builds(encode, st.fixed_dictionaries({"q": st.text(max_size=12), "p": position}))),
+        (1, st.builds(lambda n: raw('{"q":"x","p":' + n + "}"), deep)),
+        (1, deep.map(raw)),
         (1, st.builds(encode, st.one_of(st.integers(), st.text(), st.lists(st.integers())))),
         (1, any_text()),
     ]
@@ -109,12 +125,37 @@ def crafted_tokens(real: Sequence[str]) -> Strategy[str]:
         choices += [
             (2, tokens),
             (3, st.builds(repositioned, tokens, position)),
+            (2, st.builds(repositioned, tokens, st.lists(hostile, min_size=1, max_size=2))),
+            (1, st.builds(lambda t, d: with_raw_position(t, d), tokens, deep)),
             (1, st.builds(lambda t, n: t[:n], tokens, st.integers(0, 40))),
         ]
     return weighted(*choices)
 
 
+def with_raw_position(token: str, position: str) -> str:
+    """`token` with its position replaced by raw JSON text (which json.dumps cannot make:
+    NaN literals, nesting too deep to build as Python lists)."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except ValueError:
+        return token
+    if not isinstance(data, dict):
+        return token
+    payload = '{"q":' + json.dumps(data.get("q")) + ',"p":' + position + "}"
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def _terms(n: int) -> str:
+    return " AND ".join(f'labels.k{i} = "v{i}"' for i in range(n))
+
+
 FILTERS = (
+    _terms(64),  # the most terms allowed
+    _terms(65),
+    _terms(1001),  # past SQLite's variable and expression-depth limits if not capped
+    "labels." + "k" * 64 + ' = "x"',
+    'labels.k = "' + "v" * 300 + '"',
+    'labels.k = "a\x00b"',
     'labels.env = "prod"',
     'labels.env = "prod" AND labels.team = "search"',
     "labels.env = prod",
@@ -234,6 +275,24 @@ def scalar(field: d.FieldDescriptor, pools: Pools) -> Strategy[Any]:
         numbers = [v.number for v in field.enum_type.values]
         return weighted((3, st.sampled_from(numbers)), (1, integers(-(2**31), 2**31 - 1)))
     return integers(*INT_RANGES[kind])
+
+
+def deep_json(max_depth: int = 32) -> Strategy[Any]:
+    """JSON values nested close to, at and past chatd's limit of 24 levels (objects cost
+    protobuf three decoder levels each, arrays two)."""
+
+    def build(depth: int, kinds: list[bool], leaf: Any) -> Any:
+        value = leaf
+        for i in range(depth):
+            value = {"k": value} if kinds[i % len(kinds)] else [value]
+        return value
+
+    return st.builds(
+        build,
+        st.integers(20, max_depth),
+        st.lists(st.booleans(), min_size=1, max_size=4),
+        st.sampled_from([None, 1.0, "x", True]),
+    )
 
 
 def json_values() -> Strategy[Any]:

@@ -12,20 +12,31 @@ from typing import Any
 from google.protobuf import descriptor as d
 from google.protobuf import message as pbmessage
 from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from chatd.v1 import chat_service_pb2, content_pb2, session_pb2
-from tests.reliability.fuzz_values import FD, Pools, Strategy, json_values, scalar, weighted
+from tests.reliability.fuzz_values import (
+    FD,
+    Pools,
+    Strategy,
+    deep_json,
+    json_values,
+    scalar,
+    weighted,
+)
 
 
 @dataclass(frozen=True)
 class Method:
-    """One RPC: its full path, request class and whether the server streams the response."""
+    """One RPC: its full path, request and response classes and whether the server streams
+    the response."""
 
     path: str
     request: type[pbmessage.Message]
+    response: type[pbmessage.Message]
     streaming: bool
     endless: bool = False  # health Watch never ends by itself
 
@@ -43,6 +54,7 @@ def methods() -> list[Method]:
                 Method(
                     f"/{service.full_name}/{rpc.name}",
                     message_factory.GetMessageClass(rpc.input_type),
+                    message_factory.GetMessageClass(rpc.output_type),
                     rpc.server_streaming,
                     endless=rpc.name == "Watch",
                 )
@@ -84,24 +96,33 @@ def deep_value(depth: int) -> pbmessage.Message:
 
 
 def _build(cls: type[pbmessage.Message], values: dict[str, Any]) -> pbmessage.Message:
+    """A `cls` with `values` set; a value too deep to fit where it goes (protobuf's own
+    recursion limit, which the malformed tier covers) is left out."""
     message = cls()
     for name, value in values.items():
-        field = cls.DESCRIPTOR.fields_by_name[name]
-        target = getattr(message, name)
-        if _is_map(field):
-            value_field = field.message_type.fields_by_name["value"]
-            for key, item in value.items():
-                if value_field.type == FD.TYPE_MESSAGE:
-                    target[key].CopyFrom(item)
-                else:
-                    target[key] = item
-        elif field.is_repeated:
-            target.extend(value)
-        elif field.type == FD.TYPE_MESSAGE:
-            target.CopyFrom(value)
-        else:
-            setattr(message, name, value)
+        try:
+            _set(message, name, value)
+        except DecodeError:
+            message.ClearField(name)
     return message
+
+
+def _set(message: pbmessage.Message, name: str, value: Any) -> None:
+    field = message.DESCRIPTOR.fields_by_name[name]
+    target = getattr(message, name)
+    if _is_map(field):
+        value_field = field.message_type.fields_by_name["value"]
+        for key, item in value.items():
+            if value_field.type == FD.TYPE_MESSAGE:
+                target[key].CopyFrom(item)
+            else:
+                target[key] = item
+    elif field.is_repeated:
+        target.extend(value)
+    elif field.type == FD.TYPE_MESSAGE:
+        target.CopyFrom(value)
+    else:
+        setattr(message, name, value)
 
 
 def _is_map(field: d.FieldDescriptor) -> bool:
@@ -117,9 +138,51 @@ def messages(descriptor: d.Descriptor, pools: Pools, depth: int = 0) -> Strategy
     return _messages(descriptor.full_name, descriptor, pools, depth)
 
 
+def _kindless_inside(value: Any) -> pbmessage.Message:
+    """`value` as a Value with a Value of no kind set added at its innermost container."""
+    message = _value(value)
+    inner = message
+    while True:
+        kind = inner.WhichOneof("kind")
+        if kind == "struct_value" and inner.struct_value.fields:
+            inner = next(iter(inner.struct_value.fields.values()))
+        elif kind == "list_value" and inner.list_value.values:
+            inner = inner.list_value.values[0]
+        else:
+            break
+    if inner.WhichOneof("kind") == "list_value":
+        inner.list_value.values.add()
+    else:
+        inner.struct_value.fields["unset"].Clear()
+    return message
+
+
+def _struct_of(value: pbmessage.Message) -> pbmessage.Message:
+    from google.protobuf import struct_pb2
+
+    message = struct_pb2.Struct()
+    message.fields["a"].CopyFrom(value)
+    return message
+
+
+@cache
+def _json_values() -> Strategy[Any]:
+    """Values: plain JSON, JSON nested around chatd's limit, and Values with no kind set at
+    the top or deep inside."""
+    from google.protobuf import struct_pb2
+
+    return weighted(
+        (5, json_values().map(_value)),
+        (1, st.just(struct_pb2.Value())),
+        (2, deep_json().map(_value)),
+        (1, deep_json(26).map(_kindless_inside)),
+    )
+
+
 @cache
 def _json_structs() -> Strategy[Any]:
-    return st.dictionaries(st.text(max_size=8), json_values(), max_size=5).map(_struct)
+    plain = st.dictionaries(st.text(max_size=8), json_values(), max_size=5).map(_struct)
+    return weighted((5, plain), (2, _json_values().map(_struct_of)))
 
 
 def _messages(name: str, descriptor: d.Descriptor, pools: Pools, depth: int) -> Strategy[Any]:
@@ -127,7 +190,7 @@ def _messages(name: str, descriptor: d.Descriptor, pools: Pools, depth: int) -> 
     if name == "google.protobuf.Struct":
         return _json_structs()
     if name == "google.protobuf.Value":
-        return weighted((5, json_values().map(_value)), (1, st.just(cls())))
+        return _json_values()
     optional: dict[str, Strategy[Any]] = {}
     for field in descriptor.fields:
         strategy = _field_values(field, pools, depth)

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from hypothesis.strategies import SearchStrategy
 
@@ -24,9 +25,12 @@ from tests.helpers import all_messages
 from tests.reliability.common import histogram, send_turn
 from tests.reliability.fuzz_values import Pools
 from tests.reliability.fuzzing import Method, methods, requests, spread
+from tests.reliability.hostile import hostile_cases
 from tests.reliability.malformed import malformed
+from tests.store.conftest import fresh_schema, postgres_dsn
 
-BAD_CODES = frozenset({"UNKNOWN", "INTERNAL"})
+# UNDECODABLE: a successful response a standard protobuf client cannot decode.
+BAD_CODES = frozenset({"UNKNOWN", "INTERNAL", "UNDECODABLE"})
 SOAK_CONCURRENCY = 16  # the fast tier sends one at a time, so that its fixed seed replays exactly
 CALL_TIMEOUT = 10.0  # a call still running then counts as left hanging
 
@@ -92,25 +96,58 @@ def unhandled(monkeypatch: pytest.MonkeyPatch) -> ExceptionRecorder:
 
 
 async def call_raw(channel: grpc.aio.Channel, method: Method, data: bytes) -> tuple[str, str]:
-    """Sends `data` as the serialized request of `method`; (status code, details)."""
+    """Sends `data` as the serialized request of `method`; (status code, details). Every
+    response is decoded with the standard protobuf client: one it refuses is UNDECODABLE."""
     try:
         if not method.streaming:
             unary = channel.unary_unary(
                 method.path, request_serializer=_identity, response_deserializer=_identity
             )
-            await unary(data, timeout=CALL_TIMEOUT)
-            return "OK", ""
+            return _decodable(method, [await unary(data, timeout=CALL_TIMEOUT)])
         stream = channel.unary_stream(
             method.path, request_serializer=_identity, response_deserializer=_identity
         )
         call = stream(data, timeout=CALL_TIMEOUT)
-        async for _ in call:
+        responses = []
+        async for response in call:
+            responses.append(response)
             if method.endless:  # health Watch: the first status answers the request
                 call.cancel()
-                return "OK", ""
-        return "OK", ""
+                break
+        return _decodable(method, responses)
     except grpc.aio.AioRpcError as exc:
         return exc.code().name, exc.details() or ""
+
+
+def _decodable(method: Method, responses: list[bytes]) -> tuple[str, str]:
+    for data in responses:
+        try:
+            method.response.FromString(data)
+        except DecodeError as exc:
+            return "UNDECODABLE", str(exc)
+    return "OK", ""
+
+
+async def unreadable_sessions(chatd: Chatd) -> list[str]:
+    """Sessions whose GetSession, ListMessages or ExportSession the typed stub (the standard
+    protobuf client) cannot read back: what a poisoned session looks like."""
+    stub = chatd.stub
+    problems: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListSessions(pb.ListSessionsRequest(page_size=100, page_token=token))
+        for session in page.sessions:
+            sid = session.session_id
+            try:
+                await stub.GetSession(pb.GetSessionRequest(session_id=sid))
+                await all_messages(stub, sid)
+                await stub.ExportSession(pb.ExportSessionRequest(session_id=sid))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # expired meanwhile
+                    problems.append(f"{sid}: {exc.code().name} {exc.details()}")
+        token = page.next_page_token
+        if not token:
+            return problems
 
 
 def encode(request: Any) -> bytes:
@@ -161,8 +198,13 @@ async def seed_pools(chatd: Chatd) -> Pools:
     documents = [
         (await stub.ExportSession(pb.ExportSessionRequest(session_id=sid))).document for sid in ids
     ]
+    paused = (await stub.GetSession(pb.GetSessionRequest(session_id=ids[2]))).session
     return Pools(
-        ids, message_ids, [t for t in tokens if t], [d.SerializeToString() for d in documents]
+        ids,
+        message_ids,
+        [t for t in tokens if t],
+        [d.SerializeToString() for d in documents],
+        [c.id for c in paused.pending_tool_calls],
     )
 
 
@@ -202,7 +244,7 @@ def report(
     bad = sum(outcomes.codes[c] for c in BAD_CODES)
     print(
         f"{what}: {total} requests in {seconds:.1f}s (seed {seed}, CHATD_FUZZ_SEED to repeat), "
-        f"{1 if sick else 0} crashes, {bad} UNKNOWN/INTERNAL, "
+        f"{1 if sick else 0} crashes, {bad} UNKNOWN/INTERNAL/UNDECODABLE, "
         f"{outcomes.codes['DEADLINE_EXCEEDED']} left hanging past {CALL_TIMEOUT:.0f}s; "
         f"statuses: {histogram(outcomes.codes)}"
     )
@@ -210,7 +252,7 @@ def report(
         print(f"  unhealthy afterwards: {sick}")
     if bad:
         by_method = ", ".join(f"{m} {c}={n}" for (m, c), n in outcomes.bad.most_common())
-        print(f"  UNKNOWN/INTERNAL by method: {by_method}")
+        print(f"  UNKNOWN/INTERNAL/UNDECODABLE by method: {by_method}")
         for example in outcomes.examples.values():
             print(f"  e.g. {example}")
     for cause, count in unhandled.seen.most_common():
@@ -225,30 +267,61 @@ async def fuzz(
     total: int,
     seed: int | None,
     concurrency: int,
+    *,
+    hostile: bool = False,
+    **server: Any,
 ) -> None:
     """Sends `total` cases drawn from `cases_for` (spread over every method) to a fresh
-    server, then checks it is still healthy and that no status was UNKNOWN or INTERNAL
-    (other codes, DEADLINE_EXCEEDED included, are counted and printed)."""
-    chatd = await start_chatd(rate_limit=0)
+    server, then checks it is still healthy, that no status was UNKNOWN or INTERNAL and no
+    response undecodable (other codes, DEADLINE_EXCEEDED included, are counted and
+    printed), and that every session it left can still be read back."""
+    chatd = await start_chatd(rate_limit=0, **server)
     pools = await seed_pools(chatd)
     chosen = fuzz_seed(seed)
     loop = asyncio.get_running_loop()
     started = loop.time()
     cases = spread(methods(), lambda m: cases_for(m, pools), total, chosen)
+    if hostile:
+        cases = hostile_cases(pools) + cases
     outcomes = await fire(chatd, cases, concurrency)
     elapsed = loop.time() - started
     sick = await health_problem(chatd)
     report(what, outcomes, unhandled, sick, chosen, elapsed)
     assert sick is None, sick
     assert not outcomes.bad, list(outcomes.examples.values())
+    poisoned = await unreadable_sessions(chatd)
+    assert not poisoned, poisoned
 
 
 async def test_fuzzed_requests_never_crash_or_answer_unknown_or_internal(
     start_chatd: StartChatd, unhandled: ExceptionRecorder
 ) -> None:
     """Fast tier: ~700 hypothesis-built requests spread over every RPC (random strings incl.
-    unicode/NUL/huge, extreme ints, unknown enums, nested parts, bad masks and page tokens)."""
-    await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 700, FAST_SEED, 1)
+    unicode/NUL/huge, extreme ints, unknown enums, nested parts, bad masks and page tokens),
+    after the known-hostile cases of tests/reliability/hostile.py."""
+    await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 700, FAST_SEED, 1, hostile=True)
+
+
+async def test_fuzzed_requests_on_postgresql_never_crash_or_answer_unknown_or_internal(
+    start_chatd: StartChatd, unhandled: ExceptionRecorder
+) -> None:
+    """Fast tier on PostgreSQL (CHATD_TEST_POSTGRES_DSN): the hostile cases and ~300 fuzzed
+    requests meet a second SQL dialect, whose text columns refuse NUL and whose integers
+    are bounded differently."""
+    dsn = postgres_dsn()
+    async with fresh_schema(dsn) as schema:
+        await fuzz(
+            start_chatd,
+            unhandled,
+            "fuzzed requests on PostgreSQL",
+            requests,
+            300,
+            FAST_SEED,
+            1,
+            hostile=True,
+            database_url=dsn,
+            postgres_schema=schema,
+        )
 
 
 async def test_malformed_request_bytes_never_answer_unknown_or_internal(
@@ -265,7 +338,16 @@ async def test_soak_10000_fuzzed_requests_never_crash_or_answer_unknown_or_inter
     start_chatd: StartChatd, unhandled: ExceptionRecorder
 ) -> None:
     """Soak: 10,000 hypothesis-built requests over every RPC."""
-    await fuzz(start_chatd, unhandled, "fuzzed requests", requests, 10_000, None, SOAK_CONCURRENCY)
+    await fuzz(
+        start_chatd,
+        unhandled,
+        "fuzzed requests",
+        requests,
+        10_000,
+        None,
+        SOAK_CONCURRENCY,
+        hostile=True,
+    )
 
 
 @pytest.mark.soak

@@ -7,6 +7,7 @@ from types import MappingProxyType
 import pytest
 
 from server.sessions.model import (
+    Blob,
     FunctionCall,
     GenerationConfig,
     Message,
@@ -15,6 +16,7 @@ from server.sessions.model import (
     Role,
     SessionSettings,
     ThinkingConfig,
+    ToolConfig,
     Usage,
 )
 from server.store import codec, rules
@@ -104,3 +106,36 @@ def test_microsecond_quantization_is_stable(seconds: float) -> None:
     once = rules.quantize_time(seconds)
     assert rules.quantize_time(once) == once
     assert rules.to_micros(once) == rules.to_micros(seconds)
+
+
+def test_request_settings_media_resolution_and_modality_usage_round_trip() -> None:
+    """Media resolution, service tier, tool_config and cached_content are kept with the
+    session; a part's media resolution and per-modality usage with the message."""
+    config = GenerationConfig(
+        thinking=ThinkingConfig(include_thoughts=True, thinking_level="XHIGH"),
+        media_resolution="MEDIA_RESOLUTION_LOW",
+        service_tier="flex",
+        tool_config=ToolConfig("ANY", ("a", "b")),
+        cached_content="cachedContents/c-1",
+    )
+    settings = SessionSettings(generation_config=config)
+    assert round_trip_settings(settings) == settings
+    assert (
+        round_trip_settings(
+            SessionSettings(generation_config=GenerationConfig(tool_config=ToolConfig()))
+        ).generation_config.tool_config
+        == ToolConfig()
+    )
+    message = Message(
+        Role.MODEL,
+        (Part(inline_data=Blob("image/png", b"\x00"), media_resolution="MEDIA_RESOLUTION_HIGH"),),
+        usage=Usage(
+            prompt_tokens=3,
+            prompt_details=(("TEXT", 1), ("IMAGE", 2)),
+            candidates_details=(("TEXT", 4),),
+            cache_details=(("TEXT", 1),),
+            tool_use_prompt_details=(("TEXT", 9),),
+            traffic_type="ON_DEMAND",
+        ),
+    )
+    assert round_trip_message(message) == message

@@ -154,3 +154,20 @@ async def test_label_filter_requires_every_label_and_pages(store: SessionStore) 
     # Tenant scoping applies to filtered listings too.
     other = SessionQuery(limit=10, labels={"env": "prod"})
     assert await store.list_sessions("another-tenant", other) == []
+
+
+async def test_the_largest_filter_and_cursor_the_api_allows_work(store: SessionStore) -> None:
+    """ListSessions admits up to 64 filter terms (keys of 63 characters, values of 256 with
+    quotes, backslashes and non-ASCII) and page-token cursors up to the year 5000 with
+    128-character ids: every backend answers such a query instead of failing."""
+    labels = {f"k{i:02d}" + "x" * 60: ('v"\\é' + f"{i:02d}") * 42 for i in range(64)}
+    assert all(len(k) == 63 and len(v) <= 256 for k, v in labels.items())
+    await store.create_session(new_session("all", labels=labels))
+    await store.create_session(new_session("some", labels=dict(list(labels.items())[:63])))
+    query = SessionQuery(limit=10, labels=labels)
+    assert [s.session_id for s in await store.list_sessions(TENANT, query)] == ["all"]
+    for order in SessionOrder:
+        for desc in (False, True):
+            far = SessionCursor(0.0 if desc else 1e11, "z" * 128)
+            query = SessionQuery(limit=10, order=order, descending=desc, after=far, labels=labels)
+            assert await store.list_sessions(TENANT, query) == []

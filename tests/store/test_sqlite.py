@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.sessions.errors import Conflict
+from server.startup import StartupError
 from server.store import SchemaTooNew, SqliteStore, rules, sqlite_sql
 from server.store.migrations import BOOTSTRAP, MIGRATIONS, Migration, pending
 from server.store.sqlite import _LAST_MESSAGES
@@ -73,8 +74,9 @@ async def test_a_database_from_a_newer_chatd_is_refused_untouched(db: str) -> No
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", (99,))
     conn.close()
-    with pytest.raises(SchemaTooNew, match="99"):
+    with pytest.raises(StartupError, match="99") as raised:
         await SqliteStore.open(db)
+    assert isinstance(raised.value.__cause__, SchemaTooNew)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (99,)
     conn.close()

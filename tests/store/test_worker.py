@@ -112,3 +112,22 @@ async def test_a_connect_error_surfaces_from_start(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="cannot open"):
         await thread.start()
     await thread.stop()
+
+
+async def test_a_job_failing_in_sqlite_itself_is_unavailable_alone(
+    writer: tuple[ConnectionThread, str],
+) -> None:
+    """An operational error (read-only file, full disk) is the storage failing: Unavailable,
+    never a raw sqlite3 error that would reach the caller as INTERNAL."""
+    thread, path = writer
+
+    def read_only(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    failed, kept = await asyncio.gather(
+        thread.submit(read_only), thread.submit(insert_parent(7)), return_exceptions=True
+    )
+    assert isinstance(failed, Unavailable)
+    assert "readonly" in str(failed)
+    assert kept == 7
+    assert parents(path) == [7]

@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from server.sessions.ports import ToolOutcome, ToolRunner
+from server.sessions.values import MAX_JSON_DEPTH
 from server.tools import ToolError, ToolRegistry, tool
 
 
@@ -223,3 +224,36 @@ async def test_cancelling_the_turn_cancels_the_call() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def _lists(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, MAX_JSON_DEPTH + 10, 5000])
+async def test_a_result_nested_past_the_limit_is_a_tool_error(depth: int) -> None:
+    """Stored as {"result": value}, a result may nest MAX_JSON_DEPTH - 1 levels; deeper ones
+    (even far past Python's recursion limit) answer the model with a tool error."""
+
+    @tool
+    def give() -> Any:
+        """Returns the value."""
+        return _lists(depth)
+
+    outcome = await ToolRegistry([give]).run("give", {})
+    assert outcome.is_error
+    assert "nests too deeply" in outcome.response["error"]
+    assert str(MAX_JSON_DEPTH) in outcome.response["error"]
+
+
+async def test_a_result_at_the_limit_is_kept() -> None:
+    @tool
+    def give() -> Any:
+        """Returns the value."""
+        return _lists(MAX_JSON_DEPTH - 1)
+
+    outcome = await ToolRegistry([give]).run("give", {})
+    assert outcome.response == {"result": _lists(MAX_JSON_DEPTH - 1)}

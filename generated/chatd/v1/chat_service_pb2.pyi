@@ -965,18 +965,26 @@ class CountTokensRequest(_message.Message):
     PARTS_FIELD_NUMBER: _builtins.int
     CONTENTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    SYSTEM_INSTRUCTION_FIELD_NUMBER: _builtins.int
+    FUNCTION_DECLARATIONS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session whose history is counted; empty counts `contents` alone."""
     text: _builtins.str
     """A candidate user message, as text or parts."""
     model: _builtins.str
     """Without a session: the model to count for."""
+    system_instruction: _builtins.str
+    """Without a session: the system instruction and caller function
+    declarations to count with `contents` (a session counts its own).
+    """
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.Part]: ...
     @_builtins.property
     def contents(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.Content]:
         """Without a session: the contents to count."""
 
+    @_builtins.property
+    def function_declarations(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.FunctionDeclaration]: ...
     def __init__(
         self,
         *,
@@ -985,10 +993,12 @@ class CountTokensRequest(_message.Message):
         parts: _abc.Iterable[_content_pb2.Part] | None = ...,
         contents: _abc.Iterable[_content_pb2.Content] | None = ...,
         model: _builtins.str = ...,
+        system_instruction: _builtins.str = ...,
+        function_declarations: _abc.Iterable[_session_pb2.FunctionDeclaration] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "model", b"model", "parts", b"parts", "session_id", b"session_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "function_declarations", b"function_declarations", "model", b"model", "parts", b"parts", "session_id", b"session_id", "system_instruction", b"system_instruction", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1060,12 +1070,33 @@ Global___CancelReplyResponse: _TypeAlias = CancelReplyResponse  # noqa: Y015
 class GenerateContentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     CONTENTS_FIELD_NUMBER: _builtins.int
     SYSTEM_INSTRUCTION_FIELD_NUMBER: _builtins.int
     GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
     FUNCTION_DECLARATIONS_FIELD_NUMBER: _builtins.int
     SAFETY_SETTINGS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Empty = the server's default model."""
     system_instruction: _builtins.str
@@ -1077,6 +1108,12 @@ class GenerateContentRequest(_message.Message):
     def function_declarations(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.FunctionDeclaration]: ...
     @_builtins.property
     def safety_settings(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SafetySetting]: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Request labels, sent upstream on Vertex AI when the server forwards
+        labels (see README); never stored.
+        """
+
     def __init__(
         self,
         *,
@@ -1086,10 +1123,11 @@ class GenerateContentRequest(_message.Message):
         generation_config: _session_pb2.GenerationConfig | None = ...,
         function_declarations: _abc.Iterable[_session_pb2.FunctionDeclaration] | None = ...,
         safety_settings: _abc.Iterable[_session_pb2.SafetySetting] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "labels", b"labels", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1157,12 +1195,33 @@ Global___GenerateContentResponse: _TypeAlias = GenerateContentResponse  # noqa: 
 class StreamGenerateContentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     CONTENTS_FIELD_NUMBER: _builtins.int
     SYSTEM_INSTRUCTION_FIELD_NUMBER: _builtins.int
     GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
     FUNCTION_DECLARATIONS_FIELD_NUMBER: _builtins.int
     SAFETY_SETTINGS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     system_instruction: _builtins.str
     @_builtins.property
@@ -1173,6 +1232,12 @@ class StreamGenerateContentRequest(_message.Message):
     def function_declarations(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.FunctionDeclaration]: ...
     @_builtins.property
     def safety_settings(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SafetySetting]: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Request labels, sent upstream on Vertex AI when the server forwards
+        labels (see README); never stored.
+        """
+
     def __init__(
         self,
         *,
@@ -1182,10 +1247,11 @@ class StreamGenerateContentRequest(_message.Message):
         generation_config: _session_pb2.GenerationConfig | None = ...,
         function_declarations: _abc.Iterable[_session_pb2.FunctionDeclaration] | None = ...,
         safety_settings: _abc.Iterable[_session_pb2.SafetySetting] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "function_declarations", b"function_declarations", "generation_config", b"generation_config", "labels", b"labels", "model", b"model", "safety_settings", b"safety_settings", "system_instruction", b"system_instruction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,6 +99,31 @@ FINISH_REASON_MAX_TOOL_ROUNDS: FinishReason.ValueType  # 102
 """chatd stopped the tool loop after the configured number of rounds."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _MediaResolution:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MediaResolutionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MediaResolution.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEDIA_RESOLUTION_UNSPECIFIED: _MediaResolution.ValueType  # 0
+    MEDIA_RESOLUTION_LOW: _MediaResolution.ValueType  # 1
+    MEDIA_RESOLUTION_MEDIUM: _MediaResolution.ValueType  # 2
+    MEDIA_RESOLUTION_HIGH: _MediaResolution.ValueType  # 3
+    MEDIA_RESOLUTION_ULTRA_HIGH: _MediaResolution.ValueType  # 4
+
+class MediaResolution(_MediaResolution, metaclass=_MediaResolutionEnumTypeWrapper):
+    """How finely the model tokenizes media: Gemini's MediaResolution. Per part
+    (Part.media_resolution, Gemini 3) every value applies; per request
+    (GenerationConfig.media_resolution) ULTRA_HIGH does not.
+    """
+
+MEDIA_RESOLUTION_UNSPECIFIED: MediaResolution.ValueType  # 0
+MEDIA_RESOLUTION_LOW: MediaResolution.ValueType  # 1
+MEDIA_RESOLUTION_MEDIUM: MediaResolution.ValueType  # 2
+MEDIA_RESOLUTION_HIGH: MediaResolution.ValueType  # 3
+MEDIA_RESOLUTION_ULTRA_HIGH: MediaResolution.ValueType  # 4
+Global___MediaResolution: _TypeAlias = MediaResolution  # noqa: Y015
+
 @_typing.final
 class Blob(_message.Message):
     """Raw bytes with their media type."""
@@ -225,11 +250,16 @@ class Part(_message.Message):
     FUNCTION_RESPONSE_FIELD_NUMBER: _builtins.int
     THOUGHT_FIELD_NUMBER: _builtins.int
     THOUGHT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    MEDIA_RESOLUTION_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     thought: _builtins.bool
     """The part is the model's reasoning rather than its answer."""
     thought_signature: _builtins.bytes
     """Opaque signature the model requires back byte-for-byte on later turns."""
+    media_resolution: Global___MediaResolution.ValueType
+    """For inline_data and file_data parts: the resolution the model reads this
+    media at, over the request's GenerationConfig.media_resolution (Gemini 3).
+    """
     @_builtins.property
     def inline_data(self) -> Global___Blob: ...
     @_builtins.property
@@ -248,10 +278,11 @@ class Part(_message.Message):
         function_response: Global___FunctionResponse | None = ...,
         thought: _builtins.bool = ...,
         thought_signature: _builtins.bytes = ...,
+        media_resolution: Global___MediaResolution.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_data", b"file_data", "function_call", b"function_call", "function_response", b"function_response", "inline_data", b"inline_data", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_data", b"file_data", "function_call", b"function_call", "function_response", b"function_response", "inline_data", b"inline_data", "text", b"text", "thought", b"thought", "thought_signature", b"thought_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file_data", b"file_data", "function_call", b"function_call", "function_response", b"function_response", "inline_data", b"inline_data", "media_resolution", b"media_resolution", "text", b"text", "thought", b"thought", "thought_signature", b"thought_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["text", "inline_data", "file_data", "function_call", "function_response"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
@@ -296,12 +327,33 @@ class UsageMetadata(_message.Message):
     THOUGHTS_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     CACHED_CONTENT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     TOOL_USE_PROMPT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
+    CANDIDATES_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
+    CACHE_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
+    TOOL_USE_PROMPT_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
+    TRAFFIC_TYPE_FIELD_NUMBER: _builtins.int
     prompt_token_count: _builtins.int
     candidates_token_count: _builtins.int
     total_token_count: _builtins.int
     thoughts_token_count: _builtins.int
     cached_content_token_count: _builtins.int
     tool_use_prompt_token_count: _builtins.int
+    traffic_type: _builtins.str
+    """How the request was billed (Vertex AI, e.g. "ON_DEMAND",
+    "PROVISIONED_THROUGHPUT"). Per model message only; not summed.
+    """
+    @_builtins.property
+    def prompt_tokens_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModalityTokenCount]:
+        """Token counts per modality. Summed by modality over a reply and a session."""
+
+    @_builtins.property
+    def candidates_tokens_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModalityTokenCount]: ...
+    @_builtins.property
+    def cache_tokens_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModalityTokenCount]:
+        """Of the prompt, what came from cached content."""
+
+    @_builtins.property
+    def tool_use_prompt_tokens_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModalityTokenCount]: ...
     def __init__(
         self,
         *,
@@ -311,14 +363,44 @@ class UsageMetadata(_message.Message):
         thoughts_token_count: _builtins.int = ...,
         cached_content_token_count: _builtins.int = ...,
         tool_use_prompt_token_count: _builtins.int = ...,
+        prompt_tokens_details: _abc.Iterable[Global___ModalityTokenCount] | None = ...,
+        candidates_tokens_details: _abc.Iterable[Global___ModalityTokenCount] | None = ...,
+        cache_tokens_details: _abc.Iterable[Global___ModalityTokenCount] | None = ...,
+        tool_use_prompt_tokens_details: _abc.Iterable[Global___ModalityTokenCount] | None = ...,
+        traffic_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_content_token_count", b"cached_content_token_count", "candidates_token_count", b"candidates_token_count", "prompt_token_count", b"prompt_token_count", "thoughts_token_count", b"thoughts_token_count", "tool_use_prompt_token_count", b"tool_use_prompt_token_count", "total_token_count", b"total_token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_tokens_details", b"cache_tokens_details", "cached_content_token_count", b"cached_content_token_count", "candidates_token_count", b"candidates_token_count", "candidates_tokens_details", b"candidates_tokens_details", "prompt_token_count", b"prompt_token_count", "prompt_tokens_details", b"prompt_tokens_details", "thoughts_token_count", b"thoughts_token_count", "tool_use_prompt_token_count", b"tool_use_prompt_token_count", "tool_use_prompt_tokens_details", b"tool_use_prompt_tokens_details", "total_token_count", b"total_token_count", "traffic_type", b"traffic_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageMetadata: _TypeAlias = UsageMetadata  # noqa: Y015
+
+@_typing.final
+class ModalityTokenCount(_message.Message):
+    """Tokens of one modality."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODALITY_FIELD_NUMBER: _builtins.int
+    TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    modality: _builtins.str
+    """Gemini's modality name: "TEXT", "IMAGE", "VIDEO", "AUDIO", "DOCUMENT"."""
+    token_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        modality: _builtins.str = ...,
+        token_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["modality", b"modality", "token_count", b"token_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModalityTokenCount: _TypeAlias = ModalityTokenCount  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):

@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63hatd/v1/session.proto\x12\x08\x63hatd.v1\x1a\x16\x63hatd/v1/content.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x02\n\x0eThinkingConfig\x12\x1d\n\x10include_thoughts\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1c\n\x0fthinking_budget\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12>\n\x0ethinking_level\x18\x03 \x01(\x0e\x32&.chatd.v1.ThinkingConfig.ThinkingLevel\"\x97\x01\n\rThinkingLevel\x12\x1e\n\x1aTHINKING_LEVEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16THINKING_LEVEL_MINIMAL\x10\x01\x12\x16\n\x12THINKING_LEVEL_LOW\x10\x02\x12\x19\n\x15THINKING_LEVEL_MEDIUM\x10\x03\x12\x17\n\x13THINKING_LEVEL_HIGH\x10\x04\x42\x13\n\x11_include_thoughtsB\x12\n\x10_thinking_budget\"\xcb\x03\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12\x1a\n\x12response_mime_type\x18\x07 \x01(\t\x12\x35\n\x14response_json_schema\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x08thinking\x18\t \x01(\x0b\x32\x18.chatd.v1.ThinkingConfig\x12\x1d\n\x10presence_penalty\x18\n \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0b \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x14\n\x12_max_output_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"9\n\rContextPolicy\x12\x14\n\x0cmax_messages\x18\x01 \x01(\x05\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\"e\n\x13\x46unctionDeclaration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"4\n\rSafetySetting\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\t\"\xf9\x06\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1a\n\x12system_instruction\x18\x03 \x01(\t\x12\x35\n\x11generation_config\x18\x04 \x01(\x0b\x32\x1a.chatd.v1.GenerationConfig\x12\r\n\x05tools\x18\x05 \x03(\t\x12<\n\x15\x66unction_declarations\x18\x06 \x03(\x0b\x32\x1d.chatd.v1.FunctionDeclaration\x12-\n\x06labels\x18\x07 \x03(\x0b\x32\x1d.chatd.v1.Session.LabelsEntry\x12\x14\n\x0c\x64isplay_name\x18\x08 \x01(\t\x12/\n\x0e\x63ontext_policy\x18\t \x01(\x0b\x32\x17.chatd.v1.ContextPolicy\x12\x30\n\x0fsafety_settings\x18\n \x03(\x0b\x32\x17.chatd.v1.SafetySetting\x12\x31\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x0c \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x0f \x01(\x03\x12&\n\x05usage\x18\x10 \x01(\x0b\x32\x17.chatd.v1.UsageMetadata\x12&\n\x05state\x18\x11 \x01(\x0e\x32\x17.chatd.v1.Session.State\x12\x32\n\x12pending_tool_calls\x18\x12 \x03(\x0b\x32\x16.chatd.v1.FunctionCall\x12\x0c\n\x04\x65tag\x18\x13 \x01(\t\x12\x0b\n\x03uid\x18\x14 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x1f\n\x1bSTATE_AWAITING_TOOL_RESULTS\x10\x02\x42\x0c\n\nexpiration\"\xd0\x01\n\x0fSessionDocument\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\x05\x12\"\n\x07session\x18\x02 \x01(\x0b\x32\x11.chatd.v1.Session\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.chatd.v1.Message\x12/\n\x0b\x65xport_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x0cpending_turn\x18\x05 \x01(\x0b\x32\x15.chatd.v1.PendingTurn\"\x9d\x01\n\x0bPendingTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x18\n\x10\x66irst_message_id\x18\x02 \x01(\t\x12\x0e\n\x06rounds\x18\x03 \x01(\x05\x12%\n\x05\x63\x61lls\x18\x04 \x03(\x0b\x32\x16.chatd.v1.FunctionCall\x12,\n\x08\x61nswered\x18\x05 \x03(\x0b\x32\x1a.chatd.v1.FunctionResponse\"V\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Structb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63hatd/v1/session.proto\x12\x08\x63hatd.v1\x1a\x16\x63hatd/v1/content.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x02\n\x0eThinkingConfig\x12\x1d\n\x10include_thoughts\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1c\n\x0fthinking_budget\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12>\n\x0ethinking_level\x18\x03 \x01(\x0e\x32&.chatd.v1.ThinkingConfig.ThinkingLevel\"\xb1\x01\n\rThinkingLevel\x12\x1e\n\x1aTHINKING_LEVEL_UNSPECIFIED\x10\x00\x12\x1a\n\x16THINKING_LEVEL_MINIMAL\x10\x01\x12\x16\n\x12THINKING_LEVEL_LOW\x10\x02\x12\x19\n\x15THINKING_LEVEL_MEDIUM\x10\x03\x12\x17\n\x13THINKING_LEVEL_HIGH\x10\x04\x12\x18\n\x14THINKING_LEVEL_XHIGH\x10\x05\x42\x13\n\x11_include_thoughtsB\x12\n\x10_thinking_budget\"\xfb\x05\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1e\n\x11max_output_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12\x1a\n\x12response_mime_type\x18\x07 \x01(\t\x12\x35\n\x14response_json_schema\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x08thinking\x18\t \x01(\x0b\x32\x18.chatd.v1.ThinkingConfig\x12\x1d\n\x10presence_penalty\x18\n \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0b \x01(\x02H\x06\x88\x01\x01\x12\x33\n\x10media_resolution\x18\x0c \x01(\x0e\x32\x19.chatd.v1.MediaResolution\x12<\n\x0cservice_tier\x18\r \x01(\x0e\x32&.chatd.v1.GenerationConfig.ServiceTier\x12)\n\x0btool_config\x18\x0e \x01(\x0b\x32\x14.chatd.v1.ToolConfig\x12\x16\n\x0e\x63\x61\x63hed_content\x18\x0f \x01(\t\"x\n\x0bServiceTier\x12\x1c\n\x18SERVICE_TIER_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVICE_TIER_STANDARD\x10\x01\x12\x15\n\x11SERVICE_TIER_FLEX\x10\x02\x12\x19\n\x15SERVICE_TIER_PRIORITY\x10\x03\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x14\n\x12_max_output_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"\xb3\x01\n\nToolConfig\x12\'\n\x04mode\x18\x01 \x01(\x0e\x32\x19.chatd.v1.ToolConfig.Mode\x12\x1e\n\x16\x61llowed_function_names\x18\x02 \x03(\t\"\\\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_AUTO\x10\x01\x12\x0c\n\x08MODE_ANY\x10\x02\x12\r\n\tMODE_NONE\x10\x03\x12\x12\n\x0eMODE_VALIDATED\x10\x04\"9\n\rContextPolicy\x12\x14\n\x0cmax_messages\x18\x01 \x01(\x05\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\"e\n\x13\x46unctionDeclaration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"4\n\rSafetySetting\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\t\"\xf9\x06\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1a\n\x12system_instruction\x18\x03 \x01(\t\x12\x35\n\x11generation_config\x18\x04 \x01(\x0b\x32\x1a.chatd.v1.GenerationConfig\x12\r\n\x05tools\x18\x05 \x03(\t\x12<\n\x15\x66unction_declarations\x18\x06 \x03(\x0b\x32\x1d.chatd.v1.FunctionDeclaration\x12-\n\x06labels\x18\x07 \x03(\x0b\x32\x1d.chatd.v1.Session.LabelsEntry\x12\x14\n\x0c\x64isplay_name\x18\x08 \x01(\t\x12/\n\x0e\x63ontext_policy\x18\t \x01(\x0b\x32\x17.chatd.v1.ContextPolicy\x12\x30\n\x0fsafety_settings\x18\n \x03(\x0b\x32\x17.chatd.v1.SafetySetting\x12\x31\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12(\n\x03ttl\x18\x0c \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x0f \x01(\x03\x12&\n\x05usage\x18\x10 \x01(\x0b\x32\x17.chatd.v1.UsageMetadata\x12&\n\x05state\x18\x11 \x01(\x0e\x32\x17.chatd.v1.Session.State\x12\x32\n\x12pending_tool_calls\x18\x12 \x03(\x0b\x32\x16.chatd.v1.FunctionCall\x12\x0c\n\x04\x65tag\x18\x13 \x01(\t\x12\x0b\n\x03uid\x18\x14 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x1f\n\x1bSTATE_AWAITING_TOOL_RESULTS\x10\x02\x42\x0c\n\nexpiration\"\xd0\x01\n\x0fSessionDocument\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\x05\x12\"\n\x07session\x18\x02 \x01(\x0b\x32\x11.chatd.v1.Session\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.chatd.v1.Message\x12/\n\x0b\x65xport_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x0cpending_turn\x18\x05 \x01(\x0b\x32\x15.chatd.v1.PendingTurn\"\x9d\x01\n\x0bPendingTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x18\n\x10\x66irst_message_id\x18\x02 \x01(\t\x12\x0e\n\x06rounds\x18\x03 \x01(\x05\x12%\n\x05\x63\x61lls\x18\x04 \x03(\x0b\x32\x16.chatd.v1.FunctionCall\x12,\n\x08\x61nswered\x18\x05 \x03(\x0b\x32\x1a.chatd.v1.FunctionResponse\"V\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Structb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION_LABELSENTRY']._loaded_options = None
   _globals['_SESSION_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_THINKINGCONFIG']._serialized_start=156
-  _globals['_THINKINGCONFIG']._serialized_end=492
+  _globals['_THINKINGCONFIG']._serialized_end=518
   _globals['_THINKINGCONFIG_THINKINGLEVEL']._serialized_start=300
-  _globals['_THINKINGCONFIG_THINKINGLEVEL']._serialized_end=451
-  _globals['_GENERATIONCONFIG']._serialized_start=495
-  _globals['_GENERATIONCONFIG']._serialized_end=954
-  _globals['_CONTEXTPOLICY']._serialized_start=956
-  _globals['_CONTEXTPOLICY']._serialized_end=1013
-  _globals['_FUNCTIONDECLARATION']._serialized_start=1015
-  _globals['_FUNCTIONDECLARATION']._serialized_end=1116
-  _globals['_SAFETYSETTING']._serialized_start=1118
-  _globals['_SAFETYSETTING']._serialized_end=1170
-  _globals['_SESSION']._serialized_start=1173
-  _globals['_SESSION']._serialized_end=2062
-  _globals['_SESSION_LABELSENTRY']._serialized_start=1920
-  _globals['_SESSION_LABELSENTRY']._serialized_end=1965
-  _globals['_SESSION_STATE']._serialized_start=1967
-  _globals['_SESSION_STATE']._serialized_end=2048
-  _globals['_SESSIONDOCUMENT']._serialized_start=2065
-  _globals['_SESSIONDOCUMENT']._serialized_end=2273
-  _globals['_PENDINGTURN']._serialized_start=2276
-  _globals['_PENDINGTURN']._serialized_end=2433
-  _globals['_TOOL']._serialized_start=2435
-  _globals['_TOOL']._serialized_end=2521
+  _globals['_THINKINGCONFIG_THINKINGLEVEL']._serialized_end=477
+  _globals['_GENERATIONCONFIG']._serialized_start=521
+  _globals['_GENERATIONCONFIG']._serialized_end=1284
+  _globals['_GENERATIONCONFIG_SERVICETIER']._serialized_start=1054
+  _globals['_GENERATIONCONFIG_SERVICETIER']._serialized_end=1174
+  _globals['_TOOLCONFIG']._serialized_start=1287
+  _globals['_TOOLCONFIG']._serialized_end=1466
+  _globals['_TOOLCONFIG_MODE']._serialized_start=1374
+  _globals['_TOOLCONFIG_MODE']._serialized_end=1466
+  _globals['_CONTEXTPOLICY']._serialized_start=1468
+  _globals['_CONTEXTPOLICY']._serialized_end=1525
+  _globals['_FUNCTIONDECLARATION']._serialized_start=1527
+  _globals['_FUNCTIONDECLARATION']._serialized_end=1628
+  _globals['_SAFETYSETTING']._serialized_start=1630
+  _globals['_SAFETYSETTING']._serialized_end=1682
+  _globals['_SESSION']._serialized_start=1685
+  _globals['_SESSION']._serialized_end=2574
+  _globals['_SESSION_LABELSENTRY']._serialized_start=2432
+  _globals['_SESSION_LABELSENTRY']._serialized_end=2477
+  _globals['_SESSION_STATE']._serialized_start=2479
+  _globals['_SESSION_STATE']._serialized_end=2560
+  _globals['_SESSIONDOCUMENT']._serialized_start=2577
+  _globals['_SESSIONDOCUMENT']._serialized_end=2785
+  _globals['_PENDINGTURN']._serialized_start=2788
+  _globals['_PENDINGTURN']._serialized_end=2945
+  _globals['_TOOL']._serialized_start=2947
+  _globals['_TOOL']._serialized_end=3033
 # @@protoc_insertion_point(module_scope)

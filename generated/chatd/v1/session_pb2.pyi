@@ -25,7 +25,12 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ThinkingConfig(_message.Message):
-    """How much the model thinks before answering."""
+    """How much the model thinks before answering.
+
+    A budget and a level are exclusive (Gemini refuses both in one request):
+    set one. A per-turn level replaces the session's budget and a per-turn
+    budget the session's level.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -40,6 +45,7 @@ class ThinkingConfig(_message.Message):
         THINKING_LEVEL_LOW: ThinkingConfig._ThinkingLevel.ValueType  # 2
         THINKING_LEVEL_MEDIUM: ThinkingConfig._ThinkingLevel.ValueType  # 3
         THINKING_LEVEL_HIGH: ThinkingConfig._ThinkingLevel.ValueType  # 4
+        THINKING_LEVEL_XHIGH: ThinkingConfig._ThinkingLevel.ValueType  # 5
 
     class ThinkingLevel(_ThinkingLevel, metaclass=_ThinkingLevelEnumTypeWrapper): ...
     THINKING_LEVEL_UNSPECIFIED: ThinkingConfig.ThinkingLevel.ValueType  # 0
@@ -47,6 +53,7 @@ class ThinkingConfig(_message.Message):
     THINKING_LEVEL_LOW: ThinkingConfig.ThinkingLevel.ValueType  # 2
     THINKING_LEVEL_MEDIUM: ThinkingConfig.ThinkingLevel.ValueType  # 3
     THINKING_LEVEL_HIGH: ThinkingConfig.ThinkingLevel.ValueType  # 4
+    THINKING_LEVEL_XHIGH: ThinkingConfig.ThinkingLevel.ValueType  # 5
 
     INCLUDE_THOUGHTS_FIELD_NUMBER: _builtins.int
     THINKING_BUDGET_FIELD_NUMBER: _builtins.int
@@ -84,6 +91,25 @@ class GenerationConfig(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _ServiceTier:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ServiceTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GenerationConfig._ServiceTier.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SERVICE_TIER_UNSPECIFIED: GenerationConfig._ServiceTier.ValueType  # 0
+        SERVICE_TIER_STANDARD: GenerationConfig._ServiceTier.ValueType  # 1
+        SERVICE_TIER_FLEX: GenerationConfig._ServiceTier.ValueType  # 2
+        SERVICE_TIER_PRIORITY: GenerationConfig._ServiceTier.ValueType  # 3
+
+    class ServiceTier(_ServiceTier, metaclass=_ServiceTierEnumTypeWrapper):
+        """Gemini's pricing and latency tier."""
+
+    SERVICE_TIER_UNSPECIFIED: GenerationConfig.ServiceTier.ValueType  # 0
+    SERVICE_TIER_STANDARD: GenerationConfig.ServiceTier.ValueType  # 1
+    SERVICE_TIER_FLEX: GenerationConfig.ServiceTier.ValueType  # 2
+    SERVICE_TIER_PRIORITY: GenerationConfig.ServiceTier.ValueType  # 3
+
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
@@ -95,6 +121,10 @@ class GenerationConfig(_message.Message):
     THINKING_FIELD_NUMBER: _builtins.int
     PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    MEDIA_RESOLUTION_FIELD_NUMBER: _builtins.int
+    SERVICE_TIER_FIELD_NUMBER: _builtins.int
+    TOOL_CONFIG_FIELD_NUMBER: _builtins.int
+    CACHED_CONTENT_FIELD_NUMBER: _builtins.int
     temperature: _builtins.float
     top_p: _builtins.float
     top_k: _builtins.int
@@ -103,6 +133,15 @@ class GenerationConfig(_message.Message):
     response_mime_type: _builtins.str
     presence_penalty: _builtins.float
     frequency_penalty: _builtins.float
+    media_resolution: _content_pb2.MediaResolution.ValueType
+    """Default resolution of media parts (not ULTRA_HIGH, which is per part)."""
+    service_tier: Global___GenerationConfig.ServiceTier.ValueType
+    cached_content: _builtins.str
+    """An explicit cache to read the prompt prefix from: "cachedContents/ID"
+    (Vertex AI: "projects/P/locations/L/cachedContents/ID"). The cache holds
+    the system instruction and tools itself, so a session using one sets
+    neither.
+    """
     @_builtins.property
     def stop_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -113,6 +152,12 @@ class GenerationConfig(_message.Message):
 
     @_builtins.property
     def thinking(self) -> Global___ThinkingConfig: ...
+    @_builtins.property
+    def tool_config(self) -> Global___ToolConfig:
+        """How the model may call functions. A per-turn tool_config replaces the
+        session's as a whole.
+        """
+
     def __init__(
         self,
         *,
@@ -127,10 +172,14 @@ class GenerationConfig(_message.Message):
         thinking: Global___ThinkingConfig | None = ...,
         presence_penalty: _builtins.float | None = ...,
         frequency_penalty: _builtins.float | None = ...,
+        media_resolution: _content_pb2.MediaResolution.ValueType = ...,
+        service_tier: Global___GenerationConfig.ServiceTier.ValueType = ...,
+        tool_config: Global___ToolConfig | None = ...,
+        cached_content: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "response_json_schema", b"response_json_schema", "seed", b"seed", "temperature", b"temperature", "thinking", b"thinking", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "response_json_schema", b"response_json_schema", "seed", b"seed", "temperature", b"temperature", "thinking", b"thinking", "tool_config", b"tool_config", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "response_json_schema", b"response_json_schema", "response_mime_type", b"response_mime_type", "seed", b"seed", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "thinking", b"thinking", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "cached_content", b"cached_content", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "media_resolution", b"media_resolution", "presence_penalty", b"presence_penalty", "response_json_schema", b"response_json_schema", "response_mime_type", b"response_mime_type", "seed", b"seed", "service_tier", b"service_tier", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "thinking", b"thinking", "tool_config", b"tool_config", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
@@ -162,6 +211,62 @@ class GenerationConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___GenerationConfig: _TypeAlias = GenerationConfig  # noqa: Y015
+
+@_typing.final
+class ToolConfig(_message.Message):
+    """Gemini's function-calling config. chatd's own round limit still sends mode
+    NONE on the call after the last tool round.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Mode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ToolConfig._Mode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        MODE_UNSPECIFIED: ToolConfig._Mode.ValueType  # 0
+        MODE_AUTO: ToolConfig._Mode.ValueType  # 1
+        """The model chooses between answering and calling."""
+        MODE_ANY: ToolConfig._Mode.ValueType  # 2
+        """The model must call a function."""
+        MODE_NONE: ToolConfig._Mode.ValueType  # 3
+        """The model must not call functions."""
+        MODE_VALIDATED: ToolConfig._Mode.ValueType  # 4
+        """Calls are constrained to the declared schemas; the model may answer."""
+
+    class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+    MODE_UNSPECIFIED: ToolConfig.Mode.ValueType  # 0
+    MODE_AUTO: ToolConfig.Mode.ValueType  # 1
+    """The model chooses between answering and calling."""
+    MODE_ANY: ToolConfig.Mode.ValueType  # 2
+    """The model must call a function."""
+    MODE_NONE: ToolConfig.Mode.ValueType  # 3
+    """The model must not call functions."""
+    MODE_VALIDATED: ToolConfig.Mode.ValueType  # 4
+    """Calls are constrained to the declared schemas; the model may answer."""
+
+    MODE_FIELD_NUMBER: _builtins.int
+    ALLOWED_FUNCTION_NAMES_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolConfig.Mode.ValueType
+    @_builtins.property
+    def allowed_function_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With MODE_ANY or MODE_VALIDATED: the functions the model may call."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolConfig.Mode.ValueType = ...,
+        allowed_function_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_function_names", b"allowed_function_names", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolConfig: _TypeAlias = ToolConfig  # noqa: Y015
 
 @_typing.final
 class ContextPolicy(_message.Message):

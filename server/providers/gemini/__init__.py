@@ -6,6 +6,7 @@ Only this package imports google.genai.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 import httpx2
 import pydantic
 from google import genai
+from google.genai import _common, types
 from google.genai import errors as genai_errors
-from google.genai import types
+from google.genai import models as sdk_models
 
 from server.providers.gemini.convert import to_chunk, to_config, to_contents
 from server.providers.gemini.upstream import map_api_error, map_transport_error
@@ -40,6 +42,9 @@ class GeminiSettings:
     retry_max_delay: float = 8.0
     # The SDK's default jitter adds up to a whole second to every retry.
     retry_jitter: float = 0.25
+    # Send a session's labels as Vertex AI request labels (those that follow Google Cloud's
+    # label rules); the Gemini Developer API takes no request labels.
+    forward_labels: bool = False
 
 
 class GeminiProvider:
@@ -63,8 +68,10 @@ class GeminiProvider:
             retry_options=retry,
             httpx_async_client=self._http,
         )
+        # Vertex AI takes an API key only in express mode, without a project.
+        express = settings.vertexai and settings.project is None
         self._client = genai.Client(
-            api_key=None if settings.vertexai else settings.api_key,
+            api_key=settings.api_key if express or not settings.vertexai else None,
             vertexai=settings.vertexai or None,
             project=settings.project,
             location=settings.location,
@@ -81,7 +88,12 @@ class GeminiProvider:
 
     def _config(self, request: ModelRequest) -> types.GenerateContentConfig:
         try:
-            return to_config(request, self._settings.timeout)
+            return to_config(
+                request,
+                self._settings.timeout,
+                vertex=self._settings.vertexai,
+                forward_labels=self._settings.forward_labels,
+            )
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ()))
@@ -104,7 +116,7 @@ class GeminiProvider:
         with _upstream_errors(request.model):
             async with asyncio.timeout_at(deadline):
                 responses = await self._client.aio.models.generate_content_stream(
-                    model=request.model, contents=to_contents(request.contents), config=config
+                    model=request.model, contents=self._contents(request), config=config
                 )
             iterator = aiter(responses)
             while True:
@@ -116,18 +128,64 @@ class GeminiProvider:
                     return
                 yield to_chunk(response)
 
+    def _contents(self, request: ModelRequest) -> list[types.Content]:
+        return to_contents(request.contents, request.model, vertex=self._settings.vertexai)
+
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
-        """The model's own count of `contents` (the Gemini API counts nothing else)."""
+        """The model's own count of what a generate call for `request` sends: contents,
+        system instruction and function declarations."""
+        config = self._config(request)
         with _upstream_errors(request.model):
             async with asyncio.timeout_at(self._deadline(request)):
-                result = await self._client.aio.models.count_tokens(
-                    model=request.model, contents=to_contents(request.contents)
+                if self._settings.vertexai:
+                    # Vertex AI's countTokens takes the instruction and tools beside contents.
+                    counted = types.CountTokensConfig(
+                        system_instruction=config.system_instruction,
+                        tools=config.tools,  # type: ignore[arg-type]
+                        http_options=config.http_options,
+                    )
+                    result = await self._client.aio.models.count_tokens(
+                        model=request.model, contents=self._contents(request), config=counted
+                    )
+                    return TokenCount(result.total_tokens or 0, estimated=False)
+                total = await count_generate_request(
+                    self._client, request.model, self._contents(request), config
                 )
-        return TokenCount(result.total_tokens or 0, estimated=False)
+        return TokenCount(total, estimated=False)
 
     async def close(self) -> None:
         await self._client.aio.aclose()
         await self._http.aclose()
+
+
+async def count_generate_request(
+    client: genai.Client,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> int:
+    """countTokens on the Gemini API with a `generateContentRequest` body, which counts
+    exactly what generateContent would be sent, system instruction and tools included
+    (https://ai.google.dev/api/tokens#method:-models.counttokens).
+
+    google-genai's public count_tokens refuses system_instruction and tools on the Gemini
+    API, so this is chatd's one use of the SDK's non-public surface: the generate request is
+    built by `models._GenerateContentParameters_to_mldev` (the code generate_content itself
+    uses) and posted through `BaseApiClient.async_request`, keeping the SDK's transport,
+    credentials, retries and error mapping. tests/test_gemini_provider.py pins the body.
+    """
+    api = client.aio._api_client
+    parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    body = sdk_models._GenerateContentParameters_to_mldev(api, parameters, None, parameters)
+    inner = {k: v for k, v in body.items() if not k.startswith("_") and k != "config"}
+    inner["model"] = body["_url"]["model"]
+    payload = _common.encode_unserializable_types(
+        _common.convert_to_dict({"generateContentRequest": inner})
+    )
+    response = await api.async_request(
+        "post", f"{inner['model']}:countTokens", payload, config.http_options
+    )
+    return int((json.loads(response.body) if response.body else {}).get("totalTokens", 0))
 
 
 @contextmanager

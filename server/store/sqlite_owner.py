@@ -1,0 +1,206 @@
+"""The owner file `<db>.lock`: one chatd per SQLite file, and what its WAL must look like.
+
+Why a lock at all: every chatd keeps a write-through cache of the sessions it serves, so
+two processes on one file each serve their own stale copy (deleted sessions come back, a
+turn through one overwrites settings written through the other). chatd therefore refuses
+a second process instead of trying to make two caches agree; several replicas are what
+PostgreSQL is for.
+
+Why flock on a side file: the lock has to be taken before SQLite opens the database or
+replays its WAL, and must not interfere with SQLite's own POSIX byte-range locks on the
+database file (closing any descriptor of a file drops every POSIX lock the process holds
+on it; flock has no such trap). The kernel drops a flock when its holder dies, even by
+kill -9, so a stale file never blocks a restart. flock belongs to one open file
+description: a second SqliteStore on the same file in the same process is refused too,
+which is right for the same reason (two caches).
+
+The file also holds a small JSON record, rewritten in place at a fixed size: who holds
+the lock (pid, host, start time, resolved database path), the header of the WAL chatd is
+writing (salts and checkpoint sequence) and a fingerprint of the database file (inode,
+size, mtime) taken while chatd knows the file is not changing. sqlite_wal uses it to
+refuse a WAL that does not belong to the database before SQLite could replay it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.startup import StartupError
+
+_RECORD_BLOCK = 1024  # the record is padded to a multiple of this and never shrinks
+
+
+@dataclass(frozen=True, slots=True)
+class WalHeader:
+    """The identity fields of a WAL header: checkpoint sequence and the two salts."""
+
+    checkpoint: int
+    salt1: int
+    salt2: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What changes when the database file is replaced or written: inode, size, mtime."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> Fingerprint | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRecord:
+    """The last state the owner recorded. `wal` None: no WAL was in use. `opening`: chatd
+    was opening the database, so a WAL SQLite started from nothing (checkpoint sequence 0)
+    may have appeared since. `database` None: the database file may have been changing
+    (chatd was checkpointing, opening or closing), so it proves nothing."""
+
+    wal: WalHeader | None
+    database: Fingerprint | None
+    opening: bool = False
+
+
+def _holder_text(record: dict[str, Any] | None) -> str:
+    if not record or "pid" not in record:
+        return "another process (it holds the lock; its record is unreadable)"
+    return (
+        f"chatd pid {record.get('pid')} on host {record.get('host')!s}"
+        f" since {record.get('started')!s}"
+    )
+
+
+def _read_json(fd: int) -> dict[str, Any] | None:
+    raw = os.pread(fd, 1 << 16, 0)
+    try:
+        value = json.loads(raw.decode().strip() or "null")
+    except ValueError:  # a torn or foreign file: no record
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_record(raw: dict[str, Any] | None) -> OwnerRecord | None:
+    if raw is None or "database" not in raw or "wal" not in raw or raw.get("known") is False:
+        return None
+    try:
+        wal = None if raw["wal"] is None else WalHeader(*(int(v) for v in raw["wal"]))
+        db = None if raw["database"] is None else Fingerprint(*(int(v) for v in raw["database"]))
+    except (TypeError, ValueError):
+        return None
+    return OwnerRecord(wal, db, raw.get("opening") is True)
+
+
+class OwnerLock:
+    """An exclusive flock on `<db>.lock`, held until release(), with the owner record."""
+
+    def __init__(self, fd: int, path: Path, database: Path, previous: OwnerRecord | None) -> None:
+        self._fd: int | None = fd
+        self.path = path
+        self._database = database
+        self.previous = previous  # what the last owner recorded, None when nothing usable
+        self._size = 0
+        self._holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "path": str(database),
+        }
+
+    @classmethod
+    def acquire(cls, database: Path) -> OwnerLock:
+        """Locks `<database>.lock` or raises StartupError naming the process holding it."""
+        path = database.with_name(database.name + ".lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StartupError(
+                str(database),
+                f"cannot open or create its lock file {path}: {exc.strerror}",
+                "chatd needs read and write access to the database's directory and the files"
+                " in it (it keeps the lock file, the -wal and the -shm file there)",
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_json(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StartupError(
+                    str(database),
+                    f"cannot lock {path}: {exc.strerror}",
+                    "keep the database on a local file system that supports flock",
+                ) from exc
+            raise StartupError(
+                str(database),
+                f"already in use by {_holder_text(holder)} (lock file {path})",
+                "stop that chatd first, or give this one another database file;"
+                " several replicas need PostgreSQL",
+            ) from exc
+        previous = _parse_record(_read_json(fd))
+        lock = cls(fd, path, database, previous)
+        lock._size = os.fstat(fd).st_size  # every rewrite covers the previous owner's record
+        try:
+            # Name the new holder at once, keeping what the previous owner recorded about
+            # the files until they are checked: a refused second process reads this.
+            if previous is None:
+                lock.record(None, None, known=False)
+            else:
+                lock.record(previous.wal, previous.database, opening=previous.opening)
+        except OSError as exc:
+            lock.release()
+            raise StartupError(
+                str(database),
+                f"cannot write its lock file {path}: {exc.strerror}",
+                "free space on its file system, or make the lock file writable",
+            ) from exc
+        return lock
+
+    def record(
+        self,
+        wal: WalHeader | None,
+        database: Fingerprint | None,
+        *,
+        opening: bool = False,
+        known: bool = True,
+    ) -> None:
+        """Rewrites the record in place and syncs it, so it survives a crash. `known=False`
+        names the holder only: the files' state is still unknown (no usable record)."""
+        if self._fd is None:
+            return
+        body = {
+            **self._holder,
+            "wal": None if wal is None else [wal.checkpoint, wal.salt1, wal.salt2],
+            "database": None
+            if database is None
+            else [database.inode, database.size, database.mtime_ns],
+            "opening": opening,
+            "known": known,
+        }
+        data = json.dumps(body).encode()
+        self._size = max(self._size, -(-(len(data) + 1) // _RECORD_BLOCK) * _RECORD_BLOCK)
+        os.pwrite(self._fd, data.ljust(self._size - 1) + b"\n", 0)
+        os.fsync(self._fd)
+
+    def release(self) -> None:
+        """Drops the lock (closing the descriptor releases the flock). The file stays:
+        unlinking it would let a process that opened it just before lock a dead inode."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
