@@ -196,3 +196,19 @@ async def test_a_bad_message_deep_in_a_long_document_is_named_by_its_place(chatd
     assert violation.field == "document.messages[4501]"
     assert "function calls" in violation.description
     assert await session_ids(chatd) == set()
+
+
+async def test_a_message_over_the_limits_deep_in_a_long_document_is_named_by_its_place(
+    chatd: Chatd,
+) -> None:
+    requests = list(rich_document(4600, 10))
+    for request in requests:
+        for message in request.document.messages:
+            if message.message_id == "2345":
+                message.turn_id = "turn\x00"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.StreamImportSession(iter(requests))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violation = rich_details(err.value)["BadRequest"].field_violations[0]
+    assert violation.field == "document.messages[2345].turn_id"
+    assert await session_ids(chatd) == set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -19,7 +18,7 @@ from server.sessions.ids import (
     new_turn_id,
 )
 from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
-from server.sessions.pacing import Pacer
+from server.sessions.pacing import CHECK_SLICE, GIL_BREAK_SECONDS, Pacer, shifted
 from server.sessions.ports import RequestRecord, SessionStore
 from server.sessions.wellformed import check_history
 from server.sessions.writes import complete
@@ -35,21 +34,7 @@ class SessionDocument:
     messages: tuple[Message, ...]
 
 
-# Messages of an imported history checked per slice (about 4 ms of the event loop).
-_CHECK_SLICE = 2000
 _FIELD = "document.messages"
-
-
-def _shifted(exc: InvalidArgument, offset: int) -> InvalidArgument:
-    """`exc` of a slice starting at message `offset`, naming the message's place in the
-    whole document."""
-    violation = exc.violations[0]
-    field = re.sub(
-        rf"^{re.escape(_FIELD)}\[(\d+)\]",
-        lambda m: f"{_FIELD}[{int(m.group(1)) + offset}]",
-        violation.field,
-    )
-    return InvalidArgument(field, violation.description, reason=exc.reason)
 
 
 async def _check_document(messages: Sequence[Message], open_calls_allowed: bool) -> None:
@@ -61,17 +46,17 @@ async def _check_document(messages: Sequence[Message], open_calls_allowed: bool)
             raise InvalidArgument(f"{_FIELD}[{i}].message_id", "message ids must increase")
         await pacer.tick()
     previous = None
-    for start in range(0, len(messages), _CHECK_SLICE):
-        chunk = messages[start : start + _CHECK_SLICE]
-        last = start + _CHECK_SLICE >= len(messages)
+    for start in range(0, len(messages), CHECK_SLICE):
+        chunk = messages[start : start + CHECK_SLICE]
+        last = start + CHECK_SLICE >= len(messages)
         try:
             check_history(
                 chunk, _FIELD, previous, open_calls_allowed=open_calls_allowed or not last
             )
         except InvalidArgument as exc:
-            raise _shifted(exc, start) from None
+            raise shifted(exc, _FIELD, start) from None
         previous = chunk[-1]
-        await asyncio.sleep(0)
+        await asyncio.sleep(GIL_BREAK_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)

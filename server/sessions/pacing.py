@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
+
+from server.sessions.errors import InvalidArgument
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,3 +96,32 @@ async def paced_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         out.append(fn(item))
         await pacer.tick()
     return out
+
+
+# Items checked per slice by check_in_slices (a few ms for messages).
+CHECK_SLICE = 2000
+
+
+def shifted(exc: InvalidArgument, field: str, offset: int) -> InvalidArgument:
+    """`exc`, raised for a slice of `field` starting at `offset`, naming the item's place
+    in the whole sequence."""
+    violation = exc.violations[0]
+    renamed = re.sub(
+        rf"^{re.escape(field)}\[(\d+)\]",
+        lambda m: f"{field}[{int(m.group(1)) + offset}]",
+        violation.field,
+    )
+    return InvalidArgument(renamed, violation.description, reason=exc.reason)
+
+
+async def check_in_slices(
+    check: Callable[[Sequence[T], str], None], items: Sequence[T], field: str
+) -> None:
+    """check(items, field) for a check that looks at each item alone, a slice at a time,
+    yielding between slices; an error names the item's index in the whole sequence."""
+    for start in range(0, len(items), CHECK_SLICE):
+        try:
+            check(items[start : start + CHECK_SLICE], field)
+        except InvalidArgument as exc:
+            raise shifted(exc, field, start) from None
+        await asyncio.sleep(GIL_BREAK_SECONDS)
