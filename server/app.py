@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
 from server.config import Settings
+from server.malloc import Trimmer
 from server.metrics import (
     InstrumentedProvider,
     InstrumentedStore,
@@ -24,7 +25,7 @@ from server.metrics import (
 )
 from server.providers.echo import NOTICE, EchoProvider
 from server.redact import redact_url
-from server.rpc.guards import ApiKeys, RateLimiter, StreamSlots, parse_keys
+from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots, parse_keys
 from server.rpc.interceptors import Admission, ErrorsAndLogging
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import ChatdError
@@ -100,7 +101,8 @@ def build_tools(settings: Settings) -> ToolRunner:
 
 
 def build_admission(settings: Settings) -> Admission:
-    """API keys (from CHATD_API_KEYS and CHATD_API_KEYS_FILE), rate limits, stream slots."""
+    """API keys (from CHATD_API_KEYS and CHATD_API_KEYS_FILE), rate limits, stream slots,
+    and the byte budget of large requests (memory handed back once they are done)."""
     keys: dict[str, str] = {}
     try:
         if settings.api_keys:
@@ -122,7 +124,12 @@ def build_admission(settings: Settings) -> Admission:
     return Admission(
         ApiKeys(keys),
         RateLimiter(settings.rate_limit, max(settings.rate_burst, 1.0)),
-        StreamSlots(settings.max_streams),
+        StreamSlots(settings.max_streams, settings.max_streams_per_tenant),
+        ByteBudget(
+            settings.large_request_bytes,
+            settings.large_request_budget,
+            on_drained=Trimmer().request,
+        ),
     )
 
 

@@ -50,6 +50,10 @@ class Settings:
     max_parts: int = 64
     max_sessions_per_tenant: int = 100_000
     max_streams: int = 1000
+    max_streams_per_tenant: int = 100
+    # Requests of at least large_request_bytes share large_request_budget bytes in flight.
+    large_request_bytes: int = 1024 * 1024
+    large_request_budget: int = 32 * 1024 * 1024
     rate_limit: float = 500.0
     rate_burst: float = 1000.0
     keepalive_time: float = 60.0
@@ -137,6 +141,24 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         "sessions a tenant may keep (0 = no cap)",
     ),
     ("max_streams", "--max-streams", ("CHATD_MAX_STREAMS",), "concurrent streams (0 = no cap)"),
+    (
+        "max_streams_per_tenant",
+        "--max-streams-per-tenant",
+        ("CHATD_MAX_STREAMS_PER_TENANT",),
+        "concurrent streams of one tenant (0 = no cap)",
+    ),
+    (
+        "large_request_bytes",
+        "--large-request-bytes",
+        ("CHATD_LARGE_REQUEST_BYTES",),
+        "size from which a request counts against the budget",
+    ),
+    (
+        "large_request_budget",
+        "--large-request-budget",
+        ("CHATD_LARGE_REQUEST_BUDGET",),
+        "bytes of large requests decoded at once (0 = no budget)",
+    ),
     ("rate_limit", "--rate-limit", ("CHATD_RATE_LIMIT",), "requests/s per tenant (0 = off)"),
     ("rate_burst", "--rate-burst", ("CHATD_RATE_BURST",), "requests a tenant may burst"),
     ("keepalive_time", "--keepalive-time", ("CHATD_KEEPALIVE_TIME",), "seconds between pings"),
@@ -262,6 +284,9 @@ def validate(settings: Settings) -> None:
         "max_parts",
         "max_sessions_per_tenant",
         "max_streams",
+        "max_streams_per_tenant",
+        "large_request_bytes",
+        "large_request_budget",
         "rate_limit",
         "rate_burst",
         "keepalive_time",

@@ -77,8 +77,9 @@ async def test_every_rpc_needs_a_valid_key_but_health_and_reflection(
     for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "key-alpha"),)):
         for method in service.methods:
             request = getattr(pb, method.input_type.name)()
+            sent = iter([request]) if method.client_streaming else request
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await outcome(getattr(chatd.stub, method.name)(request, metadata=metadata))
+                await outcome(getattr(chatd.stub, method.name)(sent, metadata=metadata))
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, method.name
             assert rich_details(err.value)["ErrorInfo"].reason.startswith("API_KEY_")
     health = await chatd.health.Check(health_pb2.HealthCheckRequest())

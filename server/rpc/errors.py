@@ -49,7 +49,11 @@ def rich_status(
     numeric: int = code.value[0]
     status = status_pb2.Status(code=numeric, message=message)
     reason = exc.reason if exc is not None else code_pb2.Code.Name(numeric)
-    status.details.append(_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)))
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    if isinstance(exc, errors.ResourceExhausted) and exc.limit is not None:
+        info.metadata["limit"], value = exc.limit
+        info.metadata["limit_value"] = str(value)
+    status.details.append(_pack(info))
     if isinstance(exc, errors.InvalidArgument):
         bad = error_details_pb2.BadRequest()
         for v in exc.violations:

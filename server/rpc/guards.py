@@ -81,22 +81,88 @@ class RateLimiter:
 
 @dataclass
 class StreamSlots:
-    """Caps concurrent streaming RPCs across the server (0 = no cap)."""
+    """Caps concurrent streaming RPCs across the server and per tenant (0 = no cap), so one
+    tenant holding many slow streams cannot take every slot from the others."""
 
     limit: int
+    per_tenant: int = 0
     active: int = 0
+    _by_tenant: dict[str, int] = field(default_factory=dict)
 
-    def acquire(self) -> None:
+    def acquire(self, tenant: str) -> None:
+        held = self._by_tenant.get(tenant, 0)
+        if self.per_tenant and held >= self.per_tenant:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has its maximum of {self.per_tenant} concurrent streams "
+                "open (CHATD_MAX_STREAMS_PER_TENANT)",
+                retry_after=1.0,
+                reason="TOO_MANY_TENANT_STREAMS",
+                limit=("CHATD_MAX_STREAMS_PER_TENANT", self.per_tenant),
+            )
         if self.limit and self.active >= self.limit:
             raise ResourceExhausted(
-                f"the server is serving its maximum of {self.limit} concurrent streams",
+                f"the server is serving its maximum of {self.limit} concurrent streams "
+                "(CHATD_MAX_STREAMS)",
                 retry_after=1.0,
                 reason="TOO_MANY_STREAMS",
+                limit=("CHATD_MAX_STREAMS", self.limit),
             )
         self.active += 1
+        self._by_tenant[tenant] = held + 1
 
-    def release(self) -> None:
+    def release(self, tenant: str) -> None:
         self.active -= 1
+        held = self._by_tenant[tenant] - 1
+        if held:
+            self._by_tenant[tenant] = held
+        else:
+            del self._by_tenant[tenant]
+
+    def held(self, tenant: str) -> int:
+        return self._by_tenant.get(tenant, 0)
+
+
+@dataclass
+class ByteBudget:
+    """Bounds the bytes of large requests being decoded and handled at once.
+
+    A request of at least `threshold` bytes takes its size from `budget` before it is
+    parsed and gives it back when its call ends; one that does not fit is refused at once
+    (RESOURCE_EXHAUSTED with RetryInfo), so concurrent large requests cannot all decode at
+    the same time. One request is always let in when none is in flight, whatever its size.
+    `on_drained` runs when the last large request ends (to hand freed memory back).
+    """
+
+    threshold: int
+    budget: int
+    on_drained: Callable[[], None] | None = None
+    in_flight: int = 0
+
+    def admits(self, size: int) -> bool:
+        """Takes `size` bytes if the request is large and they fit; False when refused."""
+        if not self.budget or size < self.threshold:
+            return True
+        if self.in_flight and self.in_flight + size > self.budget:
+            return False
+        self.in_flight += size
+        return True
+
+    def release(self, size: int) -> None:
+        if not self.budget or size < self.threshold:
+            return
+        self.in_flight -= size
+        if not self.in_flight and self.on_drained is not None:
+            self.on_drained()
+
+    def refusal(self, size: int) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the server is already decoding {self.in_flight} bytes of large requests and this "
+            f"one ({size} bytes) does not fit its budget (CHATD_LARGE_REQUEST_BUDGET); "
+            "retry later, or use the streaming RPCs for large documents",
+            retry_after=1.0,
+            reason="REQUEST_MEMORY_BUDGET",
+            limit=("CHATD_LARGE_REQUEST_BUDGET", self.budget),
+        )
 
 
 def parse_keys(entries: Iterable[str], source: str) -> dict[str, str]:

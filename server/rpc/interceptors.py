@@ -8,7 +8,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -17,7 +17,7 @@ import structlog
 from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.calls import TENANT
 from server.rpc.errors import code_for, rich_status, trailing_metadata
-from server.rpc.guards import ApiKeys, RateLimiter, StreamSlots
+from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots
 from server.sessions.errors import ChatdError, InvalidArgument
 from server.sessions.model import DEFAULT_TENANT
 
@@ -33,6 +33,7 @@ INTERNAL_MESSAGE = "internal error: the server logged the details"
 REQUEST_ID_KEY = "x-request-id"
 # Open to everyone, also when API keys are required: probes and tooling need them.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+CHAT_SERVICE = "/chatd.v1.ChatService/"
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Admission:
     keys: ApiKeys
     rate: RateLimiter
     streams: StreamSlots
+    memory: ByteBudget = field(default_factory=lambda: ByteBudget(0, 0))
 
     def tenant(self, method: str, metadata: dict[str, str]) -> str:
         if method.startswith(OPEN_SERVICES):
@@ -102,6 +104,7 @@ class _Call:
         "_slot",
         "_start",
         "_stream",
+        "_tenant",
     )
 
     def __init__(
@@ -115,6 +118,7 @@ class _Call:
         self._method, self._admission, self._context = method, admission, context
         self._stream, self._slot, self._metrics = stream, False, metrics
         self._request_id = ""
+        self._tenant = DEFAULT_TENANT
 
     async def __aenter__(self) -> None:
         structlog.contextvars.clear_contextvars()
@@ -133,9 +137,10 @@ class _Call:
         self._context.set_trailing_metadata(((REQUEST_ID_KEY, self._request_id),))
         tenant = self._admission.tenant(self._method, metadata)
         TENANT.set(tenant)
+        self._tenant = tenant
         structlog.contextvars.bind_contextvars(tenant=tenant)
         if self._stream:
-            self._admission.streams.acquire()
+            self._admission.streams.acquire(tenant)
             self._slot = True
 
     async def __aexit__(
@@ -154,7 +159,7 @@ class _Call:
         else:
             code = "UNKNOWN"
         if self._slot:
-            self._admission.streams.release()
+            self._admission.streams.release(self._tenant)
         seconds = time.perf_counter() - self._start
         self._metrics.rpc_finished(self._method, code, seconds, self._stream)
         log.info("rpc", method=self._method, code=code, duration_ms=round(seconds * 1e3, 3))
@@ -172,24 +177,79 @@ class _Undecodable:
         self.error = error
 
 
-def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+class _Refused:
+    """A large request the byte budget had no room for; it was never parsed."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class _Budgeted:
+    """A parsed large request holding `size` bytes of the budget until its call ends."""
+
+    __slots__ = ("_budget", "message", "size")
+
+    def __init__(self, message: Any, size: int, budget: ByteBudget) -> None:
+        self.message, self.size = message, size
+        self._budget: ByteBudget | None = budget
+
+    def release(self) -> None:
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget.release(self.size)
+
+    def __del__(self) -> None:  # a call that ended before its handler ran
+        self.release()
+
+
+def _lenient(
+    deserialize: Callable[[bytes], Any] | None, budget: ByteBudget
+) -> Callable[[bytes], Any] | None:
     if deserialize is None:
         return None
 
     def parse(data: bytes) -> Any:
+        size = len(data)
+        if not budget.admits(size):
+            return _Refused(size)
         try:
-            return deserialize(data)
+            message = deserialize(data)
         except Exception as exc:
+            budget.release(size)
             return _Undecodable(str(exc)[:200])
+        if budget.budget and size >= budget.threshold:
+            return _Budgeted(message, size, budget)
+        return message
 
     return parse
 
 
-def _decoded(request: Any) -> None:
+def _decoded(request: Any, budget: ByteBudget) -> Any:
+    """The parsed request, or the error that stands for it."""
+    if isinstance(request, _Budgeted):
+        return request.message
     if isinstance(request, _Undecodable):
         raise InvalidArgument(
             "request", f"is not a valid message for this method ({request.error})"
         )
+    if isinstance(request, _Refused):
+        raise budget.refusal(request.size)
+    return request
+
+
+def _release(request: Any) -> None:
+    if isinstance(request, _Budgeted):
+        request.release()
+
+
+async def _decoded_stream(requests: AsyncIterator[Any], budget: ByteBudget) -> AsyncIterator[Any]:
+    """A client stream's messages, parsed; each large one gives its bytes back once read."""
+    async for request in requests:
+        message = _decoded(request, budget)
+        _release(request)
+        yield message
 
 
 def _wrap_unary(
@@ -199,9 +259,11 @@ def _wrap_unary(
     metrics: RpcObserver,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
-        async with _Call(method, admission, context, False, metrics):
-            _decoded(request)
-            return await inner(request, context)
+        try:
+            async with _Call(method, admission, context, False, metrics):
+                return await inner(_decoded(request, admission.memory), context)
+        finally:
+            _release(request)
 
     return handler
 
@@ -213,10 +275,27 @@ def _wrap_stream(
     metrics: RpcObserver,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _Call(method, admission, context, True, metrics):
-            _decoded(request)
-            async for response in inner(request, context):
-                yield response
+        try:
+            async with _Call(method, admission, context, True, metrics):
+                async for response in inner(_decoded(request, admission.memory), context):
+                    yield response
+        finally:
+            _release(request)
+
+    return handler
+
+
+def _wrap_client_stream(
+    method: str,
+    inner: Callable[[Any, Any], Awaitable[Any]],
+    admission: Admission,
+    metrics: RpcObserver,
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(requests: AsyncIterator[Any], context: Context) -> Any:
+        # Not counted as a stream slot: refused before its first read, a client stream's
+        # next write fails in the client and grpc clients report INTERNAL, not our status.
+        async with _Call(method, admission, context, False, metrics):
+            return await inner(_decoded_stream(requests, admission.memory), context)
 
     return handler
 
@@ -248,7 +327,7 @@ class ErrorsAndLogging(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         h: Any = handler
         serde = {
-            "request_deserializer": _lenient(h.request_deserializer),
+            "request_deserializer": _lenient(h.request_deserializer, self._admission.memory),
             "response_serializer": h.response_serializer,
         }
         if h.unary_unary is not None:
@@ -265,5 +344,10 @@ class ErrorsAndLogging(grpc.aio.ServerInterceptor):
                 else _wrap_unary(method, inner, self._admission, self._metrics)
             )
             return grpc.unary_stream_rpc_method_handler(wrapped, **serde)
-        # Client-streaming handlers (server reflection) keep their own error handling.
+        if h.stream_unary is not None and method.startswith(CHAT_SERVICE):
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_client_stream(method, h.stream_unary, self._admission, self._metrics),
+                **serde,
+            )
+        # Server reflection's bidirectional stream keeps its own error handling.
         return handler

@@ -22,3 +22,27 @@ def request_key(kind: str, request: Any) -> RequestKey | None:
     body.ClearField("request_id")
     digest = hashlib.sha256(kind.encode() + b"\0" + body.SerializeToString(deterministic=True))
     return RequestKey(request.request_id, digest.hexdigest())
+
+
+class StreamFingerprint:
+    """request_key for a client stream: the fingerprint covers every request of the stream
+    (each without its request_id), in order, so a retried stream must send the same parts."""
+
+    def __init__(self, kind: str) -> None:
+        self._hash = hashlib.sha256(kind.encode() + b"\0")
+        self._request_id = ""
+
+    def add(self, request: Any) -> None:
+        if not self._request_id:
+            self._request_id = request.request_id
+        body = type(request)()
+        body.CopyFrom(request)
+        body.ClearField("request_id")
+        data = body.SerializeToString(deterministic=True)
+        self._hash.update(len(data).to_bytes(8, "big") + data)
+
+    def key(self) -> RequestKey | None:
+        """None when the first request had no request_id."""
+        if not self._request_id:
+            return None
+        return RequestKey(self._request_id, self._hash.hexdigest())

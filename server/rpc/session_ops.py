@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -11,12 +12,18 @@ from server.rpc.calls import Context
 from server.rpc.calls import bind_session as _bind
 from server.rpc.calls import tenant_of as _tenant
 from server.rpc.content_codec import message_from_pb, messages_to_pb
-from server.rpc.document_codec import document_from_pb, document_to_pb
-from server.rpc.request_keys import request_key
+from server.rpc.document_codec import (
+    DocumentAssembler,
+    document_from_pb,
+    document_parts,
+    document_to_pb,
+)
+from server.rpc.request_keys import StreamFingerprint, request_key
 from server.rpc.session_codec import session_to_pb
 from server.rpc.update_mask import parse_etag, updated_settings
 from server.sessions.errors import InvalidArgument
 from server.sessions.ids import check_id, parse_message_id
+from server.sessions.pacing import deferred_full_collection
 from server.sessions.service import ChatSessions
 
 
@@ -47,13 +54,14 @@ class SessionOpsServicer:
     ) -> pb.ForkSessionResponse:
         _bind(request)
         upto = parse_message_id("message_id", request.message_id) if request.message_id else None
-        session = await self._chats.fork(
-            _tenant(context),
-            request.session_id,
-            upto,
-            request.new_session_id,
-            request_key("ForkSession", request),
-        )
+        with deferred_full_collection():
+            session = await self._chats.fork(
+                _tenant(context),
+                request.session_id,
+                upto,
+                request.new_session_id,
+                request_key("ForkSession", request),
+            )
         response = pb.ForkSessionResponse()
         session_to_pb(session, response.session)
         return response
@@ -73,21 +81,56 @@ class SessionOpsServicer:
     ) -> pb.ExportSessionResponse:
         _bind(request)
         check_id("session_id", request.session_id)
-        document = await self._chats.history.export(_tenant(context), request.session_id)
         response = pb.ExportSessionResponse()
-        document_to_pb(document, time.time(), response.document)
+        with deferred_full_collection():
+            document = await self._chats.history.export(_tenant(context), request.session_id)
+            await document_to_pb(document, time.time(), response.document)
         return response
+
+    async def StreamExportSession(
+        self, request: pb.StreamExportSessionRequest, context: Context
+    ) -> AsyncIterator[pb.StreamExportSessionResponse]:
+        _bind(request)
+        check_id("session_id", request.session_id)
+        with deferred_full_collection():
+            document = await self._chats.history.export(_tenant(context), request.session_id)
+            async for part in document_parts(document, time.time()):
+                yield pb.StreamExportSessionResponse(document=part)
 
     async def ImportSession(
         self, request: pb.ImportSessionRequest, context: Context
     ) -> pb.ImportSessionResponse:
         tenant = _tenant(context)
-        document = document_from_pb(request.document, tenant)
-        session = await self._chats.import_session(
-            tenant, document, request.session_id, request_key("ImportSession", request)
-        )
+        with deferred_full_collection():
+            document = await document_from_pb(request.document, tenant)
+            session = await self._chats.import_session(
+                tenant, document, request.session_id, request_key("ImportSession", request)
+            )
         structlog.contextvars.bind_contextvars(session_id=session.session_id)
         response = pb.ImportSessionResponse()
+        session_to_pb(session, response.session)
+        return response
+
+    async def StreamImportSession(
+        self, requests: AsyncIterator[pb.StreamImportSessionRequest], context: Context
+    ) -> pb.StreamImportSessionResponse:
+        """Nothing is stored until the client half-closes: a broken stream stores nothing."""
+        tenant = _tenant(context)
+        assembler = DocumentAssembler(tenant)
+        fingerprint = StreamFingerprint("StreamImportSession")
+        session_id: str | None = None
+        with deferred_full_collection():
+            async for request in requests:
+                if session_id is None:
+                    session_id = request.session_id
+                fingerprint.add(request)
+                await assembler.add(request.document)
+            document = assembler.finish()
+            session = await self._chats.import_session(
+                tenant, document, session_id or "", fingerprint.key()
+            )
+        structlog.contextvars.bind_contextvars(session_id=session.session_id)
+        response = pb.StreamImportSessionResponse()
         session_to_pb(session, response.session)
         return response
 

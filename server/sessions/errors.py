@@ -59,10 +59,17 @@ class ResourceExhausted(ChatdError):
     reason = "RESOURCE_EXHAUSTED"
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, reason: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+        limit: tuple[str, int] | None = None,
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
+        # The setting that was reached and its value, for ErrorInfo's metadata.
+        self.limit = limit
 
 
 class Unavailable(ChatdError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -17,6 +18,7 @@ from server.sessions.ids import (
     new_turn_id,
 )
 from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
+from server.sessions.pacing import CHECK_SLICE, GIL_BREAK_SECONDS, Pacer, shifted
 from server.sessions.ports import RequestRecord, SessionStore
 from server.sessions.wellformed import check_history
 from server.sessions.writes import complete
@@ -30,6 +32,31 @@ class SessionDocument:
 
     session: Session
     messages: tuple[Message, ...]
+
+
+_FIELD = "document.messages"
+
+
+async def _check_document(messages: Sequence[Message], open_calls_allowed: bool) -> None:
+    """check_history over a whole document, a slice at a time, yielding between slices: a
+    slice may end on unanswered calls, which the next slice's first message must answer."""
+    pacer = Pacer()
+    for i in range(1, len(messages)):
+        if messages[i].seq <= messages[i - 1].seq:
+            raise InvalidArgument(f"{_FIELD}[{i}].message_id", "message ids must increase")
+        await pacer.tick()
+    previous = None
+    for start in range(0, len(messages), CHECK_SLICE):
+        chunk = messages[start : start + CHECK_SLICE]
+        last = start + CHECK_SLICE >= len(messages)
+        try:
+            check_history(
+                chunk, _FIELD, previous, open_calls_allowed=open_calls_allowed or not last
+            )
+        except InvalidArgument as exc:
+            raise shifted(exc, _FIELD, start) from None
+        previous = chunk[-1]
+        await asyncio.sleep(GIL_BREAK_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +232,7 @@ class HistoryOps:
         source = document.session
         self._check_settings(source.settings, "document.session")
         messages = document.messages
-        for i in range(1, len(messages)):
-            if messages[i].seq <= messages[i - 1].seq:
-                raise InvalidArgument(
-                    f"document.messages[{i}].message_id", "message ids must increase"
-                )
-        check_history(
-            messages, "document.messages", None, open_calls_allowed=source.pending is not None
-        )
+        await _check_document(messages, source.pending is not None)
         new_id = session_id or source.session_id or new_session_id()
         check_id("session_id", new_id)
         return await self._create_copy(

@@ -33,6 +33,7 @@ from server.sessions.idempotency import (
 )
 from server.sessions.ids import check_id, new_session_id, new_session_uid
 from server.sessions.model import FunctionDeclaration, Message, Part, Role, Session, SessionSettings
+from server.sessions.pacing import check_in_slices
 from server.sessions.ports import (
     ModelProvider,
     ModelRequest,
@@ -187,7 +188,11 @@ class ChatSessions:
         session_id: str,
         key: RequestKey | None = None,
     ) -> Session:
-        check_messages(document.messages, "document.messages", self._limits)
+        await check_in_slices(
+            lambda chunk, field: check_messages(chunk, field, self._limits),
+            document.messages,
+            "document.messages",
+        )
         pending = document.session.pending
         if pending is not None:
             if pending.rounds < 0:

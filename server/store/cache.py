@@ -131,9 +131,12 @@ class CachedStore:
                 self._take(key)  # the outcome may be unknown (cancelled): reload
                 raise
             self._take(key)
-            # The initial messages are the session's whole history.
-            history = [rules.quantize_message(m) for m in messages]
-            self._put(key, Entry.of(rules.quantize_session(session), history, complete=True))
+            # The initial messages are the session's whole history; only its tail is kept
+            # (a long imported history is not walked on the event loop just to be trimmed).
+            tail = messages[-self._max_tail :] if self._max_tail else ()
+            history = [rules.quantize_message(m) for m in tail]
+            complete = len(tail) == len(messages)
+            self._put(key, Entry.of(rules.quantize_session(session), history, complete=complete))
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         key = (tenant, session_id)

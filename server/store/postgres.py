@@ -12,6 +12,9 @@ from server.store import rows, rules
 from server.store.pg_driver import Connection, Pool, translated
 from server.store.pg_setup import open_pool
 
+# Messages per INSERT of a long history (an import or a fork).
+INSERT_BATCH = 1000
+
 
 def _count(status: str) -> int:
     """The row count of a command status such as 'DELETE 3'."""
@@ -85,8 +88,11 @@ class PostgresStore:
     async def _insert_messages(
         conn: Connection, session: Session, messages: Sequence[Message]
     ) -> None:
-        if messages:
-            await conn.execute(sql.INSERT_MESSAGES, *sql.message_params(session, messages))
+        # In batches, in the caller's transaction: encoding a batch takes a few ms of the
+        # event loop, and each round trip gives it back to other calls.
+        for start in range(0, len(messages), INSERT_BATCH):
+            batch = messages[start : start + INSERT_BATCH]
+            await conn.execute(sql.INSERT_MESSAGES, *sql.message_params(session, batch))
 
     @staticmethod
     async def _replace_session(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from server.sessions.model import Message, Session
+from server.sessions.pacing import paced_map
 from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
 from server.startup import StartupError
 from server.store import rows, rules, sqlite_files
@@ -30,6 +32,22 @@ log = structlog.get_logger("chatd.store")
 
 # Kept importable under its old name: tests read its query plan.
 _LAST_MESSAGES = sql.LAST_MESSAGES
+
+
+# A long history is inserted in slices of this many rows, with a short sleep between them
+# (still in the one transaction). Binding a row takes the GIL and stepping it gives it
+# back, so an unbroken executemany re-takes the GIL hundreds of thousands of times a
+# second; a thread that wants it (the event loop, grpc's poller) then gets it only every
+# switch interval (5 ms), one completion at a time, and RPCs stall for the whole insert.
+_HISTORY_SLICE = 2000
+_GIL_BREAK_SECONDS = 0.002
+
+
+def _insert_history(conn: sqlite3.Connection, history: list[tuple[Any, ...]]) -> None:
+    for start in range(0, len(history), _HISTORY_SLICE):
+        if start:
+            time.sleep(_GIL_BREAK_SECONDS)
+        conn.executemany(sql.INSERT_MESSAGE, history[start : start + _HISTORY_SLICE])
 
 
 def _require(conn: sqlite3.Connection, tenant: str, session_id: str) -> None:
@@ -189,7 +207,10 @@ class SqliteStore:
         rules.check_request(session, request)
         key = (session.tenant, session.session_id)
         values = (*key, *rows.session_values(session))
-        history = sql.message_rows(session, messages)
+        # Encoding a long history (an import or a fork) takes seconds of CPU: in paced
+        # slices, so the loop keeps serving, and before the job, so the writer (which
+        # every other write waits for) spends only the INSERTs on it.
+        history = await paced_map(lambda m: (*key, *rows.message_values(m)), messages)
         record = None if request is None else rows.request_values(request)
         now_micros = None if now is None else rules.to_micros(now)
 
@@ -199,7 +220,7 @@ class SqliteStore:
             if conn.execute(sql.INSERT_SESSION, values).rowcount == 0:
                 raise rules.already_exists(session.session_id)
             _check_quota(conn, session.tenant, now_micros, max_sessions)
-            conn.executemany(sql.INSERT_MESSAGE, history)
+            _insert_history(conn, history)
 
         await self._writer.submit(job)
 

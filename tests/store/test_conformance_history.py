@@ -131,3 +131,12 @@ async def test_clear_history_refuses_a_session_that_would_corrupt_history(
         await store.clear_history(empty, current.version)
     assert await store.get_session(TENANT, "s1") == current
     assert await history(store, current) == ["a", "b"]
+
+
+async def test_a_long_initial_history_is_stored_whole_and_in_order(store: SessionStore) -> None:
+    """Long histories are encoded in slices and inserted in batches, still in one create."""
+    texts = [f"m{i}" for i in range(2500)]
+    session, messages = with_history(new_session(), *texts)
+    await store.create_session(session, messages)
+    assert await history(store, session) == texts
+    assert (await store.get_session(TENANT, "s1")).message_count == 2500

@@ -433,6 +433,105 @@ class ImportSessionResponse(_message.Message):
 Global___ImportSessionResponse: _TypeAlias = ImportSessionResponse  # noqa: Y015
 
 @_typing.final
+class StreamExportSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamExportSessionRequest: _TypeAlias = StreamExportSessionRequest  # noqa: Y015
+
+@_typing.final
+class StreamExportSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def document(self) -> _session_pb2.SessionDocument:
+        """One part of the document. The first part has format_version, session,
+        export_time and pending_turn and no messages; every later part has only
+        messages (at most about 1 MiB of them).
+        """
+
+    def __init__(
+        self,
+        *,
+        document: _session_pb2.SessionDocument | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamExportSessionResponse: _TypeAlias = StreamExportSessionResponse  # noqa: Y015
+
+@_typing.final
+class StreamImportSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Optional id for the imported session; defaults to the document's. Read
+    from the first request only.
+    """
+    request_id: _builtins.str
+    """Read from the first request only."""
+    @_builtins.property
+    def document(self) -> _session_pb2.SessionDocument:
+        """One part of the document, as StreamExportSession sends them: the first
+        part has format_version, session and pending_turn (messages may follow in
+        it too); later parts may hold only messages.
+        """
+
+    def __init__(
+        self,
+        *,
+        document: _session_pb2.SessionDocument | None = ...,
+        session_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamImportSessionRequest: _TypeAlias = StreamImportSessionRequest  # noqa: Y015
+
+@_typing.final
+class StreamImportSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _session_pb2.Session: ...
+    def __init__(
+        self,
+        *,
+        session: _session_pb2.Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamImportSessionResponse: _TypeAlias = StreamImportSessionResponse  # noqa: Y015
+
+@_typing.final
 class ToolResult(_message.Message):
     """The caller's answer to one pending tool call."""
 

@@ -80,6 +80,16 @@ class ChatServiceStub:
                 request_serializer=chatd_dot_v1_dot_chat__service__pb2.ImportSessionRequest.SerializeToString,
                 response_deserializer=chatd_dot_v1_dot_chat__service__pb2.ImportSessionResponse.FromString,
                 _registered_method=True)
+        self.StreamExportSession = channel.unary_stream(
+                '/chatd.v1.ChatService/StreamExportSession',
+                request_serializer=chatd_dot_v1_dot_chat__service__pb2.StreamExportSessionRequest.SerializeToString,
+                response_deserializer=chatd_dot_v1_dot_chat__service__pb2.StreamExportSessionResponse.FromString,
+                _registered_method=True)
+        self.StreamImportSession = channel.stream_unary(
+                '/chatd.v1.ChatService/StreamImportSession',
+                request_serializer=chatd_dot_v1_dot_chat__service__pb2.StreamImportSessionRequest.SerializeToString,
+                response_deserializer=chatd_dot_v1_dot_chat__service__pb2.StreamImportSessionResponse.FromString,
+                _registered_method=True)
         self.SendMessage = channel.unary_unary(
                 '/chatd.v1.ChatService/SendMessage',
                 request_serializer=chatd_dot_v1_dot_chat__service__pb2.SendMessageRequest.SerializeToString,
@@ -184,6 +194,25 @@ class ChatServiceServicer:
 
     def ImportSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamExportSession(self, request, context):
+        """ExportSession for sessions of any size: the document in parts, each a
+        small gRPC message. The first part holds everything but the messages;
+        the rest hold the messages in order. Merged in order (protobuf merge, or
+        the serialized parts concatenated) they are ExportSession's document.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamImportSession(self, request_iterator, context):
+        """ImportSession for documents of any size, sent in StreamExportSession's
+        parts. The session is stored when the client half-closes the stream, in
+        one transaction: a stream that breaks or fails stores nothing.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -298,6 +327,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.ImportSession,
                     request_deserializer=chatd_dot_v1_dot_chat__service__pb2.ImportSessionRequest.FromString,
                     response_serializer=chatd_dot_v1_dot_chat__service__pb2.ImportSessionResponse.SerializeToString,
+            ),
+            'StreamExportSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamExportSession,
+                    request_deserializer=chatd_dot_v1_dot_chat__service__pb2.StreamExportSessionRequest.FromString,
+                    response_serializer=chatd_dot_v1_dot_chat__service__pb2.StreamExportSessionResponse.SerializeToString,
+            ),
+            'StreamImportSession': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamImportSession,
+                    request_deserializer=chatd_dot_v1_dot_chat__service__pb2.StreamImportSessionRequest.FromString,
+                    response_serializer=chatd_dot_v1_dot_chat__service__pb2.StreamImportSessionResponse.SerializeToString,
             ),
             'SendMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.SendMessage,
@@ -589,6 +628,60 @@ class ChatService:
             '/chatd.v1.ChatService/ImportSession',
             chatd_dot_v1_dot_chat__service__pb2.ImportSessionRequest.SerializeToString,
             chatd_dot_v1_dot_chat__service__pb2.ImportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatd.v1.ChatService/StreamExportSession',
+            chatd_dot_v1_dot_chat__service__pb2.StreamExportSessionRequest.SerializeToString,
+            chatd_dot_v1_dot_chat__service__pb2.StreamExportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamImportSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/chatd.v1.ChatService/StreamImportSession',
+            chatd_dot_v1_dot_chat__service__pb2.StreamImportSessionRequest.SerializeToString,
+            chatd_dot_v1_dot_chat__service__pb2.StreamImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,17 @@ class ChatServiceStub:
     """Empties a session's history and keeps its settings."""
     ExportSession: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ExportSessionRequest, _chat_service_pb2.ExportSessionResponse]
     ImportSession: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ImportSessionRequest, _chat_service_pb2.ImportSessionResponse]
+    StreamExportSession: _grpc.UnaryStreamMultiCallable[_chat_service_pb2.StreamExportSessionRequest, _chat_service_pb2.StreamExportSessionResponse]
+    """ExportSession for sessions of any size: the document in parts, each a
+    small gRPC message. The first part holds everything but the messages;
+    the rest hold the messages in order. Merged in order (protobuf merge, or
+    the serialized parts concatenated) they are ExportSession's document.
+    """
+    StreamImportSession: _grpc.StreamUnaryMultiCallable[_chat_service_pb2.StreamImportSessionRequest, _chat_service_pb2.StreamImportSessionResponse]
+    """ImportSession for documents of any size, sent in StreamExportSession's
+    parts. The session is stored when the client half-closes the stream, in
+    one transaction: a stream that breaks or fails stores nothing.
+    """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.SendMessageRequest, _chat_service_pb2.SendMessageResponse]
     """Messages.
     Runs one turn and returns the whole reply.
@@ -83,6 +94,17 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """Empties a session's history and keeps its settings."""
     ExportSession: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ExportSessionRequest, _chat_service_pb2.ExportSessionResponse]  # type: ignore[assignment]
     ImportSession: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ImportSessionRequest, _chat_service_pb2.ImportSessionResponse]  # type: ignore[assignment]
+    StreamExportSession: _aio.UnaryStreamMultiCallable[_chat_service_pb2.StreamExportSessionRequest, _chat_service_pb2.StreamExportSessionResponse]  # type: ignore[assignment]
+    """ExportSession for sessions of any size: the document in parts, each a
+    small gRPC message. The first part holds everything but the messages;
+    the rest hold the messages in order. Merged in order (protobuf merge, or
+    the serialized parts concatenated) they are ExportSession's document.
+    """
+    StreamImportSession: _aio.StreamUnaryMultiCallable[_chat_service_pb2.StreamImportSessionRequest, _chat_service_pb2.StreamImportSessionResponse]  # type: ignore[assignment]
+    """ImportSession for documents of any size, sent in StreamExportSession's
+    parts. The session is stored when the client half-closes the stream, in
+    one transaction: a stream that breaks or fails stores nothing.
+    """
     SendMessage: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.SendMessageRequest, _chat_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Messages.
     Runs one turn and returns the whole reply.
@@ -172,6 +194,29 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_service_pb2.ImportSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_chat_service_pb2.ImportSessionResponse, _abc.Awaitable[_chat_service_pb2.ImportSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamExportSession(
+        self,
+        request: _chat_service_pb2.StreamExportSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_chat_service_pb2.StreamExportSessionResponse], _abc.AsyncIterator[_chat_service_pb2.StreamExportSessionResponse]]:
+        """ExportSession for sessions of any size: the document in parts, each a
+        small gRPC message. The first part holds everything but the messages;
+        the rest hold the messages in order. Merged in order (protobuf merge, or
+        the serialized parts concatenated) they are ExportSession's document.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamImportSession(
+        self,
+        request_iterator: _MaybeAsyncIterator[_chat_service_pb2.StreamImportSessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.StreamImportSessionResponse, _abc.Awaitable[_chat_service_pb2.StreamImportSessionResponse]]:
+        """ImportSession for documents of any size, sent in StreamExportSession's
+        parts. The session is stored when the client half-closes the stream, in
+        one transaction: a stream that breaks or fails stores nothing.
+        """
 
     @_abc_1.abstractmethod
     def SendMessage(

@@ -1,0 +1,72 @@
+"""Hands freed heap memory back to the operating system after large requests (glibc only)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+    return trim
+
+
+_TRIM = _load_trim()
+
+
+class Trimmer:
+    """`request()` from the event loop: runs malloc_trim(0) once on a worker thread.
+
+    Decoding a large request leaves its freed pages in glibc's arenas; without a trim the
+    process keeps them (RSS stays at the peak). ctypes releases the GIL for the call, so
+    the loop keeps serving while the heap is walked. Requests made while a trim runs are
+    folded into one more trim after it.
+    """
+
+    def __init__(self) -> None:
+        self._running = False
+        self._again = False
+        self.trims = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return _TRIM is not None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def request(self) -> None:
+        if _TRIM is None:
+            return
+        if self._running:
+            self._again = True
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._running = True
+        self._task = loop.create_task(self._run(loop))
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert _TRIM is not None
+        try:
+            while True:
+                self._again = False
+                await loop.run_in_executor(None, _TRIM, 0)
+                self.trims += 1
+                if not self._again:
+                    return
+        finally:
+            self._running = False
