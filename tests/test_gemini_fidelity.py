@@ -790,3 +790,37 @@ async def test_prompt_feedback_reaches_the_reply(
     assert got.block_reason_message == "blocked for safety"
     assert got.safety_ratings[0].blocked
     assert json.loads(got.json) == feedback
+
+
+async def test_a_model_run_with_calls_without_ids_imports_across_check_slices(
+    gemini_chatd: Chatd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An imported history is checked a slice at a time: a run of model messages whose
+    calls (without ids) are answered after the slice ends is still accepted."""
+    from server.sessions import history_ops
+
+    monkeypatch.setattr(history_ops, "CHECK_SLICE", 3)
+
+    def call(name: str) -> content_pb2.Part:
+        return content_pb2.Part(function_call=content_pb2.FunctionCall(name=name))
+
+    def answer(name: str) -> content_pb2.Part:
+        return content_pb2.Part(function_response=content_pb2.FunctionResponse(name=name))
+
+    history = [
+        user(text("q")),
+        model(call("a")),
+        model(call("b")),
+        model(text("waiting")),
+        user(answer("a"), answer("b")),
+        model(text("done")),
+    ]
+    await new_session(gemini_chatd)
+    await gemini_chatd.stub.AppendMessages(
+        pb.AppendMessagesRequest(session_id="g", messages=history)
+    )
+    exported = await gemini_chatd.stub.ExportSession(pb.ExportSessionRequest(session_id="g"))
+    imported = await gemini_chatd.stub.ImportSession(
+        pb.ImportSessionRequest(document=exported.document, session_id="copy")
+    )
+    assert imported.session.message_count == len(history)

@@ -20,7 +20,7 @@ from server.sessions.ids import (
 from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
 from server.sessions.pacing import CHECK_SLICE, GIL_BREAK_SECONDS, Pacer, shifted
 from server.sessions.ports import RequestRecord, SessionStore
-from server.sessions.wellformed import check_history
+from server.sessions.wellformed import check_history, check_pending_ids
 from server.sessions.writes import complete
 
 PAGE = 1000
@@ -46,17 +46,23 @@ async def _check_document(messages: Sequence[Message], open_calls_allowed: bool)
             raise InvalidArgument(f"{_FIELD}[{i}].message_id", "message ids must increase")
         await pacer.tick()
     previous = None
+    carried = None
     for start in range(0, len(messages), CHECK_SLICE):
         chunk = messages[start : start + CHECK_SLICE]
         last = start + CHECK_SLICE >= len(messages)
         try:
-            check_history(
-                chunk, _FIELD, previous, open_calls_allowed=open_calls_allowed or not last
+            carried = check_history(
+                chunk,
+                _FIELD,
+                previous,
+                open_calls_allowed=open_calls_allowed or not last,
+                carried=carried,
             )
         except InvalidArgument as exc:
             raise shifted(exc, _FIELD, start) from None
         previous = chunk[-1]
         await asyncio.sleep(GIL_BREAK_SECONDS)
+    check_pending_ids(carried or (), _FIELD)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,8 @@ def check_history(
     previous: Message | None,
     *,
     open_calls_allowed: bool = False,
-) -> None:
+    carried: Sequence[FunctionCall] | None = None,
+) -> list[FunctionCall]:
     """`messages` continue a history ending in `previous` (None: an empty history).
 
     The history starts with a user message. Roles need not alternate: Gemini serves
@@ -51,10 +52,18 @@ def check_history(
     answered, all and only them, by the next message, which holds nothing but those
     responses; a response is matched to its call by id, or by name when it has no id
     (calls the model made without ids). With `open_calls_allowed` the last calls may stay
-    unanswered (a paused turn).
+    unanswered (a paused turn). Returns the calls left unanswered at the end; `carried`
+    passes them on when a long history is checked a slice at a time (a run of model
+    messages may cross slices).
     """
     prev = previous
-    open_calls: list[FunctionCall] = list(calls_of(previous)) if previous is not None else []
+    open_calls: list[FunctionCall] = (
+        list(carried)
+        if carried is not None
+        else list(calls_of(previous))
+        if previous is not None
+        else []
+    )
     for i, message in enumerate(messages):
         where = f"{field}[{i}]"
         if not message.parts:
@@ -84,6 +93,10 @@ def check_history(
         prev = message
     if open_calls and not open_calls_allowed:
         raise InvalidArgument(field, "the last message's function calls are unanswered")
-    if open_calls and any(not c.id for c in open_calls):
-        # A paused turn's calls are answered by id with tool_results.
+    return open_calls
+
+
+def check_pending_ids(open_calls: Sequence[FunctionCall], field: str) -> None:
+    """A paused turn's calls are answered by id with tool_results, so each needs one."""
+    if any(not c.id for c in open_calls):
         raise InvalidArgument(field, "the pending function calls need their id")
