@@ -675,9 +675,11 @@ async def test_export_import_then_next_turn_sends_identical_contents(
         fake_gemini.push(Reply(text="same"))
         await send(gemini_chatd, "next", session_id)
         bodies.append(fake_gemini.requests[-1].raw_body)
-    originals = [json.loads(b) for b in bodies]
-    assert json.dumps(originals[0]["contents"]) == json.dumps(originals[1]["contents"])
-    assert str(BIG) in json.dumps(originals[0]["contents"])
+    # The whole request body, byte for byte: contents, tools and config alike.
+    assert bodies[0] == bodies[1]
+    contents = json.loads(bodies[0])["contents"]
+    assert str(BIG) in json.dumps(contents)
+    assert any("executableCode" in p for c in contents for p in c["parts"])
 
 
 async def test_appended_gemini_parts_and_signature_only_parts_are_checked_and_sent_as_given(
