@@ -104,10 +104,16 @@ def _essential(value: Any) -> Any:
     return value
 
 
+_PLAIN_TEXT = frozenset({"text", "thought", "thought_signature"})
+
+
 def _from_sdk_part(part: types.Part) -> Part | None:
     """The domain part for a part of the model's answer. A part holding anything chatd
     does not model (a kind, or a field of a kind) is kept whole as its Gemini JSON, never
     re-shaped; a part carrying only a signature stays a signature-only part."""
+    if part.model_fields_set <= _PLAIN_TEXT and part.text is not None:
+        # The common case, a chunk of text: nothing in it chatd does not model.
+        return _typed_part(part)
     typed = _typed_part(part)
     original = _dump(part)
     if not _essential(original):
