@@ -214,6 +214,8 @@ _CANDIDATE_CORE = {"content", "finish_reason", "index"}
 def _candidate_metadata(candidate: types.Candidate) -> dict[str, Any] | None:
     """Everything the candidate says besides its content, as the SDK reads it (camelCase
     JSON): grounding, URL context, citations, safety ratings, finish message, ..."""
+    if candidate.model_fields_set <= _CANDIDATE_CORE:
+        return None
     metadata: dict[str, Any] = candidate.model_dump(
         mode="json", by_alias=True, exclude_none=True, exclude=_CANDIDATE_CORE
     )
