@@ -210,3 +210,84 @@ async def _read_all(call: object) -> list[pb.StreamReplyResponse]:
     while (event := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
         events.append(event)
     return events
+
+
+class ListMessagesLatch:
+    """A SessionStore whose next list_messages, once `holding` is set, reports itself in
+    `entered` and waits for `release`."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.holding = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+        if name != "list_messages":
+            return method
+
+        async def held(*args: object) -> object:
+            if self.holding:
+                self.holding = False
+                self.entered.set()
+                await self.release.wait()
+            return await method(*args)
+
+        return held
+
+
+async def _with_caller_tool(chatd: Chatd, sid: str) -> None:
+    session = session_pb2.Session(
+        function_declarations=[session_pb2.FunctionDeclaration(name="lookup")]
+    )
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id=sid, session=session))
+    await chatd.stub.SendMessage(send(sid, "hi"))
+
+
+async def test_a_fork_never_copies_half_of_a_turn_that_paused_while_it_read(
+    start_chatd: StartChatd,
+) -> None:
+    """The fork reads the session, then (held here) its history; a turn that pauses for
+    tool results in between must not leave its open call in the fork."""
+    store = ListMessagesLatch(MemoryStore())
+    chatd = await start_chatd(store=store)
+    await _with_caller_tool(chatd, "s")
+    store.holding = True
+    fork = asyncio.ensure_future(
+        chatd.stub.ForkSession(pb.ForkSessionRequest(session_id="s", new_session_id="f"))
+    )
+    await store.entered.wait()
+    pausing = asyncio.ensure_future(chatd.stub.SendMessage(send("s", '/call lookup {"q": 1}')))
+    await asyncio.wait([pausing], timeout=0.5)
+    store.release.set()
+    await fork
+    assert (await pausing).reply.pending_tool_calls
+    forked = await all_messages(chatd.stub, "f")
+    assert [m.parts[0].text for m in forked][:1] == ["hi"]
+    assert len(forked) == 2
+    assert not any(p.HasField("function_call") for m in forked for p in m.parts)
+
+
+async def test_a_fork_refuses_a_source_another_replica_changed_while_it_read(
+    start_chatd: StartChatd,
+) -> None:
+    """Two servers on one store: a pause committed by the other one between the fork's
+    reads is ABORTED, never a fork holding half a turn."""
+    store = ListMessagesLatch(MemoryStore())
+    forking = await start_chatd(store=store)
+    other = await start_chatd(store=store.inner)
+    await _with_caller_tool(forking, "s")
+    store.holding = True
+    fork = asyncio.ensure_future(
+        forking.stub.ForkSession(pb.ForkSessionRequest(session_id="s", new_session_id="f"))
+    )
+    await store.entered.wait()
+    await other.stub.SendMessage(send("s", '/call lookup {"q": 1}'))
+    store.release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await fork
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await forking.stub.GetSession(pb.GetSessionRequest(session_id="f"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -169,8 +169,13 @@ class HistoryOps:
         """A new session whose history is the source's up to message `upto` (inclusive)."""
         if new_id:
             check_id("new_session_id", new_id)
-        source = await live_session(self._store, tenant, session_id, self._clock())
-        messages = await self._all_messages(tenant, session_id, upto)
+        # Under the source's lock, so no turn of it commits (or pauses) between reading
+        # the session and reading its history; `_snapshot` checks other replicas.
+        async with self._engine.hold(tenant, session_id):
+            source, messages = await self._snapshot(tenant, session_id, upto)
+            rest = []
+            if upto is not None and messages and messages[-1].seq == upto:
+                rest = await self._store.list_messages(tenant, session_id, upto, 1)
         if upto is not None and (not messages or messages[-1].seq != upto):
             raise InvalidArgument(
                 "message_id", f"{message_id(upto)!r} is not a message of this session"
@@ -178,21 +183,43 @@ class HistoryOps:
         if source.pending is not None:
             # The paused turn is not complete: the fork stops before it.
             messages = [m for m in messages if m.seq < source.pending.first_seq]
-        if upto is not None and messages:
-            rest = await self._store.list_messages(tenant, session_id, upto, 1)
-            if rest and rest[0].turn_id == messages[-1].turn_id and not is_turn_start(rest[0]):
-                raise InvalidArgument(
-                    "message_id",
-                    f"{message_id(upto)!r} is inside a turn: fork at the last message of a turn",
-                )
+        if (
+            upto is not None
+            and messages
+            and rest
+            and rest[0].turn_id == messages[-1].turn_id
+            and not is_turn_start(rest[0])
+        ):
+            raise InvalidArgument(
+                "message_id",
+                f"{message_id(upto)!r} is inside a turn: fork at the last message of a turn",
+            )
         return await self._create_copy(
             tenant, source.settings, messages, new_id or new_session_id(), None, request
         )
 
+    async def _snapshot(
+        self, tenant: str, session_id: str, upto: int | None = None
+    ) -> tuple[Session, list[Message]]:
+        """The session and its history (up to `upto`) as of one version of one life.
+
+        History is read after the session row; if the row moved on meanwhile (another
+        replica wrote it, or deleted and created it again), the two would not match, so
+        that is a Conflict to retry.
+        """
+        session = await live_session(self._store, tenant, session_id, self._clock())
+        messages = await self._all_messages(tenant, session_id, upto)
+        now = await live_session(self._store, tenant, session_id, self._clock())
+        if (now.uid, now.version) != (session.uid, session.version):
+            raise Conflict(
+                f"session {session_id!r} changed while it was read; retry",
+                reason="SESSION_CHANGED",
+            )
+        return session, messages
+
     async def export(self, tenant: str, session_id: str) -> SessionDocument:
         async with self._engine.hold(tenant, session_id):
-            session = await live_session(self._store, tenant, session_id, self._clock())
-            messages = await self._all_messages(tenant, session_id)
+            session, messages = await self._snapshot(tenant, session_id)
         return SessionDocument(session, tuple(messages))
 
     async def import_(
