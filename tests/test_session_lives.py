@@ -291,3 +291,24 @@ async def test_a_fork_refuses_a_source_another_replica_changed_while_it_read(
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await forking.stub.GetSession(pb.GetSessionRequest(session_id="f"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_delete_that_waited_never_deletes_the_next_life(start_chatd: StartChatd) -> None:
+    """Two servers on one store: a delete read life 1 and waits (held here) while the
+    other server deletes the session and creates it again; life 2 survives it."""
+    store = LatchStore(MemoryStore())
+    deleting = await start_chatd(store=store)
+    other = await start_chatd(store=store.inner)
+    await create(deleting, "s")
+    store.holding = True
+    delete = asyncio.ensure_future(
+        deleting.stub.DeleteSession(pb.DeleteSessionRequest(session_id="s"))
+    )
+    await store.entered.wait()
+    reborn = await recreate(other, "s")
+    store.release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await delete
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    got = await other.stub.GetSession(pb.GetSessionRequest(session_id="s"))
+    assert got.session.uid == reborn.uid

@@ -88,9 +88,9 @@ class InstrumentedStore:
         with self._timed("list_sessions"):
             return await self._inner.list_sessions(tenant, query)
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
         with self._timed("delete_session"):
-            await self._inner.delete_session(tenant, session_id)
+            await self._inner.delete_session(tenant, session_id, uid)
 
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int | None = None

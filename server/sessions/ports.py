@@ -102,8 +102,9 @@ class SessionStore(Protocol):
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         """At most `query.limit` sessions after `query.after`, in the query's order."""
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
-        """Removes the session and all its messages atomically. Raises NotFound."""
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
+        """Removes the session and all its messages atomically. Raises NotFound, also when
+        `uid` is given and the stored session is another life of it."""
 
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int | None = None

@@ -238,10 +238,14 @@ class ChatSessions:
     async def delete(self, tenant: str, session_id: str) -> None:
         """Deletes the session and its history, after any running turn of it ended.
 
-        Raises NotFound (an expired session is already gone)."""
-        await self.get(tenant, session_id)
+        Raises NotFound (an expired session is already gone, and so is one deleted, or
+        expired, while the delete waited, even if it was created again since)."""
+        session = await self.get(tenant, session_id)
         async with self._engine.hold(tenant, session_id):
-            await complete(self._store.delete_session(tenant, session_id))
+            now = await self.get(tenant, session_id)
+            if now.uid != session.uid:
+                raise NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
+            await complete(self._store.delete_session(tenant, session_id, session.uid))
 
     async def append(
         self,

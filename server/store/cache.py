@@ -177,11 +177,11 @@ class CachedStore:
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         return await self._inner.list_sessions(tenant, query)
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
         key = (tenant, session_id)
         async with self._locks.hold(key):
             try:
-                await self._inner.delete_session(tenant, session_id)
+                await self._inner.delete_session(tenant, session_id, uid)
             finally:
                 self._take(key)  # gone, or in an unknown state: either way not cached
 

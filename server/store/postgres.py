@@ -183,9 +183,10 @@ class PostgresStore:
             found = await conn.fetch(statement, *params)
         return [rows.session_from_row(row) for row in found]
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
         async with self._transaction() as conn:
-            if await conn.fetchval(sql.LOCK_SESSION, tenant, session_id) is None:
+            stored = await conn.fetchval(sql.LOCK_SESSION, tenant, session_id)
+            if stored is None or (uid is not None and stored != uid):
                 raise rules.not_found(session_id)
             await conn.execute(sql.DELETE_MESSAGES, tenant, session_id)
             await conn.execute(sql.DELETE_SESSION, tenant, session_id)
