@@ -4,13 +4,15 @@ ids are bound to one life of one session, through a real server."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
+from server.sessions.ports import ModelChunk, ModelRequest
 from server.store import MemoryStore
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import LatchStore, ScriptedProvider
@@ -312,3 +314,46 @@ async def test_a_delete_that_waited_never_deletes_the_next_life(start_chatd: Sta
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     got = await other.stub.GetSession(pb.GetSessionRequest(session_id="s"))
     assert got.session.uid == reborn.uid
+
+
+class GatedProvider(ScriptedProvider):
+    """A ScriptedProvider whose replies start only once `gate` is set."""
+
+    gate: asyncio.Event
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        self.started.set()
+        await self.gate.wait()
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_a_session_that_expires_while_its_turn_runs_stays_gone(
+    start_chatd: StartChatd,
+) -> None:
+    """Reads say NOT_FOUND once the ttl passed; the turn's commit must not revive it
+    (outside the tenant's quota, and only if the sweeper happened not to run yet)."""
+    provider = GatedProvider()
+    provider.gate = asyncio.Event()
+    chatd = await start_chatd(provider=provider, store=MemoryStore(), sweep_interval=3600)
+    ttl = session_pb2.Session(ttl=duration_pb2.Duration(seconds=1))
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s", session=ttl))
+    turn = asyncio.ensure_future(chatd.stub.SendMessage(send("s", "hello")))
+    await provider.started.wait()
+    for _ in range(100):
+        try:
+            await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))
+        except grpc.aio.AioRpcError as exc:
+            expired = exc.code()
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the session did not expire")
+    assert expired == grpc.StatusCode.NOT_FOUND
+    provider.gate.set()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await turn
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as after:
+        await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))
+    assert after.value.code() == grpc.StatusCode.NOT_FOUND
