@@ -226,6 +226,18 @@ def _directory(path: Path) -> None:
     path.mkdir()
 
 
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _fifo_wal(path: Path) -> None:
+    os.mkfifo(wal_of(path))
+
+
+def _fifo_lock(path: Path) -> None:
+    os.mkfifo(path.with_name(path.name + ".lock"))
+
+
 @pytest.mark.parametrize(
     ("make", "cause"),
     [
@@ -235,8 +247,22 @@ def _directory(path: Path) -> None:
         (_too_new, "schema version 999 is newer"),
         (_foreign_schema, "another program's SQLite database"),
         (_directory, "is a directory"),
+        # Opening a FIFO waits for a writer: without the check chatd would hang silently.
+        (_fifo, "is a named pipe"),
+        (_fifo_wal, "its WAL file is a named pipe"),
+        (_fifo_lock, "its lock file is a named pipe"),
     ],
-    ids=["garbage", "truncated", "damaged", "too-new", "foreign-schema", "directory"],
+    ids=[
+        "garbage",
+        "truncated",
+        "damaged",
+        "too-new",
+        "foreign-schema",
+        "directory",
+        "fifo",
+        "fifo-wal",
+        "fifo-lock",
+    ],
 )
 async def test_an_unusable_file_is_one_line_and_exit_1(
     tmp_path: Path, make: Callable[[Path], None], cause: str
