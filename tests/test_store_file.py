@@ -226,6 +226,13 @@ def _directory(path: Path) -> None:
     path.mkdir()
 
 
+def _hard_linked(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    os.link(path, path.with_name("other-name.db"))
+
+
 def _fifo(path: Path) -> None:
     os.mkfifo(path)
 
@@ -251,6 +258,8 @@ def _fifo_lock(path: Path) -> None:
         (_fifo, "is a named pipe"),
         (_fifo_wal, "its WAL file is a named pipe"),
         (_fifo_lock, "its lock file is a named pipe"),
+        # Under a second name, a second chatd would take another lock and another WAL.
+        (_hard_linked, "has 2 names (hard links)"),
     ],
     ids=[
         "garbage",
@@ -262,6 +271,7 @@ def _fifo_lock(path: Path) -> None:
         "fifo",
         "fifo-wal",
         "fifo-lock",
+        "hard-link",
     ],
 )
 async def test_an_unusable_file_is_one_line_and_exit_1(

@@ -106,11 +106,20 @@ def inspect(path: Path) -> DatabaseFile:
     try:
         with open(path, "rb") as file:
             header = file.read(_HEADER_SIZE)
-            size = os.fstat(file.fileno()).st_size
+            found = os.fstat(file.fileno())
+            size = found.st_size
     except FileNotFoundError:
         return DatabaseFile(path, new=True)
     except OSError as exc:
         raise StartupError(str(path), f"cannot read it: {exc.strerror}", _access_fix()) from exc
+    if found.st_nlink > 1:
+        # The lock file, the WAL and SQLite's own locks go by name: under another name a
+        # second chatd would run on this file with a WAL of its own, and corrupt it.
+        raise StartupError(
+            str(path),
+            f"has {found.st_nlink} names (hard links); another name escapes its lock",
+            f"keep one name: remove the others (find / -xdev -samefile {path})",
+        )
     if size == 0:
         return DatabaseFile(path, new=True)  # SQLite treats an empty file as an empty database
     if len(header) < _HEADER_SIZE or not header.startswith(_MAGIC):
