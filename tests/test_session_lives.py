@@ -357,3 +357,70 @@ async def test_a_session_that_expires_while_its_turn_runs_stays_gone(
     with pytest.raises(grpc.aio.AioRpcError) as after:
         await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))
     assert after.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class CreateLatch:
+    """A SessionStore whose create_session reports itself in `entered` and waits for
+    `release`."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+        if name != "create_session":
+            return method
+
+        async def held(*args: object, **kwargs: object) -> object:
+            self.entered.set()
+            await self.release.wait()
+            return await method(*args, **kwargs)
+
+        return held
+
+
+async def test_a_request_id_raced_on_two_servers_never_returns_another_requests_session(
+    start_chatd: StartChatd,
+) -> None:
+    """Both servers find no record of "r" and create; the one that loses must not
+    answer its create of "y" with the session "x" the other request made."""
+    store = CreateLatch(MemoryStore())
+    late = await start_chatd(store=store)
+    first = await start_chatd(store=store.inner)
+    creating = asyncio.ensure_future(create(late, "y", request_id="r"))
+    await store.entered.wait()
+    assert (await create(first, "x", request_id="r")).session_id == "x"
+    store.release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await creating
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rich_details(err.value)["ErrorInfo"].reason == "REQUEST_ID_REUSED"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await first.stub.GetSession(pb.GetSessionRequest(session_id="y"))
+
+
+async def test_the_same_append_raced_on_two_servers_returns_the_first_result(
+    start_chatd: StartChatd,
+) -> None:
+    store = LatchStore(MemoryStore())
+    late = await start_chatd(store=store)
+    first = await start_chatd(store=store.inner)
+    await create(first, "s")
+    request = pb.AppendMessagesRequest(
+        session_id="s",
+        request_id="r",
+        messages=[
+            content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="q")]),
+            content_pb2.Message(role=content_pb2.ROLE_MODEL, parts=[content_pb2.Part(text="a")]),
+        ],
+    )
+    store.holding = True
+    appending = asyncio.ensure_future(late.stub.AppendMessages(request))
+    await store.entered.wait()
+    won = await first.stub.AppendMessages(request)
+    store.release.set()
+    replayed = await appending
+    assert list(replayed.messages) == list(won.messages)
+    assert len(await all_messages(first.stub, "s")) == 2

@@ -127,10 +127,8 @@ class ChatSessions:
 
                 try:
                     return await create(record)
-                except DuplicateRequest:
-                    done = await self._store.get_request(tenant, key.request_id)
-                    if done is None:
-                        raise
+                except DuplicateRequest as exc:
+                    done = await self._requests.raced(tenant, key, exc)
         return await replay_session_result(self._store, done, self._clock())
 
     async def create(
@@ -266,7 +264,10 @@ class ChatSessions:
                     result = encode_messages_result(session, stored)
                     return self._requests.record(tenant, key, result)
 
-                return await self.history.append(tenant, session_id, messages, record)
+                try:
+                    return await self.history.append(tenant, session_id, messages, record)
+                except DuplicateRequest as exc:
+                    done = await self._requests.raced(tenant, key, exc)
         stored, session = await replay_messages(self._store, done, session_id, self._clock())
         return tuple(stored), session
 
