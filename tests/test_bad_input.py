@@ -786,3 +786,24 @@ async def test_nul_in_ids_stored_as_text_is_refused_on_every_store(chatd: Chatd)
         assert fields == ["document.messages[0].turn_id"]
         assert "128" in message
     assert await snapshot(stub, "src") == before
+
+
+@pytest.mark.parametrize("path", ["expire_time.nanos", "expire_time.seconds", "ttl.nanos"])
+async def test_a_mask_naming_part_of_a_time_is_refused_and_ends_nothing(
+    chatd: Chatd, path: str
+) -> None:
+    """expire_time.nanos alone would merge an expiry of 1970 and end the session."""
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+    session = session_pb2.Session(session_id="s")
+    session.expire_time.seconds = 4_000_000_000
+    session.ttl.seconds = 60
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.UpdateSession(
+            pb.UpdateSessionRequest(session=session, update_mask={"paths": [path]})
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == ["update_mask"]
+    got = (await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))).session
+    assert not got.HasField("expire_time")
+    assert not got.HasField("ttl")
+    await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="s", text="still here"))
