@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
+from server.sessions.model import FinishReason, Part
 from server.sessions.ports import ModelChunk, ModelRequest
 from server.store import MemoryStore
 from tests.conftest import Chatd, StartChatd
@@ -424,3 +425,36 @@ async def test_the_same_append_raced_on_two_servers_returns_the_first_result(
     replayed = await appending
     assert list(replayed.messages) == list(won.messages)
     assert len(await all_messages(first.stub, "s")) == 2
+
+
+class BlockedOnce(ScriptedProvider):
+    """Blocks the first prompt it is sent (nothing to store), answers the next ones."""
+
+    calls: int = 0
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        self.calls += 1
+        if self.calls == 1:
+            yield ModelChunk(block_reason="SAFETY", finish_reason=FinishReason.SAFETY)
+            return
+        yield ModelChunk(parts=(Part(text="an answer"),), finish_reason=FinishReason.STOP)
+
+
+async def test_a_retried_turn_that_stored_nothing_gets_its_first_answer(
+    start_chatd: StartChatd,
+) -> None:
+    """A blocked prompt stores no messages, but its request id still names its answer:
+    a retry must not call the model again and come back with another one."""
+    provider = BlockedOnce()
+    chatd = await start_chatd(provider=provider)
+    await create(chatd, "s")
+    first = (await chatd.stub.SendMessage(send("s", "hello", request_id="r"))).reply
+    again = (await chatd.stub.SendMessage(send("s", "hello", request_id="r"))).reply
+    streamed = await _read_all(
+        chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hello", request_id="r"))
+    )
+    assert provider.calls == 1
+    assert first.finish_reason == content_pb2.FINISH_REASON_PROMPT_BLOCKED
+    assert again == first
+    assert streamed[-1].reply == first
+    assert await all_messages(chatd.stub, "s") == []

@@ -122,6 +122,10 @@ class InstrumentedStore:
         with self._timed("delete_expired"):
             return await self._inner.delete_expired(now, limit)
 
+    async def put_request(self, request: RequestRecord) -> None:
+        with self._timed("put_request"):
+            await self._inner.put_request(request)
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         with self._timed("get_request"):
             return await self._inner.get_request(tenant, request_id)

@@ -311,6 +311,10 @@ class TurnEngine:
         reply = self._reply(state, builder, finish, ())
         if stored:
             await self._commit(state, None, reply, record)
+        elif record is not None:
+            # Nothing to store but the answer itself: a retry must get this answer back,
+            # not call the model again and perhaps get another.
+            await complete(self._store.put_request(record(state.session, reply)))
         yield TurnCompleted(reply)
 
     def _responses(self, state: _Turn, by_id: dict[str, FunctionResponse]) -> Message:

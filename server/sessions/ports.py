@@ -142,6 +142,10 @@ class SessionStore(Protocol):
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None: ...
 
+    async def put_request(self, request: RequestRecord) -> None:
+        """Stores the record of a request that wrote nothing else (a turn the model
+        answered with nothing); raises DuplicateRequest if its id is already taken."""
+
     async def delete_requests_before(self, time: float, limit: int) -> int:
         """Forgets at most `limit` request records created before `time`; how many."""
 

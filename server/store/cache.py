@@ -277,6 +277,9 @@ class CachedStore:
     async def count_sessions(self, tenant: str) -> int:
         return await self._inner.count_sessions(tenant)
 
+    async def put_request(self, request: RequestRecord) -> None:
+        await self._inner.put_request(request)
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         return await self._inner.get_request(tenant, request_id)
 

@@ -179,6 +179,10 @@ class MemoryStore:
             del self._tenants[tenant][session_id]
         return len(doomed)
 
+    async def put_request(self, request: RequestRecord) -> None:
+        self._check_request(request)
+        self._keep_request(request)
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         return self._requests.get((tenant, request_id))
 

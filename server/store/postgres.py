@@ -255,6 +255,10 @@ class PostgresStore:
             count: int = await conn.fetchval(sql.COUNT_SESSIONS, tenant)
         return count
 
+    async def put_request(self, request: RequestRecord) -> None:
+        async with self._transaction() as conn:
+            await self._insert_request(conn, request)
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(sql.SELECT_REQUEST, tenant, request_id)

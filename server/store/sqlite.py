@@ -334,6 +334,14 @@ class SqliteStore:
 
         return await self._reader.submit(job)
 
+    async def put_request(self, request: RequestRecord) -> None:
+        record = rows.request_values(request)
+
+        def job(conn: sqlite3.Connection) -> None:
+            _insert_request(conn, record)
+
+        await self._writer.submit(job)
+
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         def job(conn: sqlite3.Connection) -> RequestRecord | None:
             row = conn.execute(sql.SELECT_REQUEST, (tenant, request_id)).fetchone()
