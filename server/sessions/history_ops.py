@@ -16,8 +16,9 @@ from server.sessions.ids import (
     new_session_uid,
     new_turn_id,
 )
-from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
+from server.sessions.model import Message, PendingTurn, Role, Session, SessionSettings, Usage
 from server.sessions.ports import RequestRecord, SessionStore
+from server.sessions.tool_calls import calls_of
 from server.sessions.wellformed import check_history
 from server.sessions.writes import complete
 
@@ -240,6 +241,8 @@ class HistoryOps:
         check_history(
             messages, "document.messages", None, open_calls_allowed=source.pending is not None
         )
+        if source.pending is not None:
+            _check_pending(source.pending, messages)
         new_id = session_id or source.session_id or new_session_id()
         check_id("session_id", new_id)
         return await self._create_copy(
@@ -276,3 +279,25 @@ class HistoryOps:
             session, messages, request(session), now=now, max_sessions=self._max_sessions
         )
         return session
+
+
+def _check_pending(pending: PendingTurn, messages: Sequence[Message]) -> None:
+    """A paused turn must be the one the history ends with, as chatd pauses turns: its
+    first message a user message of the history, its calls exactly those of the last
+    (model) message, its answers to some of those calls. Otherwise tool results would
+    answer calls the history does not hold, and leave its own calls unanswered."""
+    field = "document.pending_turn"
+    first = next((m for m in messages if m.seq == pending.first_seq), None)
+    if first is None or not is_turn_start(first):
+        raise InvalidArgument(
+            f"{field}.first_message_id", "must be a user message of document.messages"
+        )
+    last = messages[-1]
+    if last.role is not Role.MODEL or calls_of(last) != pending.calls:
+        raise InvalidArgument(
+            f"{field}.calls", "must be exactly the function calls of the last message"
+        )
+    ids = {call.id for call in pending.calls}
+    for i, answer in enumerate(pending.answered):
+        if answer.id not in ids:
+            raise InvalidArgument(f"{field}.answered[{i}].id", "answers none of the calls")
