@@ -182,6 +182,12 @@ class HistoryOps:
                 "message_id", f"{message_id(upto)!r} is not a message of this session"
             )
         if source.pending is not None:
+            if upto is not None and upto >= source.pending.first_seq:
+                raise InvalidArgument(
+                    "message_id",
+                    f"{message_id(upto)!r} is in the turn waiting for tool results:"
+                    " fork at the last message of a complete turn",
+                )
             # The paused turn is not complete: the fork stops before it.
             messages = [m for m in messages if m.seq < source.pending.first_seq]
         if (
