@@ -790,3 +790,91 @@ async def test_nul_in_ids_stored_as_text_is_refused_on_every_store(chatd: Chatd)
         assert fields == ["document.messages[0].turn_id"]
         assert "128" in message
     assert await snapshot(stub, "src") == before
+
+
+@pytest.mark.parametrize("path", ["expire_time.nanos", "expire_time.seconds", "ttl.nanos"])
+async def test_a_mask_naming_part_of_a_time_is_refused_and_ends_nothing(
+    chatd: Chatd, path: str
+) -> None:
+    """expire_time.nanos alone would merge an expiry of 1970 and end the session."""
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+    session = session_pb2.Session(session_id="s")
+    session.expire_time.seconds = 4_000_000_000
+    session.ttl.seconds = 60
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.UpdateSession(
+            pb.UpdateSessionRequest(session=session, update_mask={"paths": [path]})
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == ["update_mask"]
+    got = (await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))).session
+    assert not got.HasField("expire_time")
+    assert not got.HasField("ttl")
+    await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="s", text="still here"))
+
+
+def _paused_document() -> session_pb2.SessionDocument:
+    """A document paused on the call "a" of f, as chatd exports one."""
+    doc = session_pb2.SessionDocument(format_version=1)
+    doc.session.function_declarations.add(name="f")
+    doc.session.function_declarations.add(name="g")
+    doc.messages.add(
+        message_id="0", role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="hi")]
+    )
+    call = content_pb2.FunctionCall(id="a", name="f")
+    doc.messages.add(
+        message_id="1", role=content_pb2.ROLE_MODEL, parts=[content_pb2.Part(function_call=call)]
+    )
+    doc.pending_turn.turn_id = "t1"
+    doc.pending_turn.first_message_id = "0"
+    doc.pending_turn.calls.append(call)
+    return doc
+
+
+def _other_call(doc: session_pb2.SessionDocument) -> None:
+    del doc.pending_turn.calls[:]
+    doc.pending_turn.calls.add(id="b", name="g")
+
+
+def _first_not_a_message(doc: session_pb2.SessionDocument) -> None:
+    doc.pending_turn.first_message_id = "7"
+
+
+def _first_not_a_user_message(doc: session_pb2.SessionDocument) -> None:
+    doc.pending_turn.first_message_id = "1"
+
+
+def _answers_no_call(doc: session_pb2.SessionDocument) -> None:
+    doc.pending_turn.answered.add(id="zzz", name="f", response=struct({"result": 1}))
+
+
+@pytest.mark.parametrize(
+    ("forge", "field"),
+    [
+        (_other_call, "document.pending_turn.calls"),
+        (_first_not_a_message, "document.pending_turn.first_message_id"),
+        (_first_not_a_user_message, "document.pending_turn.first_message_id"),
+        (_answers_no_call, "document.pending_turn.answered[0].id"),
+    ],
+)
+async def test_an_imported_paused_turn_must_be_the_one_its_history_ends_with(
+    chatd: Chatd, forge: Any, field: str
+) -> None:
+    """Else tool results answer calls the history does not hold: the stored history
+    leaves its own call unanswered, Gemini refuses it, and its export does not import."""
+    forged = _paused_document()
+    forge(forged)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.ImportSession(pb.ImportSessionRequest(session_id="i", document=forged))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == [field]
+
+    await chatd.stub.ImportSession(
+        pb.ImportSessionRequest(session_id="i", document=_paused_document())
+    )
+    result = pb.ToolResult(call_id="a", result=struct_pb2.Value(string_value="x"))
+    await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="i", tool_results=[result]))
+    exported = await chatd.stub.ExportSession(pb.ExportSessionRequest(session_id="i"))
+    await chatd.stub.ImportSession(
+        pb.ImportSessionRequest(session_id="j", document=exported.document)
+    )

@@ -154,6 +154,30 @@ async def test_fork_refuses_a_cut_inside_a_turn_or_a_missing_message(
     assert violated_fields(err.value) == [field]
 
 
+@pytest.mark.parametrize("message_id", ["2", "3"])
+async def test_fork_refuses_a_cut_in_the_turn_waiting_for_tool_results(
+    chatd: Chatd, message_id: str
+) -> None:
+    """Not a fork that silently ends before the message asked for."""
+    declaration = session_pb2.FunctionDeclaration(name="f")
+    await chatd.stub.CreateSession(
+        pb.CreateSessionRequest(
+            session_id="src", session=session_pb2.Session(function_declarations=[declaration])
+        )
+    )
+    await send(chatd, "src", "one")
+    assert (await send(chatd, "src", "/call f {}")).pending_tool_calls
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.ForkSession(pb.ForkSessionRequest(session_id="src", message_id=message_id))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == ["message_id"]
+    forked = await chatd.stub.ForkSession(pb.ForkSessionRequest(session_id="src", message_id="1"))
+    assert [m.message_id for m in await all_messages(chatd.stub, forked.session.session_id)] == [
+        "0",
+        "1",
+    ]
+
+
 async def test_clear_history_keeps_settings(chatd: Chatd) -> None:
     await create(chatd, "c", system_instruction="stay", labels={"x": "y"})
     await send(chatd, "c", "one")

@@ -226,6 +226,25 @@ def _directory(path: Path) -> None:
     path.mkdir()
 
 
+def _hard_linked(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    os.link(path, path.with_name("other-name.db"))
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _fifo_wal(path: Path) -> None:
+    os.mkfifo(wal_of(path))
+
+
+def _fifo_lock(path: Path) -> None:
+    os.mkfifo(path.with_name(path.name + ".lock"))
+
+
 @pytest.mark.parametrize(
     ("make", "cause"),
     [
@@ -235,8 +254,25 @@ def _directory(path: Path) -> None:
         (_too_new, "schema version 999 is newer"),
         (_foreign_schema, "another program's SQLite database"),
         (_directory, "is a directory"),
+        # Opening a FIFO waits for a writer: without the check chatd would hang silently.
+        (_fifo, "is a named pipe"),
+        (_fifo_wal, "its WAL file is a named pipe"),
+        (_fifo_lock, "its lock file is a named pipe"),
+        # Under a second name, a second chatd would take another lock and another WAL.
+        (_hard_linked, "has 2 names (hard links)"),
     ],
-    ids=["garbage", "truncated", "damaged", "too-new", "foreign-schema", "directory"],
+    ids=[
+        "garbage",
+        "truncated",
+        "damaged",
+        "too-new",
+        "foreign-schema",
+        "directory",
+        "fifo",
+        "fifo-wal",
+        "fifo-lock",
+        "hard-link",
+    ],
 )
 async def test_an_unusable_file_is_one_line_and_exit_1(
     tmp_path: Path, make: Callable[[Path], None], cause: str

@@ -88,9 +88,9 @@ class InstrumentedStore:
         with self._timed("list_sessions"):
             return await self._inner.list_sessions(tenant, query)
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
         with self._timed("delete_session"):
-            await self._inner.delete_session(tenant, session_id)
+            await self._inner.delete_session(tenant, session_id, uid)
 
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int | None = None
@@ -121,6 +121,10 @@ class InstrumentedStore:
     async def delete_expired(self, now: float, limit: int) -> int:
         with self._timed("delete_expired"):
             return await self._inner.delete_expired(now, limit)
+
+    async def put_request(self, request: RequestRecord) -> None:
+        with self._timed("put_request"):
+            await self._inner.put_request(request)
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         with self._timed("get_request"):

@@ -27,6 +27,8 @@ UPDATABLE = (
     "ttl",
     "expire_time",
 )
+# Values that only make sense whole: a mask path may not name a part of them.
+_WHOLE = frozenset({"ttl", "expire_time"})
 # W/"<version>-<uid>": the uid keeps an etag of one life of a session from matching
 # the next one, whose versions start again at 1.
 _ETAG = re.compile(r'W/"(\d{1,18})-([0-9a-f]{1,64})"')
@@ -47,10 +49,17 @@ def updated_settings(current: Session, request: pb.UpdateSessionRequest) -> Sess
             raise InvalidArgument("update_mask", '"*" cannot be combined with other paths')
         paths = list(UPDATABLE)
     for path in paths:
-        if path.split(".")[0] not in UPDATABLE:
+        head, _, rest = path.partition(".")
+        if head not in UPDATABLE:
             raise InvalidArgument(
                 "update_mask",
                 f"{path[:64]!r} is not an updatable field; use: {', '.join(UPDATABLE)}",
+            )
+        if rest and head in _WHOLE:
+            # A part of a time is no time: expire_time.nanos alone would set the
+            # expiry to 1970 and end the session at once.
+            raise InvalidArgument(
+                "update_mask", f"{path[:64]!r}: {head} is updated whole; name {head!r}"
             )
     mask = field_mask_pb2.FieldMask(paths=paths)
     if not mask.IsValidForDescriptor(session_pb2.Session.DESCRIPTOR):

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 
 from server.sessions.context import history_needed, select_window
-from server.sessions.errors import Cancelled, FailedPrecondition
+from server.sessions.errors import Cancelled, FailedPrecondition, NotFound
 from server.sessions.events import (
     MessageCompleted,
     ToolCallAnswered,
@@ -326,6 +326,10 @@ class TurnEngine:
             )
         if stored:
             await self._commit(state, None, reply, record)
+        elif record is not None:
+            # Nothing to store but the answer itself: a retry must get this answer back,
+            # not call the model again and perhaps get another.
+            await complete(self._store.put_request(record(state.session, reply)))
         yield TurnCompleted(reply)
 
     def _responses(self, state: _Turn, by_id: dict[str, FunctionResponse]) -> Message:
@@ -393,6 +397,14 @@ class TurnEngine:
         record: Recorder | None,
     ) -> None:
         session = state.session
+        expire_time = session.expire_time
+        if expire_time is not None and expire_time <= self._clock():
+            # Expired while the model ran: the session is gone for every reader (and for
+            # the tenant's quota), so the turn must not bring it back.
+            raise NotFound(
+                f"session {session.session_id!r} expired while the turn ran; it was not stored",
+                reason="SESSION_NOT_FOUND",
+            )
         updated = session.evolve(
             message_count=session.message_count + len(state.added),
             next_seq=state.next_seq,

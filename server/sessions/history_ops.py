@@ -17,9 +17,10 @@ from server.sessions.ids import (
     new_session_uid,
     new_turn_id,
 )
-from server.sessions.model import Message, PendingTurn, Session, SessionSettings, Usage
+from server.sessions.model import Message, PendingTurn, Role, Session, SessionSettings, Usage
 from server.sessions.pacing import CHECK_SLICE, GIL_BREAK_SECONDS, Pacer, shifted
 from server.sessions.ports import RequestRecord, SessionStore
+from server.sessions.tool_calls import calls_of
 from server.sessions.wellformed import check_history, check_pending_ids
 from server.sessions.writes import complete
 
@@ -202,30 +203,63 @@ class HistoryOps:
         """A new session whose history is the source's up to message `upto` (inclusive)."""
         if new_id:
             check_id("new_session_id", new_id)
-        source = await live_session(self._store, tenant, session_id, self._clock())
-        messages = await self._all_messages(tenant, session_id, upto)
+        # Under the source's lock, so no turn of it commits (or pauses) between reading
+        # the session and reading its history; `_snapshot` checks other replicas.
+        async with self._engine.hold(tenant, session_id):
+            source, messages = await self._snapshot(tenant, session_id, upto)
+            rest = []
+            if upto is not None and messages and messages[-1].seq == upto:
+                rest = await self._store.list_messages(tenant, session_id, upto, 1)
         if upto is not None and (not messages or messages[-1].seq != upto):
             raise InvalidArgument(
                 "message_id", f"{message_id(upto)!r} is not a message of this session"
             )
         if source.pending is not None:
-            # The paused turn is not complete: the fork stops before it.
-            messages = [m for m in messages if m.seq < source.pending.first_seq]
-        if upto is not None and messages:
-            rest = await self._store.list_messages(tenant, session_id, upto, 1)
-            if rest and rest[0].turn_id == messages[-1].turn_id and not is_turn_start(rest[0]):
+            if upto is not None and upto >= source.pending.first_seq:
                 raise InvalidArgument(
                     "message_id",
-                    f"{message_id(upto)!r} is inside a turn: fork at the last message of a turn",
+                    f"{message_id(upto)!r} is in the turn waiting for tool results:"
+                    " fork at the last message of a complete turn",
                 )
+            # The paused turn is not complete: the fork stops before it.
+            messages = [m for m in messages if m.seq < source.pending.first_seq]
+        if (
+            upto is not None
+            and messages
+            and rest
+            and rest[0].turn_id == messages[-1].turn_id
+            and not is_turn_start(rest[0])
+        ):
+            raise InvalidArgument(
+                "message_id",
+                f"{message_id(upto)!r} is inside a turn: fork at the last message of a turn",
+            )
         return await self._create_copy(
             tenant, source.settings, messages, new_id or new_session_id(), None, request
         )
 
+    async def _snapshot(
+        self, tenant: str, session_id: str, upto: int | None = None
+    ) -> tuple[Session, list[Message]]:
+        """The session and its history (up to `upto`) as of one version of one life.
+
+        History is read after the session row; if the row moved on meanwhile (another
+        replica wrote it, or deleted and created it again), the two would not match, so
+        that is a Conflict to retry.
+        """
+        session = await live_session(self._store, tenant, session_id, self._clock())
+        messages = await self._all_messages(tenant, session_id, upto)
+        now = await live_session(self._store, tenant, session_id, self._clock())
+        if (now.uid, now.version) != (session.uid, session.version):
+            raise Conflict(
+                f"session {session_id!r} changed while it was read; retry",
+                reason="SESSION_CHANGED",
+            )
+        return session, messages
+
     async def export(self, tenant: str, session_id: str) -> SessionDocument:
         async with self._engine.hold(tenant, session_id):
-            session = await live_session(self._store, tenant, session_id, self._clock())
-            messages = await self._all_messages(tenant, session_id)
+            session, messages = await self._snapshot(tenant, session_id)
         return SessionDocument(session, tuple(messages))
 
     async def import_(
@@ -239,6 +273,8 @@ class HistoryOps:
         self._check_settings(source.settings, "document.session")
         messages = document.messages
         await _check_document(messages, source.pending is not None)
+        if source.pending is not None:
+            _check_pending(source.pending, messages)
         new_id = session_id or source.session_id or new_session_id()
         check_id("session_id", new_id)
         return await self._create_copy(
@@ -275,3 +311,25 @@ class HistoryOps:
             session, messages, request(session), now=now, max_sessions=self._max_sessions
         )
         return session
+
+
+def _check_pending(pending: PendingTurn, messages: Sequence[Message]) -> None:
+    """A paused turn must be the one the history ends with, as chatd pauses turns: its
+    first message a user message of the history, its calls exactly those of the last
+    (model) message, its answers to some of those calls. Otherwise tool results would
+    answer calls the history does not hold, and leave its own calls unanswered."""
+    field = "document.pending_turn"
+    first = next((m for m in messages if m.seq == pending.first_seq), None)
+    if first is None or not is_turn_start(first):
+        raise InvalidArgument(
+            f"{field}.first_message_id", "must be a user message of document.messages"
+        )
+    last = messages[-1]
+    if last.role is not Role.MODEL or calls_of(last) != pending.calls:
+        raise InvalidArgument(
+            f"{field}.calls", "must be exactly the function calls of the last message"
+        )
+    ids = {call.id for call in pending.calls}
+    for i, answer in enumerate(pending.answered):
+        if answer.id not in ids:
+            raise InvalidArgument(f"{field}.answered[{i}].id", "answers none of the calls")

@@ -9,7 +9,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from server.sessions.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.sessions.errors import (
+    DuplicateRequest,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from server.sessions.events import (
     MessageCompleted,
     PartReceived,
@@ -55,13 +60,7 @@ class Requests:
                 continue
             record = await self._store.get_request(tenant, key.request_id)
             if record is not None:
-                if record.fingerprint != key.fingerprint:
-                    raise InvalidArgument(
-                        "request_id",
-                        f"{key.request_id!r} was already used for a different request",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                yield record
+                yield self.same_request(key, record)
                 return
             # Another duplicate may have claimed the id while the store was read.
             if slot not in self._running:
@@ -73,6 +72,26 @@ class Requests:
         finally:
             del self._running[slot]
             done.set_result(None)
+
+    async def raced(self, tenant: str, key: RequestKey, exc: DuplicateRequest) -> RequestRecord:
+        """The record that made a write with this key fail DuplicateRequest: the same id
+        was recorded meanwhile (by another replica), perhaps for another request."""
+        record = await self._store.get_request(tenant, key.request_id)
+        if record is None:
+            raise exc
+        return self.same_request(key, record)
+
+    @staticmethod
+    def same_request(key: RequestKey, record: RequestRecord) -> RequestRecord:
+        """`record`, if it was made by the request `key` names; its result is never
+        another request's answer."""
+        if record.fingerprint != key.fingerprint:
+            raise InvalidArgument(
+                "request_id",
+                f"{key.request_id!r} was already used for a different request",
+                reason="REQUEST_ID_REUSED",
+            )
+        return record
 
     def record(self, tenant: str, key: RequestKey, result: str) -> RequestRecord:
         return RequestRecord(tenant, key.request_id, key.fingerprint, result, self._clock())

@@ -106,8 +106,9 @@ class SessionStore(Protocol):
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         """At most `query.limit` sessions after `query.after`, in the query's order."""
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
-        """Removes the session and all its messages atomically. Raises NotFound."""
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
+        """Removes the session and all its messages atomically. Raises NotFound, also when
+        `uid` is given and the stored session is another life of it."""
 
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int | None = None
@@ -144,6 +145,10 @@ class SessionStore(Protocol):
         or before `now`; how many it deleted."""
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None: ...
+
+    async def put_request(self, request: RequestRecord) -> None:
+        """Stores the record of a request that wrote nothing else (a turn the model
+        answered with nothing); raises DuplicateRequest if its id is already taken."""
 
     async def delete_requests_before(self, time: float, limit: int) -> int:
         """Forgets at most `limit` request records created before `time`; how many."""

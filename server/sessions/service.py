@@ -129,10 +129,8 @@ class ChatSessions:
 
                 try:
                     return await create(record)
-                except DuplicateRequest:
-                    done = await self._store.get_request(tenant, key.request_id)
-                    if done is None:
-                        raise
+                except DuplicateRequest as exc:
+                    done = await self._requests.raced(tenant, key, exc)
         return await replay_session_result(self._store, done, self._clock())
 
     async def create(
@@ -244,10 +242,14 @@ class ChatSessions:
     async def delete(self, tenant: str, session_id: str) -> None:
         """Deletes the session and its history, after any running turn of it ended.
 
-        Raises NotFound (an expired session is already gone)."""
-        await self.get(tenant, session_id)
+        Raises NotFound (an expired session is already gone, and so is one deleted, or
+        expired, while the delete waited, even if it was created again since)."""
+        session = await self.get(tenant, session_id)
         async with self._engine.hold(tenant, session_id):
-            await complete(self._store.delete_session(tenant, session_id))
+            now = await self.get(tenant, session_id)
+            if now.uid != session.uid:
+                raise NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
+            await complete(self._store.delete_session(tenant, session_id, session.uid))
 
     async def append(
         self,
@@ -268,7 +270,10 @@ class ChatSessions:
                     result = encode_messages_result(session, stored)
                     return self._requests.record(tenant, key, result)
 
-                return await self.history.append(tenant, session_id, messages, record)
+                try:
+                    return await self.history.append(tenant, session_id, messages, record)
+                except DuplicateRequest as exc:
+                    done = await self._requests.raced(tenant, key, exc)
         stored, session = await replay_messages(self._store, done, session_id, self._clock())
         return tuple(stored), session
 

@@ -180,11 +180,11 @@ class CachedStore:
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         return await self._inner.list_sessions(tenant, query)
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
         key = (tenant, session_id)
         async with self._locks.hold(key):
             try:
-                await self._inner.delete_session(tenant, session_id)
+                await self._inner.delete_session(tenant, session_id, uid)
             finally:
                 self._take(key)  # gone, or in an unknown state: either way not cached
 
@@ -279,6 +279,9 @@ class CachedStore:
 
     async def count_sessions(self, tenant: str) -> int:
         return await self._inner.count_sessions(tenant)
+
+    async def put_request(self, request: RequestRecord) -> None:
+        await self._inner.put_request(request)
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         return await self._inner.get_request(tenant, request_id)

@@ -110,8 +110,10 @@ class MemoryStore:
         pick = heapq.nlargest if query.descending else heapq.nsmallest
         return pick(query.limit, candidates, key=key)
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
-        self._record(tenant, session_id)
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
+        record = self._record(tenant, session_id)
+        if uid is not None and record.session.uid != uid:
+            raise rules.not_found(session_id)
         del self._tenants[tenant][session_id]
 
     async def recent_messages(
@@ -176,6 +178,10 @@ class MemoryStore:
         for _, tenant, session_id in doomed:
             del self._tenants[tenant][session_id]
         return len(doomed)
+
+    async def put_request(self, request: RequestRecord) -> None:
+        self._check_request(request)
+        self._keep_request(request)
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         return self._requests.get((tenant, request_id))

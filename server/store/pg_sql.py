@@ -57,7 +57,7 @@ SELECT_GUARDS = "SELECT version, next_seq, uid FROM sessions WHERE tenant = $1 A
 EXISTS = "SELECT 1 FROM sessions WHERE tenant = $1 AND session_id = $2"
 # Taken before deleting messages: a commit holding the row finishes first, and the
 # DELETE that follows (a new snapshot) then sees every message it added.
-LOCK_SESSION = "SELECT 1 FROM sessions WHERE tenant = $1 AND session_id = $2 FOR UPDATE"
+LOCK_SESSION = "SELECT uid FROM sessions WHERE tenant = $1 AND session_id = $2 FOR UPDATE"
 DELETE_MESSAGES = "DELETE FROM messages WHERE tenant = $1 AND session_id = $2"
 DELETE_SESSION = "DELETE FROM sessions WHERE tenant = $1 AND session_id = $2"
 ALL_MESSAGES = (

@@ -189,9 +189,10 @@ class PostgresStore:
             found = await conn.fetch(statement, *params)
         return [rows.session_from_row(row) for row in found]
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
         async with self._transaction() as conn:
-            if await conn.fetchval(sql.LOCK_SESSION, tenant, session_id) is None:
+            stored = await conn.fetchval(sql.LOCK_SESSION, tenant, session_id)
+            if stored is None or (uid is not None and stored != uid):
                 raise rules.not_found(session_id)
             await conn.execute(sql.DELETE_MESSAGES, tenant, session_id)
             await conn.execute(sql.DELETE_SESSION, tenant, session_id)
@@ -259,6 +260,10 @@ class PostgresStore:
         async with self._connection() as conn:
             count: int = await conn.fetchval(sql.COUNT_SESSIONS, tenant)
         return count
+
+    async def put_request(self, request: RequestRecord) -> None:
+        async with self._transaction() as conn:
+            await self._insert_request(conn, request)
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         async with self._connection() as conn:

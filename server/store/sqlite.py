@@ -261,10 +261,14 @@ class SqliteStore:
 
         return await self._reader.submit(job)
 
-    async def delete_session(self, tenant: str, session_id: str) -> None:
+    async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
         key = (tenant, session_id)
 
         def job(conn: sqlite3.Connection) -> None:
+            if uid is not None:
+                row = conn.execute(sql.SELECT_GUARDS, key).fetchone()
+                if row is None or row[2] != uid:
+                    raise rules.not_found(session_id)
             conn.execute(sql.DELETE_MESSAGES, key)
             if conn.execute(sql.DELETE_SESSION, key).rowcount == 0:
                 raise rules.not_found(session_id)
@@ -350,6 +354,14 @@ class SqliteStore:
             return count
 
         return await self._reader.submit(job)
+
+    async def put_request(self, request: RequestRecord) -> None:
+        record = rows.request_values(request)
+
+        def job(conn: sqlite3.Connection) -> None:
+            _insert_request(conn, record)
+
+        await self._writer.submit(job)
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
         def job(conn: sqlite3.Connection) -> RequestRecord | None:

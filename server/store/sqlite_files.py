@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,17 @@ def prepare_directory(path: Path) -> None:
             "is a directory, not a database file",
             f"point CHATD_DATABASE_URL at a file, e.g. sqlite:///{path / 'chatd.db'}",
         )
+    # Opening a FIFO would wait forever for a writer; a device is not chatd's file. The
+    # lock file, the WAL and the shared-memory file are opened too, before SQLite runs.
+    for suffix, what in _SIBLINGS:
+        kind = _special_kind(path.with_name(path.name + suffix))
+        if kind:
+            raise StartupError(
+                str(path),
+                f"{what}is a {kind}, not a regular file",
+                "point CHATD_DATABASE_URL at a regular file (or a path where chatd may"
+                " create one), next to no special files of its name",
+            )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -62,16 +74,52 @@ def prepare_directory(path: Path) -> None:
         ) from exc
 
 
+_SIBLINGS = (
+    ("", ""),
+    (".lock", "its lock file "),
+    ("-wal", "its WAL file "),
+    ("-shm", "its shared-memory file "),
+)
+
+
+def _special_kind(path: Path) -> str:
+    """What `path` is when it exists and is neither a regular file nor a directory."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return ""  # missing (created later) or unreadable (inspect says so)
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
 def inspect(path: Path) -> DatabaseFile:
     """Checks an existing file before SQLite opens it (header, size, access)."""
     try:
         with open(path, "rb") as file:
             header = file.read(_HEADER_SIZE)
-            size = os.fstat(file.fileno()).st_size
+            found = os.fstat(file.fileno())
+            size = found.st_size
     except FileNotFoundError:
         return DatabaseFile(path, new=True)
     except OSError as exc:
         raise StartupError(str(path), f"cannot read it: {exc.strerror}", _access_fix()) from exc
+    if found.st_nlink > 1:
+        # The lock file, the WAL and SQLite's own locks go by name: under another name a
+        # second chatd would run on this file with a WAL of its own, and corrupt it.
+        raise StartupError(
+            str(path),
+            f"has {found.st_nlink} names (hard links); another name escapes its lock",
+            f"keep one name: remove the others (find / -xdev -samefile {path})",
+        )
     if size == 0:
         return DatabaseFile(path, new=True)  # SQLite treats an empty file as an empty database
     if len(header) < _HEADER_SIZE or not header.startswith(_MAGIC):

@@ -34,6 +34,24 @@ async def test_a_write_meant_for_a_deleted_life_never_lands_on_the_next(
     assert await history(store, stored) == []
 
 
+async def test_a_delete_meant_for_a_deleted_life_never_deletes_the_next(
+    store: SessionStore,
+) -> None:
+    await store.create_session(new_session(uid="life-1"))
+    await store.delete_session(TENANT, "s1", "life-1")
+    new, messages = with_history(new_session(uid="life-2"), "kept", "answer")
+    await store.create_session(new, messages)
+
+    with pytest.raises(NotFound):
+        await store.delete_session(TENANT, "s1", "life-1")
+    stored = await store.get_session(TENANT, "s1")
+    assert stored.uid == "life-2"
+    assert len(await history(store, stored)) == 2
+    await store.delete_session(TENANT, "s1", "life-2")
+    with pytest.raises(NotFound):
+        await store.get_session(TENANT, "s1")
+
+
 async def test_create_replaces_a_session_expired_by_now_with_its_history(
     store: SessionStore,
 ) -> None:

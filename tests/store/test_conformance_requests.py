@@ -143,3 +143,14 @@ async def commit_with_request(
     record = request_of(request_id, created=created)
     await store.commit_turn(after, messages, session.version, record)
     return after
+
+
+async def test_a_request_record_stored_alone_is_kept_once(store: SessionStore) -> None:
+    record = request_of("r1", created=T0 + 0.1234567, result='{"count":0}')
+    await store.put_request(record)
+    assert await store.get_request(TENANT, "r1") == rules.quantize_request(record)
+    with pytest.raises(DuplicateRequest):
+        await store.put_request(request_of("r1", result="other"))
+    with pytest.raises(DuplicateRequest):
+        await store.create_session(new_session(), (), request_of("r1"))
+    assert await store.get_request(TENANT, "r1") == rules.quantize_request(record)
