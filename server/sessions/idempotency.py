@@ -24,7 +24,7 @@ from server.sessions.events import (
     TurnReply,
 )
 from server.sessions.expiry import live_session
-from server.sessions.model import FinishReason, Message, Role, Session, Usage
+from server.sessions.model import FinishReason, Message, Part, Role, Session, Usage
 from server.sessions.ports import RequestRecord, SessionStore
 
 MAX_REQUEST_ID = 128
@@ -197,21 +197,33 @@ def encode_turn_result(session: Session, reply: TurnReply) -> str:
             "candidate_metadata": reply.candidate_metadata,
             "prompt_feedback": reply.prompt_feedback,
             "no_content": reply.no_content_reason if reply.no_content else None,
+            # The user's message of a turn stored not at all: its parts are the retry's
+            # own (the fingerprint says they are the same), the rest is kept here.
+            "unstored": None if (m := reply.unstored_message) is None else [m.seq, m.create_time],
         },
         separators=(",", ":"),
     )
 
 
 async def replay_turn(
-    store: SessionStore, session_id: str, record: RequestRecord, now: float
+    store: SessionStore,
+    session_id: str,
+    record: RequestRecord,
+    now: float,
+    parts: tuple[Part, ...],
 ) -> AsyncIterator[TurnEvent]:
-    """The events of a turn that already ran, rebuilt from its stored messages.
+    """The events of a turn that already ran, rebuilt from its stored messages; `parts`
+    are the retried request's message (the same as the first run's, by fingerprint).
 
     Raises FailedPrecondition (REQUEST_RESULT_GONE) when those messages are no longer
     the session's: it was deleted, expired, created again or cleared since.
     """
     data = json.loads(record.result)
     messages, _ = await _stored_range(store, record, session_id, data, now)
+    unstored = None
+    if (kept := data.get("unstored")) is not None:
+        unstored = Message(Role.USER, parts, kept[0], kept[1], data["turn_id"])
+        yield MessageCompleted(unstored)
     pending = set(data["pending"])
     calls = tuple(
         p.function_call
@@ -242,5 +254,6 @@ async def replay_turn(
             prompt_feedback=data.get("prompt_feedback"),
             no_content=data.get("no_content") is not None,
             no_content_reason=data.get("no_content") or "",
+            unstored_message=unstored,
         )
     )

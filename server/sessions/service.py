@@ -338,7 +338,7 @@ class ChatSessions:
                         "another replica completed this request_id first: retry to get its result",
                         reason="REQUEST_RACED",
                     ) from exc
-        async for event in replay_turn(self._store, session_id, done, self._clock()):
+        async for event in replay_turn(self._store, session_id, done, self._clock(), turn.parts):
             yield event
 
     async def count_tokens(
