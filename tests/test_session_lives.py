@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
@@ -17,7 +17,7 @@ from server.sessions.ports import ModelChunk, ModelRequest
 from server.store import MemoryStore
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import LatchStore, ScriptedProvider
-from tests.helpers import all_messages, rich_details
+from tests.helpers import all_messages, rich_details, violated_fields
 
 
 async def create(chatd: Chatd, sid: str, request_id: str = "") -> session_pb2.Session:
@@ -458,3 +458,21 @@ async def test_a_retried_turn_that_stored_nothing_gets_its_first_answer(
     assert again == first
     assert streamed[-1].reply == first
     assert await all_messages(chatd.stub, "s") == []
+
+
+async def test_an_expire_time_in_the_past_is_invalid_argument(chatd: Chatd) -> None:
+    past = session_pb2.Session(expire_time=timestamp_pb2.Timestamp(seconds=1))
+    with pytest.raises(grpc.aio.AioRpcError) as created:
+        await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s", session=past))
+    assert created.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(created.value) == ["session.expire_time"]
+    await create(chatd, "s")
+    with pytest.raises(grpc.aio.AioRpcError) as updated:
+        await chatd.stub.UpdateSession(
+            pb.UpdateSessionRequest(
+                session=session_pb2.Session(session_id="s", expire_time=past.expire_time),
+                update_mask=field_mask_pb2.FieldMask(paths=["expire_time"]),
+            )
+        )
+    assert violated_fields(updated.value) == ["session.expire_time"]
+    assert (await chatd.stub.GetSession(pb.GetSessionRequest(session_id="s"))).session

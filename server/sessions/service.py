@@ -110,6 +110,15 @@ class ChatSessions:
 
     def _check_settings(self, settings: SessionSettings, prefix: str) -> None:
         check_settings(settings, self._tools.names(), prefix)
+        if settings.expire_time is not None and settings.expire_time <= self._clock():
+            # It would be gone (NOT_FOUND) the moment it was written.
+            raise InvalidArgument(f"{prefix}.expire_time", "is not in the future")
+
+    async def _same_life(self, tenant: str, session: Session) -> None:
+        """After reading history: NotFound if the session was deleted and created again
+        meanwhile, so the history read belongs to another life."""
+        if (await self.get(tenant, session.session_id)).uid != session.uid:
+            raise NotFound(f"session {session.session_id!r} not found", reason="SESSION_NOT_FOUND")
 
     async def _once(
         self,
@@ -294,9 +303,8 @@ class ChatSessions:
         if page_token:
             after = paging.seq_cursor(paging.decode_token(page_token, query_key))
         messages = await self._store.list_messages(tenant, session_id, after, size + 1)
-        if messages and (await self.get(tenant, session_id)).uid != session.uid:
-            # Deleted and created again while the page was read: not this life's history.
-            raise NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
+        if messages:
+            await self._same_life(tenant, session)
         token = ""
         if len(messages) > size:
             messages = messages[:size]
@@ -387,6 +395,7 @@ class ChatSessions:
         settings = session.settings
         policy = settings.context_policy
         history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
+        await self._same_life(tenant, session)
         if candidate:
             check_user_parts(candidate, "parts", self._limits)
             history.append(Message(Role.USER, candidate))

@@ -134,7 +134,11 @@ class MemoryStore:
     def _guarded(self, session: Session, expected_version: int, first_new_seq: int) -> _Record:
         """The stored record, if `session` may replace it (else Conflict/NotFound)."""
         record = self._tenants.get(session.tenant, {}).get(session.session_id)
-        if record is None or record.session.uid != session.uid:
+        if (
+            record is None
+            or record.session.uid != session.uid
+            or rules.expired(rules.expire_micros(record.session), session.update_time)
+        ):
             raise rules.not_found(session.session_id)
         stored = record.session
         if stored.version != expected_version:

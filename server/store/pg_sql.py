@@ -31,7 +31,7 @@ UPDATE_SESSION = (
     " update_time = $6, expire_time = $7, message_count = $8, next_seq = $9, usage = $10,"
     " state = $11, pending = $12, version = $13"
     " WHERE tenant = $1 AND session_id = $2 AND uid = $14 AND version = $15"
-    " AND next_seq <= $16 RETURNING 1"
+    " AND next_seq <= $16 AND (expire_time IS NULL OR expire_time > $17) RETURNING 1"
 )
 # One round trip for any number of messages.
 INSERT_MESSAGES = (
@@ -53,7 +53,9 @@ LOCK_TENANT = "SELECT pg_advisory_xact_lock(1667330148, hashtext($1))"
 LOCK_EXPIRE = "SELECT expire_time FROM sessions WHERE tenant = $1 AND session_id = $2 FOR UPDATE"
 SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant = $1 AND request_id = $2"
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = $1 AND session_id = $2"
-SELECT_GUARDS = "SELECT version, next_seq, uid FROM sessions WHERE tenant = $1 AND session_id = $2"
+SELECT_GUARDS = (
+    "SELECT version, next_seq, uid, expire_time FROM sessions WHERE tenant = $1 AND session_id = $2"
+)
 EXISTS = "SELECT 1 FROM sessions WHERE tenant = $1 AND session_id = $2"
 # Taken before deleting messages: a commit holding the row finishes first, and the
 # DELETE that follows (a new snapshot) then sees every message it added.

@@ -99,11 +99,12 @@ class PostgresStore:
         conn: Connection, session: Session, expected_version: int, first_new_seq: int
     ) -> None:
         """Runs the guarded UPDATE, raising NotFound, Conflict or seq reuse on a miss."""
-        params = (*sql.session_params(session), expected_version, first_new_seq)
+        alive_at = rules.to_micros(session.update_time)
+        params = (*sql.session_params(session), expected_version, first_new_seq, alive_at)
         if await conn.fetchval(sql.UPDATE_SESSION, *params) is not None:
             return
         guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
-        stored = None if guards is None else (guards[0], guards[1], guards[2])
+        stored = None if guards is None else (guards[0], guards[1], guards[2], guards[3])
         raise rules.guard_failure(session, expected_version, stored)
 
     @staticmethod

@@ -37,6 +37,11 @@ def expire_micros(session: Session) -> int | None:
     return None if expire is None else to_micros(expire)
 
 
+def expired(expire_micros: int | None, at: float) -> bool:
+    """Whether a stored expire_time column is at or before `at` (seconds)."""
+    return expire_micros is not None and expire_micros <= to_micros(at)
+
+
 def quantize_request(request: RequestRecord) -> RequestRecord:
     created = quantize_time(request.create_time)
     if created == request.create_time:
@@ -127,11 +132,12 @@ def quota_exceeded(max_sessions: int) -> ResourceExhausted:
 
 
 def guard_failure(
-    session: Session, expected_version: int, guards: tuple[int, int, str] | None
+    session: Session, expected_version: int, guards: tuple[int, int, str, int | None] | None
 ) -> Exception:
     """Why a guarded session write matched no row, from the stored (version, next_seq,
-    uid): the session is gone (or is another life of it), moved on, or seqs would repeat."""
-    if guards is None or guards[2] != session.uid:
+    uid, expire_time): the session is gone (another life of it, or expired by the write's
+    update_time, so no write brings it back), moved on, or seqs would repeat."""
+    if guards is None or guards[2] != session.uid or expired(guards[3], session.update_time):
         return not_found(session.session_id)
     if guards[0] != expected_version:
         return conflict(session.session_id, guards[0], expected_version)

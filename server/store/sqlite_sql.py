@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.sessions.model import Message, Session
+from server.store import rules
 from server.store.rows import (
     MESSAGE_COLUMNS,
     REQUEST_COLUMNS,
@@ -24,6 +25,7 @@ UPDATE_SESSION = (
     "UPDATE sessions SET settings=?, create_time=?, update_time=?, expire_time=?,"
     " message_count=?, next_seq=?, usage=?, state=?, pending=?, version=?, uid=?"
     " WHERE tenant=? AND session_id=? AND version=? AND next_seq<=? AND uid=?"
+    " AND (expire_time IS NULL OR expire_time > ?)"
 )
 INSERT_MESSAGE = (
     f"INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)"
@@ -41,7 +43,9 @@ SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant=? AND req
 DELETE_MESSAGES = "DELETE FROM messages WHERE tenant=? AND session_id=?"
 DELETE_SESSION = "DELETE FROM sessions WHERE tenant=? AND session_id=?"
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant=? AND session_id=?"
-SELECT_GUARDS = "SELECT version, next_seq, uid FROM sessions WHERE tenant=? AND session_id=?"
+SELECT_GUARDS = (
+    "SELECT version, next_seq, uid, expire_time FROM sessions WHERE tenant=? AND session_id=?"
+)
 EXISTS = "SELECT 1 FROM sessions WHERE tenant=? AND session_id=?"
 ALL_MESSAGES = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant=? AND session_id=? ORDER BY seq"
@@ -70,8 +74,11 @@ ALIVE = "(expire_time IS NULL OR expire_time > ?)"
 
 
 def update_values(s: Session, expected_version: int, first_new_seq: int) -> tuple[Any, ...]:
-    """Parameters of UPDATE_SESSION."""
-    return (*session_values(s), s.tenant, s.session_id, expected_version, first_new_seq, s.uid)
+    """Parameters of UPDATE_SESSION: a write at s.update_time needs the stored session
+    alive then."""
+    key = (s.tenant, s.session_id)
+    alive_at = rules.to_micros(s.update_time)
+    return (*session_values(s), *key, expected_version, first_new_seq, s.uid, alive_at)
 
 
 def message_rows(session: Session, messages: Sequence[Message]) -> list[tuple[Any, ...]]:

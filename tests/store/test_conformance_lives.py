@@ -103,3 +103,18 @@ async def test_quota_leaves_out_expired_sessions_and_an_existing_id_is_already_e
     await store.create_session(new_session("third", uid="t"), now=T0 + 2, max_sessions=2)
     with pytest.raises(ResourceExhausted):
         await store.create_session(new_session("fourth", uid="f"), now=T0 + 2, max_sessions=2)
+
+
+async def test_no_write_brings_back_a_session_expired_by_its_update_time(
+    store: SessionStore,
+) -> None:
+    session = new_session(expire=T0 + 10)
+    await store.create_session(session)
+    late, messages = turn_of(session, ["too late"], updated=T0 + 10)
+    with pytest.raises(NotFound):
+        await store.commit_turn(late, messages, session.version)
+    with pytest.raises(NotFound):
+        await store.clear_history(late, session.version)
+    on_time, messages = turn_of(session, ["in time"], updated=T0 + 9)
+    await store.commit_turn(on_time, messages, session.version)
+    assert await history(store, on_time) == ["in time"]
