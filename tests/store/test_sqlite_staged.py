@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from server.sessions.ports import SessionQuery
 from server.store import SqliteStore, rows
 from server.store import sqlite as sqlite_store
 from server.store import sqlite_sql as sql
+from tests.process import ROOT
 
 from .builders import T0, TENANT, commit, history, new_session, request_of, with_history
 
@@ -369,3 +371,50 @@ async def test_a_staged_create_replaces_an_expired_session(store: SqliteStore) -
     await store.create_session(big, messages, now=T0 + 10)
     assert await store.get_session(TENANT, "big") == big
     assert len(await store.recent_messages(TENANT, "big")) == LONG
+
+
+# Run in a child process: stages "big" with the real slice size, says so after its second
+# slice, then waits to be killed.
+_CHILD = """
+import asyncio, sys
+from server.store import SqliteStore
+from tests.store.test_sqlite_staged import long_session
+
+async def main():
+    store = await SqliteStore.open(sys.argv[1])
+    async def after_slice(stored):
+        if stored == 4000:
+            print("staged", flush=True)
+            await asyncio.sleep(3600)
+    store._after_slice = after_slice
+    await store.create_session(*long_session(count=9000))
+
+asyncio.run(main())
+"""
+
+
+async def test_open_removes_what_a_killed_process_left_staged(db: str) -> None:
+    await (await SqliteStore.open(db)).close()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CHILD, db, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        line = b""
+        while line != b"staged\n":  # after the store's own log lines
+            line = await asyncio.wait_for(child.stdout.readline(), 60)
+            assert line, "the child ended before staging"
+        assert on_disk(db, "big") == (["STAGING"], 4000)
+    finally:
+        child.kill()
+        await child.wait()
+    store = await SqliteStore.open(db)
+    try:
+        assert on_disk(db, "big") == ([], 0)
+        with pytest.raises(NotFound):
+            await store.get_session(TENANT, "big")
+        big, messages = long_session(count=9000)
+        await store.create_session(big, messages)
+        assert on_disk(db, "big") == (["ACTIVE"], 9000)
+    finally:
+        await store.close()
