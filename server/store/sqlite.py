@@ -370,6 +370,10 @@ class SqliteStore:
                 staged = True  # it may have run all the same
                 raise
             staged = True
+            # One slice at a time: the writer is idle until this loop hands it the next, and
+            # whatever was queued meanwhile goes first. A slice queued ahead would keep the
+            # writer busy (a faster import while this loop is busy) but could make another
+            # write wait for two slices.
             for start in range(0, len(history), _HISTORY_SLICE):
                 slice_ = history[start : start + _HISTORY_SLICE]
                 await self._writer.submit(functools.partial(_insert_rows, history=slice_))
