@@ -9,6 +9,10 @@ The row encoding of the create runs on the same event loop before its inserts; o
 turns committed while the create's inserts run are reported, next to all of them.
 
     .venv/bin/python -m bench.writer_wait --messages 300000
+    .venv/bin/python -m bench.writer_wait --messages 300000 --one-job   # as before staging
+
+`--one-job` raises the store's staging threshold above the history, so the create runs as
+the single writer job every create was before long ones were staged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from server.sessions.model import Message, Part, Role, Session, SessionSettings
 from server.store import SqliteStore
+from server.store import sqlite as sqlite_store
 
 T0 = 1_700_000_000.0
 
@@ -112,4 +117,8 @@ async def main(messages: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=300_000)
-    asyncio.run(main(parser.parse_args().messages))
+    parser.add_argument("--one-job", action="store_true", help="insert in one writer job")
+    args = parser.parse_args()
+    if args.one_job:
+        sqlite_store._STAGE_ABOVE = args.messages
+    asyncio.run(main(args.messages))
