@@ -3,19 +3,30 @@
 Opening takes the file's owner lock first (sqlite_owner: one chatd per file), checks the
 file and its WAL (sqlite_files, sqlite_wal) before SQLite touches them, and turns every
 way the file can be unusable into one StartupError.
+
+A create with a long history (an import or a fork) does not hold the writer, which every
+other tenant's writes wait for, for the whole insert: it is staged (sqlite_sql explains
+the STAGING row), its history inserted a writer job per slice, and it becomes visible in
+one last job, or is removed if anything fails on the way (or at the next open, after a
+crash). The owner lock makes this process the only writer of the file, so which creates
+are under way is known here, in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from server.sessions.errors import Unavailable
 from server.sessions.model import Message, Session
 from server.sessions.pacing import paced_map
 from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
@@ -41,6 +52,11 @@ _LAST_MESSAGES = sql.LAST_MESSAGES
 # switch interval (5 ms), one completion at a time, and RPCs stall for the whole insert.
 _HISTORY_SLICE = 2000
 _GIL_BREAK_SECONDS = 0.002
+# A history longer than this is staged: one writer job per _HISTORY_SLICE rows, each
+# holding the writer for about 10 ms, instead of one job holding it for seconds.
+_STAGE_ABOVE = 5000
+
+_Key = tuple[str, str]
 
 
 def _insert_history(conn: sqlite3.Connection, history: list[tuple[Any, ...]]) -> None:
@@ -48,6 +64,10 @@ def _insert_history(conn: sqlite3.Connection, history: list[tuple[Any, ...]]) ->
         if start:
             time.sleep(_GIL_BREAK_SECONDS)
         conn.executemany(sql.INSERT_MESSAGE, history[start : start + _HISTORY_SLICE])
+
+
+def _insert_rows(conn: sqlite3.Connection, history: list[tuple[Any, ...]]) -> None:
+    conn.executemany(sql.INSERT_MESSAGE, history)
 
 
 def _require(conn: sqlite3.Connection, tenant: str, session_id: str) -> None:
@@ -82,16 +102,81 @@ def _replace_expired(conn: sqlite3.Connection, key: tuple[str, str], now: int | 
         conn.execute(sql.DELETE_SESSION, key)
 
 
-def _check_quota(conn: sqlite3.Connection, tenant: str, now: int | None, limit: int) -> None:
-    """After a create's insert, in its transaction: the tenant holds at most `limit`."""
+def _check_quota(
+    conn: sqlite3.Connection, tenant: str, now: int | None, limit: int, unseen: int = 0
+) -> None:
+    """After a create's insert, in its transaction: the tenant holds at most `limit`,
+    counting `unseen` more sessions than are visible (a staged create's own row)."""
     if limit <= 0:
         return
     if now is None:
         count = conn.execute(sql.COUNT_SESSIONS, (tenant,)).fetchone()[0]
     else:
         count = conn.execute(sql.COUNT_ALIVE, (tenant, now)).fetchone()[0]
-    if count > limit:
+    if count + unseen > limit:
         raise rules.quota_exceeded(limit)
+
+
+def _stage(
+    conn: sqlite3.Connection,
+    values: tuple[Any, ...],
+    record: tuple[Any, ...] | None,
+    now: int | None,
+    limit: int,
+) -> None:
+    """A staged create's first job: every check a plain create makes, so that it fails
+    as early, but no request record yet, and a session row nothing reads."""
+    key = values[:2]
+    if record is not None and conn.execute(sql.SELECT_REQUEST, record[:2]).fetchone():
+        raise rules.duplicate_request(record[1])
+    _replace_expired(conn, key, now)
+    if conn.execute(sql.INSERT_SESSION, values).rowcount == 0:
+        raise rules.already_exists(key[1])
+    _check_quota(conn, key[0], now, limit, unseen=1)
+
+
+def _publish(
+    conn: sqlite3.Connection,
+    publish: tuple[Any, ...],
+    record: tuple[Any, ...] | None,
+    now: int | None,
+    limit: int,
+) -> None:
+    """A staged create's last job: the request record, the flip and the quota, together,
+    as a plain create's one job has them."""
+    _insert_request(conn, record)
+    if conn.execute(sql.PUBLISH_STAGED, publish).rowcount == 0:
+        # Only a discard removes a staging row, and none runs while its create is alive.
+        raise RuntimeError(f"the staged session {publish[3]!r} is gone")
+    _check_quota(conn, publish[2], now, limit)
+
+
+def _discard_slice(conn: sqlite3.Connection, key: _Key, uid: str) -> bool:
+    """Removes up to a slice of a staged session's messages, and its row after the last
+    of them; True once nothing of it is left. A row that is no longer staging (its create
+    completed after all) is left alone."""
+    if conn.execute(sql.IS_STAGED, (*key, uid)).fetchone() is None:
+        return True
+    slice_ = (*key, *key, _HISTORY_SLICE)
+    if conn.execute(sql.DELETE_MESSAGE_SLICE, slice_).rowcount == _HISTORY_SLICE:
+        return False
+    conn.execute(sql.DELETE_STAGED, (*key, uid))
+    return True
+
+
+def _discard_all_staged(conn: sqlite3.Connection) -> int:
+    """At open: removes every staged session a crashed process left; how many."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute(sql.ALL_STAGED).fetchall()
+        for key in found:
+            conn.execute(sql.DELETE_MESSAGES, key)
+            conn.execute(sql.DELETE_SESSION, key)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(found)
 
 
 class SqliteStore:
@@ -111,6 +196,15 @@ class SqliteStore:
         self._writer = writer
         self._reader = reader
         self._owner = owner
+        # Staged creates under way (and their discards), by key: a create of the same id
+        # waits until it is settled, as it would wait for the writer behind a plain one.
+        self._staging: dict[_Key, asyncio.Event] = {}
+        self._discards: set[asyncio.Task[None]] = set()
+        # Staged sessions whose discard failed (the writer failing): retried by the next
+        # create of the id and by delete_expired, and at the latest by the next open.
+        self._leftovers: dict[_Key, str] = {}
+        # Tests only: awaited after each staged slice, with the rows stored so far.
+        self._after_slice: Callable[[int], Awaitable[None]] | None = None
 
     @classmethod
     async def open(cls, path: str, synchronous: str = "FULL") -> SqliteStore:
@@ -155,6 +249,11 @@ class SqliteStore:
         def open_writer() -> sqlite3.Connection:
             conn = connect(str(database), mode, writer=True)
             try:
+                # Like the migrations, before the WAL is on record: nothing else writes yet.
+                if removed := _discard_all_staged(conn):
+                    log.warning(
+                        "removed sessions whose create a crash interrupted", sessions=removed
+                    )
                 keeper.opened(conn)
             except BaseException:
                 conn.close()
@@ -213,6 +312,10 @@ class SqliteStore:
         history = await paced_map(lambda m: (*key, *rows.message_values(m)), messages)
         record = None if request is None else rows.request_values(request)
         now_micros = None if now is None else rules.to_micros(now)
+        await self._settled(key)
+        if len(history) > _STAGE_ABOVE:
+            await self._create_staged(session, history, record, now_micros, max_sessions)
+            return
 
         def job(conn: sqlite3.Connection) -> None:
             _insert_request(conn, record)
@@ -223,6 +326,87 @@ class SqliteStore:
             _insert_history(conn, history)
 
         await self._writer.submit(job)
+
+    async def _settled(self, key: _Key) -> None:
+        """Waits until no staged create of `key` is under way, and retries a failed
+        discard of it. Returns with the key free: the caller's next write to the writer
+        queue, if it comes before the caller's next await, is the next write of `key`."""
+        while (busy := self._staging.get(key)) is not None:
+            await busy.wait()
+        if (uid := self._leftovers.get(key)) is not None:
+            await self._discard(key, uid, self._hold(key))
+            if key in self._leftovers:
+                raise Unavailable(f"session {key[1]!r} of a failed create is not removed yet")
+
+    def _hold(self, key: _Key) -> asyncio.Event:
+        done = self._staging[key] = asyncio.Event()
+        return done
+
+    def _release(self, key: _Key, done: asyncio.Event) -> None:
+        del self._staging[key]
+        done.set()
+
+    async def _create_staged(
+        self,
+        session: Session,
+        history: list[tuple[Any, ...]],
+        record: tuple[Any, ...] | None,
+        now: int | None,
+        limit: int,
+    ) -> None:
+        """Stages the session, stores its history a writer job per slice and publishes
+        it; on any failure or cancellation its rows are discarded, in jobs of their own
+        that run even when the caller is gone."""
+        key = (session.tenant, session.session_id)
+        stage = sql.staging_values(session)
+        publish = sql.publish_values(session)
+        done = self._hold(key)
+        staged = False
+        try:
+            first = self._writer.submit(lambda conn: _stage(conn, stage, record, now, limit))
+            try:
+                await first
+            except asyncio.CancelledError:
+                staged = True  # it may have run all the same
+                raise
+            staged = True
+            # One slice at a time: the writer is idle until this loop hands it the next, and
+            # whatever was queued meanwhile goes first. A slice queued ahead would keep the
+            # writer busy (a faster import while this loop is busy) but could make another
+            # write wait for two slices.
+            for start in range(0, len(history), _HISTORY_SLICE):
+                slice_ = history[start : start + _HISTORY_SLICE]
+                await self._writer.submit(functools.partial(_insert_rows, history=slice_))
+                if self._after_slice is not None:
+                    await self._after_slice(start + len(slice_))
+            await self._writer.submit(lambda conn: _publish(conn, publish, record, now, limit))
+        except BaseException as exc:
+            if not staged:
+                self._release(key, done)
+                raise
+            discard = asyncio.create_task(self._discard(key, session.uid, done))
+            self._discards.add(discard)
+            discard.add_done_callback(self._discards.discard)
+            if not isinstance(exc, asyncio.CancelledError):
+                # The caller hears of the failure once nothing of the session is left.
+                await asyncio.shield(discard)
+            raise
+        self._release(key, done)
+
+    async def _discard(self, key: _Key, uid: str, done: asyncio.Event) -> None:
+        """Removes a staged session a slice per writer job, then releases its key. If a
+        job fails the rest is left for a retry (see _leftovers)."""
+        try:
+            while not await self._writer.submit(lambda conn: _discard_slice(conn, key, uid)):
+                pass
+        except Exception as exc:
+            self._leftovers[key] = uid
+            log.warning("could not remove a staged session yet", session_id=key[1], error=str(exc))
+        else:
+            if self._leftovers.get(key) == uid:
+                del self._leftovers[key]
+        finally:
+            self._release(key, done)
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         def job(conn: sqlite3.Connection) -> Session:
@@ -239,7 +423,7 @@ class SqliteStore:
         # Column names come from this fixed mapping; every value is a bound parameter.
         column = "create_time" if query.order is SessionOrder.CREATE_TIME else "update_time"
         op, direction = ("<", "DESC") if query.descending else (">", "ASC")
-        where: list[str] = ["tenant = ?"]
+        where: list[str] = ["tenant = ?", sql.VISIBLE]
         params: list[str | int] = [tenant]
         if (after := query.after) is not None:
             where.append(f"({column}, session_id) {op} (?, ?)")
@@ -265,13 +449,13 @@ class SqliteStore:
         key = (tenant, session_id)
 
         def job(conn: sqlite3.Connection) -> None:
-            if uid is not None:
-                row = conn.execute(sql.SELECT_GUARDS, key).fetchone()
-                if row is None or row[2] != uid:
-                    raise rules.not_found(session_id)
-            conn.execute(sql.DELETE_MESSAGES, key)
-            if conn.execute(sql.DELETE_SESSION, key).rowcount == 0:
+            # A staged session is not there to delete (SELECT_GUARDS skips it), nor is
+            # another life of the session than the one the caller read.
+            row = conn.execute(sql.SELECT_GUARDS, key).fetchone()
+            if row is None or (uid is not None and row[2] != uid):
                 raise rules.not_found(session_id)
+            conn.execute(sql.DELETE_MESSAGES, key)
+            conn.execute(sql.DELETE_SESSION, key)
 
         await self._writer.submit(job)
 
@@ -279,6 +463,8 @@ class SqliteStore:
         self, tenant: str, session_id: str, limit: int | None = None
     ) -> list[Message]:
         def job(conn: sqlite3.Connection) -> list[Message]:
+            # Checked first: a staged session has messages but is not there yet.
+            _require(conn, tenant, session_id)
             if limit is None:
                 found = conn.execute(sql.ALL_MESSAGES, (tenant, session_id)).fetchall()
             elif limit > 0:
@@ -287,8 +473,6 @@ class SqliteStore:
                 found.reverse()
             else:
                 found = []
-            if not found:  # messages imply their session (foreign key); none proves nothing
-                _require(conn, tenant, session_id)
             return [rows.message_from_row(row) for row in found]
 
         return await self._reader.submit(job)
@@ -297,10 +481,9 @@ class SqliteStore:
         self, tenant: str, session_id: str, after_seq: int, limit: int
     ) -> list[Message]:
         def job(conn: sqlite3.Connection) -> list[Message]:
+            _require(conn, tenant, session_id)
             params = (tenant, session_id, after_seq, max(limit, 0))
             found = conn.execute(sql.MESSAGES_AFTER, params).fetchall()
-            if not found:
-                _require(conn, tenant, session_id)
             return [rows.message_from_row(row) for row in found]
 
         return await self._reader.submit(job)
@@ -339,6 +522,11 @@ class SqliteStore:
 
     async def delete_expired(self, now: float, limit: int) -> int:
         params = (rules.to_micros(now), max(limit, 0))
+        # Staged sessions are no sessions, so not counted; a failed discard is retried here.
+        for key in list(self._leftovers):
+            if key not in self._staging:
+                with contextlib.suppress(Unavailable):
+                    await self._settled(key)
 
         def job(conn: sqlite3.Connection) -> int:
             doomed = conn.execute(sql.EXPIRED, params).fetchall()
@@ -380,6 +568,8 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Commits every write queued so far, stops both threads, then releases the file."""
+        # Discards of failed staged creates first; what one leaves, the next open removes.
+        await asyncio.gather(*self._discards)
         await self._writer.stop()
         owner, self._owner = self._owner, None
         try:

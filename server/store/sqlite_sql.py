@@ -1,4 +1,11 @@
-"""SqliteStore's statements and their parameters."""
+"""SqliteStore's statements and their parameters.
+
+A create with a long history stores its session row first with state 'STAGING' (no state
+a session can be in) and its history in writer jobs of their own, so that other writes
+run in between; then it flips the row to its real state. Until then the row and its
+messages belong to nobody: every read, count and guarded write here leaves staging rows
+out (`VISIBLE`), and their expire_time stays NULL so that no expiry touches them.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,9 @@ from server.store.rows import (
     session_values,
 )
 
+STAGING = "STAGING"
+VISIBLE = f"state <> '{STAGING}'"
+
 INSERT_SESSION = (
     f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT (tenant, session_id) DO NOTHING"
@@ -24,8 +34,9 @@ INSERT_SESSION = (
 UPDATE_SESSION = (
     "UPDATE sessions SET settings=?, create_time=?, update_time=?, expire_time=?,"
     " message_count=?, next_seq=?, usage=?, state=?, pending=?, version=?, uid=?"
-    " WHERE tenant=? AND session_id=? AND version=? AND next_seq<=? AND uid=?"
-    " AND (expire_time IS NULL OR expire_time > ?)"
+    " WHERE tenant=? AND session_id=? AND version=? AND next_seq<=? AND uid=? AND "
+    + VISIBLE
+    + " AND (expire_time IS NULL OR expire_time > ?)"
 )
 INSERT_MESSAGE = (
     f"INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)"
@@ -34,19 +45,23 @@ INSERT_REQUEST = (
     f"INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?,?,?,?,?)"
     " ON CONFLICT (tenant, request_id) DO NOTHING"
 )
-COUNT_SESSIONS = "SELECT count(*) FROM sessions WHERE tenant=?"
+COUNT_SESSIONS = f"SELECT count(*) FROM sessions WHERE tenant=? AND {VISIBLE}"
 COUNT_ALIVE = (
-    "SELECT count(*) FROM sessions WHERE tenant=? AND (expire_time IS NULL OR expire_time > ?)"
+    f"SELECT count(*) FROM sessions WHERE tenant=? AND {VISIBLE}"
+    " AND (expire_time IS NULL OR expire_time > ?)"
 )
 SELECT_EXPIRE = "SELECT expire_time FROM sessions WHERE tenant=? AND session_id=?"
 SELECT_REQUEST = f"SELECT {REQUEST_COLUMNS} FROM requests WHERE tenant=? AND request_id=?"
 DELETE_MESSAGES = "DELETE FROM messages WHERE tenant=? AND session_id=?"
 DELETE_SESSION = "DELETE FROM sessions WHERE tenant=? AND session_id=?"
-SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant=? AND session_id=?"
-SELECT_GUARDS = (
-    "SELECT version, next_seq, uid, expire_time FROM sessions WHERE tenant=? AND session_id=?"
+SELECT_SESSION = (
+    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant=? AND session_id=? AND {VISIBLE}"
 )
-EXISTS = "SELECT 1 FROM sessions WHERE tenant=? AND session_id=?"
+SELECT_GUARDS = (
+    "SELECT version, next_seq, uid, expire_time FROM sessions"
+    f" WHERE tenant=? AND session_id=? AND {VISIBLE}"
+)
+EXISTS = f"SELECT 1 FROM sessions WHERE tenant=? AND session_id=? AND {VISIBLE}"
 ALL_MESSAGES = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant=? AND session_id=? ORDER BY seq"
 )
@@ -72,6 +87,25 @@ DELETE_OLD_REQUESTS = (
 LABEL_MATCHES = "EXISTS (SELECT 1 FROM json_each(settings, '$.labels') WHERE key = ? AND value = ?)"
 ALIVE = "(expire_time IS NULL OR expire_time > ?)"
 
+# A staged create's own row, found by its uid: the flip, and the removal of what a failed,
+# cancelled or crashed create left (its messages a slice at a time, then the row).
+PUBLISH_STAGED = (
+    "UPDATE sessions SET expire_time=?, state=?"
+    f" WHERE tenant=? AND session_id=? AND uid=? AND state='{STAGING}'"
+)
+IS_STAGED = (
+    f"SELECT 1 FROM sessions WHERE tenant=? AND session_id=? AND uid=? AND state='{STAGING}'"
+)
+DELETE_MESSAGE_SLICE = (
+    "DELETE FROM messages WHERE tenant=? AND session_id=? AND seq IN ("
+    " SELECT seq FROM messages WHERE tenant=? AND session_id=? ORDER BY seq LIMIT ?)"
+)
+DELETE_STAGED = (
+    f"DELETE FROM sessions WHERE tenant=? AND session_id=? AND uid=? AND state='{STAGING}'"
+)
+# At open, when no create is under way: whatever is staging was left by a crash.
+ALL_STAGED = f"SELECT tenant, session_id FROM sessions WHERE state='{STAGING}'"
+
 
 def update_values(s: Session, expected_version: int, first_new_seq: int) -> tuple[Any, ...]:
     """Parameters of UPDATE_SESSION: a write at s.update_time needs the stored session
@@ -79,6 +113,20 @@ def update_values(s: Session, expected_version: int, first_new_seq: int) -> tupl
     key = (s.tenant, s.session_id)
     alive_at = rules.to_micros(s.update_time)
     return (*session_values(s), *key, expected_version, first_new_seq, s.uid, alive_at)
+
+
+def staging_values(s: Session) -> tuple[Any, ...]:
+    """Parameters of INSERT_SESSION for a staged create's row: no expiry, state STAGING."""
+    values = list(session_values(s))
+    values[3] = None  # expire_time
+    values[7] = STAGING  # state
+    return (s.tenant, s.session_id, *values)
+
+
+def publish_values(s: Session) -> tuple[Any, ...]:
+    """Parameters of PUBLISH_STAGED."""
+    values = session_values(s)
+    return (values[3], values[7], s.tenant, s.session_id, s.uid)
 
 
 def message_rows(session: Session, messages: Sequence[Message]) -> list[tuple[Any, ...]]:

@@ -1,5 +1,8 @@
 """Every store backend as a fixture param: a new backend is one entry in BACKENDS.
 
+"staged-sqlite" is SqliteStore with every create that has a history staged, two messages
+per writer job, so that the whole suite also runs through staged creates.
+
 PostgreSQL backends run against the server in CHATD_TEST_POSTGRES_DSN, each test in a
 schema of its own that is dropped afterwards; without the variable they skip. With it
 they must run: an unreachable server fails them.
@@ -18,6 +21,7 @@ import pytest
 
 from server.sessions.ports import SessionStore
 from server.store import CachedStore, MemoryStore, SqliteStore
+from server.store import sqlite as sqlite_store
 
 # Small enough that the conformance suite also exercises eviction and refills.
 CACHE_BYTES = 64_000
@@ -84,6 +88,7 @@ def _local_backends(tmp_path: Path) -> dict[str, Backend]:
     return {
         "memory": Backend("memory", memory, persistent=False),
         "sqlite": Backend("sqlite", sqlite, persistent=True),
+        "staged-sqlite": Backend("staged-sqlite", sqlite, persistent=True),
         "cached-sqlite": Backend("cached-sqlite", cached_sqlite, persistent=True),
         "cached-memory": Backend("cached-memory", cached_memory, persistent=False),
         "cached-shared-sqlite": Backend(
@@ -107,6 +112,7 @@ POSTGRES_BACKENDS = ("postgres", "cached-shared-postgres")
 BACKENDS = (
     "memory",
     "sqlite",
+    "staged-sqlite",
     "cached-sqlite",
     "cached-memory",
     "cached-shared-sqlite",
@@ -115,8 +121,13 @@ BACKENDS = (
 
 
 @pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Backend]:
     name: str = request.param
+    if name == "staged-sqlite":
+        monkeypatch.setattr(sqlite_store, "_STAGE_ABOVE", 0)
+        monkeypatch.setattr(sqlite_store, "_HISTORY_SLICE", 2)
     if name not in POSTGRES_BACKENDS:
         yield _local_backends(tmp_path)[name]
         return
