@@ -147,17 +147,18 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_load(job: dict[str, Any]) -> dict[str, Any]:
-    """Runs `job` in a fresh `python -m bench.load` process and returns its results."""
+    """Runs `job` in a fresh `python -m bench.load` process (or the job's `generator`
+    module, which takes and returns the same JSON) and returns its results."""
     job = {"warmup": 1.0, "duration": 5.0, "max_calls": 1_000_000, "streaming": False, **job}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.load",
+        job.get("generator", "bench.load"),
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
-    limit = job["warmup"] + job["duration"] + CALL_TIMEOUT + 30
+    limit = job["warmup"] + 3 * job["duration"] + CALL_TIMEOUT + 30
     try:
         out, _ = await asyncio.wait_for(proc.communicate(json.dumps(job).encode()), limit)
     except TimeoutError:
