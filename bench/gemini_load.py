@@ -106,8 +106,9 @@ async def _sdk(job: dict[str, Any]) -> dict[str, Any]:
     state.measuring = True
     await asyncio.sleep(job["duration"])
     # Go on (up to 3x the duration) until min_calls turns were measured.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(state.enough.wait(), 2 * job["duration"])
+    if len(state.latencies) < job.get("min_calls", 0):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.enough.wait(), 2 * job["duration"])
     elapsed = time.perf_counter() - started
     state.stop = True
     cpu = time.process_time() - cpu
