@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import history, memory, postgres, procs, report, scenarios
+from bench import gemini, history, memory, postgres, procs, report, scenarios
 from bench.chatd_client import Calibration, Chatd
 from bench.report import Check
 
@@ -111,12 +111,17 @@ async def on_memory(ctx: Context) -> Result:
     return await memory.memory(ctx.tmp, say)
 
 
+async def on_gemini(ctx: Context) -> Result:
+    return await gemini.gemini(ctx.tmp, say, ctx.timing)
+
+
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "unary": unary,
     "streaming": streaming,
     "postgres": on_postgres,
     "history": on_history,
     "memory": on_memory,
+    "gemini": on_gemini,
 }
 
 

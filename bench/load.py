@@ -3,8 +3,9 @@
 # run_load(job) starts `python -m bench.load`, which reads the job as JSON on stdin, runs
 # `concurrency` workers for `warmup` then `duration` seconds (or until `max_calls` calls
 # were measured) and prints the results as JSON. With `once` every payload is sent exactly
-# once. Requests are serialized beforehand, so the client does the same work for either
-# server.
+# once. With `min_calls` a load whose calls are slow goes on past `duration` (up to 3x)
+# until that many were measured. Requests are serialized beforehand, so the client does
+# the same work for either server.
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class _State:
     messages: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     full: asyncio.Event = field(default_factory=asyncio.Event)
+    enough: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _cycle(payloads: list[bytes], worker: int, workers: int) -> Iterator[bytes]:
@@ -88,6 +90,8 @@ async def _worker(
             state.messages += count
             if len(state.latencies) >= job["max_calls"]:
                 state.full.set()
+            if len(state.latencies) >= job.get("min_calls", 0):
+                state.enough.set()
 
 
 async def _run(job: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +119,10 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
         else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.full.wait(), job["duration"])
+            # Slow calls: go on (up to 3x the duration) until min_calls were measured.
+            if len(state.latencies) < job.get("min_calls", 0):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.enough.wait(), 2 * job["duration"])
         elapsed = time.perf_counter() - started
         state.stop = True
         server_cpu = cpu_seconds(job["server_pid"]) - server_cpu
@@ -147,17 +155,18 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_load(job: dict[str, Any]) -> dict[str, Any]:
-    """Runs `job` in a fresh `python -m bench.load` process and returns its results."""
+    """Runs `job` in a fresh `python -m bench.load` process (or the job's `generator`
+    module, which takes and returns the same JSON) and returns its results."""
     job = {"warmup": 1.0, "duration": 5.0, "max_calls": 1_000_000, "streaming": False, **job}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.load",
+        job.get("generator", "bench.load"),
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
-    limit = job["warmup"] + job["duration"] + CALL_TIMEOUT + 30
+    limit = job["warmup"] + 3 * job["duration"] + CALL_TIMEOUT + 30
     try:
         out, _ = await asyncio.wait_for(proc.communicate(json.dumps(job).encode()), limit)
     except TimeoutError:

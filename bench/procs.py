@@ -178,10 +178,10 @@ class Server:
             await self.proc.wait()
 
 
-def chatd(database_url: str, log: Path, **env: str) -> Server:
-    """chatd on the echo provider, configured as the benchmark needs."""
+def chatd(database_url: str, log: Path, provider: str = "echo", **env: str) -> Server:
+    """chatd on the echo provider (or `provider`), configured as the benchmark needs."""
     args = ["-m", "server", "serve", "--listen", HOST + ":{port}", "--database-url"]
-    args += [database_url, "--log-level", "warning", "--log-format", "json", "--provider", "echo"]
+    args += [database_url, "--log-level", "warning", "--log-format", "json", "--provider", provider]
     return Server("chatd", args, {**CHATD_ENV, **env}, log)
 
 

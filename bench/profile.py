@@ -1,6 +1,8 @@
 """Profiles chatd under load with py-spy, or one cached session by object type; to bench/results."""
 
 # python -m bench.profile unary|stream [--seconds 10] [--concurrency 16] [--postgres]
+# python -m bench.profile gemini [--history 1000] [--concurrency 4]: chatd on the gemini
+# provider against bench.fake_upstream, sessions as in bench.gemini.
 # samples chatd (py-spy record --format raw: every running thread, then the GIL holder)
 # while bench.load drives it, and ranks functions by self and inclusive samples.
 # With --strace it counts syscalls per call (strace -c -f) of chatd and of the bare server.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import re
 import shutil
@@ -20,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, postgres, procs
+from bench import baseline, gemini, postgres, procs
 from bench.chatd_client import SEND, STREAM, Chatd, send_payloads, stream_payloads, user_text
 from bench.load import encode, run_load
 from bench.procs import Server, chatd
@@ -64,14 +67,33 @@ def summarize(raw: str, title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-async def cpu(kind: str, seconds: float, concurrency: int, on_postgres: bool) -> str:
+async def cpu(
+    kind: str, seconds: float, concurrency: int, on_postgres: bool, history: int = 0
+) -> str:
     """Runs chatd under `kind` load at `concurrency` and returns py-spy's summary."""
     schema = postgres.fresh_schema() if on_postgres else ""
     try:
-        return await _cpu(kind, seconds, concurrency, schema)
+        return await _cpu(kind, seconds, concurrency, schema, history)
     finally:
         if schema:
             await postgres.drop_schema(schema)
+
+
+async def _gemini_target(
+    tmp: Path, history: int, stack: contextlib.AsyncExitStack
+) -> tuple[Server, dict[str, Any]]:
+    """chatd on the gemini provider and a fake upstream (both stopped by `stack`), with
+    sessions of `history` messages sending all of them, as in bench.gemini."""
+    fake = await gemini.FakeUpstream(0.0, tmp / "fake.log").start()
+    stack.push_async_callback(fake.stop)
+    server = await gemini.gemini_chatd(tmp, "p", fake).start()
+    stack.push_async_callback(server.stop)
+    client = Chatd(server.address)
+    try:
+        ids = await gemini.build_sessions(client, "p", gemini.SESSIONS, history)
+    finally:
+        await client.close()
+    return server, {"method": STREAM, "payloads": encode(stream_payloads(ids, gemini.USER_TEXT))}
 
 
 async def _target(kind: str, tmp: Path, schema: str = "") -> tuple[Server, dict[str, Any]]:
@@ -92,16 +114,20 @@ async def _target(kind: str, tmp: Path, schema: str = "") -> tuple[Server, dict[
 
 
 def _job(server: Server, job: dict[str, Any], kind: str, concurrency: int) -> dict[str, Any]:
-    shape = {"streaming": kind == "stream", "concurrency": concurrency}
+    shape = {"streaming": kind in ("stream", "gemini"), "concurrency": concurrency}
     return {"address": server.address, "server_pid": server.pid, **job, **shape}
 
 
-async def _cpu(kind: str, seconds: float, concurrency: int, schema: str) -> str:
+async def _cpu(kind: str, seconds: float, concurrency: int, schema: str, history: int) -> str:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="chatd-profile-") as folder:
         tmp = Path(folder)
-        server, job = await _target(kind, tmp, schema)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            if kind == "gemini":
+                server, job = await _gemini_target(tmp, history, stack)
+            else:
+                server, job = await _target(kind, tmp, schema)
+                stack.push_async_callback(server.stop)
             shape = {"warmup": 2 * seconds + 3, "duration": 1.0}
             load = asyncio.create_task(run_load({**_job(server, job, kind, concurrency), **shape}))
             await asyncio.sleep(1.5)
@@ -116,10 +142,9 @@ async def _cpu(kind: str, seconds: float, concurrency: int, schema: str) -> str:
                 await spy_proc.wait()
                 texts.append(summarize(raw.read_text(), f"samples of {what}:"))
             result = await load
-        finally:
-            await server.stop()
+        what = f"{kind} ({history:,} messages of history)" if kind == "gemini" else kind
         title = (
-            f"py-spy record of chatd on {'postgresql' if schema else 'sqlite'} under {kind}"
+            f"py-spy record of chatd on {'postgresql' if schema else 'sqlite'} under {what}"
             f" load, concurrency {concurrency},"
             f" 2 x {seconds:.0f} s ({result['throughput']:.0f} calls/s in the last second)\n\n"
         )
@@ -236,19 +261,25 @@ async def memory() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("kind", choices=("unary", "stream", "memory"))
+    parser.add_argument("kind", choices=("unary", "stream", "memory", "gemini"))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--postgres", action="store_true", help=f"chatd on {postgres.URL}")
     parser.add_argument("--strace", action="store_true", help="syscalls per call, chatd vs bare")
+    parser.add_argument("--history", type=int, default=1000, help="gemini: messages per session")
     args = parser.parse_args()
+    if args.kind == "gemini" and (args.strace or args.postgres):
+        parser.error("gemini profiles chatd's CPU on SQLite only")
     if args.kind == "memory":
         text = asyncio.run(memory())
     elif args.strace:
         text = asyncio.run(syscalls(args.kind, args.seconds, args.concurrency))
     else:
-        text = asyncio.run(cpu(args.kind, args.seconds, args.concurrency, args.postgres))
+        history = args.history if args.kind == "gemini" else 0
+        text = asyncio.run(cpu(args.kind, args.seconds, args.concurrency, args.postgres, history))
     suffix = "-postgres" if args.postgres else "-syscalls" if args.strace else ""
+    if args.kind == "gemini":
+        suffix = f"-{args.history}"
     path = RESULTS / f"profile-{args.kind}{suffix}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -57,6 +57,11 @@ def below(scenario: str, metric: str, value: float, limit: float) -> Check:
     return Check(scenario, metric, value, limit, value, "value", f"<= {limit:.4g}", value <= limit)
 
 
+def equal(scenario: str, metric: str, value: float, reference: float) -> Check:
+    passed = value == reference
+    return Check(scenario, metric, value, reference, value, "value", f"= {reference:g}", passed)
+
+
 def info(scenario: str, metric: str, value: float, reference: float | None = None) -> Check:
     compared = _ratio(value, reference) if reference is not None else value
     kind = "ratio" if reference is not None else "value"

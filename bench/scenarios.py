@@ -49,8 +49,17 @@ def _line(name: str, concurrency: int, result: dict[str, Any]) -> str:
 Job = dict[str, Any] | Callable[[], Awaitable[dict[str, Any]]]
 
 
-async def compare(jobs: Mapping[str, Job], timing: Timing, say: Any) -> list[dict[str, Any]]:
-    """Alternates the named jobs at each level (a callable makes a fresh job for each load)."""
+async def compare(
+    jobs: Mapping[str, Job],
+    timing: Timing,
+    say: Any,
+    observe: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Alternates the named jobs at each level (a callable makes a fresh job for each load).
+
+    `observe`, if given, is awaited before and after each load; what it returns after is
+    kept as the load's "upstream" (the gemini scenario's fake counts its requests so).
+    """
     shape = {"warmup": timing.warmup, "duration": timing.duration, "max_calls": timing.max_calls}
     levels = []
     for concurrency in timing.levels:
@@ -59,8 +68,12 @@ async def compare(jobs: Mapping[str, Job], timing: Timing, say: Any) -> list[dic
             for name, make in jobs.items():
                 job = await make() if callable(make) else make
                 busy_before = await QUIET.wait()
+                if observe is not None:
+                    await observe()
                 result = await run_load({**job, **shape, "concurrency": concurrency})
                 result["busy_before"] = busy_before
+                if observe is not None:
+                    result["upstream"] = await observe()
                 rounds[name].append(result)
                 say(_line(name, concurrency, result))
         row: dict[str, Any] = {"concurrency": concurrency, "rounds": rounds}
