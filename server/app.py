@@ -124,7 +124,9 @@ def build_admission(settings: Settings) -> Admission:
     return Admission(
         ApiKeys(keys),
         RateLimiter(settings.rate_limit, max(settings.rate_burst, 1.0)),
-        StreamSlots(settings.max_streams, settings.max_streams_per_tenant),
+        # With authentication off every caller is one tenant: a per-tenant cap would only
+        # be a second, lower global one.
+        StreamSlots(settings.max_streams, settings.max_streams_per_tenant if keys else 0),
         ByteBudget(
             settings.large_request_bytes,
             settings.large_request_budget,

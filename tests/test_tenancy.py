@@ -96,6 +96,22 @@ async def test_one_tenant_at_its_stream_limit_leaves_the_others_room(
     assert events[-1].HasField("reply"), "alpha's slots come back when its streams end"
 
 
+async def test_without_authentication_only_the_global_cap_limits_streams(
+    start_chatd: StartChatd,
+) -> None:
+    """With authentication off every caller is one tenant: the per-tenant cap would be a
+    second, lower global one, so only CHATD_MAX_STREAMS applies."""
+    provider = GatedProvider()
+    chatd = await start_chatd(provider=provider, max_streams=4, max_streams_per_tenant=2)
+    for i in range(4):
+        await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id=f"s{i}"))
+    held = [asyncio.ensure_future(outcome(stream(chatd, f"s{i}", ()))) for i in range(3)]
+    await until(lambda: provider.running == 3, "three streams past the per-tenant cap")
+    provider.gate.set()
+    for events in await asyncio.gather(*held):
+        assert events[-1].HasField("reply")
+
+
 async def test_the_global_stream_cap_names_its_setting(start_chatd: StartChatd) -> None:
     provider = GatedProvider()
     chatd = await start_chatd(provider=provider, max_streams=1, max_streams_per_tenant=0)
