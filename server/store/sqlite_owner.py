@@ -102,7 +102,19 @@ def database_user(database: Path) -> int | None:
     WAL mode, or one reading or writing in another journal mode), None when none has.
     Only valid while this process has no SQLite connection on the file."""
     shm = database.with_name(database.name + "-shm")
-    return _lock_holder(shm, _SHM_DMS, 1) or _lock_holder(database, _PENDING_BYTE, _DB_LOCK_BYTES)
+    found = _lock_holder(shm, _SHM_DMS, 1)
+    # The database file's lock bytes too: they show a connection whose -shm file was
+    # deleted, one in exclusive locking mode (no -shm file) and one in another journal mode.
+    return found if found is not None else _lock_holder(database, _PENDING_BYTE, _DB_LOCK_BYTES)
+
+
+def _process_text(pid: int) -> str:
+    """`process N (its command line)` for the refusal; a pid of 0 or less is a lock holder
+    this process cannot name (another PID namespace, or an open-file-description lock)."""
+    if pid <= 0:
+        return "another process (one this process cannot see: another container?)"
+    program = _program(pid)
+    return f"process {pid} ({program})" if program else f"process {pid}"
 
 
 def _program(pid: int) -> str:
@@ -231,12 +243,11 @@ class OwnerLock:
         user = database_user(database)
         if user is not None:
             os.close(fd)
-            program = _program(user)
             raise StartupError(
                 str(database),
-                f"is open in process {user}{f' ({program})' if program else ''} while its"
-                f" lock file {path} is free: the lock file of a running chatd is missing or"
-                " was replaced, or another program has the database open",
+                f"is open in {_process_text(user)} while its lock file {path} is free:"
+                " the lock file of a running chatd is missing or was replaced,"
+                " or another program has the database open",
                 "stop that process, then start chatd again;"
                 " never delete the lock file of a running chatd",
             )

@@ -292,6 +292,23 @@ def test_a_database_open_in_another_process_is_refused_before_its_wal_is_judged(
     OwnerLock.acquire(image).release()
 
 
+def test_a_reader_whose_shared_memory_file_was_deleted_is_still_found(image: Path) -> None:
+    """Its read lock on the database file's lock bytes names it without the -shm file."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(image)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"open\n"
+        image.with_name(image.name + "-shm").unlink()
+        assert database_user(image) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_no_shared_memory_file_and_no_reader_is_no_user(tmp_path: Path) -> None:
     """The probe creates nothing: a missing database or -shm file is simply unused."""
     database = tmp_path / "chatd.db"
