@@ -25,14 +25,14 @@ operator deletes it while chatd runs, a second chatd creates a new one, locks th
 would then judge the running chatd's WAL as foreign (advice that loses data if followed)
 or, right after a TRUNCATE checkpoint left it empty, remove it and start as a second
 owner. But SQLite in WAL mode holds a shared POSIX lock on the DMS byte of `<db>-shm`
-for as long as a connection has the database open, and the range of SHARED locks on the
-database file while one reads it; so after taking the flock chatd asks the kernel
-(F_GETLK) whether another process holds either, and refuses naming its pid. It cannot
-tell a reader (a sqlite3 shell) from a chatd whose lock file was deleted, so any other
-process with the database open blocks the start. The probe runs only right after the
-flock was taken, before this process opens the database: F_GETLK never reports this
-process's own locks, and closing the probing descriptor would drop any POSIX lock this
-process held on the file, which is harmless only while it holds none.
+for as long as a connection has the database open, and a SHARED lock on the database
+file's lock bytes (in WAL mode also for as long as it is open); so after taking the
+flock chatd asks the kernel (F_GETLK) whether another process holds either, and refuses
+naming its pid. It cannot tell a reader (a sqlite3 shell) from a chatd whose lock file
+was deleted, so any other process with the database open blocks the start. The probe
+runs only right after the flock was taken, before this process opens the database:
+F_GETLK never reports this process's own locks, and closing the probing descriptor would
+drop any POSIX lock this process held on the file, harmless only while it holds none.
 """
 
 from __future__ import annotations
