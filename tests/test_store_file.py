@@ -124,6 +124,120 @@ async def test_a_second_process_on_the_same_file_is_refused_naming_the_holder(
         await first.kill()
 
 
+async def _until_checkpointed(stub: Any, database: Path, session_id: str) -> int:
+    """Sends 100,000-character turns until the server's TRUNCATE checkpoint (every 1,000
+    pages) has emptied its WAL and the next write restarted it; the number of turns sent.
+    (The empty WAL itself is not observable here: the reply's write restarts it at once.)"""
+    size = 0
+    for sent in range(1, 100):
+        text = os.urandom(50_000).hex()  # incompressible, as large as a turn may be
+        await stub.SendMessage(pb.SendMessageRequest(session_id=session_id, text=text))
+        size, before = wal_of(database).stat().st_size, size
+        if size < before:
+            return sent
+    raise AssertionError("the WAL was never checkpointed")
+
+
+@pytest.mark.parametrize("wal", ["first", "restarted-after-checkpoint"])
+async def test_a_deleted_lock_file_does_not_let_a_second_chatd_in(tmp_path: Path, wal: str) -> None:
+    """With the running chatd's lock file deleted, a second chatd takes a new one, but
+    SQLite's own locks show the database open: it exits 1 naming the first one's pid,
+    whether its WAL is the first one or one restarted after a checkpoint. (A WAL a
+    checkpoint has just emptied, which would otherwise be removed under the running
+    server, is the empty-wal case of the next test.)"""
+    database = tmp_path / "chatd.db"
+    first = await ChatdProcess("--database-url", f"sqlite:///{database}").start()
+    try:
+        assert first.proc is not None
+        async with first.channel() as channel:
+            stub, _ = first.stubs(channel)
+            await stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+            if wal == "restarted-after-checkpoint":
+                sent = await _until_checkpointed(stub, database, "s")
+            else:
+                await stub.SendMessage(pb.SendMessageRequest(session_id="s", text="hello"))
+                sent = 1
+                assert wal_of(database).stat().st_size > 0
+            wal_before = wal_of(database).read_bytes()
+            database.with_name("chatd.db.lock").unlink()
+            code, lines = await refused(database)
+            record = one_line(code, lines, database, f"is open in process {first.proc.pid}")
+            assert "lock file" in record["cause"] and "running chatd" in record["fix"]
+            assert wal_of(database).read_bytes() == wal_before  # not judged, not removed
+            await stub.SendMessage(pb.SendMessageRequest(session_id="s", text="still here"))
+            got = await stub.GetSession(pb.GetSessionRequest(session_id="s"))
+            turns = got.session.message_count
+            assert turns == 2 * (sent + 1)  # each turn: the user's message and the reply
+        await stop(first)
+    finally:
+        await first.kill()
+    again = await ChatdProcess("--database-url", f"sqlite:///{database}").start()
+    try:
+        async with again.channel() as channel:
+            stub, _ = again.stubs(channel)
+            got = await stub.GetSession(pb.GetSessionRequest(session_id="s"))
+            assert got.session.message_count == turns
+        await stop(again)
+    finally:
+        await again.kill()
+
+
+_HOLD = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "empty-wal":
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE kept (x)")
+    conn.execute("INSERT INTO kept VALUES ('written by the other program')")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+else:
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+print("open", flush=True)
+sys.stdin.read()
+print(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0], flush=True)
+"""
+
+
+@pytest.mark.parametrize("holding", ["reader", "empty-wal"])
+async def test_another_program_with_the_database_open_blocks_the_start(
+    tmp_path: Path, holding: str
+) -> None:
+    """chatd cannot tell a reader from a chatd whose lock file was deleted: any other
+    process with the database open (here Python's sqlite3: a reader of chatd's database,
+    or a WAL-mode writer whose checkpoint left an empty WAL) blocks the start, naming it."""
+    database = tmp_path / "chatd.db"
+    await _made_by_chatd(database)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _HOLD,
+        str(database),
+        holding,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 20) == b"open\n"
+        if holding == "empty-wal":
+            assert wal_of(database).stat().st_size == 0
+        code, lines = await refused(database)
+        one_line(code, lines, database, f"is open in process {holder.pid} (")
+        if holding == "empty-wal":
+            assert wal_of(database).exists()  # not taken for a WAL with nothing to replay
+        holder.stdin.close()
+        out, _ = await asyncio.wait_for(holder.communicate(), 20)
+        assert int(out) > 0, "the other program's connection broke"
+        assert await holder.wait() == 0
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+    server = await ChatdProcess("--database-url", f"sqlite:///{database}").start()
+    await stop(server)
+    await server.kill()
+
+
 # ------------------------------------------------------------------------------------ WAL
 
 

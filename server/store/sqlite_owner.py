@@ -19,6 +19,20 @@ the lock (pid, host, start time, resolved database path), the header of the WAL 
 writing (salts and checkpoint sequence) and a fingerprint of the database file (inode,
 size, mtime) taken while chatd knows the file is not changing. sqlite_wal uses it to
 refuse a WAL that does not belong to the database before SQLite could replay it.
+
+Why SQLite's own locks are asked too: the lock file is only a name in a directory. When an
+operator deletes it while chatd runs, a second chatd creates a new one, locks that, and
+would then judge the running chatd's WAL as foreign (advice that loses data if followed)
+or, right after a TRUNCATE checkpoint left it empty, remove it and start as a second
+owner. But SQLite in WAL mode holds a shared POSIX lock on the DMS byte of `<db>-shm`
+for as long as a connection has the database open, and a SHARED lock on the database
+file's lock bytes (in WAL mode also for as long as it is open); so after taking the
+flock chatd asks the kernel (F_GETLK) whether another process holds either, and refuses
+naming its pid. It cannot tell a reader (a sqlite3 shell) from a chatd whose lock file
+was deleted, so any other process with the database open blocks the start. The probe
+runs only right after the flock was taken, before this process opens the database:
+F_GETLK never reports this process's own locks, and closing the probing descriptor would
+drop any POSIX lock this process held on the file, harmless only while it holds none.
 """
 
 from __future__ import annotations
@@ -29,6 +43,8 @@ import fcntl
 import json
 import os
 import socket
+import struct
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +53,78 @@ from typing import Any
 from server.startup import StartupError
 
 _RECORD_BLOCK = 1024  # the record is padded to a multiple of this and never shrinks
+
+# SQLite's unix VFS (os_unix.c, sqlite3.c): the dead-man-switch byte of the -shm file,
+# UNIX_SHM_BASE + SQLITE_SHM_NLOCK, held shared by every connection in WAL mode; and the
+# lock bytes of the database file, PENDING_BYTE then RESERVED then SHARED_SIZE bytes.
+_SHM_DMS = 120 + 8
+_PENDING_BYTE = 0x40000000
+_DB_LOCK_BYTES = 2 + 510
+
+# struct flock: the field order and sizes differ by platform; None where not known.
+if sys.platform.startswith("linux") and struct.calcsize("P") == 8:
+    _FLOCK: str | None = "hhqqi4x"  # l_type, l_whence, l_start, l_len, l_pid
+elif sys.platform == "darwin" or "bsd" in sys.platform:
+    _FLOCK = "qqihh"  # l_start, l_len, l_pid, l_type, l_whence
+else:
+    _FLOCK = None
+
+
+def _lock_holder(path: Path, start: int, length: int) -> int | None:
+    """The pid of another process holding a POSIX lock on `length` bytes of `path` from
+    `start`, None when none does (or the file is missing). Never creates the file."""
+    if _FLOCK is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None  # missing, or unreadable: the files' own checks say so
+    try:
+        if _FLOCK.startswith("h"):
+            probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, start, length, 0)
+        else:
+            probe = struct.pack(_FLOCK, start, length, 0, fcntl.F_WRLCK, os.SEEK_SET)
+        try:
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+        except OSError:
+            return None  # a file system without POSIX locks: nothing to learn
+    finally:
+        os.close(fd)
+    if _FLOCK.startswith("h"):
+        kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
+    else:
+        _, _, pid, kind, _ = struct.unpack(_FLOCK, answer)
+    return None if kind == fcntl.F_UNLCK else pid
+
+
+def database_user(database: Path) -> int | None:
+    """The pid of another process that has `database` open with SQLite (any connection in
+    WAL mode, or one reading or writing in another journal mode), None when none has.
+    Only valid while this process has no SQLite connection on the file."""
+    shm = database.with_name(database.name + "-shm")
+    found = _lock_holder(shm, _SHM_DMS, 1)
+    # The database file's lock bytes too: they show a connection whose -shm file was
+    # deleted, one in exclusive locking mode (no -shm file) and one in another journal mode.
+    return found if found is not None else _lock_holder(database, _PENDING_BYTE, _DB_LOCK_BYTES)
+
+
+def _process_text(pid: int) -> str:
+    """`process N (its command line)` for the refusal; a pid of 0 or less is a lock holder
+    this process cannot name (another PID namespace, or an open-file-description lock)."""
+    if pid <= 0:
+        return "another process (one this process cannot see: another container?)"
+    program = _program(pid)
+    return f"process {pid} ({program})" if program else f"process {pid}"
+
+
+def _program(pid: int) -> str:
+    """What runs as `pid`, where /proc says (Linux), for the refusal's text."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    words = raw.decode(errors="replace").split("\0")
+    return " ".join(w for w in words if w)[:120]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +240,17 @@ class OwnerLock:
                 "stop that chatd first, or give this one another database file;"
                 " several replicas need PostgreSQL",
             ) from exc
+        user = database_user(database)
+        if user is not None:
+            os.close(fd)
+            raise StartupError(
+                str(database),
+                f"is open in {_process_text(user)} while its lock file {path} is free:"
+                " the lock file of a running chatd is missing or was replaced,"
+                " or another program has the database open",
+                "stop that process, then start chatd again;"
+                " never delete the lock file of a running chatd",
+            )
         previous = _parse_record(_read_json(fd))
         lock = cls(fd, path, database, previous)
         lock._size = os.fstat(fd).st_size  # every rewrite covers the previous owner's record

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from dataclasses import astuple
 from pathlib import Path
 
@@ -13,7 +15,13 @@ import pytest
 
 from server.startup import StartupError
 from server.store import SqliteStore, sqlite_files, sqlite_wal
-from server.store.sqlite_owner import Fingerprint, OwnerLock, OwnerRecord, WalHeader
+from server.store.sqlite_owner import (
+    Fingerprint,
+    OwnerLock,
+    OwnerRecord,
+    WalHeader,
+    database_user,
+)
 from server.store.sqlite_setup import BUSY_TIMEOUT_MS, connect
 from server.store.sqlite_wal import WalKeeper, check_before_open, current_header, wal_path
 
@@ -248,3 +256,61 @@ def test_a_database_shorter_than_its_header_says_is_left_to_its_wal(tmp_path: Pa
         sqlite_files.inspect(database)
     wal_path(database).write_bytes(b"\0" * 64)
     assert sqlite_files.inspect(database).new is False
+
+
+_HOLD = (
+    "import sqlite3, sys; conn = sqlite3.connect(sys.argv[1]);"
+    " conn.execute('SELECT count(*) FROM sqlite_master').fetchone();"
+    " print('open', flush=True); sys.stdin.read()"
+)
+
+
+def test_a_database_open_in_another_process_is_refused_before_its_wal_is_judged(
+    image: Path,
+) -> None:
+    """SQLite's locks name the other process even with a free lock file; the WAL is not
+    touched, and once that process has closed the database the lock is taken."""
+    wal_before = wal_path(image).read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(image)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == b"open\n"
+        assert database_user(image) == holder.pid
+        with pytest.raises(StartupError, match=f"is open in process {holder.pid} ") as raised:
+            OwnerLock.acquire(image)
+        assert raised.value.path == str(image)
+        assert "never delete the lock file of a running chatd" in raised.value.fix
+        assert wal_path(image).read_bytes() == wal_before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert database_user(image) is None
+    OwnerLock.acquire(image).release()
+
+
+def test_a_reader_whose_shared_memory_file_was_deleted_is_still_found(image: Path) -> None:
+    """Its read lock on the database file's lock bytes names it without the -shm file."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(image)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"open\n"
+        image.with_name(image.name + "-shm").unlink()
+        assert database_user(image) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_no_shared_memory_file_and_no_reader_is_no_user(tmp_path: Path) -> None:
+    """The probe creates nothing: a missing database or -shm file is simply unused."""
+    database = tmp_path / "chatd.db"
+    assert database_user(database) is None
+    assert not database.exists() and not database.with_name("chatd.db-shm").exists()
