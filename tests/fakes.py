@@ -61,11 +61,11 @@ class ScriptedProvider:
 
 class LatchStore:
     """A SessionStore that passes every call to `inner`, except that while `holding` is
-    set each write (commit_turn, clear_history, delete_session) first reports itself in
+    set each write (commit_turn, clear_history, delete_session, put_request) first reports itself in
     `entered` and then waits for `release`. `log` records, in order, each held write's
     start and end and every get_session, so a test can check what overlapped what."""
 
-    _HELD = ("commit_turn", "clear_history", "delete_session")
+    _HELD = ("commit_turn", "clear_history", "delete_session", "put_request")
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner

@@ -18,6 +18,7 @@ import pytest
 from server.sessions.engine import TurnInput
 from server.sessions.errors import Cancelled, NotFound
 from server.sessions.events import MessageCompleted, TurnCompleted, TurnEvent
+from server.sessions.idempotency import RequestKey
 from server.sessions.model import DEFAULT_TENANT, Message, Part, Role, SessionSettings
 from server.sessions.ports import SessionStore
 from server.sessions.service import ChatSessions
@@ -190,3 +191,26 @@ async def test_an_expired_session_is_gone_for_every_path_before_the_sweep(
     assert new.uid != old.uid
     page = await chats.list_messages(TENANT, "s", page_size=10, page_token="")
     assert page.items == []
+
+
+async def test_cancel_while_a_no_content_reply_is_recorded_loses_too(latch: LatchStore) -> None:
+    """A turn whose answer had no content stores only its request record; once that write
+    has begun, the outcome is decided there as for any commit."""
+    chats = sessions(latch, ScriptedProvider(deltas=[]))
+    await chats.create(TENANT, SessionSettings(), "s")
+    latch.holding = True
+    key = RequestKey("r1", "fingerprint")
+    turn = TurnInput(parts=(Part(text="hello"),))
+
+    async def run_keyed() -> list[TurnEvent]:
+        return [event async for event in chats.run_turn(TENANT, "s", turn, key)]
+
+    task = asyncio.create_task(run_keyed())
+    await latch.entered.wait()
+    assert chats.cancel(TENANT, "s") is False
+    latch.release.set()
+    events = await task
+    reply = events[-1]
+    assert isinstance(reply, TurnCompleted) and reply.reply.no_content
+    replayed = await run_keyed()
+    assert replayed[-1] == reply

@@ -328,7 +328,9 @@ class TurnEngine:
             await self._commit(state, None, reply, record)
         elif record is not None:
             # Nothing to store but the answer itself: a retry must get this answer back,
-            # not call the model again and perhaps get another.
+            # not call the model again and perhaps get another. Writing it decides the
+            # outcome as a commit does.
+            self._committing(state.session)
             await complete(self._store.put_request(record(state.session, reply)))
         yield TurnCompleted(reply)
 
@@ -417,10 +419,14 @@ class TurnEngine:
         # From here the turn's outcome is the commit's: CancelReply no longer stops it,
         # and a caller that leaves is told so only after the write ended, still holding
         # the session lock, so no other write to the session can overlap this one.
+        self._committing(session)
+        await complete(self._store.commit_turn(updated, state.added, session.version, request))
+
+    def _committing(self, session: Session) -> None:
+        """The turn's outcome is being written: from now on CancelReply does not stop it."""
         running = self._running.get((session.tenant, session.session_id))
         if running is not None:
             running.committing = True
-        await complete(self._store.commit_turn(updated, state.added, session.version, request))
 
 
 def _no_content_reason(builder: ReplyBuilder, finish: FinishReason, stored: bool) -> str:
