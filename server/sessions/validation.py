@@ -310,9 +310,17 @@ _SNAKE = re.compile(r"_([a-z])")
 
 def check_gemini_part(part: JSONObject, field: str) -> None:
     """A part given as Gemini JSON: a non-empty object of Gemini Part fields, each holding
-    the right kind of JSON value."""
+    the right kind of JSON value, without empty text unless it carries a thought
+    signature (as for a typed part)."""
     if not part:
         raise InvalidArgument(field, "must be a non-empty JSON object of Gemini Part fields")
+    names = {_SNAKE.sub(lambda m: m[1].upper(), key) for key in part}
+    if part.get("text") == "" and "thoughtSignature" not in names:
+        raise InvalidArgument(
+            field,
+            "has empty text: Gemini refuses empty text parts (only a part carrying a "
+            "thoughtSignature may have empty text)",
+        )
     for key, value in part.items():
         name = _SNAKE.sub(lambda m: m[1].upper(), key)
         expected = _GEMINI_PART_FIELDS.get(name)

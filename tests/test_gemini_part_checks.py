@@ -1,0 +1,42 @@
+"""A part given as Gemini JSON that chatd accepts must not make a later request one the
+real API refuses (the strict fake refuses what it refuses)."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import content_pb2
+from tests.conftest import Chatd
+from tests.fake_gemini import FakeGemini, get_field
+from tests.helpers import violated_fields
+from tests.test_gemini_fidelity import model, new_session, send, text, user
+
+
+def odd(value: dict[str, object]) -> content_pb2.Part:
+    return content_pb2.Part(gemini_part=json.dumps(value))
+
+
+async def append(chatd: Chatd, *messages: content_pb2.Message) -> None:
+    await chatd.stub.AppendMessages(pb.AppendMessagesRequest(session_id="g", messages=messages))
+
+
+async def test_a_gemini_part_with_empty_text_needs_a_signature(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """Gemini refuses an empty text part without a thought signature in every later turn:
+    chatd refuses it in a gemini_part as it does in a typed part."""
+    await new_session(gemini_chatd)
+    for bad in ({"text": ""}, {"text": "", "thought": True}):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await append(gemini_chatd, user(odd(bad), text("q")), model(text("a")))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violated_fields(err.value) == ["messages[0].parts[0].gemini_part"]
+    signed = {"text": "", "thoughtSignature": "AAEC", "partMetadata": {"k": 1}}
+    await append(gemini_chatd, user(text("q")), model(text("a"), odd(signed)))
+    await send(gemini_chatd, "next")
+    assert fake_gemini.requests[-1].rejection is None
+    assert get_field(fake_gemini.requests[-1].contents[1], "parts", 1, "part_metadata") == {"k": 1}
