@@ -40,3 +40,24 @@ async def test_a_gemini_part_with_empty_text_needs_a_signature(
     await send(gemini_chatd, "next")
     assert fake_gemini.requests[-1].rejection is None
     assert get_field(fake_gemini.requests[-1].contents[1], "parts", 1, "part_metadata") == {"k": 1}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"text": "a", "functionCall": {"name": "f"}},
+        {"inline_data": {"mimeType": "image/png", "data": "AAAA"}, "text": "x"},
+    ],
+)
+async def test_a_gemini_part_holds_one_kind_of_data(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini, bad: dict[str, object]
+) -> None:
+    """Gemini's Part.data is a oneof: a part with two kinds of data is refused in every
+    later turn, so chatd refuses it when it is given."""
+    await new_session(gemini_chatd)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await append(gemini_chatd, user(odd(bad), text("q")), model(text("a")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == ["messages[0].parts[0].gemini_part"]
+    await send(gemini_chatd, "next")
+    assert fake_gemini.requests[-1].rejection is None

@@ -305,16 +305,35 @@ _GEMINI_PART_FIELDS: dict[str, type] = {
     "spreadsheetMetadata": dict,
     "audioMetadata": dict,
 }
+# Gemini's Part.data is a oneof (https://ai.google.dev/api/caching#Part): at most one of these.
+_GEMINI_PART_DATA = frozenset(
+    {
+        "text",
+        "inlineData",
+        "fileData",
+        "functionCall",
+        "functionResponse",
+        "executableCode",
+        "codeExecutionResult",
+        "toolCall",
+        "toolResponse",
+    }
+)
 _SNAKE = re.compile(r"_([a-z])")
 
 
 def check_gemini_part(part: JSONObject, field: str) -> None:
     """A part given as Gemini JSON: a non-empty object of Gemini Part fields, each holding
     the right kind of JSON value, without empty text unless it carries a thought
-    signature (as for a typed part)."""
+    signature (as for a typed part), and with at most one kind of data."""
     if not part:
         raise InvalidArgument(field, "must be a non-empty JSON object of Gemini Part fields")
     names = {_SNAKE.sub(lambda m: m[1].upper(), key) for key in part}
+    data = sorted(names & _GEMINI_PART_DATA)
+    if len(data) > 1:
+        raise InvalidArgument(
+            field, f"holds {' and '.join(data)}: a Gemini Part holds one kind of data"
+        )
     if part.get("text") == "" and "thoughtSignature" not in names:
         raise InvalidArgument(
             field,
