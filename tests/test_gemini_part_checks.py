@@ -9,10 +9,10 @@ import grpc
 import pytest
 
 from chatd.v1 import chat_service_pb2 as pb
-from chatd.v1 import content_pb2
+from chatd.v1 import content_pb2, session_pb2
 from tests.conftest import Chatd
-from tests.fake_gemini import FakeGemini, get_field
-from tests.helpers import violated_fields
+from tests.fake_gemini import FakeGemini, Reply, get_field, text_part
+from tests.helpers import all_messages, violated_fields
 from tests.test_gemini_fidelity import model, new_session, send, text, user
 
 
@@ -61,3 +61,26 @@ async def test_a_gemini_part_holds_one_kind_of_data(
     assert violated_fields(err.value) == ["messages[0].parts[0].gemini_part"]
     await send(gemini_chatd, "next")
     assert fake_gemini.requests[-1].rejection is None
+
+
+async def test_a_signed_empty_gemini_part_of_another_model_is_left_out(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """After a model change a kept Gemini JSON part goes without its signature; one whose
+    text is empty is then left out, as a typed one is (Gemini refuses empty text unsigned)."""
+    await new_session(gemini_chatd, model="gemini-a")
+    signed = {"text": "", "partMetadata": {"k": 1}, "thoughtSignature": "AAEC"}
+    fake_gemini.push(Reply(parts=[text_part("hello"), signed]))
+    await send(gemini_chatd, "hi")
+    await gemini_chatd.stub.UpdateSession(
+        pb.UpdateSessionRequest(
+            session=session_pb2.Session(session_id="g", model="gemini-b"),
+            update_mask={"paths": ["model"]},
+        )
+    )
+    await send(gemini_chatd, "next")
+    assert fake_gemini.requests[-1].rejection is None
+    sent = fake_gemini.requests[-1].contents[1]["parts"]
+    assert [get_field(p, "text") for p in sent] == ["hello"]
+    history = await all_messages(gemini_chatd.stub, "g")
+    assert len(history[1].parts) == 2

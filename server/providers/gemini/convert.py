@@ -142,7 +142,10 @@ def _without_signature(part: Part) -> Part | None:
         return None
     if part.gemini_part is not None:
         rest = {k: v for k, v in part.gemini_part.items() if k not in _SIGNATURE_KEYS}
-        return replace(part, gemini_part=rest) if rest else None
+        # Empty text went only with its signature: Gemini refuses it unsigned.
+        if not rest or rest.get("text") == "":
+            return None
+        return replace(part, gemini_part=rest)
     return replace(part, thought_signature=b"")
 
 
