@@ -84,3 +84,39 @@ async def test_a_signed_empty_gemini_part_of_another_model_is_left_out(
     assert [get_field(p, "text") for p in sent] == ["hello"]
     history = await all_messages(gemini_chatd.stub, "g")
     assert len(history[1].parts) == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"text": "a", "thoughtSignature": "Q"},
+        {"inlineData": {"mimeType": "image/png", "data": "Q"}},
+        {"inlineData": {"bogus": 1}},
+        {"functionCall": {"name": "f", "args": [1]}},
+    ],
+)
+async def test_a_gemini_part_google_genai_refuses_is_refused_when_given(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini, bad: dict[str, object]
+) -> None:
+    """A gemini_part goes through google-genai in every later turn: one it refuses (bad
+    base64, unknown or mistyped fields inside) is refused when given, not on each turn
+    after."""
+    await new_session(gemini_chatd)
+    for call, field in (
+        (
+            append(gemini_chatd, user(odd(bad), text("q")), model(text("a"))),
+            "messages[0].parts[0].gemini_part",
+        ),
+        (
+            gemini_chatd.stub.SendMessage(
+                pb.SendMessageRequest(session_id="g", parts=[text("q"), odd(bad)])
+            ),
+            "parts[1].gemini_part",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violated_fields(err.value) == [field]
+    await send(gemini_chatd, "next")
+    assert fake_gemini.requests[-1].rejection is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pydantic
+from google.genai import types as genai_types
 from google.protobuf import timestamp_pb2
 
 from chatd.v1 import content_pb2 as pb
@@ -13,6 +15,7 @@ from server.rpc.metadata_codec import candidate_metadata_to_pb
 from server.sessions.errors import InvalidArgument
 from server.sessions.ids import message_id, parse_message_id
 from server.sessions.model import (
+    JSON,
     Blob,
     CodeExecutionResult,
     ExecutableCode,
@@ -33,6 +36,19 @@ from server.sessions.values import json_text, parse_json_text
 FINISH_TO_PB = {r: pb.FinishReason.Value(f"FINISH_REASON_{r.value}") for r in FinishReason}
 ROLE_TO_PB = {Role.USER: pb.ROLE_USER, Role.MODEL: pb.ROLE_MODEL}
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+
+
+def _gemini_part(text: str, field: str) -> JSON:
+    """A part given as Gemini JSON, refused now if google-genai would not take it: it is
+    sent through google-genai in every later turn, which would refuse each of them."""
+    value = parse_json_text(text, field)
+    try:
+        genai_types.Part.model_validate(value)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise InvalidArgument(field, f"not a Gemini Part ({where}: {first.get('msg')})") from exc
+    return value
 
 
 def seconds_of(value: timestamp_pb2.Timestamp, field: str) -> float:
@@ -191,7 +207,7 @@ def part_from_pb(part: pb.Part, field: str) -> Part:
         response_value = _json_object(t2.response_json, f"{field}.tool_response.response_json")
         return Part(tool_response=ServerToolResponse(t2.id, t2.tool_type, response_value), **extra)
     if kind == "gemini_part":
-        return Part(gemini_part=parse_json_text(part.gemini_part, f"{field}.gemini_part"))
+        return Part(gemini_part=_gemini_part(part.gemini_part, f"{field}.gemini_part"))
     if part.thought_signature:
         # A signature-only part, as the model sends them.
         return Part(**extra)
