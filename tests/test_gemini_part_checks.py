@@ -120,3 +120,32 @@ async def test_a_gemini_part_google_genai_refuses_is_refused_when_given(
         assert violated_fields(err.value) == [field]
     await send(gemini_chatd, "next")
     assert fake_gemini.requests[-1].rejection is None
+
+
+@pytest.mark.parametrize(
+    ("given", "kind"),
+    [
+        (
+            {"inlineData": {"mimeType": "image/png", "data": "AAAA", "displayName": "x"}},
+            "inlineData",
+        ),
+        (
+            {"file_data": {"mime_type": "image/png", "file_uri": "gs://a/b", "display_name": "x"}},
+            "fileData",
+        ),
+    ],
+)
+async def test_a_gemini_part_goes_to_the_gemini_api_without_media_display_names(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini, given: dict[str, object], kind: str
+) -> None:
+    """The Gemini API's Blob and FileData have no display name (Vertex AI's do): a kept
+    Gemini JSON part goes without it, as a typed part does, and keeps it in history."""
+    await new_session(gemini_chatd)
+    await append(gemini_chatd, user(odd(given), text("q")), model(text("a")))
+    await send(gemini_chatd, "next")
+    assert fake_gemini.requests[-1].rejection is None
+    part = fake_gemini.requests[-1].contents[0]["parts"][0]
+    assert get_field(part, kind, "mimeType") == "image/png"
+    assert get_field(part, kind, "displayName") is None
+    history = await all_messages(gemini_chatd.stub, "g")
+    assert json.loads(history[0].parts[0].gemini_part) == given

@@ -54,7 +54,16 @@ def _response_part(part: FunctionResponsePart, vertex: bool) -> types.FunctionRe
 def to_sdk_part(part: Part, vertex: bool) -> types.Part:
     if part.gemini_part is not None:
         # Kept as Gemini sent it, signature included: it goes back the same way.
-        return types.Part.model_validate(part.gemini_part)
+        kept = types.Part.model_validate(part.gemini_part)
+        if vertex:
+            return kept
+        # The Gemini API's Blob and FileData have no display_name, as for typed parts.
+        media: dict[str, Any] = {}
+        if kept.inline_data is not None and kept.inline_data.display_name is not None:
+            media["inline_data"] = kept.inline_data.model_copy(update={"display_name": None})
+        if kept.file_data is not None and kept.file_data.display_name is not None:
+            media["file_data"] = kept.file_data.model_copy(update={"display_name": None})
+        return kept.model_copy(update=media) if media else kept
     extra: dict[str, Any] = {}
     if part.thought:
         extra["thought"] = True
