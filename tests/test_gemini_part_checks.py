@@ -149,3 +149,23 @@ async def test_a_gemini_part_goes_to_the_gemini_api_without_media_display_names(
     assert get_field(part, kind, "displayName") is None
     history = await all_messages(gemini_chatd.stub, "g")
     assert json.loads(history[0].parts[0].gemini_part) == given
+
+
+@pytest.mark.parametrize(
+    "streamed",
+    [{"willContinue": True}, {"partialArgs": [{"jsonPath": "$.a", "stringValue": "x"}]}],
+)
+async def test_a_gemini_part_call_goes_without_how_it_was_streamed(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini, streamed: dict[str, object]
+) -> None:
+    """A kept function call part goes back with its id, name and args only: google-genai
+    refuses partial_args and will_continue on the Gemini API, in every later turn."""
+    await new_session(gemini_chatd)
+    call = {"functionCall": {"name": "f", "args": {"a": "x"}, **streamed}}
+    await append(gemini_chatd, user(text("q")), model(odd(call)))
+    await send(gemini_chatd, "next")
+    assert fake_gemini.requests[-1].rejection is None
+    sent = fake_gemini.requests[-1].contents[1]["parts"][0]
+    assert get_field(sent, "functionCall") == {"name": "f", "args": {"a": "x"}}
+    history = await all_messages(gemini_chatd.stub, "g")
+    assert json.loads(history[1].parts[0].gemini_part) == call

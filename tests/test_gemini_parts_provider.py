@@ -118,21 +118,25 @@ async def test_an_empty_part_is_dropped(fake: FakeGemini, provider: GeminiProvid
 async def test_a_kept_part_the_sdk_will_not_send_is_refused_not_an_internal_error(
     fake: FakeGemini, provider: GeminiProvider
 ) -> None:
-    """A Gemini JSON part google-genai refuses to send to the Gemini API (a Vertex-only
-    field) is the request's fault: UpstreamRejected, and nothing reaches Gemini."""
-    vertex_only = {"functionCall": {"name": "f", "args": {}, "willContinue": True}}
+    """A Gemini JSON part google-genai will not take is the request's fault:
+    UpstreamRejected, and nothing reaches Gemini. A kept call's Vertex-only streaming
+    fields (which google-genai refuses on the Gemini API) are left out instead."""
+    bad_shape = (Message(Role.USER, (Part(gemini_part={"text": 5}),)),)
+    with pytest.raises(errors.UpstreamRejected) as err:
+        await collect(provider, request(*bad_shape))
+    assert err.value.reason == "INVALID_GEMINI_PART"
+    assert fake.requests == []
+    streamed = {"functionCall": {"name": "f", "args": {}, "willContinue": True}}
     history = (
         Message(Role.USER, (Part(text="hi"),)),
-        Message(Role.MODEL, (Part(gemini_part=vertex_only),)),
+        Message(Role.MODEL, (Part(gemini_part=streamed),)),
         Message(Role.USER, (Part(text="more"),)),
     )
-    with pytest.raises(errors.UpstreamRejected) as err:
-        await collect(provider, request(*history))
-    assert err.value.reason == "INVALID_GEMINI_PART"
-    bad_shape = (Message(Role.USER, (Part(gemini_part={"text": 5}),)),)
-    with pytest.raises(errors.UpstreamRejected):
-        await collect(provider, request(*bad_shape))
-    assert fake.requests == []
+    await collect(provider, request(*history))
+    assert get_field(fake.requests[-1].contents[1], "parts", 0, "functionCall") == {
+        "name": "f",
+        "args": {},
+    }
 
 
 async def test_function_call_ids_and_signature_only_parts_go_out_as_stored(

@@ -55,6 +55,12 @@ def to_sdk_part(part: Part, vertex: bool) -> types.Part:
     if part.gemini_part is not None:
         # Kept as Gemini sent it, signature included: it goes back the same way.
         kept = types.Part.model_validate(part.gemini_part)
+        call = kept.function_call
+        if call is not None and (call.partial_args is not None or call.will_continue is not None):
+            # How a call was streamed, not part of it: a request's FunctionCall holds only
+            # its id, name and args (google-genai refuses these on the Gemini API).
+            update = {"partial_args": None, "will_continue": None}
+            kept = kept.model_copy(update={"function_call": call.model_copy(update=update)})
         if vertex:
             return kept
         # The Gemini API's Blob and FileData have no display_name, as for typed parts.
