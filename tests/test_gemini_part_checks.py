@@ -169,3 +169,25 @@ async def test_a_gemini_part_call_goes_without_how_it_was_streamed(
     assert get_field(sent, "functionCall") == {"name": "f", "args": {"a": "x"}}
     history = await all_messages(gemini_chatd.stub, "g")
     assert json.loads(history[1].parts[0].gemini_part) == call
+
+
+async def test_a_gemini_part_with_its_own_media_resolution_goes_through_v1beta(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """Per-part media resolution is served by v1beta, not v1, in a gemini_part as in a
+    typed part."""
+    await new_session(gemini_chatd)
+    await send(gemini_chatd, "plain")
+    assert fake_gemini.requests[-1].path.startswith("/v1/")
+    image = {
+        "inlineData": {"mimeType": "image/png", "data": "iVBORw=="},
+        "media_resolution": {"level": "MEDIA_RESOLUTION_HIGH"},
+    }
+    await gemini_chatd.stub.SendMessage(
+        pb.SendMessageRequest(session_id="g", parts=[text("look"), odd(image)])
+    )
+    sent = fake_gemini.requests[-1]
+    assert sent.rejection is None
+    assert sent.path.startswith("/v1beta/")
+    part = sent.contents[-1]["parts"][1]
+    assert get_field(part, "mediaResolution") == {"level": "MEDIA_RESOLUTION_HIGH"}

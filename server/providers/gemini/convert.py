@@ -224,8 +224,17 @@ def to_contents(
 
 def needs_v1beta(messages: Sequence[Message]) -> bool:
     """Per-part media resolution is served by the Gemini API's v1beta, not by v1
-    (https://ai.google.dev/gemini-api/docs/media-resolution)."""
-    return any(p.media_resolution for m in messages for p in m.parts)
+    (https://ai.google.dev/gemini-api/docs/media-resolution), a part kept as Gemini JSON's
+    included."""
+    return any(
+        p.media_resolution
+        or (p.gemini_part is not None and _PART_MEDIA_RESOLUTION_KEYS & p.gemini_part.keys())
+        for m in messages
+        for p in m.parts
+    )
+
+
+_PART_MEDIA_RESOLUTION_KEYS = frozenset({"mediaResolution", "media_resolution"})
 
 
 def _as_float32(value: float) -> bytes:
