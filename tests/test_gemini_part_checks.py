@@ -191,3 +191,21 @@ async def test_a_gemini_part_with_its_own_media_resolution_goes_through_v1beta(
     assert sent.path.startswith("/v1beta/")
     part = sent.contents[-1]["parts"][1]
     assert get_field(part, "mediaResolution") == {"level": "MEDIA_RESOLUTION_HIGH"}
+
+
+async def test_an_unsigned_empty_text_part_of_an_answer_is_not_kept(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """An answer part with empty text, no signature and fields chatd does not model is
+    dropped like any empty text chunk: kept, it would be refused in every later turn."""
+    await new_session(gemini_chatd)
+    fake_gemini.push(Reply(parts=[text_part("hello"), {"text": "", "partMetadata": {"k": 1}}]))
+    await send(gemini_chatd, "hi")
+    await send(gemini_chatd, "next")
+    assert fake_gemini.requests[-1].rejection is None
+    history = await all_messages(gemini_chatd.stub, "g")
+    assert [p.text for p in history[1].parts] == ["hello"]
+    exported = await gemini_chatd.stub.ExportSession(pb.ExportSessionRequest(session_id="g"))
+    await gemini_chatd.stub.ImportSession(
+        pb.ImportSessionRequest(document=exported.document, session_id="copy")
+    )

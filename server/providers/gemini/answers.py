@@ -118,6 +118,10 @@ def _from_sdk_part(part: types.Part) -> Part | None:
     original = _dump(part)
     if not _essential(original):
         return None
+    if part.text == "" and not part.thought_signature:
+        # Empty text without a signature says nothing, and Gemini refuses it sent back (an
+        # empty text chunk is dropped the same way when chunks are joined).
+        return None
     # Written back with everything chatd keeps (display names included, as on Vertex AI).
     if _essential(_dump(to_sdk_part(typed, vertex=True))) == _essential(original):
         return typed
