@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import pydantic
-from google.genai import types as genai_types
 from google.protobuf import timestamp_pb2
 
 from chatd.v1 import content_pb2 as pb
+from server.providers.gemini.part_json import part_json_problem
 from server.rpc.json_codec import object_input, object_output
 from server.rpc.metadata_codec import candidate_metadata_to_pb
 from server.sessions.errors import InvalidArgument
@@ -42,12 +41,8 @@ def _gemini_part(text: str, field: str) -> JSON:
     """A part given as Gemini JSON, refused now if google-genai would not take it: it is
     sent through google-genai in every later turn, which would refuse each of them."""
     value = parse_json_text(text, field)
-    try:
-        genai_types.Part.model_validate(value)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        raise InvalidArgument(field, f"not a Gemini Part ({where}: {first.get('msg')})") from exc
+    if (problem := part_json_problem(value)) is not None:
+        raise InvalidArgument(field, f"not a Gemini Part ({problem})")
     return value
 
 
