@@ -35,6 +35,12 @@ class NotFound(ChatdError):
     reason = "NOT_FOUND"
 
 
+def session_not_found(session_id: str) -> NotFound:
+    """The one answer for a session that does not exist, has expired, or is not the
+    life of it the caller knew: the same words and reason from every layer."""
+    return NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
+
+
 class AlreadyExists(ChatdError):
     reason = "ALREADY_EXISTS"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.sessions.errors import NotFound
+from server.sessions.errors import session_not_found
 from server.sessions.model import Session
 from server.sessions.ports import SessionStore
 
@@ -12,5 +12,5 @@ async def live_session(store: SessionStore, tenant: str, session_id: str, now: f
     session = await store.get_session(tenant, session_id)
     expire_time = session.expire_time
     if expire_time is not None and expire_time <= now:
-        raise NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
+        raise session_not_found(session_id)
     return session

@@ -15,7 +15,7 @@ from server.sessions.errors import (
     Conflict,
     DuplicateRequest,
     InvalidArgument,
-    NotFound,
+    session_not_found,
 )
 from server.sessions.events import TurnEvent, TurnReply
 from server.sessions.expiry import live_session
@@ -118,7 +118,7 @@ class ChatSessions:
         """After reading history: NotFound if the session was deleted and created again
         meanwhile, so the history read belongs to another life."""
         if (await self.get(tenant, session.session_id)).uid != session.uid:
-            raise NotFound(f"session {session.session_id!r} not found", reason="SESSION_NOT_FOUND")
+            raise session_not_found(session.session_id)
 
     async def _once(
         self,
@@ -257,7 +257,7 @@ class ChatSessions:
         async with self._engine.hold(tenant, session_id):
             now = await self.get(tenant, session_id)
             if now.uid != session.uid:
-                raise NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
+                raise session_not_found(session_id)
             await complete(self._store.delete_session(tenant, session_id, session.uid))
 
     async def append(

@@ -11,6 +11,7 @@ from server.sessions.errors import (
     DuplicateRequest,
     NotFound,
     ResourceExhausted,
+    session_not_found,
 )
 from server.sessions.model import Message, Session
 from server.sessions.ports import RequestRecord
@@ -109,7 +110,7 @@ def first_new_seq(session: Session, messages: Sequence[Message]) -> int:
 
 
 def not_found(session_id: str) -> NotFound:
-    return NotFound(f"session {session_id!r} not found")
+    return session_not_found(session_id)
 
 
 def already_exists(session_id: str) -> AlreadyExists:
