@@ -1,5 +1,26 @@
 """The gemini provider: Gemini through google-genai's async client, chatd owning history and tools.
 
+What google-genai does here, and what chatd does itself:
+- The SDK is the source of truth for where and how a request goes: the `genai.Client`
+  resolves the credentials (an API key for the Gemini API or Vertex AI express mode;
+  Application Default Credentials, refreshed as they expire, for Vertex AI with a
+  project), the endpoint and API version (`t_model`, `BaseApiClient._build_request`), the
+  headers, the retries before the first byte (`HttpRetryOptions`, through
+  `BaseApiClient._async_request`) and the error statuses, raised as `errors.APIError`
+  (`raise_for_async_response`, and `raise_error_async` for an error inside a stream).
+- chatd encodes the request body itself (wire.py): google-genai builds and validates
+  pydantic models for the whole history on every call, about 0.75 ms of CPU per history
+  message (bench/README.md, "The gemini path"). chatd encodes each stored message once and
+  assembles the body from those bytes, so a turn costs what its new message costs; the
+  oracle tests (tests/test_wire_request_oracle.py) hold the body equal, as a JSON value, to
+  the one google-genai's own request path builds for the same inputs.
+- chatd parses the SSE stream itself (sse.py, answers.py), with orjson and no pydantic
+  (about 1 ms of CPU per chunk in the SDK); tests/test_wire_response_oracle.py holds the
+  parse equal to the SDK's.
+- `_build_request` and `_async_request` are not public; they are the SDK's own request
+  path, used so that nothing about auth, URLs or errors is re-implemented. The oracle and
+  auth tests (tests/test_gemini_auth.py) fail if a google-genai release changes them.
+
 Only this package imports google.genai.
 """
 
@@ -10,17 +31,22 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2
+import orjson
 import pydantic
 from google import genai
-from google.genai import _common, types
+from google.genai import _common, _transformers, types
 from google.genai import errors as genai_errors
 from google.genai import models as sdk_models
+from google.genai._api_client import BaseApiClient
 
-from server.providers.gemini.answers import to_chunk
+from server.providers.gemini.answers import chunk_from_json
 from server.providers.gemini.convert import to_config, to_contents
+from server.providers.gemini.sse import sse_payloads
 from server.providers.gemini.upstream import map_api_error, map_transport_error
+from server.providers.gemini.wire import RequestEncoder
 from server.sessions import errors
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
 
@@ -53,6 +79,9 @@ class GeminiProvider:
 
     def __init__(self, settings: GeminiSettings) -> None:
         self._settings = settings
+        self._encoder = RequestEncoder(
+            vertex=settings.vertexai, forward_labels=settings.forward_labels
+        )
         # Passing our own client pins the transport: the SDK would otherwise switch to
         # aiohttp whenever it happens to be importable.
         self._http = httpx2.AsyncClient(timeout=settings.timeout)
@@ -112,30 +141,39 @@ class GeminiProvider:
         return asyncio.get_running_loop().time() + budget
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
-        config = self._config(request)
-        contents = self._contents(request)
+        body = self._encoder.generate_body(request)
+        options = self._http_options(request)
         deadline = self._deadline(request)
-        with _upstream_errors(request.model):
+        api = self._client.aio._api_client
+        with _upstream_errors(request.model), _refusals():
+            path = f"{_transformers.t_model(api, request.model)}:streamGenerateContent?alt=sse"
             async with asyncio.timeout_at(deadline):
-                responses = await self._client.aio.models.generate_content_stream(
-                    model=request.model, contents=contents, config=config
-                )
-            iterator = aiter(responses)
-            started = False
-            while True:
-                # The deadline covers waiting for the model, never the consumer's own
-                # work between chunks (a yield inside a timeout would cancel the consumer).
-                async with asyncio.timeout_at(deadline):
-                    try:
-                        response = await anext(iterator, None)
-                    except ValueError as exc:
-                        if started:
-                            raise
-                        raise _refused_request(exc) from exc
-                if response is None:
-                    return
-                started = True
-                yield to_chunk(response)
+                upstream = await _post(api, path, body, options, stream=True)
+            try:
+                payloads = aiter(sse_payloads(upstream))
+                while True:
+                    # The deadline covers waiting for the model, never the consumer's own
+                    # work between chunks (a yield inside a timeout would cancel the consumer).
+                    async with asyncio.timeout_at(deadline):
+                        payload = await anext(payloads, None)
+                    if payload is None:
+                        return
+                    yield chunk_from_json(await _answer(payload, upstream))
+            finally:
+                # Leaving early (the caller went away, a deadline) closes the connection,
+                # which stops the model's work upstream.
+                await upstream.aclose()
+
+    def _http_options(self, request: ModelRequest) -> types.HttpOptions:
+        """This call's timeout (milliseconds, the caller's deadline if shorter) and API
+        version; retries and credentials stay the client's."""
+        timeout = self._settings.timeout
+        if request.timeout is not None:
+            timeout = max(0.001, min(timeout, request.timeout))
+        return types.HttpOptions(
+            timeout=max(1, round(timeout * 1000)),
+            api_version=self._encoder.api_version(request),
+        )
 
     def _contents(self, request: ModelRequest) -> list[types.Content]:
         """The request's history as SDK contents; a part kept as Gemini JSON that the SDK
@@ -237,3 +275,39 @@ def _upstream_errors(model: str) -> Iterator[None]:
         raise errors.DeadlineExceeded(
             "the Gemini API did not finish in time", reason="UPSTREAM_TIMEOUT"
         ) from exc
+
+
+async def _post(
+    api: BaseApiClient, path: str, body: bytes, options: types.HttpOptions, *, stream: bool
+) -> httpx2.Response:
+    """POSTs `body` to `path` through google-genai's own request path: its URL and API
+    version (`_build_request`), its credentials, headers, retries before the first byte
+    and error statuses raised as `errors.APIError` (`_async_request`). The SDK sends a
+    bytes body as it is (`_async_request_once`), so chatd's encoding is what goes out."""
+    prepared = api._build_request("post", path, {}, options)
+    prepared.data = body
+    response = await api._async_request(prepared, options, stream=stream)
+    upstream: httpx2.Response = response.response_stream
+    return upstream
+
+
+async def _answer(payload: bytes, upstream: httpx2.Response) -> dict[str, Any]:
+    """One SSE event's JSON. An error sent inside a 200 stream is raised as the SDK raises
+    it (`async_request_streamed`); an event that is not a JSON object means the stream is
+    broken."""
+    try:
+        answer = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise errors.Unavailable(
+            f"the Gemini API sent a stream event that is not JSON ({exc})",
+            reason="UPSTREAM_UNAVAILABLE",
+        ) from exc
+    if not isinstance(answer, dict):
+        raise errors.Unavailable(
+            "the Gemini API sent a stream event that is not a JSON object",
+            reason="UPSTREAM_UNAVAILABLE",
+        )
+    if "error" in answer:
+        error = answer["error"] if isinstance(answer["error"], dict) else {}
+        await genai_errors.APIError.raise_error_async(error.get("code", 500), answer, upstream)
+    return answer
