@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import httpx2
 import pydantic
 from google import genai
+from google.auth import exceptions as auth_errors
 from google.genai import _common, types
 from google.genai import errors as genai_errors
 from google.genai import models as sdk_models
 
 from server.providers.gemini.answers import to_chunk
 from server.providers.gemini.convert import to_config, to_contents
-from server.providers.gemini.upstream import map_api_error, map_transport_error
+from server.providers.gemini.upstream import map_api_error, map_auth_error, map_transport_error
 from server.sessions import errors
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
 
@@ -231,6 +232,9 @@ def _upstream_errors(model: str) -> Iterator[None]:
         yield
     except genai_errors.APIError as exc:
         raise map_api_error(exc, model) from exc
+    except auth_errors.GoogleAuthError as exc:
+        # Vertex AI with a project: google-auth loads and refreshes the credentials.
+        raise map_auth_error(exc) from exc
     except httpx2.TransportError as exc:
         raise map_transport_error(exc) from exc
     except TimeoutError as exc:
