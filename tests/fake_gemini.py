@@ -1,4 +1,5 @@
-"""Fake Gemini REST server (stdlib only) that google-genai talks to over real HTTP in tests.
+"""Fake Gemini REST server (stdlib, plus cryptography for its token endpoint) that
+google-genai talks to over real HTTP in tests.
 
 Usage::
 
