@@ -1,4 +1,5 @@
-"""Fake Gemini REST server (stdlib only) that google-genai talks to over real HTTP in tests.
+"""Fake Gemini REST server (stdlib, plus cryptography for its token endpoint) that
+google-genai talks to over real HTTP in tests.
 
 Usage::
 
@@ -19,6 +20,13 @@ Gemini 3, ...; see ``check_request``) gets HTTP 400 INVALID_ARGUMENT with a mess
 the API's, and its record carries ``rejection``. A test that sends such a request on
 purpose sets ``fake.strict = False``. Gemini API paths (``/v1|v1beta|v1alpha/models/M:...``)
 and Vertex AI paths (``.../publishers/google/models/M:...``, ``record.vertex``) are served.
+
+The fake checks credentials the way the services do (``check_credentials``): Gemini API and
+Vertex AI express paths need an API key (any non-empty key, unless ``expected_api_key`` is
+set); Vertex AI paths with a project need ``Authorization: Bearer`` with a token the fake's
+own OAuth 2.0 token endpoint (``POST /token``, the JWT-bearer grant of service-account
+credentials) issued and that has not expired. ``service_account`` makes a key file whose
+key the fake trusts, for ``GOOGLE_APPLICATION_CREDENTIALS``.
 
 Scripts are consumed in order: per method if pushed with ``method=...``, else from a queue
 shared by generateContent and streamGenerateContent; ``Tokens`` goes to countTokens. With
@@ -42,10 +50,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import http
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -53,7 +63,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeAlias, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 Json: TypeAlias = dict[str, Any]
 Method: TypeAlias = Literal["generateContent", "streamGenerateContent", "countTokens"]
@@ -65,9 +79,10 @@ _log = logging.getLogger(__name__)
 # https://cloud.google.com/vertex-ai/docs/reference/rest); anything else is a 404 there too.
 _PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$")
 _VERTEX_PATH = re.compile(
-    r"^/(?:v1|v1beta1)/(?:projects/[^/]+/locations/[^/]+/)?publishers/google/models/"
-    r"(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
+    r"^/(?:v1|v1beta1)/(?:projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/)?"
+    r"publishers/google/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
 )
+TOKEN_PATH = "/token"
 _METHODS: tuple[Method, ...] = ("generateContent", "streamGenerateContent", "countTokens")
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -372,10 +387,32 @@ class RecordedRequest:
     time: float  # time.monotonic() when the request was read
     vertex: bool = False  # sent to a Vertex AI path (publishers/google/models/...)
     rejection: str | None = None  # the 400 message, when the strict fake refused it
+    project: str | None = None  # Vertex AI: the path's projects/P (None in express mode)
+    location: str | None = None  # Vertex AI: the path's locations/L
+    # The error message, when the fake refused the credentials (the body is then unchecked).
+    auth_failure: str | None = None
 
     @property
     def api_key(self) -> str | None:
+        """The ``x-goog-api-key`` header."""
         return self.headers.get("x-goog-api-key")
+
+    @property
+    def url_key(self) -> str | None:
+        """An API key passed as the ``key`` query parameter (the SDK never does)."""
+        values = parse_qs(urlsplit(self.path).query).get("key")
+        return values[0] if values else None
+
+    @property
+    def bearer_token(self) -> str | None:
+        """The token of an ``Authorization: Bearer`` header."""
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
+    @property
+    def user_project(self) -> str | None:
+        """The ``x-goog-user-project`` header: the project billed for quota."""
+        return self.headers.get("x-goog-user-project")
 
     @property
     def generate_request(self) -> Any:
@@ -934,16 +971,122 @@ def check_request(method: str, model: str, body: Any, vertex: bool) -> None:
     _check_generate(model, body, vertex)
 
 
+# --------------------------------------------------------------------------- credentials
+#
+# How Google answers requests without valid credentials. Google's error model puts the
+# machine-readable cause in a google.rpc.ErrorInfo detail (https://cloud.google.com/apis/
+# design/errors#error_info); the reasons are those of google/api/error_reason.proto
+# (https://github.com/googleapis/googleapis/blob/master/google/api/error_reason.proto).
+
+# Service accounts sign their grant assertion for this audience, whatever their token_uri
+# (https://developers.google.com/identity/protocols/oauth2/service-account#authorizingrequests).
+TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Google refuses assertions that live longer than an hour or are not current.
+_MAX_ASSERTION_LIFETIME = 3600
+_CLOCK_SKEW = 300
+_DEVCONSOLE = "See https://developers.google.com/identity/sign-in/web/devconsole-project."
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """An access token the fake's token endpoint issued."""
+
+    token: str
+    client_email: str  # the service account it was issued to
+    scope: str  # space-separated scopes of the grant
+    expires_at: float  # time.monotonic() when the fake stops accepting it
+
+
+class CredentialsRefused(Exception):
+    """A request refused for its credentials: the HTTP status and Google's error body."""
+
+    def __init__(self, code: int, message: str, reason: str | None, service: str) -> None:
+        super().__init__(message)
+        self.code = code
+        details: list[Json] = []
+        if reason is not None:
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason,
+                    "domain": "googleapis.com",
+                    "metadata": {"service": service},
+                }
+            )
+        self.error = HttpError(code, message, details=details)
+
+
+class _GrantRefused(Exception):
+    """A token request refused as an OAuth 2.0 error (RFC 6749 section 5.2)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(f"{error}: {description}")
+        self.body: Json = {"error": error, "error_description": description}
+
+
+def _check_api_key(key: str | None, expected: str | None, service: str) -> None:
+    if not key:
+        if service == "generativelanguage.googleapis.com":
+            # What the Gemini API answers a request with no key (HTTP 403 PERMISSION_DENIED;
+            # https://ai.google.dev/gemini-api/docs/troubleshooting#error-codes).
+            raise CredentialsRefused(
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to "
+                "call this API.",
+                None,
+                service,
+            )
+        raise CredentialsRefused(
+            401,
+            "Request is missing required authentication credential. Expected OAuth 2 access "
+            f"token, login cookie or other valid authentication credential. {_DEVCONSOLE}",
+            "CREDENTIALS_MISSING",
+            service,
+        )
+    if expected is not None and key != expected:
+        # Google answers a key it does not know with 400 INVALID_ARGUMENT, not 401/403.
+        raise CredentialsRefused(
+            400, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID", service
+        )
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@functools.cache
+def _rsa_key(index: int) -> rsa.RSAPrivateKey:
+    """An RSA key for test service accounts (index 1 is a second key, for a wrong signature)."""
+    del index  # one cached key per index
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 # --------------------------------------------------------------------------- the server
 
 
 class FakeGemini:
     """A fake Gemini REST endpoint served from its own thread and event loop."""
 
-    def __init__(self, host: str = "127.0.0.1", *, strict: bool = True) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        strict: bool = True,
+        expected_api_key: str | None = None,
+    ) -> None:
         self._host = host
         # Strict: refuse with HTTP 400 what the real API refuses (see check_request).
         self.strict = strict
+        # None: any non-empty API key is valid; else only this one (400 API_KEY_INVALID).
+        self.expected_api_key = expected_api_key
+        # Seconds an issued access token lives, as the token endpoint's expires_in.
+        self.token_lifetime = 3600
+        # When set, the token endpoint refuses every grant: invalid_grant with this text.
+        self.token_refusal: str | None = None
+        self._trusted: dict[str, rsa.RSAPublicKey] = {}
+        self._tokens: dict[str, IssuedToken] = {}
         self._port = 0
         self._scripts = _ScriptQueues()
         self._cond = threading.Condition()
@@ -1008,6 +1151,148 @@ class FakeGemini:
         with self._cond:
             self._requests.clear()
             self._disconnects.clear()
+
+    # ---- credentials
+
+    def service_account(
+        self, email: str = "chatd@test-project.iam.gserviceaccount.com", *, trusted: bool = True
+    ) -> Json:
+        """A service-account key file's JSON whose ``token_uri`` is this fake's token
+        endpoint (https://cloud.google.com/iam/docs/keys-create-delete#creating). The fake
+        verifies the grant assertions it signs; ``trusted=False`` registers another public
+        key for ``email``, so its grants fail with ``Invalid JWT Signature.``."""
+        key = _rsa_key(0)
+        with self._cond:
+            self._trusted[email] = (key if trusted else _rsa_key(1)).public_key()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return {
+            "type": "service_account",
+            "project_id": email.split("@")[-1].split(".")[0],
+            "private_key_id": "fake-key-1",
+            "private_key": pem.decode("ascii"),
+            "client_email": email,
+            "client_id": "100000000000000000001",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": self.base_url + TOKEN_PATH,
+            "universe_domain": "googleapis.com",
+        }
+
+    def issue_token(
+        self, client_email: str = "direct", scope: str = "", lifetime: float | None = None
+    ) -> str:
+        """Issues an access token as the token endpoint would; ``lifetime`` in seconds
+        (default ``token_lifetime``)."""
+        token = "ya29.fake-" + secrets.token_urlsafe(24)
+        seconds = self.token_lifetime if lifetime is None else lifetime
+        issued = IssuedToken(token, client_email, scope, time.monotonic() + seconds)
+        with self._cond:
+            self._tokens[token] = issued
+        return token
+
+    @property
+    def issued_tokens(self) -> list[IssuedToken]:
+        """The access tokens issued so far, oldest first."""
+        with self._cond:
+            return list(self._tokens.values())
+
+    def expire_tokens(self) -> None:
+        """Makes every issued token expired, as if its lifetime had passed."""
+        now = time.monotonic()
+        with self._cond:
+            for token, issued in self._tokens.items():
+                self._tokens[token] = IssuedToken(
+                    issued.token, issued.client_email, issued.scope, now
+                )
+
+    def check_credentials(self, path: str, headers: dict[str, str]) -> None:
+        """Raises CredentialsRefused where the service would refuse the request's
+        credentials: an API key on Gemini API and Vertex AI express paths, a bearer token
+        this fake issued (and that has not expired) on Vertex AI paths with a project."""
+        target = urlsplit(path)
+        vertex = _VERTEX_PATH.match(target.path)
+        key = headers.get("x-goog-api-key") or (parse_qs(target.query).get("key") or [""])[0]
+        if vertex is None:
+            _check_api_key(key, self.expected_api_key, "generativelanguage.googleapis.com")
+            return
+        if vertex["project"] is None:
+            _check_api_key(key, self.expected_api_key, "aiplatform.googleapis.com")
+            return
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            _check_api_key(None, None, "aiplatform.googleapis.com")
+        with self._cond:
+            issued = self._tokens.get(token.strip())
+        if issued is None or issued.expires_at <= time.monotonic():
+            # https://cloud.google.com/docs/authentication/rest: an expired or unknown
+            # access token is 401 UNAUTHENTICATED.
+            raise CredentialsRefused(
+                401,
+                "Request had invalid authentication credentials. Expected OAuth 2 access "
+                f"token, login cookie or other valid authentication credential. {_DEVCONSOLE}",
+                "ACCESS_TOKEN_EXPIRED" if issued is not None else None,
+                "aiplatform.googleapis.com",
+            )
+
+    def _grant(self, raw: bytes) -> Json:
+        """The token endpoint: a service account's JWT-bearer grant, verified the way
+        Google verifies it (https://developers.google.com/identity/protocols/oauth2/
+        service-account#httprest); returns the token response or raises _GrantRefused."""
+        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+        if form.get("grant_type") != JWT_BEARER_GRANT:
+            raise _GrantRefused(
+                "unsupported_grant_type", f"Invalid grant_type: {form.get('grant_type', '')}"
+            )
+        if self.token_refusal is not None:
+            raise _GrantRefused("invalid_grant", self.token_refusal)
+        claims = self._verified_claims(form.get("assertion", ""))
+        if not str(claims.get("scope", "")).strip():
+            raise _GrantRefused(
+                "invalid_scope", "Invalid OAuth scope or ID token audience provided."
+            )
+        token = self.issue_token(str(claims["iss"]), str(claims["scope"]))
+        return {"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"}
+
+    def _verified_claims(self, assertion: str) -> Json:
+        try:
+            head, payload, signature = assertion.split(".")
+            header = json.loads(_b64url_decode(head))
+            claims = json.loads(_b64url_decode(payload))
+            signed = _b64url_decode(signature)
+        except (ValueError, binascii.Error) as exc:
+            raise _GrantRefused("invalid_grant", "Invalid JWT: malformed assertion") from exc
+        if not isinstance(header, dict) or header.get("alg") != "RS256":
+            raise _GrantRefused("invalid_grant", "Invalid JWT: the algorithm must be RS256")
+        if not isinstance(claims, dict):
+            raise _GrantRefused("invalid_grant", "Invalid JWT: malformed assertion")
+        with self._cond:
+            key = self._trusted.get(str(claims.get("iss")))
+        if key is None:
+            raise _GrantRefused("invalid_grant", "Invalid grant: account not found")
+        try:
+            key.verify(signed, f"{head}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature as exc:
+            raise _GrantRefused("invalid_grant", "Invalid JWT Signature.") from exc
+        if claims.get("aud") != TOKEN_AUDIENCE:
+            raise _GrantRefused("invalid_grant", f"Invalid JWT: aud must be {TOKEN_AUDIENCE}")
+        now = time.time()
+        issued_at, expires = claims.get("iat"), claims.get("exp")
+        if (
+            not isinstance(issued_at, int)
+            or not isinstance(expires, int)
+            or expires - issued_at > _MAX_ASSERTION_LIFETIME
+            or expires < now - _CLOCK_SKEW
+            or issued_at > now + _CLOCK_SKEW
+        ):
+            raise _GrantRefused(
+                "invalid_grant",
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                "reasonable timeframe. Check your iat and exp values in the JWT claim.",
+            )
+        return claims
 
     # ---- observation
 
@@ -1097,6 +1382,12 @@ class FakeGemini:
         self, conn: _Connection, verb: str, target: str, headers: dict[str, str], raw: bytes
     ) -> None:
         path = urlsplit(target).path
+        if verb == "POST" and path == TOKEN_PATH:
+            try:
+                await conn.send_json(200, self._grant(raw))
+            except _GrantRefused as exc:
+                await conn.send_json(400, exc.body)
+            return
         vertex_match = _VERTEX_PATH.match(path)
         match = _PATH.match(path) or vertex_match
         method, model = (match["method"], match["model"]) if match else ("", "")
@@ -1105,8 +1396,14 @@ class FakeGemini:
         except ValueError:
             body = None
         routed = verb == "POST" and method in _METHODS
-        rejection = None
-        if routed and self.strict:
+        rejection = refused = None
+        if routed:
+            # Credentials are checked before the body, as the services do.
+            try:
+                self.check_credentials(target, headers)
+            except CredentialsRefused as exc:
+                refused = exc
+        if routed and self.strict and refused is None:
             try:
                 check_request(method, model, body, vertex=vertex_match is not None)
             except InvalidRequest as exc:
@@ -1121,11 +1418,17 @@ class FakeGemini:
             time.monotonic(),
             vertex=vertex_match is not None,
             rejection=rejection,
+            project=vertex_match["project"] if vertex_match else None,
+            location=vertex_match["location"] if vertex_match else None,
+            auth_failure=str(refused) if refused is not None else None,
         )
         self._record(self._requests, request)
 
         if not routed:
             await conn.send_json(404, HttpError(404, f"fake: no route {verb} {target}").body())
+            return
+        if refused is not None:
+            await conn.send_json(refused.code, refused.error.body())
             return
         if rejection is not None:
             await conn.send_json(400, HttpError(400, rejection).body())

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Iterator
 import httpx2
 import pytest
 from google import genai
+from google.auth import crypt, jwt
 from google.genai import errors, types
 
 from tests.fake_gemini import (
+    JWT_BEARER_GRANT,
     Drop,
     FakeGemini,
     HttpError,
@@ -398,12 +400,18 @@ def test_b64decode_accepts_both_alphabets_and_missing_padding() -> None:
 
 
 async def post(
-    fake: FakeGemini, body: object, method: str = "generateContent", path: str | None = None
+    fake: FakeGemini,
+    body: object,
+    method: str = "generateContent",
+    path: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, object]]:
-    """Posts ``body`` as JSON straight to the fake; its status and JSON answer."""
+    """Posts ``body`` as JSON straight to the fake (with an API key unless ``headers`` are
+    given); its status and JSON answer."""
     target = path or f"/v1beta/models/{MODEL}:{method}"
+    sent = {"x-goog-api-key": "k"} if headers is None else headers
     async with httpx2.AsyncClient() as http:
-        response = await http.post(fake.base_url + target, json=body)
+        response = await http.post(fake.base_url + target, json=body, headers=sent)
     return response.status_code, response.json()
 
 
@@ -657,7 +665,8 @@ async def test_vertex_paths_accept_labels_and_display_names(fake: FakeGemini) ->
         f"/v1beta1/publishers/google/models/{MODEL}:generateContent",
         f"/v1/projects/p/locations/us-central1/publishers/google/models/{MODEL}:generateContent",
     ):
-        status, answer = await post(fake, body, path=path)
+        bearer = {"authorization": f"Bearer {fake.issue_token()}", "x-goog-api-key": "k"}
+        status, answer = await post(fake, body, path=path, headers=bearer)
         assert status == 200, answer
         assert fake.requests[-1].vertex
 
@@ -712,3 +721,128 @@ async def test_empty_contents_parts_and_two_data_fields_are_refused(fake: FakeGe
     await assert_refused(fake, {"contents": [{"role": "user", "parts": []}]}, "must not be empty")
     both = {"role": "user", "parts": [{"text": "a", "fileData": {"fileUri": "gs://b/x"}}]}
     await assert_refused(fake, {"contents": [both]}, "Oneof field 'data' is already set")
+
+
+# --------------------------------------------------------------------------- credentials
+
+VERTEX_PATH = f"/v1/projects/p/locations/us-central1/publishers/google/models/{MODEL}"
+
+
+def error_reason(answer: dict[str, object]) -> str | None:
+    error = answer["error"]
+    assert isinstance(error, dict)
+    for detail in error.get("details", []):
+        if str(detail.get("@type", "")).endswith("ErrorInfo"):
+            return str(detail["reason"])
+    return None
+
+
+async def test_gemini_api_without_a_key_is_403_and_a_wrong_key_400_api_key_invalid(
+    fake: FakeGemini,
+) -> None:
+    body = {"contents": [user_text("a")]}
+    status, answer = await post(fake, body, headers={})
+    assert status == 403
+    assert "unregistered callers" in str(answer)
+
+    fake.expected_api_key = "right"
+    status, answer = await post(fake, body, headers={"x-goog-api-key": "wrong"})
+    assert status == 400
+    assert error_reason(answer) == "API_KEY_INVALID"
+    assert fake.requests[-1].auth_failure == "API key not valid. Please pass a valid API key."
+    # Credentials are checked before the body: an invalid body is not looked at.
+    assert fake.requests[-1].rejection is None
+    status, _ = await post(fake, body, headers={"x-goog-api-key": "right"})
+    assert status == 200
+
+
+async def test_vertex_project_paths_need_a_bearer_token_the_fake_issued(
+    fake: FakeGemini,
+) -> None:
+    body = {"contents": [user_text("a")]}
+    path = f"{VERTEX_PATH}:generateContent"
+    status, answer = await post(fake, body, path=path, headers={"x-goog-api-key": "k"})
+    assert (status, error_reason(answer)) == (401, "CREDENTIALS_MISSING")
+
+    status, answer = await post(fake, body, path=path, headers={"authorization": "Bearer made-up"})
+    assert (status, error_reason(answer)) == (401, None)
+    assert "invalid authentication credentials" in str(answer)
+
+    token = fake.issue_token()
+    headers = {"authorization": f"Bearer {token}", "x-goog-user-project": "quota"}
+    status, _ = await post(fake, body, path=path, headers=headers)
+    assert status == 200
+    sent = fake.requests[-1]
+    assert (sent.project, sent.location, sent.bearer_token) == ("p", "us-central1", token)
+    assert sent.user_project == "quota"
+
+    fake.expire_tokens()
+    status, answer = await post(fake, body, path=path, headers=headers)
+    assert (status, error_reason(answer)) == (401, "ACCESS_TOKEN_EXPIRED")
+
+
+async def grant(fake: FakeGemini, form: dict[str, str]) -> tuple[int, dict[str, object]]:
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(fake.base_url + "/token", data=form)
+    return response.status_code, response.json()
+
+
+def assertion(info: dict[str, object], **claims: object) -> str:
+    """A service account's grant assertion, signed with its key by google-auth."""
+    now = int(time.time())
+    payload: dict[str, object] = {
+        "iss": info["client_email"],
+        "aud": "https://oauth2.googleapis.com/token",
+        "scope": "https://www.googleapis.com/auth/cloud-platform",
+        "iat": now,
+        "exp": now + 3600,
+    }
+    payload.update(claims)
+    signer = crypt.RSASigner.from_service_account_info(info)
+    return jwt.encode(signer, payload).decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("claims", "error", "fragment"),
+    [
+        ({}, None, None),
+        ({"aud": "https://example.com/token"}, "invalid_grant", "aud"),
+        ({"scope": ""}, "invalid_scope", "Invalid OAuth scope"),
+        ({"exp": int(time.time()) + 7200}, "invalid_grant", "short-lived"),
+        ({"iss": "stranger@p.iam.gserviceaccount.com"}, "invalid_grant", "account not found"),
+    ],
+)
+async def test_token_endpoint_verifies_the_jwt_bearer_grant(
+    fake: FakeGemini, claims: dict[str, object], error: str | None, fragment: str | None
+) -> None:
+    info = fake.service_account()
+    fake.token_lifetime = 120
+    form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion(info, **claims)}
+    status, answer = await grant(fake, form)
+    if error is None:
+        assert status == 200
+        assert answer["expires_in"] == 120 and answer["token_type"] == "Bearer"
+        assert [t.token for t in fake.issued_tokens] == [answer["access_token"]]
+        return
+    assert status == 400
+    assert answer["error"] == error and fragment in str(answer["error_description"])
+    assert fake.issued_tokens == []
+
+
+async def test_token_endpoint_refuses_other_keys_grants_and_on_request(fake: FakeGemini) -> None:
+    untrusted = fake.service_account("other@p.iam.gserviceaccount.com", trusted=False)
+    status, answer = await grant(
+        fake, {"grant_type": JWT_BEARER_GRANT, "assertion": assertion(untrusted)}
+    )
+    assert (status, answer["error_description"]) == (400, "Invalid JWT Signature.")
+
+    status, answer = await grant(fake, {"grant_type": "client_credentials"})
+    assert (status, answer["error"]) == (400, "unsupported_grant_type")
+
+    fake.token_refusal = "Token has been expired or revoked."
+    info = fake.service_account()
+    status, answer = await grant(
+        fake, {"grant_type": JWT_BEARER_GRANT, "assertion": assertion(info)}
+    )
+    assert (status, answer["error"]) == (400, "invalid_grant")
+    assert fake.issued_tokens == []

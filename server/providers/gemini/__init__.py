@@ -37,6 +37,7 @@ import httpx2
 import orjson
 import pydantic
 from google import genai
+from google.auth import exceptions as auth_errors
 from google.genai import _common, _transformers, types
 from google.genai import errors as genai_errors
 from google.genai import models as sdk_models
@@ -45,7 +46,7 @@ from google.genai._api_client import BaseApiClient
 from server.providers.gemini.answers import chunk_from_json
 from server.providers.gemini.convert import to_config, to_contents
 from server.providers.gemini.sse import sse_payloads
-from server.providers.gemini.upstream import map_api_error, map_transport_error
+from server.providers.gemini.upstream import map_api_error, map_auth_error, map_transport_error
 from server.providers.gemini.wire import RequestEncoder
 from server.sessions import errors
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
@@ -269,6 +270,9 @@ def _upstream_errors(model: str) -> Iterator[None]:
         yield
     except genai_errors.APIError as exc:
         raise map_api_error(exc, model) from exc
+    except auth_errors.GoogleAuthError as exc:
+        # Vertex AI with a project: google-auth loads and refreshes the credentials.
+        raise map_auth_error(exc) from exc
     except httpx2.TransportError as exc:
         raise map_transport_error(exc) from exc
     except TimeoutError as exc:
