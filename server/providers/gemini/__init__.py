@@ -14,13 +14,15 @@ from dataclasses import dataclass
 import httpx2
 import pydantic
 from google import genai
-from google.genai import _common, types
+from google.genai import _transformers as sdk_transformers
 from google.genai import errors as genai_errors
-from google.genai import models as sdk_models
+from google.genai import types
+from google.genai._api_client import BaseApiClient
 
 from server.providers.gemini.answers import to_chunk
 from server.providers.gemini.convert import to_config, to_contents
 from server.providers.gemini.upstream import map_api_error, map_transport_error
+from server.providers.gemini.wire import RequestEncoder
 from server.sessions import errors
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
 
@@ -77,6 +79,13 @@ class GeminiProvider:
             project=settings.project,
             location=settings.location,
             http_options=http_options,
+        )
+        api = self._client.aio._api_client
+        self._encoder = RequestEncoder(
+            vertex=settings.vertexai,
+            forward_labels=settings.forward_labels,
+            project=api.project,
+            location=api.location,
         )
 
     @property
@@ -154,58 +163,60 @@ class GeminiProvider:
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
         """The model's own count of what a generate call for `request` sends: contents,
-        system instruction and function declarations."""
-        config = self._config(request)
-        contents = self._contents(request)
+        system instruction and tools.
+
+        On the Gemini API the body is a `generateContentRequest`, which counts exactly
+        what generateContent would be sent, system instruction and tools included
+        (https://ai.google.dev/api/tokens#method:-models.counttokens); google-genai's
+        public count_tokens refuses those there. On Vertex AI countTokens takes the
+        instruction and tools beside the contents. chatd encodes the body itself
+        (wire.RequestEncoder) and posts it through the SDK's client, which keeps the
+        URL, credentials, retries and error mapping.
+
+        Raises UpstreamRejected for a request the SDK would refuse to send, and the
+        domain errors of _upstream_errors for upstream failures."""
+        api = self._client.aio._api_client
         with _upstream_errors(request.model), _refusals():
+            model_path = sdk_transformers.t_model(api, request.model)
+            body = self._encoder.count_tokens_body(request, model_path)
+            options = self._http_options(request)
             async with asyncio.timeout_at(self._deadline(request)):
-                if self._settings.vertexai:
-                    # Vertex AI's countTokens takes the instruction and tools beside contents.
-                    counted = types.CountTokensConfig(
-                        system_instruction=config.system_instruction,
-                        tools=config.tools,  # type: ignore[arg-type]
-                        http_options=config.http_options,
-                    )
-                    result = await self._client.aio.models.count_tokens(
-                        model=request.model, contents=contents, config=counted
-                    )
-                    return TokenCount(result.total_tokens or 0, estimated=False)
-                total = await count_generate_request(self._client, request.model, contents, config)
-        return TokenCount(total, estimated=False)
+                answer = await post_json(api, f"{model_path}:countTokens", body, options)
+        total = (json.loads(answer) if answer else {}).get("totalTokens", 0)
+        return TokenCount(int(total or 0), estimated=False)
+
+    def _http_options(self, request: ModelRequest) -> types.HttpOptions:
+        """The SDK's per-call options: the timeout in milliseconds (the shorter of the
+        provider's and the request's) and the API version the request needs."""
+        timeout = self._settings.timeout
+        if request.timeout is not None:
+            timeout = max(0.001, min(timeout, request.timeout))
+        return types.HttpOptions(
+            timeout=max(1, round(timeout * 1000)),
+            api_version=self._encoder.api_version(request),
+        )
 
     async def close(self) -> None:
         await self._client.aio.aclose()
         await self._http.aclose()
 
 
-async def count_generate_request(
-    client: genai.Client,
-    model: str,
-    contents: list[types.Content],
-    config: types.GenerateContentConfig,
-) -> int:
-    """countTokens on the Gemini API with a `generateContentRequest` body, which counts
-    exactly what generateContent would be sent, system instruction and tools included
-    (https://ai.google.dev/api/tokens#method:-models.counttokens).
+async def post_json(
+    api: BaseApiClient, path: str, body: bytes, http_options: types.HttpOptions
+) -> str:
+    """POSTs a JSON `body` chatd encoded itself to `path` (relative to the API version)
+    through google-genai's client, which builds the URL, adds credentials, retries and
+    raises its APIError for an HTTP error; the response body as text.
 
-    google-genai's public count_tokens refuses system_instruction and tools on the Gemini
-    API, so this is chatd's one use of the SDK's non-public surface: the generate request is
-    built by `models._GenerateContentParameters_to_mldev` (the code generate_content itself
-    uses) and posted through `BaseApiClient.async_request`, keeping the SDK's transport,
-    credentials, retries and error mapping. tests/test_gemini_provider.py pins the body.
-    """
-    api = client.aio._api_client
-    parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
-    body = sdk_models._GenerateContentParameters_to_mldev(api, parameters, None, parameters)
-    inner = {k: v for k, v in body.items() if not k.startswith("_") and k != "config"}
-    inner["model"] = body["_url"]["model"]
-    payload = _common.encode_unserializable_types(
-        _common.convert_to_dict({"generateContentRequest": inner})
+    google-genai's public `async_request` takes a dict that it serializes; this is the
+    same call with bytes: BaseApiClient._build_request makes the request, which is sent
+    with `data` set to the encoded body (its _async_request_once posts bytes as given)."""
+    http_request = api._build_request("post", path, {}, http_options)
+    http_request.data = body
+    response = await api._async_request(
+        http_request=http_request, http_options=http_options, stream=False
     )
-    response = await api.async_request(
-        "post", f"{inner['model']}:countTokens", payload, config.http_options
-    )
-    return int((json.loads(response.body) if response.body else {}).get("totalTokens", 0))
+    return str(response.response_stream[0]) if response.response_stream else ""
 
 
 def _refused_request(exc: ValueError) -> errors.UpstreamRejected:
