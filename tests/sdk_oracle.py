@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from google.genai import types
+from google import genai
+from google.genai import _common, types
+from google.genai import models as sdk_models
 
 from server.providers.gemini.convert import (
     needs_v1beta,
@@ -260,4 +262,33 @@ def to_config(
         **fields,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         http_options=http,
+    )
+
+
+def count_generate_payload(
+    client: genai.Client,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> dict[str, Any]:
+    """The body chatd's countTokens sent on the Gemini API before it encoded it itself: a
+    `generateContentRequest` built by the SDK's own generate-request code
+    (`models._GenerateContentParameters_to_mldev`), as google-genai serializes it."""
+    api = client.aio._api_client
+    parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    body = sdk_models._GenerateContentParameters_to_mldev(api, parameters, None, parameters)
+    inner = {k: v for k, v in body.items() if not k.startswith("_") and k != "config"}
+    inner["model"] = body["_url"]["model"]
+    payload: dict[str, Any] = _common.encode_unserializable_types(
+        _common.convert_to_dict({"generateContentRequest": inner})
+    )
+    return payload
+
+
+def vertex_count_config(config: types.GenerateContentConfig) -> types.CountTokensConfig:
+    """What chatd's countTokens gave google-genai's count_tokens on Vertex AI."""
+    return types.CountTokensConfig(
+        system_instruction=config.system_instruction,
+        tools=config.tools,  # type: ignore[arg-type]
+        http_options=config.http_options,
     )
