@@ -143,7 +143,14 @@ def needs_v1beta(messages: Sequence[Message]) -> bool:
     """Per-part media resolution is served by the Gemini API's v1beta, not by v1
     (https://ai.google.dev/gemini-api/docs/media-resolution), a part kept as Gemini JSON's
     included. Each message is looked at once in its life (see the memo below)."""
-    return any(_entry(m).media_resolution for m in messages)
+    memo = _MEMO
+    for m in messages:
+        entry = memo.get(id(m))
+        if entry is None or entry.ref() is not m:
+            entry = _entry(m)
+        if entry.media_resolution:
+            return True
+    return False
 
 
 def _as_float32(value: float) -> bytes:
@@ -566,6 +573,9 @@ class RequestEncoder:
         model = request.model
         vertex = self._vertex
         changed = _current_turn_changes(messages, model)
+        memo = _MEMO
+        signed_variant = 2 * vertex
+        model_role = Role.MODEL
         out = []
         for index, m in enumerate(messages):
             if changed and index in changed:
@@ -573,8 +583,17 @@ class RequestEncoder:
                 if fresh.parts:
                     out.append(_content(fresh, vertex))
                 continue
-            unsigned = m.role is Role.MODEL and bool(m.model) and m.model != model
-            encoded = _encoded(m, vertex, unsigned)
+            # The memo hit inlined: this loop is the per-message cost of every turn.
+            variant = signed_variant
+            if m.role is model_role and m.model and m.model != model:
+                variant += 1
+            entry = memo.get(id(m))
+            if entry is not None and entry.ref() is m:
+                encoded = entry.encoded[variant]
+                if encoded is None:
+                    encoded = _encoded(m, vertex, bool(variant & 1))
+            else:
+                encoded = _encoded(m, vertex, bool(variant & 1))
             if encoded:
                 out.append(encoded)
         if not out:
