@@ -31,6 +31,7 @@ from google.genai import types
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from server.providers.gemini import convert
 from server.providers.gemini.wire import RequestEncoder
 from server.sessions import errors
 from server.sessions.model import (
@@ -478,6 +479,21 @@ def requests(draw: st.DrawFn) -> ModelRequest:
     # A quarter of the histories hold what only the Gemini API takes.
     gemini_api_only = draw(st.integers(0, 3)) == 0
     history = draw(st.lists(messages(model, gemini_api_only), min_size=1, max_size=6))
+    if draw(st.booleans()):
+        # A tool round in progress: the model's calls (signed or not, by this model or
+        # another), then their answers.
+        calls = [
+            Part(function_call=FunctionCall(draw(ids), draw(names)), thought_signature=signature)
+            for signature in draw(st.lists(signatures, min_size=1, max_size=2))
+        ]
+        written_by = draw(st.sampled_from(["", model, "gemini-2.0-flash"]))
+        answer = FunctionResponse(draw(ids), draw(names), draw(json_objects))
+        history += [
+            Message(
+                Role.MODEL, (*draw(st.lists(parts(False), max_size=1)), *calls), model=written_by
+            ),
+            Message(Role.USER, (Part(function_response=answer),)),
+        ]
     return ModelRequest(
         model=model,
         contents=history,
@@ -548,8 +564,15 @@ def test_count_tokens_body_is_the_body_of_the_sdk_count_path(
 
 @settings(ORACLE, max_examples=50)
 @given(request=requests())
-def test_api_version_is_the_sdk_paths_version(request: ModelRequest) -> None:
-    """The Gemini API's v1beta exactly when the SDK-typed config asked for it."""
+def test_history_rules_and_api_version_are_the_sdk_paths(request: ModelRequest) -> None:
+    """wire_messages (memoized, scanning back for the current turn) gives the messages the
+    plain walk of tests/sdk_oracle.py gives; the Gemini API's v1beta is asked for exactly
+    when the SDK-typed config asked for it, never on Vertex AI."""
+    model = request.model
+    sent = sdk_oracle.wire_messages(request.contents, model)
+    assert convert.wire_messages(request.contents, model) == sent
+    signatures = [p.thought_signature for m in sent for p in m.parts]
+    event("dummy signature" if convert.DUMMY_SIGNATURE in signatures else "no dummy signature")
     config = sdk_oracle.to_config(request, TIMEOUT)
     assert config.http_options is not None
     expected = config.http_options.api_version
