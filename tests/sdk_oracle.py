@@ -7,16 +7,19 @@ the one chatd's provider assembles (tests/test_wire_request_oracle.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from google.genai import types
+from google import genai
+from google.genai import _common, types
+from google.genai import models as sdk_models
 
 from server.providers.gemini.convert import (
-    needs_v1beta,
+    DUMMY_SIGNATURE,
     shortest_float32,
     upstream_labels,
-    wire_messages,
 )
 from server.sessions.model import (
     BuiltinTools,
@@ -24,6 +27,7 @@ from server.sessions.model import (
     GenerationConfig,
     Message,
     Part,
+    Role,
 )
 from server.sessions.ports import ModelRequest
 
@@ -148,6 +152,93 @@ def to_sdk_part(part: Part, vertex: bool) -> types.Part:
     return types.Part(**extra)
 
 
+# The history rules as the provider applied them before wire.py (a plain walk of the
+# whole history each turn), kept here so that the oracle does not share the encoder's
+# memoized version of them (tests/test_wire_request_oracle.py also holds wire_messages
+# and needs_v1beta equal to these).
+_SIGNED_CALL_MODELS = re.compile(r"(?:models/)?gemini-3")
+
+
+_SIGNATURE_KEYS = ("thoughtSignature", "thought_signature")
+
+
+def _without_signature(part: Part) -> Part | None:
+    """`part` without its thought signature; None when nothing else was in it."""
+    if part.signature_only or (part.text == "" and part.thought_signature):
+        return None
+    if part.gemini_part is not None:
+        rest = {k: v for k, v in part.gemini_part.items() if k not in _SIGNATURE_KEYS}
+        # Empty text went only with its signature: Gemini refuses it unsigned.
+        if not rest or rest.get("text") == "":
+            return None
+        return replace(part, gemini_part=rest)
+    return replace(part, thought_signature=b"")
+
+
+def _unsigned(message: Message) -> Message:
+    """`message` without thought signatures; a part that was only a signature is dropped."""
+    parts = tuple(p for p in map(_without_signature, message.parts) if p is not None)
+    return replace(message, parts=parts)
+
+
+def _current_turn_start(messages: Sequence[Message]) -> int:
+    """Index of the first message of the turn in progress: after the last user message that
+    is not only function responses."""
+    start = 0
+    for index, m in enumerate(messages):
+        if m.role is Role.USER and not all(p.function_response is not None for p in m.parts):
+            start = index + 1
+    return start
+
+
+def _signed_first_call(message: Message) -> Message:
+    """`message` with the documented dummy signature on its first function call, if that
+    call has no signature of its own (Gemini 3 refuses it unsigned in the current turn)."""
+    for index, part in enumerate(message.parts):
+        if part.function_call is not None:
+            if part.thought_signature:
+                return message
+            parts = list(message.parts)
+            parts[index] = replace(part, thought_signature=DUMMY_SIGNATURE)
+            return replace(message, parts=tuple(parts))
+    return message
+
+
+def wire_messages(messages: Sequence[Message], model: str) -> list[Message]:
+    """The history as it goes to `model`.
+
+    Thought signatures belong to the model that made them (reports say they do not carry
+    across models), so a model message written by another model goes without them. On
+    Gemini 3, a function call of the current turn must carry a signature
+    (https://ai.google.dev/gemini-api/docs/thought-signatures); one that has none (history
+    appended or written by another model) gets the dummy signature that page documents.
+    """
+    out = [
+        _unsigned(m) if m.role is Role.MODEL and m.model and m.model != model else m
+        for m in messages
+    ]
+    if _SIGNED_CALL_MODELS.match(model):
+        for index in range(_current_turn_start(out), len(out)):
+            if out[index].role is Role.MODEL:
+                out[index] = _signed_first_call(out[index])
+    return [m for m in out if m.parts]
+
+
+def needs_v1beta(messages: Sequence[Message]) -> bool:
+    """Per-part media resolution is served by the Gemini API's v1beta, not by v1
+    (https://ai.google.dev/gemini-api/docs/media-resolution), a part kept as Gemini JSON's
+    included."""
+    return any(
+        p.media_resolution
+        or (p.gemini_part is not None and _PART_MEDIA_RESOLUTION_KEYS & p.gemini_part.keys())
+        for m in messages
+        for p in m.parts
+    )
+
+
+_PART_MEDIA_RESOLUTION_KEYS = frozenset({"mediaResolution", "media_resolution"})
+
+
 def to_contents(
     messages: Sequence[Message], model: str = "", *, vertex: bool = False
 ) -> list[types.Content]:
@@ -260,4 +351,33 @@ def to_config(
         **fields,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         http_options=http,
+    )
+
+
+def count_generate_payload(
+    client: genai.Client,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> dict[str, Any]:
+    """The body chatd's countTokens sent on the Gemini API before it encoded it itself: a
+    `generateContentRequest` built by the SDK's own generate-request code
+    (`models._GenerateContentParameters_to_mldev`), as google-genai serializes it."""
+    api = client.aio._api_client
+    parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    body = sdk_models._GenerateContentParameters_to_mldev(api, parameters, None, parameters)
+    inner = {k: v for k, v in body.items() if not k.startswith("_") and k != "config"}
+    inner["model"] = body["_url"]["model"]
+    payload: dict[str, Any] = _common.encode_unserializable_types(
+        _common.convert_to_dict({"generateContentRequest": inner})
+    )
+    return payload
+
+
+def vertex_count_config(config: types.GenerateContentConfig) -> types.CountTokensConfig:
+    """What chatd's countTokens gave google-genai's count_tokens on Vertex AI."""
+    return types.CountTokensConfig(
+        system_instruction=config.system_instruction,
+        tools=config.tools,  # type: ignore[arg-type]
+        http_options=config.http_options,
     )

@@ -213,9 +213,12 @@ class Usage:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Message:
-    """One history entry. `seq` orders a session's messages and never repeats."""
+    """One history entry. `seq` orders a session's messages and never repeats.
+
+    Weak-referenceable: a provider may keep what it derives from a message (its encoded
+    request JSON) for exactly as long as the message object lives."""
 
     role: Role
     parts: tuple[Part, ...]

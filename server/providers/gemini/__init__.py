@@ -27,7 +27,6 @@ Only this package imports google.genai.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,16 +34,13 @@ from typing import Any
 
 import httpx2
 import orjson
-import pydantic
 from google import genai
 from google.auth import exceptions as auth_errors
-from google.genai import _common, _transformers, types
+from google.genai import _transformers, types
 from google.genai import errors as genai_errors
-from google.genai import models as sdk_models
-from google.genai._api_client import BaseApiClient
+from google.genai._api_client import BaseApiClient, HttpResponse
 
 from server.providers.gemini.answers import chunk_from_json
-from server.providers.gemini.convert import to_config, to_contents
 from server.providers.gemini.sse import sse_payloads
 from server.providers.gemini.upstream import map_api_error, map_auth_error, map_transport_error
 from server.providers.gemini.wire import RequestEncoder
@@ -80,9 +76,6 @@ class GeminiProvider:
 
     def __init__(self, settings: GeminiSettings) -> None:
         self._settings = settings
-        self._encoder = RequestEncoder(
-            vertex=settings.vertexai, forward_labels=settings.forward_labels
-        )
         # Passing our own client pins the transport: the SDK would otherwise switch to
         # aiohttp whenever it happens to be importable.
         self._http = httpx2.AsyncClient(timeout=settings.timeout)
@@ -108,6 +101,13 @@ class GeminiProvider:
             location=settings.location,
             http_options=http_options,
         )
+        api = self._client.aio._api_client
+        self._encoder = RequestEncoder(
+            vertex=settings.vertexai,
+            forward_labels=settings.forward_labels,
+            project=api.project,
+            location=api.location,
+        )
 
     @property
     def name(self) -> str:
@@ -116,22 +116,6 @@ class GeminiProvider:
     @property
     def default_model(self) -> str:
         return self._settings.default_model
-
-    def _config(self, request: ModelRequest) -> types.GenerateContentConfig:
-        try:
-            return to_config(
-                request,
-                self._settings.timeout,
-                vertex=self._settings.vertexai,
-                forward_labels=self._settings.forward_labels,
-            )
-        except pydantic.ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first.get("loc", ()))
-            raise errors.UpstreamRejected(
-                f"the Gemini SDK refused the session's settings ({where}: {first.get('msg')})",
-                reason="INVALID_MODEL_SETTINGS",
-            ) from exc
 
     def _deadline(self, request: ModelRequest) -> float:
         """When the whole call must be over: the SDK's own timeout applies per read and
@@ -149,7 +133,8 @@ class GeminiProvider:
         with _upstream_errors(request.model), _refusals():
             path = f"{_transformers.t_model(api, request.model)}:streamGenerateContent?alt=sse"
             async with asyncio.timeout_at(deadline):
-                upstream = await _post(api, path, body, options, stream=True)
+                response = await _post(api, path, body, options, stream=True)
+            upstream: httpx2.Response = response.response_stream
             try:
                 payloads = aiter(sse_payloads(upstream))
                 while True:
@@ -165,9 +150,34 @@ class GeminiProvider:
                 # which stops the model's work upstream.
                 await upstream.aclose()
 
+    async def count_tokens(self, request: ModelRequest) -> TokenCount:
+        """The model's own count of what a generate call for `request` sends: contents,
+        system instruction and tools.
+
+        On the Gemini API the body is a `generateContentRequest`, which counts exactly
+        what generateContent would be sent, system instruction and tools included
+        (https://ai.google.dev/api/tokens#method:-models.counttokens); google-genai's
+        public count_tokens refuses those there. On Vertex AI countTokens takes the
+        instruction and tools beside the contents. chatd encodes the body itself
+        (wire.RequestEncoder) and posts it through the SDK's client, which keeps the
+        URL, credentials, retries and error mapping.
+
+        Raises UpstreamRejected for a request the SDK would refuse to send, and the
+        domain errors of _upstream_errors for upstream failures."""
+        api = self._client.aio._api_client
+        with _upstream_errors(request.model), _refusals():
+            model_path = _transformers.t_model(api, request.model)
+            body = self._encoder.count_tokens_body(request, model_path)
+            options = self._http_options(request)
+            async with asyncio.timeout_at(self._deadline(request)):
+                response = await _post(api, f"{model_path}:countTokens", body, options)
+        answer = response.response_stream[0] if response.response_stream else ""
+        total = (orjson.loads(answer) if answer else {}).get("totalTokens", 0)
+        return TokenCount(int(total or 0), estimated=False)
+
     def _http_options(self, request: ModelRequest) -> types.HttpOptions:
-        """This call's timeout (milliseconds, the caller's deadline if shorter) and API
-        version; retries and credentials stay the client's."""
+        """The SDK's per-call options: the timeout in milliseconds (the shorter of the
+        provider's and the request's) and the API version the request needs."""
         timeout = self._settings.timeout
         if request.timeout is not None:
             timeout = max(0.001, min(timeout, request.timeout))
@@ -176,75 +186,9 @@ class GeminiProvider:
             api_version=self._encoder.api_version(request),
         )
 
-    def _contents(self, request: ModelRequest) -> list[types.Content]:
-        """The request's history as SDK contents; a part kept as Gemini JSON that the SDK
-        will not take (chatd checks its fields, not their insides) is refused here, before
-        any call."""
-        try:
-            return to_contents(request.contents, request.model, vertex=self._settings.vertexai)
-        except pydantic.ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first.get("loc", ()))
-            raise errors.UpstreamRejected(
-                f"a gemini_part in the history is not a part the Gemini SDK accepts "
-                f"({where}: {first.get('msg')})",
-                reason="INVALID_GEMINI_PART",
-            ) from exc
-
-    async def count_tokens(self, request: ModelRequest) -> TokenCount:
-        """The model's own count of what a generate call for `request` sends: contents,
-        system instruction and function declarations."""
-        config = self._config(request)
-        contents = self._contents(request)
-        with _upstream_errors(request.model), _refusals():
-            async with asyncio.timeout_at(self._deadline(request)):
-                if self._settings.vertexai:
-                    # Vertex AI's countTokens takes the instruction and tools beside contents.
-                    counted = types.CountTokensConfig(
-                        system_instruction=config.system_instruction,
-                        tools=config.tools,  # type: ignore[arg-type]
-                        http_options=config.http_options,
-                    )
-                    result = await self._client.aio.models.count_tokens(
-                        model=request.model, contents=contents, config=counted
-                    )
-                    return TokenCount(result.total_tokens or 0, estimated=False)
-                total = await count_generate_request(self._client, request.model, contents, config)
-        return TokenCount(total, estimated=False)
-
     async def close(self) -> None:
         await self._client.aio.aclose()
         await self._http.aclose()
-
-
-async def count_generate_request(
-    client: genai.Client,
-    model: str,
-    contents: list[types.Content],
-    config: types.GenerateContentConfig,
-) -> int:
-    """countTokens on the Gemini API with a `generateContentRequest` body, which counts
-    exactly what generateContent would be sent, system instruction and tools included
-    (https://ai.google.dev/api/tokens#method:-models.counttokens).
-
-    google-genai's public count_tokens refuses system_instruction and tools on the Gemini
-    API, so this is chatd's one use of the SDK's non-public surface: the generate request is
-    built by `models._GenerateContentParameters_to_mldev` (the code generate_content itself
-    uses) and posted through `BaseApiClient.async_request`, keeping the SDK's transport,
-    credentials, retries and error mapping. tests/test_gemini_provider.py pins the body.
-    """
-    api = client.aio._api_client
-    parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
-    body = sdk_models._GenerateContentParameters_to_mldev(api, parameters, None, parameters)
-    inner = {k: v for k, v in body.items() if not k.startswith("_") and k != "config"}
-    inner["model"] = body["_url"]["model"]
-    payload = _common.encode_unserializable_types(
-        _common.convert_to_dict({"generateContentRequest": inner})
-    )
-    response = await api.async_request(
-        "post", f"{inner['model']}:countTokens", payload, config.http_options
-    )
-    return int((json.loads(response.body) if response.body else {}).get("totalTokens", 0))
 
 
 def _refused_request(exc: ValueError) -> errors.UpstreamRejected:
@@ -282,17 +226,23 @@ def _upstream_errors(model: str) -> Iterator[None]:
 
 
 async def _post(
-    api: BaseApiClient, path: str, body: bytes, options: types.HttpOptions, *, stream: bool
-) -> httpx2.Response:
-    """POSTs `body` to `path` through google-genai's own request path: its URL and API
-    version (`_build_request`), its credentials, headers, retries before the first byte
-    and error statuses raised as `errors.APIError` (`_async_request`). The SDK sends a
-    bytes body as it is (`_async_request_once`), so chatd's encoding is what goes out."""
+    api: BaseApiClient,
+    path: str,
+    body: bytes,
+    options: types.HttpOptions,
+    *,
+    stream: bool = False,
+) -> HttpResponse:
+    """POSTs the JSON `body` chatd encoded to `path` (relative to the API version) through
+    google-genai's own request path: its URL and API version (`_build_request`), its
+    credentials, headers, retries before the first byte and error statuses raised as
+    `errors.APIError` (`_async_request`). google-genai's public `async_request` takes a dict
+    that it serializes; the SDK sends a bytes body as it is (`_async_request_once`), so
+    chatd's encoding is what goes out. With `stream`, the response's `response_stream` is
+    the open httpx2 response; otherwise it holds the body's text."""
     prepared = api._build_request("post", path, {}, options)
     prepared.data = body
-    response = await api._async_request(prepared, options, stream=stream)
-    upstream: httpx2.Response = response.response_stream
-    return upstream
+    return await api._async_request(prepared, options, stream=stream)
 
 
 async def _answer(payload: bytes, upstream: httpx2.Response) -> dict[str, Any]:

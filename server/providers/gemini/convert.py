@@ -1,33 +1,42 @@
-"""chatd's domain values as google-genai types: the history, the config and the tools."""
+"""chatd's domain values as google-genai types: the history, the config and the tools.
+
+The rules for what of the history goes to which model (wire_messages), the float and label
+rules and the API version live in wire.py, chatd's own encoder; they are importable from
+here too."""
 
 from __future__ import annotations
 
-import base64
-import re
-import struct
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 from google.genai import types
 
+from server.providers.gemini.wire import (
+    DUMMY_SIGNATURE,
+    needs_v1beta,
+    shortest_float32,
+    upstream_labels,
+    wire_messages,
+)
 from server.sessions.model import (
     BuiltinTools,
     FunctionResponsePart,
     GenerationConfig,
     Message,
     Part,
-    Role,
 )
 from server.sessions.ports import ModelRequest
 
-# The dummy signature Gemini documents for function calls it did not sign itself ("Can I
-# transfer a conversation from another model...?": https://ai.google.dev/gemini-api/docs/
-# thought-signatures). These are the bytes whose URL-safe base64 (what the SDK sends) is the
-# documented string.
-DUMMY_SIGNATURE = base64.urlsafe_b64decode("skip_thought_signature_validator")
-# Models that refuse an unsigned function call of the current turn (same source).
-_SIGNED_CALL_MODELS = re.compile(r"(?:models/)?gemini-3")
+__all__ = [
+    "DUMMY_SIGNATURE",
+    "needs_v1beta",
+    "shortest_float32",
+    "to_config",
+    "to_contents",
+    "to_sdk_part",
+    "upstream_labels",
+    "wire_messages",
+]
 
 
 def _response_part(part: FunctionResponsePart, vertex: bool) -> types.FunctionResponsePart:
@@ -148,71 +157,6 @@ def to_sdk_part(part: Part, vertex: bool) -> types.Part:
     return types.Part(**extra)
 
 
-_SIGNATURE_KEYS = ("thoughtSignature", "thought_signature")
-
-
-def _without_signature(part: Part) -> Part | None:
-    """`part` without its thought signature; None when nothing else was in it."""
-    if part.signature_only or (part.text == "" and part.thought_signature):
-        return None
-    if part.gemini_part is not None:
-        rest = {k: v for k, v in part.gemini_part.items() if k not in _SIGNATURE_KEYS}
-        # Empty text went only with its signature: Gemini refuses it unsigned.
-        if not rest or rest.get("text") == "":
-            return None
-        return replace(part, gemini_part=rest)
-    return replace(part, thought_signature=b"")
-
-
-def _unsigned(message: Message) -> Message:
-    """`message` without thought signatures; a part that was only a signature is dropped."""
-    parts = tuple(p for p in map(_without_signature, message.parts) if p is not None)
-    return replace(message, parts=parts)
-
-
-def _current_turn_start(messages: Sequence[Message]) -> int:
-    """Index of the first message of the turn in progress: after the last user message that
-    is not only function responses."""
-    start = 0
-    for index, m in enumerate(messages):
-        if m.role is Role.USER and not all(p.function_response is not None for p in m.parts):
-            start = index + 1
-    return start
-
-
-def _signed_first_call(message: Message) -> Message:
-    """`message` with the documented dummy signature on its first function call, if that
-    call has no signature of its own (Gemini 3 refuses it unsigned in the current turn)."""
-    for index, part in enumerate(message.parts):
-        if part.function_call is not None:
-            if part.thought_signature:
-                return message
-            parts = list(message.parts)
-            parts[index] = replace(part, thought_signature=DUMMY_SIGNATURE)
-            return replace(message, parts=tuple(parts))
-    return message
-
-
-def wire_messages(messages: Sequence[Message], model: str) -> list[Message]:
-    """The history as it goes to `model`.
-
-    Thought signatures belong to the model that made them (reports say they do not carry
-    across models), so a model message written by another model goes without them. On
-    Gemini 3, a function call of the current turn must carry a signature
-    (https://ai.google.dev/gemini-api/docs/thought-signatures); one that has none (history
-    appended or written by another model) gets the dummy signature that page documents.
-    """
-    out = [
-        _unsigned(m) if m.role is Role.MODEL and m.model and m.model != model else m
-        for m in messages
-    ]
-    if _SIGNED_CALL_MODELS.match(model):
-        for index in range(_current_turn_start(out), len(out)):
-            if out[index].role is Role.MODEL:
-                out[index] = _signed_first_call(out[index])
-    return [m for m in out if m.parts]
-
-
 def to_contents(
     messages: Sequence[Message], model: str = "", *, vertex: bool = False
 ) -> list[types.Content]:
@@ -220,39 +164,6 @@ def to_contents(
         types.Content(role=m.role.value, parts=[to_sdk_part(p, vertex) for p in m.parts])
         for m in wire_messages(messages, model)
     ]
-
-
-def needs_v1beta(messages: Sequence[Message]) -> bool:
-    """Per-part media resolution is served by the Gemini API's v1beta, not by v1
-    (https://ai.google.dev/gemini-api/docs/media-resolution), a part kept as Gemini JSON's
-    included."""
-    return any(
-        p.media_resolution
-        or (p.gemini_part is not None and _PART_MEDIA_RESOLUTION_KEYS & p.gemini_part.keys())
-        for m in messages
-        for p in m.parts
-    )
-
-
-_PART_MEDIA_RESOLUTION_KEYS = frozenset({"mediaResolution", "media_resolution"})
-
-
-def _as_float32(value: float) -> bytes:
-    return struct.pack("<f", value)
-
-
-def shortest_float32(value: float) -> float:
-    """The shortest decimal with the same float32 as `value`.
-
-    chatd's API carries these settings as protobuf floats, so a caller's 0.7 arrives as
-    0.699999988079071; Gemini is sent 0.7, what the caller wrote (and what google-genai
-    itself sends for 0.7)."""
-    single = _as_float32(value)
-    for digits in range(1, 10):
-        shortest = float(f"{value:.{digits}g}")
-        if _as_float32(shortest) == single:
-            return shortest
-    return value
 
 
 _FLOAT_SETTINGS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -297,21 +208,6 @@ def _tool_config(mode: str | None, names: Sequence[str] = ()) -> types.ToolConfi
         allowed_function_names=list(names) or None,
     )
     return types.ToolConfig(function_calling_config=calling)
-
-
-# Google Cloud label rules (https://cloud.google.com/resource-manager/docs/labels-overview):
-# keys start with a lowercase letter; keys and values hold lowercase letters, digits, _ and -.
-_CLOUD_LABEL_KEY = re.compile(r"[a-z][a-z0-9_\-]{0,62}")
-_CLOUD_LABEL_VALUE = re.compile(r"[a-z0-9_\-]{0,63}")
-
-
-def upstream_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """The labels Vertex AI accepts as request labels; the others stay chatd's own."""
-    return {
-        k: v
-        for k, v in labels.items()
-        if _CLOUD_LABEL_KEY.fullmatch(k) and _CLOUD_LABEL_VALUE.fullmatch(v)
-    }
 
 
 def _builtin_tools(tools: BuiltinTools) -> list[types.Tool]:
