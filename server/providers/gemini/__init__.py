@@ -18,7 +18,7 @@ from google.genai import _common, types
 from google.genai import errors as genai_errors
 from google.genai import models as sdk_models
 
-from server.providers.gemini.answers import to_chunk
+from server.providers.gemini.answers import chunk_from_json
 from server.providers.gemini.convert import to_config, to_contents
 from server.providers.gemini.upstream import map_api_error, map_transport_error
 from server.sessions import errors
@@ -176,6 +176,12 @@ class GeminiProvider:
     async def close(self) -> None:
         await self._client.aio.aclose()
         await self._http.aclose()
+
+
+def to_chunk(response: types.GenerateContentResponse) -> ModelChunk:
+    """A response google-genai parsed, as a ModelChunk: its camelCase JSON dump read by
+    chunk_from_json (so the SDK's drops and renames apply, see answers.py)."""
+    return chunk_from_json(response.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 async def count_generate_request(
