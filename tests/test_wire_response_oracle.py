@@ -264,18 +264,33 @@ url_context = st.fixed_dictionaries(
         )
     }
 )
+# google-genai 3.6.1's FinishReason members, and one it does not know.
 finish_reasons = st.sampled_from(
     [
+        "FINISH_REASON_UNSPECIFIED",
         "STOP",
         "MAX_TOKENS",
         "SAFETY",
         "RECITATION",
+        "LANGUAGE",
         "OTHER",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
         "MALFORMED_FUNCTION_CALL",
-        "IMAGE_RECITATION",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_OTHER",
         "NO_IMAGE",
-        "FINISH_REASON_UNSPECIFIED",
+        "IMAGE_RECITATION",
+        "UNEXPECTED_TOOL_CALL",
+        "TOO_MANY_TOOL_CALLS",
         "MISSING_THOUGHT_SIGNATURE",
+        "MALFORMED_RESPONSE",
+        "ESCALATION",
+        "PUP_LIMITED_DISABLED",
+        "CONTINUATION",
+        "MODEL_ARMOR",
         "A_REASON_FROM_THE_FUTURE",
     ]
 )
@@ -480,6 +495,28 @@ def test_vertex_ai_answers_read_as_the_sdk_reads_them(
     runner: asyncio.Runner, vertex_ai: SdkStream, response: Json
 ) -> None:
     oracle_check(runner, vertex_ai, response, vertex=True)
+
+
+PARTS = settings(ORACLE, max_examples=300)
+
+
+@PARTS
+@given(
+    content=st.lists(parts(), min_size=1, max_size=3),
+    vertex=st.booleans(),
+    finish=finish_reasons,
+)
+def test_every_part_reads_as_the_sdk_reads_it(
+    runner: asyncio.Runner,
+    gemini_api: SdkStream,
+    vertex_ai: SdkStream,
+    content: list[Json],
+    vertex: bool,
+    finish: str,
+) -> None:
+    """Parts in numbers: typed, kept whole as gemini_part, signature-only or dropped."""
+    response = {"candidates": [{"content": {"parts": content}, "finishReason": finish}]}
+    oracle_check(runner, vertex_ai if vertex else gemini_api, response, vertex)
 
 
 UNKNOWN = {"aFieldFromTheFuture": {"level": 2, "note": "kept"}}

@@ -69,13 +69,21 @@ def b64_bytes(value: Any) -> bytes:
     return binascii.a2b_base64(text)
 
 
-def _says_nothing(key: str, value: Any) -> bool:
-    """What chatd's part mapping has always treated as absent: null, false, an empty id or
-    display name, an object of nothing but these."""
-    if value is None or value is False:
+# Fields holding free JSON (google-genai's dict[str, Any]), where a null is a value.
+_FREE_JSON = frozenset({"args", "response", "partMetadata"})
+
+
+def _says_nothing(key: str, value: Any, free: bool = False) -> bool:
+    """What chatd's part mapping has always treated as absent: false, an empty id or display
+    name, an object of nothing but these, and null where it means unset (not inside free
+    JSON such as a call's args, as `free` says)."""
+    if value is None:
+        return not free
+    if value is False:
         return True
     if isinstance(value, dict):
-        return all(_says_nothing(k, v) for k, v in value.items())
+        free = free or key in _FREE_JSON
+        return all(_says_nothing(k, v, free) for k, v in value.items())
     return value == "" and (key == "id" or key == "displayName")
 
 
