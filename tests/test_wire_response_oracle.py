@@ -172,10 +172,58 @@ part_extras: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+# Parts chatd types whole: one kind with its required keys, the keys chatd models and
+# some that say nothing (false, empty ids and display names).
+nothing = st.sampled_from([False, None])
+CLEAN_KINDS: dict[str, st.SearchStrategy[Any]] = {
+    "text": words,
+    "inlineData": st.fixed_dictionaries(
+        {"mimeType": st.sampled_from(["image/png", ""]), "data": b64(min_size=0)},
+        optional={"displayName": st.sampled_from(["", "cat.png"])},
+    ),
+    "fileData": st.fixed_dictionaries(
+        {"mimeType": st.just("application/pdf"), "fileUri": words},
+        optional={"displayName": st.sampled_from(["", "doc.pdf"])},
+    ),
+    "functionCall": st.fixed_dictionaries(
+        {"name": names}, optional={"id": ids, "args": objects, "willContinue": nothing}
+    ),
+    "functionResponse": st.fixed_dictionaries(
+        {"name": names}, optional={"id": ids, "response": objects, "willContinue": nothing}
+    ),
+    "executableCode": st.fixed_dictionaries(
+        {"language": st.just("PYTHON"), "code": words}, optional={"id": ids}
+    ),
+    "codeExecutionResult": st.fixed_dictionaries(
+        {"outcome": st.just("OUTCOME_OK"), "output": words}, optional={"id": ids}
+    ),
+    "toolCall": st.fixed_dictionaries(
+        {"toolType": st.just("GOOGLE_SEARCH_WEB")}, optional={"id": ids, "args": objects}
+    ),
+    "toolResponse": st.fixed_dictionaries(
+        {"toolType": st.just("URL_CONTEXT")}, optional={"id": ids, "response": objects}
+    ),
+}
+clean_extras: dict[str, st.SearchStrategy[Any]] = {
+    "thought": st.booleans(),
+    "thoughtSignature": b64(),
+    "mediaResolution": st.one_of(
+        st.fixed_dictionaries({"level": resolution_levels.filter(lambda v: "UNSPEC" not in v)}),
+        st.just({}),
+    ),
+    "videoMetadata": st.just({}),
+}
+
+
 @st.composite
 def parts(draw: st.DrawFn) -> Json:
-    """A part: mostly one kind with some of the flags beside it; sometimes two kinds, or
-    only flags (a signature-only part, an empty one)."""
+    """A part: often one chatd types whole; otherwise mostly one kind with any of its keys
+    and flags beside it, sometimes two kinds or only flags (signature-only, empty)."""
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(CLEAN_KINDS)))
+        part = {key: draw(CLEAN_KINDS[key])}
+        part.update(draw(st.fixed_dictionaries({}, optional=clean_extras)))
+        return part
     count = draw(st.sampled_from([1, 1, 1, 1, 0, 2]))
     chosen = draw(st.lists(st.sampled_from(sorted(KINDS)), min_size=count, max_size=count))
     part = {k: draw(KINDS[k]) for k in chosen}
