@@ -27,6 +27,8 @@ Only this package imports google.genai.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -245,13 +247,18 @@ async def _post(
     return await api._async_request(prepared, options, stream=stream)
 
 
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
 async def _answer(payload: bytes, upstream: httpx2.Response) -> dict[str, Any]:
     """One SSE event's JSON. An error sent inside a 200 stream is raised as the SDK raises
     it (`async_request_streamed`); an event that is not a JSON object means the stream is
     broken."""
     try:
-        answer = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
+        # orjson reads an integer beyond 64 bits as a float; the standard library keeps it
+        # exact, as google-genai's own parse did (a run of 19 digits may be one).
+        answer = json.loads(payload) if _LONG_DIGITS.search(payload) else orjson.loads(payload)
+    except ValueError as exc:
         raise errors.Unavailable(
             f"the Gemini API sent a stream event that is not JSON ({exc})",
             reason="UPSTREAM_UNAVAILABLE",
