@@ -856,6 +856,34 @@ async def test_count_tokens_maps_errors(fake: FakeGemini, provider: GeminiProvid
         await provider.count_tokens(request())
 
 
+@pytest.mark.parametrize("vertexai", [False, True], ids=["gemini_api", "vertex"])
+async def test_count_tokens_body_passes_the_strict_fake_with_every_part_and_setting(
+    fake: FakeGemini, make_provider: ProviderFactory, vertexai: bool
+) -> None:
+    """The body chatd encodes itself carries every part kind and setting under field names
+    the API knows (the strict fake refuses any other), on both APIs."""
+    fake.push(Tokens(11))
+    req = full_request()
+    kept = Part(gemini_part={"text": "kept", "thoughtSignature": "AAEC"})
+    req = ModelRequest(
+        model=req.model,
+        contents=[*req.contents, Message(Role.MODEL, (kept,))],
+        system_instruction=req.system_instruction,
+        generation_config=req.generation_config,
+        function_declarations=req.function_declarations,
+        safety_settings=req.safety_settings,
+    )
+
+    count = await make_provider(vertexai=vertexai).count_tokens(req)
+
+    assert count.total_tokens == 11
+    [sent] = fake.requests
+    assert sent.rejection is None
+    assert sent.vertex is vertexai
+    assert sent.texts(role=None)[-1] == "kept"
+    assert get_field(sent.contents[-1], "parts", 0, "thought_signature") == "AAEC"
+
+
 async def test_count_tokens_asks_v1beta_for_media_resolution_and_keeps_the_timeout(
     fake: FakeGemini, provider: GeminiProvider
 ) -> None:
