@@ -26,6 +26,7 @@ from server.sessions.model import (
     Part,
     Role,
     SafetySetting,
+    ServerToolCall,
     ThinkingConfig,
     Usage,
 )
@@ -853,6 +854,70 @@ async def test_count_tokens_maps_errors(fake: FakeGemini, provider: GeminiProvid
 
     with pytest.raises(errors.NotFound, match=MODEL):
         await provider.count_tokens(request())
+
+
+@pytest.mark.parametrize("vertexai", [False, True], ids=["gemini_api", "vertex"])
+async def test_count_tokens_body_passes_the_strict_fake_with_every_part_and_setting(
+    fake: FakeGemini, make_provider: ProviderFactory, vertexai: bool
+) -> None:
+    """The body chatd encodes itself carries every part kind and setting under field names
+    the API knows (the strict fake refuses any other), on both APIs."""
+    fake.push(Tokens(11))
+    req = full_request()
+    kept = Part(gemini_part={"text": "kept", "thoughtSignature": "AAEC"})
+    req = ModelRequest(
+        model=req.model,
+        contents=[*req.contents, Message(Role.MODEL, (kept,))],
+        system_instruction=req.system_instruction,
+        generation_config=req.generation_config,
+        function_declarations=req.function_declarations,
+        safety_settings=req.safety_settings,
+    )
+
+    count = await make_provider(vertexai=vertexai).count_tokens(req)
+
+    assert count.total_tokens == 11
+    [sent] = fake.requests
+    assert sent.rejection is None
+    assert sent.vertex is vertexai
+    assert sent.texts(role=None)[-1] == "kept"
+    assert get_field(sent.contents[-1], "parts", 0, "thought_signature") == "AAEC"
+
+
+async def test_count_tokens_asks_v1beta_for_media_resolution_and_keeps_the_timeout(
+    fake: FakeGemini, provider: GeminiProvider
+) -> None:
+    """A part with its own media resolution is counted on the Gemini API's v1beta, as it is
+    generated; the call carries the request's shorter timeout."""
+    fake.push(Tokens(7))
+    picture = Part(inline_data=Blob("image/png", IMAGE), media_resolution="MEDIA_RESOLUTION_LOW")
+    req = ModelRequest(model=MODEL, contents=[Message(Role.USER, (picture,))], timeout=2.0)
+
+    count = await provider.count_tokens(req)
+
+    assert count == TokenCount(total_tokens=7, estimated=False)
+    [sent] = fake.requests
+    assert sent.rejection is None
+    assert sent.path == f"/v1beta/models/{MODEL}:countTokens"
+    assert sent.headers["x-server-timeout"] == "2"
+    [part] = sent.contents[0]["parts"]
+    assert get_field(part, "media_resolution", "level") == "MEDIA_RESOLUTION_LOW"
+
+
+async def test_count_tokens_refuses_what_the_api_cannot_take_before_any_call(
+    fake: FakeGemini, make_provider: ProviderFactory
+) -> None:
+    """A server tool call in the history cannot go to Vertex AI (the SDK sends it only to
+    the Gemini API): count_tokens refuses it without calling upstream."""
+    provider = make_provider(vertexai=True)
+    searched = Part(tool_call=ServerToolCall("t1", "GOOGLE_SEARCH_WEB", {"q": "x"}))
+    req = ModelRequest(model=MODEL, contents=[user("hi"), Message(Role.MODEL, (searched,))])
+
+    with pytest.raises(errors.UpstreamRejected) as refused:
+        await provider.count_tokens(req)
+
+    assert refused.value.reason == "INVALID_GEMINI_PART"
+    assert fake.requests == []
 
 
 # --------------------------------------------------------------------------- transport

@@ -42,6 +42,7 @@ def test_a_message_is_encoded_once_and_forgotten_when_it_dies() -> None:
     """The same Message objects in a later request reuse their memo entries (the memo does
     not grow); once the messages are gone, so are their entries."""
     encoder = RequestEncoder(vertex=False, forward_labels=False)
+    gc.collect()  # messages of earlier tests left in reference cycles
     before = wire.memo_size()
     history = [user(f"question {i}") for i in range(50)]
 

@@ -547,7 +547,7 @@ def test_generate_body_is_the_body_google_genai_sends(
 
 
 @pytest.mark.parametrize("vertex", [False, True], ids=["gemini_api", "vertex"])
-@ORACLE
+@settings(ORACLE, max_examples=100)
 @given(request=requests())
 def test_count_tokens_body_is_the_body_of_the_sdk_count_path(
     runner: asyncio.Runner, recorders: dict[bool, Recorder], vertex: bool, request: ModelRequest

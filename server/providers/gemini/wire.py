@@ -11,7 +11,9 @@ holding exactly the values google-genai sends for the same request
 A history message's Content is encoded once and kept as long as the Message object lives
 (a memo keyed by identity, dropped by a weakref callback when the message is collected):
 the store's cache hands the same Message objects to every turn, so a turn costs a dict
-lookup per old message and the encoding of the new ones.
+lookup per old message and the encoding of the new ones. Parts chatd models are written
+directly; a part kept as Gemini JSON (Part.gemini_part) is read through google-genai's
+types.Part, as the SDK would read it, once per message and variant.
 """
 
 from __future__ import annotations
@@ -419,9 +421,11 @@ _MEMO: dict[int, _Entry] = {}
 
 
 def _forget(key: int, ref: weakref.ref[Message]) -> None:
+    """The weakref callback of a collected message: its entry goes (CPython calls it before
+    the object's memory, and so its id, can be reused)."""
     entry = _MEMO.get(key)
     if entry is not None and entry.ref is ref:
-        del _MEMO[key]
+        _MEMO.pop(key, None)
 
 
 def _entry(message: Message) -> _Entry:
