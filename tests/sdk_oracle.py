@@ -16,7 +16,7 @@ from google import genai
 from google.genai import _common, types
 from google.genai import models as sdk_models
 
-from server.providers.gemini.convert import (
+from server.providers.gemini.wire import (
     DUMMY_SIGNATURE,
     shortest_float32,
     upstream_labels,

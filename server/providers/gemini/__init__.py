@@ -32,7 +32,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import orjson
@@ -132,11 +132,12 @@ class GeminiProvider:
         options = self._http_options(request)
         deadline = self._deadline(request)
         api = self._client.aio._api_client
-        with _upstream_errors(request.model), _refusals():
+        with _refusals():
             path = f"{_transformers.t_model(api, request.model)}:streamGenerateContent?alt=sse"
+        with _upstream_errors(request.model):
             async with asyncio.timeout_at(deadline):
                 response = await _post(api, path, body, options, stream=True)
-            upstream: httpx2.Response = response.response_stream
+            upstream = cast(httpx2.Response, response.response_stream)
             try:
                 payloads = aiter(sse_payloads(upstream))
                 while True:
