@@ -80,7 +80,11 @@ class GeminiProvider:
         self._settings = settings
         # Passing our own client pins the transport: the SDK would otherwise switch to
         # aiohttp whenever it happens to be importable.
-        self._http = httpx2.AsyncClient(timeout=settings.timeout)
+        # httpx's default pool holds 100 connections; a turn beyond that would wait for
+        # one (HTTP/1.1 carries one stream a connection). chatd's own stream limits
+        # (CHATD_MAX_STREAMS) bound how many model calls run at once.
+        limits = httpx2.Limits(max_connections=None, max_keepalive_connections=100)
+        self._http = httpx2.AsyncClient(timeout=settings.timeout, limits=limits)
         retry = types.HttpRetryOptions(
             attempts=settings.retry_attempts,
             initial_delay=settings.retry_initial_delay,
