@@ -174,7 +174,7 @@ part_extras: dict[str, st.SearchStrategy[Any]] = {
 
 # Parts chatd types whole: one kind with its required keys, the keys chatd models and
 # some that say nothing (false, empty ids and display names).
-nothing = st.sampled_from([False, None])
+nothing = st.just(False)
 CLEAN_KINDS: dict[str, st.SearchStrategy[Any]] = {
     "text": words,
     "inlineData": st.fixed_dictionaries(
@@ -215,19 +215,63 @@ clean_extras: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+# Fields of a kind that chatd does not model: one of them keeps the part whole.
+UNMODELED: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "functionCall": {"partialArgs": partial_args, "willContinue": st.just(True)},
+    "functionResponse": {
+        "willContinue": st.just(True),
+        "scheduling": st.just("SILENT"),
+        "parts": st.lists(st.fixed_dictionaries({"inlineData": blob}), max_size=1),
+    },
+}
+# Parts that say nothing, or next to nothing, or only through null in free JSON.
+odd_parts = st.sampled_from(
+    [
+        {},
+        {"thought": False},
+        {"thought": True},
+        {"text": ""},
+        {"text": "", "thought": True},
+        {"text": "", "mediaResolution": {"level": "MEDIA_RESOLUTION_HIGH"}},
+        {"thoughtSignature": ""},
+        {"mediaResolution": {}},
+        {"videoMetadata": {}},
+        {"functionCall": {}},
+        {"functionCall": {"args": {"a": False}}},
+        {"functionCall": {"args": {"a": None}}},
+        {"inlineData": {}},
+        {"partMetadata": {"a": None}},
+        {"partMetadata": {}},
+        {"toolCall": {"id": ""}},
+        {"executableCode": {"code": "x"}},
+        {"codeExecutionResult": {"outcome": "OUTCOME_OK"}},
+    ]
+)
+
+
 @st.composite
 def parts(draw: st.DrawFn) -> Json:
-    """A part: often one chatd types whole; otherwise mostly one kind with any of its keys
-    and flags beside it, sometimes two kinds or only flags (signature-only, empty)."""
-    if draw(st.booleans()):
-        key = draw(st.sampled_from(sorted(CLEAN_KINDS)))
-        part = {key: draw(CLEAN_KINDS[key])}
-        part.update(draw(st.fixed_dictionaries({}, optional=clean_extras)))
-        return part
-    count = draw(st.sampled_from([1, 1, 1, 1, 0, 2]))
-    chosen = draw(st.lists(st.sampled_from(sorted(KINDS)), min_size=count, max_size=count))
-    part = {k: draw(KINDS[k]) for k in chosen}
-    part.update(draw(st.fixed_dictionaries({}, optional=part_extras)))
+    """A part: one chatd types whole, often changed in one way that may keep it whole as
+    gemini_part (a field chatd does not model, a required one missing, a second kind,
+    flags it cannot hold) or make it say nothing."""
+    key = draw(st.sampled_from(sorted(CLEAN_KINDS)))
+    part = {key: draw(CLEAN_KINDS[key])}
+    part.update(draw(st.fixed_dictionaries({}, optional=clean_extras)))
+    change = draw(st.sampled_from(["field", "drop", "kind", "flags", "odd", "none", "none"]))
+    if change == "field" and key in UNMODELED:
+        field = draw(st.sampled_from(sorted(UNMODELED[key])))
+        part[key] = {**part[key], field: draw(UNMODELED[key][field])}
+    elif change == "drop" and key != "text":
+        gone = draw(st.sampled_from(sorted(part[key])))
+        part[key] = {k: v for k, v in part[key].items() if k != gone}
+    elif change == "kind":
+        other = draw(st.sampled_from(sorted(KINDS)))
+        part[other] = draw(KINDS[other])
+    elif change == "flags":
+        part.update(draw(st.fixed_dictionaries({}, optional=part_extras)))
+    elif change == "odd":
+        part = dict(draw(odd_parts))
+        part.update(draw(st.fixed_dictionaries({}, optional={"thoughtSignature": b64()})))
     return part
 
 
