@@ -611,6 +611,62 @@ def test_every_part_reads_as_the_sdk_reads_it(
     oracle_check(runner, vertex_ai if vertex else gemini_api, response, vertex)
 
 
+SIG = "c2lnbmVk"
+# Each on a boundary between typed, kept whole and dropped.
+BOUNDARY_PARTS: list[Json] = [
+    {"text": "a"},
+    {"text": "", "thoughtSignature": SIG},
+    {"text": "a", "thoughtSignature": ""},
+    {"text": "a", "thought": True, "mediaResolution": {"level": "MEDIA_RESOLUTION_HIGH"}},
+    {"text": "a", "mediaResolution": {"level": "MEDIA_RESOLUTION_UNSPECIFIED"}},
+    {"text": "a", "mediaResolution": {"level": "MEDIA_RESOLUTION_LOW", "numTokens": 0}},
+    {"text": "a", "functionCall": {"name": "f"}},
+    {"text": "a", "functionCall": {}},
+    {"thoughtSignature": SIG},
+    {"thoughtSignature": SIG, "partMetadata": {"a": None}},
+    {"partMetadata": {"a": None}},
+    {"partMetadata": {"a": False, "id": ""}},
+    {"functionCall": {"name": "f", "willContinue": True}},
+    {"functionCall": {"name": "f", "willContinue": False, "id": ""}},
+    {"functionCall": {"name": "f", "partialArgs": []}},
+    {"functionCall": {"name": "f", "args": {"a": None}}, "thoughtSignature": SIG},
+    {"functionCall": {"id": "c", "args": {}}},
+    {"functionResponse": {"name": "f", "parts": []}},
+    {"functionResponse": {"name": "f", "scheduling": "SILENT"}},
+    {"functionResponse": {"name": "", "response": {"r": [1, None]}}},
+    {"inlineData": {"mimeType": "image/png"}},
+    {"inlineData": {"data": "AA=="}},
+    {"inlineData": {"mimeType": "", "data": "", "displayName": ""}},
+    {"inlineData": {"mimeType": "a/b", "data": "_-8", "displayName": "x"}, "thought": True},
+    {"fileData": {"fileUri": "gs://b/o"}},
+    {"fileData": {"mimeType": "a/b", "fileUri": "gs://b/o", "displayName": "d"}},
+    {"executableCode": {"code": "x"}},
+    {"executableCode": {"language": "PYTHON"}},
+    {"executableCode": {"language": "PYTHON", "code": "", "id": "e"}},
+    {"codeExecutionResult": {"outcome": "OUTCOME_OK"}},
+    {"codeExecutionResult": {"outcome": "OUTCOME_OK", "output": ""}},
+    {"toolCall": {"id": "t"}},
+    {"toolCall": {"toolType": "GOOGLE_SEARCH_WEB", "args": {"q": "x"}}},
+    {"toolResponse": {"response": {}}},
+    {"toolResponse": {"toolType": "URL_CONTEXT", "id": ""}},
+    {"videoMetadata": {"fps": 1.0}, "text": "a"},
+    {"videoMetadata": {}, "text": "a", "thought": False},
+]
+
+
+@pytest.mark.parametrize("vertex", [False, True])
+@pytest.mark.parametrize("part", BOUNDARY_PARTS)
+def test_parts_on_the_boundaries_read_as_the_sdk_reads_them(
+    runner: asyncio.Runner,
+    gemini_api: SdkStream,
+    vertex_ai: SdkStream,
+    part: Json,
+    vertex: bool,
+) -> None:
+    response = {"candidates": [{"content": {"parts": [part]}}]}
+    oracle_check(runner, vertex_ai if vertex else gemini_api, response, vertex)
+
+
 UNKNOWN = {"aFieldFromTheFuture": {"level": 2, "note": "kept"}}
 
 
