@@ -17,7 +17,14 @@ normalized (server/providers/gemini/answers.py says why chatd keeps what Gemini 
   chatd's metadata is compared after the same drop and rename.
 
 Fields the SDK does not know at all (dropped by it, kept by chatd) are a property of their
-own. The SSE split is compared with the SDK's segments for bodies cut anywhere.
+own. Not generated, as Gemini sends neither: JSON null where a field is unset (the SDK
+drops it, chatd keeps it inside metadata and gemini_part) and enum names in another letter
+case (the SDK upper-cases a name it knows). google-genai's automatic continuation is off:
+it posts again for a continuationToken, which is not parsing.
+
+The SSE split is compared with the SDK's segments for bodies cut anywhere; the one
+difference, a comment line (skipped by chatd, a payload that fails to parse for the SDK),
+is an example of its own.
 """
 
 from __future__ import annotations
