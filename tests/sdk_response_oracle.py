@@ -83,7 +83,12 @@ class SdkStream:
 
     async def parse(self, body: bytes) -> list[types.GenerateContentResponse]:
         self.body = body
-        stream = await self._client.aio.models.generate_content_stream(model=MODEL, contents="hi")
+        # Without automatic continuation (on by default in google-genai 3.x), which would
+        # post again for a candidate's continuationToken: the oracle is the SDK's parse.
+        config = types.GenerateContentConfig(automatic_continuation=False)
+        stream = await self._client.aio.models.generate_content_stream(
+            model=MODEL, contents="hi", config=config
+        )
         return [response async for response in stream]
 
     async def close(self) -> None:

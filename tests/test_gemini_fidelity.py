@@ -571,6 +571,30 @@ def text(value: str) -> content_pb2.Part:
     return content_pb2.Part(text=value)
 
 
+async def test_citations_under_either_apis_name_read_typed(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    """Candidate metadata holds a Gemini API answer's citations as Gemini sends them,
+    `citationSources`, or as Vertex AI and google-genai name them, `citations`: both read as
+    the typed citations (here from an imported copy whose metadata says `citationSources`)."""
+    await new_session(gemini_chatd)
+    fake_gemini.push(Reply(text="cited", candidate=CANDIDATE))
+    await send(gemini_chatd, "cite")
+    exported = await gemini_chatd.stub.ExportSession(pb.ExportSessionRequest(session_id="g"))
+    document = exported.document
+    answer = document.messages[1].candidate_metadata
+    whole = json.loads(answer.json)
+    whole["citationMetadata"] = {"citationSources": [{"startIndex": 1, "uri": "https://s"}]}
+    answer.json = json.dumps(whole)
+    await gemini_chatd.stub.ImportSession(
+        pb.ImportSessionRequest(document=document, session_id="copy")
+    )
+    for session_id, cited in (("g", (0, "https://d")), ("copy", (1, "https://s"))):
+        history = await all_messages(gemini_chatd.stub, session_id)
+        citations = history[1].candidate_metadata.citation_metadata.citations
+        assert [(c.start_index, c.uri) for c in citations] == [cited]
+
+
 async def test_history_as_the_sdk_chat_keeps_it_is_appended_and_sent_as_it_is(
     gemini_chatd: Chatd, fake_gemini: FakeGemini
 ) -> None:

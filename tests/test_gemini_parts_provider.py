@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from server.providers.gemini import GeminiProvider, GeminiSettings
+from server.providers.gemini.answers import chunk_from_json
 from server.sessions import errors
 from server.sessions.model import FunctionCall, Message, Part, Role
 from server.sessions.ports import ModelChunk, ModelRequest
@@ -183,3 +184,22 @@ async def test_enum_values_the_sdk_does_not_know_are_kept_as_sent(
     assert parts[1].code_execution_result.outcome == "OUTCOME_NEW"
     assert parts[2].tool_call is not None
     assert parts[2].tool_call.tool_type == "NEW_TOOL"
+
+
+def test_citations_under_the_gemini_apis_own_name_add_up_too() -> None:
+    """Read from Gemini's JSON, a Gemini API answer's citations keep their name there,
+    `citationSources` (Vertex AI's `citations` is what google-genai renames it to); the
+    chunks' citations add up under it as under `citations`."""
+    builder = ReplyBuilder()
+    for text, uri in (("ab", "https://a"), ("cd", "https://b")):
+        candidate = {
+            "content": {"parts": [{"text": text}]},
+            "citationMetadata": {"citationSources": [{"uri": uri}]},
+        }
+        builder.add(chunk_from_json({"candidates": [candidate]}))
+    metadata = builder.candidate_metadata
+    assert metadata is not None
+    assert metadata["citationMetadata"] == {
+        "citations": [],
+        "citationSources": [{"uri": "https://a"}, {"uri": "https://b"}],
+    }

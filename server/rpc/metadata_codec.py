@@ -1,4 +1,4 @@
-"""A model answer's candidate metadata (camelCase JSON, as the SDK reads it) as proto.
+"""A model answer's candidate metadata (camelCase JSON, the candidate's fields) as proto.
 
 The JSON is kept whole in CandidateMetadata.json; the typed fields are a view of the parts
 callers use (sources, supports, ratings, citations), read leniently: a field of the wrong
@@ -93,7 +93,9 @@ def candidate_metadata_to_pb(metadata: JSONObject, out: pb.CandidateMetadata) ->
     _ratings(metadata.get("safetyRatings"), out.safety_ratings)
     if isinstance(citations := metadata.get("citationMetadata"), dict):
         out.citation_metadata.SetInParent()
-        for citation in map(_dict, _list(citations.get("citations"))):
+        # Vertex AI names the list `citations`, the Gemini API `citationSources`.
+        listed = [*_list(citations.get("citations")), *_list(citations.get("citationSources"))]
+        for citation in map(_dict, listed):
             out.citation_metadata.citations.add(
                 start_index=_int32(citation.get("startIndex")),
                 end_index=_int32(citation.get("endIndex")),

@@ -62,9 +62,14 @@ class ReplyBuilder:
         for key, value in metadata.items():
             earlier = self._metadata.get("citationMetadata")
             if key == "citationMetadata" and isinstance(earlier, dict):
-                seen = list(earlier.get("citations", []))
-                more = [c for c in value.get("citations", []) if c not in seen]
-                self._metadata[key] = {**earlier, **value, "citations": seen + more}
+                merged = {**earlier, **value}
+                # Vertex AI names the list `citations`, the Gemini API `citationSources`.
+                for name in ("citations", "citationSources"):
+                    seen = list(earlier.get(name, []))
+                    more = [c for c in value.get(name, []) if c not in seen]
+                    if name == "citations" or seen or more:
+                        merged[name] = seen + more
+                self._metadata[key] = merged
             else:
                 self._metadata[key] = value
 
