@@ -351,6 +351,7 @@ class Raw:
 
     responses: Sequence[Json]
     chunk_delay: float = 0.0
+    drop_after: int | None = None  # close the socket after this many events
 
 
 @dataclass(frozen=True)
@@ -652,6 +653,9 @@ _GEMINI_REQUEST = {
     "cachedContent": SCALAR,
     "serviceTier": SCALAR,
     "store": SCALAR,
+    # Resumes an answer from a candidate's continuationToken (google-genai 3.6.1's
+    # automatic continuation: `_GenerateContentConfig_to_mldev` sends it at the top level).
+    "continuationToken": SCALAR,
 }
 _MESSAGES: dict[str, dict[str, str]] = {
     "GeminiRequest": _GEMINI_REQUEST,
@@ -1469,7 +1473,8 @@ class FakeGemini:
         self, conn: _Connection, request: RecordedRequest, script: Reply | Raw
     ) -> None:
         if isinstance(script, Raw):
-            events, delay, error_after, drop_after = list(script.responses), 0.0, None, None
+            events, delay, error_after = list(script.responses), 0.0, None
+            drop_after = script.drop_after
         else:
             events, delay = script.events(request.model), script.delay
             error_after, drop_after = script.error_after, script.drop_after

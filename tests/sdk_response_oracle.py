@@ -284,7 +284,8 @@ def _prompt_feedback(
 
 
 # What the domain models of a candidate itself; the rest is its metadata.
-_CANDIDATE_CORE = {"content", "finish_reason", "index"}
+# The continuation token is what the provider follows (continuation.py), not metadata.
+_CANDIDATE_CORE = {"content", "finish_reason", "index", "continuation_token"}
 
 
 def _candidate_metadata(candidate: types.Candidate) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ from google.genai import types
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from server.providers.gemini import convert
+from server.providers.gemini import wire
 from server.providers.gemini.wire import RequestEncoder
 from server.sessions import errors
 from server.sessions.model import (
@@ -570,9 +570,9 @@ def test_history_rules_and_api_version_are_the_sdk_paths(request: ModelRequest) 
     when the SDK-typed config asked for it, never on Vertex AI."""
     model = request.model
     sent = sdk_oracle.wire_messages(request.contents, model)
-    assert convert.wire_messages(request.contents, model) == sent
+    assert wire.wire_messages(request.contents, model) == sent
     signatures = [p.thought_signature for m in sent for p in m.parts]
-    event("dummy signature" if convert.DUMMY_SIGNATURE in signatures else "no dummy signature")
+    event("dummy signature" if wire.DUMMY_SIGNATURE in signatures else "no dummy signature")
     config = sdk_oracle.to_config(request, TIMEOUT)
     assert config.http_options is not None
     expected = config.http_options.api_version

@@ -43,6 +43,7 @@ from google.genai import errors as genai_errors
 from google.genai._api_client import BaseApiClient, HttpResponse
 
 from server.providers.gemini.answers import chunk_from_json
+from server.providers.gemini.continuation import Continuation, with_token
 from server.providers.gemini.sse import sse_payloads
 from server.providers.gemini.upstream import map_api_error, map_auth_error, map_transport_error
 from server.providers.gemini.wire import RequestEncoder
@@ -132,30 +133,51 @@ class GeminiProvider:
         return asyncio.get_running_loop().time() + budget
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        """The model's answer to `request`, chunk by chunk, across continuation hops
+        (continuation.py). Raises the domain errors of `_upstream_errors`; leaving early
+        closes the upstream connection, which stops the model's work."""
         body = self._encoder.generate_body(request)
         options = self._http_options(request)
         deadline = self._deadline(request)
         api = self._client.aio._api_client
         with _refusals():
             path = f"{_transformers.t_model(api, request.model)}:streamGenerateContent?alt=sse"
-        with _upstream_errors(request.model):
-            async with asyncio.timeout_at(deadline):
-                response = await _post(api, path, body, options, stream=True)
-            upstream = cast(httpx2.Response, response.response_stream)
+        hops = Continuation()
+        while True:
+            hop_body = with_token(body, hops.start())
+            failure: errors.ChatdError | None = None
             try:
-                payloads = aiter(sse_payloads(upstream))
-                while True:
-                    # The deadline covers waiting for the model, never the consumer's own
-                    # work between chunks (a yield inside a timeout would cancel the consumer).
+                with _upstream_errors(request.model):
                     async with asyncio.timeout_at(deadline):
-                        payload = await anext(payloads, None)
-                    if payload is None:
-                        return
-                    yield chunk_from_json(await _answer(payload, upstream))
-            finally:
-                # Leaving early (the caller went away, a deadline) closes the connection,
-                # which stops the model's work upstream.
-                await upstream.aclose()
+                        response = await _post(api, path, hop_body, options, stream=True)
+            except errors.ChatdError as exc:
+                failure = exc
+            else:
+                upstream = cast(httpx2.Response, response.response_stream)
+                try:
+                    payloads = aiter(sse_payloads(upstream))
+                    while True:
+                        try:
+                            with _upstream_errors(request.model):
+                                # The deadline covers waiting for the model, never the
+                                # consumer's work between chunks (a yield inside a timeout
+                                # would cancel the consumer).
+                                async with asyncio.timeout_at(deadline):
+                                    payload = await anext(payloads, None)
+                                if payload is None:
+                                    break
+                                event = await _answer(payload, upstream)
+                        except errors.ChatdError as exc:
+                            failure = exc
+                            break
+                        yield hops.observe(event, _chunk(event))
+                finally:
+                    await upstream.aclose()
+            if failure is not None and asyncio.get_running_loop().time() >= deadline:
+                raise failure
+            refused = failure is not None and isinstance(failure.__cause__, genai_errors.APIError)
+            if not hops.end(failure, refused=refused):
+                return
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
         """The model's own count of what a generate call for `request` sends: contents,
@@ -250,6 +272,16 @@ async def _post(
     prepared = api._build_request("post", path, {}, options)
     prepared.data = body
     return await api._async_request(prepared, options, stream=stream)
+
+
+def _chunk(event: dict[str, Any]) -> ModelChunk:
+    try:
+        return chunk_from_json(event)
+    except ValueError as exc:  # binascii.Error: bytes that are not base64
+        raise errors.Unavailable(
+            f"the Gemini API sent an answer chatd cannot read ({exc})",
+            reason="UPSTREAM_UNAVAILABLE",
+        ) from exc
 
 
 _LONG_DIGITS = re.compile(rb"\d{19}")

@@ -301,8 +301,9 @@ def finish_reason_from_json(reason: Any) -> FinishReason | None:
     return _UPSTREAM_FINISH.get(name, FinishReason.OTHER)
 
 
-# What the domain models of a candidate itself; the rest is its metadata.
-_CANDIDATE_CORE = frozenset({"content", "finishReason", "index"})
+# What the domain models of a candidate itself, and the continuation token the provider
+# follows (continuation.py); the rest is its metadata.
+_CANDIDATE_CORE = frozenset({"content", "finishReason", "index", "continuationToken"})
 
 
 def chunk_from_json(response: Mapping[str, Any]) -> ModelChunk:
