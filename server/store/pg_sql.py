@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.sessions.model import Message, Session
-from server.store import codec
+from server.store import codec, rules
 from server.store.rows import (
     MESSAGE_COLUMNS,
     REQUEST_COLUMNS,
@@ -33,6 +33,26 @@ UPDATE_SESSION = (
     " WHERE tenant = $1 AND session_id = $2 AND uid = $14 AND version = $15"
     " AND next_seq <= $16 AND (expire_time IS NULL OR expire_time > $17) RETURNING 1"
 )
+# A whole turn in one statement, so one round trip and no BEGIN/COMMIT of its own: the
+# guarded UPDATE ($1..$17 as in UPDATE_SESSION), the messages ($18..$22, one array per
+# column, as in INSERT_MESSAGES) inserted only if it matched, and it tells whether it did.
+# A statement is atomic, so an error in any part (a message seq taken) undoes all of it.
+_TURN = (
+    "WITH upd AS (" + UPDATE_SESSION + "),"
+    f" ins AS (INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS})"
+    " SELECT $1, $2, m.* FROM unnest($18::bigint[], $19::text[], $20::text[], $21::bigint[],"
+    " $22::text[]) AS m WHERE EXISTS (SELECT 1 FROM upd))"
+)
+COMMIT_TURN = _TURN + " SELECT count(*) FROM upd"
+# The same with the request record ($23..$27), inserted only with the turn and without
+# ON CONFLICT: a taken id is a unique violation, which undoes the whole statement.
+COMMIT_TURN_WITH_REQUEST = (
+    _TURN + f", req AS (INSERT INTO requests ({REQUEST_COLUMNS})"
+    " SELECT $23::text, $24::text, $25::text, $26::text, $27::bigint"
+    " WHERE EXISTS (SELECT 1 FROM upd))"
+    " SELECT count(*) FROM upd"
+)
+SELECT_REQUEST_TAKEN = "SELECT 1 FROM requests WHERE tenant = $1 AND request_id = $2"
 # One round trip for any number of messages.
 INSERT_MESSAGES = (
     f"INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS})"
@@ -93,6 +113,18 @@ def session_params(s: Session) -> tuple[Any, ...]:
     """$1..$14 of INSERT_SESSION and UPDATE_SESSION."""
     settings, *rest = session_values(s)
     return (s.tenant, s.session_id, settings, codec.dumps(s.settings.labels), *rest)
+
+
+def turn_params(
+    session: Session, messages: Sequence[Message], expected_version: int, first_new_seq: int
+) -> tuple[Any, ...]:
+    """$1..$22 of COMMIT_TURN."""
+    alive_at = rules.to_micros(session.update_time)
+    columns: list[list[Any]] = [[], [], [], [], []]
+    for m in messages:
+        for column, value in zip(columns, message_values(m), strict=True):
+            column.append(value)
+    return (*session_params(session), expected_version, first_new_seq, alive_at, *columns)
 
 
 def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, ...]:
