@@ -8,8 +8,10 @@ message, the echo provider, the store and cache chatd opens for that URL) run by
 `--concurrency` tasks on one event loop, as SendMessage runs them, minus gRPC: what is
 left is chatd's own work (domain, store, cache, provider). Each round reports turns/s
 and this process's CPU per turn (all its threads: SQLite's writer included); the
-machine's other work, PostgreSQL's included, is not in it, so the figure moves less
-with other load than a whole-server one. With `--against REV` the rounds alternate
+machine's other work is not in it, so the figure moves less with other load than a
+whole-server one. On PostgreSQL it also reports the CPU of the server processes
+serving the pool's connections (from /proc; PostgreSQL's background writers are not in
+it). With `--against REV` the rounds alternate
 between REV's code (`git archive`d, run from a temporary folder) and the working tree.
 """
 
@@ -60,15 +62,34 @@ async def measure(url: str, schema: str, concurrency: int, seconds: float) -> di
 
     tasks = [asyncio.create_task(worker(ids[w::concurrency])) for w in range(concurrency)]
     await asyncio.sleep(1.5)
+    backends = await _backends(store) if schema else []
     counting = True
     cpu, wall = time.process_time(), time.perf_counter()
+    server_cpu = sum(map(procs.cpu_seconds, backends))
     await asyncio.sleep(seconds)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    server_cpu = sum(map(procs.cpu_seconds, backends)) - server_cpu
     counted = turns
     stop = True
     await asyncio.gather(*tasks)
     await store.close()
-    return {"turns_per_s": counted / wall, "cpu_us_per_turn": cpu / max(counted, 1) * 1e6}
+    return {
+        "turns_per_s": counted / wall,
+        "cpu_us_per_turn": cpu / max(counted, 1) * 1e6,
+        "postgres_cpu_us_per_turn": server_cpu / max(counted, 1) * 1e6,
+        "backends": len(backends),
+    }
+
+
+async def _backends(store: object) -> list[int]:
+    """The PostgreSQL server processes of the store's pooled connections (benchmark only:
+    reaches into CachedStore and PostgresStore for the pool)."""
+    pool = store._inner._pool  # type: ignore[attr-defined]
+    pids = set()
+    for _ in range(4 * pool.get_max_size()):
+        async with pool.acquire() as conn:
+            pids.add(await conn.fetchval("SELECT pg_backend_pid()"))
+    return sorted(pids)
 
 
 def one_round(root: Path, args: argparse.Namespace, tmp: Path, n: int) -> dict[str, float]:
@@ -114,9 +135,15 @@ def main() -> None:
             for name, root in roots.items():
                 n += 1
                 r = one_round(root, args, tmp, n)
+                backend = ""
+                if args.postgres:
+                    backend = (
+                        f"  PostgreSQL backends ({r['backends']:.0f})"
+                        f" {r['postgres_cpu_us_per_turn']:6.0f} us/turn"
+                    )
                 print(
                     f"  {name:14} {r['turns_per_s']:7.0f} turns/s"
-                    f"  CPU {r['cpu_us_per_turn']:6.0f} us/turn",
+                    f"  CPU {r['cpu_us_per_turn']:6.0f} us/turn{backend}",
                     flush=True,
                 )
                 if name not in best or r["cpu_us_per_turn"] < best[name]["cpu_us_per_turn"]:
