@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from server.sessions.model import Message, Session
+from server.sessions.model import Message, Session, SessionSettings
 from server.store import codec, rules
 from server.store.rows import (
     MESSAGE_COLUMNS,
@@ -115,16 +116,57 @@ def session_params(s: Session) -> tuple[Any, ...]:
     return (s.tenant, s.session_id, settings, codec.dumps(s.settings.labels), *rest)
 
 
+# The settings and labels JSON of recently written SessionSettings objects, by identity:
+# a turn carries its session's settings object unchanged, so its UPDATE need not encode
+# them again. The entry holds the object itself, so its id cannot be reused meanwhile.
+_SETTINGS_JSON: OrderedDict[int, tuple[SessionSettings, str, str]] = OrderedDict()
+_SETTINGS_JSON_MAX = 1024
+
+
+def settings_json(settings: SessionSettings) -> tuple[str, str]:
+    """The settings column's JSON and the labels column's, encoded once per object."""
+    hit = _SETTINGS_JSON.get(id(settings))
+    if hit is not None and hit[0] is settings:
+        _SETTINGS_JSON.move_to_end(id(settings))
+        return hit[1], hit[2]
+    text = codec.dumps(codec.settings_to_dict(settings))
+    labels = codec.dumps(settings.labels)
+    _SETTINGS_JSON[id(settings)] = (settings, text, labels)
+    if len(_SETTINGS_JSON) > _SETTINGS_JSON_MAX:
+        _SETTINGS_JSON.popitem(last=False)
+    return text, labels
+
+
 def turn_params(
     session: Session, messages: Sequence[Message], expected_version: int, first_new_seq: int
 ) -> tuple[Any, ...]:
-    """$1..$22 of COMMIT_TURN."""
-    alive_at = rules.to_micros(session.update_time)
+    """$1..$22 of COMMIT_TURN: session_params' values, the settings' JSON memoized."""
+    s = session
+    settings, labels = settings_json(s.settings)
     columns: list[list[Any]] = [[], [], [], [], []]
     for m in messages:
         for column, value in zip(columns, message_values(m), strict=True):
             column.append(value)
-    return (*session_params(session), expected_version, first_new_seq, alive_at, *columns)
+    return (
+        s.tenant,
+        s.session_id,
+        settings,
+        labels,
+        rules.to_micros(s.create_time),
+        rules.to_micros(s.update_time),
+        rules.expire_micros(s),
+        s.message_count,
+        s.next_seq,
+        codec.dumps(codec.usage_to_dict(s.usage)),
+        s.state.value,
+        codec.pending_to_json(s.pending),
+        s.version,
+        s.uid,
+        expected_version,
+        first_new_seq,
+        rules.to_micros(s.update_time),
+        *columns,
+    )
 
 
 def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, ...]:
