@@ -9,7 +9,6 @@ from server.sessions.model import JSON, FinishReason, JSONObject, Message, Part,
 from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest
 from server.sessions.values import too_deep
 
-
 _NO_USAGE = Usage()
 
 
