@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import gemini, history, memory, postgres, procs, report, scenarios
-from bench.chatd_client import Calibration, Chatd
+from bench.chatd_client import TARGET_WORDS, Calibration, Chatd
 from bench.report import Check
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -47,7 +47,10 @@ async def _chatd(ctx: Context, url: str, name: str, **env: str) -> tuple[procs.S
         calibration = await client.calibrate(probe)
         if ctx.calibration is None:
             ctx.calibration = calibration
-            say(f"calibrated: {calibration.words}-word message -> {calibration.deltas} deltas")
+            say(
+                f"calibrated: {calibration.words}-word message -> {TARGET_WORDS}-word reply"
+                f" in {calibration.deltas} deltas"
+            )
     except BaseException:
         await server.stop()
         raise

@@ -14,7 +14,9 @@ from chatd.v1 import content_pb2, session_pb2
 SEND = "/chatd.v1.ChatService/SendMessage"
 STREAM = "/chatd.v1.ChatService/StreamReply"
 COUNT_TOKENS = "/chatd.v1.ChatService/CountTokens"
-TARGET_DELTAS = 50
+# The echo reply is calibrated to this many words (the user message plus 19 of its own);
+# it streams them as phrases of a few words each (server.providers.echo.WORDS_PER_CHUNK).
+TARGET_WORDS = 50
 _WORDS = ("please", "summarise", "the", "quarterly", "report", "and", "list", "three", "risks")
 
 
@@ -94,23 +96,26 @@ class Chatd:
         reply = await self.stub.GetSession(pb.GetSessionRequest(session_id=session_id))
         return int(reply.session.message_count)
 
-    async def _stream_shape(self, session_id: str, text: str) -> tuple[int, int, int]:
+    async def _stream_shape(self, session_id: str, text: str) -> tuple[int, int, int, int]:
         deltas = events = size = 0
+        streamed = []
         request = pb.StreamReplyRequest(session_id=session_id, text=text)
         async for event in self.stub.StreamReply(request, timeout=30):
             events += 1
             size += event.ByteSize()
-            deltas += event.WhichOneof("event") == "text_delta"
-        return deltas, events, size
+            if event.WhichOneof("event") == "text_delta":
+                deltas += 1
+                streamed.append(event.text_delta.text)
+        return len("".join(streamed).split()), deltas, events, size
 
     async def calibrate(self, session_id: str) -> Calibration:
-        """Finds the message length whose StreamReply has TARGET_DELTAS text deltas."""
+        """Finds the message length whose StreamReply says TARGET_WORDS words."""
         words = 30
         for _ in range(5):
-            deltas, events, size = await self._stream_shape(session_id, user_text(words))
-            if deltas == TARGET_DELTAS:
+            said, deltas, events, size = await self._stream_shape(session_id, user_text(words))
+            if said == TARGET_WORDS:
                 break
-            words = max(1, words + TARGET_DELTAS - deltas)
+            words = max(1, words + TARGET_WORDS - said)
         text = user_text(words)
         request = pb.SendMessageRequest(session_id=session_id, text=text)
         response = await self.stub.SendMessage(request, timeout=30)

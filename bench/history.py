@@ -17,7 +17,7 @@ LONG_SESSIONS = 16  # built once: 10,000 messages each
 SHORT_SESSIONS = 64
 SHORT, LONG = 10, 10_000
 MAX_MESSAGES = 20  # context_policy.max_messages on every session
-DEFAULT_TEXT = user_text(31)  # what calibration finds for 50 deltas
+DEFAULT_TEXT = user_text(31)  # what calibration finds for a 50-word reply
 
 
 async def _build(client: Chatd, prefix: str, count: int, messages: int) -> list[str]:

@@ -136,6 +136,8 @@ class Server:
         self.args = [sys.executable, *[a.replace("{port}", str(self.port)) for a in args]]
         self.env = {**os.environ, **env}
         self.log = log
+        # The folder it runs in, whose packages it imports first (bench.ab: another revision).
+        self.cwd = ROOT
         self.proc: asyncio.subprocess.Process | None = None
         self.startup_seconds = 0.0
 
@@ -153,7 +155,7 @@ class Server:
         with self.log.open("ab") as log:
             started = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
-                *self.args, cwd=ROOT, env=self.env, stderr=log
+                *self.args, cwd=self.cwd, env=self.env, stderr=log
             )
         try:
             await wait_serving(self.address, limit, self.proc)

@@ -5,7 +5,8 @@
 # provider against bench.fake_upstream, sessions as in bench.gemini.
 # samples chatd (py-spy record --format raw: every running thread, then the GIL holder)
 # while bench.load drives it, and ranks functions by self and inclusive samples.
-# With --strace it counts syscalls per call (strace -c -f) of chatd and of the bare server.
+# With --strace it counts syscalls per call (strace -c -f) of chatd and of the bare server;
+# with --native the samples include C frames (grpc, uvloop, protobuf, sqlite3).
 # python -m bench.profile memory breaks one cached 20-message session down by object type.
 # py-spy is not a dependency of chatd: .venv/bin/pip install py-spy
 
@@ -68,12 +69,17 @@ def summarize(raw: str, title: str) -> str:
 
 
 async def cpu(
-    kind: str, seconds: float, concurrency: int, on_postgres: bool, history: int = 0
+    kind: str,
+    seconds: float,
+    concurrency: int,
+    on_postgres: bool,
+    history: int = 0,
+    native: bool = False,
 ) -> str:
     """Runs chatd under `kind` load at `concurrency` and returns py-spy's summary."""
     schema = postgres.fresh_schema() if on_postgres else ""
     try:
-        return await _cpu(kind, seconds, concurrency, schema, history)
+        return await _cpu(kind, seconds, concurrency, schema, history, native)
     finally:
         if schema:
             await postgres.drop_schema(schema)
@@ -118,7 +124,9 @@ def _job(server: Server, job: dict[str, Any], kind: str, concurrency: int) -> di
     return {"address": server.address, "server_pid": server.pid, **job, **shape}
 
 
-async def _cpu(kind: str, seconds: float, concurrency: int, schema: str, history: int) -> str:
+async def _cpu(
+    kind: str, seconds: float, concurrency: int, schema: str, history: int, native: bool
+) -> str:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="chatd-profile-") as folder:
         tmp = Path(folder)
@@ -136,6 +144,8 @@ async def _cpu(kind: str, seconds: float, concurrency: int, schema: str, history
                 raw = tmp / "raw.txt"
                 args = ["record", "--format", "raw", "-o", str(raw), "--pid", str(server.pid)]
                 args += ["--duration", str(int(seconds)), "--rate", "250", *flags]
+                if native:
+                    args.append("--native")
                 spy_proc = await asyncio.create_subprocess_exec(
                     spy, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
                 )
@@ -267,6 +277,9 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help=f"chatd on {postgres.URL}")
     parser.add_argument("--strace", action="store_true", help="syscalls per call, chatd vs bare")
     parser.add_argument("--history", type=int, default=1000, help="gemini: messages per session")
+    parser.add_argument(
+        "--native", action="store_true", help="C frames too (py-spy --native): -native.txt"
+    )
     args = parser.parse_args()
     if args.kind == "gemini" and (args.strace or args.postgres):
         parser.error("gemini profiles chatd's CPU on SQLite only")
@@ -276,10 +289,14 @@ def main() -> None:
         text = asyncio.run(syscalls(args.kind, args.seconds, args.concurrency))
     else:
         history = args.history if args.kind == "gemini" else 0
-        text = asyncio.run(cpu(args.kind, args.seconds, args.concurrency, args.postgres, history))
+        text = asyncio.run(
+            cpu(args.kind, args.seconds, args.concurrency, args.postgres, history, args.native)
+        )
     suffix = "-postgres" if args.postgres else "-syscalls" if args.strace else ""
     if args.kind == "gemini":
         suffix = f"-{args.history}"
+    if args.native:
+        suffix += "-native"
     path = RESULTS / f"profile-{args.kind}{suffix}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -129,7 +129,8 @@ async def streaming(
     timing: Timing,
     say: Any,
 ) -> tuple[dict[str, Any], list[Check]]:
-    """StreamReply (TARGET_DELTAS text deltas) against a bare stream of as many chunks."""
+    """StreamReply (the calibrated reply's text deltas) against a bare stream of as many
+    chunks of the same bytes."""
     chunk = round(cal.stream_bytes / cal.deltas)
     say(
         f"{name}: StreamReply {cal.deltas} deltas ({cal.events} events, {cal.stream_bytes} B)"

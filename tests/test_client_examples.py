@@ -132,7 +132,7 @@ async def test_streaming_prints_tool_events_and_the_summary(chatd: Chatd) -> Non
 
 
 async def test_streaming_prints_deltas_as_they_arrive(start_chatd: StartChatd) -> None:
-    slow = await start_chatd(echo_delay_ms=40)  # ~25 words: about a second of streaming
+    slow = await start_chatd(echo_delay_ms=160)  # ~25 words in ~7 phrases: about a second
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PYTHON_EXAMPLES / "streaming.py"),

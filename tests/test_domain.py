@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import pytest
 
 from server.sessions.context import select_window
@@ -105,3 +108,19 @@ def test_reply_builder_joins_text_and_keeps_signatures_with_their_text() -> None
     assert parts[0] == Part(text="think more", thought=True, thought_signature=b"\x00sig")
     assert parts[1] == Part(text="Hello world")
     assert parts[2].function_call == FunctionCall("id1", "f", {"a": 1})
+
+
+def test_part_takes_every_field_by_name_and_in_order() -> None:
+    """Part's __init__ is written out: it must set every field, with the dataclass's
+    defaults, and take them positionally in the fields' order."""
+    names = [f.name for f in dataclasses.fields(Part)]
+    assert list(inspect.signature(Part).parameters) == names
+    values = {name: object() for name in names}
+    part = Part(**values)
+    assert all(getattr(part, name) is value for name, value in values.items())
+    assert Part(*values.values()) == part
+    defaults = Part()
+    for f in dataclasses.fields(Part):
+        assert getattr(defaults, f.name) == f.default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        part.text = "changed"  # type: ignore[misc]

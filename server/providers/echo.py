@@ -25,7 +25,10 @@ from server.sessions.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 NOTICE = "(chatd echo provider, not a language model)"
 
-_WORDS = re.compile(r"\S+\s*|\s+")
+# A streamed chunk is a phrase of up to this many words, as Gemini streams phrases rather
+# than single words.
+WORDS_PER_CHUNK = 4
+_PHRASES = re.compile(rf"(?:\S+\s*){{1,{WORDS_PER_CHUNK}}}|\s+")
 # `/call NAME {json args}` on a line of its own asks for a function call.
 _CALL = re.compile(r"^/call\s+(?P<name>\S+)\s*(?P<args>.*?)\s*$", re.MULTILINE)
 CALL_USAGE = 'usage: /call <function> {"arg": "value"} (one call per line)'
@@ -68,7 +71,8 @@ def _describe(part: Part) -> str:
 
 
 class EchoProvider:
-    """Repeats the user's last message, says how much history it was sent, and streams by word.
+    """Repeats the user's last message, says how much history it was sent, and streams it
+    a few words (WORDS_PER_CHUNK) at a time.
 
     A line `/call NAME {"arg": ...}` in the message makes it call function NAME instead
     (several lines: several calls at once); given the results, it reports them. `delay`
@@ -149,10 +153,10 @@ class EchoProvider:
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         reply = self.reply(request)
         if isinstance(reply, str):
-            for word in _WORDS.findall(reply):
+            for phrase in _PHRASES.findall(reply):
                 if self._delay:
                     await asyncio.sleep(self._delay)
-                yield ModelChunk(parts=(Part(text=word),))
+                yield ModelChunk(parts=(Part(text=phrase),))
             answer = -(-len(reply) // CHARS_PER_TOKEN)
         else:
             if self._delay:

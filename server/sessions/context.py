@@ -44,11 +44,13 @@ def select_window(messages: Sequence[Message], policy: ContextPolicy) -> Sequenc
         return messages
     start = starts[-1]
     count = len(messages) - start
-    tokens = sum(message_tokens(m) for m in messages[start:])
+    # Without a token limit no count is needed: only the message limit decides.
+    counted = policy.max_tokens > 0
+    tokens = sum(message_tokens(m) for m in messages[start:]) if counted else 0
     for earlier in reversed(starts[:-1]):
         turn = messages[earlier:start]
         more_count = count + len(turn)
-        more_tokens = tokens + sum(message_tokens(m) for m in turn)
+        more_tokens = tokens + sum(message_tokens(m) for m in turn) if counted else 0
         if 0 < policy.max_messages < more_count or 0 < policy.max_tokens < more_tokens:
             break
         start, count, tokens = earlier, more_count, more_tokens

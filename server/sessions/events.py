@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from server.sessions.model import (
     FinishReason,
@@ -15,8 +16,10 @@ from server.sessions.model import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class TextDelta:
+class TextDelta(NamedTuple):
+    """A piece of the model's text as it arrives (one per streamed chunk: a NamedTuple,
+    cheaper to make than a frozen dataclass)."""
+
     text: str
     thought: bool = False
 

@@ -9,6 +9,8 @@ from server.sessions.model import JSON, FinishReason, JSONObject, Message, Part,
 from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest
 from server.sessions.values import too_deep
 
+_NO_USAGE = Usage()
+
 
 class ReplyBuilder:
     """Accumulates the chunks of one model call.
@@ -30,7 +32,7 @@ class ReplyBuilder:
         # The open run of text: its pieces and whether it is a thought.
         self._pieces: list[str] = []
         self._thought = False
-        self.usage = Usage()
+        self.usage = _NO_USAGE
         self.finish_reason: FinishReason | None = None
         self.block_reason = ""
         self.model_version = ""

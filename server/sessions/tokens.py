@@ -31,7 +31,9 @@ def estimate_tokens(
     declarations: Iterable[FunctionDeclaration] = (),
 ) -> int:
     """About what a request with these messages, instruction and declarations costs."""
-    chars = len(system_instruction) + len(declarations_text(declarations))
+    chars = len(system_instruction)
+    if declarations:  # most calls have none: no JSON to build
+        chars += len(declarations_text(declarations))
     blobs = 0
     for message in messages:
         for part in message.parts:

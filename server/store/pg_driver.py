@@ -91,6 +91,15 @@ def translated() -> Iterator[None]:
         raise Unavailable(f"PostgreSQL is unavailable: {_reason(exc)}") from exc
 
 
+async def _keep_session(conn: object) -> None:
+    """The pool's reset on release, instead of asyncpg's RESET ALL, CLOSE ALL, UNLISTEN *
+    and pg_advisory_unlock_all(): a round trip per release for state chatd never leaves
+    on a connection (no SET, cursors, LISTEN or session-level advisory locks; the tenant
+    lock is transaction-level). asyncpg still rolls back an open transaction first.
+    https://magicstack.github.io/asyncpg/current/api/index.html#asyncpg.pool.create_pool
+    """
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -108,6 +117,7 @@ async def create_pool(
                 max_size=max_size,
                 timeout=connect_timeout,
                 server_settings=dict(server_settings),
+                reset=_keep_session,
             )
     except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
         # asyncpg's parse errors may quote the URL, password included.

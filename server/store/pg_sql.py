@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from server.sessions.model import Message, Session
-from server.store import codec
+from server.sessions.model import Message, Session, SessionSettings
+from server.store import codec, rules
 from server.store.rows import (
     MESSAGE_COLUMNS,
     REQUEST_COLUMNS,
@@ -33,6 +34,26 @@ UPDATE_SESSION = (
     " WHERE tenant = $1 AND session_id = $2 AND uid = $14 AND version = $15"
     " AND next_seq <= $16 AND (expire_time IS NULL OR expire_time > $17) RETURNING 1"
 )
+# A whole turn in one statement, so one round trip and no BEGIN/COMMIT of its own: the
+# guarded UPDATE ($1..$17 as in UPDATE_SESSION), the messages ($18..$22, one array per
+# column, as in INSERT_MESSAGES) inserted only if it matched, and it tells whether it did.
+# A statement is atomic, so an error in any part (a message seq taken) undoes all of it.
+_TURN = (
+    "WITH upd AS (" + UPDATE_SESSION + "),"
+    f" ins AS (INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS})"
+    " SELECT $1, $2, m.* FROM unnest($18::bigint[], $19::text[], $20::text[], $21::bigint[],"
+    " $22::text[]) AS m WHERE EXISTS (SELECT 1 FROM upd))"
+)
+COMMIT_TURN = _TURN + " SELECT count(*) FROM upd"
+# The same with the request record ($23..$27), inserted only with the turn and without
+# ON CONFLICT: a taken id is a unique violation, which undoes the whole statement.
+COMMIT_TURN_WITH_REQUEST = (
+    _TURN + f", req AS (INSERT INTO requests ({REQUEST_COLUMNS})"
+    " SELECT $23::text, $24::text, $25::text, $26::text, $27::bigint"
+    " WHERE EXISTS (SELECT 1 FROM upd))"
+    " SELECT count(*) FROM upd"
+)
+SELECT_REQUEST_TAKEN = "SELECT 1 FROM requests WHERE tenant = $1 AND request_id = $2"
 # One round trip for any number of messages.
 INSERT_MESSAGES = (
     f"INSERT INTO messages (tenant, session_id, {MESSAGE_COLUMNS})"
@@ -93,6 +114,59 @@ def session_params(s: Session) -> tuple[Any, ...]:
     """$1..$14 of INSERT_SESSION and UPDATE_SESSION."""
     settings, *rest = session_values(s)
     return (s.tenant, s.session_id, settings, codec.dumps(s.settings.labels), *rest)
+
+
+# The settings and labels JSON of recently written SessionSettings objects, by identity:
+# a turn carries its session's settings object unchanged, so its UPDATE need not encode
+# them again. The entry holds the object itself, so its id cannot be reused meanwhile.
+_SETTINGS_JSON: OrderedDict[int, tuple[SessionSettings, str, str]] = OrderedDict()
+_SETTINGS_JSON_MAX = 1024
+
+
+def settings_json(settings: SessionSettings) -> tuple[str, str]:
+    """The settings column's JSON and the labels column's, encoded once per object."""
+    hit = _SETTINGS_JSON.get(id(settings))
+    if hit is not None and hit[0] is settings:
+        _SETTINGS_JSON.move_to_end(id(settings))
+        return hit[1], hit[2]
+    text = codec.dumps(codec.settings_to_dict(settings))
+    labels = codec.dumps(settings.labels)
+    _SETTINGS_JSON[id(settings)] = (settings, text, labels)
+    if len(_SETTINGS_JSON) > _SETTINGS_JSON_MAX:
+        _SETTINGS_JSON.popitem(last=False)
+    return text, labels
+
+
+def turn_params(
+    session: Session, messages: Sequence[Message], expected_version: int, first_new_seq: int
+) -> tuple[Any, ...]:
+    """$1..$22 of COMMIT_TURN: session_params' values, the settings' JSON memoized."""
+    s = session
+    settings, labels = settings_json(s.settings)
+    columns: list[list[Any]] = [[], [], [], [], []]
+    for m in messages:
+        for column, value in zip(columns, message_values(m), strict=True):
+            column.append(value)
+    return (
+        s.tenant,
+        s.session_id,
+        settings,
+        labels,
+        rules.to_micros(s.create_time),
+        rules.to_micros(s.update_time),
+        rules.expire_micros(s),
+        s.message_count,
+        s.next_seq,
+        codec.dumps(codec.usage_to_dict(s.usage)),
+        s.state.value,
+        codec.pending_to_json(s.pending),
+        s.version,
+        s.uid,
+        expected_version,
+        first_new_seq,
+        rules.to_micros(s.update_time),
+        *columns,
+    )
 
 
 def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, ...]:

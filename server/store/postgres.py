@@ -234,10 +234,30 @@ class PostgresStore:
         rules.check_turn(session, messages, expected_version)
         rules.check_request(session, request)
         first = rules.first_new_seq(session, messages)
-        async with self._transaction() as conn:
-            await self._insert_request(conn, request)
-            await self._replace_session(conn, session, expected_version, first)
-            await self._insert_messages(conn, session, messages)
+        if len(messages) > INSERT_BATCH:
+            async with self._transaction() as conn:
+                await self._insert_request(conn, request)
+                await self._replace_session(conn, session, expected_version, first)
+                await self._insert_messages(conn, session, messages)
+            return
+        # A turn's few messages: one statement, one round trip (see sql.COMMIT_TURN).
+        params = sql.turn_params(session, messages, expected_version, first)
+        statement = sql.COMMIT_TURN
+        if request is not None:
+            statement = sql.COMMIT_TURN_WITH_REQUEST
+            params = (*params, *rows.request_values(request))
+        async with self._connection() as conn:
+            if await conn.fetchval(statement, *params):
+                return
+            # Matched nothing, so wrote nothing. A retry of a write that did apply is
+            # told DuplicateRequest, as when the record is inserted first.
+            if request is not None and await conn.fetchval(
+                sql.SELECT_REQUEST_TAKEN, request.tenant, request.request_id
+            ):
+                raise rules.duplicate_request(request.request_id)
+            guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
+        stored = None if guards is None else (guards[0], guards[1], guards[2], guards[3])
+        raise rules.guard_failure(session, expected_version, stored)
 
     async def clear_history(self, session: Session, expected_version: int) -> None:
         rules.check_version(session, expected_version)
