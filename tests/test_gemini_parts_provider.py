@@ -79,7 +79,8 @@ async def test_streamed_metadata_merges_citations_and_keeps_the_latest_of_the_re
         builder.add(chunk)
     metadata = builder.candidate_metadata
     assert metadata is not None
-    assert [c["uri"] for c in metadata["citationMetadata"]["citations"]] == [
+    # As the Gemini API names them (google-genai would rename them `citations`).
+    assert [c["uri"] for c in metadata["citationMetadata"]["citationSources"]] == [
         "https://a",
         "https://b",
     ]

@@ -109,10 +109,10 @@ class Continuation:
             elif finish and finish != _CONTINUATION:
                 hop.token = None
             if finish and self._can_resume(hop.token, str(finish), False):
-                chunk = replace(chunk, finish_reason=None)
+                chunk = chunk._replace(finish_reason=None)
         if chunk.usage is not None:
             if self._usage is not None:
-                chunk = replace(chunk, usage=add_usage(self._usage, chunk.usage))
+                chunk = chunk._replace(usage=add_usage(self._usage, chunk.usage))
             hop.usage = chunk.usage
         return chunk
 
