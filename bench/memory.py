@@ -72,23 +72,34 @@ async def build_db(path: Path) -> float:
     return time.perf_counter() - started
 
 
-async def cache_estimate(path: Path, count: int = 1000) -> dict[str, float]:
-    """In this process: the cache's own size estimate, and tracemalloc's Python heap delta."""
+async def cache_estimate(path: Path) -> dict[str, float]:
+    """In this process, as the memory run touches them: WARM sessions read, then SIZED more,
+    with the cache's own size estimate and tracemalloc's Python heap per session of those."""
     store = CachedStore(await SqliteStore.open(str(path), "NORMAL"), CAP)
-    try:
-        gc.collect()
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        for i in range(SESSIONS - count, SESSIONS):
+
+    async def touch(first: int, count: int) -> None:
+        for i in range(first, first + count):
             await store.get_session(DEFAULT_TENANT, session_id(i))
             await store.recent_messages(DEFAULT_TENANT, session_id(i))
+
+    try:
+        tracemalloc.start()  # before the warm-up, or what it decoded would be untraced
+        await touch(0, WARM)
+        gc.collect()
+        before, estimated = tracemalloc.get_traced_memory()[0], store.stats.bytes
+        await touch(WARM, SIZED)
         gc.collect()
         heap = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
         stats = store.stats
     finally:
         await store.close()
-    return {"estimate_bytes": stats.bytes / stats.entries, "tracemalloc_bytes": heap / count}
+    return {
+        "estimate_bytes": (stats.bytes - estimated) / SIZED,
+        "tracemalloc_bytes": heap / SIZED,
+        "decoded_sessions": stats.decoded_entries,
+        "decoded_bytes": stats.decoded_bytes,
+    }
 
 
 async def _touch(server: Server, ids: list[str]) -> dict[str, Any]:
@@ -176,6 +187,13 @@ async def memory(tmp: Path, say: Any) -> tuple[dict[str, Any], list[Check]]:
     base = await base_rss(tmp)
     run = await memory_run(db, tmp, say)
     estimate = await cache_estimate(db)
+    say(
+        f"  per cached session: {run['rss_per_session']:,.0f} B by RSS,"
+        f" {estimate['tracemalloc_bytes']:,.0f} B by tracemalloc,"
+        f" {estimate['estimate_bytes']:,.0f} B by the cache's estimate"
+        f" ({estimate['decoded_sessions']:,.0f} sessions decoded,"
+        f" {estimate['decoded_bytes'] / MIB:.1f} MiB)"
+    )
     final = run["rss"]["all"]
     scenario = f"memory ({SESSIONS // 1000}k sessions, cap {CAP // MIB} MiB)"
     checks = [
@@ -184,6 +202,7 @@ async def memory(tmp: Path, say: Any) -> tuple[dict[str, Any], list[Check]]:
         below(scenario, "bytes/cached session (RSS delta)", run["rss_per_session"], 4096),
         info(scenario, "bytes/cached session (cache estimate)", estimate["estimate_bytes"]),
         info(scenario, "bytes/cached session (tracemalloc)", estimate["tracemalloc_bytes"]),
+        info(scenario, "sessions in the decoded tier", estimate["decoded_sessions"]),
         below("startup (100k sessions)", f"seconds to SERVING (max of {STARTS})", max(starts), 2.0),
     ]
     result = {

@@ -17,10 +17,16 @@ from dataclasses import dataclass, field
 
 from server.sessions.model import Message, Session
 from server.store import codec
-from server.store.sizes import ENTRY_OVERHEAD, message_size, packed_size, session_size
+from server.store.sizes import (
+    ENTRY_OVERHEAD,
+    message_size,
+    packed_size,
+    session_size,
+    with_headroom,
+)
 
-# Messages `hot` may hold beyond the window before the excess is packed: packing a
-# batch at a time instead of every turn's two messages.
+# Messages `hot` may hold beyond the window before the excess is packed, and packed
+# messages dropped at once: a batch at a time instead of every turn's two messages.
 SPILL_SLACK = 32
 
 
@@ -78,7 +84,10 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return ENTRY_OVERHEAD + self.session_bytes + self.hot_bytes + packed_size(self.packed)
+        """Estimated bytes of process memory the entry holds (sizes.with_headroom)."""
+        return with_headroom(
+            ENTRY_OVERHEAD + self.session_bytes + self.hot_bytes + packed_size(self.packed)
+        )
 
     @property
     def count(self) -> int:
@@ -197,9 +206,10 @@ class Entry:
         count = self.count
         drop = max(count - max_messages, 0)
         if drop and self.packed_count:
-            n = min(drop, self.packed_count)
+            # A batch at a time: each drop copies what packed keeps.
+            n = min(max(drop, SPILL_SLACK), self.packed_count)
             self._drop_packed(n)
-            drop -= n
+            drop = max(drop - n, 0)
             self.complete = False
         size = self.size
         if size > max_bytes and self.packed_count:
