@@ -61,7 +61,8 @@ class CachedStore:
 
     Cached history is kept in two tiers (see `cache_entry`): the messages reads use,
     decoded, for the most recently used sessions, at most `max_decoded_bytes` of them
-    (an eighth of `max_bytes` by default), and everything else packed as bytes and
+    (an eighth of `max_bytes` by default; the session last used is kept decoded even
+    when it alone is bigger, unless it is 0), and everything else packed as bytes and
     decoded when read. A session read turn after turn gets the same `Message` objects
     every time, while it stays in the decoded tier. Sizes are estimates of the real
     bytes held (`sizes`), and the whole cache, both tiers, stays under `max_bytes`.
@@ -158,6 +159,8 @@ class CachedStore:
         share, then evicts the least recently used entries to fit the cap."""
         decoded = self._decoded
         while self._decoded_bytes > self._max_decoded and decoded:
+            if len(decoded) == 1 and self._max_decoded:
+                break  # the session in use stays decoded even when it alone is too big
             _, entry = decoded.popitem(last=False)
             size = entry.size
             self._decoded_bytes -= entry.hot_bytes

@@ -405,7 +405,8 @@ async def test_eviction_under_the_cap_holds_with_packed_sessions(inner: SpyStore
         await cache.recent_messages(TENANT, session.session_id, 20)
         stats = cache.stats
         assert stats.bytes <= max_bytes
-        assert stats.decoded_bytes <= max_bytes // 8
+        # Only the session in use may be decoded beyond the decoded tier's share.
+        assert stats.decoded_bytes <= max_bytes // 8 or stats.decoded_entries == 1
     assert cache.stats.evictions > 0
     decoded_only = CachedStore(inner, max_bytes, max_decoded_bytes=max_bytes)
     for session in sessions:
@@ -419,3 +420,22 @@ async def test_eviction_under_the_cap_holds_with_packed_sessions(inner: SpyStore
         texts = [m.text for m in await cache.recent_messages(TENANT, session.session_id)]
         assert texts == [f"m{k} of {int(session.session_id[1:])}" for k in range(20)]
         assert inner.calls == Counter()
+
+
+async def test_a_session_bigger_than_the_decoded_share_stays_decoded_while_in_use(
+    inner: SpyStore,
+) -> None:
+    cache = CachedStore(inner, 1_000_000, max_decoded_bytes=1_000)
+    session = new_session()
+    await cache.create_session(session)
+    reads, committed = await _engine_turns(cache, session, 10, 20)
+    assert cache.stats.decoded_entries == 1
+    assert cache.stats.decoded_bytes > 1_000
+    assert all(a is b for a, b in zip(reads[-1][-2:], committed[-2], strict=True))
+    await cache.create_session(*with_history(new_session("s2"), "x", "y"))
+    await cache.recent_messages(TENANT, "s2", 20)  # now s2 is the one in use: s1 is packed
+    assert cache.stats.decoded_entries == 1
+    last = await cache.recent_messages(TENANT, "s1", 2)
+    assert last == committed[-1]
+    assert last[0] is not committed[-1][0]  # decoded again
+    assert inner.calls["recent_messages"] == 0

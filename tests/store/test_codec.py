@@ -164,6 +164,12 @@ PACKED_CASES = [
         candidate_metadata={"avgLogprobs": -0.5, "finishMessage": "done\n"},
     ),
     Message(Role.MODEL, (Part(text="u"),), seq=9, usage=Usage(candidates_tokens=5)),
+    Message(
+        Role.MODEL,
+        (Part(function_call=FunctionCall("c", "f", {"big": 2**70, "inf": float("inf")})),),
+        seq=10,
+        candidate_metadata={"score": float("-inf")},
+    ),
 ]
 
 
