@@ -374,5 +374,6 @@ class CachedStore:
 
     async def close(self) -> None:
         self._entries.clear()
-        self._bytes = 0
+        self._decoded.clear()
+        self._bytes = self._decoded_bytes = 0
         await self._inner.close()

@@ -223,7 +223,7 @@ class Entry:
             self.complete = False
         hot = self.hot
         dropped = sum(message_size(m) for m in hot[:drop])
-        while drop < len(hot) and self.size - dropped > max_bytes:
+        while drop < len(hot) and self.size - with_headroom(dropped) > max_bytes:
             dropped += message_size(hot[drop])
             drop += 1
         if drop:
