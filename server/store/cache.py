@@ -180,12 +180,13 @@ class CachedStore:
     def _put(self, key: _Key, entry: Entry) -> None:
         """Inserts a taken or new entry as most recent, trimming it and evicting to fit."""
         entry.trim(self._max_tail, self._max_entry_bytes)
-        if entry.size > self._max_entry_bytes or self._swept(entry.session):
+        size = entry.size
+        if size > self._max_entry_bytes or self._swept(entry.session):
             return  # too big to be worth caching, or perhaps deleted already
         # The session's own strings: the caller's copies of them may be kept elsewhere.
         key = (entry.session.tenant, entry.session.session_id)
         self._entries[key] = entry
-        self._bytes += entry.size
+        self._bytes += size
         if entry.hot:
             self._decoded[key] = entry
             self._decoded_bytes += entry.hot_bytes

@@ -165,7 +165,10 @@ class Entry:
             return
         batch = hot[:moved]
         del hot[:moved]
-        self.hot_bytes -= sum(message_size(m) for m in batch)
+        if keep < moved:  # whichever part is shorter to size
+            self.hot_bytes = sum(message_size(m) for m in hot)
+        else:
+            self.hot_bytes -= sum(message_size(m) for m in batch)
         data = codec.pack_messages(batch)
         self.packed = self.packed + b"\n" + data if self.packed else data
         self.packed_count += moved
@@ -211,8 +214,7 @@ class Entry:
             self._drop_packed(n)
             drop = max(drop - n, 0)
             self.complete = False
-        size = self.size
-        if size > max_bytes and self.packed_count:
+        if self.packed_count and (size := self.size) > max_bytes:
             # Drop packed messages, oldest first, until the bytes dropped are enough.
             excess, pos, n, packed = size - max_bytes, 0, 0, self.packed
             while n < self.packed_count and pos < excess:
@@ -222,6 +224,8 @@ class Entry:
             self._drop_packed(n)
             self.complete = False
         hot = self.hot
+        if not drop and (not hot or self.size <= max_bytes):
+            return
         dropped = sum(message_size(m) for m in hot[:drop])
         while drop < len(hot) and self.size - with_headroom(dropped) > max_bytes:
             dropped += message_size(hot[drop])

@@ -435,7 +435,19 @@ DEFAULT_SETTINGS = SessionSettings()
 
 
 def _usage_to_list(usage: Usage) -> list[Any]:
-    values = [getattr(usage, name) for name in _USAGE_FIELDS]
+    u = usage
+    values: list[Any] = [u.prompt_tokens, u.candidates_tokens, u.total_tokens]
+    if (
+        u.thoughts_tokens
+        or u.cached_tokens
+        or u.tool_use_prompt_tokens
+        or u.prompt_details
+        or u.candidates_details
+        or u.cache_details
+        or u.tool_use_prompt_details
+        or u.traffic_type
+    ):
+        values = [getattr(u, name) for name in _USAGE_FIELDS]
     while values and not values[-1]:
         values.pop()
     return values
