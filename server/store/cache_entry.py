@@ -28,6 +28,10 @@ from server.store.sizes import (
 # Messages `hot` may hold beyond the window before the excess is packed, and packed
 # messages dropped at once: a batch at a time instead of every turn's two messages.
 SPILL_SLACK = 32
+# Packing more decoded bytes than this at once would hold the event loop for
+# milliseconds: such a batch, and what is packed before it, leaves the cache instead
+# (history reads then go to the store, which paces big loads).
+MAX_PACK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +169,14 @@ class Entry:
             return
         batch = hot[:moved]
         del hot[:moved]
+        before = self.hot_bytes
         if keep < moved:  # whichever part is shorter to size
             self.hot_bytes = sum(message_size(m) for m in hot)
         else:
             self.hot_bytes -= sum(message_size(m) for m in batch)
+        if before - self.hot_bytes > MAX_PACK_BYTES:
+            self.packed, self.packed_count, self.complete = b"", 0, False
+            return
         data = codec.pack_messages(batch)
         self.packed = self.packed + b"\n" + data if self.packed else data
         self.packed_count += moved

@@ -439,3 +439,19 @@ async def test_a_session_bigger_than_the_decoded_share_stays_decoded_while_in_us
     assert last == committed[-1]
     assert last[0] is not committed[-1][0]  # decoded again
     assert inner.calls["recent_messages"] == 0
+
+
+async def test_a_history_too_big_to_pack_at_once_leaves_the_cache_and_reads_from_inner(
+    inner: SpyStore,
+) -> None:
+    cache = CachedStore(inner, 40_000_000, max_decoded_bytes=0)
+    big = [f"{i} " + "z" * 100_000 for i in range(20)]  # about 2 MB decoded
+    session, messages = with_history(new_session(), *big)
+    await cache.create_session(session, messages)
+    assert cache.stats.decoded_entries == 0
+    assert await history(cache, session) == big  # from inner: the tail was dropped
+    assert inner.calls["recent_messages"] == 1
+    assert await cache.get_session(TENANT, "s1") == session  # the session itself stays
+    assert inner.calls["get_session"] == 0
+    session = await commit(cache, session, "small")
+    assert [m.text for m in await cache.recent_messages(TENANT, "s1", 1)] == ["small"]
