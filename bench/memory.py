@@ -16,6 +16,7 @@ from bench.procs import QUIET, Server, chatd
 from bench.report import Check, below, info
 from server.sessions.model import (
     DEFAULT_TENANT,
+    ContextPolicy,
     FinishReason,
     Message,
     Part,
@@ -24,7 +25,7 @@ from server.sessions.model import (
     SessionSettings,
     Usage,
 )
-from server.store import CachedStore, SqliteStore
+from server.store import CachedStore, MemoryStore, SqliteStore
 
 SESSIONS = 100_000
 MESSAGES = 20  # short messages per stored session
@@ -72,23 +73,34 @@ async def build_db(path: Path) -> float:
     return time.perf_counter() - started
 
 
-async def cache_estimate(path: Path, count: int = 1000) -> dict[str, float]:
-    """In this process: the cache's own size estimate, and tracemalloc's Python heap delta."""
+async def cache_estimate(path: Path) -> dict[str, float]:
+    """In this process, as the memory run touches them: WARM sessions read, then SIZED more,
+    with the cache's own size estimate and tracemalloc's Python heap per session of those."""
     store = CachedStore(await SqliteStore.open(str(path), "NORMAL"), CAP)
-    try:
-        gc.collect()
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        for i in range(SESSIONS - count, SESSIONS):
+
+    async def touch(first: int, count: int) -> None:
+        for i in range(first, first + count):
             await store.get_session(DEFAULT_TENANT, session_id(i))
             await store.recent_messages(DEFAULT_TENANT, session_id(i))
+
+    try:
+        tracemalloc.start()  # before the warm-up, or what it decoded would be untraced
+        await touch(0, WARM)
+        gc.collect()
+        before, estimated = tracemalloc.get_traced_memory()[0], store.stats.bytes
+        await touch(WARM, SIZED)
         gc.collect()
         heap = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
         stats = store.stats
     finally:
         await store.close()
-    return {"estimate_bytes": stats.bytes / stats.entries, "tracemalloc_bytes": heap / count}
+    return {
+        "estimate_bytes": (stats.bytes - estimated) / SIZED,
+        "tracemalloc_bytes": heap / SIZED,
+        "decoded_sessions": stats.decoded_entries,
+        "decoded_bytes": stats.decoded_bytes,
+    }
 
 
 async def _touch(server: Server, ids: list[str]) -> dict[str, Any]:
@@ -176,6 +188,13 @@ async def memory(tmp: Path, say: Any) -> tuple[dict[str, Any], list[Check]]:
     base = await base_rss(tmp)
     run = await memory_run(db, tmp, say)
     estimate = await cache_estimate(db)
+    say(
+        f"  per cached session: {run['rss_per_session']:,.0f} B by RSS,"
+        f" {estimate['tracemalloc_bytes']:,.0f} B by tracemalloc,"
+        f" {estimate['estimate_bytes']:,.0f} B by the cache's estimate"
+        f" ({estimate['decoded_sessions']:,.0f} sessions decoded,"
+        f" {estimate['decoded_bytes'] / MIB:.1f} MiB)"
+    )
     final = run["rss"]["all"]
     scenario = f"memory ({SESSIONS // 1000}k sessions, cap {CAP // MIB} MiB)"
     checks = [
@@ -184,6 +203,7 @@ async def memory(tmp: Path, say: Any) -> tuple[dict[str, Any], list[Check]]:
         below(scenario, "bytes/cached session (RSS delta)", run["rss_per_session"], 4096),
         info(scenario, "bytes/cached session (cache estimate)", estimate["estimate_bytes"]),
         info(scenario, "bytes/cached session (tracemalloc)", estimate["tracemalloc_bytes"]),
+        info(scenario, "sessions in the decoded tier", estimate["decoded_sessions"]),
         below("startup (100k sessions)", f"seconds to SERVING (max of {STARTS})", max(starts), 2.0),
     ]
     result = {
@@ -200,3 +220,56 @@ async def memory(tmp: Path, say: Any) -> tuple[dict[str, Any], list[Check]]:
         "startup_median": statistics.median(starts),
     }
     return result, checks
+
+
+async def cache_turns(rounds: int = 300, sessions: int = 64) -> float:
+    """CPU µs per turn of CachedStore over a MemoryStore, in this process: `sessions`
+    sessions with max_messages=20, each turn get_session, recent_messages(20) and
+    commit_turn of a 31-word user message and a 51-word model reply (the unary
+    scenario's sizes), after 100 warm-up rounds. The cache's own cost on the hot path."""
+    cache = CachedStore(MemoryStore(), 64 * MIB)
+    settings = SessionSettings(context_policy=ContextPolicy(max_messages=20))
+    now = 1_700_000_000.0
+    for i in range(sessions):
+        await cache.create_session(Session(DEFAULT_TENANT, f"turns-{i}", settings, now, now))
+    words = ("lorem ipsum dolor sit amet " * 11).split()
+    question, answer = " ".join(words[:31]), "Echo: " + " ".join(words[:50])
+    usage = Usage(40, 12, 52)
+
+    async def turns(count: int, turn: int) -> int:
+        for _ in range(count):
+            for i in range(sessions):
+                s = await cache.get_session(DEFAULT_TENANT, f"turns-{i}")
+                await cache.recent_messages(DEFAULT_TENANT, s.session_id, 20)
+                turn, at, seq = turn + 1, now + turn / 1000, s.next_seq
+                tid = f"{turn:032x}"
+                added = [
+                    Message(Role.USER, (Part(text=question),), seq, at, tid),
+                    Message(
+                        Role.MODEL,
+                        (Part(text=answer),),
+                        seq + 1,
+                        at,
+                        tid,
+                        usage,
+                        FinishReason.STOP,
+                        "echo",
+                    ),
+                ]
+                after = s.evolve(
+                    version=s.version + 1,
+                    next_seq=seq + 2,
+                    message_count=s.message_count + 2,
+                    update_time=at,
+                )
+                await cache.commit_turn(after, added, s.version)
+        return turn
+
+    turn = await turns(100, 0)
+    started = time.process_time()
+    await turns(rounds, turn)
+    return (time.process_time() - started) / (rounds * sessions) * 1e6
+
+
+if __name__ == "__main__":
+    print(f"{asyncio.run(cache_turns()):.1f} µs of CPU per turn (cache over MemoryStore)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -9,12 +10,32 @@ from server.sessions.errors import NotFound
 from server.sessions.locks import KeyedLocks
 from server.sessions.model import Message, Session
 from server.sessions.ports import RequestRecord, SessionQuery, SessionStore
-from server.store import rules
+from server.store import codec, rules
 from server.store.cache_entry import CacheStats, Entry
 
 __all__ = ["CacheStats", "CachedStore"]
 
 _Key = tuple[str, str]
+
+
+def _compact_session(session: Session) -> Session:
+    """The session with the default settings, a zero usage and its tenant shared.
+
+    A store builds these anew for every session it loads; sharing them saves a few
+    hundred bytes per cached session.
+    """
+    settings, usage, tenant = session.settings, session.usage, session.tenant
+    if (
+        (settings is codec.DEFAULT_SETTINGS or settings != codec.DEFAULT_SETTINGS)
+        and (usage is codec.ZERO_USAGE or usage != codec.ZERO_USAGE)
+        and sys.intern(tenant) is tenant
+    ):
+        return session
+    return session.evolve(
+        settings=codec.DEFAULT_SETTINGS if settings == codec.DEFAULT_SETTINGS else settings,
+        usage=codec.ZERO_USAGE if usage == codec.ZERO_USAGE else usage,
+        tenant=sys.intern(tenant),
+    )
 
 
 class CachedStore:
@@ -37,6 +58,14 @@ class CachedStore:
       turn engine does). Any other history read goes to `inner`.
     - Writes through this cache update the entry but leave it unvalidated; a Conflict
       or any other failure drops it.
+
+    Cached history is kept in two tiers (see `cache_entry`): the messages reads use,
+    decoded, for the most recently used sessions, at most `max_decoded_bytes` of them
+    (an eighth of `max_bytes` by default; the session last used is kept decoded even
+    when it alone is bigger, unless it is 0), and everything else packed as bytes and
+    decoded when read. A session read turn after turn gets the same `Message` objects
+    every time, while it stays in the decoded tier. Sizes are estimates of the real
+    bytes held (`sizes`), and the whole cache, both tiers, stays under `max_bytes`.
     """
 
     def __init__(
@@ -46,18 +75,25 @@ class CachedStore:
         *,
         max_tail_messages: int = 1000,
         shared: bool = False,
+        max_decoded_bytes: int | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
+        if max_decoded_bytes is not None and max_decoded_bytes < 0:
+            raise ValueError("max_decoded_bytes must not be negative")
         self._inner = inner
         self._max_bytes = max_bytes
         self._max_tail = max_tail_messages
         self._shared = shared
         # One session may take at most a quarter, so a huge one cannot flush all others.
         self._max_entry_bytes = max_bytes // 4
+        self._max_decoded = max_bytes // 8 if max_decoded_bytes is None else max_decoded_bytes
         self._entries: OrderedDict[_Key, Entry] = OrderedDict()
+        # The entries with decoded messages, least recently used first.
+        self._decoded: OrderedDict[_Key, Entry] = OrderedDict()
         self._locks = KeyedLocks()
         self._bytes = self._hits = self._misses = self._evictions = 0
+        self._decoded_bytes = 0
         # delete_expired has deleted, or may be deleting, sessions expired by this time
         # (microseconds); such sessions are not cached, or a racing load could revive one.
         self._swept_until: int | None = None
@@ -69,7 +105,13 @@ class CachedStore:
     @property
     def stats(self) -> CacheStats:
         return CacheStats(
-            self._hits, self._misses, self._evictions, len(self._entries), self._bytes
+            self._hits,
+            self._misses,
+            self._evictions,
+            len(self._entries),
+            self._bytes,
+            len(self._decoded),
+            self._decoded_bytes,
         )
 
     # ------------------------------------------------------------------ bookkeeping
@@ -92,7 +134,44 @@ class CachedStore:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry.size
+            if self._decoded.pop(key, None) is not None:
+                self._decoded_bytes -= entry.hot_bytes
         return entry
+
+    def _last(self, key: _Key, entry: Entry, limit: int | None) -> list[Message]:
+        """The entry's newest `limit` messages, promoting packed ones to the decoded tier."""
+        if entry.hot_covers(limit):
+            messages = entry.last(limit)
+            if entry.hot:
+                self._decoded.move_to_end(key)
+            return messages
+        size, hot = entry.size, entry.hot_bytes
+        messages = entry.last(limit)
+        self._bytes += entry.size - size
+        self._decoded_bytes += entry.hot_bytes - hot
+        self._decoded[key] = entry
+        self._decoded.move_to_end(key)
+        self._shrink()
+        return messages
+
+    def _shrink(self) -> None:
+        """Demotes the least recently used decoded entries to fit the decoded tier's
+        share, then evicts the least recently used entries to fit the cap."""
+        decoded = self._decoded
+        while self._decoded_bytes > self._max_decoded and decoded:
+            if len(decoded) == 1 and self._max_decoded:
+                break  # the session in use stays decoded even when it alone is too big
+            _, entry = decoded.popitem(last=False)
+            size = entry.size
+            self._decoded_bytes -= entry.hot_bytes
+            entry.demote()
+            self._bytes += entry.size - size
+        while self._bytes > self._max_bytes:
+            key, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.size
+            if decoded.pop(key, None) is not None:
+                self._decoded_bytes -= evicted.hot_bytes
+            self._evictions += 1
 
     def _swept(self, session: Session) -> bool:
         expire = rules.expire_micros(session)
@@ -101,14 +180,17 @@ class CachedStore:
     def _put(self, key: _Key, entry: Entry) -> None:
         """Inserts a taken or new entry as most recent, trimming it and evicting to fit."""
         entry.trim(self._max_tail, self._max_entry_bytes)
-        if entry.size > self._max_entry_bytes or self._swept(entry.session):
+        size = entry.size
+        if size > self._max_entry_bytes or self._swept(entry.session):
             return  # too big to be worth caching, or perhaps deleted already
+        # The session's own strings: the caller's copies of them may be kept elsewhere.
+        key = (entry.session.tenant, entry.session.session_id)
         self._entries[key] = entry
-        self._bytes += entry.size
-        while self._bytes > self._max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self._evictions += 1
+        self._bytes += size
+        if entry.hot:
+            self._decoded[key] = entry
+            self._decoded_bytes += entry.hot_bytes
+        self._shrink()
 
     # ------------------------------------------------------------------ SessionStore
 
@@ -149,7 +231,7 @@ class CachedStore:
         async with self._locks.hold(key):
             if (entry := self._entries.get(key)) is not None:  # filled while we waited
                 return entry.session
-            session = await self._inner.get_session(tenant, session_id)
+            session = _compact_session(await self._inner.get_session(tenant, session_id))
             self._put(key, Entry.of(session))
             return session
 
@@ -172,7 +254,7 @@ class CachedStore:
                 self._hits += 1
             else:
                 self._misses += 1
-                entry = Entry.of(fresh)
+                entry = Entry.of(_compact_session(fresh))
             entry.validated = True
             self._put(key, entry)
             return fresh
@@ -194,12 +276,12 @@ class CachedStore:
         key = (tenant, session_id)
         if (entry := self._hit(key)) is not None and entry.covers(limit) and self._use(entry):
             self._hits += 1
-            return entry.last(limit)
+            return self._last(key, entry, limit)
         self._misses += 1
         async with self._locks.hold(key):
             entry = self._entries.get(key)
             if entry is not None and entry.covers(limit) and self._use(entry):
-                return entry.last(limit)
+                return self._last(key, entry, limit)
             messages = await self._inner.recent_messages(tenant, session_id, limit)
             # Fill only an entry that survived the await; without its session (not loaded
             # here, to keep a miss one call) there is nothing to attach the tail to. In
@@ -207,9 +289,11 @@ class CachedStore:
             # get_session then finds the row changed and drops it.
             entry = self._entries.get(key)
             whole = limit is None or len(messages) < limit
-            if entry is not None and (whole or len(messages) > len(entry.tail)):
+            if entry is not None and (whole or len(messages) > entry.count):
                 self._take(key)
-                self._put(key, Entry.of(entry.session, messages, whole))
+                filled = Entry.of(entry.session, messages, whole)
+                filled.window = limit
+                self._put(key, filled)
             return messages
 
     async def list_messages(
@@ -291,5 +375,6 @@ class CachedStore:
 
     async def close(self) -> None:
         self._entries.clear()
-        self._bytes = 0
+        self._decoded.clear()
+        self._bytes = self._decoded_bytes = 0
         await self._inner.close()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
+
+import orjson
 
 from server.sessions.model import (
     Blob,
@@ -403,3 +406,174 @@ def settings_from_dict(d: Mapping[str, Any]) -> SessionSettings:
         ttl_seconds=None if ttl is None else float(ttl),
         expire_time=None if expire is None else float(expire),
     )
+
+
+# ----------------------------------------------------------------------------- packed
+
+
+# A cache keeps cold history as one bytes value: a record per message, oldest first,
+# separated by b"\n". A record is a JSON array, the message's columns first, then its
+# body in the shortest form that still says everything:
+#
+#   [seq, role, create_time_micros, turn_id, parts]
+#   [seq, role, create_time_micros, turn_id, parts, usage, finish_reason, model, metadata]
+#
+# where a part that is text and nothing else is that text (a string), any other part is
+# part_to_dict's object, usage is null (no usage) or the list of Usage's fields in order
+# with trailing defaults left out, and the tail after parts is left out when all four
+# are defaults. JSON escapes every control character inside strings, so b"\n" never
+# occurs within a record. Lone surrogates survive ("surrogatepass").
+
+_RECORD_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, check_circular=False, default=_plain
+)
+_UTF8 = "utf-8"
+_SURROGATES = "surrogatepass"
+# Shared by every cached session and message that has them, instead of a copy each.
+ZERO_USAGE = Usage()
+DEFAULT_SETTINGS = SessionSettings()
+
+
+def _usage_to_list(usage: Usage) -> list[Any]:
+    u = usage
+    values: list[Any] = [u.prompt_tokens, u.candidates_tokens, u.total_tokens]
+    if (
+        u.thoughts_tokens
+        or u.cached_tokens
+        or u.tool_use_prompt_tokens
+        or u.prompt_details
+        or u.candidates_details
+        or u.cache_details
+        or u.tool_use_prompt_details
+        or u.traffic_type
+    ):
+        values = [getattr(u, name) for name in _USAGE_FIELDS]
+    while values and not values[-1]:
+        values.pop()
+    return values
+
+
+def _usage_from_list(values: list[Any]) -> Usage:
+    if not values:
+        return ZERO_USAGE
+    if len(values) <= 3:
+        return Usage(*values)
+    values = list(values)
+    for i in range(6, min(len(values), 10)):  # the four modality detail fields
+        values[i] = tuple((m, c) for m, c in values[i])
+    return Usage(*values)
+
+
+def _plain_text(part: Part) -> bool:
+    """The part is a text and nothing else (the common case, checked field by field)."""
+    return (
+        part.text is not None
+        and part.inline_data is None
+        and part.file_data is None
+        and part.function_call is None
+        and part.function_response is None
+        and not part.thought
+        and not part.thought_signature
+        and part.executable_code is None
+        and part.code_execution_result is None
+        and part.tool_call is None
+        and part.tool_response is None
+        and part.gemini_part is None
+        and not part.media_resolution
+    )
+
+
+def message_to_record(message: Message, micros: int) -> list[Any]:
+    """One message as a packed record (see above); `micros` is its create_time in µs."""
+    record: list[Any] = [
+        message.seq,
+        message.role.value,
+        micros,
+        message.turn_id,
+        [p.text if _plain_text(p) else part_to_dict(p) for p in message.parts],
+    ]
+    usage, finish, model, metadata = (
+        message.usage,
+        message.finish_reason,
+        message.model,
+        message.candidate_metadata,
+    )
+    if usage is not None or finish is not None or model or metadata is not None:
+        record.append(None if usage is None else _usage_to_list(usage))
+        record.append(None if finish is None else finish.value)
+        record.append(model)
+        if metadata is not None:
+            record.append(metadata)
+    return record
+
+
+def _pack_one(message: Message) -> bytes:
+    record = message_to_record(message, round(message.create_time * 1_000_000))
+    # orjson is many times faster, but writes NaN as null: it gets only records with
+    # no JSON values of the caller's (the text of a chat), and no lone surrogates.
+    if (
+        record[4]
+        and message.candidate_metadata is None
+        and all(p.__class__ is str for p in record[4])
+    ):
+        try:
+            return orjson.dumps(record)
+        except orjson.JSONEncodeError:
+            pass
+    return _RECORD_ENCODER.encode(record).encode(_UTF8, _SURROGATES)
+
+
+def pack_messages(messages: Sequence[Message]) -> bytes:
+    """Messages as packed records joined by b"\\n" (b"" for none), UTF-8.
+
+    Times are written in whole microseconds, which is all a store keeps of them.
+    """
+    return b"\n".join([_pack_one(m) for m in messages])
+
+
+def _record_to_message(record: list[Any], turn_id: str, model: str) -> Message:
+    parts = tuple(Part(text=p) if p.__class__ is str else part_from_dict(p) for p in record[4])
+    if len(record) == 5:
+        return Message(ROLES[record[1]], parts, record[0], record[2] / 1_000_000, turn_id)
+    usage, finish = record[5], record[6]
+    return Message(
+        ROLES[record[1]],
+        parts,
+        record[0],
+        record[2] / 1_000_000,
+        turn_id,
+        None if usage is None else _usage_from_list(usage),
+        None if finish is None else FINISH_REASONS[finish],
+        model,
+        record[8] if len(record) > 8 else None,
+    )
+
+
+def unpack_messages(data: bytes) -> list[Message]:
+    """The messages of pack_messages' bytes, oldest first.
+
+    The messages of one turn share one turn_id string and model names are interned, so
+    many decoded messages hold fewer strings.
+    """
+    if not data:
+        return []
+    try:
+        records = orjson.loads(b"[" + data.replace(b"\n", b",") + b"]")
+    except orjson.JSONDecodeError:  # lone surrogates, NaN, integers beyond 64 bits
+        records = loads("[" + data.decode(_UTF8, _SURROGATES).replace("\n", ",") + "]")
+    out: list[Message] = []
+    turn_id = model = ""
+    for record in records:
+        if record[3] != turn_id:
+            turn_id = record[3]
+        if len(record) > 5 and record[7] != model:
+            model = sys.intern(record[7])
+        out.append(_record_to_message(record, turn_id, model if len(record) > 5 else ""))
+    return out
+
+
+def packed_seqs(data: bytes) -> list[int]:
+    """The seq of every record in pack_messages' bytes, oldest first, without decoding them."""
+    if not data:
+        return []
+    return [int(line[1 : line.index(b",")]) for line in data.split(b"\n")]

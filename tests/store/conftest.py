@@ -81,6 +81,10 @@ def _local_backends(tmp_path: Path) -> dict[str, Backend]:
     async def cached_memory() -> SessionStore:
         return CachedStore(MemoryStore(), CACHE_BYTES)
 
+    # Every history packed between calls: the compact tier's decode, promote and trim.
+    async def packed_cached_memory() -> SessionStore:
+        return CachedStore(MemoryStore(), CACHE_BYTES, max_decoded_bytes=0)
+
     # Shared mode's validation path, exercised without a PostgreSQL server.
     async def cached_shared_sqlite() -> SessionStore:
         return CachedStore(await SqliteStore.open(db), CACHE_BYTES, shared=True)
@@ -91,6 +95,9 @@ def _local_backends(tmp_path: Path) -> dict[str, Backend]:
         "staged-sqlite": Backend("staged-sqlite", sqlite, persistent=True),
         "cached-sqlite": Backend("cached-sqlite", cached_sqlite, persistent=True),
         "cached-memory": Backend("cached-memory", cached_memory, persistent=False),
+        "packed-cached-memory": Backend(
+            "packed-cached-memory", packed_cached_memory, persistent=False
+        ),
         "cached-shared-sqlite": Backend(
             "cached-shared-sqlite", cached_shared_sqlite, persistent=True
         ),
@@ -115,6 +122,7 @@ BACKENDS = (
     "staged-sqlite",
     "cached-sqlite",
     "cached-memory",
+    "packed-cached-memory",
     "cached-shared-sqlite",
     *POSTGRES_BACKENDS,
 )

@@ -5,15 +5,26 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace as dataclass_replace
 
 import pytest
 
 from server.sessions.errors import Conflict, NotFound
-from server.sessions.model import Message, Session
+from server.sessions.model import Message, Role, Session
 from server.sessions.ports import RequestRecord, SessionStore
-from server.store import CachedStore, MemoryStore
+from server.store import CachedStore, MemoryStore, rules
 
-from .builders import T0, TENANT, commit, history, new_session, turn_of, with_history
+from .builders import (
+    EVERY_PART_KIND,
+    T0,
+    TENANT,
+    commit,
+    history,
+    new_session,
+    text_message,
+    turn_of,
+    with_history,
+)
 
 
 class SpyStore(MemoryStore):
@@ -309,3 +320,138 @@ async def test_writes_through_the_cache_keep_the_entry_consistent(inner: SpyStor
         await cache.clear_history(cleared.evolve(version=3), 1)
     assert await cache.get_session(TENANT, "s1") == cleared
     assert inner.calls["get_session"] == 1  # the conflict dropped the entry
+
+
+async def _engine_turns(
+    cache: CachedStore, session: Session, turns: int, window: int
+) -> tuple[list[list[Message]], list[list[Message]]]:
+    """Turns as the turn engine makes them: read the window, then commit two messages.
+    Returns each turn's read and each turn's committed messages."""
+    reads, committed = [], []
+    for i in range(turns):
+        reads.append(await cache.recent_messages(TENANT, session.session_id, window))
+        after, messages = turn_of(session, [f"q{i}", f"a{i}"])
+        await cache.commit_turn(after, messages, session.version)
+        session = after
+        committed.append(messages)
+    return reads, committed
+
+
+async def test_a_session_in_use_reads_the_same_message_objects_turn_after_turn(
+    inner: SpyStore,
+) -> None:
+    cache = CachedStore(inner, 1_000_000)
+    session, messages = with_history(new_session(), *(f"old{i}" for i in range(30)))
+    await inner.create_session(session, messages)
+    assert await cache.get_session(TENANT, "s1") == session
+    reads, committed = await _engine_turns(cache, session, 80, 20)
+    for i in range(79):
+        before, after = reads[i], reads[i + 1]
+        # The window moves by a turn; what both windows hold is the very same objects,
+        # and the turn's messages are the objects it committed.
+        assert all(a is b for a, b in zip(before[2:], after[:18], strict=True))
+        assert all(a is b for a, b in zip(after[18:], committed[i], strict=True))
+    assert inner.calls["recent_messages"] == 1
+    # Older messages were packed meanwhile, and still read back equal.
+    texts = [f"old{i}" for i in range(30)] + [t for i in range(80) for t in (f"q{i}", f"a{i}")]
+    whole = await cache.recent_messages(TENANT, "s1", 170)
+    assert [m.text for m in whole] == texts[-170:]
+    assert all(a is b for a, b in zip(whole[-20:-2], reads[-1][2:], strict=True))
+    assert [m.seq for m in await cache.list_messages(TENANT, "s1", 40, 3)] == [41, 42, 43]
+    assert inner.calls["recent_messages"] == 1
+    assert inner.calls["list_messages"] == 0
+
+
+async def test_a_session_demoted_to_the_packed_tier_reads_back_equal(inner: SpyStore) -> None:
+    cache = CachedStore(inner, 1_000_000, max_decoded_bytes=20_000)
+    rich = [
+        dataclass_replace(EVERY_PART_KIND, seq=0),
+        text_message(1, "plain ünïcödé 🚀 line\nbreak", role=Role.MODEL),
+    ]
+    sessions = []
+    for i in range(40):
+        session = new_session(f"s{i:02}").evolve(next_seq=2, message_count=2)
+        await cache.create_session(session, rich)
+        sessions.append(await commit(cache, session, f"q{i}", f"a{i}"))
+    stats = cache.stats
+    assert stats.decoded_bytes <= 20_000
+    assert 0 < stats.decoded_entries < stats.entries == 40
+    for session in sessions:
+        i = int(session.session_id[1:])
+        expected = [*rich, *turn_of(session.evolve(next_seq=2), [f"q{i}", f"a{i}"])[1]]
+        expected = [rules.quantize_message(m) for m in expected]
+        expected[2:] = [dataclass_replace(m, create_time=session.update_time) for m in expected[2:]]
+        assert await cache.recent_messages(TENANT, session.session_id) == expected
+        assert await cache.list_messages(TENANT, session.session_id, 0, 2) == expected[1:3]
+        assert cache.stats.decoded_bytes <= 20_000
+    assert inner.calls["recent_messages"] == inner.calls["list_messages"] == 0
+    # A demoted session read again is decoded once, then served as the same objects.
+    first = await cache.recent_messages(TENANT, "s00", 3)
+    again = await cache.recent_messages(TENANT, "s00", 3)
+    assert len(first) == 3
+    assert all(a is b for a, b in zip(first, again, strict=True))
+
+
+async def test_eviction_under_the_cap_holds_with_packed_sessions(inner: SpyStore) -> None:
+    max_bytes = 60_000
+    cache = CachedStore(inner, max_bytes)
+    sessions = []
+    for i in range(200):
+        session, messages = with_history(
+            new_session(f"s{i:03}"), *(f"m{k} of {i}" for k in range(20))
+        )
+        await cache.create_session(session, messages)
+        sessions.append(session)
+        await cache.recent_messages(TENANT, session.session_id, 20)
+        stats = cache.stats
+        assert stats.bytes <= max_bytes
+        # Only the session in use may be decoded beyond the decoded tier's share.
+        assert stats.decoded_bytes <= max_bytes // 8 or stats.decoded_entries == 1
+    assert cache.stats.evictions > 0
+    decoded_only = CachedStore(inner, max_bytes, max_decoded_bytes=max_bytes)
+    for session in sessions:
+        await decoded_only.recent_messages(TENANT, session.session_id, 20)
+        await decoded_only.get_session(TENANT, session.session_id)
+        await decoded_only.recent_messages(TENANT, session.session_id, 20)
+    # Packed, more sessions fit under the same cap than decoded.
+    assert cache.stats.entries > 2 * decoded_only.stats.entries
+    for session in sessions[-cache.stats.entries :]:
+        inner.calls.clear()
+        texts = [m.text for m in await cache.recent_messages(TENANT, session.session_id)]
+        assert texts == [f"m{k} of {int(session.session_id[1:])}" for k in range(20)]
+        assert inner.calls == Counter()
+
+
+async def test_a_session_bigger_than_the_decoded_share_stays_decoded_while_in_use(
+    inner: SpyStore,
+) -> None:
+    cache = CachedStore(inner, 1_000_000, max_decoded_bytes=1_000)
+    session = new_session()
+    await cache.create_session(session)
+    reads, committed = await _engine_turns(cache, session, 10, 20)
+    assert cache.stats.decoded_entries == 1
+    assert cache.stats.decoded_bytes > 1_000
+    assert all(a is b for a, b in zip(reads[-1][-2:], committed[-2], strict=True))
+    await cache.create_session(*with_history(new_session("s2"), "x", "y"))
+    await cache.recent_messages(TENANT, "s2", 20)  # now s2 is the one in use: s1 is packed
+    assert cache.stats.decoded_entries == 1
+    last = await cache.recent_messages(TENANT, "s1", 2)
+    assert last == committed[-1]
+    assert last[0] is not committed[-1][0]  # decoded again
+    assert inner.calls["recent_messages"] == 0
+
+
+async def test_a_history_too_big_to_pack_at_once_leaves_the_cache_and_reads_from_inner(
+    inner: SpyStore,
+) -> None:
+    cache = CachedStore(inner, 40_000_000, max_decoded_bytes=0)
+    big = [f"{i} " + "z" * 100_000 for i in range(20)]  # about 2 MB decoded
+    session, messages = with_history(new_session(), *big)
+    await cache.create_session(session, messages)
+    assert cache.stats.decoded_entries == 0
+    assert await history(cache, session) == big  # from inner: the tail was dropped
+    assert inner.calls["recent_messages"] == 1
+    assert await cache.get_session(TENANT, "s1") == session  # the session itself stays
+    assert inner.calls["get_session"] == 0
+    session = await commit(cache, session, "small")
+    assert [m.text for m in await cache.recent_messages(TENANT, "s1", 1)] == ["small"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
 
 from server.sessions.model import (
     Blob,
+    FinishReason,
     FunctionCall,
     GenerationConfig,
     Message,
@@ -139,3 +141,59 @@ def test_request_settings_media_resolution_and_modality_usage_round_trip() -> No
         ),
     )
     assert round_trip_message(message) == message
+
+
+PACKED_CASES = [
+    EVERY_PART_KIND,
+    Message(Role.USER, (Part(text="short"),), seq=3, create_time=1.5, turn_id="t"),
+    Message(Role.USER, (Part(text="line one\nline two \u2028 nul:\x00 lone:\ud800"),), seq=4),
+    Message(Role.USER, (Part(text="x"),), seq=5, usage=Usage()),
+    Message(Role.MODEL, (), seq=6, finish_reason=FinishReason.MAX_TOKENS),
+    Message(Role.MODEL, (Part(text="m"),), seq=7, model="gemini-test"),
+    Message(
+        Role.MODEL,
+        (Part(text="x"), Part(text="thought", thought=True)),
+        seq=8,
+        usage=Usage(
+            prompt_tokens=3,
+            total_tokens=3,
+            prompt_details=(("TEXT", 1), ("IMAGE", 2)),
+            tool_use_prompt_details=(("TEXT", 9),),
+            traffic_type="ON_DEMAND",
+        ),
+        candidate_metadata={"avgLogprobs": -0.5, "finishMessage": "done\n"},
+    ),
+    Message(Role.MODEL, (Part(text="u"),), seq=9, usage=Usage(candidates_tokens=5)),
+    Message(
+        Role.MODEL,
+        (Part(function_call=FunctionCall("c", "f", {"big": 2**70, "inf": float("inf")})),),
+        seq=10,
+        candidate_metadata={"score": float("-inf")},
+    ),
+]
+
+
+def test_packed_messages_round_trip_every_field() -> None:
+    data = codec.pack_messages(PACKED_CASES)
+    assert data.count(b"\n") == len(PACKED_CASES) - 1  # one line per message
+    assert codec.unpack_messages(data) == PACKED_CASES
+    assert codec.packed_seqs(data) == [m.seq for m in PACKED_CASES]
+    for i in range(len(PACKED_CASES)):  # each line stands alone
+        line = data.split(b"\n")[i]
+        assert codec.unpack_messages(line) == [PACKED_CASES[i]]
+    assert codec.pack_messages([]) == b""
+    assert codec.unpack_messages(b"") == []
+
+
+def test_packed_messages_of_one_turn_share_their_strings() -> None:
+    turn = [
+        Message(Role.USER, (Part(text="q"),), seq=0, turn_id="turn-0", model=""),
+        Message(Role.MODEL, (Part(text="a"),), seq=1, turn_id="turn-0", model="echo"),
+        Message(Role.MODEL, (Part(text="b"),), seq=2, turn_id="turn-0", model="echo"),
+    ]
+    back = codec.unpack_messages(codec.pack_messages(turn))
+    assert back == turn
+    assert back[0].turn_id is back[1].turn_id is back[2].turn_id
+    assert back[1].model is back[2].model
+    zero = codec.unpack_messages(codec.pack_messages([replace(turn[0], usage=Usage())]))
+    assert zero[0].usage is codec.ZERO_USAGE
