@@ -66,6 +66,11 @@ class CachedStore:
     decoded when read. A session read turn after turn gets the same `Message` objects
     every time, while it stays in the decoded tier. Sizes are estimates of the real
     bytes held (`sizes`), and the whole cache, both tiers, stays under `max_bytes`.
+
+    A session's cached tail holds at most `max_tail_messages` messages and a quarter of
+    `max_bytes`: a session that sends its whole history every turn (no window) is served
+    from the cache up to that length, so its messages stay the same objects turn after
+    turn (what a provider's per-message encoding relies on).
     """
 
     def __init__(
@@ -73,7 +78,7 @@ class CachedStore:
         inner: SessionStore,
         max_bytes: int,
         *,
-        max_tail_messages: int = 1000,
+        max_tail_messages: int = 10_000,
         shared: bool = False,
         max_decoded_bytes: int | None = None,
     ) -> None:
