@@ -528,8 +528,7 @@ def normalized(chunk: ModelChunk, vertex: bool | None = None) -> ModelChunk:
     metadata = chunk.candidate_metadata
     if vertex is not None:
         metadata = as_sdk_reads(metadata, vertex)
-    return replace(
-        chunk,
+    return chunk._replace(
         parts=tuple(
             replace(p, gemini_part=decoded(p.gemini_part)) if p.gemini_part is not None else p
             for p in chunk.parts
