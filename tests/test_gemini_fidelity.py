@@ -229,15 +229,17 @@ CANDIDATE = {
     },
     "safetyRatings": [{"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"}],
     "citationMetadata": {"citationSources": [{"startIndex": 0, "endIndex": 4, "uri": "https://d"}]},
+    "finishMessage": "Grounded in two sources.",
 }
 
 
 async def test_candidate_metadata_reaches_reply_and_stored_message_typed_and_whole(
     gemini_chatd: Chatd, fake_gemini: FakeGemini
 ) -> None:
-    """Grounding sources and supports, URL context, safety ratings and citations: typed on
-    the Reply and on the stored model message, whole in `json`. (google-genai 3.6.1 drops
-    `finishMessage` when it reads a Gemini API response, so it never reaches chatd.)"""
+    """Grounding sources and supports, URL context, safety ratings, citations and the
+    finish message: typed on the Reply and on the stored model message, whole in `json`.
+    (google-genai 3.6.1 drops `finishMessage` when it reads a Gemini API response; chatd
+    reads the answer itself and keeps it.)"""
     await new_session(gemini_chatd)
     fake_gemini.push(Reply(text="grounded", chunks=2, candidate=CANDIDATE))
     reply = await send(gemini_chatd, "look it up")
@@ -254,6 +256,7 @@ async def test_candidate_metadata_reaches_reply_and_stored_message_typed_and_who
         assert metadata.url_context_metadata.url_metadata[0].retrieved_url == "https://c.example"
         assert metadata.safety_ratings[0].category == "HARM_CATEGORY_HARASSMENT"
         assert metadata.citation_metadata.citations[0].uri == "https://d"
+        assert metadata.finish_message == "Grounded in two sources."
         whole = json.loads(metadata.json)
         assert whole["groundingMetadata"] == CANDIDATE["groundingMetadata"]
         # Kept as the Gemini API sent it (google-genai would rename it `citations`).
