@@ -20,10 +20,17 @@ MESSAGE_COLUMNS = "seq, turn_id, role, create_time, body"
 REQUEST_COLUMNS = "tenant, request_id, fingerprint, result, create_time"
 
 
-def session_values(s: Session) -> tuple[Any, ...]:
-    """Every SESSION_COLUMNS value after (tenant, session_id), in order."""
+def session_values(s: Session, settings: str | None = None) -> tuple[Any, ...]:
+    """Every SESSION_COLUMNS value after (tenant, session_id), in order; `settings` is the
+    settings' JSON when the caller has it already."""
+    if settings is None:
+        settings = codec.dumps(codec.settings_to_dict(s.settings))
+    return (settings, *session_state_values(s))
+
+
+def session_state_values(s: Session) -> tuple[Any, ...]:
+    """The SESSION_COLUMNS values after the settings, in order."""
     return (
-        codec.dumps(codec.settings_to_dict(s.settings)),
         rules.to_micros(s.create_time),
         rules.to_micros(s.update_time),
         rules.expire_micros(s),

@@ -132,17 +132,7 @@ def update_values(s: Session, expected_version: int, first_new_seq: int) -> tupl
     """Parameters of UPDATE_SESSION: a write at s.update_time needs the stored session
     alive then. The same values as rows.session_values, the settings' JSON memoized."""
     return (
-        settings_json(s.settings),
-        rules.to_micros(s.create_time),
-        rules.to_micros(s.update_time),
-        rules.expire_micros(s),
-        s.message_count,
-        s.next_seq,
-        codec.dumps(codec.usage_to_dict(s.usage)),
-        s.state.value,
-        codec.pending_to_json(s.pending),
-        s.version,
-        s.uid,
+        *session_values(s, settings_json(s.settings)),
         s.tenant,
         s.session_id,
         expected_version,
