@@ -82,7 +82,9 @@ def build_provider(settings: Settings) -> ModelProvider:
         notice=f"replies repeat your message {NOTICE}",
     )
     return EchoProvider(
-        default_model=settings.default_model or "echo", delay=settings.echo_delay_ms / 1000
+        default_model=settings.default_model or "echo",
+        delay=settings.echo_delay_ms / 1000,
+        words_per_chunk=settings.echo_words_per_chunk,
     )
 
 

@@ -30,6 +30,7 @@ class Settings:
     postgres_schema: str = ""
     postgres_max_connections: int = 10
     echo_delay_ms: float = 0.0
+    echo_words_per_chunk: int = 4
     log_format: str = "auto"
     log_level: str = "info"
     max_message_bytes: int = 8 * 1024 * 1024
@@ -110,6 +111,12 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         "connection pool size per replica",
     ),
     ("echo_delay_ms", "--echo-delay-ms", ("CHATD_ECHO_DELAY_MS",), "echo delay per delta"),
+    (
+        "echo_words_per_chunk",
+        "--echo-words-per-chunk",
+        ("CHATD_ECHO_WORDS_PER_CHUNK",),
+        "words per echo delta",
+    ),
     (
         "log_format",
         "--log-format",
@@ -311,6 +318,8 @@ def validate(settings: Settings) -> None:
     for name in ("grace_period", "cache_max_bytes", "echo_delay_ms"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{name} must not be negative")
+    if settings.echo_words_per_chunk < 1:
+        raise SettingsError("CHATD_ECHO_WORDS_PER_CHUNK must be at least 1")
     if settings.postgres_max_connections < 1:
         raise SettingsError("CHATD_POSTGRES_MAX_CONNECTIONS must be at least 1")
     if settings.sweep_interval <= 0 or settings.request_id_window <= 0:

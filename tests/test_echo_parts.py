@@ -5,7 +5,7 @@ from __future__ import annotations
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import session_pb2
 from server.providers.echo import CODE_NOT_RUN
-from tests.conftest import Chatd
+from tests.conftest import Chatd, StartChatd
 from tests.helpers import all_messages
 
 
@@ -32,3 +32,19 @@ async def test_code_lines_give_code_execution_parts_as_part_events(chatd: Chatd)
         "executable_code",
         "code_execution_result",
     ]
+
+
+async def test_echo_deltas_hold_the_configured_number_of_words(start_chatd: StartChatd) -> None:
+    """CHATD_ECHO_WORDS_PER_CHUNK sets how many words each text delta carries (4 by
+    default, as Gemini streams phrases); the reply is the same text either way."""
+    texts: dict[int, list[str]] = {}
+    for words in (1, 4):
+        chatd = await start_chatd(echo_words_per_chunk=words)
+        await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="w"))
+        request = pb.StreamReplyRequest(session_id="w", text="one two three four five")
+        events = [e async for e in chatd.stub.StreamReply(request)]
+        texts[words] = [e.text_delta.text for e in events if e.HasField("text_delta")]
+    assert "".join(texts[1]) == "".join(texts[4])
+    assert max(len(t.split()) for t in texts[1]) == 1
+    assert max(len(t.split()) for t in texts[4]) == 4
+    assert len(texts[1]) > len(texts[4])

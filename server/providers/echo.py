@@ -25,10 +25,15 @@ from server.sessions.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 NOTICE = "(chatd echo provider, not a language model)"
 
-# A streamed chunk is a phrase of up to this many words, as Gemini streams phrases rather
-# than single words.
+# A streamed chunk is a phrase of up to this many words by default, as Gemini streams
+# phrases rather than single words (CHATD_ECHO_WORDS_PER_CHUNK).
 WORDS_PER_CHUNK = 4
-_PHRASES = re.compile(rf"(?:\S+\s*){{1,{WORDS_PER_CHUNK}}}|\s+")
+
+
+def _phrases(words: int) -> re.Pattern[str]:
+    return re.compile(rf"(?:\S+\s*){{1,{words}}}|\s+")
+
+
 # `/call NAME {json args}` on a line of its own asks for a function call.
 _CALL = re.compile(r"^/call\s+(?P<name>\S+)\s*(?P<args>.*?)\s*$", re.MULTILINE)
 CALL_USAGE = 'usage: /call <function> {"arg": "value"} (one call per line)'
@@ -72,16 +77,25 @@ def _describe(part: Part) -> str:
 
 class EchoProvider:
     """Repeats the user's last message, says how much history it was sent, and streams it
-    a few words (WORDS_PER_CHUNK) at a time.
+    a few words at a time (`words_per_chunk`, WORDS_PER_CHUNK by default).
 
     A line `/call NAME {"arg": ...}` in the message makes it call function NAME instead
     (several lines: several calls at once); given the results, it reports them. `delay`
     seconds pass before each delta, to make streaming visible by hand.
     """
 
-    def __init__(self, *, default_model: str = "echo", delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        default_model: str = "echo",
+        delay: float = 0.0,
+        words_per_chunk: int = WORDS_PER_CHUNK,
+    ) -> None:
+        if words_per_chunk < 1:
+            raise ValueError("words_per_chunk must be at least 1")
         self._default_model = default_model
         self._delay = delay
+        self._phrases = _phrases(words_per_chunk)
 
     @property
     def name(self) -> str:
@@ -153,7 +167,7 @@ class EchoProvider:
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         reply = self.reply(request)
         if isinstance(reply, str):
-            for phrase in _PHRASES.findall(reply):
+            for phrase in self._phrases.findall(reply):
                 if self._delay:
                     await asyncio.sleep(self._delay)
                 yield ModelChunk(parts=(Part(text=phrase),))
