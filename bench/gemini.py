@@ -247,10 +247,13 @@ async def paced(tmp: Path, say: Any) -> dict[str, Any]:
     result["rss_bytes_per_stream"] = per_stream
     result["added_gap_p50_ms"] = result["gap_p50_ms"] - PACE * 1e3
     result["added_gap_p99_ms"] = result["gap_p99_ms"] - PACE * 1e3
+    result["added_steady_gap_p99_ms"] = result["steady_gap_p99_ms"] - PACE * 1e3
     say(
         f"  paced: {PACED_STREAMS} streams in {result['seconds']:.2f} s, {result['gaps']} gaps:"
         f" p50 {result['gap_p50_ms']:.1f} p99 {result['gap_p99_ms']:.1f}"
         f" max {result['gap_max_ms']:.1f} ms (fake's pace {PACE * 1e3:.0f} ms);"
+        f" once all started p99 {result['steady_gap_p99_ms']:.1f} ms;"
+        f" chatd CPU {result['server_cpu_share']:.2f} cores;"
         f" first delta p50 {result['first_delta_p50_ms']:.0f} p99"
         f" {result['first_delta_p99_ms']:.0f} ms; RSS {result['rss_before'] / 2**20:.1f} ->"
         f" {result['rss_peak'] / 2**20:.1f} MiB ({per_stream / 1024:.1f} KB per stream);"
@@ -368,6 +371,9 @@ def _results(
     lag = p["upstream"]["loop_lag_ms"]["p99"]
     checks.append(info(scenario, "fake's own loop lag p99 ms", lag))
     checks.append(info(scenario, "first delta p99 ms", p["first_delta_p99_ms"]))
+    # The gaps after every stream's first delta: no turn starting any more.
+    checks.append(info(scenario, "added gap p99 ms once all started", p["added_steady_gap_p99_ms"]))
+    checks.append(info(scenario, "chatd CPU (cores) while paced", p["server_cpu_share"]))
     checks.append(below(scenario, "RSS KB per stream", p["rss_bytes_per_stream"] / 1024, 64))
     # chatd may not have all 200 upstream at once (it starts them as fast as its CPU lets
     # it); the same RSS growth divided by the most the fake saw at once.
