@@ -148,7 +148,7 @@ def needs_v1beta(messages: Sequence[Message]) -> bool:
     memo = _MEMO
     for m in messages:
         entry = memo.get(id(m))
-        if entry is None or entry.ref() is not m:
+        if entry is None or entry() is not m:
             entry = _entry(m)
         if entry.media_resolution:
             return True
@@ -403,15 +403,22 @@ def _has_media_resolution(message: Message) -> bool:
 _NOTHING: Final = b""
 
 
-class _Entry:
-    """What chatd keeps about one live Message: its encoded Content per variant (Gemini API
-    or Vertex AI, signed or with signatures dropped), its unsigned copy, and whether it
-    asks for per-part media resolution."""
+class _Entry(weakref.ref[Message]):
+    """What chatd keeps about one live Message, as the weak reference to it: its encoded
+    Content per variant (Gemini API or Vertex AI, signed or with signatures dropped), its
+    unsigned copy, and whether it asks for per-part media resolution.
 
-    __slots__ = ("_unsigned", "encoded", "media_resolution", "ref")
+    One object a message (not an entry beside a weakref and a callback closure): it lives
+    as long as its message, for every message of every cached session, and a full
+    garbage collection walks each of them."""
 
-    def __init__(self, ref: weakref.ref[Message], message: Message) -> None:
-        self.ref = ref
+    __slots__ = ("_unsigned", "encoded", "key", "media_resolution")
+
+    def __new__(cls, message: Message) -> _Entry:
+        return super().__new__(cls, message, _forget)
+
+    def __init__(self, message: Message) -> None:
+        self.key = id(message)
         # Index: 2 * vertex + unsigned; None until encoded.
         self.encoded: list[bytes | None] = [None, None, None, None]
         self.media_resolution = _has_media_resolution(message)
@@ -426,20 +433,19 @@ class _Entry:
 _MEMO: dict[int, _Entry] = {}
 
 
-def _forget(key: int, ref: weakref.ref[Message]) -> None:
+def _forget(entry: weakref.ref[Message]) -> None:
     """The weakref callback of a collected message: its entry goes (CPython calls it before
     the object's memory, and so its id, can be reused)."""
-    entry = _MEMO.get(key)
-    if entry is not None and entry.ref is ref:
-        _MEMO.pop(key, None)
+    assert isinstance(entry, _Entry)
+    if _MEMO.get(entry.key) is entry:
+        _MEMO.pop(entry.key, None)
 
 
 def _entry(message: Message) -> _Entry:
     key = id(message)
     entry = _MEMO.get(key)
-    if entry is None or entry.ref() is not message:
-        ref = weakref.ref(message, lambda r, key=key: _forget(key, r))  # type: ignore[misc]
-        entry = _MEMO[key] = _Entry(ref, message)
+    if entry is None or entry() is not message:
+        entry = _MEMO[key] = _Entry(message)
     return entry
 
 
@@ -598,7 +604,7 @@ class RequestEncoder:
             if m.role is model_role and m.model and m.model != model:
                 variant += 1
             entry = memo.get(id(m))
-            if entry is not None and entry.ref() is m:
+            if entry is not None and entry() is m:
                 encoded = entry.encoded[variant]
                 if encoded is None:
                     encoded = _encoded(m, vertex, bool(variant & 1))
