@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +219,19 @@ async def _history(
     return levels
 
 
-async def paced(tmp: Path, say: Any) -> dict[str, Any]:
-    """200 concurrent StreamReply calls while the fake paces every reply at 20 chunks/s."""
+async def paced(
+    tmp: Path, say: Any, during: Callable[[Server], Awaitable[None]] | None = None
+) -> dict[str, Any]:
+    """200 concurrent StreamReply calls while the fake paces every reply at 20 chunks/s.
+
+    `during(server)`, if given, runs beside the 200 calls (bench.paced's probes); its
+    server runs `python -m bench.chatd_probe` instead of `python -m server`."""
     fake = await FakeUpstream(PACE, tmp / "fake-paced.log").start()
     try:
-        server = await gemini_chatd(tmp, "gemini-paced", fake).start()
+        server = gemini_chatd(tmp, "gemini-paced", fake)
+        if during is not None:
+            server.args[server.args.index("server")] = "bench.chatd_probe"
+        await server.start()
         client = Chatd(server.address)
         try:
             ids = await build_sessions(client, "paced", PACED_STREAMS + 4, HISTORIES[0])
@@ -235,7 +244,10 @@ async def paced(tmp: Path, say: Any) -> dict[str, Any]:
             busy_before = await QUIET.wait()
             await fake.stats()
             load = {**base, "payloads": encode(stream_payloads(ids[4:], USER_TEXT))}
-            result = await run_load(load)
+            if during is None:
+                result = await run_load(load)
+            else:
+                result, _ = await asyncio.gather(run_load(load), during(server))
             result["upstream"] = await fake.stats()
             result["busy_before"] = busy_before
         finally:
