@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +219,19 @@ async def _history(
     return levels
 
 
-async def paced(tmp: Path, say: Any) -> dict[str, Any]:
-    """200 concurrent StreamReply calls while the fake paces every reply at 20 chunks/s."""
+async def paced(
+    tmp: Path, say: Any, during: Callable[[Server], Awaitable[None]] | None = None
+) -> dict[str, Any]:
+    """200 concurrent StreamReply calls while the fake paces every reply at 20 chunks/s.
+
+    `during(server)`, if given, runs beside the 200 calls (bench.paced's probes); its
+    server runs `python -m bench.chatd_probe` instead of `python -m server`."""
     fake = await FakeUpstream(PACE, tmp / "fake-paced.log").start()
     try:
-        server = await gemini_chatd(tmp, "gemini-paced", fake).start()
+        server = gemini_chatd(tmp, "gemini-paced", fake)
+        if during is not None:
+            server.args[server.args.index("server")] = "bench.chatd_probe"
+        await server.start()
         client = Chatd(server.address)
         try:
             ids = await build_sessions(client, "paced", PACED_STREAMS + 4, HISTORIES[0])
@@ -235,7 +244,10 @@ async def paced(tmp: Path, say: Any) -> dict[str, Any]:
             busy_before = await QUIET.wait()
             await fake.stats()
             load = {**base, "payloads": encode(stream_payloads(ids[4:], USER_TEXT))}
-            result = await run_load(load)
+            if during is None:
+                result = await run_load(load)
+            else:
+                result, _ = await asyncio.gather(run_load(load), during(server))
             result["upstream"] = await fake.stats()
             result["busy_before"] = busy_before
         finally:
@@ -247,10 +259,13 @@ async def paced(tmp: Path, say: Any) -> dict[str, Any]:
     result["rss_bytes_per_stream"] = per_stream
     result["added_gap_p50_ms"] = result["gap_p50_ms"] - PACE * 1e3
     result["added_gap_p99_ms"] = result["gap_p99_ms"] - PACE * 1e3
+    result["added_steady_gap_p99_ms"] = result["steady_gap_p99_ms"] - PACE * 1e3
     say(
         f"  paced: {PACED_STREAMS} streams in {result['seconds']:.2f} s, {result['gaps']} gaps:"
         f" p50 {result['gap_p50_ms']:.1f} p99 {result['gap_p99_ms']:.1f}"
         f" max {result['gap_max_ms']:.1f} ms (fake's pace {PACE * 1e3:.0f} ms);"
+        f" once all started p99 {result['steady_gap_p99_ms']:.1f} ms;"
+        f" chatd CPU {result['server_cpu_share']:.2f} cores;"
         f" first delta p50 {result['first_delta_p50_ms']:.0f} p99"
         f" {result['first_delta_p99_ms']:.0f} ms; RSS {result['rss_before'] / 2**20:.1f} ->"
         f" {result['rss_peak'] / 2**20:.1f} MiB ({per_stream / 1024:.1f} KB per stream);"
@@ -368,6 +383,9 @@ def _results(
     lag = p["upstream"]["loop_lag_ms"]["p99"]
     checks.append(info(scenario, "fake's own loop lag p99 ms", lag))
     checks.append(info(scenario, "first delta p99 ms", p["first_delta_p99_ms"]))
+    # The gaps after every stream's first delta: no turn starting any more.
+    checks.append(info(scenario, "added gap p99 ms once all started", p["added_steady_gap_p99_ms"]))
+    checks.append(info(scenario, "chatd CPU (cores) while paced", p["server_cpu_share"]))
     checks.append(below(scenario, "RSS KB per stream", p["rss_bytes_per_stream"] / 1024, 64))
     # chatd may not have all 200 upstream at once (it starts them as fast as its CPU lets
     # it); the same RSS growth divided by the most the fake saw at once.

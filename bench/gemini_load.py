@@ -33,7 +33,7 @@ from google import genai
 from google.genai import types
 
 from bench.load import CALL_TIMEOUT, percentile
-from bench.procs import HOST, machine_busy_seconds, rss_bytes, run
+from bench.procs import HOST, cpu_seconds, machine_busy_seconds, rss_bytes, run
 from chatd.v1 import chat_service_pb2 as pb
 
 STREAM = "/chatd.v1.ChatService/StreamReply"
@@ -142,7 +142,11 @@ async def _sdk(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _paced_stream(
-    call: Any, payload: bytes, started: float, gaps: list[float], firsts: list[float]
+    call: Any,
+    payload: bytes,
+    started: float,
+    gaps: list[tuple[float, float]],
+    firsts: list[float],
 ) -> int:
     last = 0.0
     deltas = 0
@@ -151,7 +155,7 @@ async def _paced_stream(
             continue
         now = time.perf_counter()
         if deltas:
-            gaps.append(now - last)
+            gaps.append((now - last, now - started))
         else:
             firsts.append(now - started)
         last = now
@@ -172,22 +176,24 @@ async def _paced(job: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("the load generator only targets 127.0.0.1")
     payloads = [base64.b64decode(p) for p in job["payloads"]]
     pid = job["server_pid"]
-    gaps: list[float] = []
+    timed: list[tuple[float, float]] = []  # (gap, when it ended), seconds from the start
     firsts: list[float] = []
     errors: Counter[str] = Counter()
     async with grpc.aio.insecure_channel(job["address"]) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         call = channel.unary_stream(STREAM, response_deserializer=pb.StreamReplyResponse.FromString)
         rss_before = rss_bytes(pid)
+        cpu_before = cpu_seconds(pid)
         samples: list[int] = []
         done = asyncio.Event()
         sampler = asyncio.create_task(_sample_rss(pid, samples, done))
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(_paced_stream(call, p, started, gaps, firsts) for p in payloads),
+            *(_paced_stream(call, p, started, timed, firsts) for p in payloads),
             return_exceptions=True,
         )
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu_before
         done.set()
         await sampler
     deltas = Counter[int]()
@@ -197,7 +203,11 @@ async def _paced(job: dict[str, Any]) -> dict[str, Any]:
             errors[name] += 1
         else:
             deltas[result] += 1
-    gaps.sort()
+    gaps = sorted(gap for gap, _ in timed)
+    # Once every stream has had its first delta, no turn is starting any more: the gaps
+    # after that are the steady state of 200 streams in flight.
+    all_started = max(firsts, default=0.0)
+    steady = sorted(gap for gap, at in timed if at - gap >= all_started)
     firsts.sort()
     peak = max(samples, default=rss_before)
     return {
@@ -209,6 +219,9 @@ async def _paced(job: dict[str, Any]) -> dict[str, Any]:
         "gap_p50_ms": percentile(gaps, 0.50) * 1e3,
         "gap_p99_ms": percentile(gaps, 0.99) * 1e3,
         "gap_max_ms": (gaps[-1] if gaps else 0.0) * 1e3,
+        "steady_gaps": len(steady),
+        "steady_gap_p99_ms": percentile(steady, 0.99) * 1e3,
+        "server_cpu_share": cpu / elapsed,
         "first_delta_p50_ms": percentile(firsts, 0.50) * 1e3,
         "first_delta_p99_ms": percentile(firsts, 0.99) * 1e3,
         "rss_before": rss_before,

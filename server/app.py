@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
 from server.config import Settings
-from server.malloc import Trimmer
+from server.malloc import Trimmer, freeze_start_up
 from server.metrics import (
     InstrumentedProvider,
     InstrumentedStore,
@@ -318,6 +318,7 @@ async def start(
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
     running = await start(settings)
+    freeze_start_up()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
