@@ -26,6 +26,7 @@ from server.metrics import (
 from server.providers.echo import NOTICE, EchoProvider
 from server.redact import redact_url
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots, parse_keys
+from server.rpc.health import DrainingHealth
 from server.rpc.interceptors import Admission, ErrorsAndLogging
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import ChatdError
@@ -259,7 +260,7 @@ async def start(
         options=server_options(settings),
     )
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
