@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from server.sessions.fast_json import loads_exact
 from server.sessions.model import (
     Blob,
     BuiltinTools,
@@ -558,8 +559,8 @@ def unpack_messages(data: bytes) -> list[Message]:
     if not data:
         return []
     try:
-        records = orjson.loads(b"[" + data.replace(b"\n", b",") + b"]")
-    except orjson.JSONDecodeError:  # lone surrogates, NaN, integers beyond 64 bits
+        records = loads_exact(b"[" + data.replace(b"\n", b",") + b"]")
+    except ValueError:  # lone surrogates, NaN and infinities (written by _RECORD_ENCODER)
         records = loads("[" + data.decode(_UTF8, _SURROGATES).replace("\n", ",") + "]")
     out: list[Message] = []
     turn_id = model = ""

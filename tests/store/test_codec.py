@@ -197,3 +197,22 @@ def test_packed_messages_of_one_turn_share_their_strings() -> None:
     assert back[1].model is back[2].model
     zero = codec.unpack_messages(codec.pack_messages([replace(turn[0], usage=Usage())]))
     assert zero[0].usage is codec.ZERO_USAGE
+
+
+def test_packed_integers_beyond_64_bits_stay_exact() -> None:
+    """An integer too big for 64 bits in a call's arguments, with nothing else in the
+    history that orjson refuses, comes back exact (orjson alone would read a float)."""
+    big = 12345678901234567890123
+    messages = [
+        Message(Role.USER, (Part(text="order it"),), seq=1),
+        Message(
+            Role.MODEL,
+            (Part(function_call=FunctionCall("c", "order", {"id": big, "qty": 3})),),
+            seq=2,
+        ),
+    ]
+    back = codec.unpack_messages(codec.pack_messages(messages))
+    assert back == messages
+    call = back[1].parts[0].function_call
+    assert call is not None
+    assert type(call.args["id"]) is int

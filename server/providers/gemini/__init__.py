@@ -27,8 +27,6 @@ Only this package imports google.genai.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from server.providers.gemini.sse import sse_payloads
 from server.providers.gemini.upstream import map_api_error, map_auth_error, map_transport_error
 from server.providers.gemini.wire import RequestEncoder
 from server.sessions import errors
+from server.sessions.fast_json import loads_exact
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
 
 # Retried by the SDK before the first byte of a response; never in the middle of a stream.
@@ -284,17 +283,13 @@ def _chunk(event: dict[str, Any]) -> ModelChunk:
         ) from exc
 
 
-_LONG_DIGITS = re.compile(rb"\d{19}")
-
-
 async def _answer(payload: bytes, upstream: httpx2.Response) -> dict[str, Any]:
     """One SSE event's JSON. An error sent inside a 200 stream is raised as the SDK raises
     it (`async_request_streamed`); an event that is not a JSON object means the stream is
     broken."""
     try:
-        # orjson reads an integer beyond 64 bits as a float; the standard library keeps it
-        # exact, as google-genai's own parse did (a run of 19 digits may be one).
-        answer = json.loads(payload) if _LONG_DIGITS.search(payload) else orjson.loads(payload)
+        # Integers beyond 64 bits stay exact, as google-genai's own parse (json) kept them.
+        answer = loads_exact(payload)
     except ValueError as exc:
         raise errors.Unavailable(
             f"the Gemini API sent a stream event that is not JSON ({exc})",
