@@ -23,10 +23,11 @@ and nothing here changes it.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+import orjson
 
 from server.sessions import errors
 from server.sessions.model import Usage
@@ -38,17 +39,12 @@ _CONTINUATION = "CONTINUATION"
 
 
 def with_token(body: bytes, token: str | None) -> bytes:
-    """The request `body` (a JSON object) resumed from `token`: Gemini's
-    GenerateContentRequest takes it as the top-level `continuationToken`
+    """The request `body` (a JSON object) resumed from `token`, sent back as Gemini wrote
+    it: GenerateContentRequest takes it as the top-level `continuationToken`
     (google-genai's `_GenerateContentConfig_to_mldev` puts it there)."""
     if token is None:
         return body
-    quoted = base64.urlsafe_b64encode(base64.urlsafe_b64decode(_padded(token))).decode()
-    return body[:-1] + b',"continuationToken":"' + quoted.encode() + b'"}'
-
-
-def _padded(token: str) -> str:
-    return token.replace("+", "-").replace("/", "_") + "=" * (-len(token) % 4)
+    return body[:-1] + b',"continuationToken":' + orjson.dumps(token) + b"}"
 
 
 def add_usage(earlier: Usage, later: Usage) -> Usage:
