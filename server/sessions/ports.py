@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -67,6 +67,77 @@ class RequestRecord:
     create_time: float
 
 
+class ReplyState(enum.Enum):
+    """Where a reply (one run of a turn: one SendMessage or StreamReply) stands.
+
+    RUNNING is the only state that changes; the others are final.
+    """
+
+    RUNNING = "running"
+    # The turn paused for the caller's tool results; answering them starts a new reply.
+    AWAITING_TOOL_RESULTS = "awaiting_tool_results"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyError:
+    """Why a reply failed or was cancelled, as the gRPC status its stream ended with.
+
+    `code` is the gRPC status code's name ("UNAVAILABLE", "CANCELLED", ...); `reason` is
+    the google.rpc.ErrorInfo reason, when there was one.
+    """
+
+    code: str
+    message: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """A reply as stored under (tenant, reply_id).
+
+    `last_seq` is the sequence number of the last event stored with it (events are
+    numbered 1, 2, 3, ...). While RUNNING, `owner` names the replica running it and
+    `lease_expire_time` is when others may declare it failed if that replica has not
+    renewed the lease (it died). Times are seconds since the epoch, kept to the
+    microsecond.
+    """
+
+    tenant: str
+    session_id: str
+    reply_id: str
+    turn_id: str
+    request_id: str
+    background: bool
+    state: ReplyState
+    create_time: float
+    update_time: float
+    last_seq: int = 0
+    owner: str = ""
+    lease_expire_time: float | None = None
+    error: ReplyError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEvents:
+    """Consecutive events of one reply, sequence numbers first_seq..last_seq, encoded as
+    one opaque payload (the rpc layer's wire form: the store never reads it)."""
+
+    first_seq: int
+    last_seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyWrite:
+    """A reply's record as it is now, and the events stored since the last write."""
+
+    record: ReplyRecord
+    events: ReplyEvents | None = None
+
+
 class SessionStore(Protocol):
     """Durable sessions and their append-only history.
 
@@ -107,8 +178,8 @@ class SessionStore(Protocol):
         """At most `query.limit` sessions after `query.after`, in the query's order."""
 
     async def delete_session(self, tenant: str, session_id: str, uid: str | None = None) -> None:
-        """Removes the session and all its messages atomically. Raises NotFound, also when
-        `uid` is given and the stored session is another life of it."""
+        """Removes the session, all its messages and its replies atomically. Raises
+        NotFound, also when `uid` is given and the stored session is another life of it."""
 
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int | None = None
@@ -126,8 +197,13 @@ class SessionStore(Protocol):
         messages: Sequence[Message],
         expected_version: int,
         request: RequestRecord | None = None,
+        reply: ReplyWrite | None = None,
     ) -> None:
         """Atomically replaces the session row with `session` and appends `messages`.
+
+        With `reply`, the reply's record and events are written in the same transaction
+        (as put_reply does, but even over a record in a final state: the turn's stored
+        outcome is the truth).
 
         Requires session.version > expected_version and message seqs increasing from the
         stored next_seq up to below session.next_seq. Raises Conflict (and writes nothing)
@@ -141,8 +217,8 @@ class SessionStore(Protocol):
         NotFound as in commit_turn)."""
 
     async def delete_expired(self, now: float, limit: int) -> int:
-        """Deletes at most `limit` sessions (with their messages) whose expire_time is at
-        or before `now`; how many it deleted."""
+        """Deletes at most `limit` sessions (with their messages and replies) whose
+        expire_time is at or before `now`; how many it deleted."""
 
     async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None: ...
 
@@ -153,8 +229,59 @@ class SessionStore(Protocol):
     async def delete_requests_before(self, time: float, limit: int) -> int:
         """Forgets at most `limit` request records created before `time`; how many."""
 
+    async def put_reply(self, write: ReplyWrite) -> bool:
+        """Creates or replaces the reply's record and appends its events, atomically.
+
+        Returns False, writing nothing, if the stored record is already in a final state
+        (the reply ended, or another replica declared it failed). Events must continue
+        the stored ones (first_seq == stored last_seq + 1).
+        """
+
+    async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None: ...
+
+    async def list_replies(
+        self, tenant: str, session_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[ReplyRecord]:
+        """At most `limit` of the session's replies, newest first: ordered by (create_time,
+        reply_id) descending, after the cursor `before` (a (create_time, reply_id) pair)."""
+
+    async def reply_events(self, tenant: str, reply_id: str, after_seq: int) -> list[ReplyEvents]:
+        """The reply's stored event payloads holding events after `after_seq`, in order
+        (the first may begin at or before after_seq: the caller skips those)."""
+
+    async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
+        """Extends the lease of every RUNNING reply of `owner`; how many."""
+
+    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+        """Marks at most `limit` RUNNING replies whose lease expired at or before `now` as
+        FAILED with `error` (update_time = now, owner and lease cleared); how many."""
+
+    async def delete_replies_before(self, time: float, limit: int) -> int:
+        """Forgets at most `limit` replies in a final state last updated before `time`,
+        with their events; how many."""
+
     async def close(self) -> None:
         """Flushes and releases resources; the store is unusable afterwards."""
+
+
+class ReplyBus(Protocol):
+    """Small messages to every replica sharing the store, this one included.
+
+    With PostgreSQL it is LISTEN/NOTIFY on the shared database; with a store of one
+    process it delivers in process. Delivery is at most once: a message sent while a
+    replica is disconnected is lost to it, so receivers also poll the store.
+    """
+
+    async def start(self) -> None:
+        """Begins delivering messages to the subscribers."""
+
+    async def publish(self, message: JSONObject) -> None:
+        """Sends `message` (a JSON object, at most 4000 bytes encoded) to every replica."""
+
+    def subscribe(self, listener: Callable[[JSONObject], None]) -> None:
+        """Calls `listener` on the event loop with each message, in publish order per sender."""
+
+    async def close(self) -> None: ...
 
 
 # ----------------------------------------------------------------------------- models
