@@ -11,7 +11,9 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +24,44 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReplyState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReplyStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplyState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPLY_STATE_UNSPECIFIED: _ReplyState.ValueType  # 0
+    REPLY_STATE_RUNNING: _ReplyState.ValueType  # 1
+    """The turn is running (or about to): more events will come."""
+    REPLY_STATE_AWAITING_TOOL_RESULTS: _ReplyState.ValueType  # 2
+    """The turn paused for the caller's tool results (see Reply.pending_tool_calls);
+    sending them starts a new reply.
+    """
+    REPLY_STATE_COMPLETED: _ReplyState.ValueType  # 3
+    """The turn ended and was stored (see Reply.not_stored for empty answers)."""
+    REPLY_STATE_FAILED: _ReplyState.ValueType  # 4
+    """The turn failed; nothing of it was stored. `error` says why."""
+    REPLY_STATE_CANCELLED: _ReplyState.ValueType  # 5
+    """CancelReply, or the caller's disconnect, stopped it; nothing was stored."""
+
+class ReplyState(_ReplyState, metaclass=_ReplyStateEnumTypeWrapper):
+    """Where a reply stands."""
+
+REPLY_STATE_UNSPECIFIED: ReplyState.ValueType  # 0
+REPLY_STATE_RUNNING: ReplyState.ValueType  # 1
+"""The turn is running (or about to): more events will come."""
+REPLY_STATE_AWAITING_TOOL_RESULTS: ReplyState.ValueType  # 2
+"""The turn paused for the caller's tool results (see Reply.pending_tool_calls);
+sending them starts a new reply.
+"""
+REPLY_STATE_COMPLETED: ReplyState.ValueType  # 3
+"""The turn ended and was stored (see Reply.not_stored for empty answers)."""
+REPLY_STATE_FAILED: ReplyState.ValueType  # 4
+"""The turn failed; nothing of it was stored. `error` says why."""
+REPLY_STATE_CANCELLED: ReplyState.ValueType  # 5
+"""CancelReply, or the caller's disconnect, stopped it; nothing was stored."""
+Global___ReplyState: _TypeAlias = ReplyState  # noqa: Y015
 
 @_typing.final
 class CreateSessionRequest(_message.Message):
@@ -592,11 +632,17 @@ class SendMessageRequest(_message.Message):
     TOOL_RESULTS_FIELD_NUMBER: _builtins.int
     GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     text: _builtins.str
     """The user's message as plain text. Exclusive with `parts`."""
     request_id: _builtins.str
     """Idempotency key: a retry with the same id returns the first reply."""
+    background: _builtins.bool
+    """Run the turn in the background and return at once: the response's
+    reply carries only reply_id. Follow it with StreamReply(reply_id) or
+    GetReply; it completes and is stored whether or not anyone follows.
+    """
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.Part]:
         """The user's message as parts (text, inline data, file data)."""
@@ -618,10 +664,11 @@ class SendMessageRequest(_message.Message):
         tool_results: _abc.Iterable[Global___ToolResult] | None = ...,
         generation_config: _session_pb2.GenerationConfig | None = ...,
         request_id: _builtins.str = ...,
+        background: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config", "parts", b"parts", "request_id", b"request_id", "session_id", b"session_id", "text", b"text", "tool_results", b"tool_results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "generation_config", b"generation_config", "parts", b"parts", "request_id", b"request_id", "session_id", b"session_id", "text", b"text", "tool_results", b"tool_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,6 +694,7 @@ class Reply(_message.Message):
     NO_CONTENT_REASON_FIELD_NUMBER: _builtins.int
     UNSTORED_MESSAGE_FIELD_NUMBER: _builtins.int
     PROMPT_FEEDBACK_FIELD_NUMBER: _builtins.int
+    REPLY_ID_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     text: _builtins.str
     """The final answer's text (thoughts excluded)."""
@@ -670,6 +718,8 @@ class Reply(_message.Message):
     """With `no_content`: a readable explanation (finish reason, Gemini's finish
     message or block reason, and whether the turn was stored).
     """
+    reply_id: _builtins.str
+    """The reply's id: GetReply, CancelReply and StreamReply(reply_id) take it."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.Message]:
         """Every message the turn added, in order: the user's message or tool
@@ -717,10 +767,11 @@ class Reply(_message.Message):
         no_content_reason: _builtins.str = ...,
         unstored_message: _content_pb2.Message | None = ...,
         prompt_feedback: _content_pb2.PromptFeedback | None = ...,
+        reply_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "prompt_feedback", b"prompt_feedback", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "finish_reason", b"finish_reason", "messages", b"messages", "model", b"model", "no_content", b"no_content", "no_content_reason", b"no_content_reason", "not_stored", b"not_stored", "pending_tool_calls", b"pending_tool_calls", "prompt_feedback", b"prompt_feedback", "text", b"text", "turn_id", b"turn_id", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_reason", b"block_reason", "candidate_metadata", b"candidate_metadata", "finish_reason", b"finish_reason", "messages", b"messages", "model", b"model", "no_content", b"no_content", "no_content_reason", b"no_content_reason", "not_stored", b"not_stored", "pending_tool_calls", b"pending_tool_calls", "prompt_feedback", b"prompt_feedback", "reply_id", b"reply_id", "text", b"text", "turn_id", b"turn_id", "unstored_message", b"unstored_message", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -756,9 +807,26 @@ class StreamReplyRequest(_message.Message):
     TOOL_RESULTS_FIELD_NUMBER: _builtins.int
     GENERATION_CONFIG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REPLY_ID_FIELD_NUMBER: _builtins.int
+    STARTING_AFTER_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     text: _builtins.str
     request_id: _builtins.str
+    reply_id: _builtins.str
+    """Resume: stream this reply's events instead of starting a turn. The
+    events after `starting_after` are replayed, then the stream continues
+    live until the reply ends; a reply that already ended replays whole.
+    Exclusive with text, parts, tool_results, generation_config, background.
+    """
+    starting_after: _builtins.int
+    """With reply_id: the last sequence_number the caller has (0: from the start)."""
+    background: _builtins.bool
+    """The turn continues to completion, and is stored, even if the caller
+    disconnects (without it a disconnect cancels the turn at once). The
+    caller may close the stream after the first event, which carries the
+    reply_id, and follow the reply later.
+    """
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[_content_pb2.Part]: ...
     @_builtins.property
@@ -774,10 +842,13 @@ class StreamReplyRequest(_message.Message):
         tool_results: _abc.Iterable[Global___ToolResult] | None = ...,
         generation_config: _session_pb2.GenerationConfig | None = ...,
         request_id: _builtins.str = ...,
+        reply_id: _builtins.str = ...,
+        starting_after: _builtins.int = ...,
+        background: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config", "parts", b"parts", "request_id", b"request_id", "session_id", b"session_id", "text", b"text", "tool_results", b"tool_results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "generation_config", b"generation_config", "parts", b"parts", "reply_id", b"reply_id", "request_id", b"request_id", "session_id", b"session_id", "starting_after", b"starting_after", "text", b"text", "tool_results", b"tool_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -869,6 +940,7 @@ class StreamReplyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    REPLY_ID_FIELD_NUMBER: _builtins.int
     TEXT_DELTA_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
     TOOL_RESULT_FIELD_NUMBER: _builtins.int
@@ -876,7 +948,9 @@ class StreamReplyResponse(_message.Message):
     REPLY_FIELD_NUMBER: _builtins.int
     PART_FIELD_NUMBER: _builtins.int
     sequence_number: _builtins.int
-    """1, 2, 3, ... within one stream."""
+    """1, 2, 3, ... within one reply: a resumed stream continues the numbering."""
+    reply_id: _builtins.str
+    """The reply's id, on the first event of every stream."""
     @_builtins.property
     def text_delta(self) -> Global___TextDelta: ...
     @_builtins.property
@@ -905,6 +979,7 @@ class StreamReplyResponse(_message.Message):
         self,
         *,
         sequence_number: _builtins.int = ...,
+        reply_id: _builtins.str = ...,
         text_delta: Global___TextDelta | None = ...,
         tool_call: Global___ToolCallEvent | None = ...,
         tool_result: Global___ToolResultEvent | None = ...,
@@ -914,7 +989,7 @@ class StreamReplyResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "part", b"part", "reply", b"reply", "text_delta", b"text_delta", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "part", b"part", "reply", b"reply", "sequence_number", b"sequence_number", "text_delta", b"text_delta", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "part", b"part", "reply", b"reply", "reply_id", b"reply_id", "sequence_number", b"sequence_number", "text_delta", b"text_delta", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "tool_call", "tool_result", "message", "reply", "part"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
@@ -1103,15 +1178,20 @@ class CancelReplyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    REPLY_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """Cancels the session's running reply, wherever it runs."""
+    reply_id: _builtins.str
+    """Cancels this reply (session_id may then be empty)."""
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        reply_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply_id", b"reply_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1123,7 +1203,9 @@ class CancelReplyResponse(_message.Message):
 
     CANCELLED_FIELD_NUMBER: _builtins.int
     cancelled: _builtins.bool
-    """A running reply was found and cancelled."""
+    """A running reply was found and told to stop. On another replica it stops
+    within moments; GetReply then says CANCELLED, unless its commit had begun.
+    """
     def __init__(
         self,
         *,
@@ -1136,6 +1218,210 @@ class CancelReplyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelReplyResponse: _TypeAlias = CancelReplyResponse  # noqa: Y015
+
+@_typing.final
+class ReplyError(_message.Message):
+    """How a failed or cancelled reply ended: the status its stream ended with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code (google.rpc.Code), e.g. 14 for UNAVAILABLE."""
+    message: _builtins.str
+    reason: _builtins.str
+    """The google.rpc.ErrorInfo reason, e.g. REPLY_CANCELLED, REPLICA_LOST."""
+    retryable: _builtins.bool
+    """Sending the same request again (same request_id) may succeed: the turn
+    was not stored.
+    """
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        retryable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "retryable", b"retryable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyError: _TypeAlias = ReplyError  # noqa: Y015
+
+@_typing.final
+class ReplyInfo(_message.Message):
+    """A reply: one run of a turn, started by SendMessage or StreamReply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    reply_id: _builtins.str
+    session_id: _builtins.str
+    turn_id: _builtins.str
+    state: Global___ReplyState.ValueType
+    request_id: _builtins.str
+    """The request_id it was started with, if any."""
+    background: _builtins.bool
+    last_sequence_number: _builtins.int
+    """The sequence_number of its last event so far."""
+    @_builtins.property
+    def error(self) -> Global___ReplyError:
+        """With REPLY_STATE_FAILED or REPLY_STATE_CANCELLED."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reply(self) -> Global___Reply:
+        """The outcome, once it ended with one (COMPLETED, AWAITING_TOOL_RESULTS)."""
+
+    def __init__(
+        self,
+        *,
+        reply_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+        state: Global___ReplyState.ValueType = ...,
+        error: Global___ReplyError | None = ...,
+        request_id: _builtins.str = ...,
+        background: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        last_sequence_number: _builtins.int = ...,
+        reply: Global___Reply | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "reply", b"reply", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "create_time", b"create_time", "error", b"error", "last_sequence_number", b"last_sequence_number", "reply", b"reply", "reply_id", b"reply_id", "request_id", b"request_id", "session_id", b"session_id", "state", b"state", "turn_id", b"turn_id", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyInfo: _TypeAlias = ReplyInfo  # noqa: Y015
+
+@_typing.final
+class GetReplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REPLY_ID_FIELD_NUMBER: _builtins.int
+    STARTING_AFTER_FIELD_NUMBER: _builtins.int
+    SKIP_EVENTS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Optional: when set, the reply must belong to this session."""
+    reply_id: _builtins.str
+    starting_after: _builtins.int
+    """Only events with a greater sequence_number are returned."""
+    skip_events: _builtins.bool
+    """Leave out the events (state and outcome only)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        reply_id: _builtins.str = ...,
+        starting_after: _builtins.int = ...,
+        skip_events: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply_id", b"reply_id", "session_id", b"session_id", "skip_events", b"skip_events", "starting_after", b"starting_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReplyRequest: _TypeAlias = GetReplyRequest  # noqa: Y015
+
+@_typing.final
+class GetReplyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> Global___ReplyInfo: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamReplyResponse]:
+        """The events so far (after starting_after), as StreamReply sent them."""
+
+    def __init__(
+        self,
+        *,
+        reply: Global___ReplyInfo | None = ...,
+        events: _abc.Iterable[Global___StreamReplyResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReplyResponse: _TypeAlias = GetReplyResponse  # noqa: Y015
+
+@_typing.final
+class ListRepliesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    page_size: _builtins.int
+    """1-100; 0 means the default (20). Larger values are reduced to 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRepliesRequest: _TypeAlias = ListRepliesRequest  # noqa: Y015
+
+@_typing.final
+class ListRepliesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplyInfo]:
+        """Newest first, without their events or outcome."""
+
+    def __init__(
+        self,
+        *,
+        replies: _abc.Iterable[Global___ReplyInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "replies", b"replies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRepliesResponse: _TypeAlias = ListRepliesResponse  # noqa: Y015
 
 @_typing.final
 class GenerateContentRequest(_message.Message):

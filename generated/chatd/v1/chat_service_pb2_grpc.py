@@ -120,6 +120,16 @@ class ChatServiceStub:
                 request_serializer=chatd_dot_v1_dot_chat__service__pb2.CancelReplyRequest.SerializeToString,
                 response_deserializer=chatd_dot_v1_dot_chat__service__pb2.CancelReplyResponse.FromString,
                 _registered_method=True)
+        self.GetReply = channel.unary_unary(
+                '/chatd.v1.ChatService/GetReply',
+                request_serializer=chatd_dot_v1_dot_chat__service__pb2.GetReplyRequest.SerializeToString,
+                response_deserializer=chatd_dot_v1_dot_chat__service__pb2.GetReplyResponse.FromString,
+                _registered_method=True)
+        self.ListReplies = channel.unary_unary(
+                '/chatd.v1.ChatService/ListReplies',
+                request_serializer=chatd_dot_v1_dot_chat__service__pb2.ListRepliesRequest.SerializeToString,
+                response_deserializer=chatd_dot_v1_dot_chat__service__pb2.ListRepliesResponse.FromString,
+                _registered_method=True)
         self.GenerateContent = channel.unary_unary(
                 '/chatd.v1.ChatService/GenerateContent',
                 request_serializer=chatd_dot_v1_dot_chat__service__pb2.GenerateContentRequest.SerializeToString,
@@ -260,6 +270,21 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReply(self, request, context):
+        """A reply's state, its events so far and, once it ended, its outcome. Replies
+        are kept for CHATD_REPLY_WINDOW after they end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReplies(self, request, context):
+        """A session's recent replies, newest first, without their events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GenerateContent(self, request, context):
         """Stateless generation: the caller supplies the whole conversation.
         """
@@ -367,6 +392,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.CancelReply,
                     request_deserializer=chatd_dot_v1_dot_chat__service__pb2.CancelReplyRequest.FromString,
                     response_serializer=chatd_dot_v1_dot_chat__service__pb2.CancelReplyResponse.SerializeToString,
+            ),
+            'GetReply': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReply,
+                    request_deserializer=chatd_dot_v1_dot_chat__service__pb2.GetReplyRequest.FromString,
+                    response_serializer=chatd_dot_v1_dot_chat__service__pb2.GetReplyResponse.SerializeToString,
+            ),
+            'ListReplies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplies,
+                    request_deserializer=chatd_dot_v1_dot_chat__service__pb2.ListRepliesRequest.FromString,
+                    response_serializer=chatd_dot_v1_dot_chat__service__pb2.ListRepliesResponse.SerializeToString,
             ),
             'GenerateContent': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateContent,
@@ -844,6 +879,60 @@ class ChatService:
             '/chatd.v1.ChatService/CancelReply',
             chatd_dot_v1_dot_chat__service__pb2.CancelReplyRequest.SerializeToString,
             chatd_dot_v1_dot_chat__service__pb2.CancelReplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatd.v1.ChatService/GetReply',
+            chatd_dot_v1_dot_chat__service__pb2.GetReplyRequest.SerializeToString,
+            chatd_dot_v1_dot_chat__service__pb2.GetReplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatd.v1.ChatService/ListReplies',
+            chatd_dot_v1_dot_chat__service__pb2.ListRepliesRequest.SerializeToString,
+            chatd_dot_v1_dot_chat__service__pb2.ListRepliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,12 @@ class ChatServiceStub:
     """Stops the running reply of a session; the turn is not stored. A reply
     whose turn is already being stored is not stopped (cancelled = false).
     """
+    GetReply: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.GetReplyRequest, _chat_service_pb2.GetReplyResponse]
+    """A reply's state, its events so far and, once it ended, its outcome. Replies
+    are kept for CHATD_REPLY_WINDOW after they end.
+    """
+    ListReplies: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ListRepliesRequest, _chat_service_pb2.ListRepliesResponse]
+    """A session's recent replies, newest first, without their events."""
     GenerateContent: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.GenerateContentRequest, _chat_service_pb2.GenerateContentResponse]
     """Stateless generation: the caller supplies the whole conversation."""
     StreamGenerateContent: _grpc.UnaryStreamMultiCallable[_chat_service_pb2.StreamGenerateContentRequest, _chat_service_pb2.StreamGenerateContentResponse]
@@ -120,6 +126,12 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """Stops the running reply of a session; the turn is not stored. A reply
     whose turn is already being stored is not stopped (cancelled = false).
     """
+    GetReply: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.GetReplyRequest, _chat_service_pb2.GetReplyResponse]  # type: ignore[assignment]
+    """A reply's state, its events so far and, once it ended, its outcome. Replies
+    are kept for CHATD_REPLY_WINDOW after they end.
+    """
+    ListReplies: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ListRepliesRequest, _chat_service_pb2.ListRepliesResponse]  # type: ignore[assignment]
+    """A session's recent replies, newest first, without their events."""
     GenerateContent: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.GenerateContentRequest, _chat_service_pb2.GenerateContentResponse]  # type: ignore[assignment]
     """Stateless generation: the caller supplies the whole conversation."""
     StreamGenerateContent: _aio.UnaryStreamMultiCallable[_chat_service_pb2.StreamGenerateContentRequest, _chat_service_pb2.StreamGenerateContentResponse]  # type: ignore[assignment]
@@ -268,6 +280,24 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stops the running reply of a session; the turn is not stored. A reply
         whose turn is already being stored is not stopped (cancelled = false).
         """
+
+    @_abc_1.abstractmethod
+    def GetReply(
+        self,
+        request: _chat_service_pb2.GetReplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.GetReplyResponse, _abc.Awaitable[_chat_service_pb2.GetReplyResponse]]:
+        """A reply's state, its events so far and, once it ended, its outcome. Replies
+        are kept for CHATD_REPLY_WINDOW after they end.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReplies(
+        self,
+        request: _chat_service_pb2.ListRepliesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.ListRepliesResponse, _abc.Awaitable[_chat_service_pb2.ListRepliesResponse]]:
+        """A session's recent replies, newest first, without their events."""
 
     @_abc_1.abstractmethod
     def GenerateContent(
