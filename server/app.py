@@ -28,13 +28,14 @@ from server.redact import redact_url
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots, parse_keys
 from server.rpc.health import DrainingHealth
 from server.rpc.interceptors import Admission, ErrorsAndLogging
+from server.rpc.reply_codec import encode_events
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import ChatdError
-from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
+from server.sessions.ports import ModelProvider, ReplyBus, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
 from server.startup import StartupError
-from server.store import CachedStore, SchemaTooNew, open_store
+from server.store import CachedStore, SchemaTooNew, open_bus, open_store, shared_url
 from server.sweeper import Sweeper
 from server.tools import load_tools
 
@@ -190,14 +191,21 @@ class RunningServer:
     sweeper: Sweeper
     port: int
     grace_period: float
+    chats: ChatSessions
+    bus: ReplyBus | None = None
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, let running RPCs finish within the grace period, then close."""
+        """Health NOT_SERVING; running RPCs and background replies get the grace period
+        to finish (background replies still running then fail UNAVAILABLE, retryable,
+        with nothing of them stored); then everything closes."""
+        grace = self.grace_period if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.grace_period if grace is None else grace)
+        await asyncio.gather(self.server.stop(grace), self.chats.drain(grace))
         await self.sweeper.stop()
+        if self.bus is not None:
+            await self.bus.close()
         await self.store.close()
         await self.provider.close()
         if self.metrics_server is not None:
@@ -216,6 +224,7 @@ async def start(
 
     The store opens first: when it cannot, its StartupError is the only line logged.
     """
+    given_store = store
     if store is None:
         try:
             store = await open_store(
@@ -246,10 +255,20 @@ async def start(
         store = InstrumentedStore(store, metrics)
         provider = InstrumentedProvider(provider, metrics)
         tools = InstrumentedTools(tools, metrics)
+    # A store chosen by URL may be shared by replicas (PostgreSQL): they talk over the
+    # database; a store handed in, or of one process, needs no bus.
+    bus: ReplyBus | None = None
+    if given_store is None and shared_url(settings.database_url):
+        bus = open_bus(settings.database_url, settings.postgres_schema or None)
     chats = ChatSessions(
         store,
         provider,
         tools,
+        event_encoder=encode_events,
+        bus=bus,
+        single_process=bus is None,
+        reply_lease=settings.reply_lease,
+        reply_flush_interval=settings.reply_flush_interval,
         max_tool_rounds=settings.max_tool_rounds,
         limits=MessageLimits(settings.max_text_chars, settings.max_parts),
         max_sessions_per_tenant=settings.max_sessions_per_tenant,
@@ -292,9 +311,15 @@ async def start(
             ) from exc
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
+    if bus is not None:
+        await bus.start()
+    await chats.start()
     await server.start()
     sweeper = Sweeper(
-        store, interval=settings.sweep_interval, request_window=settings.request_id_window
+        store,
+        interval=settings.sweep_interval,
+        request_window=settings.request_id_window,
+        reply_window=settings.reply_window,
     )
     sweeper.start()
     for name in ("", SERVICE_NAME):
@@ -311,6 +336,8 @@ async def start(
         sweeper,
         port,
         settings.grace_period,
+        chats,
+        bus,
         metrics,
         metrics_server,
     )

@@ -39,6 +39,10 @@ class Settings:
     max_tool_rounds: int = 8
     sweep_interval: float = 60.0
     request_id_window: float = 24 * 3600.0
+    # Replies: kept this long after they end; a running background reply's lease.
+    reply_window: float = 24 * 3600.0
+    reply_lease: float = 10.0
+    reply_flush_interval: float = 0.2
     # Callers: API keys as "tenant:key" pairs and/or a file of "tenant key" lines.
     api_keys: str = field(default="", repr=False)
     api_keys_file: str = ""
@@ -133,6 +137,24 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         "--request-id-window",
         ("CHATD_REQUEST_ID_WINDOW",),
         "seconds a request_id is remembered",
+    ),
+    (
+        "reply_window",
+        "--reply-window",
+        ("CHATD_REPLY_WINDOW",),
+        "seconds an ended reply is kept (GetReply, resume)",
+    ),
+    (
+        "reply_lease",
+        "--reply-lease",
+        ("CHATD_REPLY_LEASE",),
+        "seconds before a dead replica's background replies fail",
+    ),
+    (
+        "reply_flush_interval",
+        "--reply-flush-interval",
+        ("CHATD_REPLY_FLUSH_INTERVAL",),
+        "seconds between stores of a background reply's events",
     ),
     ("api_keys_file", "--api-keys-file", ("CHATD_API_KEYS_FILE",), "file of 'tenant key' lines"),
     ("insecure_no_auth", "--insecure-no-auth", ("CHATD_INSECURE_NO_AUTH",), "serve without keys"),
@@ -324,6 +346,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError("CHATD_POSTGRES_MAX_CONNECTIONS must be at least 1")
     if settings.sweep_interval <= 0 or settings.request_id_window <= 0:
         raise SettingsError("CHATD_SWEEP_INTERVAL and CHATD_REQUEST_ID_WINDOW must be positive")
+    if settings.reply_window <= 0 or settings.reply_lease <= 0:
+        raise SettingsError("CHATD_REPLY_WINDOW and CHATD_REPLY_LEASE must be positive")
+    if settings.reply_flush_interval < 0:
+        raise SettingsError("CHATD_REPLY_FLUSH_INTERVAL must not be negative")
     if not 1 <= settings.max_tool_rounds <= 100:
         raise SettingsError("CHATD_MAX_TOOL_ROUNDS must be between 1 and 100")
     if settings.gemini_timeout <= 0:

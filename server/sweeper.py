@@ -1,4 +1,5 @@
-"""The sweeper: deletes expired sessions and forgotten request ids, in bounded batches."""
+"""The sweeper: deletes expired sessions, forgotten request ids and old replies, in bounded
+batches."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ BATCH = 500
 
 
 class Sweeper:
-    """Every `interval` seconds: expired sessions go, and request records older than
-    `request_window` (so retries after that run again)."""
+    """Every `interval` seconds: expired sessions go, request records older than
+    `request_window` (so retries after that run again), and replies that ended more than
+    `reply_window` ago."""
 
     def __init__(
         self,
@@ -25,16 +27,19 @@ class Sweeper:
         *,
         interval: float,
         request_window: float,
+        reply_window: float = 24 * 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._interval = interval
         self._request_window = request_window
+        self._reply_window = reply_window
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
-    async def sweep(self) -> tuple[int, int]:
-        """One pass; (sessions, request records) deleted. Batches keep each transaction small."""
+    async def sweep(self) -> tuple[int, int, int]:
+        """One pass; (sessions, request records, replies) deleted. Batches keep each
+        transaction small."""
         now = self._clock()
         sessions = requests = 0
         while (n := await self._store.delete_expired(now, BATCH)) > 0:
@@ -46,9 +51,15 @@ class Sweeper:
             requests += n
             if n < BATCH:
                 break
-        if sessions or requests:
-            log.info("swept", expired_sessions=sessions, request_records=requests)
-        return sessions, requests
+        replies = 0
+        cutoff = now - self._reply_window
+        while (n := await self._store.delete_replies_before(cutoff, BATCH)) > 0:
+            replies += n
+            if n < BATCH:
+                break
+        if sessions or requests or replies:
+            log.info("swept", expired_sessions=sessions, request_records=requests, replies=replies)
+        return sessions, requests, replies
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chatd-sweeper")

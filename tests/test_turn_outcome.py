@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from server.rpc.reply_codec import encode_events
 from server.sessions.engine import TurnInput
 from server.sessions.errors import Cancelled, NotFound
 from server.sessions.events import MessageCompleted, TurnCompleted, TurnEvent
@@ -37,7 +38,9 @@ async def latch() -> AsyncIterator[LatchStore]:
 
 
 def sessions(store: LatchStore, provider: ScriptedProvider | None = None) -> ChatSessions:
-    return ChatSessions(store, provider or ScriptedProvider(), ToolRegistry([]))
+    return ChatSessions(
+        store, provider or ScriptedProvider(), ToolRegistry([]), event_encoder=encode_events
+    )
 
 
 async def run(chats: ChatSessions, session_id: str, text: str) -> list[TurnEvent]:
@@ -164,7 +167,13 @@ async def test_an_expired_session_is_gone_for_every_path_before_the_sweep(
     any_store: SessionStore,
 ) -> None:
     now = [1000.0]
-    chats = ChatSessions(any_store, ScriptedProvider(), ToolRegistry([]), clock=lambda: now[0])
+    chats = ChatSessions(
+        any_store,
+        ScriptedProvider(),
+        ToolRegistry([]),
+        event_encoder=encode_events,
+        clock=lambda: now[0],
+    )
     old = await chats.create(TENANT, SessionSettings(ttl_seconds=10), "s")
     async for _ in chats.run_turn(TENANT, "s", TurnInput(parts=(Part(text="old"),))):
         pass

@@ -1,4 +1,4 @@
-"""The one table from domain errors to gRPC status codes, with google.rpc rich details."""
+"""Domain errors as gRPC statuses (each error names its code), with google.rpc rich details."""
 
 from __future__ import annotations
 
@@ -10,30 +10,13 @@ from server.sessions import errors
 
 DOMAIN = "chatd"
 
-CODES: dict[type[errors.ChatdError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.DuplicateRequest: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Conflict: grpc.StatusCode.ABORTED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Cancelled: grpc.StatusCode.CANCELLED,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errors.UpstreamRejected: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-}
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def code_for(exc: errors.ChatdError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in CODES:
-            return CODES[cls]
-    return grpc.StatusCode.INTERNAL
+    """The status code an error names (every ChatdError carries its code's name)."""
+    return grpc.StatusCode[exc.code]
 
 
 def _pack(message: object) -> any_pb2.Any:

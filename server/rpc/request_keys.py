@@ -9,9 +9,10 @@ from server.sessions.errors import InvalidArgument
 from server.sessions.idempotency import RequestKey
 
 
-def request_key(kind: str, request: Any) -> RequestKey | None:
-    """None without a request_id. The fingerprint covers every other field, so the same id
-    with different content is told apart; `kind` lets SendMessage and StreamReply share ids."""
+def request_key(kind: str, request: Any, ignore: tuple[str, ...] = ()) -> RequestKey | None:
+    """None without a request_id. The fingerprint covers every other field but those in
+    `ignore` (how to run it, not what), so the same id with different content is told
+    apart; `kind` lets SendMessage and StreamReply share ids."""
     if not request.request_id:
         return None
     if "\x00" in request.request_id:
@@ -20,6 +21,8 @@ def request_key(kind: str, request: Any) -> RequestKey | None:
     body = type(request)()
     body.CopyFrom(request)
     body.ClearField("request_id")
+    for name in ignore:
+        body.ClearField(name)
     digest = hashlib.sha256(kind.encode() + b"\0" + body.SerializeToString(deterministic=True))
     return RequestKey(request.request_id, digest.hexdigest())
 

@@ -19,6 +19,7 @@ from server.rpc.content_codec import (
 )
 from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
 from server.rpc.json_codec import dict_to_struct
+from server.rpc.reply_codec import decode_events, record_to_pb
 from server.rpc.request_keys import request_key
 from server.rpc.session_codec import (
     function_declarations_from_pb,
@@ -28,8 +29,9 @@ from server.rpc.session_codec import (
 from server.rpc.session_ops import SessionOpsServicer
 from server.rpc.turn_codec import TurnRequest, event_to_pb, reply_to_pb, turn_input
 from server.sessions.errors import InvalidArgument
-from server.sessions.events import TurnCompleted, TurnEvent
+from server.sessions.events import ReplyStarted, TurnCompleted, TurnEvent
 from server.sessions.model import Part
+from server.sessions.ports import ReplyState
 from server.sessions.service import ChatSessions
 from server.sessions.stateless import GenerationDone
 
@@ -98,15 +100,19 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
         messages_to_pb(page.items, response.messages)
         return response
 
-    def _turn(self, request: TurnRequest, context: Context) -> AsyncGenerator[TurnEvent, None]:
+    def _turn(
+        self, request: TurnRequest, context: Context
+    ) -> AsyncGenerator[ReplyStarted | TurnEvent, None]:
         _bind(request)
         turn = turn_input(
             request,
             context.time_remaining(),
             stream_text=isinstance(request, pb.StreamReplyRequest),
         )
-        key = request_key("turn", request)
-        return self._chats.run_turn(_tenant(context), request.session_id, turn, key)
+        key = request_key("turn", request, ignore=("background",))
+        return self._chats.run_turn(
+            _tenant(context), request.session_id, turn, key, background=request.background
+        )
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
@@ -114,7 +120,11 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
         response = pb.SendMessageResponse()
         async with aclosing(self._turn(request, context)) as events:
             async for event in events:
-                if isinstance(event, TurnCompleted):
+                if isinstance(event, ReplyStarted):
+                    response.reply.reply_id = event.reply_id
+                    if request.background:
+                        break  # it runs on; the caller follows it by reply_id
+                elif isinstance(event, TurnCompleted):
                     _log_usage(event)
                     reply_to_pb(event.reply, response.reply)
         return response
@@ -122,13 +132,104 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
     async def StreamReply(
         self, request: pb.StreamReplyRequest, context: Context
     ) -> AsyncIterator[pb.StreamReplyResponse]:
+        if request.reply_id:
+            async for out in self._resume(request, context):
+                yield out
+            return
+        if request.starting_after:
+            raise InvalidArgument("starting_after", "is only for resuming: set reply_id too")
         sequence_number = 0
+        reply_id = ""
         async with aclosing(self._turn(request, context)) as events:
             async for event in events:
+                if isinstance(event, ReplyStarted):
+                    reply_id = event.reply_id
+                    continue
                 sequence_number += 1
                 if isinstance(event, TurnCompleted):
                     _log_usage(event)
-                yield event_to_pb(event, sequence_number)
+                out = event_to_pb(event, sequence_number)
+                if sequence_number == 1:
+                    out.reply_id = reply_id
+                yield out
+
+    async def _resume(
+        self, request: pb.StreamReplyRequest, context: Context
+    ) -> AsyncIterator[pb.StreamReplyResponse]:
+        """StreamReply with reply_id: the reply's events after starting_after, then live."""
+        given = {
+            "text": bool(request.text),
+            "parts": bool(request.parts),
+            "tool_results": bool(request.tool_results),
+            "generation_config": request.HasField("generation_config"),
+            "background": request.background,
+            "request_id": bool(request.request_id),
+        }
+        for name, set_ in given.items():
+            if set_:
+                raise InvalidArgument(name, "must be empty when resuming a reply (reply_id is set)")
+        if request.session_id:
+            _bind(request)
+        seen = request.starting_after
+        reply_id = ""
+        first = True
+        follow = self._chats.follow_reply(
+            _tenant(context), request.session_id, request.reply_id, seen
+        )
+        async with aclosing(follow) as items:
+            async for item in items:
+                if isinstance(item, ReplyStarted):
+                    reply_id = item.reply_id
+                    continue
+                if isinstance(item, tuple):
+                    outs = [event_to_pb(item[1], item[0])]
+                else:
+                    outs = decode_events((item,), seen)
+                for out in outs:
+                    if out.sequence_number <= seen:
+                        continue
+                    seen = out.sequence_number
+                    if first:
+                        out.reply_id = reply_id
+                        first = False
+                    yield out
+
+    async def GetReply(self, request: pb.GetReplyRequest, context: Context) -> pb.GetReplyResponse:
+        if request.session_id:
+            _bind(request)
+        record, numbered, stored = await self._chats.get_reply(
+            _tenant(context),
+            request.session_id,
+            request.reply_id,
+            after=request.starting_after,
+            events=not request.skip_events,
+        )
+        response = pb.GetReplyResponse()
+        record_to_pb(record, response.reply)
+        events = [event_to_pb(event, seq) for seq, event in numbered]
+        events += decode_events(stored, request.starting_after)
+        if not request.skip_events:
+            response.events.extend(events)
+        elif stored:
+            events = decode_events(stored[-1:], record.last_seq - 1)
+        if events and events[-1].HasField("reply") and record.state in _WITH_OUTCOME:
+            response.reply.reply.CopyFrom(events[-1].reply)
+        return response
+
+    async def ListReplies(
+        self, request: pb.ListRepliesRequest, context: Context
+    ) -> pb.ListRepliesResponse:
+        _bind(request)
+        page = await self._chats.list_replies(
+            _tenant(context),
+            request.session_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        response = pb.ListRepliesResponse(next_page_token=page.next_page_token)
+        for record in page.items:
+            record_to_pb(record, response.replies.add())
+        return response
 
     async def CountTokens(
         self, request: pb.CountTokensRequest, context: Context
@@ -183,6 +284,9 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
             if declaration.parameters is not None:
                 dict_to_struct(declaration.parameters, tool.parameters)
         return response
+
+
+_WITH_OUTCOME = frozenset({ReplyState.COMPLETED, ReplyState.AWAITING_TOOL_RESULTS})
 
 
 def _log_usage(done: TurnCompleted) -> None:

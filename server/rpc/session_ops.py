@@ -154,7 +154,7 @@ class SessionOpsServicer:
     async def CancelReply(
         self, request: pb.CancelReplyRequest, context: Context
     ) -> pb.CancelReplyResponse:
-        _bind(request)
-        tenant = _tenant(context)
-        await self._chats.get(tenant, request.session_id)
-        return pb.CancelReplyResponse(cancelled=self._chats.cancel(tenant, request.session_id))
+        if request.session_id:
+            _bind(request)
+        cancelled = await self._chats.cancel(_tenant(context), request.session_id, request.reply_id)
+        return pb.CancelReplyResponse(cancelled=cancelled)

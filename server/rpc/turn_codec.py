@@ -89,6 +89,7 @@ def reply_to_pb(reply: TurnReply, out: pb.Reply) -> None:
     if reply.prompt_feedback is not None:
         prompt_feedback_to_pb(reply.prompt_feedback, out.prompt_feedback)
     out.no_content_reason = reply.no_content_reason
+    out.reply_id = reply.reply_id
     if reply.unstored_message is not None:
         out.not_stored = True
         message_to_pb(reply.unstored_message, out.unstored_message)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from server.sessions.context import history_needed, select_window
 from server.sessions.errors import Cancelled, FailedPrecondition, NotFound
@@ -36,6 +37,7 @@ from server.sessions.model import (
 from server.sessions.ports import (
     ModelProvider,
     ModelRequest,
+    ReplyWrite,
     RequestRecord,
     SessionStore,
     ToolRunner,
@@ -56,6 +58,17 @@ from server.sessions.writes import complete
 # Builds the request record stored with a turn, from the session and the turn's reply.
 Recorder = Callable[[Session, TurnReply], RequestRecord]
 ROUND_LIMIT_ERROR = "chatd stopped the tool loop: this turn used its {} tool rounds"
+
+
+class ReplyLog(Protocol):
+    """The reply a run of a turn is (see sessions.replies.LiveReply)."""
+
+    @property
+    def reply_id(self) -> str: ...
+
+    def final_write(self, reply: TurnReply) -> ReplyWrite:
+        """The reply's record and events to store with the turn's commit."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +166,13 @@ class TurnEngine:
         session_id: str,
         turn: TurnInput,
         record: Recorder | None = None,
+        log: ReplyLog | None = None,
     ) -> AsyncGenerator[TurnEvent, None]:
         """Yields the turn's events; the last one is TurnCompleted, sent after the commit.
 
-        `record` makes the request record stored in the same transaction as the turn.
+        `record` makes the request record stored in the same transaction as the turn;
+        `log` is the reply this run is: its id goes in the TurnReply, and its record and
+        events are stored in the same transaction too.
         """
         key = (tenant, session_id)
         async with self._locks.hold(key):
@@ -164,7 +180,7 @@ class TurnEngine:
             assert task is not None
             running = self._running[key] = _Running(task)
             try:
-                async for event in self._run(tenant, session_id, turn, record):
+                async for event in self._run(tenant, session_id, turn, record, log):
                     running.inside = False
                     running.finished = isinstance(event, TurnCompleted)
                     yield event
@@ -186,7 +202,12 @@ class TurnEngine:
                 del self._running[key]
 
     async def _run(
-        self, tenant: str, session_id: str, turn: TurnInput, record: Recorder | None
+        self,
+        tenant: str,
+        session_id: str,
+        turn: TurnInput,
+        record: Recorder | None,
+        log: ReplyLog | None,
     ) -> AsyncGenerator[TurnEvent, None]:
         session = await live_session(self._store, tenant, session_id, self._clock())
         if turn.tool_results:
@@ -199,7 +220,7 @@ class TurnEngine:
         else:
             state = await self._begin(session, turn)
         yield MessageCompleted(state.added[-1])
-        async for event in self._loop(state, turn, record):
+        async for event in self._loop(state, turn, record, log):
             yield event
 
     async def _begin(self, session: Session, turn: TurnInput) -> _Turn:
@@ -240,7 +261,7 @@ class TurnEngine:
         return state
 
     async def _loop(
-        self, state: _Turn, turn: TurnInput, record: Recorder | None
+        self, state: _Turn, turn: TurnInput, record: Recorder | None, log: ReplyLog | None
     ) -> AsyncGenerator[TurnEvent, None]:
         settings = state.session.settings
         caller_names = {d.name for d in settings.function_declarations}
@@ -301,8 +322,8 @@ class TurnEngine:
                 pending = PendingTurn(
                     state.turn_id, state.first_seq, state.rounds, calls, tuple(by_id.values())
                 )
-                reply = self._reply(state, builder, FinishReason.TOOL_CALLS_PENDING, waiting)
-                await self._commit(state, pending, reply, record)
+                reply = self._reply(state, builder, FinishReason.TOOL_CALLS_PENDING, waiting, log)
+                await self._commit(state, pending, reply, record, log)
                 yield TurnCompleted(reply)
                 return
             state.added.append(self._responses(state, by_id))
@@ -316,7 +337,7 @@ class TurnEngine:
         if not stored:
             unstored = state.added[0]
             state.added.clear()
-        reply = self._reply(state, builder, finish, ())
+        reply = self._reply(state, builder, finish, (), log)
         if empty:
             reply = replace(
                 reply,
@@ -325,7 +346,7 @@ class TurnEngine:
                 unstored_message=unstored,
             )
         if stored:
-            await self._commit(state, None, reply, record)
+            await self._commit(state, None, reply, record, log)
         elif record is not None:
             # Nothing to store but the answer itself: a retry must get this answer back,
             # not call the model again and perhaps get another. Writing it decides the
@@ -376,6 +397,7 @@ class TurnEngine:
         builder: ReplyBuilder,
         finish: FinishReason,
         waiting: Sequence[FunctionCall],
+        log: ReplyLog | None,
     ) -> TurnReply:
         last_model = next((m for m in reversed(state.added) if m.role is Role.MODEL), None)
         return TurnReply(
@@ -389,6 +411,7 @@ class TurnEngine:
             block_reason=builder.block_reason,
             candidate_metadata=builder.candidate_metadata,
             prompt_feedback=builder.prompt_feedback,
+            reply_id=log.reply_id if log is not None else "",
         )
 
     async def _commit(
@@ -397,6 +420,7 @@ class TurnEngine:
         pending: PendingTurn | None,
         reply: TurnReply,
         record: Recorder | None,
+        log: ReplyLog | None,
     ) -> None:
         session = state.session
         expire_time = session.expire_time
@@ -416,11 +440,14 @@ class TurnEngine:
             version=session.version + 1,
         )
         request = record(session, reply) if record is not None else None
+        written = log.final_write(reply) if log is not None else None
         # From here the turn's outcome is the commit's: CancelReply no longer stops it,
         # and a caller that leaves is told so only after the write ended, still holding
         # the session lock, so no other write to the session can overlap this one.
         self._committing(session)
-        await complete(self._store.commit_turn(updated, state.added, session.version, request))
+        await complete(
+            self._store.commit_turn(updated, state.added, session.version, request, written)
+        )
 
     def _committing(self, session: Session) -> None:
         """The turn's outcome is being written: from now on CancelReply does not stop it."""

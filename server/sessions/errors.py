@@ -12,9 +12,11 @@ class FieldViolation:
 
 
 class ChatdError(Exception):
-    """Base of every error chatd reports to callers. `reason` is a stable UPPER_SNAKE code."""
+    """Base of every error chatd reports to callers. `reason` is a stable UPPER_SNAKE code;
+    `code` is the canonical status code's name (google.rpc.Code) callers are told."""
 
     reason = "CHATD_ERROR"
+    code = "INTERNAL"
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -25,6 +27,7 @@ class ChatdError(Exception):
 
 class InvalidArgument(ChatdError):
     reason = "INVALID_ARGUMENT"
+    code = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, description: str, *, reason: str | None = None) -> None:
         super().__init__(f"{field}: {description}", reason=reason)
@@ -33,6 +36,7 @@ class InvalidArgument(ChatdError):
 
 class NotFound(ChatdError):
     reason = "NOT_FOUND"
+    code = "NOT_FOUND"
 
 
 def session_not_found(session_id: str) -> NotFound:
@@ -43,26 +47,31 @@ def session_not_found(session_id: str) -> NotFound:
 
 class AlreadyExists(ChatdError):
     reason = "ALREADY_EXISTS"
+    code = "ALREADY_EXISTS"
 
 
 class DuplicateRequest(ChatdError):
     """A store refused a write because its request id was already recorded."""
 
     reason = "DUPLICATE_REQUEST"
+    code = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(ChatdError):
     reason = "FAILED_PRECONDITION"
+    code = "FAILED_PRECONDITION"
 
 
 class Conflict(ChatdError):
     """A concurrent write won; the caller may retry (ABORTED)."""
 
     reason = "CONFLICT"
+    code = "ABORTED"
 
 
 class ResourceExhausted(ChatdError):
     reason = "RESOURCE_EXHAUSTED"
+    code = "RESOURCE_EXHAUSTED"
 
     def __init__(
         self,
@@ -80,25 +89,44 @@ class ResourceExhausted(ChatdError):
 
 class Unavailable(ChatdError):
     reason = "UNAVAILABLE"
+    code = "UNAVAILABLE"
 
 
 class DeadlineExceeded(ChatdError):
     reason = "DEADLINE_EXCEEDED"
+    code = "DEADLINE_EXCEEDED"
 
 
 class Cancelled(ChatdError):
     reason = "CANCELLED"
+    code = "CANCELLED"
 
 
 class Unimplemented(ChatdError):
     reason = "NOT_IMPLEMENTED"
+    code = "UNIMPLEMENTED"
 
 
 class UpstreamRejected(ChatdError):
     """The model API refused the request as invalid (INVALID_ARGUMENT without a field of ours)."""
 
     reason = "UPSTREAM_INVALID_ARGUMENT"
+    code = "INVALID_ARGUMENT"
 
 
 class Unauthenticated(ChatdError):
     reason = "UNAUTHENTICATED"
+    code = "UNAUTHENTICATED"
+
+
+class ReplyFailed(ChatdError):
+    """How a reply that failed or was cancelled ended, told again to whoever follows it
+    later: the same status code, message and reason as its first caller got."""
+
+    def __init__(self, code: str, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.code = code
+
+
+# Codes whose failure left nothing stored: the same request may simply be sent again.
+RETRYABLE_CODES = frozenset({"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})

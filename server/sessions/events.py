@@ -71,11 +71,21 @@ class TurnReply:
     unstored_message: Message | None = None
     # What the model said about the prompt of its last call (camelCase JSON).
     prompt_feedback: JSONObject | None = None
+    # The reply (this run of the turn) it ends.
+    reply_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TurnCompleted:
     reply: TurnReply
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStarted:
+    """Comes before a reply's events: the id it is known by (not an event of the reply
+    itself: it has no sequence number)."""
+
+    reply_id: str
 
 
 TurnEvent = (

@@ -50,8 +50,7 @@ class Requests:
     async def claim(self, tenant: str, key: RequestKey) -> AsyncIterator[RequestRecord | None]:
         """Yields the record of an earlier run of this request, or None when the block must
         run it; another run of the same id in this process is waited for first."""
-        if len(key.request_id) > MAX_REQUEST_ID:
-            raise InvalidArgument("request_id", f"longer than {MAX_REQUEST_ID} characters")
+        self.check_key(key)
         slot = (tenant, key.request_id)
         while True:
             running = self._running.get(slot)
@@ -72,6 +71,12 @@ class Requests:
         finally:
             del self._running[slot]
             done.set_result(None)
+
+    @staticmethod
+    def check_key(key: RequestKey) -> None:
+        """Raises InvalidArgument for a request_id chatd does not keep."""
+        if len(key.request_id) > MAX_REQUEST_ID:
+            raise InvalidArgument("request_id", f"longer than {MAX_REQUEST_ID} characters")
 
     async def raced(self, tenant: str, key: RequestKey, exc: DuplicateRequest) -> RequestRecord:
         """The record that made a write with this key fail DuplicateRequest: the same id

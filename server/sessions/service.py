@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from server.sessions import paging
@@ -17,7 +17,7 @@ from server.sessions.errors import (
     InvalidArgument,
     session_not_found,
 )
-from server.sessions.events import TurnEvent, TurnReply
+from server.sessions.events import ReplyStarted, TurnEvent, TurnReply
 from server.sessions.expiry import live_session
 from server.sessions.filters import parse_label_filter
 from server.sessions.history_ops import HistoryOps, SessionDocument
@@ -37,6 +37,10 @@ from server.sessions.pacing import check_in_slices
 from server.sessions.ports import (
     ModelProvider,
     ModelRequest,
+    ReplyBus,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyState,
     RequestRecord,
     SessionOrder,
     SessionQuery,
@@ -44,6 +48,7 @@ from server.sessions.ports import (
     TokenCount,
     ToolRunner,
 )
+from server.sessions.replies import EventEncoder, LiveReply, Replies, follow_live
 from server.sessions.stateless import GenerateInput, GenerationEvent, generate
 from server.sessions.validation import (
     MessageLimits,
@@ -59,6 +64,8 @@ from server.sessions.writes import complete
 DEFAULT_SESSIONS_PAGE = 50
 DEFAULT_MESSAGES_PAGE = 100
 DEFAULT_TOOLS_PAGE = 100
+DEFAULT_REPLIES_PAGE = 20
+MAX_REPLIES_PAGE = 100
 
 _ORDERS = {
     "": (SessionOrder.CREATE_TIME, True),
@@ -81,7 +88,12 @@ class Page(Generic[T]):
 
 
 class ChatSessions:
-    """The application's entry point for everything a caller does with sessions."""
+    """The application's entry point for everything a caller does with sessions.
+
+    `event_encoder` is how replies' events are stored (see sessions.replies); `bus`
+    reaches the other replicas sharing the store (None: this process is the only one).
+    Call `start()` before serving and `drain()` at shutdown.
+    """
 
     def __init__(
         self,
@@ -89,6 +101,12 @@ class ChatSessions:
         provider: ModelProvider,
         tools: ToolRunner,
         *,
+        event_encoder: EventEncoder,
+        bus: ReplyBus | None = None,
+        single_process: bool = True,
+        reply_lease: float = 10.0,
+        reply_flush_interval: float = 0.2,
+        reply_poll_interval: float = 1.0,
         max_tool_rounds: int = 8,
         limits: MessageLimits | None = None,
         max_sessions_per_tenant: int = 0,
@@ -104,6 +122,17 @@ class ChatSessions:
             store, provider, tools, max_tool_rounds=max_tool_rounds, clock=clock
         )
         self._requests = Requests(store, clock)
+        self.replies = Replies(
+            store,
+            event_encoder,
+            bus=bus,
+            clock=clock,
+            lease=reply_lease,
+            flush_interval=reply_flush_interval,
+            poll_interval=reply_poll_interval,
+            single_process=single_process,
+        )
+        self.replies.cancel_local = self._engine.cancel
         self.history = HistoryOps(
             store, self._engine, self._check_settings, clock, max_sessions_per_tenant
         )
@@ -286,9 +315,99 @@ class ChatSessions:
         stored, session = await replay_messages(self._store, done, session_id, self._clock())
         return tuple(stored), session
 
-    def cancel(self, tenant: str, session_id: str) -> bool:
-        check_id("session_id", session_id)
-        return self._engine.cancel(tenant, session_id)
+    async def start(self) -> None:
+        """Fails replies a stopped process left running (see Replies.start), then keeps
+        this replica's replies' leases."""
+        await self.replies.start()
+
+    async def drain(self, grace: float) -> None:
+        """At shutdown: background replies get `grace` seconds to end (see Replies.drain)."""
+        await self.replies.drain(grace)
+
+    async def cancel(self, tenant: str, session_id: str, reply_id: str = "") -> bool:
+        """Stops the session's running reply, or the reply `reply_id`, wherever it runs.
+
+        True if one was found running and told to stop (on another replica it stops
+        moments later, unless its commit began). Raises NotFound for an unknown
+        session or reply, InvalidArgument for malformed ids.
+        """
+        if reply_id:
+            check_id("reply_id", reply_id)
+            if session_id:
+                check_id("session_id", session_id)
+            return await self.replies.cancel(tenant, session_id, reply_id)
+        await self.get(tenant, session_id)
+        return await self.replies.cancel(tenant, session_id, "")
+
+    async def get_reply(
+        self, tenant: str, session_id: str, reply_id: str, *, after: int, events: bool
+    ) -> tuple[ReplyRecord, Sequence[tuple[int, TurnEvent]], Sequence[ReplyEvents]]:
+        """The reply's record and, with `events`, its events after `after`: numbered
+        events when it runs here, else stored payloads (the first may start at or
+        before `after`). The last payload of an ended reply is always returned (its last
+        event is the outcome). Raises NotFound (REPLY_NOT_FOUND), InvalidArgument."""
+        check_id("reply_id", reply_id)
+        if session_id:
+            check_id("session_id", session_id)
+        if after < 0:
+            raise InvalidArgument("starting_after", "must not be negative")
+        live = self.replies.live(tenant, reply_id)
+        if live is not None and (not session_id or live.record.session_id == session_id):
+            numbered = list(enumerate(live.events, 1))[after:] if events else []
+            return replace(live.record, last_seq=len(live.events)), numbered, ()
+        record = await self.replies.record(tenant, session_id, reply_id)
+        stored: Sequence[ReplyEvents] = ()
+        if events and record.last_seq > after:
+            stored = await self._store.reply_events(tenant, reply_id, after)
+        elif record.last_seq > 0 and record.state is not ReplyState.RUNNING:
+            stored = (await self._store.reply_events(tenant, reply_id, record.last_seq - 1))[-1:]
+        return record, [], stored
+
+    async def list_replies(
+        self, tenant: str, session_id: str, *, page_size: int, page_token: str
+    ) -> Page[ReplyRecord]:
+        """The session's replies, newest first. Raises NotFound, InvalidArgument."""
+        session = await self.get(tenant, session_id)
+        size = min(paging.page_size(page_size, DEFAULT_REPLIES_PAGE), MAX_REPLIES_PAGE)
+        query_key = f"replies|{session_id}|{session.uid}"
+        before = None
+        if page_token:
+            position = paging.decode_token(page_token, query_key)
+            if (
+                len(position) != 2
+                or not isinstance(position[0], int | float)
+                or not isinstance(position[1], str)
+            ):
+                raise InvalidArgument("page_token", "is not a token of this listing")
+            before = (float(position[0]), position[1])
+        records = await self._store.list_replies(tenant, session_id, size + 1, before)
+        token = ""
+        if len(records) > size:
+            records = records[:size]
+            last = records[-1]
+            token = paging.encode_token(query_key, [last.create_time, last.reply_id])
+        return Page(records, token)
+
+    async def follow_reply(
+        self, tenant: str, session_id: str, reply_id: str, after: int
+    ) -> AsyncGenerator[ReplyStarted | tuple[int, TurnEvent] | ReplyEvents, None]:
+        """A reply's events after `after` (StreamReply with reply_id): ReplyStarted, then
+        numbered events when it runs here, or stored payloads (the first may start at
+        or before `after`), live until it ends. A failed or cancelled reply ends with
+        ReplyFailed carrying its status. Raises NotFound, InvalidArgument."""
+        check_id("reply_id", reply_id)
+        if session_id:
+            check_id("session_id", session_id)
+        record = await self.replies.record(tenant, session_id, reply_id)
+        self.replies.check_after(record, after)
+        yield ReplyStarted(reply_id)
+        live = self.replies.live(tenant, reply_id)
+        if live is not None:
+            async for numbered in follow_live(live, after):
+                yield numbered
+            return
+        async for chunk in self.replies.follow_stored(tenant, reply_id, after):
+            yield chunk
 
     async def list_messages(
         self, tenant: str, session_id: str, *, page_size: int, page_token: str
@@ -312,10 +431,23 @@ class ChatSessions:
         return Page(messages, token)
 
     async def run_turn(
-        self, tenant: str, session_id: str, turn: TurnInput, key: RequestKey | None = None
-    ) -> AsyncGenerator[TurnEvent, None]:
-        """Validates the input, then streams the turn (see TurnEngine.run); with a request
-        key, a retry streams the first run's stored result instead of calling the model."""
+        self,
+        tenant: str,
+        session_id: str,
+        turn: TurnInput,
+        key: RequestKey | None = None,
+        *,
+        background: bool = False,
+    ) -> AsyncGenerator[ReplyStarted | TurnEvent, None]:
+        """Validates the input, then yields ReplyStarted and the turn's events (see
+        TurnEngine.run); with a request key, a retry replays the first run's stored
+        result instead of calling the model, and a retry while that run is still going
+        on this replica follows it.
+
+        With `background`, the turn runs in a task of its own: it continues to its end,
+        and is stored, when the caller leaves (a caller that leaves otherwise cancels
+        it). Its events are streamed to the caller as they come, without a deadline.
+        """
         check_id("session_id", session_id)
         if turn.tool_results and turn.parts:
             raise InvalidArgument("tool_results", "send either a message or tool_results, not both")
@@ -327,8 +459,53 @@ class ChatSessions:
             check_response_parts(result.parts, f"tool_results[{i}].parts")
         if turn.config_override is not None:
             check_generation_config(turn.config_override, "generation_config")
+        if key is not None:
+            Requests.check_key(key)
+            running = self.replies.running_request(tenant, key.request_id)
+            if running is not None:
+                if running.fingerprint != key.fingerprint:
+                    Requests.same_request(key, _fingerprinted(running, key))
+                yield ReplyStarted(running.reply_id)
+                async for _, event in follow_live(running, 0):
+                    yield event
+                return
+        request_id = key.request_id if key is not None else ""
+        fingerprint = key.fingerprint if key is not None else ""
+        if background:
+            await self.get(tenant, session_id)  # NotFound now, not in the background
+            turn = replace(turn, timeout=None, stream_text=True)
+            live = self.replies.begin(
+                tenant, session_id, request_id=request_id, fingerprint=fingerprint, background=True
+            )
+
+            def events() -> AsyncIterator[TurnEvent]:
+                return self._turn_events(tenant, session_id, turn, key, live)
+
+            await self.replies.start_background(live, events)
+            yield ReplyStarted(live.reply_id)
+            async for _, event in follow_live(live, 0):
+                yield event
+            return
+        live = self.replies.begin(
+            tenant, session_id, request_id=request_id, fingerprint=fingerprint
+        )
+        yield ReplyStarted(live.reply_id)
+        async for event in self.replies.track(
+            live, self._turn_events(tenant, session_id, turn, key, live)
+        ):
+            yield event
+
+    async def _turn_events(
+        self,
+        tenant: str,
+        session_id: str,
+        turn: TurnInput,
+        key: RequestKey | None,
+        live: LiveReply,
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """The turn's events, once per request key (see run_turn)."""
         if key is None:
-            async for event in self._engine.run(tenant, session_id, turn):
+            async for event in self._engine.run(tenant, session_id, turn, log=live):
                 yield event
             return
         async with self._requests.claim(tenant, key) as done:
@@ -338,7 +515,7 @@ class ChatSessions:
                     return self._requests.record(tenant, key, encode_turn_result(session, reply))
 
                 try:
-                    async for event in self._engine.run(tenant, session_id, turn, record):
+                    async for event in self._engine.run(tenant, session_id, turn, record, live):
                         yield event
                     return
                 except DuplicateRequest as exc:
@@ -428,3 +605,9 @@ class ChatSessions:
         page = tools[start : start + size]
         more = start + size < len(tools)
         return Page(page, paging.encode_token("tools", [start + size]) if more else "")
+
+
+def _fingerprinted(running: LiveReply, key: RequestKey) -> RequestRecord:
+    """The running reply's request, as a record Requests.same_request can compare."""
+    record = running.record
+    return RequestRecord(record.tenant, key.request_id, running.fingerprint, "", record.create_time)

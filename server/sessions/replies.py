@@ -1,0 +1,609 @@
+"""Replies: every run of a turn as a resource with an id, a state and numbered events.
+
+A reply is one SendMessage or StreamReply that runs a turn. Its events are numbered
+1, 2, 3, ... and anyone may follow it from any sequence number (StreamReply with
+reply_id and starting_after), read it (GetReply), list it, or cancel it from any replica.
+
+Where a reply's events are kept:
+- while it runs, in the memory of the replica running it (a LiveReply), so followers on
+  that replica see every event as it happens;
+- a background reply's events are also written to the store as it runs (at most
+  `flush_interval` seconds apart, and at each completed message), so followers on other
+  replicas sharing the store see them within that interval;
+- once it ends, in the store with its record: in the same transaction as the turn's
+  messages when the turn is stored, in a write of their own otherwise. The sweeper
+  forgets ended replies `window` seconds after they ended.
+
+A background reply's record carries this replica's id and a lease that the keeper
+renews every lease/3 seconds. A replica that dies (kill -9, a lost host) stops renewing;
+any replica's keeper then marks its running replies FAILED (UNAVAILABLE, reason
+REPLICA_LOST): within lease + lease/3 seconds with PostgreSQL, and at start-up with a
+store of one process (nothing else can be running them). Nothing of such a turn was
+stored, so sending the same request (same request_id) again runs it once.
+
+Replicas tell each other of new events and of cancellations over the ReplyBus
+(PostgreSQL LISTEN/NOTIFY); followers also poll the store every `poll_interval`
+seconds, since a notification can be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from server.sessions.errors import (
+    RETRYABLE_CODES,
+    Cancelled,
+    ChatdError,
+    InvalidArgument,
+    NotFound,
+    ReplyFailed,
+    Unavailable,
+)
+from server.sessions.events import MessageCompleted, TurnCompleted, TurnEvent, TurnReply
+from server.sessions.model import JSONObject
+from server.sessions.ports import (
+    ReplyBus,
+    ReplyError,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyState,
+    ReplyWrite,
+    SessionStore,
+)
+from server.sessions.writes import complete
+
+log = structlog.get_logger("chatd.replies")
+
+# Encodes events numbered first_seq, first_seq + 1, ... as one payload. The rpc layer's
+# wire form (StreamReplyResponse messages): the domain never reads a payload back.
+EventEncoder = Callable[[int, Sequence[TurnEvent]], bytes]
+
+# A reply whose replica stopped renewing its lease.
+REPLICA_LOST = ReplyError(
+    "UNAVAILABLE",
+    "the replica running this reply stopped before it ended; nothing of the turn was "
+    "stored: send the request again",
+    "REPLICA_LOST",
+)
+# Records swept per keeper pass and per transaction.
+BATCH = 500
+# A far lease horizon: with a store of one process, every running reply found at
+# start-up belongs to a process that is gone.
+_EVERY_LEASE = 1e12
+
+
+def new_reply_id() -> str:
+    return "r" + uuid.uuid4().hex[:23]
+
+
+def reply_error(exc: ChatdError) -> ReplyError:
+    return ReplyError(exc.code, exc.message, exc.reason)
+
+
+def retryable(error: ReplyError) -> bool:
+    """Whether sending the same request again may succeed (nothing of it was stored)."""
+    return error.code in RETRYABLE_CODES
+
+
+def _failure(error: ReplyError) -> ReplyFailed:
+    return ReplyFailed(error.code, error.message, reason=error.reason or None)
+
+
+@dataclass(eq=False, slots=True)
+class LiveReply:
+    """A reply running in this process: its record and every event so far, in memory."""
+
+    record: ReplyRecord
+    encoder: EventEncoder
+    clock: Callable[[], float]
+    fingerprint: str = ""
+    events: list[TurnEvent] = field(default_factory=list)
+    # How many of `events` the store holds.
+    stored: int = 0
+    last_flush: float = 0.0
+    ended: bool = False
+    error: ReplyError | None = None
+    # The reply the engine's commit wrote with the turn (see final_write).
+    committed: TurnReply | None = None
+    # Set before cancelling a background task at shutdown: how the reply ends then.
+    stop_error: ChatdError | None = None
+    task: asyncio.Task[None] | None = None
+    _wake: asyncio.Future[None] | None = None
+
+    @property
+    def reply_id(self) -> str:
+        return self.record.reply_id
+
+    def append(self, event: TurnEvent) -> None:
+        self.events.append(event)
+        self._notify()
+
+    def end(self, error: ReplyError | None) -> None:
+        self.ended = True
+        self.error = error
+        self._notify()
+
+    def _notify(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set_result(None)
+
+    async def changed(self, seen: int) -> None:
+        """Returns once there are more than `seen` events or the reply ended."""
+        if self.ended or len(self.events) > seen:
+            return
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().create_future()
+        # Shielded: one follower leaving must not cancel the others' wait.
+        await asyncio.shield(self._wake)
+
+    def pending_events(self, extra: Sequence[TurnEvent] = ()) -> ReplyEvents | None:
+        """The events the store does not hold yet (and `extra`), encoded."""
+        events = [*self.events[self.stored :], *extra]
+        if not events:
+            return None
+        first = self.stored + 1
+        return ReplyEvents(first, first + len(events) - 1, self.encoder(first, events))
+
+    def final_write(self, reply: TurnReply) -> ReplyWrite:
+        """The reply's record and last events, written by the engine with the turn's
+        commit; TurnCompleted(reply) is counted as stored."""
+        self.committed = reply
+        state = (
+            ReplyState.AWAITING_TOOL_RESULTS if reply.pending_tool_calls else ReplyState.COMPLETED
+        )
+        events = self.pending_events((TurnCompleted(reply),))
+        assert events is not None
+        record = replace(
+            self.record,
+            turn_id=reply.turn_id,
+            state=state,
+            update_time=self.clock(),
+            last_seq=events.last_seq,
+            owner="",
+            lease_expire_time=None,
+        )
+        return ReplyWrite(record, events)
+
+
+async def follow_live(live: LiveReply, after: int) -> AsyncIterator[tuple[int, TurnEvent]]:
+    """(sequence number, event) of every event after `after`, as they come, until the
+    reply ends; a failed or cancelled reply then raises ReplyFailed with its status."""
+    seen = after
+    while True:
+        events = live.events
+        while seen < len(events):
+            seen += 1
+            yield seen, events[seen - 1]
+        if live.ended:
+            if live.error is not None:
+                raise _failure(live.error)
+            return
+        await live.changed(seen)
+
+
+class Replies:
+    """The replies of this replica, and how it reaches the others' (see the module doc).
+
+    `owner` identifies this replica in the store; `single_process` says no other
+    process shares the store (memory, SQLite), so running replies found at start-up
+    are orphans. Times are seconds.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        encoder: EventEncoder,
+        *,
+        bus: ReplyBus | None = None,
+        clock: Callable[[], float] = time.time,
+        lease: float = 10.0,
+        flush_interval: float = 0.2,
+        poll_interval: float = 1.0,
+        single_process: bool = True,
+    ) -> None:
+        self._store = store
+        self._encoder = encoder
+        self._bus = bus
+        self._clock = clock
+        self._lease = lease
+        self._flush_interval = flush_interval
+        self._poll_interval = poll_interval
+        self._single_process = single_process
+        self.owner = uuid.uuid4().hex
+        self._live: dict[tuple[str, str], LiveReply] = {}
+        self._by_request: dict[tuple[str, str], LiveReply] = {}
+        self._remote: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        # Final writes that failed (the store was down): retried by the keeper.
+        self._unwritten: list[ReplyWrite] = []
+        self._keeper: asyncio.Task[None] | None = None
+        # Stops this replica's running turn of a session; set by ChatSessions.
+        self.cancel_local: Callable[[str, str], bool] = lambda tenant, session_id: False
+        if bus is not None:
+            bus.subscribe(self._on_message)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Fails the orphans of a single-process store, then starts the keeper."""
+        if self._single_process:
+            failed = 0
+            while (
+                n := await self._store.fail_stale_replies(_EVERY_LEASE, REPLICA_LOST, BATCH)
+            ) > 0:
+                failed += n
+                if n < BATCH:
+                    break
+            if failed:
+                log.warning("replies of the process before this one failed", replies=failed)
+        self._keeper = asyncio.create_task(self._keep(), name="chatd-replies-keeper")
+
+    async def drain(self, grace: float) -> None:
+        """Lets background replies finish within `grace` seconds; those still running
+        then are stopped and fail UNAVAILABLE (REPLICA_STOPPING): retryable, nothing of
+        them stored."""
+        tasks = set(self._background)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(grace, 0.0))
+            for live in list(self._live.values()):
+                if live.task is not None and live.task in pending:
+                    live.stop_error = Unavailable(
+                        "chatd stopped on this replica before the reply ended; nothing of "
+                        "the turn was stored: send the request again",
+                        reason="REPLICA_STOPPING",
+                    )
+                    live.task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
+        if self._unwritten:
+            await self._write_unwritten()
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                await self.keep_once()
+            except Exception:  # retried on the next tick
+                log.exception("reply keeper pass failed")
+
+    async def keep_once(self) -> int:
+        """Renews this replica's leases and fails other replicas' lapsed replies; how
+        many it failed."""
+        now = self._clock()
+        if any(live.record.background for live in self._live.values()):
+            await self._store.renew_replies(self.owner, now + self._lease)
+        if self._unwritten:
+            await self._write_unwritten()
+        failed = 0
+        while (n := await self._store.fail_stale_replies(now, REPLICA_LOST, BATCH)) > 0:
+            failed += n
+            if n < BATCH:
+                break
+        if failed:
+            log.warning("replies of a lost replica failed", replies=failed)
+        return failed
+
+    async def _write_unwritten(self) -> None:
+        pending, self._unwritten = self._unwritten, []
+        for write in pending:
+            try:
+                await self._store.put_reply(write)
+            except Exception:
+                self._unwritten.append(write)
+                raise
+
+    # ------------------------------------------------------------------ running
+
+    def running_request(self, tenant: str, request_id: str) -> LiveReply | None:
+        """The reply running here for this request id, if any."""
+        return self._by_request.get((tenant, request_id))
+
+    def begin(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        request_id: str = "",
+        fingerprint: str = "",
+        background: bool = False,
+    ) -> LiveReply:
+        now = self._clock()
+        record = ReplyRecord(
+            tenant=tenant,
+            session_id=session_id,
+            reply_id=new_reply_id(),
+            turn_id="",
+            request_id=request_id,
+            background=background,
+            state=ReplyState.RUNNING,
+            create_time=now,
+            update_time=now,
+            owner=self.owner if background else "",
+            lease_expire_time=now + self._lease if background else None,
+        )
+        live = LiveReply(record, self._encoder, self._clock, fingerprint, last_flush=now)
+        self._live[tenant, live.reply_id] = live
+        if request_id:
+            self._by_request[tenant, request_id] = live
+        return live
+
+    async def start_background(
+        self, live: LiveReply, events: Callable[[], AsyncIterator[TurnEvent]]
+    ) -> None:
+        """Stores the reply's record, then runs `events` to the end in a task of its own."""
+        try:
+            await self._store.put_reply(ReplyWrite(live.record))
+        except BaseException:
+            self._forget(live)
+            raise
+
+        async def run() -> None:
+            try:
+                async for _ in self.track(live, events()):
+                    pass
+            except (ChatdError, asyncio.CancelledError):
+                pass  # recorded by track
+            except Exception:
+                log.exception("background reply failed", reply_id=live.reply_id)
+
+        task = asyncio.create_task(run(), name=f"chatd-reply-{live.reply_id}")
+        live.task = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def track(
+        self, live: LiveReply, events: AsyncIterator[TurnEvent]
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """Passes a turn's events through, numbering and keeping them; ends the reply
+        (and stores how it ended) when they end, fail, or the consumer leaves."""
+        error: ChatdError | None = None
+        try:
+            async for event in events:
+                if isinstance(event, TurnCompleted):
+                    if event.reply.reply_id != live.reply_id:
+                        # A retry's replay of an earlier run: this reply's outcome now.
+                        event = TurnCompleted(replace(event.reply, reply_id=live.reply_id))
+                    if live.committed is event.reply:
+                        # Written with the turn's commit (see LiveReply.final_write).
+                        live.append(event)
+                        live.stored = len(live.events)
+                        yield event
+                        continue
+                if live.record.background and self._flush_due(live, event):
+                    await self._flush(live, event)
+                live.append(event)
+                yield event
+        except ChatdError as exc:
+            error = exc
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            error = live.stop_error or Cancelled(
+                "the caller disconnected before the reply ended; nothing of the turn was stored",
+                reason="CALLER_DISCONNECTED",
+            )
+            raise
+        except Exception:
+            error = Unavailable("the reply failed inside chatd", reason="INTERNAL_FAILURE")
+            raise
+        finally:
+            await complete(self._end(live, error))
+
+    def _flush_due(self, live: LiveReply, event: TurnEvent) -> bool:
+        return isinstance(event, MessageCompleted | TurnCompleted) or (
+            self._clock() - live.last_flush >= self._flush_interval
+        )
+
+    async def _flush(self, live: LiveReply, event: TurnEvent) -> None:
+        """Stores the background reply's new events, `event` included, before anyone
+        here sees `event`: what a follower here has seen, the store holds too."""
+        now = self._clock()
+        events = live.pending_events((event,))
+        assert events is not None
+        turn_id = live.record.turn_id
+        if not turn_id and isinstance(event, MessageCompleted):
+            turn_id = event.message.turn_id
+        record = replace(
+            live.record,
+            turn_id=turn_id,
+            update_time=now,
+            last_seq=events.last_seq,
+            lease_expire_time=now + self._lease,
+        )
+        if not await self._store.put_reply(ReplyWrite(record, events)):
+            raise Unavailable(
+                "another replica declared this reply failed (its lease lapsed); the turn "
+                "was stopped and not stored",
+                reason="REPLY_LEASE_LOST",
+            )
+        live.record = record
+        live.stored = events.last_seq
+        live.last_flush = now
+        await self._publish({"kind": "reply", "tenant": record.tenant, "reply_id": live.reply_id})
+
+    async def _end(self, live: LiveReply, error: ChatdError | None) -> None:
+        """Records how the reply ended (unless the turn's commit did) and lets its
+        followers go."""
+        last = live.events[-1] if live.events else None
+        if isinstance(last, TurnCompleted):
+            # The consumer left after the last event: the reply ended as it did.
+            error = None
+        ended = reply_error(error) if error is not None else None
+        try:
+            if live.committed is None or error is not None:
+                state = ReplyState.COMPLETED
+                if isinstance(error, Cancelled) or (
+                    error is not None and error.reason == "REPLY_CANCELLED"
+                ):
+                    state = ReplyState.CANCELLED
+                elif error is not None:
+                    state = ReplyState.FAILED
+                elif isinstance(last, TurnCompleted) and last.reply.pending_tool_calls:
+                    state = ReplyState.AWAITING_TOOL_RESULTS
+                write = ReplyWrite(
+                    replace(
+                        live.record,
+                        state=state,
+                        update_time=self._clock(),
+                        last_seq=len(live.events),
+                        owner="",
+                        lease_expire_time=None,
+                        error=ended,
+                        turn_id=live.record.turn_id or _turn_id(live.events),
+                    ),
+                    live.pending_events(),
+                )
+                try:
+                    if not await self._store.put_reply(write):
+                        # Its outcome was stored first (a commit that ended as the turn
+                        # was cancelled, a keeper that declared it lost): that is how
+                        # it ended.
+                        stored = await self._store.get_reply(live.record.tenant, live.reply_id)
+                        ended = stored.error if stored is not None else ended
+                except Exception:
+                    log.exception("storing how a reply ended failed", reply_id=live.reply_id)
+                    self._unwritten.append(write)
+        finally:
+            self._forget(live)
+            live.end(ended)
+        if live.record.background:
+            try:
+                await self._publish(
+                    {"kind": "reply", "tenant": live.record.tenant, "reply_id": live.reply_id}
+                )
+            except Exception:
+                log.exception("telling replicas a reply ended failed", reply_id=live.reply_id)
+
+    def _forget(self, live: LiveReply) -> None:
+        tenant = live.record.tenant
+        if self._live.get((tenant, live.reply_id)) is live:
+            del self._live[tenant, live.reply_id]
+        request_id = live.record.request_id
+        if request_id and self._by_request.get((tenant, request_id)) is live:
+            del self._by_request[tenant, request_id]
+
+    # ------------------------------------------------------------------ reading
+
+    def live(self, tenant: str, reply_id: str) -> LiveReply | None:
+        return self._live.get((tenant, reply_id))
+
+    async def record(self, tenant: str, session_id: str, reply_id: str) -> ReplyRecord:
+        """The reply as stored (or as it runs here). Raises NotFound, also when
+        `session_id` is given and the reply is another session's."""
+        live = self._live.get((tenant, reply_id))
+        record = live.record if live is not None else await self._store.get_reply(tenant, reply_id)
+        if record is None or (session_id and record.session_id != session_id):
+            raise NotFound(f"reply {reply_id!r} not found", reason="REPLY_NOT_FOUND")
+        return record
+
+    async def follow_stored(
+        self, tenant: str, reply_id: str, after: int
+    ) -> AsyncGenerator[ReplyEvents, None]:
+        """The payloads of a reply this replica does not run, from the store, until it
+        ends; new ones as other replicas store them. A failed or cancelled reply then
+        raises ReplyFailed. The first payload may start at or before `after`."""
+        key = (tenant, reply_id)
+        seen = after
+        while True:
+            wake = self._remote.get(key)
+            if wake is None or wake.done():
+                wake = self._remote[key] = asyncio.get_running_loop().create_future()
+            record = await self._store.get_reply(tenant, reply_id)
+            if record is None:
+                raise NotFound(f"reply {reply_id!r} not found", reason="REPLY_NOT_FOUND")
+            if record.last_seq > seen:
+                for chunk in await self._store.reply_events(tenant, reply_id, seen):
+                    if chunk.last_seq > seen:
+                        yield chunk
+                        seen = chunk.last_seq
+            if record.state is not ReplyState.RUNNING:
+                if seen < record.last_seq:
+                    continue
+                if record.error is not None:
+                    raise _failure(record.error)
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(wake), self._poll_interval)
+            except TimeoutError:
+                pass
+            finally:
+                if self._remote.get(key) is wake and wake.done():
+                    del self._remote[key]
+
+    @staticmethod
+    def check_after(record: ReplyRecord, after: int) -> None:
+        if after < 0:
+            raise InvalidArgument("starting_after", "must not be negative")
+        if record.state is not ReplyState.RUNNING and after > record.last_seq:
+            raise InvalidArgument(
+                "starting_after",
+                f"is past the reply's last event ({record.last_seq})",
+            )
+
+    # ------------------------------------------------------------------ other replicas
+
+    async def cancel(self, tenant: str, session_id: str, reply_id: str) -> bool:
+        """Stops the reply (or, without reply_id, the session's running reply) wherever
+        it runs. True if one was found running and told to stop."""
+        if reply_id:
+            record = await self.record(tenant, session_id, reply_id)
+            if record.state is not ReplyState.RUNNING:
+                return False
+            session_id = record.session_id
+            if reply_id in (live.reply_id for live in self._session_lives(tenant, session_id)):
+                return self.cancel_local(tenant, session_id)
+            await self._publish(
+                {"kind": "cancel", "tenant": tenant, "session_id": session_id, "reply_id": reply_id}
+            )
+            return True
+        if self.cancel_local(tenant, session_id):
+            return True
+        await self._publish(
+            {"kind": "cancel", "tenant": tenant, "session_id": session_id, "reply_id": ""}
+        )
+        newest = await self._store.list_replies(tenant, session_id, 1)
+        return bool(newest) and newest[0].state is ReplyState.RUNNING
+
+    def _session_lives(self, tenant: str, session_id: str) -> list[LiveReply]:
+        return [
+            live
+            for (t, _), live in self._live.items()
+            if t == tenant and live.record.session_id == session_id
+        ]
+
+    async def _publish(self, message: JSONObject) -> None:
+        if self._bus is not None:
+            await self._bus.publish(message)
+        else:
+            asyncio.get_running_loop().call_soon(self._on_message, message)
+
+    def _on_message(self, message: JSONObject) -> None:
+        tenant, kind = message.get("tenant"), message.get("kind")
+        if not isinstance(tenant, str):
+            return
+        if kind == "reply" and isinstance(reply_id := message.get("reply_id"), str):
+            wake = self._remote.pop((tenant, reply_id), None)
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+        elif kind == "cancel" and isinstance(session_id := message.get("session_id"), str):
+            reply_id = message.get("reply_id")
+            lives = self._session_lives(tenant, session_id)
+            if lives and (not reply_id or any(live.reply_id == reply_id for live in lives)):
+                self.cancel_local(tenant, session_id)
+
+
+def _turn_id(events: Sequence[TurnEvent]) -> str:
+    for event in events:
+        if isinstance(event, MessageCompleted):
+            return event.message.turn_id
+    return ""
