@@ -36,6 +36,7 @@ from bench.chatd_client import user_text
 async def measure(url: str, schema: str, concurrency: int, seconds: float) -> dict[str, float]:
     """One round: fresh sessions in a fresh store, a warm-up, then `seconds` of turns."""
     from server.providers.echo import EchoProvider
+    from server.rpc.reply_codec import encode_events
     from server.sessions.engine import TurnInput
     from server.sessions.model import ContextPolicy, Part, SessionSettings
     from server.sessions.service import ChatSessions
@@ -43,7 +44,9 @@ async def measure(url: str, schema: str, concurrency: int, seconds: float) -> di
     from server.tools import load_tools
 
     store = await open_store(url, cache_max_bytes=64 << 20, postgres_schema=schema or None)
-    chats = ChatSessions(store, EchoProvider(), load_tools((), entry_points=False))
+    chats = ChatSessions(
+        store, EchoProvider(), load_tools((), entry_points=False), event_encoder=encode_events
+    )
     settings = SessionSettings(context_policy=ContextPolicy(max_messages=20))
     ids = [f"t-{i}" for i in range(64)]
     for sid in ids:

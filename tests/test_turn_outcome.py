@@ -18,7 +18,7 @@ import pytest
 from server.rpc.reply_codec import encode_events
 from server.sessions.engine import TurnInput
 from server.sessions.errors import Cancelled, NotFound
-from server.sessions.events import MessageCompleted, TurnCompleted, TurnEvent
+from server.sessions.events import MessageCompleted, ReplyStarted, TurnCompleted, TurnEvent
 from server.sessions.idempotency import RequestKey
 from server.sessions.model import DEFAULT_TENANT, Message, Part, Role, SessionSettings
 from server.sessions.ports import SessionStore
@@ -45,7 +45,11 @@ def sessions(store: LatchStore, provider: ScriptedProvider | None = None) -> Cha
 
 async def run(chats: ChatSessions, session_id: str, text: str) -> list[TurnEvent]:
     turn = TurnInput(parts=(Part(text=text),))
-    return [event async for event in chats.run_turn(TENANT, session_id, turn)]
+    return [
+        event
+        async for event in chats.run_turn(TENANT, session_id, turn)
+        if not isinstance(event, ReplyStarted)
+    ]
 
 
 async def test_cancel_during_the_commit_loses_and_the_caller_gets_the_stored_turn(
@@ -89,10 +93,11 @@ async def test_cancel_while_an_event_is_being_written_ends_the_turn_unstored(
     chats = sessions(latch)
     await chats.create(TENANT, SessionSettings(), "s")
     stream = chats.run_turn(TENANT, "s", TurnInput(parts=(Part(text="hello"),)))
+    assert isinstance(await anext(stream), ReplyStarted)
     first = await anext(stream)
     assert isinstance(first, MessageCompleted)
 
-    assert chats.cancel(TENANT, "s") is True
+    assert await chats.cancel(TENANT, "s") is True
     with pytest.raises(Cancelled):
         await anext(stream)
     assert await latch.inner.recent_messages(TENANT, "s") == []
@@ -212,7 +217,11 @@ async def test_cancel_while_a_no_content_reply_is_recorded_loses_too(latch: Latc
     turn = TurnInput(parts=(Part(text="hello"),))
 
     async def run_keyed() -> list[TurnEvent]:
-        return [event async for event in chats.run_turn(TENANT, "s", turn, key)]
+        return [
+            event
+            async for event in chats.run_turn(TENANT, "s", turn, key)
+            if not isinstance(event, ReplyStarted)
+        ]
 
     task = asyncio.create_task(run_keyed())
     await latch.entered.wait()
