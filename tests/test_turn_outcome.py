@@ -61,7 +61,7 @@ async def test_cancel_during_the_commit_loses_and_the_caller_gets_the_stored_tur
     turn = asyncio.create_task(run(chats, "s", "hello"))
     await latch.entered.wait()
 
-    assert chats.cancel(TENANT, "s") is False  # the commit has begun: the turn completes
+    assert await chats.cancel(TENANT, "s") is False  # the commit has begun: the turn completes
     latch.release.set()
     events = await turn
 
