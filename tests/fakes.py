@@ -98,3 +98,50 @@ class LatchStore:
                     self.log.append(f"{name} end")
 
         return held
+
+
+class GatedProvider:
+    """Streams `deltas`, one each time the test lets one through (`release()`), so a test
+    decides exactly how far a reply has got. Counts calls, and sets `cancelled` when the
+    consumer stops a call (the upstream call would be closed)."""
+
+    def __init__(self, deltas: list[str] | None = None) -> None:
+        self.deltas = deltas if deltas is not None else ["one ", "two ", "three ", "four"]
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self._gate: asyncio.Queue[None] = asyncio.Queue()
+
+    @property
+    def name(self) -> str:
+        return "gated"
+
+    @property
+    def default_model(self) -> str:
+        return "gated-model"
+
+    def release(self, n: int = 1) -> None:
+        """Lets `n` more deltas (the last one also ends the answer) through."""
+        for _ in range(n):
+            self._gate.put_nowait(None)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        self.calls += 1
+        self.started.set()
+        try:
+            for delta in self.deltas:
+                await self._gate.get()
+                yield ModelChunk(parts=(Part(text=delta),))
+            yield ModelChunk(
+                usage=Usage(prompt_tokens=3, candidates_tokens=4, total_tokens=7),
+                finish_reason=FinishReason.STOP,
+            )
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled.set()
+            raise
+
+    async def count_tokens(self, request: ModelRequest) -> TokenCount:
+        return TokenCount(len(request.contents), estimated=True)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,302 @@
+"""Replies as resources, through a real server: ids, background turns, resume, GetReply,
+ListReplies, CancelReply by reply id, and what a stopping replica leaves behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from chatd.v1 import chat_service_pb2 as pb
+from tests.conftest import Chatd, StartChatd
+from tests.fakes import GatedProvider
+from tests.helpers import all_messages
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY:
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info.reason
+    return ""
+
+
+async def read_all(call: Any) -> list[pb.StreamReplyResponse]:
+    return [event async for event in call]
+
+
+@pytest.fixture
+def provider() -> GatedProvider:
+    return GatedProvider()
+
+
+@pytest.fixture
+async def server(start_chatd: StartChatd, provider: GatedProvider) -> Chatd:
+    chatd: Chatd = await start_chatd(provider=provider)
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+    return chatd
+
+
+async def test_a_dropped_background_stream_completes_and_resumes_with_exactly_the_missing_events(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    call = server.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi", background=True))
+    first = await call.read()
+    assert first.sequence_number == 1 and first.HasField("message")
+    reply_id = first.reply_id
+    assert reply_id
+    provider.release()
+    second = await call.read()
+    assert second.sequence_number == 2 and second.text_delta.text == "one "
+    call.cancel()  # the client goes away mid-reply
+
+    provider.release(3)
+    rest = await read_all(
+        server.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id, starting_after=2))
+    )
+    assert [e.sequence_number for e in rest] == list(range(3, 3 + len(rest)))
+    assert rest[0].reply_id == reply_id
+    assert [e.text_delta.text for e in rest if e.HasField("text_delta")] == [
+        "two ",
+        "three ",
+        "four",
+    ]
+    assert rest[-1].reply.text == "one two three four"
+    assert rest[-1].reply.reply_id == reply_id
+    assert not provider.cancelled.is_set() and provider.calls == 1
+
+    got = await server.stub.GetReply(pb.GetReplyRequest(session_id="s", reply_id=reply_id))
+    assert got.reply.state == pb.REPLY_STATE_COMPLETED
+    assert got.reply.background and got.reply.last_sequence_number == rest[-1].sequence_number
+    assert got.reply.reply.text == "one two three four"
+    assert [m.role for m in await all_messages(server.stub, "s")] == [pb.ROLE_USER, pb.ROLE_MODEL]
+
+    # A finished reply replays whole, numbered as it was first sent.
+    whole = await read_all(server.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id)))
+    assert whole[1] == second
+    for a, b in zip(whole[2:], rest, strict=True):
+        c = pb.StreamReplyResponse()
+        c.CopyFrom(b)
+        c.reply_id = ""
+        assert a == c
+    assert [e.sequence_number for e in got.events] == [e.sequence_number for e in whole]
+
+
+async def test_a_disconnect_without_background_cancels_the_turn_at_once(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    call = server.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi"))
+    reply_id = (await call.read()).reply_id
+    await provider.started.wait()
+    call.cancel()
+    await provider.cancelled.wait()
+
+    follow = server.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id, starting_after=1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all(follow)
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    assert reason_of(caught.value) == "CALLER_DISCONNECTED"
+    got = await server.stub.GetReply(pb.GetReplyRequest(reply_id=reply_id))
+    assert got.reply.state == pb.REPLY_STATE_CANCELLED
+    assert got.reply.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert await all_messages(server.stub, "s") == []
+
+
+async def test_a_background_send_message_returns_at_once_and_is_followed_to_its_end(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    sent = await server.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi", background=True)
+    )
+    reply_id = sent.reply.reply_id
+    assert reply_id and not sent.reply.text and not sent.reply.messages
+
+    running = await server.stub.GetReply(pb.GetReplyRequest(session_id="s", reply_id=reply_id))
+    assert running.reply.state == pb.REPLY_STATE_RUNNING
+    listed = await server.stub.ListReplies(pb.ListRepliesRequest(session_id="s"))
+    assert [r.reply_id for r in listed.replies] == [reply_id]
+
+    provider.release(4)
+    events = await read_all(server.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id)))
+    assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+    assert events[0].reply_id == reply_id
+    assert events[-1].reply.text == "one two three four"
+
+    done = await server.stub.GetReply(
+        pb.GetReplyRequest(session_id="s", reply_id=reply_id, skip_events=True)
+    )
+    assert done.reply.state == pb.REPLY_STATE_COMPLETED and not done.events
+    assert done.reply.reply.text == "one two three four"
+    assert done.reply.reply.reply_id == reply_id
+    assert done.reply.turn_id == done.reply.reply.turn_id
+
+
+async def test_cancel_reply_by_id_stops_a_background_turn(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    sent = await server.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi", background=True)
+    )
+    reply_id = sent.reply.reply_id
+    await provider.started.wait()
+    cancelled = await server.stub.CancelReply(pb.CancelReplyRequest(reply_id=reply_id))
+    assert cancelled.cancelled
+    await provider.cancelled.wait()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all(server.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id)))
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    assert reason_of(caught.value) == "REPLY_CANCELLED"
+    got = await server.stub.GetReply(pb.GetReplyRequest(reply_id=reply_id))
+    assert got.reply.state == pb.REPLY_STATE_CANCELLED and not got.reply.error.retryable
+    assert await all_messages(server.stub, "s") == []
+    again = await server.stub.CancelReply(pb.CancelReplyRequest(reply_id=reply_id))
+    assert not again.cancelled
+
+
+async def test_a_retry_while_the_background_turn_runs_follows_it_instead_of_running_again(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    sent = await server.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi", background=True, request_id="r1")
+    )
+    retry = server.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi", request_id="r1"))
+    first = await retry.read()
+    assert first.reply_id == sent.reply.reply_id and first.sequence_number == 1
+    provider.release(4)
+    rest = await read_all(retry)
+    assert rest[-1].reply.text == "one two three four"
+    assert provider.calls == 1
+    assert len(await all_messages(server.stub, "s")) == 2
+
+
+async def test_send_message_replies_are_listed_and_read_back(server: Chatd, provider: GatedProvider) -> None:
+    ids = []
+    for n in range(3):
+        provider.release(4)
+        sent = await server.stub.SendMessage(pb.SendMessageRequest(session_id="s", text=f"m{n}"))
+        assert sent.reply.reply_id
+        ids.append(sent.reply.reply_id)
+        got = await server.stub.GetReply(pb.GetReplyRequest(reply_id=sent.reply.reply_id))
+        assert got.reply.state == pb.REPLY_STATE_COMPLETED
+        assert got.reply.reply == sent.reply
+        assert got.events[-1].reply == sent.reply
+    page = await server.stub.ListReplies(pb.ListRepliesRequest(session_id="s", page_size=2))
+    assert [r.reply_id for r in page.replies] == ids[::-1][:2]
+    assert all(not r.HasField("reply") for r in page.replies)
+    rest = await server.stub.ListReplies(
+        pb.ListRepliesRequest(session_id="s", page_size=2, page_token=page.next_page_token)
+    )
+    assert [r.reply_id for r in rest.replies] == ids[:1] and not rest.next_page_token
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.StreamReplyRequest(reply_id="r1", text="x"), "text"),
+        (pb.StreamReplyRequest(reply_id="r1", background=True), "background"),
+        (pb.StreamReplyRequest(reply_id="r1", request_id="q"), "request_id"),
+        (pb.StreamReplyRequest(session_id="s", text="x", starting_after=3), "starting_after"),
+        (pb.StreamReplyRequest(reply_id="r1", starting_after=-1), "starting_after"),
+        (pb.StreamReplyRequest(reply_id="bad id"), "reply_id"),
+    ],
+)
+async def test_malformed_resumes_name_the_field(
+    server: Chatd, request_: pb.StreamReplyRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all(server.stub.StreamReply(request_))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (caught.value.details() or "")
+
+
+async def test_unknown_replies_and_cursors_past_the_end(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    for call in (
+        server.stub.GetReply(pb.GetReplyRequest(reply_id="r-none")),
+        server.stub.CancelReply(pb.CancelReplyRequest(reply_id="r-none")),
+        read_all(server.stub.StreamReply(pb.StreamReplyRequest(reply_id="r-none"))),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert reason_of(caught.value) == "REPLY_NOT_FOUND"
+    provider.release(4)
+    sent = await server.stub.SendMessage(pb.SendMessageRequest(session_id="s", text="hi"))
+    await server.stub.CreateSession(pb.CreateSessionRequest(session_id="other"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await server.stub.GetReply(pb.GetReplyRequest(session_id="other", reply_id=sent.reply.reply_id))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all(
+            server.stub.StreamReply(
+                pb.StreamReplyRequest(reply_id=sent.reply.reply_id, starting_after=1000)
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_another_tenant_never_sees_a_reply(start_chatd: StartChatd) -> None:
+    provider = GatedProvider()
+    chatd: Chatd = await start_chatd(provider=provider, api_keys="a:key-a,b:key-b")
+    as_a = (("authorization", "Bearer key-a"),)
+    as_b = (("authorization", "Bearer key-b"),)
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s"), metadata=as_a)
+    provider.release(4)
+    sent = await chatd.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi"), metadata=as_a
+    )
+    for call in (
+        chatd.stub.GetReply(pb.GetReplyRequest(reply_id=sent.reply.reply_id), metadata=as_b),
+        chatd.stub.CancelReply(pb.CancelReplyRequest(reply_id=sent.reply.reply_id), metadata=as_b),
+        read_all(
+            chatd.stub.StreamReply(
+                pb.StreamReplyRequest(reply_id=sent.reply.reply_id), metadata=as_b
+            )
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_background_turn_cut_by_shutdown_fails_retryable_and_its_retry_runs_once(
+    start_chatd: StartChatd, tmp_path: Any
+) -> None:
+    url = f"sqlite:///{tmp_path}/stop.db"
+    provider = GatedProvider()
+    first: Chatd = await start_chatd(provider=provider, database_url=url)
+    await first.stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+    sent = await first.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi", background=True, request_id="r1")
+    )
+    await provider.started.wait()
+    await first.running.stop(grace=0)  # the grace period ends with the turn still running
+    assert provider.cancelled.is_set()
+
+    again = GatedProvider()
+    second: Chatd = await start_chatd(provider=again, database_url=url)
+    got = await second.stub.GetReply(pb.GetReplyRequest(reply_id=sent.reply.reply_id))
+    assert got.reply.state == pb.REPLY_STATE_FAILED
+    assert got.reply.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert got.reply.error.reason == "REPLICA_STOPPING" and got.reply.error.retryable
+    assert await all_messages(second.stub, "s") == []
+
+    again.release(4)
+    retried = await second.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi", request_id="r1")
+    )
+    assert retried.reply.text == "one two three four"
+    replayed = await second.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi", request_id="r1")
+    )
+    assert replayed.reply.text == retried.reply.text and again.calls == 1
+    assert len(await all_messages(second.stub, "s")) == 2
