@@ -457,3 +457,19 @@ async def test_replies_survive_a_reopen(store: SessionStore, backend: Backend) -
         assert [r.reply_id for r in await reopened.list_replies(TENANT, "s1", 10)] == ["r2", "r1"]
     finally:
         await reopened.close()
+
+
+async def test_a_long_turn_stores_its_reply_too(store: SessionStore) -> None:
+    """Past PostgreSQL's one-statement turn (more than a batch of messages)."""
+    session = await started(store)
+    after, messages = turn_of(session, [f"m{i}" for i in range(1100)])
+    reply = write(reply_of(state=ReplyState.COMPLETED, lease=None), 1, 3)
+    await store.commit_turn(after, messages, session.version, reply=reply)
+    assert len(await store.recent_messages(TENANT, "s1")) == 1100
+    assert await store.get_reply(TENANT, "r1") == reply.record
+    assert await store.reply_events(TENANT, "r1", 0) == [chunk(1, 3)]
+    stale, more = turn_of(session, [f"x{i}" for i in range(1100)])
+    lost = write(reply_of("r2", state=ReplyState.COMPLETED), 1, 1)
+    with pytest.raises(Conflict):
+        await store.commit_turn(stale, more, session.version, reply=lost)
+    assert await store.get_reply(TENANT, "r2") is None
