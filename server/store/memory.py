@@ -213,9 +213,7 @@ class MemoryStore:
         request: RequestRecord | None = None,
         reply: ReplyWrite | None = None,
     ) -> None:
-        rules.check_turn(session, messages, expected_version)
-        rules.check_request(session, request)
-        rules.check_turn_reply(session, reply)
+        rules.check_commit(session, messages, expected_version, request, reply)
         self._check_request(request)
         first = rules.first_new_seq(session, messages)
         record = self._guarded(session, expected_version, first)
@@ -288,7 +286,7 @@ class MemoryStore:
             for r in (self._replies[tenant, reply_id].record for reply_id in ids)
         )
         if before is not None:
-            cursor = (rules.to_micros(before[0]), before[1])
+            cursor = rules.reply_cursor(before)
             found = (f for f in found if f[:2] < cursor)
         return [f[2] for f in heapq.nlargest(max(limit, 0), found, key=_listing_key)]
 

@@ -242,9 +242,7 @@ class PostgresStore:
         request: RequestRecord | None = None,
         reply: ReplyWrite | None = None,
     ) -> None:
-        rules.check_turn(session, messages, expected_version)
-        rules.check_request(session, request)
-        rules.check_turn_reply(session, reply)
+        rules.check_commit(session, messages, expected_version, request, reply)
         first = rules.first_new_seq(session, messages)
         if len(messages) > INSERT_BATCH:
             async with self._transaction() as conn:
@@ -337,7 +335,7 @@ class PostgresStore:
             if before is None:
                 found = await conn.fetch(sql.LIST_REPLIES, tenant, session_id, limit)
             else:
-                cursor = (rules.to_micros(before[0]), before[1])
+                cursor = rules.reply_cursor(before)
                 found = await conn.fetch(
                     sql.LIST_REPLIES_BEFORE, tenant, session_id, *cursor, limit
                 )

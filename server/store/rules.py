@@ -145,6 +145,24 @@ def check_turn_reply(session: Session, reply: ReplyWrite | None) -> None:
     check_reply(reply)
 
 
+def check_commit(
+    session: Session,
+    messages: Sequence[Message],
+    expected_version: int,
+    request: RequestRecord | None,
+    reply: ReplyWrite | None,
+) -> None:
+    """Every check of a commit_turn that needs nothing stored (ValueError)."""
+    check_turn(session, messages, expected_version)
+    check_request(session, request)
+    check_turn_reply(session, reply)
+
+
+def reply_cursor(before: tuple[float, str]) -> tuple[int, str]:
+    """A list_replies cursor as the stored (create_time, reply_id) it compares with."""
+    return to_micros(before[0]), before[1]
+
+
 def stored_last_seq(write: ReplyWrite) -> int:
     """The last_seq a stored record must have for `write` to continue it."""
     return write.record.last_seq if write.events is None else write.events.first_seq - 1

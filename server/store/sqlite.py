@@ -518,9 +518,7 @@ class SqliteStore:
         request: RequestRecord | None = None,
         reply: ReplyWrite | None = None,
     ) -> None:
-        rules.check_turn(session, messages, expected_version)
-        rules.check_request(session, request)
-        rules.check_turn_reply(session, reply)
+        rules.check_commit(session, messages, expected_version, request, reply)
         first = rules.first_new_seq(session, messages)
         update = sql.update_values(session, expected_version, first)
         added = sql.message_rows(session, messages)
@@ -622,7 +620,7 @@ class SqliteStore:
         statement: str = sql.LIST_REPLIES
         params: tuple[str | int, ...] = (tenant, session_id, limit)
         if before is not None:
-            cursor = (rules.to_micros(before[0]), before[1])
+            cursor = rules.reply_cursor(before)
             statement, params = sql.LIST_REPLIES_BEFORE, (tenant, session_id, *cursor, limit)
 
         def job(conn: sqlite3.Connection) -> list[ReplyRecord]:
