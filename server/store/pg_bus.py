@@ -161,7 +161,7 @@ class PostgresBus:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task})
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -205,13 +205,22 @@ class PostgresBus:
             deliver(self._listeners, message)
 
     async def _supervise(self, conn: ListeningConnection, lost: asyncio.Event) -> None:
-        """Watches the connection and replaces it whenever it is lost, until cancelled."""
+        """Watches the connection and replaces it whenever it is lost, until cancelled.
+
+        Also ends on its own once the bus is closed, should a cancellation be swallowed
+        on the way (some library code does, if it lands as an awaited result is ready).
+        """
         while True:
             await self._watch(conn, lost)
             self._conn = None
             conn.terminate()
+            if self._closed:
+                return
             log.warning("bus connection lost; reconnecting", channel=self._channel)
-            conn, lost = await self._reconnect()
+            replaced = await self._reconnect()
+            if replaced is None:
+                return
+            conn, lost = replaced
             if self._on_reconnect is not None:
                 try:
                     self._on_reconnect()
@@ -221,9 +230,12 @@ class PostgresBus:
     async def _watch(self, conn: ListeningConnection, lost: asyncio.Event) -> None:
         """Returns once the connection is closed, or a probe finds it unresponsive."""
         while True:
+            # Not asyncio.wait_for: before Python 3.12 it swallows a cancellation that
+            # arrives once the event is set, and close() would then wait for a reconnect.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), self._probe_interval)
-            if lost.is_set() or not await self._probe(conn):
+                async with asyncio.timeout(self._probe_interval):
+                    await lost.wait()
+            if self._closed or lost.is_set() or not await self._probe(conn):
                 return
 
     async def _probe(self, conn: ListeningConnection) -> bool:
@@ -236,10 +248,12 @@ class PostgresBus:
                 return False
         return True
 
-    async def _reconnect(self) -> tuple[ListeningConnection, asyncio.Event]:
+    async def _reconnect(self) -> tuple[ListeningConnection, asyncio.Event] | None:
+        """A new listening connection, after as many attempts as it takes; None if the
+        bus closes first."""
         delay = self._reconnect_delay
         attempt = 0
-        while True:
+        while not self._closed:
             attempt += 1
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             try:
@@ -249,5 +263,10 @@ class PostgresBus:
                 log.warning("bus reconnect failed", attempt=attempt, error=reason)
                 delay = min(delay * 2, self._reconnect_delay_max)
                 continue
+            if self._closed:
+                conn.terminate()
+                self._conn = None
+                return None
             log.info("bus reconnected", channel=self._channel, attempts=attempt)
             return conn, lost
+        return None

@@ -357,3 +357,130 @@ async def test_an_unreachable_server_is_unavailable_at_start_without_echoing_sec
         await bus.start()
     assert "secret" not in str(raised.value)
     await bus.close()
+
+
+# ----------------------------------------------------------------------------- outages
+
+
+class Proxy:
+    """A TCP relay to the PostgreSQL server whose link a test can cut, freeze or refuse.
+
+    down: every new connection is closed on arrival (a server restarting), and counted.
+    freeze(): the bytes of the connections relayed so far stop flowing without either
+    side being closed (a silent network failure); new connections flow.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._freezes: list[asyncio.Event] = []
+        self.down = False
+        self.refused = 0
+        self.refusal = asyncio.Event()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def freeze(self) -> None:
+        for frozen in self._freezes:
+            frozen.set()
+
+    def cut(self) -> None:
+        """Drops every relayed connection; new ones are relayed again (unless down)."""
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            self.refused += 1
+            self.refusal.set()
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, up_writer]
+        frozen = asyncio.Event()
+        self._freezes.append(frozen)
+        await asyncio.gather(
+            self._pipe(reader, up_writer, frozen),
+            self._pipe(up_reader, writer, frozen),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frozen: asyncio.Event
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if frozen.is_set():
+                    continue  # swallowed: neither side hears of it
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+
+
+@asynccontextmanager
+async def proxied(dsn: str) -> AsyncIterator[tuple[Proxy, str]]:
+    """A Proxy to the server in `dsn`, and the DSN that goes through it."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await proxy.start()
+    user = f"{parts.username}@" if parts.username else ""
+    try:
+        yield proxy, urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+    finally:
+        await proxy.close()
+
+
+async def test_while_the_server_refuses_connections_the_bus_retries_until_it_is_back() -> None:
+    dsn = postgres_dsn()
+    reconnected = asyncio.Event()
+    fast = {"reconnect_delay": 0.01, "reconnect_delay_max": 0.05}
+    async with (
+        fresh_schema(dsn) as schema,
+        proxied(dsn) as (proxy, proxied_dsn),
+        postgres_bus(proxied_dsn, schema, on_reconnect=reconnected.set, **fast) as (_bus, heard),
+        postgres_bus(dsn, schema) as (direct, _),
+    ):
+        proxy.down = True
+        proxy.cut()
+        async with asyncio.timeout(WAIT):
+            while proxy.refused < 3:
+                proxy.refusal.clear()
+                await proxy.refusal.wait()
+        assert not reconnected.is_set()
+        await direct.publish({"n": "lost in the gap"})
+        proxy.down = False
+        async with asyncio.timeout(WAIT):
+            await reconnected.wait()
+        await direct.publish({"n": "after"})
+        assert await heard.wait_for(1) == [{"n": "after"}]
+
+
+async def test_a_connection_that_stops_answering_is_found_by_the_probe_and_replaced() -> None:
+    dsn = postgres_dsn()
+    reconnected = asyncio.Event()
+    quick = {"probe_interval": 0.05, "operation_timeout": 0.5, "reconnect_delay": 0.01}
+    async with (
+        fresh_schema(dsn) as schema,
+        proxied(dsn) as (proxy, proxied_dsn),
+        postgres_bus(proxied_dsn, schema, on_reconnect=reconnected.set, **quick) as (bus, heard),
+    ):
+        proxy.freeze()  # no error on either side: only a probe without answer tells
+        async with asyncio.timeout(WAIT):
+            await reconnected.wait()
+        await bus.publish({"n": "after"})
+        assert await heard.wait_for(1) == [{"n": "after"}]
