@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 from server.metrics.core import Metrics
 from server.sessions.errors import AlreadyExists, Conflict, DuplicateRequest, NotFound
 from server.sessions.model import Message, Session
-from server.sessions.ports import RequestRecord, SessionQuery, SessionStore
+from server.sessions.ports import (
+    ReplyError,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyWrite,
+    RequestRecord,
+    SessionQuery,
+    SessionStore,
+)
 
 
 def store_outcome(exc: BaseException | None) -> str:
@@ -110,9 +118,10 @@ class InstrumentedStore:
         messages: Sequence[Message],
         expected_version: int,
         request: RequestRecord | None = None,
+        reply: ReplyWrite | None = None,
     ) -> None:
         with self._timed("commit_turn"):
-            await self._inner.commit_turn(session, messages, expected_version, request)
+            await self._inner.commit_turn(session, messages, expected_version, request, reply)
 
     async def clear_history(self, session: Session, expected_version: int) -> None:
         with self._timed("clear_history"):
@@ -133,6 +142,36 @@ class InstrumentedStore:
     async def delete_requests_before(self, time: float, limit: int) -> int:
         with self._timed("delete_requests_before"):
             return await self._inner.delete_requests_before(time, limit)
+
+    async def put_reply(self, write: ReplyWrite) -> bool:
+        with self._timed("put_reply"):
+            return await self._inner.put_reply(write)
+
+    async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None:
+        with self._timed("get_reply"):
+            return await self._inner.get_reply(tenant, reply_id)
+
+    async def list_replies(
+        self, tenant: str, session_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[ReplyRecord]:
+        with self._timed("list_replies"):
+            return await self._inner.list_replies(tenant, session_id, limit, before)
+
+    async def reply_events(self, tenant: str, reply_id: str, after_seq: int) -> list[ReplyEvents]:
+        with self._timed("reply_events"):
+            return await self._inner.reply_events(tenant, reply_id, after_seq)
+
+    async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
+        with self._timed("renew_replies"):
+            return await self._inner.renew_replies(owner, lease_expire_time)
+
+    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+        with self._timed("fail_stale_replies"):
+            return await self._inner.fail_stale_replies(now, error, limit)
+
+    async def delete_replies_before(self, time: float, limit: int) -> int:
+        with self._timed("delete_replies_before"):
+            return await self._inner.delete_replies_before(time, limit)
 
     async def close(self) -> None:
         with self._timed("close"):

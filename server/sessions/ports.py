@@ -202,8 +202,9 @@ class SessionStore(Protocol):
         """Atomically replaces the session row with `session` and appends `messages`.
 
         With `reply`, the reply's record and events are written in the same transaction
-        (as put_reply does, but even over a record in a final state: the turn's stored
-        outcome is the truth).
+        (as put_reply does, but even over a record in a final state and whatever events
+        are stored: the turn's stored outcome is the truth, and its events replace a chunk
+        stored under the same first_seq). The reply must be of the session (ValueError).
 
         Requires session.version > expected_version and message seqs increasing from the
         stored next_seq up to below session.next_seq. Raises Conflict (and writes nothing)
@@ -233,8 +234,10 @@ class SessionStore(Protocol):
         """Creates or replaces the reply's record and appends its events, atomically.
 
         Returns False, writing nothing, if the stored record is already in a final state
-        (the reply ended, or another replica declared it failed). Events must continue
-        the stored ones (first_seq == stored last_seq + 1).
+        (the reply ended, or another replica declared it failed). A stored running
+        record's events must be continued: first_seq == stored last_seq + 1, or without
+        events the same last_seq; else ValueError, writing nothing. With events,
+        record.last_seq must be events.last_seq (ValueError).
         """
 
     async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None: ...

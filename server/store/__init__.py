@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from server.sessions.ports import SessionStore
+from server.sessions.ports import ReplyBus, SessionStore
+from server.store.bus import LocalBus
 from server.store.cache import CachedStore, CacheStats
 from server.store.memory import MemoryStore
 from server.store.migrations import SchemaTooNew
@@ -11,9 +12,11 @@ from server.store.sqlite import SqliteStore
 __all__ = [
     "CacheStats",
     "CachedStore",
+    "LocalBus",
     "MemoryStore",
     "SchemaTooNew",
     "SqliteStore",
+    "open_bus",
     "open_store",
 ]
 
@@ -38,17 +41,13 @@ async def open_store(
     `postgres_schema` when set (created if missing) and else in the server's default
     schema; several replicas may share it, so its cache runs in shared mode.
     """
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
     store: SessionStore
-    if scheme == "memory":
-        if url.lower() != "memory://":
-            raise ValueError("a memory store URL has nothing after 'memory://'")
+    backend = _backend(url)
+    if backend == "memory":
         return MemoryStore()
-    if scheme == "sqlite":
-        if not url.startswith(_SQLITE_PREFIX) or len(url) == len(_SQLITE_PREFIX):
-            raise ValueError("a sqlite store URL is sqlite:///relative.db or sqlite:////abs.db")
+    if backend == "sqlite":
         store = await SqliteStore.open(url[len(_SQLITE_PREFIX) :], sqlite_synchronous)
-    elif scheme in ("postgres", "postgresql"):
+    else:
         # Imported here so that only PostgreSQL deployments need the driver.
         from server.store.postgres import PostgresStore
 
@@ -61,10 +60,42 @@ async def open_store(
         if cache_max_bytes > 0:
             return CachedStore(store, cache_max_bytes, shared=True)
         return store
-    else:
-        # Only the scheme is named, for the same reason.
-        raise ValueError(
-            f"unsupported store URL scheme {scheme!r};"
-            " use sqlite:///path.db, postgresql://host/db or memory://"
-        )
     return CachedStore(store, cache_max_bytes) if cache_max_bytes > 0 else store
+
+
+def open_bus(database_url: str, schema: str | None) -> ReplyBus:
+    """The ReplyBus of the store `database_url` names (read as open_store reads it),
+    not yet started.
+
+    A PostgreSQL URL gives a PostgresBus on the channel of `schema` (the store's
+    postgres_schema; None for the server's default schema), which needs one connection
+    of its own besides the store's pool. memory:// and sqlite:/// give a LocalBus: their
+    store serves one process. Raises ValueError for a URL open_store refuses, or a
+    malformed schema name.
+    """
+    if _backend(database_url) != "postgres":
+        return LocalBus()
+    # Imported here so that only PostgreSQL deployments need the driver.
+    from server.store.pg_bus import PostgresBus
+
+    return PostgresBus(database_url, schema)
+
+
+def _backend(url: str) -> str:
+    """'memory', 'sqlite' or 'postgres'; ValueError, naming only the scheme, otherwise."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        if url.lower() != "memory://":
+            raise ValueError("a memory store URL has nothing after 'memory://'")
+        return "memory"
+    if scheme == "sqlite":
+        if not url.startswith(_SQLITE_PREFIX) or len(url) == len(_SQLITE_PREFIX):
+            raise ValueError("a sqlite store URL is sqlite:///relative.db or sqlite:////abs.db")
+        return "sqlite"
+    if scheme in ("postgres", "postgresql"):
+        return "postgres"
+    # Only the scheme is named: the rest of the URL may hold a password.
+    raise ValueError(
+        f"unsupported store URL scheme {scheme!r};"
+        " use sqlite:///path.db, postgresql://host/db or memory://"
+    )

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from server.sessions.errors import NotFound
 from server.sessions.locks import KeyedLocks
 from server.sessions.model import Message, Session
-from server.sessions.ports import RequestRecord, SessionQuery, SessionStore
+from server.sessions.ports import (
+    ReplyError,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyWrite,
+    RequestRecord,
+    SessionQuery,
+    SessionStore,
+)
 from server.store import codec, rules
 from server.store.cache_entry import CacheStats, Entry
 
@@ -317,11 +325,12 @@ class CachedStore:
         messages: Sequence[Message],
         expected_version: int,
         request: RequestRecord | None = None,
+        reply: ReplyWrite | None = None,
     ) -> None:
         key = (session.tenant, session.session_id)
         async with self._locks.hold(key):
             try:
-                await self._inner.commit_turn(session, messages, expected_version, request)
+                await self._inner.commit_turn(session, messages, expected_version, request, reply)
             except BaseException:
                 # Conflict/NotFound mean the entry is stale; anything else (cancellation
                 # included) leaves the outcome unknown. Reload from inner next time.
@@ -377,6 +386,31 @@ class CachedStore:
 
     async def delete_requests_before(self, time: float, limit: int) -> int:
         return await self._inner.delete_requests_before(time, limit)
+
+    # Replies are not cached: each is read by its own stream, or rarely.
+
+    async def put_reply(self, write: ReplyWrite) -> bool:
+        return await self._inner.put_reply(write)
+
+    async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None:
+        return await self._inner.get_reply(tenant, reply_id)
+
+    async def list_replies(
+        self, tenant: str, session_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[ReplyRecord]:
+        return await self._inner.list_replies(tenant, session_id, limit, before)
+
+    async def reply_events(self, tenant: str, reply_id: str, after_seq: int) -> list[ReplyEvents]:
+        return await self._inner.reply_events(tenant, reply_id, after_seq)
+
+    async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
+        return await self._inner.renew_replies(owner, lease_expire_time)
+
+    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+        return await self._inner.fail_stale_replies(now, error, limit)
+
+    async def delete_replies_before(self, time: float, limit: int) -> int:
+        return await self._inner.delete_replies_before(time, limit)
 
     async def close(self) -> None:
         self._entries.clear()

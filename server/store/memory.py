@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from server.sessions.model import Message, Session
-from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
+from server.sessions.ports import (
+    ReplyError,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyState,
+    ReplyWrite,
+    RequestRecord,
+    SessionOrder,
+    SessionQuery,
+)
 from server.store import rules
 
 
@@ -18,8 +27,18 @@ class _Record:
     messages: list[Message] = field(default_factory=list)  # ordered by seq
 
 
+@dataclass(slots=True)
+class _Reply:
+    record: ReplyRecord
+    events: list[ReplyEvents] = field(default_factory=list)  # ordered by first_seq
+
+
 def _seq(message: Message) -> int:
     return message.seq
+
+
+def _first_seq(events: ReplyEvents) -> int:
+    return events.first_seq
 
 
 class MemoryStore:
@@ -32,6 +51,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self._tenants: dict[str, dict[str, _Record]] = {}
         self._requests: dict[tuple[str, str], RequestRecord] = {}
+        self._replies: dict[tuple[str, str], _Reply] = {}  # by (tenant, reply_id)
+        # Each session's reply ids, by (tenant, session_id), stored or not.
+        self._session_replies: dict[tuple[str, str], set[str]] = {}
 
     def _record(self, tenant: str, session_id: str) -> _Record:
         record = self._tenants.get(tenant, {}).get(session_id)
@@ -48,6 +70,40 @@ class MemoryStore:
     def _keep_request(self, request: RequestRecord | None) -> None:
         if request is not None:
             self._requests[request.tenant, request.request_id] = rules.quantize_request(request)
+
+    def _write_reply(self, write: ReplyWrite) -> None:
+        """Stores the record and its events, replacing a chunk that starts at the same seq."""
+        record = rules.quantize_reply(write.record)
+        key = (record.tenant, record.reply_id)
+        stored = self._replies.get(key)
+        if stored is None:
+            stored = self._replies[key] = _Reply(record)
+        elif stored.record.session_id != record.session_id:
+            self._unindex(stored.record)
+        stored.record = record
+        self._session_replies.setdefault((record.tenant, record.session_id), set()).add(
+            record.reply_id
+        )
+        if (events := write.events) is not None:
+            chunks = stored.events
+            at = bisect_left(chunks, events.first_seq, key=_first_seq)
+            if at < len(chunks) and chunks[at].first_seq == events.first_seq:
+                chunks[at] = events
+            else:
+                chunks.insert(at, events)
+
+    def _unindex(self, record: ReplyRecord) -> None:
+        key = (record.tenant, record.session_id)
+        ids = self._session_replies[key]
+        ids.discard(record.reply_id)
+        if not ids:
+            del self._session_replies[key]
+
+    def _forget_session(self, tenant: str, session_id: str) -> None:
+        """Deletes a stored session with its history and replies."""
+        del self._tenants[tenant][session_id]
+        for reply_id in self._session_replies.pop((tenant, session_id), ()):
+            del self._replies[tenant, reply_id]
 
     async def create_session(
         self,
@@ -76,6 +132,8 @@ class MemoryStore:
                 raise rules.quota_exceeded(max_sessions)
         history = [rules.quantize_message(m) for m in messages]
         record = _Record(rules.quantize_session(session), history)
+        if existing is not None:  # expired: gone with its replies
+            self._forget_session(session.tenant, session.session_id)
         self._tenants.setdefault(session.tenant, {})[session.session_id] = record
         self._keep_request(request)
 
@@ -114,7 +172,7 @@ class MemoryStore:
         record = self._record(tenant, session_id)
         if uid is not None and record.session.uid != uid:
             raise rules.not_found(session_id)
-        del self._tenants[tenant][session_id]
+        self._forget_session(tenant, session_id)
 
     async def recent_messages(
         self, tenant: str, session_id: str, limit: int | None = None
@@ -153,15 +211,17 @@ class MemoryStore:
         messages: Sequence[Message],
         expected_version: int,
         request: RequestRecord | None = None,
+        reply: ReplyWrite | None = None,
     ) -> None:
-        rules.check_turn(session, messages, expected_version)
-        rules.check_request(session, request)
+        rules.check_commit(session, messages, expected_version, request, reply)
         self._check_request(request)
         first = rules.first_new_seq(session, messages)
         record = self._guarded(session, expected_version, first)
         record.session = rules.quantize_session(session)
         record.messages.extend(rules.quantize_message(m) for m in messages)
         self._keep_request(request)
+        if reply is not None:
+            self._write_reply(reply)
 
     async def clear_history(self, session: Session, expected_version: int) -> None:
         rules.check_version(session, expected_version)
@@ -180,7 +240,7 @@ class MemoryStore:
         # Soonest expired first, as the SQL stores walk their expire_time index.
         doomed = heapq.nsmallest(max(limit, 0), expired)
         for _, tenant, session_id in doomed:
-            del self._tenants[tenant][session_id]
+            self._forget_session(tenant, session_id)
         return len(doomed)
 
     async def put_request(self, request: RequestRecord) -> None:
@@ -202,9 +262,94 @@ class MemoryStore:
             del self._requests[key]
         return len(doomed)
 
+    async def put_reply(self, write: ReplyWrite) -> bool:
+        rules.check_reply(write)
+        stored = self._replies.get((write.record.tenant, write.record.reply_id))
+        if stored is not None and (
+            stored.record.state is not ReplyState.RUNNING
+            or stored.record.last_seq != rules.stored_last_seq(write)
+        ):
+            return rules.reply_refused((stored.record.state.value, stored.record.last_seq), write)
+        self._write_reply(write)
+        return True
+
+    async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None:
+        stored = self._replies.get((tenant, reply_id))
+        return None if stored is None else stored.record
+
+    async def list_replies(
+        self, tenant: str, session_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[ReplyRecord]:
+        ids = self._session_replies.get((tenant, session_id), ())
+        found: Iterable[tuple[int, str, ReplyRecord]] = (
+            (rules.to_micros(r.create_time), r.reply_id, r)
+            for r in (self._replies[tenant, reply_id].record for reply_id in ids)
+        )
+        if before is not None:
+            cursor = rules.reply_cursor(before)
+            found = (f for f in found if f[:2] < cursor)
+        return [f[2] for f in heapq.nlargest(max(limit, 0), found, key=_listing_key)]
+
+    async def reply_events(self, tenant: str, reply_id: str, after_seq: int) -> list[ReplyEvents]:
+        stored = self._replies.get((tenant, reply_id))
+        return [] if stored is None else [c for c in stored.events if c.last_seq > after_seq]
+
+    async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
+        lease = rules.quantize_time(lease_expire_time)
+        renewed = 0
+        for stored in self._replies.values():
+            record = stored.record
+            if record.owner == owner and record.state is ReplyState.RUNNING:
+                stored.record = replace(record, lease_expire_time=lease)
+                renewed += 1
+        return renewed
+
+    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+        cutoff = rules.to_micros(now)
+        stale = (
+            (lease, key)
+            for key, stored in self._replies.items()
+            if stored.record.state is ReplyState.RUNNING
+            and stored.record.lease_expire_time is not None
+            and (lease := rules.to_micros(stored.record.lease_expire_time)) <= cutoff
+        )
+        # Longest expired first, as the SQL stores walk their lease index.
+        doomed = heapq.nsmallest(max(limit, 0), stale)
+        update_time = rules.quantize_time(now)
+        for _, key in doomed:
+            stored = self._replies[key]
+            stored.record = replace(
+                stored.record,
+                state=ReplyState.FAILED,
+                update_time=update_time,
+                owner="",
+                lease_expire_time=None,
+                error=error,
+            )
+        return len(doomed)
+
+    async def delete_replies_before(self, time: float, limit: int) -> int:
+        cutoff = rules.to_micros(time)
+        old = (
+            (updated, key)
+            for key, stored in self._replies.items()
+            if stored.record.state is not ReplyState.RUNNING
+            and (updated := rules.to_micros(stored.record.update_time)) < cutoff
+        )
+        doomed = heapq.nsmallest(max(limit, 0), old)
+        for _, key in doomed:
+            self._unindex(self._replies.pop(key).record)
+        return len(doomed)
+
     async def close(self) -> None:
         self._tenants.clear()
         self._requests.clear()
+        self._replies.clear()
+        self._session_replies.clear()
+
+
+def _listing_key(found: tuple[int, str, ReplyRecord]) -> tuple[int, str]:
+    return found[0], found[1]
 
 
 def _alive(session: Session, at_micros: int) -> bool:

@@ -55,6 +55,45 @@ _EXPIRE_INDEX = (
     "CREATE INDEX sessions_by_expire ON sessions (expire_time) WHERE expire_time IS NOT NULL"
 )
 
+# Replies (one run of a turn) and their stream events, kept as the opaque chunks they
+# were written in. No foreign keys: a reply's rows go with its session's in the same
+# transactions, and a turn's commit should not pay a lookup per row to prove it.
+_REPLIES_TABLE = """CREATE TABLE replies (
+    tenant TEXT NOT NULL,
+    reply_id TEXT{collate} NOT NULL,
+    session_id TEXT{collate} NOT NULL,
+    turn_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    background {boolean} NOT NULL,
+    state TEXT NOT NULL,
+    create_time {integer} NOT NULL,
+    update_time {integer} NOT NULL,
+    last_seq {integer} NOT NULL,
+    owner TEXT NOT NULL,
+    lease_expire_time {integer},
+    error_code TEXT,
+    error_message TEXT,
+    error_reason TEXT,
+    PRIMARY KEY (tenant, reply_id))"""
+_REPLY_EVENTS_TABLE = """CREATE TABLE reply_events (
+    tenant TEXT NOT NULL,
+    reply_id TEXT{collate} NOT NULL,
+    first_seq {integer} NOT NULL,
+    last_seq {integer} NOT NULL,
+    payload {blob} NOT NULL,
+    PRIMARY KEY (tenant, reply_id, first_seq))"""
+# A session's replies newest first (listing, and deleting them with the session); the
+# running ones by lease (the stale sweep) and by owner (lease renewal); the ended ones by
+# age (retention). 'running' is ReplyState.RUNNING's value; the partial indexes serve
+# only statements that repeat their condition as written.
+_REPLIES_INDEXES = (
+    "CREATE INDEX replies_by_session"
+    " ON replies (tenant, session_id, create_time DESC, reply_id DESC)",
+    "CREATE INDEX replies_by_lease ON replies (lease_expire_time) WHERE state = 'running'",
+    "CREATE INDEX replies_by_owner ON replies (owner) WHERE state = 'running'",
+    "CREATE INDEX replies_by_update ON replies (update_time) WHERE state <> 'running'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -156,6 +195,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             POSTGRESQL: (
                 "ALTER TABLE sessions ADD COLUMN uid TEXT NOT NULL DEFAULT ''",
                 "UPDATE sessions SET uid = replace(gen_random_uuid()::text, '-', '')",
+            ),
+        },
+    ),
+    Migration(
+        4,
+        "replies and their stream events",
+        {
+            SQLITE: (
+                _REPLIES_TABLE.format(collate="", boolean="INTEGER", integer="INTEGER"),
+                _REPLY_EVENTS_TABLE.format(collate="", integer="INTEGER", blob="BLOB"),
+                *_REPLIES_INDEXES,
+            ),
+            # COLLATE "C": reply_id order (the tie-break of a listing) is byte order.
+            POSTGRESQL: (
+                _REPLIES_TABLE.format(collate=' COLLATE "C"', boolean="BOOLEAN", integer="BIGINT"),
+                _REPLY_EVENTS_TABLE.format(collate=' COLLATE "C"', integer="BIGINT", blob="BYTEA"),
+                *_REPLIES_INDEXES,
             ),
         },
     ),

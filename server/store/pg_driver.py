@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -26,6 +26,28 @@ class Connection(Protocol):
     async def fetchval(self, query: str, *args: object) -> Any: ...
 
     def transaction(self) -> AbstractAsyncContextManager[object]: ...
+
+
+class ListeningConnection(Protocol):
+    """A connection of its own, outside any pool, that LISTENs for notifications."""
+
+    async def execute(self, query: str, *args: object) -> str: ...
+
+    async def fetchval(self, query: str, *args: object) -> Any: ...
+
+    async def add_listener(
+        self, channel: str, callback: Callable[[Any, int, str, str], None]
+    ) -> None: ...
+
+    def add_termination_listener(self, callback: Callable[[Any], None]) -> None: ...
+
+    def get_server_pid(self) -> int: ...
+
+    def is_closed(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    def terminate(self) -> None: ...
 
 
 class Pool(Protocol):
@@ -100,6 +122,29 @@ async def _keep_session(conn: object) -> None:
     """
 
 
+@contextlib.contextmanager
+def _url_errors_hidden() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
+        # asyncpg's parse errors may quote the URL, password included.
+        raise ValueError(
+            f"the PostgreSQL URL is invalid ({type(exc).__name__}); check its syntax"
+        ) from None
+
+
+async def connect(
+    dsn: str, *, connect_timeout: float, server_settings: Mapping[str, str]
+) -> ListeningConnection:
+    """One connection outside any pool; Unavailable when the server cannot be reached or
+    refuses us, ValueError (not quoting it) when the URL is malformed."""
+    with _url_errors_hidden(), translated():
+        conn: ListeningConnection = await asyncpg.connect(
+            dsn, timeout=connect_timeout, server_settings=dict(server_settings)
+        )
+    return conn
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -109,19 +154,13 @@ async def create_pool(
     server_settings: Mapping[str, str],
 ) -> Pool:
     """A connected pool; Unavailable when the server cannot be reached or refuses us."""
-    try:
-        with translated():
-            pool: Pool = await asyncpg.create_pool(
-                dsn,
-                min_size=min_size,
-                max_size=max_size,
-                timeout=connect_timeout,
-                server_settings=dict(server_settings),
-                reset=_keep_session,
-            )
-    except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
-        # asyncpg's parse errors may quote the URL, password included.
-        raise ValueError(
-            f"the PostgreSQL URL is invalid ({type(exc).__name__}); check its syntax"
-        ) from None
+    with _url_errors_hidden(), translated():
+        pool: Pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            server_settings=dict(server_settings),
+            reset=_keep_session,
+        )
     return pool

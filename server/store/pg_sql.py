@@ -7,12 +7,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.sessions.model import Message, Session, SessionSettings
+from server.sessions.ports import ReplyWrite
 from server.store import codec, rules
 from server.store.rows import (
+    FAILED,
     MESSAGE_COLUMNS,
+    REPLY_COLUMNS,
+    REPLY_EVENT_COLUMNS,
+    REPLY_EVENT_UPDATES,
+    REPLY_UPDATES,
     REQUEST_COLUMNS,
+    RUNNING,
     SESSION_COLUMNS,
     message_values,
+    reply_event_values,
+    reply_values,
     session_state_values,
     session_values,
 )
@@ -45,14 +54,117 @@ _TURN = (
     " SELECT $1, $2, m.* FROM unnest($18::bigint[], $19::text[], $20::text[], $21::bigint[],"
     " $22::text[]) AS m WHERE EXISTS (SELECT 1 FROM upd))"
 )
-COMMIT_TURN = _TURN + " SELECT count(*) FROM upd"
-# The same with the request record ($23..$27), inserted only with the turn and without
-# ON CONFLICT: a taken id is a unique violation, which undoes the whole statement.
-COMMIT_TURN_WITH_REQUEST = (
-    _TURN + f", req AS (INSERT INTO requests ({REQUEST_COLUMNS})"
+_DONE = " SELECT count(*) FROM upd"
+COMMIT_TURN = _TURN + _DONE
+# The request record ($23..$27), inserted only with the turn and without ON CONFLICT: a
+# taken id is a unique violation, which undoes the whole statement.
+_REQUEST = (
+    f", req AS (INSERT INTO requests ({REQUEST_COLUMNS})"
     " SELECT $23::text, $24::text, $25::text, $26::text, $27::bigint"
     " WHERE EXISTS (SELECT 1 FROM upd))"
-    " SELECT count(*) FROM upd"
+)
+COMMIT_TURN_WITH_REQUEST = _TURN + _REQUEST + _DONE
+
+# A reply's parameters: its REPLY_COLUMNS values (rows.reply_values), then its events'
+# first_seq, last_seq and payload (rows.reply_event_values: NULLs without events).
+_REPLY_TYPES = (
+    *("text",) * 5,
+    "boolean",
+    "text",
+    *("bigint",) * 3,
+    "text",
+    "bigint",
+    *("text",) * 3,
+)
+_EVENT_TYPES = ("bigint", "bigint", "bytea")
+_REPLY_PARAMS = len(_REPLY_TYPES) + len(_EVENT_TYPES)
+
+
+def _typed(first: int, types: Sequence[str]) -> str:
+    return ", ".join(f"${first + i}::{t}" for i, t in enumerate(types))
+
+
+def _reply_events(first: int, only_if: str) -> str:
+    """The CTE `rev` storing the events of the reply whose parameters start at `first`."""
+    events = first + len(_REPLY_TYPES)
+    return (
+        f"rev AS (INSERT INTO reply_events ({REPLY_EVENT_COLUMNS})"
+        f" SELECT ${first}::text, ${first + 1}::text, {_typed(events, _EVENT_TYPES)}"
+        f" WHERE ${events + 2}::bytea IS NOT NULL AND {only_if}"
+        f" ON CONFLICT (tenant, reply_id, first_seq) DO UPDATE SET {REPLY_EVENT_UPDATES})"
+    )
+
+
+def _reply(first: int, only_if: str) -> str:
+    """CTEs `rep` and `rev` writing the reply whose parameters start at `first` whatever
+    its stored state, if `only_if` holds (a turn's reply: its outcome is the truth)."""
+    return (
+        f"rep AS (INSERT INTO replies ({REPLY_COLUMNS})"
+        f" SELECT {_typed(first, _REPLY_TYPES)} WHERE {only_if}"
+        f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}), "
+        + _reply_events(first, only_if)
+    )
+
+
+_WITH_TURN = "EXISTS (SELECT 1 FROM upd)"
+# The turn's statement by (with a request, with a reply): the reply's parameters follow
+# the request's, or the turn's when there is none.
+_COMMIT_TURNS = {
+    (False, False): COMMIT_TURN,
+    (True, False): COMMIT_TURN_WITH_REQUEST,
+    (False, True): _TURN + ", " + _reply(23, _WITH_TURN) + _DONE,
+    (True, True): _TURN + _REQUEST + ", " + _reply(28, _WITH_TURN) + _DONE,
+}
+# A long turn's reply, in its transaction after the guarded UPDATE.
+WRITE_REPLY = "WITH " + _reply(1, "true") + " SELECT 1"
+# put_reply in one statement: the upsert changes a stored record only while it is running
+# and its last_seq is $19 (what the events continue), and the events go in only with it.
+PUT_REPLY = (
+    f"WITH rep AS (INSERT INTO replies ({REPLY_COLUMNS}) VALUES ({_typed(1, _REPLY_TYPES)})"
+    f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}"
+    f" WHERE replies.state = '{RUNNING}' AND replies.last_seq = ${_REPLY_PARAMS + 1}"
+    " RETURNING 1), " + _reply_events(1, "EXISTS (SELECT 1 FROM rep)") + " SELECT count(*) FROM rep"
+)
+SELECT_REPLY_STATE = "SELECT state, last_seq FROM replies WHERE tenant = $1 AND reply_id = $2"
+SELECT_REPLY = f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant = $1 AND reply_id = $2"
+# Newest first, walking replies_by_session.
+LIST_REPLIES = (
+    f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant = $1 AND session_id = $2"
+    " ORDER BY create_time DESC, reply_id DESC LIMIT $3"
+)
+LIST_REPLIES_BEFORE = (
+    f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant = $1 AND session_id = $2"
+    " AND (create_time, reply_id) < ($3, $4) ORDER BY create_time DESC, reply_id DESC LIMIT $5"
+)
+REPLY_EVENTS_AFTER = (
+    "SELECT first_seq, last_seq, payload FROM reply_events"
+    " WHERE tenant = $1 AND reply_id = $2 AND last_seq > $3 ORDER BY first_seq"
+)
+RENEW_REPLIES = (
+    f"UPDATE replies SET lease_expire_time = $1 WHERE owner = $2 AND state = '{RUNNING}'"
+)
+# Longest expired first, walking replies_by_lease; SKIP LOCKED as in LOCK_EXPIRED (a
+# reply whose turn is committing is left for the next sweep).
+FAIL_STALE_REPLIES = (
+    f"UPDATE replies SET state = '{FAILED}', update_time = $1, owner = '',"
+    " lease_expire_time = NULL, error_code = $2, error_message = $3, error_reason = $4"
+    " WHERE (tenant, reply_id) IN (SELECT tenant, reply_id FROM replies"
+    f" WHERE state = '{RUNNING}' AND lease_expire_time <= $1"
+    " ORDER BY lease_expire_time LIMIT $5 FOR UPDATE SKIP LOCKED)"
+)
+DELETE_OLD_REPLIES = (
+    "WITH gone AS (DELETE FROM replies WHERE (tenant, reply_id) IN ("
+    f" SELECT tenant, reply_id FROM replies WHERE state <> '{RUNNING}' AND update_time < $1"
+    " ORDER BY update_time LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING tenant, reply_id),"
+    " rev AS (DELETE FROM reply_events"
+    " WHERE (tenant, reply_id) IN (SELECT tenant, reply_id FROM gone))"
+    " SELECT count(*) FROM gone"
+)
+# A session's replies and their events, one round trip.
+DELETE_SESSION_REPLIES = (
+    "WITH gone AS (DELETE FROM replies WHERE tenant = $1 AND session_id = $2"
+    " RETURNING reply_id)"
+    " DELETE FROM reply_events WHERE tenant = $1 AND reply_id IN (SELECT reply_id FROM gone)"
 )
 SELECT_REQUEST_TAKEN = "SELECT 1 FROM requests WHERE tenant = $1 AND request_id = $2"
 # One round trip for any number of messages.
@@ -104,6 +216,10 @@ LOCK_EXPIRED = (
 _LOCKED = "(tenant, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
 DELETE_LOCKED_MESSAGES = f"DELETE FROM messages WHERE {_LOCKED}"
 DELETE_LOCKED_SESSIONS = f"DELETE FROM sessions WHERE {_LOCKED}"
+DELETE_LOCKED_REPLIES = (
+    f"WITH gone AS (DELETE FROM replies WHERE {_LOCKED} RETURNING tenant, reply_id)"
+    " DELETE FROM reply_events WHERE (tenant, reply_id) IN (SELECT tenant, reply_id FROM gone)"
+)
 DELETE_OLD_REQUESTS = (
     "DELETE FROM requests WHERE (tenant, request_id) IN ("
     " SELECT tenant, request_id FROM requests WHERE create_time < $1"
@@ -159,6 +275,29 @@ def turn_params(
         rules.to_micros(s.update_time),
         *columns,
     )
+
+
+def commit_turn(
+    session: Session,
+    messages: Sequence[Message],
+    expected_version: int,
+    first_new_seq: int,
+    request: tuple[Any, ...] | None,
+    reply: ReplyWrite | None,
+) -> tuple[str, tuple[Any, ...]]:
+    """A short turn's statement and its parameters: turn_params', then the request
+    record's values (rows.request_values), then reply_params'."""
+    params = turn_params(session, messages, expected_version, first_new_seq)
+    if request is not None:
+        params = (*params, *request)
+    if reply is not None:
+        params = (*params, *reply_params(reply))
+    return _COMMIT_TURNS[request is not None, reply is not None], params
+
+
+def reply_params(write: ReplyWrite) -> tuple[Any, ...]:
+    """The reply's parameters of WRITE_REPLY and the turn statements (PUT_REPLY's first)."""
+    return (*reply_values(write.record), *reply_event_values(write))
 
 
 def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, ...]:

@@ -6,7 +6,15 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from server.sessions.model import Message, Session
-from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
+from server.sessions.ports import (
+    ReplyError,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyWrite,
+    RequestRecord,
+    SessionOrder,
+    SessionQuery,
+)
 from server.store import pg_sql as sql
 from server.store import rows, rules
 from server.store.pg_driver import Connection, Pool, translated
@@ -116,6 +124,7 @@ class PostgresStore:
         expire = await conn.fetchval(sql.LOCK_EXPIRE, *key)
         if expire is not None and expire <= rules.to_micros(now):
             await conn.execute(sql.DELETE_MESSAGES, *key)
+            await conn.execute(sql.DELETE_SESSION_REPLIES, *key)
             await conn.execute(sql.DELETE_SESSION, *key)
 
     @staticmethod
@@ -196,6 +205,7 @@ class PostgresStore:
             if stored is None or (uid is not None and stored != uid):
                 raise rules.not_found(session_id)
             await conn.execute(sql.DELETE_MESSAGES, tenant, session_id)
+            await conn.execute(sql.DELETE_SESSION_REPLIES, tenant, session_id)
             await conn.execute(sql.DELETE_SESSION, tenant, session_id)
 
     async def recent_messages(
@@ -230,22 +240,23 @@ class PostgresStore:
         messages: Sequence[Message],
         expected_version: int,
         request: RequestRecord | None = None,
+        reply: ReplyWrite | None = None,
     ) -> None:
-        rules.check_turn(session, messages, expected_version)
-        rules.check_request(session, request)
+        rules.check_commit(session, messages, expected_version, request, reply)
         first = rules.first_new_seq(session, messages)
         if len(messages) > INSERT_BATCH:
             async with self._transaction() as conn:
                 await self._insert_request(conn, request)
                 await self._replace_session(conn, session, expected_version, first)
                 await self._insert_messages(conn, session, messages)
+                if reply is not None:
+                    await conn.execute(sql.WRITE_REPLY, *sql.reply_params(reply))
             return
         # A turn's few messages: one statement, one round trip (see sql.COMMIT_TURN).
-        params = sql.turn_params(session, messages, expected_version, first)
-        statement = sql.COMMIT_TURN
-        if request is not None:
-            statement = sql.COMMIT_TURN_WITH_REQUEST
-            params = (*params, *rows.request_values(request))
+        record = None if request is None else rows.request_values(request)
+        statement, params = sql.commit_turn(
+            session, messages, expected_version, first, record, reply
+        )
         async with self._connection() as conn:
             if await conn.fetchval(statement, *params):
                 return
@@ -275,6 +286,7 @@ class PostgresStore:
                 return 0
             keys = ([row[0] for row in doomed], [row[1] for row in doomed])
             await conn.execute(sql.DELETE_LOCKED_MESSAGES, *keys)
+            await conn.execute(sql.DELETE_LOCKED_REPLIES, *keys)
             return _count(await conn.execute(sql.DELETE_LOCKED_SESSIONS, *keys))
 
     async def count_sessions(self, tenant: str) -> int:
@@ -297,6 +309,61 @@ class PostgresStore:
         async with self._connection() as conn:
             status = await conn.execute(sql.DELETE_OLD_REQUESTS, rules.to_micros(time), limit)
         return _count(status)
+
+    async def put_reply(self, write: ReplyWrite) -> bool:
+        rules.check_reply(write)
+        params = (*sql.reply_params(write), rules.stored_last_seq(write))
+        key = (write.record.tenant, write.record.reply_id)
+        async with self._connection() as conn:
+            if await conn.fetchval(sql.PUT_REPLY, *params):
+                return True
+            # Refused, so wrote nothing: the reply ended, or the events do not continue.
+            stored = await conn.fetchrow(sql.SELECT_REPLY_STATE, *key)
+        return rules.reply_refused(None if stored is None else (stored[0], stored[1]), write)
+
+    async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.SELECT_REPLY, tenant, reply_id)
+        return None if row is None else rows.reply_from_row(row)
+
+    async def list_replies(
+        self, tenant: str, session_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[ReplyRecord]:
+        if limit <= 0:
+            return []
+        async with self._connection() as conn:
+            if before is None:
+                found = await conn.fetch(sql.LIST_REPLIES, tenant, session_id, limit)
+            else:
+                cursor = rules.reply_cursor(before)
+                found = await conn.fetch(
+                    sql.LIST_REPLIES_BEFORE, tenant, session_id, *cursor, limit
+                )
+        return [rows.reply_from_row(row) for row in found]
+
+    async def reply_events(self, tenant: str, reply_id: str, after_seq: int) -> list[ReplyEvents]:
+        async with self._connection() as conn:
+            found = await conn.fetch(sql.REPLY_EVENTS_AFTER, tenant, reply_id, after_seq)
+        return [rows.reply_events_from_row(row) for row in found]
+
+    async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
+        lease = rules.to_micros(lease_expire_time)
+        async with self._connection() as conn:
+            return _count(await conn.execute(sql.RENEW_REPLIES, lease, owner))
+
+    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        params = (rules.to_micros(now), *rows.reply_error_values(error), limit)
+        async with self._connection() as conn:
+            return _count(await conn.execute(sql.FAIL_STALE_REPLIES, *params))
+
+    async def delete_replies_before(self, time: float, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        async with self._connection() as conn:
+            count: int = await conn.fetchval(sql.DELETE_OLD_REPLIES, rules.to_micros(time), limit)
+        return count
 
     async def close(self) -> None:
         """Waits for calls in flight to release their connections, then closes them."""

@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from server.sessions.model import Message, Session
-from server.sessions.ports import RequestRecord
+from server.sessions.ports import (
+    ReplyError,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyState,
+    ReplyWrite,
+    RequestRecord,
+)
 from server.store import codec, rules
 
 SESSION_COLUMNS = (
@@ -18,6 +25,19 @@ SESSION_COLUMNS = (
 )
 MESSAGE_COLUMNS = "seq, turn_id, role, create_time, body"
 REQUEST_COLUMNS = "tenant, request_id, fingerprint, result, create_time"
+REPLY_COLUMNS = (
+    "tenant, reply_id, session_id, turn_id, request_id, background, state, create_time,"
+    " update_time, last_seq, owner, lease_expire_time, error_code, error_message, error_reason"
+)
+REPLY_EVENT_COLUMNS = "tenant, reply_id, first_seq, last_seq, payload"
+# An upsert of a reply replaces every column but the key with the written record's.
+REPLY_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in REPLY_COLUMNS.split(", ")[2:])
+# Either dialect's upsert of a chunk of events: a turn's write replaces a chunk stored
+# under the same first_seq (a put whose outcome its writer never learned).
+REPLY_EVENT_UPDATES = "last_seq = excluded.last_seq, payload = excluded.payload"
+# Literals in statements and partial indexes (see migrations: those must match).
+RUNNING = ReplyState.RUNNING.value
+FAILED = ReplyState.FAILED.value
 
 
 def session_values(s: Session, settings: str | None = None) -> tuple[Any, ...]:
@@ -54,6 +74,41 @@ def request_values(r: RequestRecord) -> tuple[Any, ...]:
     return (r.tenant, r.request_id, r.fingerprint, r.result, rules.to_micros(r.create_time))
 
 
+def reply_values(r: ReplyRecord) -> tuple[Any, ...]:
+    """The REPLY_COLUMNS values of one record, in order (no error: three NULLs)."""
+    error = r.error
+    lease = None if r.lease_expire_time is None else rules.to_micros(r.lease_expire_time)
+    return (
+        r.tenant,
+        r.reply_id,
+        r.session_id,
+        r.turn_id,
+        r.request_id,
+        r.background,
+        r.state.value,
+        rules.to_micros(r.create_time),
+        rules.to_micros(r.update_time),
+        r.last_seq,
+        r.owner,
+        lease,
+        *((None, None, None) if error is None else reply_error_values(error)),
+    )
+
+
+def reply_event_values(write: ReplyWrite) -> tuple[Any, ...]:
+    """The write's events as (first_seq, last_seq, payload), three NULLs without events."""
+    events = write.events
+    return (
+        (None, None, None)
+        if events is None
+        else (events.first_seq, events.last_seq, events.payload)
+    )
+
+
+def reply_error_values(error: ReplyError) -> tuple[str, str, str]:
+    return (error.code, error.message, error.reason)
+
+
 def session_from_row(row: Any) -> Session:
     tenant, session_id, settings, created, updated, _, count, next_seq = row[:8]
     usage, _state, pending, version, uid = row[8:13]  # state is derived from pending
@@ -86,3 +141,28 @@ def message_from_row(row: Any) -> Message:
 def request_from_row(row: Any) -> RequestRecord:
     tenant, request_id, fingerprint, result, created = row
     return RequestRecord(tenant, request_id, fingerprint, result, rules.from_micros(created))
+
+
+def reply_from_row(row: Any) -> ReplyRecord:
+    tenant, reply_id, session_id, turn_id, request_id, background, state = row[:7]
+    created, updated, last_seq, owner, lease, code, message, reason = row[7:15]
+    return ReplyRecord(
+        tenant=tenant,
+        session_id=session_id,
+        reply_id=reply_id,
+        turn_id=turn_id,
+        request_id=request_id,
+        background=bool(background),  # SQLite keeps 0 or 1
+        state=ReplyState(state),
+        create_time=rules.from_micros(created),
+        update_time=rules.from_micros(updated),
+        last_seq=last_seq,
+        owner=owner,
+        lease_expire_time=None if lease is None else rules.from_micros(lease),
+        error=None if code is None else ReplyError(code, message, reason),
+    )
+
+
+def reply_events_from_row(row: Any) -> ReplyEvents:
+    first_seq, last_seq, payload = row
+    return ReplyEvents(first_seq, last_seq, bytes(payload))

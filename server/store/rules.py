@@ -14,7 +14,12 @@ from server.sessions.errors import (
     session_not_found,
 )
 from server.sessions.model import Message, Session
-from server.sessions.ports import RequestRecord
+from server.sessions.ports import (
+    ReplyRecord,
+    ReplyState,
+    ReplyWrite,
+    RequestRecord,
+)
 
 MICROS_PER_SECOND = 1_000_000
 
@@ -50,6 +55,19 @@ def quantize_request(request: RequestRecord) -> RequestRecord:
     return RequestRecord(
         request.tenant, request.request_id, request.fingerprint, request.result, created
     )
+
+
+def quantize_reply(record: ReplyRecord) -> ReplyRecord:
+    create, update = quantize_time(record.create_time), quantize_time(record.update_time)
+    lease = record.lease_expire_time
+    lease = None if lease is None else quantize_time(lease)
+    if (create, update, lease) == (
+        record.create_time,
+        record.update_time,
+        record.lease_expire_time,
+    ):
+        return record
+    return replace(record, create_time=create, update_time=update, lease_expire_time=lease)
 
 
 def quantize_session(session: Session) -> Session:
@@ -98,6 +116,68 @@ def check_request(session: Session, request: RequestRecord | None) -> None:
     # A record filed under another tenant would let that tenant read this one's result.
     if request is not None and request.tenant != session.tenant:
         raise ValueError("a request record must belong to the session's tenant")
+
+
+def check_reply(write: ReplyWrite) -> None:
+    """The record's last_seq is the last event it carries, and those events are in order."""
+    events, record = write.events, write.record
+    if events is None:
+        return
+    if not 1 <= events.first_seq <= events.last_seq:
+        raise ValueError(
+            f"reply events must number 1 and up, first to last ({events.first_seq}"
+            f" then {events.last_seq})"
+        )
+    if events.last_seq != record.last_seq:
+        raise ValueError(
+            f"reply last_seq {record.last_seq} must be that of its last event {events.last_seq}"
+        )
+
+
+def check_turn_reply(session: Session, reply: ReplyWrite | None) -> None:
+    """A turn's reply belongs to the turn's session (a reply filed under another tenant
+    would let that tenant read it)."""
+    if reply is None:
+        return
+    record = reply.record
+    if (record.tenant, record.session_id) != (session.tenant, session.session_id):
+        raise ValueError("a turn's reply must belong to the turn's session")
+    check_reply(reply)
+
+
+def check_commit(
+    session: Session,
+    messages: Sequence[Message],
+    expected_version: int,
+    request: RequestRecord | None,
+    reply: ReplyWrite | None,
+) -> None:
+    """Every check of a commit_turn that needs nothing stored (ValueError)."""
+    check_turn(session, messages, expected_version)
+    check_request(session, request)
+    check_turn_reply(session, reply)
+
+
+def reply_cursor(before: tuple[float, str]) -> tuple[int, str]:
+    """A list_replies cursor as the stored (create_time, reply_id) it compares with."""
+    return to_micros(before[0]), before[1]
+
+
+def stored_last_seq(write: ReplyWrite) -> int:
+    """The last_seq a stored record must have for `write` to continue it."""
+    return write.record.last_seq if write.events is None else write.events.first_seq - 1
+
+
+def reply_refused(stored: tuple[str, int] | None, write: ReplyWrite) -> bool:
+    """put_reply's answer when its guarded write matched no row, from the stored (state,
+    last_seq): False when the reply ended (or is gone); ValueError when its events would
+    not continue the stored ones."""
+    if stored is None or stored[0] != ReplyState.RUNNING.value:
+        return False
+    raise ValueError(
+        f"reply events must continue the stored ones: stored last_seq {stored[1]},"
+        f" write expects {stored_last_seq(write)}"
+    )
 
 
 def first_new_seq(session: Session, messages: Sequence[Message]) -> int:

@@ -29,7 +29,15 @@ import structlog
 from server.sessions.errors import Unavailable
 from server.sessions.model import Message, Session
 from server.sessions.pacing import paced_map
-from server.sessions.ports import RequestRecord, SessionOrder, SessionQuery
+from server.sessions.ports import (
+    ReplyError,
+    ReplyEvents,
+    ReplyRecord,
+    ReplyWrite,
+    RequestRecord,
+    SessionOrder,
+    SessionQuery,
+)
 from server.startup import StartupError
 from server.store import rows, rules, sqlite_files
 from server.store import sqlite_sql as sql
@@ -98,8 +106,23 @@ def _replace_expired(conn: sqlite3.Connection, key: tuple[str, str], now: int | 
         return
     row = conn.execute(sql.SELECT_EXPIRE, key).fetchone()
     if row is not None and row[0] is not None and row[0] <= now:
-        conn.execute(sql.DELETE_MESSAGES, key)
-        conn.execute(sql.DELETE_SESSION, key)
+        _delete_sessions(conn, [key])
+
+
+def _delete_sessions(conn: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> None:
+    """Deletes these sessions with their messages, replies and the replies' events."""
+    conn.executemany(sql.DELETE_MESSAGES, keys)
+    conn.executemany(sql.DELETE_SESSION_REPLY_EVENTS, keys)
+    conn.executemany(sql.DELETE_SESSION_REPLIES, keys)
+    conn.executemany(sql.DELETE_SESSION, keys)
+
+
+def _upsert_reply(
+    conn: sqlite3.Connection, record: tuple[Any, ...], chunk: tuple[Any, ...] | None
+) -> None:
+    conn.execute(sql.UPSERT_REPLY, record)
+    if chunk is not None:
+        conn.execute(sql.UPSERT_REPLY_EVENTS, chunk)
 
 
 def _check_quota(
@@ -454,8 +477,7 @@ class SqliteStore:
             row = conn.execute(sql.SELECT_GUARDS, key).fetchone()
             if row is None or (uid is not None and row[2] != uid):
                 raise rules.not_found(session_id)
-            conn.execute(sql.DELETE_MESSAGES, key)
-            conn.execute(sql.DELETE_SESSION, key)
+            _delete_sessions(conn, [key])
 
         await self._writer.submit(job)
 
@@ -494,18 +516,21 @@ class SqliteStore:
         messages: Sequence[Message],
         expected_version: int,
         request: RequestRecord | None = None,
+        reply: ReplyWrite | None = None,
     ) -> None:
-        rules.check_turn(session, messages, expected_version)
-        rules.check_request(session, request)
+        rules.check_commit(session, messages, expected_version, request, reply)
         first = rules.first_new_seq(session, messages)
         update = sql.update_values(session, expected_version, first)
         added = sql.message_rows(session, messages)
         record = None if request is None else rows.request_values(request)
+        replied = None if reply is None else sql.reply_rows(reply)
 
         def job(conn: sqlite3.Connection) -> None:
             _insert_request(conn, record)
             _replace_session(conn, update, session, expected_version)
             conn.executemany(sql.INSERT_MESSAGE, added)
+            if replied is not None:
+                _upsert_reply(conn, *replied)
 
         await self._writer.submit(job)
 
@@ -530,8 +555,7 @@ class SqliteStore:
 
         def job(conn: sqlite3.Connection) -> int:
             doomed = conn.execute(sql.EXPIRED, params).fetchall()
-            conn.executemany(sql.DELETE_MESSAGES, doomed)
-            conn.executemany(sql.DELETE_SESSION, doomed)
+            _delete_sessions(conn, doomed)
             return len(doomed)
 
         return await self._writer.submit(job)
@@ -563,6 +587,81 @@ class SqliteStore:
 
         def job(conn: sqlite3.Connection) -> int:
             return conn.execute(sql.DELETE_OLD_REQUESTS, params).rowcount
+
+        return await self._writer.submit(job)
+
+    async def put_reply(self, write: ReplyWrite) -> bool:
+        rules.check_reply(write)
+        record, chunk = sql.reply_rows(write)
+        guarded = (*record, rules.stored_last_seq(write))
+
+        def job(conn: sqlite3.Connection) -> bool:
+            if conn.execute(sql.PUT_REPLY, guarded).rowcount == 0:
+                stored = conn.execute(sql.SELECT_REPLY_STATE, record[:2]).fetchone()
+                return rules.reply_refused(stored, write)
+            if chunk is not None:
+                conn.execute(sql.UPSERT_REPLY_EVENTS, chunk)
+            return True
+
+        return await self._writer.submit(job)
+
+    async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None:
+        def job(conn: sqlite3.Connection) -> ReplyRecord | None:
+            row = conn.execute(sql.SELECT_REPLY, (tenant, reply_id)).fetchone()
+            return None if row is None else rows.reply_from_row(row)
+
+        return await self._reader.submit(job)
+
+    async def list_replies(
+        self, tenant: str, session_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[ReplyRecord]:
+        if limit <= 0:
+            return []
+        statement: str = sql.LIST_REPLIES
+        params: tuple[str | int, ...] = (tenant, session_id, limit)
+        if before is not None:
+            cursor = rules.reply_cursor(before)
+            statement, params = sql.LIST_REPLIES_BEFORE, (tenant, session_id, *cursor, limit)
+
+        def job(conn: sqlite3.Connection) -> list[ReplyRecord]:
+            return [rows.reply_from_row(row) for row in conn.execute(statement, params)]
+
+        return await self._reader.submit(job)
+
+    async def reply_events(self, tenant: str, reply_id: str, after_seq: int) -> list[ReplyEvents]:
+        params = (tenant, reply_id, after_seq)
+
+        def job(conn: sqlite3.Connection) -> list[ReplyEvents]:
+            found = conn.execute(sql.REPLY_EVENTS_AFTER, params)
+            return [rows.reply_events_from_row(row) for row in found]
+
+        return await self._reader.submit(job)
+
+    async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
+        params = (rules.to_micros(lease_expire_time), owner)
+
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql.RENEW_REPLIES, params).rowcount
+
+        return await self._writer.submit(job)
+
+    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+        at = rules.to_micros(now)
+        params = (at, *rows.reply_error_values(error), at, max(limit, 0))
+
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql.FAIL_STALE_REPLIES, params).rowcount
+
+        return await self._writer.submit(job)
+
+    async def delete_replies_before(self, time: float, limit: int) -> int:
+        params = (rules.to_micros(time), max(limit, 0))
+
+        def job(conn: sqlite3.Connection) -> int:
+            doomed = conn.execute(sql.OLD_REPLIES, params).fetchall()
+            conn.executemany(sql.DELETE_REPLY_EVENTS, doomed)
+            conn.executemany(sql.DELETE_REPLY, doomed)
+            return len(doomed)
 
         return await self._writer.submit(job)
 

@@ -14,12 +14,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.sessions.model import Message, Session, SessionSettings
+from server.sessions.ports import ReplyWrite
 from server.store import codec, rules
 from server.store.rows import (
+    FAILED,
     MESSAGE_COLUMNS,
+    REPLY_COLUMNS,
+    REPLY_EVENT_COLUMNS,
+    REPLY_EVENT_UPDATES,
+    REPLY_UPDATES,
     REQUEST_COLUMNS,
+    RUNNING,
     SESSION_COLUMNS,
     message_values,
+    reply_event_values,
+    reply_values,
     session_values,
 )
 
@@ -83,6 +92,54 @@ DELETE_OLD_REQUESTS = (
     " SELECT tenant, request_id FROM requests WHERE create_time < ?"
     " ORDER BY create_time LIMIT ?)"
 )
+# A turn's reply: the record replaced whatever its state (the turn's outcome is the truth).
+UPSERT_REPLY = (
+    f"INSERT INTO replies ({REPLY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}"
+)
+# put_reply's: only over a running record whose last_seq (the last parameter) its events
+# continue; a miss changes no row.
+PUT_REPLY = UPSERT_REPLY + f" WHERE replies.state = '{RUNNING}' AND replies.last_seq = ?"
+UPSERT_REPLY_EVENTS = (
+    f"INSERT INTO reply_events ({REPLY_EVENT_COLUMNS}) VALUES (?,?,?,?,?)"
+    f" ON CONFLICT (tenant, reply_id, first_seq) DO UPDATE SET {REPLY_EVENT_UPDATES}"
+)
+SELECT_REPLY_STATE = "SELECT state, last_seq FROM replies WHERE tenant=? AND reply_id=?"
+SELECT_REPLY = f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant=? AND reply_id=?"
+# Newest first, walking replies_by_session.
+LIST_REPLIES = (
+    f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant=? AND session_id=?"
+    " ORDER BY create_time DESC, reply_id DESC LIMIT ?"
+)
+LIST_REPLIES_BEFORE = (
+    f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant=? AND session_id=?"
+    " AND (create_time, reply_id) < (?, ?) ORDER BY create_time DESC, reply_id DESC LIMIT ?"
+)
+REPLY_EVENTS_AFTER = (
+    "SELECT first_seq, last_seq, payload FROM reply_events"
+    " WHERE tenant=? AND reply_id=? AND last_seq>? ORDER BY first_seq"
+)
+RENEW_REPLIES = f"UPDATE replies SET lease_expire_time=? WHERE owner=? AND state='{RUNNING}'"
+# Longest expired first, walking replies_by_lease.
+FAIL_STALE_REPLIES = (
+    f"UPDATE replies SET state='{FAILED}', update_time=?, owner='', lease_expire_time=NULL,"
+    " error_code=?, error_message=?, error_reason=?"
+    " WHERE (tenant, reply_id) IN (SELECT tenant, reply_id FROM replies"
+    f" WHERE state='{RUNNING}' AND lease_expire_time <= ? ORDER BY lease_expire_time LIMIT ?)"
+)
+OLD_REPLIES = (
+    "SELECT tenant, reply_id FROM replies"
+    f" WHERE state <> '{RUNNING}' AND update_time < ? ORDER BY update_time LIMIT ?"
+)
+DELETE_REPLY = "DELETE FROM replies WHERE tenant=? AND reply_id=?"
+DELETE_REPLY_EVENTS = "DELETE FROM reply_events WHERE tenant=? AND reply_id=?"
+# A session's replies with their events (the events first: they are found through them).
+DELETE_SESSION_REPLY_EVENTS = (
+    "DELETE FROM reply_events WHERE (tenant, reply_id) IN"
+    " (SELECT tenant, reply_id FROM replies WHERE tenant=? AND session_id=?)"
+)
+DELETE_SESSION_REPLIES = "DELETE FROM replies WHERE tenant=? AND session_id=?"
+
 # Labels match through json_each, whose `key` column is the plain key string, so any key
 # works (dots, quotes, '$'); a json_extract path cannot address a key containing '"'.
 LABEL_MATCHES = "EXISTS (SELECT 1 FROM json_each(settings, '$.labels') WHERE key = ? AND value = ?)"
@@ -160,3 +217,12 @@ def message_rows(session: Session, messages: Sequence[Message]) -> list[tuple[An
     """Parameters of INSERT_MESSAGE, one tuple per message."""
     key = (session.tenant, session.session_id)
     return [(*key, *message_values(m)) for m in messages]
+
+
+def reply_rows(write: ReplyWrite) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+    """Parameters of UPSERT_REPLY and of UPSERT_REPLY_EVENTS (None without events)."""
+    record = write.record
+    chunk = None
+    if write.events is not None:
+        chunk = (record.tenant, record.reply_id, *reply_event_values(write))
+    return reply_values(record), chunk

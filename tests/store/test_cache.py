@@ -11,7 +11,7 @@ import pytest
 
 from server.sessions.errors import Conflict, NotFound
 from server.sessions.model import Message, Role, Session
-from server.sessions.ports import RequestRecord, SessionStore
+from server.sessions.ports import ReplyWrite, RequestRecord, SessionStore
 from server.store import CachedStore, MemoryStore, rules
 
 from .builders import (
@@ -65,10 +65,11 @@ class SpyStore(MemoryStore):
         messages: Sequence[Message],
         expected_version: int,
         request: RequestRecord | None = None,
+        reply: ReplyWrite | None = None,
     ) -> None:
         if self.fail_commits:
             raise OSError("disk on fire")
-        await super().commit_turn(session, messages, expected_version, request)
+        await super().commit_turn(session, messages, expected_version, request, reply)
 
 
 @pytest.fixture

@@ -133,6 +133,35 @@ async def test_sweeps_can_walk_their_indexes(
     assert index in " ".join(row[0] for row in plan)
 
 
+@pytest.mark.parametrize(
+    ("statement", "params", "index"),
+    [
+        ("LIST_REPLIES", ("t", "s", 10), "replies_by_session"),
+        ("LIST_REPLIES_BEFORE", ("t", "s", 5, "r", 10), "replies_by_session"),
+        ("FAIL_STALE_REPLIES", (1, "CODE", "m", "", 10), "replies_by_lease"),
+        ("RENEW_REPLIES", (1, "replica"), "replies_by_owner"),
+        ("DELETE_OLD_REPLIES", (1, 10), "replies_by_update"),
+    ],
+)
+async def test_reply_statements_walk_their_indexes(
+    pg: tuple[str, str], statement: str, params: tuple[object, ...], index: str
+) -> None:
+    """Listing needs no sort, and no sweep or renewal reads the whole table."""
+    from server.store import pg_sql
+
+    await (await open_store(pg)).close()
+    conn = await asyncpg.connect(pg[0], server_settings={"search_path": pg[1]})
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = await conn.fetch(f"EXPLAIN {getattr(pg_sql, statement)}", *params)
+    finally:
+        await conn.close()
+    text = " ".join(row[0] for row in plan)
+    assert index in text
+    assert "Sort" not in text
+
+
 async def test_a_connection_lost_mid_call_is_unavailable_and_the_pool_recovers(
     pg: tuple[str, str],
 ) -> None:

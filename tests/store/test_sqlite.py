@@ -194,3 +194,26 @@ async def test_sweeps_walk_their_indexes(db: str, statement: str, index: str) ->
         plan = conn.execute(f"EXPLAIN QUERY PLAN {statement}", (1, 10)).fetchall()
     conn.close()
     assert index in " ".join(row[-1] for row in plan)
+
+
+@pytest.mark.parametrize(
+    ("statement", "params", "index"),
+    [
+        (sqlite_sql.LIST_REPLIES, ("t", "s", 10), "replies_by_session"),
+        (sqlite_sql.LIST_REPLIES_BEFORE, ("t", "s", 5, "r", 10), "replies_by_session"),
+        (sqlite_sql.FAIL_STALE_REPLIES, (1, "CODE", "m", "", 1, 10), "replies_by_lease"),
+        (sqlite_sql.RENEW_REPLIES, (1, "replica"), "replies_by_owner"),
+        (sqlite_sql.OLD_REPLIES, (1, 10), "replies_by_update"),
+    ],
+)
+async def test_reply_statements_walk_their_indexes(
+    db: str, statement: str, params: tuple[object, ...], index: str
+) -> None:
+    """Listing needs no sort, and no sweep or renewal reads the whole table."""
+    await (await SqliteStore.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
+    conn.close()
+    details = " ".join(row[-1] for row in plan)
+    assert index in details
+    assert "TEMP B-TREE" not in details
