@@ -10,6 +10,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import content_pb2
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
 from tests.helpers import all_messages
@@ -29,7 +30,11 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
 
 
 async def read_all(call: Any) -> list[pb.StreamReplyResponse]:
-    return [event async for event in call]
+    """The rest of a stream (read with read(), so a test may have read some already)."""
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
 
 
 @pytest.fixture
@@ -47,7 +52,9 @@ async def server(start_chatd: StartChatd, provider: GatedProvider) -> Chatd:
 async def test_a_dropped_background_stream_completes_and_resumes_with_exactly_the_missing_events(
     server: Chatd, provider: GatedProvider
 ) -> None:
-    call = server.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi", background=True))
+    call = server.stub.StreamReply(
+        pb.StreamReplyRequest(session_id="s", text="hi", background=True)
+    )
     first = await call.read()
     assert first.sequence_number == 1 and first.HasField("message")
     reply_id = first.reply_id
@@ -76,7 +83,10 @@ async def test_a_dropped_background_stream_completes_and_resumes_with_exactly_th
     assert got.reply.state == pb.REPLY_STATE_COMPLETED
     assert got.reply.background and got.reply.last_sequence_number == rest[-1].sequence_number
     assert got.reply.reply.text == "one two three four"
-    assert [m.role for m in await all_messages(server.stub, "s")] == [pb.ROLE_USER, pb.ROLE_MODEL]
+    assert [m.role for m in await all_messages(server.stub, "s")] == [
+        content_pb2.ROLE_USER,
+        content_pb2.ROLE_MODEL,
+    ]
 
     # A finished reply replays whole, numbered as it was first sent.
     whole = await read_all(server.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id)))
@@ -167,7 +177,9 @@ async def test_a_retry_while_the_background_turn_runs_follows_it_instead_of_runn
     sent = await server.stub.SendMessage(
         pb.SendMessageRequest(session_id="s", text="hi", background=True, request_id="r1")
     )
-    retry = server.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi", request_id="r1"))
+    retry = server.stub.StreamReply(
+        pb.StreamReplyRequest(session_id="s", text="hi", request_id="r1")
+    )
     first = await retry.read()
     assert first.reply_id == sent.reply.reply_id and first.sequence_number == 1
     provider.release(4)
@@ -177,7 +189,9 @@ async def test_a_retry_while_the_background_turn_runs_follows_it_instead_of_runn
     assert len(await all_messages(server.stub, "s")) == 2
 
 
-async def test_send_message_replies_are_listed_and_read_back(server: Chatd, provider: GatedProvider) -> None:
+async def test_send_message_replies_are_listed_and_read_back(
+    server: Chatd, provider: GatedProvider
+) -> None:
     ids = []
     for n in range(3):
         provider.release(4)
@@ -233,7 +247,9 @@ async def test_unknown_replies_and_cursors_past_the_end(
     sent = await server.stub.SendMessage(pb.SendMessageRequest(session_id="s", text="hi"))
     await server.stub.CreateSession(pb.CreateSessionRequest(session_id="other"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await server.stub.GetReply(pb.GetReplyRequest(session_id="other", reply_id=sent.reply.reply_id))
+        await server.stub.GetReply(
+            pb.GetReplyRequest(session_id="other", reply_id=sent.reply.reply_id)
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await read_all(

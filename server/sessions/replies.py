@@ -542,8 +542,7 @@ class Replies:
 
     @staticmethod
     def check_after(record: ReplyRecord, after: int) -> None:
-        if after < 0:
-            raise InvalidArgument("starting_after", "must not be negative")
+        """Raises InvalidArgument when an ended reply has no event `after`."""
         if record.state is not ReplyState.RUNNING and after > record.last_seq:
             raise InvalidArgument(
                 "starting_after",

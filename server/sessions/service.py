@@ -398,6 +398,8 @@ class ChatSessions:
         check_id("reply_id", reply_id)
         if session_id:
             check_id("session_id", session_id)
+        if after < 0:
+            raise InvalidArgument("starting_after", "must not be negative")
         record = await self.replies.record(tenant, session_id, reply_id)
         self.replies.check_after(record, after)
         yield ReplyStarted(reply_id)

@@ -18,6 +18,7 @@ __all__ = [
     "SqliteStore",
     "open_bus",
     "open_store",
+    "shared_url",
 ]
 
 _SQLITE_PREFIX = "sqlite:///"
@@ -79,6 +80,11 @@ def open_bus(database_url: str, schema: str | None) -> ReplyBus:
     from server.store.pg_bus import PostgresBus
 
     return PostgresBus(database_url, schema)
+
+
+def shared_url(database_url: str) -> bool:
+    """Whether several processes may share the store the URL names (PostgreSQL)."""
+    return _backend(database_url) == "postgres"
 
 
 def _backend(url: str) -> str:
