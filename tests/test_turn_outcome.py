@@ -78,7 +78,7 @@ async def test_cancel_before_the_commit_wins_and_nothing_is_stored(latch: LatchS
     turn = asyncio.create_task(run(chats, "s", "hello"))
     await provider.started.wait()
 
-    assert chats.cancel(TENANT, "s") is True
+    assert await chats.cancel(TENANT, "s") is True
     with pytest.raises(Cancelled):
         await turn
     assert provider.cancelled.is_set()
@@ -225,7 +225,7 @@ async def test_cancel_while_a_no_content_reply_is_recorded_loses_too(latch: Latc
 
     task = asyncio.create_task(run_keyed())
     await latch.entered.wait()
-    assert chats.cancel(TENANT, "s") is False
+    assert await chats.cancel(TENANT, "s") is False
     latch.release.set()
     events = await task
     reply = events[-1]

@@ -205,9 +205,16 @@ def encode_turn_result(session: Session, reply: TurnReply) -> str:
             # The user's message of a turn stored not at all: its parts are the retry's
             # own (the fingerprint says they are the same), the rest is kept here.
             "unstored": None if (m := reply.unstored_message) is None else [m.seq, m.create_time],
+            "reply_id": reply.reply_id,
         },
         separators=(",", ":"),
     )
+
+
+def recorded_reply_id(record: RequestRecord) -> str:
+    """The reply id a turn's request record names ("" for records made before replies)."""
+    reply_id = json.loads(record.result).get("reply_id", "")
+    return reply_id if isinstance(reply_id, str) else ""
 
 
 async def replay_turn(
@@ -260,5 +267,6 @@ async def replay_turn(
             no_content=data.get("no_content") is not None,
             no_content_reason=data.get("no_content") or "",
             unstored_message=unstored,
+            reply_id=data.get("reply_id", ""),
         )
     )

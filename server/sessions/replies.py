@@ -562,13 +562,20 @@ class Replies:
             if reply_id in (live.reply_id for live in self._session_lives(tenant, session_id)):
                 return self.cancel_local(tenant, session_id)
             await self._publish(
-                {"kind": "cancel", "tenant": tenant, "session_id": session_id, "reply_id": reply_id}
+                {
+                    "kind": "cancel",
+                    "tenant": tenant,
+                    "session_id": session_id,
+                    "reply_id": reply_id,
+                },
+                required=True,
             )
             return True
         if self.cancel_local(tenant, session_id):
             return True
         await self._publish(
-            {"kind": "cancel", "tenant": tenant, "session_id": session_id, "reply_id": ""}
+            {"kind": "cancel", "tenant": tenant, "session_id": session_id, "reply_id": ""},
+            required=True,
         )
         newest = await self._store.list_replies(tenant, session_id, 1)
         return bool(newest) and newest[0].state is ReplyState.RUNNING
@@ -580,11 +587,18 @@ class Replies:
             if t == tenant and live.record.session_id == session_id
         ]
 
-    async def _publish(self, message: JSONObject) -> None:
-        if self._bus is not None:
-            await self._bus.publish(message)
-        else:
+    async def _publish(self, message: JSONObject, *, required: bool = False) -> None:
+        """Sends `message` to every replica. A notice (`required` False) that cannot be
+        sent is logged and dropped: followers elsewhere also poll the store."""
+        if self._bus is None:
             asyncio.get_running_loop().call_soon(self._on_message, message)
+            return
+        try:
+            await self._bus.publish(message)
+        except ChatdError:
+            if required:
+                raise
+            log.warning("a notice to other replicas was lost", kind=message.get("kind"))
 
     def _on_message(self, message: JSONObject) -> None:
         tenant, kind = message.get("tenant"), message.get("kind")

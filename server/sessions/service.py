@@ -27,6 +27,7 @@ from server.sessions.idempotency import (
     encode_messages_result,
     encode_session_result,
     encode_turn_result,
+    recorded_reply_id,
     replay_messages,
     replay_session_result,
     replay_turn,
@@ -469,6 +470,16 @@ class ChatSessions:
                     Requests.same_request(key, _fingerprinted(running, key))
                 yield ReplyStarted(running.reply_id)
                 async for _, event in follow_live(running, 0):
+                    yield event
+                return
+            done = await self._store.get_request(tenant, key.request_id)
+            if done is not None:
+                # It ran: the retry gets that reply again, id included, as it was.
+                self._requests.same_request(key, done)
+                yield ReplyStarted(recorded_reply_id(done))
+                async for event in replay_turn(
+                    self._store, session_id, done, self._clock(), turn.parts
+                ):
                     yield event
                 return
         request_id = key.request_id if key is not None else ""
