@@ -174,10 +174,15 @@ def test_channels_are_short_identifiers_that_differ_by_schema() -> None:
 async def postgres_bus(
     dsn: str, schema: str | None, **options: Any
 ) -> AsyncIterator[tuple[Any, Inbox]]:
-    """A started PostgresBus with an Inbox subscribed; closed on exit."""
+    """A started PostgresBus with an Inbox subscribed; closed on exit. Made by open_bus
+    unless `options` go beyond what it takes."""
     from server.store.pg_bus import PostgresBus
 
-    bus = PostgresBus(dsn, schema, **options)
+    if set(options) <= {"on_reconnect"}:
+        bus = open_bus(dsn, schema, **options)
+        assert isinstance(bus, PostgresBus)
+    else:
+        bus = PostgresBus(dsn, schema, **options)
     inbox = Inbox()
     bus.subscribe(inbox)
     await bus.start()
