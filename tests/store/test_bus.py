@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,15 +22,18 @@ WAIT = 60.0
 
 
 class Inbox:
-    """A listener that keeps what it hears and lets a test wait for a count."""
+    """A listener that keeps what it hears (what matches) and lets a test wait for a count."""
 
-    def __init__(self) -> None:
+    def __init__(self, match: dict[str, Any] | None = None) -> None:
         self.messages: list[dict[str, Any]] = []
         self._changed = asyncio.Event()
+        self._match = match or {}
 
     def __call__(self, message: JSONObject) -> None:
-        self.messages.append(dict(message))
-        self._changed.set()
+        """Keeps `message` if it holds every item of `match`."""
+        if all(message.get(key) == value for key, value in self._match.items()):
+            self.messages.append(dict(message))
+            self._changed.set()
 
     async def wait_for(self, count: int) -> list[dict[str, Any]]:
         async with asyncio.timeout(WAIT):
@@ -246,14 +250,19 @@ async def test_the_default_schema_is_the_connections_current_schema() -> None:
         current = await conn.fetchval("SELECT current_schema()")
     finally:
         await conn.close()
+    # The default schema is shared with whatever else uses this server: keep only ours.
+    mine = {"token": secrets.token_hex(8)}
+    heard_by_default, heard_by_named = Inbox(mine), Inbox(mine)
     async with (
-        postgres_bus(dsn, None) as (default, heard_by_default),
-        postgres_bus(dsn, current) as (named, heard_by_named),
+        postgres_bus(dsn, None) as (default, _),
+        postgres_bus(dsn, current) as (named, _),
     ):
+        default.subscribe(heard_by_default)
+        named.subscribe(heard_by_named)
         assert default.channel == channel_for(current)
-        await named.publish({"n": 1})
-        assert await heard_by_default.wait_for(1) == [{"n": 1}]
-        assert await heard_by_named.wait_for(1) == [{"n": 1}]
+        await named.publish(mine)
+        assert await heard_by_default.wait_for(1) == [mine]
+        assert await heard_by_named.wait_for(1) == [mine]
 
 
 async def test_a_postgres_bus_refuses_an_oversize_message_and_sends_the_largest() -> None:
