@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from server.sessions.ports import ReplyBus, SessionStore
 from server.store.bus import LocalBus
 from server.store.cache import CachedStore, CacheStats
@@ -64,22 +66,26 @@ async def open_store(
     return CachedStore(store, cache_max_bytes) if cache_max_bytes > 0 else store
 
 
-def open_bus(database_url: str, schema: str | None) -> ReplyBus:
+def open_bus(
+    database_url: str, schema: str | None, *, on_reconnect: Callable[[], None] | None = None
+) -> ReplyBus:
     """The ReplyBus of the store `database_url` names (read as open_store reads it),
     not yet started.
 
     A PostgreSQL URL gives a PostgresBus on the channel of `schema` (the store's
     postgres_schema; None for the server's default schema), which needs one connection
-    of its own besides the store's pool. memory:// and sqlite:/// give a LocalBus: their
-    store serves one process. Raises ValueError for a URL open_store refuses, or a
-    malformed schema name.
+    of its own besides the store's pool; `on_reconnect` runs whenever it listens again
+    after losing its connection (messages sent meanwhile were lost to this replica).
+    memory:// and sqlite:/// give a LocalBus, which never loses anything: their store
+    serves one process. Raises ValueError for a URL open_store refuses, or a malformed
+    schema name.
     """
     if _backend(database_url) != "postgres":
         return LocalBus()
     # Imported here so that only PostgreSQL deployments need the driver.
     from server.store.pg_bus import PostgresBus
 
-    return PostgresBus(database_url, schema)
+    return PostgresBus(database_url, schema, on_reconnect=on_reconnect)
 
 
 def shared_url(database_url: str) -> bool:

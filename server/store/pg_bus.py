@@ -80,8 +80,7 @@ class PostgresBus:
         if min(connect_timeout, operation_timeout, probe_interval) <= 0:
             raise ValueError("timeouts and the probe interval must be positive")
         self._dsn = dsn
-        self._schema = None if schema is None else check_schema(schema)
-        self._channel = None if schema is None else channel_for(schema)
+        self._channel = None if schema is None else channel_for(check_schema(schema))
         self._connect_timeout = connect_timeout
         self._operation_timeout = operation_timeout
         self._probe_interval = probe_interval
@@ -107,7 +106,7 @@ class PostgresBus:
         return None if conn is None or conn.is_closed() else conn.get_server_pid()
 
     async def start(self) -> None:
-        """Connects and listens; delivery runs until close(). A second call does nothing.
+        """Connects and listens; delivery runs until close(). Once started, it does nothing.
 
         Raises Unavailable if PostgreSQL cannot be reached (the bus does not retry a
         first connection), ValueError if the URL is malformed, RuntimeError after close().
