@@ -311,9 +311,22 @@ async def start(
             ) from exc
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
-    if bus is not None:
-        await bus.start()
-    await chats.start()
+    try:
+        if bus is not None:
+            await bus.start()
+        await chats.start()
+    except ChatdError as exc:
+        await server.stop(None)
+        if metrics_server is not None:
+            await metrics_server.close()
+        if bus is not None:
+            await bus.close()
+        await store.close()
+        raise StartupError(
+            "CHATD_DATABASE_URL",
+            f"cannot reach the other replicas through the database: {exc}",
+            "check that the database is reachable",
+        ) from exc
     await server.start()
     sweeper = Sweeper(
         store,
