@@ -1,12 +1,13 @@
 """What a reply written with its turn costs the store: commit_turn with and without one.
 
     python -m bench.reply_commits [--turns 2000] [--concurrency 1,16] [--rounds 3]
-        [--payload 2048] [--postgres-only | --sqlite-only]
+        [--payload 2048] [--answer 8] [--postgres-only | --sqlite-only]
 
 Each measurement opens a fresh store (SQLite in a temporary folder with chatd's default
 synchronous=FULL, or PostgreSQL at CHATD_BENCH_POSTGRES_URL in a fresh schema dropped
 afterwards), creates `--concurrency` sessions and commits `--turns` turns of two short
-messages spread over them, one task per session. With a reply, each turn also writes a
+messages (a 5-character question and an `--answer`-character answer) spread over them,
+one task per session. With a reply, each turn also writes a
 new completed reply record and one chunk of its events, a `--payload`-byte blob (what a
 StreamReply's events come to). Figures are wall time per commit (the latency at
 concurrency 1) and this process's CPU per commit (all its threads, SQLite's writer
@@ -64,7 +65,7 @@ def reply(s: Session, n: int, payload: bytes) -> ReplyWrite:
 
 
 async def run(
-    store: SessionStore, turns: int, concurrency: int, payload: bytes | None
+    store: SessionStore, turns: int, concurrency: int, payload: bytes | None, answer: str
 ) -> tuple[float, float]:
     """Commits `turns` turns over `concurrency` sessions; (wall s, CPU s) per commit."""
     sessions = [session(f"s{i}") for i in range(concurrency)]
@@ -78,7 +79,7 @@ async def run(
             when = s.update_time + 1
             added = [
                 Message(Role.USER, (Part(text="hello"),), seq=seq, create_time=when),
-                Message(Role.MODEL, (Part(text="hi there"),), seq=seq + 1, create_time=when),
+                Message(Role.MODEL, (Part(text=answer),), seq=seq + 1, create_time=when),
             ]
             after = s.evolve(
                 version=s.version + 1,
@@ -129,7 +130,7 @@ async def measure(name: str, opener: Opener, args: argparse.Namespace) -> None:
             for mode, blob in (("no reply", None), ("reply", payload)):
                 store, close = await opener()
                 try:
-                    wall, cpu = await run(store, args.turns, concurrency, blob)
+                    wall, cpu = await run(store, args.turns, concurrency, blob, "a" * args.answer)
                 finally:
                     await close()
                 if mode not in best or wall < best[mode][0]:
@@ -165,6 +166,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--payload", type=int, default=2048, help="event bytes per reply")
+    parser.add_argument("--answer", type=int, default=8, help="characters of the answer")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--postgres-only", action="store_true")
     only.add_argument("--sqlite-only", action="store_true")

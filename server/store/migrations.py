@@ -202,8 +202,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "replies and their stream events",
         {
+            # Records are small: WITHOUT ROWID saves a b-tree per write (about 7% of the
+            # writer's time for a turn with its reply). Event chunks are kilobytes and keep
+            # a rowid, as SQLite advises for rows that large.
             SQLITE: (
-                _REPLIES_TABLE.format(collate="", boolean="INTEGER", integer="INTEGER"),
+                _REPLIES_TABLE.format(collate="", boolean="INTEGER", integer="INTEGER")
+                + " WITHOUT ROWID",
                 _REPLY_EVENTS_TABLE.format(collate="", integer="INTEGER", blob="BLOB"),
                 *_REPLIES_INDEXES,
             ),

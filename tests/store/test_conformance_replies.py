@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from server.sessions.errors import Conflict
+from server.sessions.errors import Conflict, DuplicateRequest
 from server.sessions.model import Session
 from server.sessions.ports import (
     ReplyError,
@@ -473,3 +473,20 @@ async def test_a_long_turn_stores_its_reply_too(store: SessionStore) -> None:
     with pytest.raises(Conflict):
         await store.commit_turn(stale, more, session.version, reply=lost)
     assert await store.get_reply(TENANT, "r2") is None
+
+
+async def test_a_duplicate_request_on_a_commit_with_a_reply_writes_neither(
+    store: SessionStore,
+) -> None:
+    session = await started(store)
+    after, messages = turn_of(session, ["q"])
+    first = write(reply_of(state=ReplyState.COMPLETED), 1, 1)
+    await store.commit_turn(after, messages, session.version, request_of("q1"), first)
+    again, more = turn_of(after, ["retry"])
+    second = write(reply_of("r2", state=ReplyState.COMPLETED), 1, 1)
+    with pytest.raises(DuplicateRequest):
+        await store.commit_turn(again, more, after.version, request_of("q1"), second)
+    assert await store.get_reply(TENANT, "r2") is None
+    assert await store.reply_events(TENANT, "r2", 0) == []
+    assert await store.get_reply(TENANT, "r1") == first.record
+    assert await history(store, after) == ["q"]
