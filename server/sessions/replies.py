@@ -103,6 +103,9 @@ class LiveReply:
     encoder: EventEncoder
     clock: Callable[[], float]
     fingerprint: str = ""
+    # Only the outcome is an event of this reply (a unary SendMessage: nobody saw the
+    # events on the way, so the reply is its outcome, event 1).
+    outcome_only: bool = False
     events: list[TurnEvent] = field(default_factory=list)
     # How many of `events` the store holds.
     stored: int = 0
@@ -317,6 +320,7 @@ class Replies:
         request_id: str = "",
         fingerprint: str = "",
         background: bool = False,
+        outcome_only: bool = False,
     ) -> LiveReply:
         now = self._clock()
         record = ReplyRecord(
@@ -332,7 +336,9 @@ class Replies:
             owner=self.owner if background else "",
             lease_expire_time=now + self._lease if background else None,
         )
-        live = LiveReply(record, self._encoder, self._clock, fingerprint, last_flush=now)
+        live = LiveReply(
+            record, self._encoder, self._clock, fingerprint, outcome_only, last_flush=now
+        )
         self._live[tenant, live.reply_id] = live
         if request_id:
             self._by_request[tenant, request_id] = live
@@ -370,6 +376,9 @@ class Replies:
         error: ChatdError | None = None
         try:
             async for event in events:
+                if live.outcome_only and not isinstance(event, TurnCompleted):
+                    yield event
+                    continue
                 if isinstance(event, TurnCompleted):
                     if event.reply.reply_id != live.reply_id:
                         # A retry's replay of an earlier run: this reply's outcome now.
@@ -397,7 +406,12 @@ class Replies:
             error = Unavailable("the reply failed inside chatd", reason="INTERNAL_FAILURE")
             raise
         finally:
-            await complete(self._end(live, error))
+            if error is None and live.committed is not None and not live.record.background:
+                # Stored with the turn's commit: nothing left to write or tell.
+                self._forget(live)
+                live.end(None)
+            else:
+                await complete(self._end(live, error))
 
     def _flush_due(self, live: LiveReply, event: TurnEvent) -> bool:
         return isinstance(event, MessageCompleted | TurnCompleted) or (

@@ -450,6 +450,8 @@ class ChatSessions:
         With `background`, the turn runs in a task of its own: it continues to its end,
         and is stored, when the caller leaves (a caller that leaves otherwise cancels
         it). Its events are streamed to the caller as they come, without a deadline.
+        A turn that streams no text (`turn.stream_text` off: a unary SendMessage) in the
+        foreground is a reply of one event, its outcome.
         """
         check_id("session_id", session_id)
         if turn.tool_results and turn.parts:
@@ -500,7 +502,11 @@ class ChatSessions:
                 yield event
             return
         live = self.replies.begin(
-            tenant, session_id, request_id=request_id, fingerprint=fingerprint
+            tenant,
+            session_id,
+            request_id=request_id,
+            fingerprint=fingerprint,
+            outcome_only=not turn.stream_text,
         )
         yield ReplyStarted(live.reply_id)
         async for event in self.replies.track(
