@@ -29,6 +29,7 @@ seconds, since a notification can be lost.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -79,7 +80,8 @@ _EVERY_LEASE = 1e12
 
 
 def new_reply_id() -> str:
-    return "r" + uuid.uuid4().hex[:23]
+    """'r' and 24 random hex digits (96 bits)."""
+    return "r" + os.urandom(12).hex()
 
 
 def reply_error(exc: ChatdError) -> ReplyError:
@@ -164,14 +166,19 @@ class LiveReply:
         )
         events = self.pending_events((TurnCompleted(reply),))
         assert events is not None
-        record = replace(
-            self.record,
-            turn_id=reply.turn_id,
-            state=state,
-            update_time=self.clock(),
-            last_seq=events.last_seq,
-            owner="",
-            lease_expire_time=None,
+        r = self.record
+        # Built field by field: dataclasses.replace costs several times more, every turn.
+        record = ReplyRecord(
+            r.tenant,
+            r.session_id,
+            r.reply_id,
+            reply.turn_id,
+            r.request_id,
+            r.background,
+            state,
+            r.create_time,
+            self.clock(),
+            events.last_seq,
         )
         return ReplyWrite(record, events)
 
