@@ -260,6 +260,7 @@ async def start(
     bus: ReplyBus | None = None
     if given_store is None and shared_url(settings.database_url):
         bus = open_bus(settings.database_url, settings.postgres_schema or None)
+    admission = build_admission(settings)
     chats = ChatSessions(
         store,
         provider,
@@ -269,13 +270,16 @@ async def start(
         single_process=bus is None,
         reply_lease=settings.reply_lease,
         reply_flush_interval=settings.reply_flush_interval,
+        # A background reply is a stream nobody holds open: the same caps, counted apart.
+        max_background=settings.max_streams,
+        max_background_per_tenant=admission.streams.per_tenant,
         max_tool_rounds=settings.max_tool_rounds,
         limits=MessageLimits(settings.max_text_chars, settings.max_parts),
         max_sessions_per_tenant=settings.max_sessions_per_tenant,
     )
 
     server = grpc.aio.server(
-        interceptors=[ErrorsAndLogging(build_admission(settings), metrics)],
+        interceptors=[ErrorsAndLogging(admission, metrics)],
         options=server_options(settings),
     )
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)

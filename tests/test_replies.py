@@ -316,3 +316,35 @@ async def test_a_background_turn_cut_by_shutdown_fails_retryable_and_its_retry_r
     )
     assert replayed.reply.text == retried.reply.text and again.calls == 1
     assert len(await all_messages(second.stub, "s")) == 2
+
+
+async def test_background_replies_share_the_stream_caps(start_chatd: StartChatd) -> None:
+    provider = GatedProvider()
+    chatd: Chatd = await start_chatd(provider=provider, max_streams=1)
+    for sid in ("a", "b"):
+        await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id=sid))
+    first = await chatd.stub.SendMessage(
+        pb.SendMessageRequest(session_id="a", text="hi", background=True)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await chatd.stub.SendMessage(
+            pb.SendMessageRequest(session_id="b", text="hi", background=True)
+        )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(caught.value) == "TOO_MANY_BACKGROUND_REPLIES"
+    provider.release(4)
+    await read_all(chatd.stub.StreamReply(pb.StreamReplyRequest(reply_id=first.reply.reply_id)))
+    provider.release(4)
+    # Followed to its end: the slot is free again.
+    await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="b", text="hi", background=True))
+
+
+async def test_replies_of_an_earlier_life_of_the_session_are_not_listed(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    provider.release(4)
+    await server.stub.SendMessage(pb.SendMessageRequest(session_id="s", text="old life"))
+    await server.stub.DeleteSession(pb.DeleteSessionRequest(session_id="s"))
+    await server.stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+    listed = await server.stub.ListReplies(pb.ListRepliesRequest(session_id="s"))
+    assert list(listed.replies) == []

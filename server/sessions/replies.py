@@ -44,6 +44,7 @@ from server.sessions.errors import (
     InvalidArgument,
     NotFound,
     ReplyFailed,
+    ResourceExhausted,
     Unavailable,
 )
 from server.sessions.events import MessageCompleted, TurnCompleted, TurnEvent, TurnReply
@@ -204,7 +205,8 @@ class Replies:
 
     `owner` identifies this replica in the store; `single_process` says no other
     process shares the store (memory, SQLite), so running replies found at start-up
-    are orphans. Times are seconds.
+    are orphans. At most `max_background` background replies run here at once, and
+    `max_background_per_tenant` of one tenant (0: no cap). Times are seconds.
     """
 
     def __init__(
@@ -218,8 +220,15 @@ class Replies:
         flush_interval: float = 0.2,
         poll_interval: float = 1.0,
         single_process: bool = True,
+        max_background: int = 0,
+        max_background_per_tenant: int = 0,
     ) -> None:
         self._store = store
+        self._max_background = max_background
+        self._max_background_per_tenant = max_background_per_tenant
+        # Background replies running here (until they end, as their followers see it).
+        self._background_of: dict[str, int] = {}
+        self._background_running = 0
         self._encoder = encoder
         self._bus = bus
         self._clock = clock
@@ -329,6 +338,8 @@ class Replies:
         background: bool = False,
         outcome_only: bool = False,
     ) -> LiveReply:
+        if background:
+            self._admit_background(tenant)
         now = self._clock()
         record = ReplyRecord(
             tenant=tenant,
@@ -347,9 +358,33 @@ class Replies:
             record, self._encoder, self._clock, fingerprint, outcome_only, last_flush=now
         )
         self._live[tenant, live.reply_id] = live
+        if background:
+            self._background_of[tenant] = self._background_of.get(tenant, 0) + 1
+            self._background_running += 1
         if request_id:
             self._by_request[tenant, request_id] = live
         return live
+
+    def _admit_background(self, tenant: str) -> None:
+        """Raises ResourceExhausted when another background reply would pass a cap."""
+        held = self._background_of.get(tenant, 0)
+        per_tenant = self._max_background_per_tenant
+        if per_tenant and held >= per_tenant:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has its maximum of {per_tenant} background replies "
+                "running on this replica (CHATD_MAX_STREAMS_PER_TENANT)",
+                retry_after=1.0,
+                reason="TOO_MANY_TENANT_BACKGROUND_REPLIES",
+                limit=("CHATD_MAX_STREAMS_PER_TENANT", per_tenant),
+            )
+        if self._max_background and self._background_running >= self._max_background:
+            raise ResourceExhausted(
+                f"this replica runs its maximum of {self._max_background} background "
+                "replies (CHATD_MAX_STREAMS)",
+                retry_after=1.0,
+                reason="TOO_MANY_BACKGROUND_REPLIES",
+                limit=("CHATD_MAX_STREAMS", self._max_background),
+            )
 
     async def start_background(
         self, live: LiveReply, events: Callable[[], AsyncIterator[TurnEvent]]
@@ -509,6 +544,13 @@ class Replies:
         tenant = live.record.tenant
         if self._live.get((tenant, live.reply_id)) is live:
             del self._live[tenant, live.reply_id]
+            if live.record.background:
+                self._background_running -= 1
+                left = self._background_of[tenant] - 1
+                if left:
+                    self._background_of[tenant] = left
+                else:
+                    del self._background_of[tenant]
         request_id = live.record.request_id
         if request_id and self._by_request.get((tenant, request_id)) is live:
             del self._by_request[tenant, request_id]

@@ -108,6 +108,8 @@ class ChatSessions:
         reply_lease: float = 10.0,
         reply_flush_interval: float = 0.2,
         reply_poll_interval: float = 1.0,
+        max_background: int = 0,
+        max_background_per_tenant: int = 0,
         max_tool_rounds: int = 8,
         limits: MessageLimits | None = None,
         max_sessions_per_tenant: int = 0,
@@ -132,6 +134,8 @@ class ChatSessions:
             flush_interval=reply_flush_interval,
             poll_interval=reply_poll_interval,
             single_process=single_process,
+            max_background=max_background,
+            max_background_per_tenant=max_background_per_tenant,
         )
         self.replies.cancel_local = self._engine.cancel
         self.history = HistoryOps(
@@ -382,6 +386,8 @@ class ChatSessions:
                 raise InvalidArgument("page_token", "is not a token of this listing")
             before = (float(position[0]), position[1])
         records = await self._store.list_replies(tenant, session_id, size + 1, before)
+        # Replies of an earlier life of the session (deleted, created again) are not its.
+        records = [r for r in records if r.create_time >= session.create_time]
         token = ""
         if len(records) > size:
             records = records[:size]
