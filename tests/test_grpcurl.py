@@ -152,3 +152,15 @@ async def test_readme_tools_walkthrough_runs_as_written(chatd: Chatd) -> None:
     assert "get_current_time returned" in text
     assert "FINISH_REASON_TOOL_CALLS_PENDING" in text
     assert 'lookup_order returned {\\"result\\": {\\"status\\": \\"shipped\\"}}' in text
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed (make test installs it)")
+async def test_readme_background_turn_and_resume_run_as_written(chatd: Chatd) -> None:
+    """The README's replies block: a background SendMessage, GetReply, a resumed
+    StreamReply to the end, ListReplies and CancelReply."""
+    block = readme_block("G=.venv/bin/grpcurl; ADDR=127.0.0.1:50051; S=")
+    text = await run_readme_script(block, chatd.address)
+    assert '"state": "REPLY_STATE_' in text
+    assert '"sequence_number": "2"' in text, "the resumed stream starts after event 1"
+    assert "Work on this while I am away" in text
+    assert '"replies": [' in text
