@@ -81,16 +81,16 @@ async def test_a_lapsed_lease_is_failed_by_another_replica_and_not_before(
     record = await b.replies.record(TENANT, "", reply_id)
     assert record.state is ReplyState.FAILED and record.error == REPLICA_LOST
 
-    # The replica that was thought dead stores its next events and finds out: it stops
-    # the turn, stores nothing of it, and its followers hear why.
+    # The replica that was thought dead stores its next events (the model's answer, as
+    # a completed message) and finds out: it stops the turn and stores nothing of it,
+    # and its followers hear how the reply ended.
     follower = a.follow_reply(TENANT, "s", reply_id, 1)
     assert isinstance(await anext(follower), ReplyStarted)
-    provider.release()
+    provider.release(4)
     with pytest.raises(ReplyFailed) as caught:
         async for _ in follower:
             pass
-    assert caught.value.reason == "REPLICA_LOST"  # the stored outcome wins
-    await provider.cancelled.wait()
+    assert caught.value.reason == "REPLICA_LOST"
     stored = await b.replies.record(TENANT, "", reply_id)
     assert stored.state is ReplyState.FAILED and stored.error == REPLICA_LOST
     assert await store.recent_messages(TENANT, "s") == []
