@@ -286,7 +286,10 @@ class Replies:
             await asyncio.gather(self._keeper, return_exceptions=True)
             self._keeper = None
         if self._unwritten:
-            await self._write_unwritten()
+            try:
+                await self._write_unwritten()
+            except Exception:
+                log.exception("the ends of replies were not stored", replies=len(self._unwritten))
 
     async def _keep(self) -> None:
         while True:
@@ -314,12 +317,14 @@ class Replies:
         return failed
 
     async def _write_unwritten(self) -> None:
+        """Stores the ends of replies that could not be stored when they ended; what
+        still fails stays for the next pass (and the error is raised)."""
         pending, self._unwritten = self._unwritten, []
-        for write in pending:
+        for i, write in enumerate(pending):
             try:
                 await self._store.put_reply(write)
-            except Exception:
-                self._unwritten.append(write)
+            except BaseException:
+                self._unwritten[:0] = pending[i:]
                 raise
 
     # ------------------------------------------------------------------ running
