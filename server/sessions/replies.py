@@ -237,7 +237,9 @@ class Replies:
         if self._single_process:
             failed = 0
             while (
-                n := await self._store.fail_stale_replies(_EVERY_LEASE, REPLICA_LOST, BATCH)
+                n := await self._store.fail_stale_replies(
+                    self._clock(), REPLICA_LOST, BATCH, expired_by=_EVERY_LEASE
+                )
             ) > 0:
                 failed += n
                 if n < BATCH:
