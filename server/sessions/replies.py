@@ -569,10 +569,12 @@ class Replies:
             return True
         if self.cancel_local(tenant, session_id):
             return True
+        # Read before telling the others: once told, the reply may end (CANCELLED) before
+        # a read after the publish would see it running.
+        newest = await self._store.list_replies(tenant, session_id, 1)
         await self._publish(
             {"kind": "cancel", "tenant": tenant, "session_id": session_id, "reply_id": ""}
         )
-        newest = await self._store.list_replies(tenant, session_id, 1)
         return bool(newest) and newest[0].state is ReplyState.RUNNING
 
     def _session_lives(self, tenant: str, session_id: str) -> list[LiveReply]:
