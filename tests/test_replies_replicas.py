@@ -19,6 +19,9 @@ from tests.helpers import all_messages, rich_details
 from tests.store.conftest import fresh_schema, postgres_dsn
 
 ANSWER = "one two three four five six"
+# Generous: how long B may wait for events A holds while the model is silent (they are
+# stored CHATD_REPLY_FLUSH_INTERVAL, 0.2 s, after they came).
+SILENT_TIMEOUT = 30.0
 
 
 @dataclass
@@ -53,6 +56,10 @@ async def read_all(call: Any) -> list[pb.StreamReplyResponse]:
     while (event := await call.read()) is not grpc.aio.EOF:
         events.append(event)
     return events
+
+
+async def read_n(call: Any, n: int) -> list[pb.StreamReplyResponse]:
+    return [await call.read() for _ in range(n)]
 
 
 async def start_background(chatd: Chatd, text: str = "hi") -> tuple[str, Any]:
@@ -109,6 +116,33 @@ async def test_a_reply_running_on_a_is_followed_live_on_b_without_gap_or_duplica
     assert [e.text_delta.text for e in stored[1:]] == [e.text_delta.text for e in rest]
     assert len(fake.requests) == 1
     assert len(await all_messages(b.stub, "s")) == 2
+
+
+async def test_what_a_streamed_before_the_model_went_silent_reaches_b_while_it_is_silent(
+    replicas: Replicas,
+) -> None:
+    a, b, fake = replicas.a, replicas.b, replicas.fake
+    hold = Hold()
+    fake.push(held_answer(hold))
+    reply_id, call = await start_background(a)
+    said = [await call.read() for _ in range(2)]  # the words before the model stops
+    assert [e.sequence_number for e in said] == [2, 3]
+    assert all(e.text_delta.text for e in said)
+    await hold.wait_reached()
+
+    follow = b.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id, starting_after=1))
+    # The model says nothing more until B has them: A stores them anyway.
+    seen = await asyncio.wait_for(read_n(follow, 2), SILENT_TIMEOUT)
+    assert [(e.sequence_number, e.text_delta) for e in seen] == [
+        (e.sequence_number, e.text_delta) for e in said
+    ]
+    got = await b.stub.GetReply(pb.GetReplyRequest(reply_id=reply_id, skip_events=True))
+    assert got.reply.state == pb.REPLY_STATE_RUNNING and got.reply.last_sequence_number == 3
+
+    hold.open()
+    rest = await read_all(follow)
+    assert [e.sequence_number for e in rest] == list(range(4, 4 + len(rest)))
+    assert rest[-1].reply.text == ANSWER
 
 
 async def test_a_reply_running_on_a_is_read_and_listed_on_b(replicas: Replicas) -> None:
