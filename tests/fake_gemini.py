@@ -35,7 +35,8 @@ may also be a callable taking the ``RecordedRequest`` and returning a script.
 
 - ``Reply``: a model answer (text/parts, finish reason, usage, blocked prompt), streamed as
   ``chunks`` slices per text part, with delays, a mid-stream error event (``error_after``)
-  or a mid-stream connection drop (``drop_after``).
+  or a mid-stream connection drop (``drop_after``); ``hold`` stops it after
+  ``hold_after`` events until the test opens the ``Hold`` (a client hang-up still ends it).
 - ``HttpError``: an HTTP error with a Google-style body (RetryInfo when ``retry_delay``).
 - ``Drop``: close the connection without answering.  ``Tokens``: a countTokens answer.
 - ``Raw``: GenerateContentResponse dicts sent verbatim.
@@ -272,6 +273,28 @@ class HttpError:
         return {"error": error}
 
 
+class Hold:
+    """A point where a streamed Reply stops until the test opens it (thread-safe).
+
+    ``reached`` is set when a stream arrives at the hold with its first ``hold_after``
+    events sent; ``await hold.wait_reached()`` waits for that from the test's loop."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self._open = threading.Event()
+
+    def open(self) -> None:
+        self._open.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    async def wait_reached(self, timeout: float = 10.0) -> None:
+        if not await asyncio.to_thread(self.reached.wait, timeout):
+            raise TimeoutError(f"no stream reached the hold in {timeout}s")
+
+
 @dataclass(frozen=True)
 class Reply:
     """A model answer; ``chunks``, ``chunk_delay``, ``error_after``, ``drop_after`` only
@@ -289,6 +312,8 @@ class Reply:
     error: HttpError = HttpError(500, "fake mid-stream error")
     drop_after: int | None = None  # close the socket after this many events (if no error_after)
     candidate: Json | None = None  # more fields of the final candidate (groundingMetadata, ...)
+    hold: Hold | None = None  # after `hold_after` events, wait until it is opened
+    hold_after: int = 1
 
     def all_parts(self) -> list[Json]:
         leading = [text_part(self.text)] if self.text is not None else []
@@ -1484,6 +1509,10 @@ class FakeGemini:
         for index, event in enumerate(events[:cut]):
             if index:
                 await conn.pause(script.chunk_delay)
+            if isinstance(script, Reply) and script.hold is not None and index == script.hold_after:
+                script.hold.reached.set()
+                while not script.hold.is_open:
+                    await conn.pause(0.005)  # raises _ClientGone as soon as the client hangs up
             await conn.send_event(event)
         if isinstance(script, Reply) and error_after is not None:
             if conn.events_sent:

@@ -125,6 +125,11 @@ class GatedProvider:
         for _ in range(n):
             self._gate.put_nowait(None)
 
+    @property
+    def unreleased(self) -> int:
+        """Deltas let through that the stream has not taken yet."""
+        return self._gate.qsize()
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         self.calls += 1
         self.started.set()

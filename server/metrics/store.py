@@ -165,9 +165,11 @@ class InstrumentedStore:
         with self._timed("renew_replies"):
             return await self._inner.renew_replies(owner, lease_expire_time)
 
-    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+    async def fail_stale_replies(
+        self, now: float, error: ReplyError, limit: int, *, expired_by: float | None = None
+    ) -> int:
         with self._timed("fail_stale_replies"):
-            return await self._inner.fail_stale_replies(now, error, limit)
+            return await self._inner.fail_stale_replies(now, error, limit, expired_by=expired_by)
 
     async def delete_replies_before(self, time: float, limit: int) -> int:
         with self._timed("delete_replies_before"):

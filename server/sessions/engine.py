@@ -66,7 +66,7 @@ class ReplyLog(Protocol):
     @property
     def reply_id(self) -> str: ...
 
-    def final_write(self, reply: TurnReply) -> ReplyWrite:
+    async def final_write(self, reply: TurnReply) -> ReplyWrite:
         """The reply's record and events to store with the turn's commit."""
         ...
 
@@ -440,7 +440,7 @@ class TurnEngine:
             version=session.version + 1,
         )
         request = record(session, reply) if record is not None else None
-        written = log.final_write(reply) if log is not None else None
+        written = await log.final_write(reply) if log is not None else None
         # From here the turn's outcome is the commit's: CancelReply no longer stops it,
         # and a caller that leaves is told so only after the write ended, still holding
         # the session lock, so no other write to the session can overlap this one.

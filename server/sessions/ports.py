@@ -255,9 +255,12 @@ class SessionStore(Protocol):
     async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
         """Extends the lease of every RUNNING reply of `owner`; how many."""
 
-    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
-        """Marks at most `limit` RUNNING replies whose lease expired at or before `now` as
-        FAILED with `error` (update_time = now, owner and lease cleared); how many."""
+    async def fail_stale_replies(
+        self, now: float, error: ReplyError, limit: int, *, expired_by: float | None = None
+    ) -> int:
+        """Marks at most `limit` RUNNING replies whose lease expired at or before
+        `expired_by` (default: `now`) as FAILED with `error` (update_time = now, owner and
+        lease cleared); how many. Times are seconds since the epoch."""
 
     async def delete_replies_before(self, time: float, limit: int) -> int:
         """Forgets at most `limit` replies in a final state last updated before `time`,

@@ -7,9 +7,11 @@ reply_id and starting_after), read it (GetReply), list it, or cancel it from any
 Where a reply's events are kept:
 - while it runs, in the memory of the replica running it (a LiveReply), so followers on
   that replica see every event as it happens;
-- a background reply's events are also written to the store as it runs (at most
-  `flush_interval` seconds apart, and at each completed message), so followers on other
-  replicas sharing the store see them within that interval;
+- a background reply's events are also written to the store as it runs (at each
+  completed message, and `flush_interval` seconds after an event left unwritten, also
+  while the model is silent), so followers on other replicas sharing the store see them
+  within that interval. One write of a reply's events at a time (LiveReply.lock): each
+  continues the one before;
 - once it ends, in the store with its record: in the same transaction as the turn's
   messages when the turn is stored, in a write of their own otherwise. The sweeper
   forgets ended replies `window` seconds after they ended.
@@ -120,6 +122,12 @@ class LiveReply:
     # Set before cancelling a background task at shutdown: how the reply ends then.
     stop_error: ChatdError | None = None
     task: asyncio.Task[None] | None = None
+    # Held by each write of the reply's events while it runs (see the module doc).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The turn is being stored or the reply is ending: no more timed writes.
+    closing: bool = False
+    # The timed write of events left unwritten, when one is due.
+    flush_timer: asyncio.TimerHandle | None = None
     _wake: asyncio.Future[None] | None = None
 
     @property
@@ -158,9 +166,15 @@ class LiveReply:
         first = self.stored + 1
         return ReplyEvents(first, first + len(events) - 1, self.encoder(first, events))
 
-    def final_write(self, reply: TurnReply) -> ReplyWrite:
+    async def final_write(self, reply: TurnReply) -> ReplyWrite:
         """The reply's record and last events, written by the engine with the turn's
-        commit; TurnCompleted(reply) is counted as stored."""
+        commit; TurnCompleted(reply) is counted as stored. Waits for a write of its events
+        in progress, and lets no other start."""
+        self.closing = True
+        async with self.lock:
+            return self._final_write(reply)
+
+    def _final_write(self, reply: TurnReply) -> ReplyWrite:
         self.committed = reply
         state = (
             ReplyState.AWAITING_TOOL_RESULTS if reply.pending_tool_calls else ReplyState.COMPLETED
@@ -241,6 +255,7 @@ class Replies:
         self._by_request: dict[tuple[str, str], LiveReply] = {}
         self._remote: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._flushes: set[asyncio.Task[None]] = set()
         # Final writes that failed (the store was down): retried by the keeper.
         self._unwritten: list[ReplyWrite] = []
         self._keeper: asyncio.Task[None] | None = None
@@ -256,7 +271,9 @@ class Replies:
         if self._single_process:
             failed = 0
             while (
-                n := await self._store.fail_stale_replies(_EVERY_LEASE, REPLICA_LOST, BATCH)
+                n := await self._store.fail_stale_replies(
+                    self._clock(), REPLICA_LOST, BATCH, expired_by=_EVERY_LEASE
+                )
             ) > 0:
                 failed += n
                 if n < BATCH:
@@ -439,6 +456,8 @@ class Replies:
                 if live.record.background and self._flush_due(live, event):
                     await self._flush(live, event)
                 live.append(event)
+                if live.record.background and live.stored < len(live.events):
+                    self._flush_later(live)
                 yield event
         except ChatdError as exc:
             error = exc
@@ -465,9 +484,62 @@ class Replies:
             self._clock() - live.last_flush >= self._flush_interval
         )
 
+    def _flush_later(self, live: LiveReply) -> None:
+        """Stores the events left unwritten `flush_interval` seconds after the last write,
+        unless a write comes first: a model that goes silent mid-answer does not keep
+        what it said from other replicas' followers."""
+        if live.flush_timer is not None or live.closing:
+            return
+        delay = max(live.last_flush + self._flush_interval - self._clock(), 0.0)
+        live.flush_timer = asyncio.get_running_loop().call_later(
+            delay, self._start_timed_flush, live
+        )
+
+    def _start_timed_flush(self, live: LiveReply) -> None:
+        live.flush_timer = None
+        if live.closing or live.stored >= len(live.events):
+            return
+        task = asyncio.create_task(self._timed_flush(live), name=f"chatd-flush-{live.reply_id}")
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _timed_flush(self, live: LiveReply) -> None:
+        async with live.lock:
+            events = live.pending_events()
+            if live.closing or events is None:
+                return
+            now = self._clock()
+            record = replace(
+                live.record,
+                turn_id=live.record.turn_id or _turn_id(live.events),
+                update_time=now,
+                last_seq=events.last_seq,
+                lease_expire_time=now + self._lease,
+            )
+            try:
+                written = await self._store.put_reply(ReplyWrite(record, events))
+            except Exception:  # the events stay unwritten: the next write carries them
+                log.exception("storing a reply's events failed", reply_id=live.reply_id)
+                return
+            if not written:
+                return  # the lease lapsed: the turn's next write learns it and stops
+            live.record = record
+            live.stored = events.last_seq
+            live.last_flush = now
+        try:
+            await self._publish(
+                {"kind": "reply", "tenant": record.tenant, "reply_id": live.reply_id}
+            )
+        except Exception:
+            log.exception("telling replicas of a reply's events failed", reply_id=live.reply_id)
+
     async def _flush(self, live: LiveReply, event: TurnEvent) -> None:
         """Stores the background reply's new events, `event` included, before anyone
         here sees `event`: what a follower here has seen, the store holds too."""
+        async with live.lock:
+            await self._flush_locked(live, event)
+
+    async def _flush_locked(self, live: LiveReply, event: TurnEvent) -> None:
         now = self._clock()
         events = live.pending_events((event,))
         assert events is not None
@@ -495,6 +567,14 @@ class Replies:
     async def _end(self, live: LiveReply, error: ChatdError | None) -> None:
         """Records how the reply ended (unless the turn's commit did) and lets its
         followers go."""
+        live.closing = True
+        if live.flush_timer is not None:
+            live.flush_timer.cancel()
+            live.flush_timer = None
+        async with live.lock:  # a timed write in progress ends first
+            await self._end_locked(live, error)
+
+    async def _end_locked(self, live: LiveReply, error: ChatdError | None) -> None:
         last = live.events[-1] if live.events else None
         if isinstance(last, TurnCompleted):
             # The consumer left after the last event: the reply ended as it did.
@@ -641,11 +721,13 @@ class Replies:
             return True
         if self.cancel_local(tenant, session_id):
             return True
+        # Read before telling the others: once told, the reply may end (CANCELLED) before
+        # a read after the publish would see it running.
+        newest = await self._store.list_replies(tenant, session_id, 1)
         await self._publish(
             {"kind": "cancel", "tenant": tenant, "session_id": session_id, "reply_id": ""},
             required=True,
         )
-        newest = await self._store.list_replies(tenant, session_id, 1)
         return bool(newest) and newest[0].state is ReplyState.RUNNING
 
     def _session_lives(self, tenant: str, session_id: str) -> list[LiveReply]:

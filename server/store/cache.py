@@ -406,8 +406,10 @@ class CachedStore:
     async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
         return await self._inner.renew_replies(owner, lease_expire_time)
 
-    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
-        return await self._inner.fail_stale_replies(now, error, limit)
+    async def fail_stale_replies(
+        self, now: float, error: ReplyError, limit: int, *, expired_by: float | None = None
+    ) -> int:
+        return await self._inner.fail_stale_replies(now, error, limit, expired_by=expired_by)
 
     async def delete_replies_before(self, time: float, limit: int) -> int:
         return await self._inner.delete_replies_before(time, limit)

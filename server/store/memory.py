@@ -304,8 +304,10 @@ class MemoryStore:
                 renewed += 1
         return renewed
 
-    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
-        cutoff = rules.to_micros(now)
+    async def fail_stale_replies(
+        self, now: float, error: ReplyError, limit: int, *, expired_by: float | None = None
+    ) -> int:
+        cutoff = rules.to_micros(now if expired_by is None else expired_by)
         stale = (
             (lease, key)
             for key, stored in self._replies.items()

@@ -149,7 +149,7 @@ FAIL_STALE_REPLIES = (
     f"UPDATE replies SET state = '{FAILED}', update_time = $1, owner = '',"
     " lease_expire_time = NULL, error_code = $2, error_message = $3, error_reason = $4"
     " WHERE (tenant, reply_id) IN (SELECT tenant, reply_id FROM replies"
-    f" WHERE state = '{RUNNING}' AND lease_expire_time <= $1"
+    f" WHERE state = '{RUNNING}' AND lease_expire_time <= $6"
     " ORDER BY lease_expire_time LIMIT $5 FOR UPDATE SKIP LOCKED)"
 )
 DELETE_OLD_REPLIES = (

@@ -351,10 +351,13 @@ class PostgresStore:
         async with self._connection() as conn:
             return _count(await conn.execute(sql.RENEW_REPLIES, lease, owner))
 
-    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+    async def fail_stale_replies(
+        self, now: float, error: ReplyError, limit: int, *, expired_by: float | None = None
+    ) -> int:
         if limit <= 0:
             return 0
-        params = (rules.to_micros(now), *rows.reply_error_values(error), limit)
+        horizon = rules.to_micros(now if expired_by is None else expired_by)
+        params = (rules.to_micros(now), *rows.reply_error_values(error), limit, horizon)
         async with self._connection() as conn:
             return _count(await conn.execute(sql.FAIL_STALE_REPLIES, *params))
 

@@ -645,9 +645,12 @@ class SqliteStore:
 
         return await self._writer.submit(job)
 
-    async def fail_stale_replies(self, now: float, error: ReplyError, limit: int) -> int:
+    async def fail_stale_replies(
+        self, now: float, error: ReplyError, limit: int, *, expired_by: float | None = None
+    ) -> int:
         at = rules.to_micros(now)
-        params = (at, *rows.reply_error_values(error), at, max(limit, 0))
+        horizon = at if expired_by is None else rules.to_micros(expired_by)
+        params = (at, *rows.reply_error_values(error), horizon, max(limit, 0))
 
         def job(conn: sqlite3.Connection) -> int:
             return conn.execute(sql.FAIL_STALE_REPLIES, params).rowcount

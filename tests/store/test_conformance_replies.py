@@ -490,3 +490,20 @@ async def test_a_duplicate_request_on_a_commit_with_a_reply_writes_neither(
     assert await store.reply_events(TENANT, "r2", 0) == []
     assert await store.get_reply(TENANT, "r1") == first.record
     assert await history(store, after) == ["q"]
+
+
+async def test_fail_stale_replies_by_a_far_horizon_stamps_them_at_now(store: SessionStore) -> None:
+    """A process that starts alone fails every running reply, whatever its lease (a far
+    `expired_by`): they are marked failed at `now`, a time a client can read back."""
+    await put(store, reply_of("r1", lease=T0 + 3600), 1, 1)
+    await put(store, reply_of("r2", lease=T0 + 1), 1, 2)
+    assert await store.fail_stale_replies(T0 + 2, LOST, 10, expired_by=1e12) == 2
+    for reply_id, last_seq in (("r1", 1), ("r2", 2)):
+        failed = await store.get_reply(TENANT, reply_id)
+        assert failed == replace(
+            reply_of(reply_id, lease=None, owner=""),
+            state=ReplyState.FAILED,
+            update_time=T0 + 2,
+            last_seq=last_seq,
+            error=LOST,
+        )

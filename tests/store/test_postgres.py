@@ -138,7 +138,7 @@ async def test_sweeps_can_walk_their_indexes(
     [
         ("LIST_REPLIES", ("t", "s", 10), "replies_by_session"),
         ("LIST_REPLIES_BEFORE", ("t", "s", 5, "r", 10), "replies_by_session"),
-        ("FAIL_STALE_REPLIES", (1, "CODE", "m", "", 10), "replies_by_lease"),
+        ("FAIL_STALE_REPLIES", (1, "CODE", "m", "", 10, 1), "replies_by_lease"),
         ("RENEW_REPLIES", (1, "replica"), "replies_by_owner"),
         ("DELETE_OLD_REPLIES", (1, 10), "replies_by_update"),
     ],
