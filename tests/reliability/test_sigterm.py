@@ -64,12 +64,20 @@ class Drain:
     streams: list[Stream]
 
 
-async def sigterm_during_streams(db: str, cycle: int, *, echo_delay_ms: int, grace: float) -> Drain:
+async def sigterm_during_streams(
+    db: str, cycle: int, *, echo_delay_ms: int, grace: float, words_per_chunk: int = 4
+) -> Drain:
     """Starts chatd, opens a health Watch and STREAMS replies, sends SIGTERM once every
     stream has had an event, and waits for the streams and the process to end."""
     loop = asyncio.get_running_loop()
     server = await start_process(
-        db, "--echo-delay-ms", str(echo_delay_ms), "--grace-period", str(grace)
+        db,
+        "--echo-delay-ms",
+        str(echo_delay_ms),
+        "--grace-period",
+        str(grace),
+        "--echo-words-per-chunk",
+        str(words_per_chunk),
     )
     try:
         async with server.channel() as channel:
@@ -168,7 +176,8 @@ async def test_soak_sigterm_past_the_grace_period_stores_no_half_turn(tmp_path: 
     """Soak: streams that outlast a 1 s grace period are cut off; the process still exits 0
     and none of the cut turns is stored, whole or in part."""
     db = sqlite_url(tmp_path)
-    drain = await sigterm_during_streams(db, 1, echo_delay_ms=150, grace=1.0)
+    # One word a delta: 20 deltas 150 ms apart, a 3 s stream.
+    drain = await sigterm_during_streams(db, 1, echo_delay_ms=150, grace=1.0, words_per_chunk=1)
     cut = [s for s in drain.streams if s.reply is None]
     stored, half, lost = await half_turns_after_restart(db, drain.streams)
     print(
