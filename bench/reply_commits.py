@@ -11,8 +11,10 @@ one task per session. With a reply, each turn also writes a
 new completed reply record and one chunk of its events, a `--payload`-byte blob (what a
 StreamReply's events come to). Figures are wall time per commit (the latency at
 concurrency 1) and this process's CPU per commit (all its threads, SQLite's writer
-included; PostgreSQL's own CPU is not in it). Modes alternate within each round and
-each keeps its best round: other work on the machine can only slow a round down.
+included) and, on PostgreSQL, the CPU of the server processes serving the pool's
+connections per commit (from /proc; PostgreSQL's background writers are not in it).
+Modes alternate within each round and each keeps its best round: other work on the
+machine can only slow a round down.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from pathlib import Path
 
 import structlog
 
-from bench import postgres
+from bench import postgres, procs
 from server.sessions.model import Message, Part, Role, Session, SessionSettings
 from server.sessions.ports import ReplyEvents, ReplyRecord, ReplyState, ReplyWrite, SessionStore
 from server.store import SqliteStore
 
 T0 = 1_700_000_000.0
-Opener = Callable[[], Awaitable[tuple[SessionStore, Callable[[], Awaitable[None]]]]]
+# A fresh store, how to close it, and the pids of the database server processes serving it.
+Opened = tuple[SessionStore, Callable[[], Awaitable[None]], list[int]]
+Opener = Callable[[], Awaitable[Opened]]
 
 
 def session(session_id: str) -> Session:
@@ -65,9 +69,15 @@ def reply(s: Session, n: int, payload: bytes) -> ReplyWrite:
 
 
 async def run(
-    store: SessionStore, turns: int, concurrency: int, payload: bytes | None, answer: str
-) -> tuple[float, float]:
-    """Commits `turns` turns over `concurrency` sessions; (wall s, CPU s) per commit."""
+    store: SessionStore,
+    turns: int,
+    concurrency: int,
+    payload: bytes | None,
+    answer: str,
+    backends: list[int],
+) -> tuple[float, float, float]:
+    """Commits `turns` turns over `concurrency` sessions; (wall s, CPU s, the backends'
+    CPU s) per commit."""
     sessions = [session(f"s{i}") for i in range(concurrency)]
     for s in sessions:
         await store.create_session(s)
@@ -91,13 +101,16 @@ async def run(
             await store.commit_turn(after, added, s.version, reply=written)
             s = after
 
+    server = sum(map(procs.cpu_seconds, backends))
     wall, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(s) for s in sessions))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    server = sum(map(procs.cpu_seconds, backends)) - server
     done = each * concurrency
-    return (time.perf_counter() - wall) / done, (time.process_time() - cpu) / done
+    return wall / done, cpu / done, server / done
 
 
-async def sqlite_opener() -> tuple[SessionStore, Callable[[], Awaitable[None]]]:
+async def sqlite_opener() -> Opened:
     folder = tempfile.TemporaryDirectory()
     store = await SqliteStore.open(str(Path(folder.name) / "chatd.db"))
 
@@ -105,10 +118,10 @@ async def sqlite_opener() -> tuple[SessionStore, Callable[[], Awaitable[None]]]:
         await store.close()
         folder.cleanup()
 
-    return store, close
+    return store, close, []
 
 
-async def postgres_opener() -> tuple[SessionStore, Callable[[], Awaitable[None]]]:
+async def postgres_opener() -> Opened:
     from server.store.postgres import PostgresStore
 
     schema = postgres.fresh_schema()
@@ -119,33 +132,46 @@ async def postgres_opener() -> tuple[SessionStore, Callable[[], Awaitable[None]]
         await store.close()
         await postgres.drop_schema(schema)
 
-    return store, close
+    # Benchmark only: the pool's connections, each held at once, say their server pids.
+    pool = store._pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    backends = [await conn.fetchval("SELECT pg_backend_pid()") for conn in held]
+    for conn in held:
+        await pool.release(conn)
+    return store, close, backends
 
 
 async def measure(name: str, opener: Opener, args: argparse.Namespace) -> None:
     payload = os.urandom(args.payload)
     for concurrency in args.concurrency:
-        best: dict[str, tuple[float, float]] = {}
+        best: dict[str, tuple[float, float, float]] = {}
         for _ in range(args.rounds):
             for mode, blob in (("no reply", None), ("reply", payload)):
-                store, close = await opener()
+                store, close, backends = await opener()
                 try:
-                    wall, cpu = await run(store, args.turns, concurrency, blob, "a" * args.answer)
+                    measured = await run(
+                        store, args.turns, concurrency, blob, "a" * args.answer, backends
+                    )
                 finally:
                     await close()
-                if mode not in best or wall < best[mode][0]:
-                    best[mode] = (wall, cpu)
-        (plain_wall, plain_cpu), (reply_wall, reply_cpu) = best["no reply"], best["reply"]
-        for mode, (wall, cpu) in best.items():
-            print(
+                if mode not in best or measured[0] < best[mode][0]:
+                    best[mode] = measured
+        plain, with_reply = best["no reply"], best["reply"]
+        for mode, (wall, cpu, server) in best.items():
+            line = (
                 f"{name:<8} c={concurrency:<3} {mode:<9} {wall * 1e6:8.0f} µs/commit"
                 f" {1 / wall:8.0f} commits/s  CPU {cpu * 1e6:6.0f} µs/commit"
             )
-        print(
-            f"{name:<8} c={concurrency:<3} reply/no reply: wall {reply_wall / plain_wall:.2f}x,"
-            f" CPU {reply_cpu / plain_cpu:.2f}x",
-            flush=True,
+            if server:
+                line += f"  server CPU {server * 1e6:6.0f} µs/commit"
+            print(line)
+        line = (
+            f"{name:<8} c={concurrency:<3} reply/no reply: wall {with_reply[0] / plain[0]:.2f}x,"
+            f" CPU {with_reply[1] / plain[1]:.2f}x"
         )
+        if plain[2]:
+            line += f", server CPU {with_reply[2] / plain[2]:.2f}x"
+        print(line, flush=True)
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -56,8 +56,10 @@ _EXPIRE_INDEX = (
 )
 
 # Replies (one run of a turn) and their stream events, kept as the opaque chunks they
-# were written in. No foreign keys: a reply's rows go with its session's in the same
-# transactions, and a turn's commit should not pay a lookup per row to prove it.
+# were written in: a chunk that begins at event 1 in the reply's own row (inline_*, see
+# rows.REPLY_INLINE_COLUMNS), later ones in reply_events. No foreign keys: a reply's rows
+# go with its session's in the same transactions, and a turn's commit should not pay a
+# lookup per row to prove it.
 _REPLIES_TABLE = """CREATE TABLE replies (
     tenant TEXT NOT NULL,
     reply_id TEXT{collate} NOT NULL,
@@ -74,6 +76,8 @@ _REPLIES_TABLE = """CREATE TABLE replies (
     error_code TEXT,
     error_message TEXT,
     error_reason TEXT,
+    inline_last_seq {integer},
+    inline_payload {blob},
     PRIMARY KEY (tenant, reply_id))"""
 _REPLY_EVENTS_TABLE = """CREATE TABLE reply_events (
     tenant TEXT NOT NULL,
@@ -202,18 +206,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "replies and their stream events",
         {
-            # Records are small: WITHOUT ROWID saves a b-tree per write (about 7% of the
-            # writer's time for a turn with its reply). Event chunks are kilobytes and keep
-            # a rowid, as SQLite advises for rows that large.
+            # Both keep a rowid, as SQLite advises for rows of hundreds of bytes and more
+            # (a reply's row holds its first chunk of events): a new row is appended to
+            # the table, and only the small key entry lands at a random place. Measured:
+            # a WITHOUT ROWID replies table holding the chunk cost as much as the two rows.
             SQLITE: (
-                _REPLIES_TABLE.format(collate="", boolean="INTEGER", integer="INTEGER")
-                + " WITHOUT ROWID",
+                _REPLIES_TABLE.format(
+                    collate="", boolean="INTEGER", integer="INTEGER", blob="BLOB"
+                ),
                 _REPLY_EVENTS_TABLE.format(collate="", integer="INTEGER", blob="BLOB"),
                 *_REPLIES_INDEXES,
             ),
             # COLLATE "C": reply_id order (the tie-break of a listing) is byte order.
             POSTGRESQL: (
-                _REPLIES_TABLE.format(collate=' COLLATE "C"', boolean="BOOLEAN", integer="BIGINT"),
+                _REPLIES_TABLE.format(
+                    collate=' COLLATE "C"', boolean="BOOLEAN", integer="BIGINT", blob="BYTEA"
+                ),
                 _REPLY_EVENTS_TABLE.format(collate=' COLLATE "C"', integer="BIGINT", blob="BYTEA"),
                 *_REPLIES_INDEXES,
             ),

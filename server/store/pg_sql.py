@@ -15,6 +15,8 @@ from server.store.rows import (
     REPLY_COLUMNS,
     REPLY_EVENT_COLUMNS,
     REPLY_EVENT_UPDATES,
+    REPLY_INLINE_KEPT,
+    REPLY_ROW_COLUMNS,
     REPLY_UPDATES,
     REQUEST_COLUMNS,
     RUNNING,
@@ -24,6 +26,7 @@ from server.store.rows import (
     reply_values,
     session_state_values,
     session_values,
+    turn_reply_values,
 )
 
 # $1, $2 are (tenant, session_id) everywhere; labels ($4) is a jsonb copy of the
@@ -65,8 +68,10 @@ _REQUEST = (
 )
 COMMIT_TURN_WITH_REQUEST = _TURN + _REQUEST + _DONE
 
-# A reply's parameters: its REPLY_COLUMNS values (rows.reply_values), then its events'
-# first_seq, last_seq and payload (rows.reply_event_values: NULLs without events).
+# A reply's parameters: its REPLY_COLUMNS values (rows.reply_values); for a turn's reply
+# then its inline chunk's last_seq and payload (rows.turn_reply_values), and its events'
+# first_seq, last_seq and payload when they go to reply_events; for put_reply its events'
+# (rows.reply_event_values: NULLs without events).
 _REPLY_TYPES = (
     *("text",) * 5,
     "boolean",
@@ -76,54 +81,72 @@ _REPLY_TYPES = (
     "bigint",
     *("text",) * 3,
 )
+_ROW_TYPES = (*_REPLY_TYPES, "bigint", "bytea")
 _EVENT_TYPES = ("bigint", "bigint", "bytea")
-_REPLY_PARAMS = len(_REPLY_TYPES) + len(_EVENT_TYPES)
+_PUT_PARAMS = len(_REPLY_TYPES) + len(_EVENT_TYPES)
 
 
 def _typed(first: int, types: Sequence[str]) -> str:
     return ", ".join(f"${first + i}::{t}" for i, t in enumerate(types))
 
 
-def _reply_events(first: int, only_if: str) -> str:
-    """The CTE `rev` storing the events of the reply whose parameters start at `first`."""
-    events = first + len(_REPLY_TYPES)
+def _reply_events(key: int, events: int, only_if: str) -> str:
+    """The CTE `rev` storing events ($events.. : first_seq, last_seq, payload) of the
+    reply whose key is ($key, $key + 1), if there are any and `only_if` holds."""
     return (
         f"rev AS (INSERT INTO reply_events ({REPLY_EVENT_COLUMNS})"
-        f" SELECT ${first}::text, ${first + 1}::text, {_typed(events, _EVENT_TYPES)}"
+        f" SELECT ${key}::text, ${key + 1}::text, {_typed(events, _EVENT_TYPES)}"
         f" WHERE ${events + 2}::bytea IS NOT NULL AND {only_if}"
         f" ON CONFLICT (tenant, reply_id, first_seq) DO UPDATE SET {REPLY_EVENT_UPDATES})"
     )
 
 
-def _reply(first: int, only_if: str) -> str:
-    """CTEs `rep` and `rev` writing the reply whose parameters start at `first` whatever
-    its stored state, if `only_if` holds (a turn's reply: its outcome is the truth)."""
-    return (
-        f"rep AS (INSERT INTO replies ({REPLY_COLUMNS})"
-        f" SELECT {_typed(first, _REPLY_TYPES)} WHERE {only_if}"
-        f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}), "
-        + _reply_events(first, only_if)
+def _turn_reply(first: int, only_if: str, chunk: bool) -> str:
+    """The CTE `rep` writing the turn's reply whose parameters start at `first` whatever
+    its stored state, if `only_if` holds (a turn's reply: its outcome is the truth); with
+    `chunk`, `rev` storing its events in reply_events too."""
+    ctes = (
+        f"rep AS (INSERT INTO replies ({REPLY_ROW_COLUMNS})"
+        f" SELECT {_typed(first, _ROW_TYPES)} WHERE {only_if}"
+        f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}, {REPLY_INLINE_KEPT})"
     )
+    if chunk:
+        ctes += ", " + _reply_events(first, first + len(_ROW_TYPES), only_if)
+    return ctes
 
 
 _WITH_TURN = "EXISTS (SELECT 1 FROM upd)"
-# The turn's statement by (with a request, with a reply): the reply's parameters follow
-# the request's, or the turn's when there is none.
-_COMMIT_TURNS = {
-    (False, False): COMMIT_TURN,
-    (True, False): COMMIT_TURN_WITH_REQUEST,
-    (False, True): _TURN + ", " + _reply(23, _WITH_TURN) + _DONE,
-    (True, True): _TURN + _REQUEST + ", " + _reply(28, _WITH_TURN) + _DONE,
+# The turn's statement by (with a request, the reply: none, its row alone, or its row and
+# a chunk of events): the reply's parameters follow the request's, or the turn's when
+# there is none.
+_COMMIT_TURNS: dict[tuple[bool, bool | None], str] = {
+    (False, None): COMMIT_TURN,
+    (True, None): COMMIT_TURN_WITH_REQUEST,
+    **{
+        (False, chunk): _TURN + ", " + _turn_reply(23, _WITH_TURN, chunk) + _DONE
+        for chunk in (False, True)
+    },
+    **{
+        (True, chunk): _TURN + _REQUEST + ", " + _turn_reply(28, _WITH_TURN, chunk) + _DONE
+        for chunk in (False, True)
+    },
 }
-# A long turn's reply, in its transaction after the guarded UPDATE.
-WRITE_REPLY = "WITH " + _reply(1, "true") + " SELECT 1"
+# A long turn's reply, in its transaction after the guarded UPDATE, by `chunk`.
+WRITE_REPLY = {
+    chunk: "WITH " + _turn_reply(1, "true", chunk) + " SELECT 1" for chunk in (False, True)
+}
 # put_reply in one statement: the upsert changes a stored record only while it is running
-# and its last_seq is $19 (what the events continue), and the events go in only with it.
+# and its last_seq is $19 (what the events continue), and the events go in only with it;
+# events that begin at event 1 ($16 is their first_seq) take the place of an inline chunk.
 PUT_REPLY = (
     f"WITH rep AS (INSERT INTO replies ({REPLY_COLUMNS}) VALUES ({_typed(1, _REPLY_TYPES)})"
-    f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}"
-    f" WHERE replies.state = '{RUNNING}' AND replies.last_seq = ${_REPLY_PARAMS + 1}"
-    " RETURNING 1), " + _reply_events(1, "EXISTS (SELECT 1 FROM rep)") + " SELECT count(*) FROM rep"
+    f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES},"
+    " inline_last_seq = CASE WHEN $16::bigint = 1 THEN NULL ELSE replies.inline_last_seq END,"
+    " inline_payload = CASE WHEN $16::bigint = 1 THEN NULL ELSE replies.inline_payload END"
+    f" WHERE replies.state = '{RUNNING}' AND replies.last_seq = ${_PUT_PARAMS + 1}"
+    " RETURNING 1), "
+    + _reply_events(1, len(_REPLY_TYPES) + 1, "EXISTS (SELECT 1 FROM rep)")
+    + " SELECT count(*) FROM rep"
 )
 SELECT_REPLY_STATE = "SELECT state, last_seq FROM replies WHERE tenant = $1 AND reply_id = $2"
 SELECT_REPLY = f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant = $1 AND reply_id = $2"
@@ -136,9 +159,15 @@ LIST_REPLIES_BEFORE = (
     f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant = $1 AND session_id = $2"
     " AND (create_time, reply_id) < ($3, $4) ORDER BY create_time DESC, reply_id DESC LIMIT $5"
 )
+# The inline chunk and the reply_events chunks, in order; an inline chunk hides a stored
+# chunk with first_seq 1 (count(*) is 1 when there is one).
 REPLY_EVENTS_AFTER = (
-    "SELECT first_seq, last_seq, payload FROM reply_events"
-    " WHERE tenant = $1 AND reply_id = $2 AND last_seq > $3 ORDER BY first_seq"
+    "SELECT 1::bigint AS first_seq, inline_last_seq, inline_payload FROM replies"
+    " WHERE tenant = $1 AND reply_id = $2 AND inline_last_seq > $3"
+    " UNION ALL SELECT first_seq, last_seq, payload FROM reply_events"
+    " WHERE tenant = $1 AND reply_id = $2 AND last_seq > $3 AND first_seq > (SELECT count(*)"
+    " FROM replies WHERE tenant = $1 AND reply_id = $2 AND inline_last_seq IS NOT NULL)"
+    " ORDER BY first_seq"
 )
 RENEW_REPLIES = (
     f"UPDATE replies SET lease_expire_time = $1 WHERE owner = $2 AND state = '{RUNNING}'"
@@ -286,18 +315,32 @@ def commit_turn(
     reply: ReplyWrite | None,
 ) -> tuple[str, tuple[Any, ...]]:
     """A short turn's statement and its parameters: turn_params', then the request
-    record's values (rows.request_values), then reply_params'."""
+    record's values (rows.request_values), then write_reply's."""
     params = turn_params(session, messages, expected_version, first_new_seq)
     if request is not None:
         params = (*params, *request)
-    if reply is not None:
-        params = (*params, *reply_params(reply))
-    return _COMMIT_TURNS[request is not None, reply is not None], params
+    if reply is None:
+        return _COMMIT_TURNS[request is not None, None], params
+    chunk, values = _turn_reply_params(reply)
+    return _COMMIT_TURNS[request is not None, chunk], (*params, *values)
 
 
-def reply_params(write: ReplyWrite) -> tuple[Any, ...]:
-    """The reply's parameters of WRITE_REPLY and the turn statements (PUT_REPLY's first)."""
-    return (*reply_values(write.record), *reply_event_values(write))
+def write_reply(write: ReplyWrite) -> tuple[str, tuple[Any, ...]]:
+    """A long turn's WRITE_REPLY statement and its parameters."""
+    chunk, params = _turn_reply_params(write)
+    return WRITE_REPLY[chunk], params
+
+
+def _turn_reply_params(write: ReplyWrite) -> tuple[bool, tuple[Any, ...]]:
+    """Whether a turn's reply has a chunk for reply_events, and its parameters."""
+    row, events = turn_reply_values(write)
+    return (False, row) if events is None else (True, (*row, *events))
+
+
+def put_reply_params(write: ReplyWrite) -> tuple[Any, ...]:
+    """PUT_REPLY's parameters."""
+    record = reply_values(write.record)
+    return (*record, *reply_event_values(write), rules.stored_last_seq(write))
 
 
 def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, ...]:

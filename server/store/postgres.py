@@ -250,7 +250,8 @@ class PostgresStore:
                 await self._replace_session(conn, session, expected_version, first)
                 await self._insert_messages(conn, session, messages)
                 if reply is not None:
-                    await conn.execute(sql.WRITE_REPLY, *sql.reply_params(reply))
+                    statement, params = sql.write_reply(reply)
+                    await conn.execute(statement, *params)
             return
         # A turn's few messages: one statement, one round trip (see sql.COMMIT_TURN).
         record = None if request is None else rows.request_values(request)
@@ -312,7 +313,7 @@ class PostgresStore:
 
     async def put_reply(self, write: ReplyWrite) -> bool:
         rules.check_reply(write)
-        params = (*sql.reply_params(write), rules.stored_last_seq(write))
+        params = sql.put_reply_params(write)
         key = (write.record.tenant, write.record.reply_id)
         async with self._connection() as conn:
             if await conn.fetchval(sql.PUT_REPLY, *params):

@@ -32,6 +32,17 @@ REPLY_COLUMNS = (
 REPLY_EVENT_COLUMNS = "tenant, reply_id, first_seq, last_seq, payload"
 # An upsert of a reply replaces every column but the key with the written record's.
 REPLY_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in REPLY_COLUMNS.split(", ")[2:])
+# A reply's chunk of events that begins at event 1, kept in its replies row (events
+# 1..inline_last_seq; both NULL when there is none) rather than as a reply_events row: a
+# reply stored whole by its turn's commit (every foreground reply) is then one row. It
+# stands for the reply_events chunk with first_seq 1, which it hides if both exist.
+REPLY_INLINE_COLUMNS = "inline_last_seq, inline_payload"
+REPLY_ROW_COLUMNS = f"{REPLY_COLUMNS}, {REPLY_INLINE_COLUMNS}"
+# A turn's upsert: an inline chunk written replaces the stored one; none keeps it.
+REPLY_INLINE_KEPT = (
+    "inline_last_seq = coalesce(excluded.inline_last_seq, replies.inline_last_seq),"
+    " inline_payload = coalesce(excluded.inline_payload, replies.inline_payload)"
+)
 # Either dialect's upsert of a chunk of events: a turn's write replaces a chunk stored
 # under the same first_seq (a put whose outcome its writer never learned).
 REPLY_EVENT_UPDATES = "last_seq = excluded.last_seq, payload = excluded.payload"
@@ -93,6 +104,18 @@ def reply_values(r: ReplyRecord) -> tuple[Any, ...]:
         lease,
         *((None, None, None) if error is None else reply_error_values(error)),
     )
+
+
+def turn_reply_values(write: ReplyWrite) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+    """A turn's reply as the REPLY_ROW_COLUMNS values, and its events as (first_seq,
+    last_seq, payload) when they go to reply_events (None when there are none, or when
+    they begin at event 1 and so are the row's inline chunk)."""
+    record, events = reply_values(write.record), write.events
+    if events is None:
+        return (*record, None, None), None
+    if events.first_seq == 1:
+        return (*record, events.last_seq, events.payload), None
+    return (*record, None, None), (events.first_seq, events.last_seq, events.payload)
 
 
 def reply_event_values(write: ReplyWrite) -> tuple[Any, ...]:

@@ -592,12 +592,11 @@ class SqliteStore:
 
     async def put_reply(self, write: ReplyWrite) -> bool:
         rules.check_reply(write)
-        record, chunk = sql.reply_rows(write)
-        guarded = (*record, rules.stored_last_seq(write))
+        guarded, chunk = sql.put_reply_params(write)
 
         def job(conn: sqlite3.Connection) -> bool:
             if conn.execute(sql.PUT_REPLY, guarded).rowcount == 0:
-                stored = conn.execute(sql.SELECT_REPLY_STATE, record[:2]).fetchone()
+                stored = conn.execute(sql.SELECT_REPLY_STATE, guarded[:2]).fetchone()
                 return rules.reply_refused(stored, write)
             if chunk is not None:
                 conn.execute(sql.UPSERT_REPLY_EVENTS, chunk)

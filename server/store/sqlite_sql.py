@@ -22,6 +22,8 @@ from server.store.rows import (
     REPLY_COLUMNS,
     REPLY_EVENT_COLUMNS,
     REPLY_EVENT_UPDATES,
+    REPLY_INLINE_KEPT,
+    REPLY_ROW_COLUMNS,
     REPLY_UPDATES,
     REQUEST_COLUMNS,
     RUNNING,
@@ -30,6 +32,7 @@ from server.store.rows import (
     reply_event_values,
     reply_values,
     session_values,
+    turn_reply_values,
 )
 
 STAGING = "STAGING"
@@ -92,14 +95,23 @@ DELETE_OLD_REQUESTS = (
     " SELECT tenant, request_id FROM requests WHERE create_time < ?"
     " ORDER BY create_time LIMIT ?)"
 )
-# A turn's reply: the record replaced whatever its state (the turn's outcome is the truth).
+# A turn's reply: the record replaced whatever its state (the turn's outcome is the truth),
+# with its events inline when they begin at event 1 (see rows.REPLY_INLINE_COLUMNS).
 UPSERT_REPLY = (
-    f"INSERT INTO replies ({REPLY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}"
+    f"INSERT INTO replies ({REPLY_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES}, {REPLY_INLINE_KEPT}"
 )
-# put_reply's: only over a running record whose last_seq (the last parameter) its events
-# continue; a miss changes no row.
-PUT_REPLY = UPSERT_REPLY + f" WHERE replies.state = '{RUNNING}' AND replies.last_seq = ?"
+# put_reply's: only over a running record whose last_seq (?17) its events continue; a miss
+# changes no row. Its events go to reply_events; those beginning at event 1 (?16 is their
+# first_seq) take the place of an inline chunk.
+_REPLY_VALUES = ",".join(f"?{n}" for n in range(1, 16))
+PUT_REPLY = (
+    f"INSERT INTO replies ({REPLY_COLUMNS}) VALUES ({_REPLY_VALUES})"
+    f" ON CONFLICT (tenant, reply_id) DO UPDATE SET {REPLY_UPDATES},"
+    " inline_last_seq = CASE WHEN ?16 = 1 THEN NULL ELSE replies.inline_last_seq END,"
+    " inline_payload = CASE WHEN ?16 = 1 THEN NULL ELSE replies.inline_payload END"
+    f" WHERE replies.state = '{RUNNING}' AND replies.last_seq = ?17"
+)
 UPSERT_REPLY_EVENTS = (
     f"INSERT INTO reply_events ({REPLY_EVENT_COLUMNS}) VALUES (?,?,?,?,?)"
     f" ON CONFLICT (tenant, reply_id, first_seq) DO UPDATE SET {REPLY_EVENT_UPDATES}"
@@ -115,9 +127,15 @@ LIST_REPLIES_BEFORE = (
     f"SELECT {REPLY_COLUMNS} FROM replies WHERE tenant=? AND session_id=?"
     " AND (create_time, reply_id) < (?, ?) ORDER BY create_time DESC, reply_id DESC LIMIT ?"
 )
+# The inline chunk and the reply_events chunks, in order; an inline chunk hides a stored
+# chunk with first_seq 1 (count(*) is 1 when there is one).
 REPLY_EVENTS_AFTER = (
-    "SELECT first_seq, last_seq, payload FROM reply_events"
-    " WHERE tenant=? AND reply_id=? AND last_seq>? ORDER BY first_seq"
+    "SELECT 1 AS first_seq, inline_last_seq, inline_payload FROM replies"
+    " WHERE tenant=?1 AND reply_id=?2 AND inline_last_seq>?3"
+    " UNION ALL SELECT first_seq, last_seq, payload FROM reply_events"
+    " WHERE tenant=?1 AND reply_id=?2 AND last_seq>?3 AND first_seq > (SELECT count(*)"
+    " FROM replies WHERE tenant=?1 AND reply_id=?2 AND inline_last_seq IS NOT NULL)"
+    " ORDER BY first_seq"
 )
 RENEW_REPLIES = f"UPDATE replies SET lease_expire_time=? WHERE owner=? AND state='{RUNNING}'"
 # Longest expired first, walking replies_by_lease.
@@ -220,9 +238,20 @@ def message_rows(session: Session, messages: Sequence[Message]) -> list[tuple[An
 
 
 def reply_rows(write: ReplyWrite) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
-    """Parameters of UPSERT_REPLY and of UPSERT_REPLY_EVENTS (None without events)."""
-    record = write.record
-    chunk = None
-    if write.events is not None:
-        chunk = (record.tenant, record.reply_id, *reply_event_values(write))
-    return reply_values(record), chunk
+    """A turn's reply: parameters of UPSERT_REPLY and of UPSERT_REPLY_EVENTS (None when
+    its events are inline, or it has none)."""
+    row, events = turn_reply_values(write)
+    if events is None:
+        return row, None
+    return row, (write.record.tenant, write.record.reply_id, *events)
+
+
+def put_reply_params(write: ReplyWrite) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+    """put_reply's parameters of PUT_REPLY and of UPSERT_REPLY_EVENTS (None without
+    events)."""
+    record, events = write.record, write.events
+    guard = rules.stored_last_seq(write)
+    if events is None:
+        return (*reply_values(record), None, guard), None
+    chunk = (record.tenant, record.reply_id, *reply_event_values(write))
+    return (*reply_values(record), events.first_seq, guard), chunk

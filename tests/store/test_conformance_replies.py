@@ -507,3 +507,52 @@ async def test_fail_stale_replies_by_a_far_horizon_stamps_them_at_now(store: Ses
             last_seq=last_seq,
             error=LOST,
         )
+
+
+async def test_a_turn_events_from_event_1_replace_a_stored_chunk_from_event_1(
+    store: SessionStore,
+) -> None:
+    """A put of the first events whose outcome its writer never learned, then the turn
+    stores the whole reply."""
+    session = await started(store)
+    await put(store, reply_of(), 1, 2)
+    after, messages = turn_of(session, ["q"])
+    done = write(reply_of(state=ReplyState.COMPLETED, lease=None), 1, 4)
+    await store.commit_turn(after, messages, session.version, reply=done)
+    assert await store.reply_events(TENANT, "r1", 0) == [chunk(1, 4)]
+    assert await store.reply_events(TENANT, "r1", 3) == [chunk(1, 4)]
+    assert await store.reply_events(TENANT, "r1", 4) == []
+    assert await store.get_reply(TENANT, "r1") == done.record
+
+
+async def test_events_stored_by_turns_and_puts_read_back_in_order(store: SessionStore) -> None:
+    """A turn may store a running reply; puts continue it and a later turn ends it."""
+    session = await started(store)
+    after, messages = turn_of(session, ["q"])
+    running = write(reply_of(), 1, 2)
+    await store.commit_turn(after, messages, session.version, reply=running)
+    record = await put(store, running.record, 3, 4)
+    again, more = turn_of(after, ["a"])
+    done = write(replace(record, state=ReplyState.COMPLETED), 5, 6)
+    await store.commit_turn(again, more, after.version, reply=done)
+    assert await store.get_reply(TENANT, "r1") == done.record
+    assert await seqs(store, "r1") == [(1, 2), (3, 4), (5, 6)]
+    assert await seqs(store, "r1", after=2) == [(3, 4), (5, 6)]
+    assert await store.reply_events(TENANT, "r1", 5) == [chunk(5, 6)]
+    # A turn without events keeps them all.
+    last, none = turn_of(again, [])
+    await store.commit_turn(last, none, again.version, reply=ReplyWrite(done.record))
+    assert await seqs(store, "r1") == [(1, 2), (3, 4), (5, 6)]
+
+
+async def test_a_put_of_events_from_event_1_replaces_those_a_turn_stored(
+    store: SessionStore,
+) -> None:
+    session = await started(store)
+    after, messages = turn_of(session, ["q"])
+    await store.commit_turn(after, messages, session.version, reply=write(reply_of(), 1, 3))
+    again, more = turn_of(after, ["a"])
+    restarted = ReplyWrite(reply_of(last_seq=0))
+    await store.commit_turn(again, more, after.version, reply=restarted)
+    await put(store, reply_of(), 1, 2)
+    assert await store.reply_events(TENANT, "r1", 0) == [chunk(1, 2)]

@@ -162,6 +162,22 @@ async def test_reply_statements_walk_their_indexes(
     assert "Sort" not in text
 
 
+async def test_reading_events_walks_the_keys(pg: tuple[str, str]) -> None:
+    from server.store import pg_sql
+
+    await (await open_store(pg)).close()
+    conn = await asyncpg.connect(pg[0], server_settings={"search_path": pg[1]})
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = await conn.fetch(f"EXPLAIN {pg_sql.REPLY_EVENTS_AFTER}", "t", "r", 0)
+    finally:
+        await conn.close()
+    text = " ".join(row[0] for row in plan)
+    assert "reply_events_pkey" in text
+    assert "Seq Scan" not in text
+
+
 async def test_a_connection_lost_mid_call_is_unavailable_and_the_pool_recovers(
     pg: tuple[str, str],
 ) -> None:

@@ -217,3 +217,17 @@ async def test_reply_statements_walk_their_indexes(
     details = " ".join(row[-1] for row in plan)
     assert index in details
     assert "TEMP B-TREE" not in details
+
+
+async def test_reading_events_searches_both_tables_by_key(db: str) -> None:
+    await (await SqliteStore.open(db)).close()
+    with sqlite3.connect(db) as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {sqlite_sql.REPLY_EVENTS_AFTER}", ("t", "r", 0))
+        details = [row[-1] for row in plan]
+    conn.close()
+    assert "SEARCH reply_events USING INDEX sqlite_autoindex_reply_events_1" in " ".join(details)
+    searches = [d for d in details if d.startswith(("SEARCH", "SCAN"))]
+    assert searches and all(
+        d.startswith("SEARCH") and "(tenant=? AND reply_id=?" in d for d in searches
+    )
+    assert not any("TEMP B-TREE" in d for d in details)
