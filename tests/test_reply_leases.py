@@ -10,13 +10,14 @@ import pytest
 
 from server.rpc.reply_codec import encode_events
 from server.sessions.engine import TurnInput
-from server.sessions.errors import ReplyFailed, Unavailable
+from server.sessions.errors import NotFound, ReplyFailed, Unavailable
 from server.sessions.events import ReplyStarted, TurnEvent
 from server.sessions.model import DEFAULT_TENANT, Part, SessionSettings
 from server.sessions.ports import ReplyState
 from server.sessions.replies import REPLICA_LOST
 from server.sessions.service import ChatSessions
 from server.store import MemoryStore
+from server.sweeper import Sweeper
 from server.tools import ToolRegistry
 from tests.fakes import GatedProvider
 
@@ -133,3 +134,26 @@ async def test_a_single_process_store_fails_the_replies_left_running_at_start() 
 async def test_a_reply_error_keeps_its_status_code() -> None:
     failed = ReplyFailed("UNAVAILABLE", "gone", reason="REPLICA_LOST")
     assert failed.code == Unavailable.code and failed.reason == "REPLICA_LOST"
+
+
+async def test_ended_replies_are_forgotten_after_the_window_and_not_before() -> None:
+    store, clock, provider = MemoryStore(), Clock(), GatedProvider()
+    chats = replica(store, provider, clock)
+    await chats.create(TENANT, SessionSettings(), "s")
+    provider.release(4)
+    events = [
+        event async for event in chats.run_turn(TENANT, "s", TurnInput(parts=(Part(text="hi"),)))
+    ]
+    assert isinstance(events[0], ReplyStarted)
+    reply_id = events[0].reply_id
+    window = 3600.0
+    sweeper = Sweeper(store, interval=60, request_window=window, reply_window=window, clock=clock)
+
+    clock.now += window
+    assert (await sweeper.sweep())[2] == 0
+    assert (await chats.replies.record(TENANT, "s", reply_id)).state is ReplyState.COMPLETED
+    clock.now += 0.001
+    assert (await sweeper.sweep())[2] == 1
+    with pytest.raises(NotFound):
+        await chats.replies.record(TENANT, "s", reply_id)
+    await chats.drain(0)
