@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from google.rpc import code_pb2
@@ -20,7 +19,7 @@ from google.rpc import code_pb2
 from chatd.v1 import chat_service_pb2 as pb
 from server.rpc.content_codec import timestamp
 from server.rpc.turn_codec import event_to_pb
-from server.sessions.events import TurnCompleted, TurnEvent, TurnReply
+from server.sessions.events import TurnEvent
 from server.sessions.ports import ReplyEvents, ReplyRecord, ReplyState
 from server.sessions.replies import retryable
 
@@ -36,32 +35,11 @@ STATE_TO_PB = {
 }
 
 
-# The outcomes encoded last, so that the RPC answering with the same reply copies the
-# message (in C) instead of building it again: a unary turn's reply is encoded for the
-# store just before its caller is answered. Keyed by the TurnReply's identity; each entry
-# holds the reply itself, so its id cannot name another object while it is here.
-_ENCODED: OrderedDict[int, tuple[TurnReply, pb.StreamReplyResponse]] = OrderedDict()
-_MAX_ENCODED = 256
-
-
-def encoded_reply(reply: TurnReply) -> pb.Reply | None:
-    """The Reply message encode_events made of `reply`, once (None if it made none)."""
-    entry = _ENCODED.pop(id(reply), None)
-    if entry is None or entry[0] is not reply:
-        return None
-    return entry[1].reply
-
-
 def encode_events(first_seq: int, events: Sequence[TurnEvent]) -> bytes:
     """The payload of events numbered first_seq, first_seq + 1, ... (see the module doc)."""
     out = bytearray()
     for seq, event in enumerate(events, first_seq):
-        message = event_to_pb(event, seq)
-        if isinstance(event, TurnCompleted):
-            _ENCODED[id(event.reply)] = (event.reply, message)
-            if len(_ENCODED) > _MAX_ENCODED:
-                _ENCODED.popitem(last=False)
-        data = message.SerializeToString()
+        data = event_to_pb(event, seq).SerializeToString()
         out += _LENGTH.pack(len(data))
         out += data
     return _DEFLATE + zlib.compress(out, 1)

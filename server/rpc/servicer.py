@@ -19,7 +19,7 @@ from server.rpc.content_codec import (
 )
 from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
 from server.rpc.json_codec import dict_to_struct
-from server.rpc.reply_codec import decode_events, encoded_reply, record_to_pb
+from server.rpc.reply_codec import decode_events, record_to_pb
 from server.rpc.request_keys import request_key
 from server.rpc.session_codec import (
     function_declarations_from_pb,
@@ -126,10 +126,7 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
                         break  # it runs on; the caller follows it by reply_id
                 elif isinstance(event, TurnCompleted):
                     _log_usage(event)
-                    if (encoded := encoded_reply(event.reply)) is not None:
-                        response.reply.CopyFrom(encoded)
-                    else:
-                        reply_to_pb(event.reply, response.reply)
+                    reply_to_pb(event.reply, response.reply)
         return response
 
     async def StreamReply(
@@ -151,13 +148,7 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
                 sequence_number += 1
                 if isinstance(event, TurnCompleted):
                     _log_usage(event)
-                    if (encoded := encoded_reply(event.reply)) is not None:
-                        out = pb.StreamReplyResponse(sequence_number=sequence_number)
-                        out.reply.CopyFrom(encoded)
-                    else:
-                        out = event_to_pb(event, sequence_number)
-                else:
-                    out = event_to_pb(event, sequence_number)
+                out = event_to_pb(event, sequence_number)
                 if sequence_number == 1:
                     out.reply_id = reply_id
                 yield out
