@@ -32,8 +32,11 @@ async def test_duplicate_send_message_calls_the_model_once(
             pb.StreamReplyRequest(session_id="i", text="hello", request_id="req-1")
         )
     )
+    # StreamReply replays the stored reply, numbered as stored: a unary reply is one
+    # event, its outcome, with the first run's reply_id.
+    assert [e.sequence_number for e in events] == [1]
     assert events[-1].reply == first.reply, "StreamReply replays the stored result"
-    assert "".join(e.text_delta.text for e in events if e.HasField("text_delta")) == "only once"
+    assert events[0].reply_id == first.reply.reply_id
     assert len(fake_gemini.requests) == 1
     assert len(await all_messages(gemini_chatd.stub, "i")) == 2
 

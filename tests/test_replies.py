@@ -11,6 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2
+from server.sessions.paging import encode_token
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
 from tests.helpers import all_messages
@@ -348,3 +349,74 @@ async def test_replies_of_an_earlier_life_of_the_session_are_not_listed(
     await server.stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
     listed = await server.stub.ListReplies(pb.ListRepliesRequest(session_id="s"))
     assert list(listed.replies) == []
+
+
+async def test_cancelling_a_reply_waiting_its_turn_stops_it_and_not_the_running_one(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    first = await server.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="first", background=True)
+    )
+    await provider.started.wait()
+    second = await server.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="second", background=True)
+    )
+    cancelled = await server.stub.CancelReply(pb.CancelReplyRequest(reply_id=second.reply.reply_id))
+    assert cancelled.cancelled
+    provider.release(4)
+    done = await read_all(
+        server.stub.StreamReply(pb.StreamReplyRequest(reply_id=first.reply.reply_id))
+    )
+    assert done[-1].reply.text == "one two three four"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all(
+            server.stub.StreamReply(pb.StreamReplyRequest(reply_id=second.reply.reply_id))
+        )
+    assert reason_of(caught.value) == "REPLY_CANCELLED"
+    assert provider.calls == 1
+    assert len(await all_messages(server.stub, "s")) == 2
+
+
+async def test_get_reply_after_the_last_event_still_gives_the_outcome(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    provider.release(4)
+    call = server.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi"))
+    events = await read_all(call)
+    reply_id, last = events[0].reply_id, events[-1].sequence_number
+    got = await server.stub.GetReply(pb.GetReplyRequest(reply_id=reply_id, starting_after=last))
+    assert list(got.events) == [] and got.reply.reply.text == "one two three four"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await server.stub.GetReply(pb.GetReplyRequest(reply_id=reply_id, starting_after=last + 1))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_resume_past_a_running_reply_s_last_event_is_refused(
+    server: Chatd, provider: GatedProvider
+) -> None:
+    sent = await server.stub.SendMessage(
+        pb.SendMessageRequest(session_id="s", text="hi", background=True)
+    )
+    await provider.started.wait()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await read_all(
+            server.stub.StreamReply(
+                pb.StreamReplyRequest(reply_id=sent.reply.reply_id, starting_after=2**62)
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "starting_after" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize("position", [[1e300, "r1"], [-5, "r1"], [1, "bad id"], [1]])
+async def test_a_crafted_list_replies_page_token_is_invalid_argument(
+    server: Chatd, position: list[object]
+) -> None:
+    """Page tokens are not signed: one made by hand with the right query names a
+    position that must still be checked as hostile input."""
+    session = await server.stub.GetSession(pb.GetSessionRequest(session_id="s"))
+    token = encode_token(f"replies|s|{session.session.uid}", position)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await server.stub.ListReplies(pb.ListRepliesRequest(session_id="s", page_token=token))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in (caught.value.details() or "")

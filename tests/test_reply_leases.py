@@ -157,3 +157,28 @@ async def test_ended_replies_are_forgotten_after_the_window_and_not_before() -> 
     with pytest.raises(NotFound):
         await chats.replies.record(TENANT, "s", reply_id)
     await chats.drain(0)
+
+
+async def test_a_turn_refused_before_its_first_event_leaves_no_reply_behind() -> None:
+    store, clock = MemoryStore(), Clock()
+    chats = replica(store, GatedProvider(), clock)
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            async for _ in chats.run_turn(TENANT, "nope", TurnInput(parts=(Part(text="x"),))):
+                pass
+    assert await store.list_replies(TENANT, "nope", 10) == []
+    await chats.drain(0)
+
+
+async def test_a_draining_replica_starts_no_background_reply() -> None:
+    store, clock = MemoryStore(), Clock()
+    chats = replica(store, GatedProvider(), clock)
+    await chats.create(TENANT, SessionSettings(), "s")
+    await chats.drain(0)
+    with pytest.raises(Unavailable) as caught:
+        async for _ in chats.run_turn(
+            TENANT, "s", TurnInput(parts=(Part(text="x"),)), background=True
+        ):
+            pass
+    assert caught.value.reason == "REPLICA_STOPPING"
+    assert await store.list_replies(TENANT, "s", 10) == []

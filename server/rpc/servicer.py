@@ -31,7 +31,7 @@ from server.rpc.turn_codec import TurnRequest, event_to_pb, reply_to_pb, turn_in
 from server.sessions.errors import InvalidArgument
 from server.sessions.events import ReplyStarted, TurnCompleted, TurnEvent
 from server.sessions.model import Part
-from server.sessions.ports import ReplyState
+from server.sessions.ports import ReplyEvents, ReplyState
 from server.sessions.service import ChatSessions
 from server.sessions.stateless import GenerationDone
 
@@ -102,7 +102,7 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
 
     def _turn(
         self, request: TurnRequest, context: Context
-    ) -> AsyncGenerator[ReplyStarted | TurnEvent, None]:
+    ) -> AsyncGenerator[ReplyStarted | TurnEvent | ReplyEvents, None]:
         _bind(request)
         turn = turn_input(
             request,
@@ -127,6 +127,11 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
                 elif isinstance(event, TurnCompleted):
                     _log_usage(event)
                     reply_to_pb(event.reply, response.reply)
+                elif isinstance(event, ReplyEvents):
+                    # A retry of a request that ran: the stored reply's outcome.
+                    for stored in decode_events((event,), 0):
+                        if stored.HasField("reply"):
+                            response.reply.CopyFrom(stored.reply)
         return response
 
     async def StreamReply(
@@ -144,6 +149,14 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
             async for event in events:
                 if isinstance(event, ReplyStarted):
                     reply_id = event.reply_id
+                    continue
+                if isinstance(event, ReplyEvents):
+                    # A retry of a request that ran: the stored reply, numbered as stored.
+                    for out in decode_events((event,), sequence_number):
+                        sequence_number = out.sequence_number
+                        if not out.reply_id and sequence_number == 1:
+                            out.reply_id = reply_id
+                        yield out
                     continue
                 sequence_number += 1
                 if isinstance(event, TurnCompleted):
@@ -206,14 +219,14 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
         )
         response = pb.GetReplyResponse()
         record_to_pb(record, response.reply)
-        events = [event_to_pb(event, seq) for seq, event in numbered]
-        events += decode_events(stored, request.starting_after)
         if not request.skip_events:
-            response.events.extend(events)
-        elif stored:
-            events = decode_events(stored[-1:], record.last_seq - 1)
-        if events and events[-1].HasField("reply") and record.state in _WITH_OUTCOME:
-            response.reply.reply.CopyFrom(events[-1].reply)
+            response.events.extend(event_to_pb(event, seq) for seq, event in numbered)
+            response.events.extend(decode_events(stored, request.starting_after))
+        if record.state in _WITH_OUTCOME and stored:
+            # The outcome is the ended reply's last event, whatever the caller asked for.
+            last = decode_events(stored[-1:], record.last_seq - 1)
+            if last and last[-1].HasField("reply"):
+                response.reply.reply.CopyFrom(last[-1].reply)
         return response
 
     async def ListReplies(

@@ -66,6 +66,11 @@ class ReplyLog(Protocol):
     @property
     def reply_id(self) -> str: ...
 
+    @property
+    def cancel_requested(self) -> bool:
+        """CancelReply named this reply before its turn began (it waited for the session)."""
+        ...
+
     async def final_write(self, reply: TurnReply) -> ReplyWrite:
         """The reply's record and events to store with the turn's commit."""
         ...
@@ -91,6 +96,7 @@ class _Running:
     whether its commit has begun (from then on the turn completes and cancel loses)."""
 
     task: asyncio.Task[object]
+    reply_id: str = ""
     inside: bool = True
     requested: bool = False
     committing: bool = False
@@ -146,11 +152,14 @@ class TurnEngine:
         """The session's turn lock: other writes to a session wait for its running turn."""
         return self._locks.hold((tenant, session_id))
 
-    def cancel(self, tenant: str, session_id: str) -> bool:
-        """Stops the session's running turn (nothing of it is stored); False if none runs
-        or its commit has begun, in which case the turn completes and is stored."""
+    def cancel(self, tenant: str, session_id: str, reply_id: str = "") -> bool:
+        """Stops the session's running turn (nothing of it is stored), or only the reply
+        `reply_id` if that is the running one; False if none runs or its commit has
+        begun, in which case the turn completes and is stored."""
         running = self._running.get((tenant, session_id))
         if running is None or running.task.done() or running.finished or running.committing:
+            return False
+        if reply_id and running.reply_id != reply_id:
             return False
         running.requested = True
         if running.inside:
@@ -176,9 +185,12 @@ class TurnEngine:
         """
         key = (tenant, session_id)
         async with self._locks.hold(key):
+            if log is not None and log.cancel_requested:
+                raise _cancelled()
             task = asyncio.current_task()
             assert task is not None
-            running = self._running[key] = _Running(task)
+            reply_id = log.reply_id if log is not None else ""
+            running = self._running[key] = _Running(task, reply_id)
             try:
                 async for event in self._run(tenant, session_id, turn, record, log):
                     running.inside = False
@@ -194,10 +206,7 @@ class TurnEngine:
                 # still there and gets a status saying what happened.
                 if task.cancelling():
                     task.uncancel()
-                raise Cancelled(
-                    "CancelReply stopped this reply; the turn was not stored",
-                    reason="REPLY_CANCELLED",
-                ) from None
+                raise _cancelled() from None
             finally:
                 del self._running[key]
 
@@ -454,6 +463,12 @@ class TurnEngine:
         running = self._running.get((session.tenant, session.session_id))
         if running is not None:
             running.committing = True
+
+
+def _cancelled() -> Cancelled:
+    return Cancelled(
+        "CancelReply stopped this reply; the turn was not stored", reason="REPLY_CANCELLED"
+    )
 
 
 def _no_content_reason(builder: ReplyBuilder, finish: FinishReason, stored: bool) -> str:

@@ -211,6 +211,14 @@ def encode_turn_result(session: Session, reply: TurnReply) -> str:
     )
 
 
+async def check_turn_result(
+    store: SessionStore, session_id: str, record: RequestRecord, now: float
+) -> None:
+    """Raises FailedPrecondition (REQUEST_RESULT_GONE) as replay_turn would: the turn's
+    messages are no longer the session's (deleted, expired, created again, cleared)."""
+    await _stored_range(store, record, session_id, json.loads(record.result), now)
+
+
 def recorded_reply_id(record: RequestRecord) -> str:
     """The reply id a turn's request record names ("" for records made before replies)."""
     reply_id = json.loads(record.result).get("reply_id", "")

@@ -31,6 +31,7 @@ seconds, since a notification can be lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -129,6 +130,8 @@ class LiveReply:
     closing: bool = False
     # The timed write of events left unwritten, when one is due.
     flush_timer: asyncio.TimerHandle | None = None
+    # CancelReply named this reply (it stops, or never starts if it waits its turn).
+    cancel_requested: bool = False
     _wake: asyncio.Future[None] | None = None
 
     @property
@@ -254,14 +257,17 @@ class Replies:
         self.owner = uuid.uuid4().hex
         self._live: dict[tuple[str, str], LiveReply] = {}
         self._by_request: dict[tuple[str, str], LiveReply] = {}
-        self._remote: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Followers of replies other replicas run, woken by their notices.
+        self._remote: dict[tuple[str, str], set[asyncio.Future[None]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._flushes: set[asyncio.Task[None]] = set()
         # Final writes that failed (the store was down): retried by the keeper.
         self._unwritten: list[ReplyWrite] = []
         self._keeper: asyncio.Task[None] | None = None
-        # Stops this replica's running turn of a session; set by ChatSessions.
-        self.cancel_local: Callable[[str, str], bool] = lambda tenant, session_id: False
+        # Stops this replica's running turn of a session (only the reply named, when one
+        # is); set by ChatSessions (TurnEngine.cancel).
+        self.cancel_local: Callable[[str, str, str], bool] = lambda tenant, session, reply: False
+        self._draining = False
         if bus is not None:
             bus.subscribe(self._on_message)
 
@@ -287,9 +293,12 @@ class Replies:
         """Lets background replies finish within `grace` seconds; those still running
         then are stopped and fail UNAVAILABLE (REPLICA_STOPPING): retryable, nothing of
         them stored."""
-        tasks = set(self._background)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=max(grace, 0.0))
+        self._draining = True  # no background reply starts from now on
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace, 0.0)
+        # Until none is left: one may have been starting (storing its record) at the call.
+        while tasks := set(self._background):
+            _, pending = await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0.0))
             for live in list(self._live.values()):
                 if live.task is not None and live.task in pending:
                     live.stop_error = Unavailable(
@@ -299,6 +308,8 @@ class Replies:
                     )
                     live.task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
@@ -321,17 +332,19 @@ class Replies:
         """Renews this replica's leases and fails other replicas' lapsed replies; how
         many it failed."""
         now = self._clock()
-        if any(live.record.background for live in self._live.values()):
-            await self._store.renew_replies(self.owner, now + self._lease)
-        if self._unwritten:
-            await self._write_unwritten()
-        failed = 0
-        while (n := await self._store.fail_stale_replies(now, REPLICA_LOST, BATCH)) > 0:
-            failed += n
-            if n < BATCH:
-                break
-        if failed:
-            log.warning("replies of a lost replica failed", replies=failed)
+        try:
+            if any(live.record.background for live in self._live.values()):
+                await self._store.renew_replies(self.owner, now + self._lease)
+            if self._unwritten:
+                await self._write_unwritten()
+        finally:
+            failed = 0
+            while (n := await self._store.fail_stale_replies(now, REPLICA_LOST, BATCH)) > 0:
+                failed += n
+                if n < BATCH:
+                    break
+            if failed:
+                log.warning("replies of a lost replica failed", replies=failed)
         return failed
 
     async def _write_unwritten(self) -> None:
@@ -340,10 +353,36 @@ class Replies:
         pending, self._unwritten = self._unwritten, []
         for i, write in enumerate(pending):
             try:
-                await self._store.put_reply(write)
+                await self._put_end(write)
             except BaseException:
                 self._unwritten[:0] = pending[i:]
                 raise
+
+    async def _put_end(self, write: ReplyWrite) -> bool:
+        """put_reply for how a reply ended. When the store refuses its events because it
+        holds more of them than this replica knew (a write whose outcome was lost), the
+        end is written again from what the store holds."""
+        try:
+            return await self._store.put_reply(write)
+        except ValueError:
+            record = write.record
+            stored = await self._store.get_reply(record.tenant, record.reply_id)
+            if stored is None or stored.state is not ReplyState.RUNNING:
+                return False
+            events = write.events
+            if events is not None and stored.last_seq >= events.last_seq:
+                events = None  # the store holds them all already
+            elif events is not None:
+                log.error(
+                    "a reply's stored events do not continue; its end is stored without the rest",
+                    reply_id=record.reply_id,
+                    stored=stored.last_seq,
+                    first=events.first_seq,
+                )
+                events = None
+            return await self._store.put_reply(
+                ReplyWrite(replace(record, last_seq=stored.last_seq), events)
+            )
 
     # ------------------------------------------------------------------ running
 
@@ -362,6 +401,11 @@ class Replies:
         outcome_only: bool = False,
     ) -> LiveReply:
         if background:
+            if self._draining:
+                raise Unavailable(
+                    "this replica is stopping and starts no background reply: send it to another",
+                    reason="REPLICA_STOPPING",
+                )
             self._admit_background(tenant)
         now = self._clock()
         record = ReplyRecord(
@@ -582,7 +626,11 @@ class Replies:
             error = None
         ended = reply_error(error) if error is not None else None
         try:
-            if live.committed is None or error is not None:
+            if not live.events and not live.record.background and error is not None:
+                # Failed before its first event (an unknown session, a refused input):
+                # its caller got the error and never its id; nothing to keep.
+                pass
+            elif live.committed is None or error is not None:
                 state = ReplyState.COMPLETED
                 if isinstance(error, Cancelled) or (
                     error is not None and error.reason == "REPLY_CANCELLED"
@@ -606,12 +654,15 @@ class Replies:
                     live.pending_events(),
                 )
                 try:
-                    if not await self._store.put_reply(write):
+                    if not await self._put_end(write):
                         # Its outcome was stored first (a commit that ended as the turn
                         # was cancelled, a keeper that declared it lost): that is how
                         # it ended.
                         stored = await self._store.get_reply(live.record.tenant, live.reply_id)
                         ended = stored.error if stored is not None else ended
+                        if ended is None and live.committed is not None:
+                            # The turn was stored: its followers get its outcome.
+                            live.append(TurnCompleted(live.committed))
                 except Exception:
                     log.exception("storing how a reply ended failed", reply_id=live.reply_id)
                     self._unwritten.append(write)
@@ -663,39 +714,42 @@ class Replies:
         raises ReplyFailed. The first payload may start at or before `after`."""
         key = (tenant, reply_id)
         seen = after
+        loop = asyncio.get_running_loop()
         while True:
-            wake = self._remote.get(key)
-            if wake is None or wake.done():
-                wake = self._remote[key] = asyncio.get_running_loop().create_future()
-            record = await self._store.get_reply(tenant, reply_id)
-            if record is None:
-                raise NotFound(f"reply {reply_id!r} not found", reason="REPLY_NOT_FOUND")
-            if record.last_seq > seen:
-                for chunk in await self._store.reply_events(tenant, reply_id, seen):
-                    if chunk.last_seq > seen:
-                        yield chunk
-                        seen = chunk.last_seq
-            if record.state is not ReplyState.RUNNING:
-                if seen < record.last_seq:
-                    continue
-                if record.error is not None:
-                    raise _failure(record.error)
-                return
+            # Registered before the store is read, so a notice sent meanwhile wakes it.
+            wake: asyncio.Future[None] = loop.create_future()
+            self._remote.setdefault(key, set()).add(wake)
             try:
-                await asyncio.wait_for(asyncio.shield(wake), self._poll_interval)
-            except TimeoutError:
-                pass
+                record = await self._store.get_reply(tenant, reply_id)
+                if record is None:
+                    raise NotFound(f"reply {reply_id!r} not found", reason="REPLY_NOT_FOUND")
+                if record.last_seq > seen:
+                    for chunk in await self._store.reply_events(tenant, reply_id, seen):
+                        if chunk.last_seq > seen:
+                            yield chunk
+                            seen = chunk.last_seq
+                if record.state is not ReplyState.RUNNING:
+                    if seen < record.last_seq:
+                        continue
+                    if record.error is not None:
+                        raise _failure(record.error)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake, self._poll_interval)
             finally:
-                if self._remote.get(key) is wake and wake.done():
-                    del self._remote[key]
+                waiting = self._remote.get(key)
+                if waiting is not None:
+                    waiting.discard(wake)
+                    if not waiting:
+                        del self._remote[key]
 
-    @staticmethod
-    def check_after(record: ReplyRecord, after: int) -> None:
-        """Raises InvalidArgument when an ended reply has no event `after`."""
-        if record.state is not ReplyState.RUNNING and after > record.last_seq:
+    def check_after(self, record: ReplyRecord, after: int) -> None:
+        """Raises InvalidArgument when the reply has no event `after` (yet)."""
+        live = self._live.get((record.tenant, record.reply_id))
+        last = len(live.events) if live is not None else record.last_seq
+        if after > last:
             raise InvalidArgument(
-                "starting_after",
-                f"is past the reply's last event ({record.last_seq})",
+                "starting_after", f"is past the reply's last event so far ({last})"
             )
 
     # ------------------------------------------------------------------ other replicas
@@ -708,8 +762,9 @@ class Replies:
             if record.state is not ReplyState.RUNNING:
                 return False
             session_id = record.session_id
-            if reply_id in (live.reply_id for live in self._session_lives(tenant, session_id)):
-                return self.cancel_local(tenant, session_id)
+            live = self._live.get((tenant, reply_id))
+            if live is not None:
+                return self._cancel_here(live)
             await self._publish(
                 {
                     "kind": "cancel",
@@ -720,7 +775,7 @@ class Replies:
                 required=True,
             )
             return True
-        if self.cancel_local(tenant, session_id):
+        if self.cancel_local(tenant, session_id, ""):
             return True
         # Read before telling the others: once told, the reply may end (CANCELLED) before
         # a read after the publish would see it running.
@@ -731,12 +786,15 @@ class Replies:
         )
         return bool(newest) and newest[0].state is ReplyState.RUNNING
 
-    def _session_lives(self, tenant: str, session_id: str) -> list[LiveReply]:
-        return [
-            live
-            for (t, _), live in self._live.items()
-            if t == tenant and live.record.session_id == session_id
-        ]
+    def _cancel_here(self, live: LiveReply) -> bool:
+        """Stops a reply of this replica: its turn if it runs, else before it begins."""
+        if live.ended or live.committed is not None:
+            return False
+        record = live.record
+        if self.cancel_local(record.tenant, record.session_id, live.reply_id):
+            return True
+        live.cancel_requested = True  # still waiting for the session: it never starts
+        return True
 
     async def _publish(self, message: JSONObject, *, required: bool = False) -> None:
         """Sends `message` to every replica. A notice (`required` False) that cannot be
@@ -756,14 +814,17 @@ class Replies:
         if not isinstance(tenant, str):
             return
         if kind == "reply" and isinstance(reply_id := message.get("reply_id"), str):
-            wake = self._remote.pop((tenant, reply_id), None)
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+            for wake in self._remote.get((tenant, reply_id), ()):
+                if not wake.done():
+                    wake.set_result(None)
         elif kind == "cancel" and isinstance(session_id := message.get("session_id"), str):
             reply_id = message.get("reply_id")
-            lives = self._session_lives(tenant, session_id)
-            if lives and (not reply_id or any(live.reply_id == reply_id for live in lives)):
-                self.cancel_local(tenant, session_id)
+            if isinstance(reply_id, str) and reply_id:
+                live = self._live.get((tenant, reply_id))
+                if live is not None and live.record.session_id == session_id:
+                    self._cancel_here(live)
+            else:
+                self.cancel_local(tenant, session_id, "")
 
 
 def _turn_id(events: Sequence[TurnEvent]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -12,6 +13,7 @@ from server.sessions.context import history_needed, select_window
 from server.sessions.engine import TurnEngine, TurnInput
 from server.sessions.errors import (
     AlreadyExists,
+    ChatdError,
     Conflict,
     DuplicateRequest,
     InvalidArgument,
@@ -24,6 +26,7 @@ from server.sessions.history_ops import HistoryOps, SessionDocument
 from server.sessions.idempotency import (
     RequestKey,
     Requests,
+    check_turn_result,
     encode_messages_result,
     encode_session_result,
     encode_turn_result,
@@ -349,8 +352,10 @@ class ChatSessions:
     ) -> tuple[ReplyRecord, Sequence[tuple[int, TurnEvent]], Sequence[ReplyEvents]]:
         """The reply's record and, with `events`, its events after `after`: numbered
         events when it runs here, else stored payloads (the first may start at or
-        before `after`). The last payload of an ended reply is always returned (its last
-        event is the outcome). Raises NotFound (REPLY_NOT_FOUND), InvalidArgument."""
+        before `after`: the caller skips those). The last payload of an ended reply is
+        always returned (its last event is the outcome), even when it holds no event
+        after `after`. Raises NotFound (REPLY_NOT_FOUND), InvalidArgument (an `after`
+        past the reply's last event)."""
         check_id("reply_id", reply_id)
         if session_id:
             check_id("session_id", session_id)
@@ -358,14 +363,19 @@ class ChatSessions:
             raise InvalidArgument("starting_after", "must not be negative")
         live = self.replies.live(tenant, reply_id)
         if live is not None and (not session_id or live.record.session_id == session_id):
+            record = replace(live.record, last_seq=len(live.events))
+            self.replies.check_after(record, after)
             numbered = list(enumerate(live.events, 1))[after:] if events else []
-            return replace(live.record, last_seq=len(live.events)), numbered, ()
+            return record, numbered, ()
         record = await self.replies.record(tenant, session_id, reply_id)
-        stored: Sequence[ReplyEvents] = ()
+        self.replies.check_after(record, after)
+        stored: list[ReplyEvents] = []
         if events and record.last_seq > after:
             stored = await self._store.reply_events(tenant, reply_id, after)
-        elif record.last_seq > 0 and record.state is not ReplyState.RUNNING:
-            stored = (await self._store.reply_events(tenant, reply_id, record.last_seq - 1))[-1:]
+        ended = record.last_seq > 0 and record.state is not ReplyState.RUNNING
+        if ended and (not stored or stored[-1].last_seq < record.last_seq):
+            last = await self._store.reply_events(tenant, reply_id, record.last_seq - 1)
+            stored += last[-1:]
         return record, [], stored
 
     async def list_replies(
@@ -377,14 +387,9 @@ class ChatSessions:
         query_key = f"replies|{session_id}|{session.uid}"
         before = None
         if page_token:
-            position = paging.decode_token(page_token, query_key)
-            if (
-                len(position) != 2
-                or not isinstance(position[0], int | float)
-                or not isinstance(position[1], str)
-            ):
-                raise InvalidArgument("page_token", "is not a token of this listing")
-            before = (float(position[0]), position[1])
+            # A (time, id) position, checked as a session listing's is.
+            cursor = paging.session_cursor(paging.decode_token(page_token, query_key))
+            before = (cursor.time, cursor.session_id)
         records = await self._store.list_replies(tenant, session_id, size + 1, before)
         # Replies of an earlier life of the session (deleted, created again) are not its.
         records = [r for r in records if r.create_time >= session.create_time]
@@ -447,11 +452,12 @@ class ChatSessions:
         key: RequestKey | None = None,
         *,
         background: bool = False,
-    ) -> AsyncGenerator[ReplyStarted | TurnEvent, None]:
+    ) -> AsyncGenerator[ReplyStarted | TurnEvent | ReplyEvents, None]:
         """Validates the input, then yields ReplyStarted and the turn's events (see
         TurnEngine.run); with a request key, a retry replays the first run's stored
-        result instead of calling the model, and a retry while that run is still going
-        on this replica follows it.
+        result instead of calling the model (its stored events, as ReplyEvents payloads
+        numbered from 1, while the reply is kept), and a retry while a background run
+        of it is still going on this replica follows it.
 
         With `background`, the turn runs in a task of its own: it continues to its end,
         and is stored, when the caller leaves (a caller that leaves otherwise cancels
@@ -476,15 +482,32 @@ class ChatSessions:
             if running is not None:
                 if running.fingerprint != key.fingerprint:
                     Requests.same_request(key, _fingerprinted(running, key))
-                yield ReplyStarted(running.reply_id)
-                async for _, event in follow_live(running, 0):
-                    yield event
-                return
+                if running.record.background:
+                    # Followed, not run again.
+                    yield ReplyStarted(running.reply_id)
+                    async for _, event in follow_live(running, 0):
+                        yield event
+                    return
+                # A foreground run belongs to its caller, who may leave and so cancel
+                # it: the retry waits for its end, then replays it or, if it stored
+                # nothing, runs.
+                with contextlib.suppress(ChatdError):
+                    async for _ in follow_live(running, 0):
+                        pass
             done = await self._store.get_request(tenant, key.request_id)
             if done is not None:
                 # It ran: the retry gets that reply again, id included, as it was.
                 self._requests.same_request(key, done)
-                yield ReplyStarted(recorded_reply_id(done))
+                reply_id = recorded_reply_id(done)
+                stored = await self._stored_events(tenant, reply_id)
+                if stored:
+                    await check_turn_result(self._store, session_id, done, self._clock())
+                yield ReplyStarted(reply_id)
+                if stored:
+                    # Its events as stored, numbered as first sent.
+                    for chunk in stored:
+                        yield chunk
+                    return
                 async for event in replay_turn(
                     self._store, session_id, done, self._clock(), turn.parts
                 ):
@@ -519,6 +542,15 @@ class ChatSessions:
             live, self._turn_events(tenant, session_id, turn, key, live)
         ):
             yield event
+
+    async def _stored_events(self, tenant: str, reply_id: str) -> Sequence[ReplyEvents]:
+        """An ended reply's stored events, [] if it is gone (or never had a record)."""
+        if not reply_id:
+            return ()
+        record = await self._store.get_reply(tenant, reply_id)
+        if record is None or record.state is ReplyState.RUNNING or not record.last_seq:
+            return ()
+        return await self._store.reply_events(tenant, reply_id, 0)
 
     async def _turn_events(
         self,

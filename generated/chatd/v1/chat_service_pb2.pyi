@@ -817,7 +817,8 @@ class StreamReplyRequest(_message.Message):
     """Resume: stream this reply's events instead of starting a turn. The
     events after `starting_after` are replayed, then the stream continues
     live until the reply ends; a reply that already ended replays whole.
-    Exclusive with text, parts, tool_results, generation_config, background.
+    Exclusive with text, parts, tool_results, generation_config, background
+    and request_id.
     """
     starting_after: _builtins.int
     """With reply_id: the last sequence_number the caller has (0: from the start)."""
@@ -1180,9 +1181,15 @@ class CancelReplyRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     REPLY_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """Cancels the session's running reply, wherever it runs."""
+    """Cancels the session's running reply: on this replica, and every other
+    replica sharing the database is told to stop its turn of the session.
+    """
     reply_id: _builtins.str
-    """Cancels this reply (session_id may then be empty)."""
+    """Cancels this reply (session_id may then be empty): one running on this
+    replica (also while it waits for the session's previous turn), or a
+    background reply on any replica. A foreground reply running on another
+    replica is known only there: cancel it by session_id.
+    """
     def __init__(
         self,
         *,
@@ -1205,6 +1212,8 @@ class CancelReplyResponse(_message.Message):
     cancelled: _builtins.bool
     """A running reply was found and told to stop. On another replica it stops
     within moments; GetReply then says CANCELLED, unless its commit had begun.
+    By session_id, a foreground turn on another replica is stopped too but
+    not counted here (it is known only to its replica).
     """
     def __init__(
         self,
