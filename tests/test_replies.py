@@ -3,15 +3,20 @@ ListReplies, CancelReply by reply id, and what a stopping replica leaves behind.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2
+from server.sessions.model import DEFAULT_TENANT
 from server.sessions.paging import encode_token
+from server.sessions.ports import ReplyState, ReplyWrite
+from server.store import SqliteStore
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
 from tests.helpers import all_messages
@@ -420,3 +425,65 @@ async def test_a_crafted_list_replies_page_token_is_invalid_argument(
         await server.stub.ListReplies(pb.ListRepliesRequest(session_id="s", page_token=token))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in (caught.value.details() or "")
+
+
+class HoldFirstRecord:
+    """A store that holds the first record a background reply stores (state RUNNING, no
+    events) until `release` is set; everything else passes through."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def put_reply(self, write: ReplyWrite) -> bool:
+        if write.record.state is ReplyState.RUNNING and write.events is None:
+            self.entered.set()
+            await self.release.wait()
+        return bool(await self.inner.put_reply(write))
+
+
+async def test_a_background_reply_starting_as_the_replica_stops_fails_retryable(
+    start_chatd: StartChatd, tmp_path: Any
+) -> None:
+    """Its record was being stored when SIGTERM came: drain waits for that write, and
+    the reply ends at once, failed REPLICA_STOPPING, instead of running on unwatched."""
+    path = str(tmp_path / "drain.db")
+    store = HoldFirstRecord(await SqliteStore.open(path))
+    provider = GatedProvider()
+    chatd: Chatd = await start_chatd(store=store, provider=provider)
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s"))
+    sending = asyncio.ensure_future(
+        chatd.stub.SendMessage(pb.SendMessageRequest(session_id="s", text="x", background=True))
+    )
+    await store.entered.wait()
+    stopping = asyncio.ensure_future(chatd.running.stop(grace=0.5))
+    while not await _not_serving(chatd):
+        pass  # health says NOT_SERVING first; the drain starts right after
+    await asyncio.sleep(0)
+    store.release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sending
+    await stopping
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason_of(caught.value) == "REPLICA_STOPPING"
+    assert provider.calls == 0
+    reopened = await SqliteStore.open(path)
+    try:
+        replies = await reopened.list_replies(DEFAULT_TENANT, "s", 10)
+        assert [(r.state, r.error and r.error.reason) for r in replies] == [
+            (ReplyState.FAILED, "REPLICA_STOPPING")
+        ]
+    finally:
+        await reopened.close()
+
+
+async def _not_serving(chatd: Chatd) -> bool:
+    try:
+        status = await chatd.health.Check(health_pb2.HealthCheckRequest())
+    except grpc.aio.AioRpcError:
+        return True
+    return bool(status.status == health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -268,6 +268,8 @@ class Replies:
         # is); set by ChatSessions (TurnEngine.cancel).
         self.cancel_local: Callable[[str, str, str], bool] = lambda tenant, session, reply: False
         self._draining = False
+        # Background replies storing their first record (drain waits for them).
+        self._starting: set[asyncio.Future[None]] = set()
         if bus is not None:
             bus.subscribe(self._on_message)
 
@@ -296,16 +298,16 @@ class Replies:
         self._draining = True  # no background reply starts from now on
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(grace, 0.0)
-        # Until none is left: one may have been starting (storing its record) at the call.
-        while tasks := set(self._background):
+        # Until none is left: one may be storing its first record (it then ends at once).
+        while self._starting or self._background:
+            if self._starting:
+                await asyncio.wait(set(self._starting))
+                continue
+            tasks = set(self._background)
             _, pending = await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0.0))
             for live in list(self._live.values()):
                 if live.task is not None and live.task in pending:
-                    live.stop_error = Unavailable(
-                        "chatd stopped on this replica before the reply ended; nothing of "
-                        "the turn was stored: send the request again",
-                        reason="REPLICA_STOPPING",
-                    )
+                    live.stop_error = _stopping()
                     live.task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._flushes:
@@ -456,12 +458,22 @@ class Replies:
     async def start_background(
         self, live: LiveReply, events: Callable[[], AsyncIterator[TurnEvent]]
     ) -> None:
-        """Stores the reply's record, then runs `events` to the end in a task of its own."""
+        """Stores the reply's record, then runs `events` to the end in a task of its own.
+        Raises Unavailable (REPLICA_STOPPING) if the replica began to stop meanwhile."""
+        starting = asyncio.get_running_loop().create_future()
+        self._starting.add(starting)  # drain waits for it
         try:
             await self._store.put_reply(ReplyWrite(live.record))
         except BaseException:
             self._forget(live)
             raise
+        finally:
+            self._starting.discard(starting)
+            starting.set_result(None)
+        if self._draining:
+            stopping = _stopping()
+            await complete(self._end(live, stopping))
+            raise stopping
 
         async def run() -> None:
             try:
@@ -825,6 +837,14 @@ class Replies:
                     self._cancel_here(live)
             else:
                 self.cancel_local(tenant, session_id, "")
+
+
+def _stopping() -> Unavailable:
+    return Unavailable(
+        "chatd stopped on this replica before the reply ended; nothing of the turn was "
+        "stored: send the request again",
+        reason="REPLICA_STOPPING",
+    )
 
 
 def _turn_id(events: Sequence[TurnEvent]) -> str:
