@@ -15,6 +15,9 @@ Where a reply's events are kept:
 - once it ends, in the store with its record: in the same transaction as the turn's
   messages when the turn is stored, in a write of their own otherwise. The sweeper
   forgets ended replies `window` seconds after they ended.
+A unary SendMessage run in the foreground keeps one event, its outcome (nobody saw the
+others). A foreground reply that fails before its first event is not kept: its caller
+got the error, and never its id.
 
 A background reply's record carries this replica's id and a lease that the keeper
 renews every lease/3 seconds. A replica that dies (kill -9, a lost host) stops renewing;
