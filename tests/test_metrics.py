@@ -212,7 +212,7 @@ async def test_store_operations_are_timed_by_outcome_and_answer_as_the_inner_sto
 
 
 async def test_store_failure_propagates_unchanged_and_counts_as_error() -> None:
-    failure = Unavailable("database down")
+    failure = Unavailable("database down", reason="STORE_UNAVAILABLE")
 
     class BrokenStore(MemoryStore):
         async def list_messages(
@@ -316,7 +316,9 @@ async def test_closing_the_stream_early_closes_upstream_at_once() -> None:
 async def test_client_chosen_models_are_labelled_only_once_served() -> None:
     """A model name a client made up cannot add series: it is "other" until a call succeeds."""
     metrics = Metrics()
-    failing = InstrumentedProvider(FakeProvider(error=NotFound("no such model")), metrics)
+    failing = InstrumentedProvider(
+        FakeProvider(error=NotFound("no such model", reason="MODEL_NOT_FOUND")), metrics
+    )
     with pytest.raises(NotFound):
         await drain(failing.stream(request("made-up-123")))
     assert sample(metrics, MODEL_CALLS, provider="fake", model=OTHER, outcome="error") == 1

@@ -185,18 +185,43 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
 
 
 @pytest.mark.parametrize(
-    ("call", "request_", "field"),
+    ("call", "request_", "field", "reason"),
     [
-        ("ListSessions", pb.ListSessionsRequest(page_size=-1), "page_size"),
-        ("ListSessions", pb.ListSessionsRequest(page_token="garbage!"), "page_token"),
-        ("ListSessions", pb.ListSessionsRequest(order_by="name"), "order_by"),
-        ("ListSessions", pb.ListSessionsRequest(filter="labels.a == 1"), "filter"),
-        ("ListMessages", pb.ListMessagesRequest(session_id="s1", page_size=-5), "page_size"),
-        ("ListMessages", pb.ListMessagesRequest(session_id="s1", page_token="x"), "page_token"),
-        ("GetSession", pb.GetSessionRequest(session_id=""), "session_id"),
-        ("GetSession", pb.GetSessionRequest(session_id="a" * 200), "session_id"),
-        ("DeleteSession", pb.DeleteSessionRequest(session_id="bad id"), "session_id"),
-        ("CreateSession", pb.CreateSessionRequest(session_id="-x"), "session_id"),
+        ("ListSessions", pb.ListSessionsRequest(page_size=-1), "page_size", "PAGE_SIZE_NEGATIVE"),
+        (
+            "ListSessions",
+            pb.ListSessionsRequest(page_token="garbage!"),
+            "page_token",
+            "PAGE_TOKEN_INVALID",
+        ),
+        ("ListSessions", pb.ListSessionsRequest(order_by="name"), "order_by", "ORDER_BY_INVALID"),
+        (
+            "ListSessions",
+            pb.ListSessionsRequest(filter="labels.a == 1"),
+            "filter",
+            "FILTER_INVALID",
+        ),
+        (
+            "ListMessages",
+            pb.ListMessagesRequest(session_id="s1", page_size=-5),
+            "page_size",
+            "PAGE_SIZE_NEGATIVE",
+        ),
+        (
+            "ListMessages",
+            pb.ListMessagesRequest(session_id="s1", page_token="x"),
+            "page_token",
+            "PAGE_TOKEN_INVALID",
+        ),
+        ("GetSession", pb.GetSessionRequest(session_id=""), "session_id", "FIELD_REQUIRED"),
+        ("GetSession", pb.GetSessionRequest(session_id="a" * 200), "session_id", "ID_MALFORMED"),
+        (
+            "DeleteSession",
+            pb.DeleteSessionRequest(session_id="bad id"),
+            "session_id",
+            "ID_MALFORMED",
+        ),
+        ("CreateSession", pb.CreateSessionRequest(session_id="-x"), "session_id", "ID_MALFORMED"),
         (
             "CreateSession",
             pb.CreateSessionRequest(
@@ -205,11 +230,13 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
                 )
             ),
             "session.context_policy.max_messages",
+            "CONTEXT_POLICY_INVALID",
         ),
         (
             "CreateSession",
             pb.CreateSessionRequest(session=session_pb2.Session(tools=["no_such_tool"])),
             "session.tools[0]",
+            "TOOL_UNKNOWN",
         ),
         (
             "CreateSession",
@@ -221,6 +248,7 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
                 )
             ),
             "session.generation_config.response_json_schema",
+            "JSON_INVALID",
         ),
         (
             "SendMessage",
@@ -229,6 +257,7 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
                 tool_results=[pb.ToolResult(call_id="c", result={"number_value": float("nan")})],
             ),
             "tool_results[0].result",
+            "JSON_INVALID",
         ),
         (
             "CreateSession",
@@ -236,17 +265,19 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
                 session=session_pb2.Session(generation_config=session_pb2.GenerationConfig(top_p=2))
             ),
             "session.generation_config.top_p",
+            "VALUE_OUT_OF_RANGE",
         ),
     ],
 )
 async def test_bad_requests_are_invalid_argument_naming_the_field(
-    chatd: Chatd, call: str, request_: object, field: str
+    chatd: Chatd, call: str, request_: object, field: str, reason: str
 ) -> None:
     await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="s1"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await getattr(chatd.stub, call)(request_)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(err.value) == [field]
+    assert rich_details(err.value)["ErrorInfo"].reason == reason
 
 
 async def test_page_token_of_one_session_is_refused_for_another(chatd: Chatd) -> None:
@@ -262,6 +293,7 @@ async def test_page_token_of_one_session_is_refused_for_another(chatd: Chatd) ->
             pb.ListMessagesRequest(session_id="b", page_token=page.next_page_token)
         )
     assert violated_fields(err.value) == ["page_token"]
+    assert rich_details(err.value)["ErrorInfo"].reason == "PAGE_TOKEN_MISMATCH"
 
 
 async def test_tool_results_without_pending_calls_fail_precondition(chatd: Chatd) -> None:
@@ -273,6 +305,7 @@ async def test_tool_results_without_pending_calls_fail_precondition(chatd: Chatd
             )
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rich_details(err.value)["ErrorInfo"].reason == "NO_PENDING_TOOL_CALLS"
 
 
 async def test_every_rpc_of_the_contract_is_live(chatd: Chatd) -> None:

@@ -70,7 +70,9 @@ async def test_failed_model_call_maps_to_status_and_leaves_history(
     start_chatd: StartChatd,
 ) -> None:
     """An upstream failure mid-stream ends the RPC with its status and stores nothing."""
-    provider = ScriptedProvider(error=Unavailable("upstream went away"), fail_after=2)
+    provider = ScriptedProvider(
+        error=Unavailable("upstream went away", reason="UPSTREAM_UNAVAILABLE"), fail_after=2
+    )
     chatd = await start_chatd(provider=provider)
     await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="f"))
     with pytest.raises(grpc.aio.AioRpcError) as err:

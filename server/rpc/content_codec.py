@@ -42,7 +42,7 @@ def _gemini_part(text: str, field: str) -> JSON:
     sent through google-genai in every later turn, which would refuse each of them."""
     value = parse_json_text(text, field)
     if (problem := part_json_problem(value)) is not None:
-        raise InvalidArgument(field, f"not a Gemini Part ({problem})")
+        raise InvalidArgument(field, f"not a Gemini Part ({problem})", reason="INVALID_GEMINI_PART")
     return value
 
 
@@ -50,7 +50,9 @@ def seconds_of(value: timestamp_pb2.Timestamp, field: str) -> float:
     try:
         return value.ToMicroseconds() / 1e6
     except ValueError:
-        raise InvalidArgument(field, "is not a valid timestamp") from None
+        raise InvalidArgument(
+            field, "is not a valid timestamp", reason="TIMESTAMP_INVALID"
+        ) from None
 
 
 def timestamp(seconds: float, out: timestamp_pb2.Timestamp) -> None:
@@ -146,7 +148,9 @@ def response_parts_from_pb(
                     )
                 )
             case _:
-                raise InvalidArgument(f"{field}[{i}]", "set inline_data or file_data")
+                raise InvalidArgument(
+                    f"{field}[{i}]", "set inline_data or file_data", reason="MEDIA_MISSING"
+                )
     return tuple(out)
 
 
@@ -211,6 +215,7 @@ def part_from_pb(part: pb.Part, field: str) -> Part:
         "has no content: set one of text, inline_data, file_data, function_call, "
         "function_response, executable_code, code_execution_result, tool_call, "
         "tool_response or gemini_part (or only a thought_signature)",
+        reason="PART_EMPTY",
     )
 
 
@@ -280,9 +285,13 @@ def contents_from_pb(contents: Sequence[pb.Content], field: str) -> tuple[Messag
         where = f"{field}[{i}]"
         role = ROLE_FROM_PB.get(content.role)
         if role is None:
-            raise InvalidArgument(f"{where}.role", "must be ROLE_USER or ROLE_MODEL")
+            raise InvalidArgument(
+                f"{where}.role", "must be ROLE_USER or ROLE_MODEL", reason="ROLE_INVALID"
+            )
         if not content.parts:
-            raise InvalidArgument(f"{where}.parts", "must hold at least one part")
+            raise InvalidArgument(
+                f"{where}.parts", "must hold at least one part", reason="PARTS_EMPTY"
+            )
         messages.append(Message(role, parts_from_pb(content.parts, f"{where}.parts")))
     return tuple(messages)
 
@@ -316,7 +325,9 @@ def message_from_pb(message: pb.Message, field: str, *, keep_ids: bool) -> Messa
     """A caller-supplied message; with `keep_ids` (an import) every stored field is read."""
     role = ROLE_FROM_PB.get(message.role)
     if role is None:
-        raise InvalidArgument(f"{field}.role", "must be ROLE_USER or ROLE_MODEL")
+        raise InvalidArgument(
+            f"{field}.role", "must be ROLE_USER or ROLE_MODEL", reason="ROLE_INVALID"
+        )
     parts = parts_from_pb(message.parts, f"{field}.parts")
     if not keep_ids:
         return Message(role, parts)

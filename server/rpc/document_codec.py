@@ -111,6 +111,7 @@ def header_from_pb(document: pb.SessionDocument, tenant: str) -> Session:
         raise InvalidArgument(
             "document.format_version",
             f"{document.format_version} is not a format this server reads ({FORMAT_VERSION})",
+            reason="FORMAT_VERSION_UNSUPPORTED",
         )
     return Session(
         tenant=tenant,
@@ -156,10 +157,13 @@ class DocumentAssembler:
                 "document",
                 "only the first request of the stream carries format_version, session and "
                 "pending_turn; later requests carry only messages",
+                reason="DOCUMENT_PART_INVALID",
             )
         await messages_from_pb(part.messages, len(self._messages), self._messages)
 
     def finish(self) -> SessionDocument:
         if self._session is None:
-            raise InvalidArgument("document", "is required: the stream sent no document")
+            raise InvalidArgument(
+                "document", "is required: the stream sent no document", reason="DOCUMENT_MISSING"
+            )
         return SessionDocument(self._session, tuple(self._messages))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from server.sessions import errors
 
@@ -25,14 +25,12 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def rich_status(
-    code: grpc.StatusCode, message: str, exc: errors.ChatdError | None
-) -> status_pb2.Status:
-    """A google.rpc.Status carrying ErrorInfo, plus BadRequest or RetryInfo where they apply."""
+def rich_status(code: grpc.StatusCode, message: str, exc: errors.ChatdError) -> status_pb2.Status:
+    """A google.rpc.Status carrying ErrorInfo (reason `exc.reason`), plus BadRequest or
+    RetryInfo where they apply."""
     numeric: int = code.value[0]
     status = status_pb2.Status(code=numeric, message=message)
-    reason = exc.reason if exc is not None else code_pb2.Code.Name(numeric)
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN)
     if isinstance(exc, errors.ResourceExhausted) and exc.limit is not None:
         info.metadata["limit"], value = exc.limit
         info.metadata["limit_value"] = str(value)

@@ -18,7 +18,7 @@ from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.calls import TENANT
 from server.rpc.errors import code_for, rich_status, trailing_metadata
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots
-from server.sessions.errors import ChatdError, InvalidArgument
+from server.sessions.errors import ChatdError, InvalidArgument, Unimplemented
 from server.sessions.model import DEFAULT_TENANT
 
 log = structlog.get_logger("chatd.rpc")
@@ -70,10 +70,12 @@ async def _abort(context: Context, exc: Exception, request_id: str) -> None:
         code, message, detail = code_for(exc), exc.message, exc
     elif isinstance(exc, NotImplementedError):
         # A generated servicer's default for an RPC its implementation lacks.
-        code, message, detail = grpc.StatusCode.UNIMPLEMENTED, "method not implemented", None
+        detail = Unimplemented("method not implemented")
+        code, message = code_for(detail), detail.message
     else:
         log.error("unhandled exception", exc_info=exc)
-        code, message, detail = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, None
+        detail = ChatdError(INTERNAL_MESSAGE, reason="INTERNAL_FAILURE")
+        code, message = code_for(detail), detail.message
     status = rich_status(code, message, detail)
     metadata: tuple[tuple[str, str | bytes], ...] = (
         *trailing_metadata(status),
@@ -232,7 +234,9 @@ def _decoded(request: Any, budget: ByteBudget) -> Any:
         return request.message
     if isinstance(request, _Undecodable):
         raise InvalidArgument(
-            "request", f"is not a valid message for this method ({request.error})"
+            "request",
+            f"is not a valid message for this method ({request.error})",
+            reason="REQUEST_MALFORMED",
         )
     if isinstance(request, _Refused):
         raise budget.refusal(request.size)

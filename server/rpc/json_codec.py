@@ -36,6 +36,7 @@ def object_input(
                 f"{field}.{json_name}",
                 f"set either {struct_name} or {json_name}, not both (both are accepted "
                 "only when they hold the same value, as chatd writes them)",
+                reason="FIELDS_CONFLICT",
             )
         return value
     if has_struct:
@@ -75,7 +76,7 @@ def json_value(value: struct_pb2.Struct | struct_pb2.Value, field: str) -> Any:
         return _value(value)
     except _Unreadable as bad:
         where = f" at {field}{bad.path}" if bad.path else ""
-        raise InvalidArgument(field, f"{bad.problem}{where}") from None
+        raise InvalidArgument(field, f"{bad.problem}{where}", reason="JSON_INVALID") from None
 
 
 def _struct(value: struct_pb2.Struct) -> dict[str, Any]:

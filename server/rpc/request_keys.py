@@ -17,7 +17,9 @@ def request_key(kind: str, request: Any, ignore: tuple[str, ...] = ()) -> Reques
         return None
     if "\x00" in request.request_id:
         # Stored as text, which PostgreSQL cannot hold with NUL characters.
-        raise InvalidArgument("request_id", "must not contain NUL characters")
+        raise InvalidArgument(
+            "request_id", "must not contain NUL characters", reason="REQUEST_ID_INVALID"
+        )
     body = type(request)()
     body.CopyFrom(request)
     body.ClearField("request_id")

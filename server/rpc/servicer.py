@@ -142,7 +142,11 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
                 yield out
             return
         if request.starting_after:
-            raise InvalidArgument("starting_after", "is only for resuming: set reply_id too")
+            raise InvalidArgument(
+                "starting_after",
+                "is only for resuming: set reply_id too",
+                reason="RESUME_FIELD_INVALID",
+            )
         sequence_number = 0
         reply_id = ""
         async with aclosing(self._turn(request, context)) as events:
@@ -180,7 +184,11 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
         }
         for name, set_ in given.items():
             if set_:
-                raise InvalidArgument(name, "must be empty when resuming a reply (reply_id is set)")
+                raise InvalidArgument(
+                    name,
+                    "must be empty when resuming a reply (reply_id is set)",
+                    reason="RESUME_FIELD_INVALID",
+                )
         if request.session_id:
             _bind(request)
         seen = request.starting_after
@@ -249,7 +257,9 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
     ) -> pb.CountTokensResponse:
         _bind(request)
         if request.text and request.parts:
-            raise InvalidArgument("parts", "set either text or parts, not both")
+            raise InvalidArgument(
+                "parts", "set either text or parts, not both", reason="FIELDS_CONFLICT"
+            )
         candidate = (
             (Part(text=request.text),) if request.text else parts_from_pb(request.parts, "parts")
         )

@@ -242,4 +242,6 @@ def _ttl(value: duration_pb2.Duration) -> float:
     try:
         return value.ToTimedelta().total_seconds()
     except (ValueError, OverflowError):
-        raise InvalidArgument("session.ttl", "is not a valid duration") from None
+        raise InvalidArgument(
+            "session.ttl", "is not a valid duration", reason="TTL_INVALID"
+        ) from None

@@ -38,7 +38,7 @@ class SessionOpsServicer:
         session_id = request.session.session_id
         structlog.contextvars.bind_contextvars(session_id=session_id)
         if not session_id:
-            raise InvalidArgument("session.session_id", "is required")
+            raise InvalidArgument("session.session_id", "is required", reason="FIELD_REQUIRED")
         tenant = _tenant(context)
         etag = parse_etag(request.etag or request.session.etag)
         check_id("session.session_id", session_id)

@@ -39,7 +39,9 @@ TurnRequest = pb.SendMessageRequest | pb.StreamReplyRequest
 def turn_input(request: TurnRequest, timeout: float | None, *, stream_text: bool) -> TurnInput:
     """The turn a SendMessage or StreamReply request asks for (both share field numbers)."""
     if request.text and request.parts:
-        raise InvalidArgument("parts", "set either text or parts, not both")
+        raise InvalidArgument(
+            "parts", "set either text or parts, not both", reason="FIELDS_CONFLICT"
+        )
     parts = (Part(text=request.text),) if request.text else parts_from_pb(request.parts, "parts")
     override = None
     if request.HasField("generation_config"):
@@ -56,7 +58,7 @@ def turn_input(request: TurnRequest, timeout: float | None, *, stream_text: bool
 def tool_result_from_pb(result: pb.ToolResult, index: int) -> ToolResultInput:
     field = f"tool_results[{index}]"
     if not result.call_id:
-        raise InvalidArgument(f"{field}.call_id", "is required")
+        raise InvalidArgument(f"{field}.call_id", "is required", reason="FIELD_REQUIRED")
     parts = response_parts_from_pb(result.parts, f"{field}.parts")
     match result.WhichOneof("outcome"):
         case "result":
@@ -70,6 +72,7 @@ def tool_result_from_pb(result: pb.ToolResult, index: int) -> ToolResultInput:
     raise InvalidArgument(
         field,
         "set result (a google.protobuf.Value), result_json (JSON text) or error (a message)",
+        reason="TOOL_RESULT_INVALID",
     )
 
 

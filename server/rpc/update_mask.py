@@ -43,10 +43,16 @@ def updated_settings(current: Session, request: pb.UpdateSessionRequest) -> Sess
     if not paths:
         paths = [f.name for f, _ in request.session.ListFields() if f.name in UPDATABLE]
         if not paths:
-            raise InvalidArgument("update_mask", "name the fields to update")
+            raise InvalidArgument(
+                "update_mask", "name the fields to update", reason="UPDATE_MASK_INVALID"
+            )
     if "*" in paths:
         if paths != ["*"]:
-            raise InvalidArgument("update_mask", '"*" cannot be combined with other paths')
+            raise InvalidArgument(
+                "update_mask",
+                '"*" cannot be combined with other paths',
+                reason="UPDATE_MASK_INVALID",
+            )
         paths = list(UPDATABLE)
     for path in paths:
         head, _, rest = path.partition(".")
@@ -54,16 +60,23 @@ def updated_settings(current: Session, request: pb.UpdateSessionRequest) -> Sess
             raise InvalidArgument(
                 "update_mask",
                 f"{path[:64]!r} is not an updatable field; use: {', '.join(UPDATABLE)}",
+                reason="UPDATE_MASK_INVALID",
             )
         if rest and head in _WHOLE:
             # A part of a time is no time: expire_time.nanos alone would set the
             # expiry to 1970 and end the session at once.
             raise InvalidArgument(
-                "update_mask", f"{path[:64]!r}: {head} is updated whole; name {head!r}"
+                "update_mask",
+                f"{path[:64]!r}: {head} is updated whole; name {head!r}",
+                reason="UPDATE_MASK_INVALID",
             )
     mask = field_mask_pb2.FieldMask(paths=paths)
     if not mask.IsValidForDescriptor(session_pb2.Session.DESCRIPTOR):
-        raise InvalidArgument("update_mask", f"{', '.join(paths)[:200]} names unknown fields")
+        raise InvalidArgument(
+            "update_mask",
+            f"{', '.join(paths)[:200]} names unknown fields",
+            reason="UPDATE_MASK_INVALID",
+        )
     merged = session_pb2.Session()
     session_to_pb(current, merged)
     mask.MergeMessage(
@@ -78,5 +91,7 @@ def parse_etag(etag: str) -> Etag | None:
         return None
     match = _ETAG.fullmatch(etag)
     if match is None:
-        raise InvalidArgument("etag", f"{etag[:64]!r} is not an etag returned by this server")
+        raise InvalidArgument(
+            "etag", f"{etag[:64]!r} is not an etag returned by this server", reason="ETAG_INVALID"
+        )
     return Etag(int(match[1]), match[2])

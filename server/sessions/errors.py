@@ -12,7 +12,8 @@ class FieldViolation:
 
 
 class ChatdError(Exception):
-    """Base of every error chatd reports to callers. `reason` is a stable UPPER_SNAKE code;
+    """Base of every error chatd reports to callers. `reason` is a stable UPPER_SNAKE code
+    saying what went wrong (never a repeat of the status code; docs/errors.md lists them);
     `code` is the canonical status code's name (google.rpc.Code) callers are told."""
 
     reason = "CHATD_ERROR"
@@ -25,17 +26,22 @@ class ChatdError(Exception):
             self.reason = reason
 
 
+class _Specific(ChatdError):
+    """An error of a code many causes share: every raise site names its own `reason`."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, reason=reason)
+
+
 class InvalidArgument(ChatdError):
-    reason = "INVALID_ARGUMENT"
     code = "INVALID_ARGUMENT"
 
-    def __init__(self, field: str, description: str, *, reason: str | None = None) -> None:
+    def __init__(self, field: str, description: str, *, reason: str) -> None:
         super().__init__(f"{field}: {description}", reason=reason)
         self.violations = (FieldViolation(field, description),)
 
 
-class NotFound(ChatdError):
-    reason = "NOT_FOUND"
+class NotFound(_Specific):
     code = "NOT_FOUND"
 
 
@@ -45,8 +51,7 @@ def session_not_found(session_id: str) -> NotFound:
     return NotFound(f"session {session_id!r} not found", reason="SESSION_NOT_FOUND")
 
 
-class AlreadyExists(ChatdError):
-    reason = "ALREADY_EXISTS"
+class AlreadyExists(_Specific):
     code = "ALREADY_EXISTS"
 
 
@@ -57,8 +62,7 @@ class DuplicateRequest(ChatdError):
     code = "ALREADY_EXISTS"
 
 
-class FailedPrecondition(ChatdError):
-    reason = "FAILED_PRECONDITION"
+class FailedPrecondition(_Specific):
     code = "FAILED_PRECONDITION"
 
 
@@ -70,7 +74,6 @@ class Conflict(ChatdError):
 
 
 class ResourceExhausted(ChatdError):
-    reason = "RESOURCE_EXHAUSTED"
     code = "RESOURCE_EXHAUSTED"
 
     def __init__(
@@ -78,7 +81,7 @@ class ResourceExhausted(ChatdError):
         message: str,
         *,
         retry_after: float | None = None,
-        reason: str | None = None,
+        reason: str,
         limit: tuple[str, int] | None = None,
     ) -> None:
         super().__init__(message, reason=reason)
@@ -87,18 +90,15 @@ class ResourceExhausted(ChatdError):
         self.limit = limit
 
 
-class Unavailable(ChatdError):
-    reason = "UNAVAILABLE"
+class Unavailable(_Specific):
     code = "UNAVAILABLE"
 
 
-class DeadlineExceeded(ChatdError):
-    reason = "DEADLINE_EXCEEDED"
+class DeadlineExceeded(_Specific):
     code = "DEADLINE_EXCEEDED"
 
 
-class Cancelled(ChatdError):
-    reason = "CANCELLED"
+class Cancelled(_Specific):
     code = "CANCELLED"
 
 
@@ -114,8 +114,7 @@ class UpstreamRejected(ChatdError):
     code = "INVALID_ARGUMENT"
 
 
-class Unauthenticated(ChatdError):
-    reason = "UNAUTHENTICATED"
+class Unauthenticated(_Specific):
     code = "UNAUTHENTICATED"
 
 

@@ -28,12 +28,16 @@ def parse_label_filter(text: str, field: str = "filter") -> dict[str, str]:
         terms += 1
         if terms > MAX_FILTER_TERMS:
             raise InvalidArgument(
-                field, f"more than {MAX_FILTER_TERMS} terms; at most {MAX_FILTER_TERMS} allowed"
+                field,
+                f"more than {MAX_FILTER_TERMS} terms; at most {MAX_FILTER_TERMS} allowed",
+                reason="FILTER_INVALID",
             )
         term = _TERM.match(text, pos)
         if term is None:
             raise InvalidArgument(
-                field, f"cannot parse {text[pos : pos + 40]!r}: the accepted grammar is {GRAMMAR}"
+                field,
+                f"cannot parse {text[pos : pos + 40]!r}: the accepted grammar is {GRAMMAR}",
+                reason="FILTER_INVALID",
             )
         key, value = term["key"], re.sub(r"\\(.)", r"\1", term["value"])
         if LABEL_KEY.fullmatch(key) is None:
@@ -41,15 +45,19 @@ def parse_label_filter(text: str, field: str = "filter") -> dict[str, str]:
                 field,
                 f"{key[:64]!r} is not a label key (letters, digits, _ . - /, starting with a "
                 "letter or digit, at most 63 characters)",
+                reason="FILTER_INVALID",
             )
         if len(value) > MAX_LABEL_VALUE or "\x00" in value:
             raise InvalidArgument(
                 field,
                 f"the value of label {key!r} is longer than {MAX_LABEL_VALUE} "
                 "or holds a NUL character: no label can equal it",
+                reason="FILTER_INVALID",
             )
         if labels.get(key, value) != value:
-            raise InvalidArgument(field, f"label {key!r} is required to equal two values")
+            raise InvalidArgument(
+                field, f"label {key!r} is required to equal two values", reason="FILTER_INVALID"
+            )
         labels[key] = value
         pos = term.end()
         if pos == len(text):
@@ -57,6 +65,8 @@ def parse_label_filter(text: str, field: str = "filter") -> dict[str, str]:
         conj = _AND.match(text, pos)
         if conj is None:
             raise InvalidArgument(
-                field, f"expected AND at {text[pos : pos + 40]!r}: the grammar is {GRAMMAR}"
+                field,
+                f"expected AND at {text[pos : pos + 40]!r}: the grammar is {GRAMMAR}",
+                reason="FILTER_INVALID",
             )
         pos = conj.end()

@@ -44,7 +44,11 @@ async def _check_document(messages: Sequence[Message], open_calls_allowed: bool)
     pacer = Pacer()
     for i in range(1, len(messages)):
         if messages[i].seq <= messages[i - 1].seq:
-            raise InvalidArgument(f"{_FIELD}[{i}].message_id", "message ids must increase")
+            raise InvalidArgument(
+                f"{_FIELD}[{i}].message_id",
+                "message ids must increase",
+                reason="MESSAGE_IDS_UNORDERED",
+            )
         await pacer.tick()
     previous = None
     carried = None
@@ -158,7 +162,9 @@ class HistoryOps:
         record: Callable[[Session, Sequence[Message]], RequestRecord] | None,
     ) -> tuple[tuple[Message, ...], Session]:
         if not messages:
-            raise InvalidArgument("messages", "is required: the messages to append")
+            raise InvalidArgument(
+                "messages", "is required: the messages to append", reason="FIELD_REQUIRED"
+            )
         async with self._engine.hold(tenant, session_id):
             session = await live_session(self._store, tenant, session_id, self._clock())
             if session.pending is not None:
@@ -212,7 +218,9 @@ class HistoryOps:
                 rest = await self._store.list_messages(tenant, session_id, upto, 1)
         if upto is not None and (not messages or messages[-1].seq != upto):
             raise InvalidArgument(
-                "message_id", f"{message_id(upto)!r} is not a message of this session"
+                "message_id",
+                f"{message_id(upto)!r} is not a message of this session",
+                reason="MESSAGE_NOT_IN_SESSION",
             )
         if source.pending is not None:
             if upto is not None and upto >= source.pending.first_seq:
@@ -220,6 +228,7 @@ class HistoryOps:
                     "message_id",
                     f"{message_id(upto)!r} is in the turn waiting for tool results:"
                     " fork at the last message of a complete turn",
+                    reason="FORK_POINT_INVALID",
                 )
             # The paused turn is not complete: the fork stops before it.
             messages = [m for m in messages if m.seq < source.pending.first_seq]
@@ -233,6 +242,7 @@ class HistoryOps:
             raise InvalidArgument(
                 "message_id",
                 f"{message_id(upto)!r} is inside a turn: fork at the last message of a turn",
+                reason="FORK_POINT_INVALID",
             )
         return await self._create_copy(
             tenant, source.settings, messages, new_id or new_session_id(), None, request
@@ -322,14 +332,22 @@ def _check_pending(pending: PendingTurn, messages: Sequence[Message]) -> None:
     first = next((m for m in messages if m.seq == pending.first_seq), None)
     if first is None or not is_turn_start(first):
         raise InvalidArgument(
-            f"{field}.first_message_id", "must be a user message of document.messages"
+            f"{field}.first_message_id",
+            "must be a user message of document.messages",
+            reason="PENDING_TURN_INVALID",
         )
     last = messages[-1]
     if last.role is not Role.MODEL or calls_of(last) != pending.calls:
         raise InvalidArgument(
-            f"{field}.calls", "must be exactly the function calls of the last message"
+            f"{field}.calls",
+            "must be exactly the function calls of the last message",
+            reason="PENDING_TURN_INVALID",
         )
     ids = {call.id for call in pending.calls}
     for i, answer in enumerate(pending.answered):
         if answer.id not in ids:
-            raise InvalidArgument(f"{field}.answered[{i}].id", "answers none of the calls")
+            raise InvalidArgument(
+                f"{field}.answered[{i}].id",
+                "answers none of the calls",
+                reason="PENDING_TURN_INVALID",
+            )

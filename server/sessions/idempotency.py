@@ -76,7 +76,11 @@ class Requests:
     def check_key(key: RequestKey) -> None:
         """Raises InvalidArgument for a request_id chatd does not keep."""
         if len(key.request_id) > MAX_REQUEST_ID:
-            raise InvalidArgument("request_id", f"longer than {MAX_REQUEST_ID} characters")
+            raise InvalidArgument(
+                "request_id",
+                f"longer than {MAX_REQUEST_ID} characters",
+                reason="REQUEST_ID_INVALID",
+            )
 
     async def raced(self, tenant: str, key: RequestKey, exc: DuplicateRequest) -> RequestRecord:
         """The record that made a write with this key fail DuplicateRequest: the same id

@@ -14,9 +14,11 @@ ID_RULE = "1-128 characters of letters, digits, '.', '_' and '-', starting with 
 def check_id(field: str, value: str) -> str:
     """Returns `value` if it is a well-formed id, else raises InvalidArgument naming `field`."""
     if not value:
-        raise InvalidArgument(field, "is required")
+        raise InvalidArgument(field, "is required", reason="FIELD_REQUIRED")
     if ID_PATTERN.fullmatch(value) is None:
-        raise InvalidArgument(field, f"{value[:64]!r} is not a valid id: use {ID_RULE}")
+        raise InvalidArgument(
+            field, f"{value[:64]!r} is not a valid id: use {ID_RULE}", reason="ID_MALFORMED"
+        )
     return value
 
 
@@ -39,5 +41,7 @@ def message_id(seq: int) -> str:
 
 def parse_message_id(field: str, value: str) -> int:
     if not value.isascii() or not value.isdigit() or len(value) > 18:
-        raise InvalidArgument(field, f"{value[:64]!r} is not a message id of this session")
+        raise InvalidArgument(
+            field, f"{value[:64]!r} is not a message id of this session", reason="ID_MALFORMED"
+        )
     return int(value)

@@ -17,7 +17,9 @@ MAX_PAGE_SIZE = 1000
 def page_size(value: int, default: int, field: str = "page_size") -> int:
     """AIP-158: 0 means the default, negative is an error, above the maximum is clamped."""
     if value < 0:
-        raise InvalidArgument(field, f"must not be negative (got {value})")
+        raise InvalidArgument(
+            field, f"must not be negative (got {value})", reason="PAGE_SIZE_NEGATIVE"
+        )
     if value == 0:
         return default
     return min(value, MAX_PAGE_SIZE)
@@ -50,17 +52,23 @@ def decode_token(token: str, query_key: str, field: str = "page_token") -> list[
     A token comes back from the caller, so it is parsed as hostile input: bounded length,
     no NaN or Infinity, no nesting deeper than JSON's own recursion can take."""
     if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidArgument(field, f"{_NOT_OURS} (longer than {MAX_TOKEN_CHARS} characters)")
+        raise InvalidArgument(
+            field,
+            f"{_NOT_OURS} (longer than {MAX_TOKEN_CHARS} characters)",
+            reason="PAGE_TOKEN_INVALID",
+        )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw, parse_constant=_no_constants)
         position = data["p"]
         fingerprint = data["q"]
     except (binascii.Error, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
-        raise InvalidArgument(field, _NOT_OURS) from exc
+        raise InvalidArgument(field, _NOT_OURS, reason="PAGE_TOKEN_INVALID") from exc
     if fingerprint != _fingerprint(query_key) or not isinstance(position, list):
         raise InvalidArgument(
-            field, "belongs to a different query: repeat the query's other fields unchanged"
+            field,
+            "belongs to a different query: repeat the query's other fields unchanged",
+            reason="PAGE_TOKEN_MISMATCH",
         )
     return position
 
@@ -73,7 +81,7 @@ def session_cursor(position: list[object], field: str = "page_token") -> Session
             and ID_PATTERN.fullmatch(session_id) is not None
         ):
             return SessionCursor(float(time), session_id)
-    raise InvalidArgument(field, _NOT_OURS)
+    raise InvalidArgument(field, _NOT_OURS, reason="PAGE_TOKEN_INVALID")
 
 
 def seq_cursor(position: list[object], field: str = "page_token") -> int:
@@ -81,4 +89,4 @@ def seq_cursor(position: list[object], field: str = "page_token") -> int:
     match position:
         case [int() as seq] if not isinstance(seq, bool) and 0 <= seq <= _LARGEST_OFFSET:
             return seq
-    raise InvalidArgument(field, _NOT_OURS)
+    raise InvalidArgument(field, _NOT_OURS, reason="PAGE_TOKEN_INVALID")

@@ -764,7 +764,9 @@ class Replies:
         last = len(live.events) if live is not None else record.last_seq
         if after > last:
             raise InvalidArgument(
-                "starting_after", f"is past the reply's last event so far ({last})"
+                "starting_after",
+                f"is past the reply's last event so far ({last})",
+                reason="STARTING_AFTER_INVALID",
             )
 
     # ------------------------------------------------------------------ other replicas

@@ -149,7 +149,9 @@ class ChatSessions:
         check_settings(settings, self._tools.names(), prefix)
         if settings.expire_time is not None and settings.expire_time <= self._clock():
             # It would be gone (NOT_FOUND) the moment it was written.
-            raise InvalidArgument(f"{prefix}.expire_time", "is not in the future")
+            raise InvalidArgument(
+                f"{prefix}.expire_time", "is not in the future", reason="EXPIRE_TIME_INVALID"
+            )
 
     async def _same_life(self, tenant: str, session: Session) -> None:
         """After reading history: NotFound if the session was deleted and created again
@@ -240,7 +242,11 @@ class ChatSessions:
         pending = document.session.pending
         if pending is not None:
             if pending.rounds < 0:
-                raise InvalidArgument("document.pending_turn.rounds", "must not be negative")
+                raise InvalidArgument(
+                    "document.pending_turn.rounds",
+                    "must not be negative",
+                    reason="PENDING_TURN_INVALID",
+                )
             for i, call in enumerate(pending.calls):
                 check_json_depth(call.args, f"document.pending_turn.calls[{i}].args")
             for i, answer in enumerate(pending.answered):
@@ -260,7 +266,9 @@ class ChatSessions:
         normalized = " ".join(order_by.lower().split())
         if normalized not in _ORDERS:
             raise InvalidArgument(
-                "order_by", f"{order_by[:64]!r} is not one of: {', '.join(sorted(_ORDERS)[1:])}"
+                "order_by",
+                f"{order_by[:64]!r} is not one of: {', '.join(sorted(_ORDERS)[1:])}",
+                reason="ORDER_BY_INVALID",
             )
         order, descending = _ORDERS[normalized]
         labels = parse_label_filter(filter)
@@ -360,7 +368,9 @@ class ChatSessions:
         if session_id:
             check_id("session_id", session_id)
         if after < 0:
-            raise InvalidArgument("starting_after", "must not be negative")
+            raise InvalidArgument(
+                "starting_after", "must not be negative", reason="STARTING_AFTER_INVALID"
+            )
         live = self.replies.live(tenant, reply_id)
         if live is not None and (not session_id or live.record.session_id == session_id):
             record = replace(live.record, last_seq=len(live.events))
@@ -411,7 +421,9 @@ class ChatSessions:
         if session_id:
             check_id("session_id", session_id)
         if after < 0:
-            raise InvalidArgument("starting_after", "must not be negative")
+            raise InvalidArgument(
+                "starting_after", "must not be negative", reason="STARTING_AFTER_INVALID"
+            )
         record = await self.replies.record(tenant, session_id, reply_id)
         self.replies.check_after(record, after)
         yield ReplyStarted(reply_id)
@@ -467,7 +479,11 @@ class ChatSessions:
         """
         check_id("session_id", session_id)
         if turn.tool_results and turn.parts:
-            raise InvalidArgument("tool_results", "send either a message or tool_results, not both")
+            raise InvalidArgument(
+                "tool_results",
+                "send either a message or tool_results, not both",
+                reason="FIELDS_CONFLICT",
+            )
         if not turn.tool_results:
             check_user_parts(turn.parts, "parts", self._limits)
         for i, result in enumerate(turn.tool_results):
@@ -599,7 +615,9 @@ class ChatSessions:
         session, of `contents` with the given instruction and declarations."""
         if not session_id:
             if not contents:
-                raise InvalidArgument("contents", "set session_id, or contents to count")
+                raise InvalidArgument(
+                    "contents", "set session_id, or contents to count", reason="FIELD_REQUIRED"
+                )
             check_messages(contents, "contents", self._limits)
             settings = SessionSettings(
                 model=model,
@@ -623,7 +641,9 @@ class ChatSessions:
                 else ("system_instruction" if system_instruction else "function_declarations")
             )
             raise InvalidArgument(
-                field, "with session_id, the session's own are counted: send only the candidate"
+                field,
+                "with session_id, the session's own are counted: send only the candidate",
+                reason="FIELDS_CONFLICT",
             )
         session = await self.get(tenant, session_id)
         settings = session.settings

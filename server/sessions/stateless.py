@@ -59,7 +59,9 @@ async def generate(
 ) -> AsyncGenerator[GenerationEvent, None]:
     """Validates `given`, calls the model once and streams its answer."""
     if not given.contents:
-        raise InvalidArgument("contents", "is required: the conversation to continue")
+        raise InvalidArgument(
+            "contents", "is required: the conversation to continue", reason="FIELD_REQUIRED"
+        )
     settings = SessionSettings(
         model=given.model,
         system_instruction=given.system_instruction,

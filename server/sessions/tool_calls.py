@@ -109,10 +109,14 @@ def check_tool_results(
         field = f"tool_results[{i}].call_id"
         if result.call_id not in calls:
             raise InvalidArgument(
-                field, f"{result.call_id[:64]!r} is not a pending tool call of this session"
+                field,
+                f"{result.call_id[:64]!r} is not a pending tool call of this session",
+                reason="TOOL_CALL_UNKNOWN",
             )
         if result.call_id not in awaiting or result.call_id in responses:
-            raise InvalidArgument(field, f"call {result.call_id!r} is already answered")
+            raise InvalidArgument(
+                field, f"call {result.call_id!r} is already answered", reason="TOOL_CALL_ANSWERED"
+            )
         call = calls[result.call_id]
         responses[call.id] = FunctionResponse(
             call.id, call.name, dict(result.response), result.parts
@@ -120,6 +124,8 @@ def check_tool_results(
     missing = [c.id for c in pending.calls if c.id not in responses]
     if missing:
         raise InvalidArgument(
-            "tool_results", f"missing results for pending calls: {', '.join(missing)}"
+            "tool_results",
+            f"missing results for pending calls: {', '.join(missing)}",
+            reason="TOOL_RESULTS_MISSING",
         )
     return responses

@@ -70,7 +70,11 @@ _DETAIL_FIELDS = (
 
 def _range(field: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not (math.isfinite(value) and low <= value <= high):
-        raise InvalidArgument(field, f"must be between {low:g} and {high:g} (got {value:g})")
+        raise InvalidArgument(
+            field,
+            f"must be between {low:g} and {high:g} (got {value:g})",
+            reason="VALUE_OUT_OF_RANGE",
+        )
 
 
 def check_generation_config(config: GenerationConfig, prefix: str) -> None:
@@ -82,16 +86,30 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
     _range(f"{prefix}.frequency_penalty", config.frequency_penalty, -2.0, 2.0)
     stops = config.stop_sequences or ()
     if len(stops) > MAX_STOP_SEQUENCES:
-        raise InvalidArgument(f"{prefix}.stop_sequences", f"at most {MAX_STOP_SEQUENCES} allowed")
+        raise InvalidArgument(
+            f"{prefix}.stop_sequences",
+            f"at most {MAX_STOP_SEQUENCES} allowed",
+            reason="GENERATION_CONFIG_INVALID",
+        )
     if any(not s for s in stops):
-        raise InvalidArgument(f"{prefix}.stop_sequences", "must not contain empty strings")
+        raise InvalidArgument(
+            f"{prefix}.stop_sequences",
+            "must not contain empty strings",
+            reason="GENERATION_CONFIG_INVALID",
+        )
     mime = config.response_mime_type
     if mime and _MIME.fullmatch(mime) is None:
-        raise InvalidArgument(f"{prefix}.response_mime_type", f"{mime!r} is not a media type")
+        raise InvalidArgument(
+            f"{prefix}.response_mime_type",
+            f"{mime!r} is not a media type",
+            reason="GENERATION_CONFIG_INVALID",
+        )
     if config.response_json_schema is not None:
         if mime not in ("application/json", None, ""):
             raise InvalidArgument(
-                f"{prefix}.response_json_schema", "requires response_mime_type application/json"
+                f"{prefix}.response_json_schema",
+                "requires response_mime_type application/json",
+                reason="GENERATION_CONFIG_INVALID",
             )
         check_json_depth(config.response_json_schema, f"{prefix}.response_json_schema")
     if (thinking := config.thinking) is not None:
@@ -101,6 +119,7 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
                 f"{prefix}.thinking.thinking_level",
                 "set thinking_level or thinking_budget, not both: Gemini refuses a request "
                 "carrying both",
+                reason="GENERATION_CONFIG_INVALID",
             )
         _one_of(f"{prefix}.thinking.thinking_level", thinking.thinking_level, THINKING_LEVELS)
     _one_of(f"{prefix}.media_resolution", config.media_resolution, MEDIA_RESOLUTIONS)
@@ -111,12 +130,14 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
             raise InvalidArgument(
                 f"{prefix}.tool_config.allowed_function_names",
                 "only with mode MODE_ANY or MODE_VALIDATED",
+                reason="GENERATION_CONFIG_INVALID",
             )
         for i, name in enumerate(tools.allowed_function_names):
             if _FUNCTION_NAME.fullmatch(name) is None:
                 raise InvalidArgument(
                     f"{prefix}.tool_config.allowed_function_names[{i}]",
                     f"{name[:64]!r} is not a function name",
+                    reason="GENERATION_CONFIG_INVALID",
                 )
     cache = config.cached_content
     if cache is not None and _CACHED_CONTENT.fullmatch(cache) is None:
@@ -124,12 +145,15 @@ def check_generation_config(config: GenerationConfig, prefix: str) -> None:
             f"{prefix}.cached_content",
             f"{cache[:64]!r} is not a cache name (cachedContents/ID, or on Vertex AI "
             "projects/P/locations/L/cachedContents/ID)",
+            reason="GENERATION_CONFIG_INVALID",
         )
 
 
 def _one_of(field: str, value: str | None, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
-        raise InvalidArgument(field, f"{value[:64]!r} is not one of {', '.join(allowed)}")
+        raise InvalidArgument(
+            field, f"{value[:64]!r} is not one of {', '.join(allowed)}", reason="VALUE_NOT_ALLOWED"
+        )
 
 
 def check_cache_use(
@@ -145,6 +169,7 @@ def check_cache_use(
             "a request using a cached content may not set system_instruction, tools, "
             "builtin_tools, function_declarations or tool_config: Gemini refuses them "
             "beside a cache, which holds its own",
+            reason="GENERATION_CONFIG_INVALID",
         )
 
 
@@ -153,7 +178,9 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
     ("session", or "" where they are fields of the request itself)."""
     p = f"{prefix}." if prefix else ""
     if settings.model and _MODEL.fullmatch(settings.model) is None:
-        raise InvalidArgument(f"{p}model", f"{settings.model[:64]!r} is not a model name")
+        raise InvalidArgument(
+            f"{p}model", f"{settings.model[:64]!r} is not a model name", reason="MODEL_NAME_INVALID"
+        )
     check_generation_config(settings.generation_config, f"{p}generation_config")
     check_cache_use(
         settings.generation_config,
@@ -164,7 +191,9 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
     for i, tool in enumerate(settings.tools):
         if tool not in known_tools:
             raise InvalidArgument(
-                f"{p}tools[{i}]", f"{tool[:64]!r} is not a registered tool (see ListTools)"
+                f"{p}tools[{i}]",
+                f"{tool[:64]!r} is not a registered tool (see ListTools)",
+                reason="TOOL_UNKNOWN",
             )
     names: set[str] = set(settings.tools)
     for i, decl in enumerate(settings.function_declarations):
@@ -173,45 +202,76 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
             raise InvalidArgument(
                 f"{field}.name",
                 f"{decl.name[:64]!r} is not a function name (letters, digits, _ . -, max 64)",
+                reason="FUNCTION_DECLARATION_INVALID",
             )
         if decl.name in names:
-            raise InvalidArgument(f"{field}.name", f"{decl.name!r} is declared twice")
+            raise InvalidArgument(
+                f"{field}.name",
+                f"{decl.name!r} is declared twice",
+                reason="FUNCTION_DECLARATION_INVALID",
+            )
         names.add(decl.name)
         if decl.parameters is not None:
             if decl.parameters.get("type", "object") != "object":
-                raise InvalidArgument(f"{field}.parameters", "must be a JSON schema of type object")
+                raise InvalidArgument(
+                    f"{field}.parameters",
+                    "must be a JSON schema of type object",
+                    reason="FUNCTION_DECLARATION_INVALID",
+                )
             check_json_depth(decl.parameters, f"{field}.parameters")
     if len(settings.labels) > MAX_LABELS:
-        raise InvalidArgument(f"{p}labels", f"at most {MAX_LABELS} labels allowed")
+        raise InvalidArgument(
+            f"{p}labels", f"at most {MAX_LABELS} labels allowed", reason="LABEL_INVALID"
+        )
     for key, value in settings.labels.items():
         if LABEL_KEY.fullmatch(key) is None:
             raise InvalidArgument(
-                f"{p}labels", f"{key[:64]!r} is not a label key (letters, digits, _ . - /)"
+                f"{p}labels",
+                f"{key[:64]!r} is not a label key (letters, digits, _ . - /)",
+                reason="LABEL_INVALID",
             )
         if len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgument(f"{p}labels[{key}]", f"longer than {MAX_LABEL_VALUE}")
+            raise InvalidArgument(
+                f"{p}labels[{key}]", f"longer than {MAX_LABEL_VALUE}", reason="LABEL_INVALID"
+            )
         if "\x00" in value:
-            raise InvalidArgument(f"{p}labels[{key}]", "must not contain NUL characters")
+            raise InvalidArgument(
+                f"{p}labels[{key}]", "must not contain NUL characters", reason="LABEL_INVALID"
+            )
     if len(settings.display_name) > MAX_DISPLAY_NAME:
-        raise InvalidArgument(f"{p}display_name", f"longer than {MAX_DISPLAY_NAME}")
+        raise InvalidArgument(
+            f"{p}display_name", f"longer than {MAX_DISPLAY_NAME}", reason="DISPLAY_NAME_TOO_LONG"
+        )
     policy = settings.context_policy
     if policy.max_messages < 0:
-        raise InvalidArgument(f"{p}context_policy.max_messages", "must not be negative")
+        raise InvalidArgument(
+            f"{p}context_policy.max_messages",
+            "must not be negative",
+            reason="CONTEXT_POLICY_INVALID",
+        )
     if policy.max_tokens < 0:
-        raise InvalidArgument(f"{p}context_policy.max_tokens", "must not be negative")
+        raise InvalidArgument(
+            f"{p}context_policy.max_tokens", "must not be negative", reason="CONTEXT_POLICY_INVALID"
+        )
     for i, safety in enumerate(settings.safety_settings):
         for name, value in (("category", safety.category), ("threshold", safety.threshold)):
             if _ENUM_NAME.fullmatch(value) is None:
                 raise InvalidArgument(
-                    f"{p}safety_settings[{i}].{name}", f"{value[:64]!r} is not a valid name"
+                    f"{p}safety_settings[{i}].{name}",
+                    f"{value[:64]!r} is not a valid name",
+                    reason="SAFETY_SETTING_INVALID",
                 )
     if settings.ttl_seconds is not None and not settings.ttl_seconds > 0:
-        raise InvalidArgument(f"{p}ttl", "must be positive")
+        raise InvalidArgument(f"{p}ttl", "must be positive", reason="TTL_INVALID")
 
 
 def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
     if len(parts) > limits.max_parts:
-        raise InvalidArgument(field, f"{len(parts)} parts; at most {limits.max_parts} allowed")
+        raise InvalidArgument(
+            field,
+            f"{len(parts)} parts; at most {limits.max_parts} allowed",
+            reason="TOO_MANY_PARTS",
+        )
     chars = 0
     for i, part in enumerate(parts):
         text = _text_of(part)
@@ -225,6 +285,7 @@ def check_message_size(parts: Sequence[Part], field: str, limits: MessageLimits)
                 "text" if field == "parts" and len(parts) == 1 and name == "text" else where,
                 f"{sum(len(_text_of(p) or '') for p in parts)} characters of text; "
                 f"at most {limits.max_text_chars} allowed",
+                reason="TEXT_TOO_LONG",
             )
 
 
@@ -246,37 +307,52 @@ def check_part(part: Part, where: str) -> None:
             f"{where}.text",
             "is empty: Gemini refuses empty text parts (only a part carrying a "
             "thought_signature may have empty text)",
+            reason="TEXT_EMPTY",
         )
     if part.inline_data is not None:
         if _MIME.fullmatch(part.inline_data.mime_type) is None:
-            raise InvalidArgument(f"{where}.inline_data.mime_type", "is not a media type")
+            raise InvalidArgument(
+                f"{where}.inline_data.mime_type", "is not a media type", reason="PART_INVALID"
+            )
         if not part.inline_data.data:
-            raise InvalidArgument(f"{where}.inline_data.data", "is empty")
+            raise InvalidArgument(f"{where}.inline_data.data", "is empty", reason="PART_INVALID")
     if part.file_data is not None and not part.file_data.file_uri:
-        raise InvalidArgument(f"{where}.file_data.file_uri", "is required")
+        raise InvalidArgument(f"{where}.file_data.file_uri", "is required", reason="PART_INVALID")
     if part.media_resolution:
         if part.inline_data is None and part.file_data is None:
             raise InvalidArgument(
-                f"{where}.media_resolution", "applies to inline_data and file_data parts only"
+                f"{where}.media_resolution",
+                "applies to inline_data and file_data parts only",
+                reason="PART_INVALID",
             )
         _one_of(f"{where}.media_resolution", part.media_resolution, PART_MEDIA_RESOLUTIONS)
     if part.function_call is not None:
         if not part.function_call.name:
-            raise InvalidArgument(f"{where}.function_call.name", "is required")
+            raise InvalidArgument(
+                f"{where}.function_call.name", "is required", reason="PART_INVALID"
+            )
         check_json_depth(part.function_call.args, f"{where}.function_call.args")
     if part.function_response is not None:
         if not part.function_response.name:
-            raise InvalidArgument(f"{where}.function_response.name", "is required")
+            raise InvalidArgument(
+                f"{where}.function_response.name", "is required", reason="PART_INVALID"
+            )
         check_json_depth(part.function_response.response, f"{where}.function_response.response")
         check_response_parts(part.function_response.parts, f"{where}.function_response.parts")
     if part.executable_code is not None and not part.executable_code.language:
-        raise InvalidArgument(f"{where}.executable_code.language", "is required")
+        raise InvalidArgument(
+            f"{where}.executable_code.language", "is required", reason="PART_INVALID"
+        )
     if part.code_execution_result is not None and not part.code_execution_result.outcome:
-        raise InvalidArgument(f"{where}.code_execution_result.outcome", "is required")
+        raise InvalidArgument(
+            f"{where}.code_execution_result.outcome", "is required", reason="PART_INVALID"
+        )
     if part.tool_call is not None and not part.tool_call.tool_type:
-        raise InvalidArgument(f"{where}.tool_call.tool_type", "is required")
+        raise InvalidArgument(f"{where}.tool_call.tool_type", "is required", reason="PART_INVALID")
     if part.tool_response is not None and not part.tool_response.tool_type:
-        raise InvalidArgument(f"{where}.tool_response.tool_type", "is required")
+        raise InvalidArgument(
+            f"{where}.tool_response.tool_type", "is required", reason="PART_INVALID"
+        )
     if part.gemini_part is not None:
         check_gemini_part(part.gemini_part, f"{where}.gemini_part")
 
@@ -327,29 +403,38 @@ def check_gemini_part(part: JSONObject, field: str) -> None:
     the right kind of JSON value, without empty text unless it carries a thought
     signature (as for a typed part), and with at most one kind of data."""
     if not part:
-        raise InvalidArgument(field, "must be a non-empty JSON object of Gemini Part fields")
+        raise InvalidArgument(
+            field,
+            "must be a non-empty JSON object of Gemini Part fields",
+            reason="INVALID_GEMINI_PART",
+        )
     names = {_SNAKE.sub(lambda m: m[1].upper(), key) for key in part}
     data = sorted(names & _GEMINI_PART_DATA)
     if len(data) > 1:
         raise InvalidArgument(
-            field, f"holds {' and '.join(data)}: a Gemini Part holds one kind of data"
+            field,
+            f"holds {' and '.join(data)}: a Gemini Part holds one kind of data",
+            reason="INVALID_GEMINI_PART",
         )
     if part.get("text") == "" and "thoughtSignature" not in names:
         raise InvalidArgument(
             field,
             "has empty text: Gemini refuses empty text parts (only a part carrying a "
             "thoughtSignature may have empty text)",
+            reason="TEXT_EMPTY",
         )
     for key, value in part.items():
         name = _SNAKE.sub(lambda m: m[1].upper(), key)
         expected = _GEMINI_PART_FIELDS.get(name)
         if expected is None:
             raise InvalidArgument(
-                field, f"{key[:64]!r} is not a field of a Gemini Part (see Gemini's Part)"
+                field,
+                f"{key[:64]!r} is not a field of a Gemini Part (see Gemini's Part)",
+                reason="INVALID_GEMINI_PART",
             )
         if not isinstance(value, expected) or (expected is str and not value and name != "text"):
             kind = {str: "a string", bool: "true or false", dict: "an object"}[expected]
-            raise InvalidArgument(field, f"{key!r} must be {kind}")
+            raise InvalidArgument(field, f"{key!r} must be {kind}", reason="INVALID_GEMINI_PART")
 
 
 def check_response_parts(parts: Sequence[FunctionResponsePart], field: str) -> None:
@@ -357,14 +442,24 @@ def check_response_parts(parts: Sequence[FunctionResponsePart], field: str) -> N
     for i, part in enumerate(parts):
         if part.inline_data is not None:
             if _MIME.fullmatch(part.inline_data.mime_type) is None:
-                raise InvalidArgument(f"{field}[{i}].inline_data.mime_type", "is not a media type")
+                raise InvalidArgument(
+                    f"{field}[{i}].inline_data.mime_type",
+                    "is not a media type",
+                    reason="PART_INVALID",
+                )
             if not part.inline_data.data:
-                raise InvalidArgument(f"{field}[{i}].inline_data.data", "is empty")
+                raise InvalidArgument(
+                    f"{field}[{i}].inline_data.data", "is empty", reason="PART_INVALID"
+                )
         elif part.file_data is not None:
             if not part.file_data.file_uri:
-                raise InvalidArgument(f"{field}[{i}].file_data.file_uri", "is required")
+                raise InvalidArgument(
+                    f"{field}[{i}].file_data.file_uri", "is required", reason="PART_INVALID"
+                )
         else:
-            raise InvalidArgument(f"{field}[{i}]", "set inline_data or file_data")
+            raise InvalidArgument(
+                f"{field}[{i}]", "set inline_data or file_data", reason="MEDIA_MISSING"
+            )
 
 
 def check_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -> None:
@@ -379,21 +474,30 @@ def check_usage(usage: Usage, field: str) -> None:
         value = getattr(usage, attribute)
         if not 0 <= value <= MAX_TOKEN_COUNT:
             raise InvalidArgument(
-                f"{field}.{name}", f"must be between 0 and {MAX_TOKEN_COUNT} (got {value})"
+                f"{field}.{name}",
+                f"must be between 0 and {MAX_TOKEN_COUNT} (got {value})",
+                reason="USAGE_INVALID",
             )
     for name, attribute in _DETAIL_FIELDS:
         for i, (modality, count) in enumerate(getattr(usage, attribute)):
             if _ENUM_NAME.fullmatch(modality) is None:
-                raise InvalidArgument(f"{field}.{name}[{i}].modality", "is not a modality name")
+                raise InvalidArgument(
+                    f"{field}.{name}[{i}].modality",
+                    "is not a modality name",
+                    reason="USAGE_INVALID",
+                )
             if not 0 <= count <= MAX_TOKEN_COUNT:
                 raise InvalidArgument(
                     f"{field}.{name}[{i}].token_count",
                     f"must be between 0 and {MAX_TOKEN_COUNT} (got {count})",
+                    reason="USAGE_INVALID",
                 )
     if len(usage.traffic_type) > 64 or (
         usage.traffic_type and _ENUM_NAME.fullmatch(usage.traffic_type) is None
     ):
-        raise InvalidArgument(f"{field}.traffic_type", "is not a traffic type name")
+        raise InvalidArgument(
+            f"{field}.traffic_type", "is not a traffic type name", reason="USAGE_INVALID"
+        )
 
 
 def check_messages(messages: Sequence[Message], field: str, limits: MessageLimits) -> None:
@@ -408,6 +512,7 @@ def check_messages(messages: Sequence[Message], field: str, limits: MessageLimit
             raise InvalidArgument(
                 f"{field}[{i}].turn_id",
                 f"at most {MAX_TURN_ID} characters, without NUL characters",
+                reason="TURN_ID_INVALID",
             )
 
 
@@ -416,13 +521,17 @@ def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -
     within the size limits."""
     check_message_size(parts, field, limits)
     if not parts or all(p.text is not None and not p.text.strip() for p in parts):
-        raise InvalidArgument("text", "the message is empty: set text or parts")
+        raise InvalidArgument(
+            "text", "the message is empty: set text or parts", reason="MESSAGE_EMPTY"
+        )
     for i, part in enumerate(parts):
         where = f"{field}[{i}]"
         check_part(part, where)
         if part.function_call is not None or part.function_response is not None:
             raise InvalidArgument(
-                where, "a user message carries text or data; answer tool calls with tool_results"
+                where,
+                "a user message carries text or data; answer tool calls with tool_results",
+                reason="USER_MESSAGE_INVALID",
             )
         if (
             part.text is None
@@ -431,5 +540,7 @@ def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -
             and part.gemini_part is None
         ):
             raise InvalidArgument(
-                where, "has no content: set text, inline_data, file_data or gemini_part"
+                where,
+                "has no content: set text, inline_data, file_data or gemini_part",
+                reason="PART_EMPTY",
             )

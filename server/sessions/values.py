@@ -100,16 +100,20 @@ def parse_json_text(text: str, field: str, *, want_object: bool = True) -> JSON:
             field, f"nests too deeply: {DEPTH_RULE}", reason="JSON_TOO_DEEP"
         ) from None
     except ValueError as exc:
-        raise InvalidArgument(field, f"is not valid JSON text: {exc}") from None
+        raise InvalidArgument(
+            field, f"is not valid JSON text: {exc}", reason="JSON_INVALID"
+        ) from None
     if want_object and not isinstance(value, dict):
-        raise InvalidArgument(field, "must be a JSON object")
+        raise InvalidArgument(field, "must be a JSON object", reason="JSON_INVALID")
     check_json_depth(value, field)
     if "\\u" in text:
         try:
             json_text(value).encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidArgument(
-                field, "holds a lone UTF-16 surrogate escape, which is not a character"
+                field,
+                "holds a lone UTF-16 surrogate escape, which is not a character",
+                reason="JSON_INVALID",
             ) from None
     return value
 

@@ -67,36 +67,58 @@ def check_history(
     for i, message in enumerate(messages):
         where = f"{field}[{i}]"
         if not message.parts:
-            raise InvalidArgument(f"{where}.parts", "must hold at least one part")
+            raise InvalidArgument(
+                f"{where}.parts", "must hold at least one part", reason="HISTORY_MALFORMED"
+            )
         calls = calls_of(message)
         responses = _responses(message)
         if message.role is Role.USER:
             if calls:
-                raise InvalidArgument(where, "a user message cannot carry function calls")
+                raise InvalidArgument(
+                    where, "a user message cannot carry function calls", reason="HISTORY_MALFORMED"
+                )
             if responses and len(responses) != len(message.parts):
-                raise InvalidArgument(where, "function responses go in a message of their own")
+                raise InvalidArgument(
+                    where,
+                    "function responses go in a message of their own",
+                    reason="HISTORY_MALFORMED",
+                )
             if responses and not open_calls:
                 raise InvalidArgument(
-                    where, "function responses must follow a model message's function calls"
+                    where,
+                    "function responses must follow a model message's function calls",
+                    reason="HISTORY_MALFORMED",
                 )
             if open_calls and not _answer(open_calls, responses):
                 raise InvalidArgument(
-                    where, f"must answer exactly the function calls {_describe(open_calls)}"
+                    where,
+                    f"must answer exactly the function calls {_describe(open_calls)}",
+                    reason="HISTORY_MALFORMED",
                 )
             open_calls = []
         else:
             if responses:
-                raise InvalidArgument(where, "a model message cannot carry function responses")
+                raise InvalidArgument(
+                    where,
+                    "a model message cannot carry function responses",
+                    reason="HISTORY_MALFORMED",
+                )
             if prev is None:
-                raise InvalidArgument(where, "the history must start with a user message")
+                raise InvalidArgument(
+                    where, "the history must start with a user message", reason="HISTORY_MALFORMED"
+                )
             open_calls.extend(calls)
         prev = message
     if open_calls and not open_calls_allowed:
-        raise InvalidArgument(field, "the last message's function calls are unanswered")
+        raise InvalidArgument(
+            field, "the last message's function calls are unanswered", reason="HISTORY_MALFORMED"
+        )
     return open_calls
 
 
 def check_pending_ids(open_calls: Sequence[FunctionCall], field: str) -> None:
     """A paused turn's calls are answered by id with tool_results, so each needs one."""
     if any(not c.id for c in open_calls):
-        raise InvalidArgument(field, "the pending function calls need their id")
+        raise InvalidArgument(
+            field, "the pending function calls need their id", reason="HISTORY_MALFORMED"
+        )

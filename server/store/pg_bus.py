@@ -139,7 +139,9 @@ class PostgresBus:
         async with self._turn:
             conn = self._conn
             if conn is None or conn.is_closed():
-                raise Unavailable("PostgreSQL is unavailable: the bus is reconnecting")
+                raise Unavailable(
+                    "PostgreSQL is unavailable: the bus is reconnecting", reason="BUS_RECONNECTING"
+                )
             try:
                 with translated():
                     async with asyncio.timeout(self._operation_timeout):

@@ -101,16 +101,20 @@ def translated() -> Iterator[None]:
         # violation getting here is a race those clauses do not cover.
         constraint = getattr(exc, "constraint_name", "") or ""
         if constraint.startswith("requests"):
-            raise DuplicateRequest("the request id was already made") from exc
+            raise DuplicateRequest(
+                "the request id was already made", reason="DUPLICATE_REQUEST"
+            ) from exc
         if constraint.startswith("sessions"):
-            raise AlreadyExists("the session already exists") from exc
+            raise AlreadyExists("the session already exists", reason="SESSION_EXISTS") from exc
         raise
     except _LOST_RACE as exc:
-        raise Conflict(f"a concurrent write won ({_reason(exc)})") from exc
+        raise Conflict(f"a concurrent write won ({_reason(exc)})", reason="CONFLICT") from exc
     except _NUL as exc:
         raise ValueError("PostgreSQL cannot store NUL characters in this field") from exc
     except _UNREACHABLE as exc:
-        raise Unavailable(f"PostgreSQL is unavailable: {_reason(exc)}") from exc
+        raise Unavailable(
+            f"PostgreSQL is unavailable: {_reason(exc)}", reason="STORE_UNAVAILABLE"
+        ) from exc
 
 
 async def _keep_session(conn: object) -> None:

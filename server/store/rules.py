@@ -194,15 +194,17 @@ def not_found(session_id: str) -> NotFound:
 
 
 def already_exists(session_id: str) -> AlreadyExists:
-    return AlreadyExists(f"session {session_id!r} already exists")
+    return AlreadyExists(f"session {session_id!r} already exists", reason="SESSION_EXISTS")
 
 
 def conflict(session_id: str, stored: int, expected: int) -> Conflict:
-    return Conflict(f"session {session_id!r} is at version {stored}, not {expected}")
+    return Conflict(
+        f"session {session_id!r} is at version {stored}, not {expected}", reason="CONFLICT"
+    )
 
 
 def duplicate_request(request_id: str) -> DuplicateRequest:
-    return DuplicateRequest(f"request {request_id!r} was already made")
+    return DuplicateRequest(f"request {request_id!r} was already made", reason="DUPLICATE_REQUEST")
 
 
 def quota_exceeded(max_sessions: int) -> ResourceExhausted:

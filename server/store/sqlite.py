@@ -359,7 +359,10 @@ class SqliteStore:
         if (uid := self._leftovers.get(key)) is not None:
             await self._discard(key, uid, self._hold(key))
             if key in self._leftovers:
-                raise Unavailable(f"session {key[1]!r} of a failed create is not removed yet")
+                raise Unavailable(
+                    f"session {key[1]!r} of a failed create is not removed yet",
+                    reason="SESSION_CREATE_PENDING",
+                )
 
     def _hold(self, key: _Key) -> asyncio.Event:
         done = self._staging[key] = asyncio.Event()

@@ -189,7 +189,7 @@ class ConnectionThread:
 
 def _batch_failed(cause: Exception) -> Unavailable:
     # A fresh exception per job: one instance raised in many tasks would pile up tracebacks.
-    error = Unavailable(f"storage transaction failed: {cause}")
+    error = Unavailable(f"storage transaction failed: {cause}", reason="STORE_UNAVAILABLE")
     error.__cause__ = cause
     return error
 
