@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check bench soak clean
+.PHONY: help run test lint fmt gen gen-check client-wheel bench soak clean
 
 help:
 	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
+	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
 	@echo "make soak   the long reliability suite (tests/reliability)"
 
@@ -55,6 +56,10 @@ gen: $(VENV)/.dev
 
 gen-check: $(VENV)/.dev
 	scripts/gen.sh --check $(PY) generated
+
+# The Python client package (clients/python): the wheel takes the stubs from generated/.
+client-wheel: $(VENV)/.dev gen-check
+	$(PY) -m pip wheel --no-deps -w dist clients/python
 
 bench: $(VENV)/.dev
 	$(PY) -m bench
