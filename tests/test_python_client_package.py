@@ -83,6 +83,31 @@ def test_wheel_holds_the_generated_stubs_the_client_and_the_minimums(wheel: Path
     assert declared == {"grpcio", "protobuf", "googleapis-common-protos"}
 
 
+def test_the_installed_client_and_example_type_check_strictly(wheel: Path, tmp_path: Path) -> None:
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    config = tmp_path / "mypy.ini"
+    # googleapis-common-protos ships no type information.
+    config.write_text("[mypy]\nstrict = True\n[mypy-google.rpc.*]\nignore_missing_imports = True\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(config),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(tmp_path / "site" / "chatd" / "client"),
+            str(PACKAGE / "example.py"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path / "site",
+        env={**os.environ, "MYPYPATH": str(tmp_path / "site")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 async def test_example_runs_against_a_live_chatd_from_a_fresh_venv(
     client_python: Path, start_chatd: StartChatd
 ) -> None:
@@ -108,10 +133,18 @@ async def test_example_runs_against_a_live_chatd_from_a_fresh_venv(
         line.startswith("model: ") and '"Hello from chatd-client"' in line for line in lines
     ), lines
     assert "finish_reason: FINISH_REASON_STOP" in lines
+    assert "reply state: REPLY_STATE_COMPLETED" in lines, lines
+    # Resuming after the second-to-last event replays the last one, the `reply`.
+    (resumed,) = [line for line in lines if line.startswith("resumed after ")]
+    after, numbers = resumed.removeprefix("resumed after ").split(": ")
+    assert numbers == f"[{int(after) + 1}]"
     assert 'tool call: lookup_order({"order_id":42}) -> {"order_id": 42, "status": "shipped"}' in (
         lines
     )
     assert "after tools: FINISH_REASON_STOP" in lines
+    # Read with the asyncio client: two user messages, the model's answer, its function
+    # call, the tool's response and the model's last answer.
+    assert "messages: 6" in lines
     assert "error: INVALID_ARGUMENT" in lines, lines
     assert "reason: ID_MALFORMED" in lines
     assert any(line.startswith("field: session_id: ") for line in lines), lines

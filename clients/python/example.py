@@ -35,15 +35,18 @@ def lookup_order(order_id: int) -> dict[str, object]:
     return {"order_id": order_id, "status": "shipped"}
 
 
-def stream(client: ChatClient, session_id: str, text: str) -> pb.Reply:
-    """Streams one turn, printing text as it arrives; returns the final reply."""
+def stream(client: ChatClient, session_id: str, text: str) -> tuple[str, pb.Reply]:
+    """Streams one turn, printing text as it arrives; returns the reply's id and the
+    final reply."""
+    reply_id = ""
     print("model: ", end="")
     for event in client.stream_reply(session_id, text=text):
+        reply_id = event.reply_id or reply_id  # on the first event
         if event.HasField("text_delta"):
             print(event.text_delta.text, end="", flush=True)
         elif event.HasField("reply"):
             print()
-            return event.reply
+            return reply_id, event.reply
     raise RuntimeError("the stream ended without a reply")
 
 
@@ -79,10 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"session: {session.session_id}")
 
-        reply = stream(client, session.session_id, "Hello from chatd-client")
+        reply_id, reply = stream(client, session.session_id, "Hello from chatd-client")
         print(f"finish_reason: {content_pb2.FinishReason.Name(reply.finish_reason)}")
 
-        reply = stream(
+        # A stored reply can be read back, or its stream resumed after an event.
+        stored = client.get_reply(reply_id, skip_events=True).reply
+        print(f"reply state: {pb.ReplyState.Name(stored.state)}")
+        after = stored.last_sequence_number - 1
+        resumed = list(client.stream_reply(reply_id=reply_id, starting_after=after))
+        print(f"resumed after {after}: {[e.sequence_number for e in resumed]}")
+
+        _, reply = stream(
             client, session.session_id, 'Where is order 42?\n/call lookup_order {"order_id": 42}'
         )
         reply = answer_tools(client, session.session_id, reply)
