@@ -568,14 +568,7 @@ class Replies:
             events = live.pending_events()
             if live.closing or events is None:
                 return
-            now = self._clock()
-            record = replace(
-                live.record,
-                turn_id=live.record.turn_id or _turn_id(live.events),
-                update_time=now,
-                last_seq=events.last_seq,
-                lease_expire_time=now + self._lease,
-            )
+            record = self._progress(live, events, live.events)
             try:
                 written = await self._store.put_reply(ReplyWrite(record, events))
             except Exception:  # the events stay unwritten: the next write carries them
@@ -583,9 +576,7 @@ class Replies:
                 return
             if not written:
                 return  # the lease lapsed: the turn's next write learns it and stops
-            live.record = record
-            live.stored = events.last_seq
-            live.last_flush = now
+            _stored(live, record)
         try:
             await self._publish(
                 {"kind": "reply", "tenant": record.tenant, "reply_id": live.reply_id}
@@ -600,29 +591,31 @@ class Replies:
             await self._flush_locked(live, event)
 
     async def _flush_locked(self, live: LiveReply, event: TurnEvent) -> None:
-        now = self._clock()
         events = live.pending_events((event,))
         assert events is not None
-        turn_id = live.record.turn_id
-        if not turn_id and isinstance(event, MessageCompleted):
-            turn_id = event.message.turn_id
-        record = replace(
-            live.record,
-            turn_id=turn_id,
-            update_time=now,
-            last_seq=events.last_seq,
-            lease_expire_time=now + self._lease,
-        )
+        record = self._progress(live, events, (*live.events, event))
         if not await self._store.put_reply(ReplyWrite(record, events)):
             raise Unavailable(
                 "another replica declared this reply failed (its lease lapsed); the turn "
                 "was stopped and not stored",
                 reason="REPLY_LEASE_LOST",
             )
-        live.record = record
-        live.stored = events.last_seq
-        live.last_flush = now
+        _stored(live, record)
         await self._publish({"kind": "reply", "tenant": record.tenant, "reply_id": live.reply_id})
+
+    def _progress(
+        self, live: LiveReply, events: ReplyEvents, seen: Sequence[TurnEvent]
+    ) -> ReplyRecord:
+        """The running reply's record once `events` are stored (`seen`: every event so
+        far, where its turn id is found), its lease renewed."""
+        now = self._clock()
+        return replace(
+            live.record,
+            turn_id=live.record.turn_id or _turn_id(seen),
+            update_time=now,
+            last_seq=events.last_seq,
+            lease_expire_time=now + self._lease,
+        )
 
     async def _end(self, live: LiveReply, error: ChatdError | None) -> None:
         """Records how the reply ended (unless the turn's commit did) and lets its
@@ -842,6 +835,13 @@ class Replies:
                     self._cancel_here(live)
             else:
                 self.cancel_local(tenant, session_id, "")
+
+
+def _stored(live: LiveReply, record: ReplyRecord) -> None:
+    """The store now holds the reply as `record` says, its events up to record.last_seq."""
+    live.record = record
+    live.stored = record.last_seq
+    live.last_flush = record.update_time
 
 
 def _stopping() -> Unavailable:

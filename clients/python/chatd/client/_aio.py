@@ -11,8 +11,6 @@ from chatd.client._channel import (
     DEFAULT_TIMEOUT,
     credentials,
     metadata,
-    send_request,
-    stream_request,
 )
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import chat_service_pb2_grpc, content_pb2, session_pb2
@@ -99,8 +97,8 @@ class AsyncChatClient:
         called a caller-executed function. NOT_FOUND for an unknown session,
         INVALID_ARGUMENT for bad content, FAILED_PRECONDITION when tool results do not
         match the pending calls."""
-        request = send_request(
-            session_id,
+        request = pb.SendMessageRequest(
+            session_id=session_id,
             text=text,
             parts=parts,
             tool_results=tool_results,
@@ -133,8 +131,8 @@ class AsyncChatClient:
         events after `starting_after` are replayed, then followed live. Closing (`aclose()`)
         the iterator early cancels the stream (and the turn, unless `background`). Errors are
         raised from the iteration as `grpc.RpcError`."""
-        request = stream_request(
-            session_id,
+        request = pb.StreamReplyRequest(
+            session_id=session_id,
             text=text,
             parts=parts,
             tool_results=tool_results,
