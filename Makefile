@@ -9,7 +9,7 @@ PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
 .PHONY: help run test lint fmt gen gen-check client-wheel bench soak clean
 
 help:
-	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
+	@echo "make run    start chatd on 127.0.0.1:50051, HTTP/Connect on 127.0.0.1:8080 (SQLite in ./var, echo provider without a Gemini key)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
@@ -30,8 +30,10 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The HTTP listener (Connect, gRPC-Web, JSON, the static page) is on here, off by default
+# in `chatd serve`; CHATD_HTTP_LISTEN (empty: off) overrides it.
 run: $(VENV)/.runtime
-	$(PY) -m server serve
+	CHATD_HTTP_LISTEN="$${CHATD_HTTP_LISTEN-127.0.0.1:8080}" $(PY) -m server serve
 
 test: lint
 	$(PY) -m pytest -q
