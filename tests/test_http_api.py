@@ -53,6 +53,7 @@ async def collect(stream: AsyncIterator[Any]) -> list[Any]:
         (ProtocolType.CONNECT, False),
         (ProtocolType.CONNECT, True),
         (ProtocolType.GRPC_WEB, False),
+        (ProtocolType.GRPC_WEB, True),
     ],
 )
 async def test_the_generated_connect_client_calls_unary_and_streaming_rpcs(
@@ -150,7 +151,9 @@ async def test_keys_are_required_and_another_tenants_session_is_not_found_everyw
             pb.SendMessageRequest(session_id="secret", text="private"), headers=ALPHA
         )
         for name, request in as_other_tenant("secret"):
-            method = getattr(client, "".join("_" + c.lower() if c.isupper() else c for c in name)[1:])
+            method = getattr(
+                client, "".join("_" + c.lower() if c.isupper() else c for c in name)[1:]
+            )
             with pytest.raises(ConnectError) as err:
                 result = method(request, headers=BETA)
                 if hasattr(result, "__aiter__"):
