@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check client-wheel bench soak clean
+.PHONY: help run test lint fmt gen gen-check client-wheel go-build bench soak clean
 
 help:
 	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
 	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
+	@echo "make go-build  compile the Go package (generated/go) and its example into dist/"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
 	@echo "make soak   the long reliability suite (tests/reliability)"
 
@@ -30,10 +31,28 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# Debian's Go toolchain, protoc plugins and Go libraries: `make gen` writes generated/go with
+# the plugins and the tests compile it offline against the libraries in /usr/share/gocode.
+# grpc-go's codec goes through github.com/golang/protobuf: its 1.5 package (built on the
+# APIv2 runtime) is needed, since the 1.3 one cannot decode protoc-gen-go's messages.
+GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+  golang-github-golang-protobuf-1-5-dev \
+  golang-google-protobuf-dev golang-google-genproto-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(VENV)/.go-debs: $(VENV)/.runtime
+	@missing=$$(for p in $(GO_DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    -o DPkg::Lock::Timeout=900 $$missing; fi
+	@touch $@
+
 run: $(VENV)/.runtime
 	$(PY) -m server serve
 
-test: lint
+test: lint $(VENV)/.go-debs
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev gen-check
@@ -51,15 +70,18 @@ fmt: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w
 
-gen: $(VENV)/.dev
+gen: $(VENV)/.dev $(VENV)/.go-debs
 	scripts/gen.sh $(PY) generated
 
-gen-check: $(VENV)/.dev
+gen-check: $(VENV)/.dev $(VENV)/.go-debs
 	scripts/gen.sh --check $(PY) generated
 
 # The Python client package (clients/python): the wheel takes the stubs from generated/.
 client-wheel: $(VENV)/.dev gen-check
 	$(PY) -m pip wheel --no-deps -w dist clients/python
+
+go-build: $(VENV)/.go-debs gen-check
+	scripts/go-build.sh dist/chatd-go-example
 
 bench: $(VENV)/.dev
 	$(PY) -m bench
