@@ -4,15 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
+# The released contract, which `buf breaking` compares protos/ with (docs/contract.md).
+PROTO_BASELINE := protos/baseline/chatd.v1.binpb
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check client-wheel go-build bench soak clean
+.PHONY: help run test lint fmt gen gen-check proto-baseline client-wheel go-build bench soak clean
 
 help:
 	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
+	@echo "make proto-baseline  at a release: make protos/ the contract buf breaking checks against"
 	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
 	@echo "make go-build  compile the Go package (generated/go) and its example into dist/"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
@@ -61,8 +64,7 @@ lint: $(VENV)/.dev gen-check
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
-	@if git rev-parse -q --verify main >/dev/null; then \
-	  $(BIN)/buf breaking --against '.git#branch=main'; fi
+	$(BIN)/buf breaking --against $(PROTO_BASELINE)
 	$(BIN)/lint-imports
 
 fmt: $(VENV)/.dev
@@ -75,6 +77,9 @@ gen: $(VENV)/.dev $(VENV)/.go-debs
 
 gen-check: $(VENV)/.dev $(VENV)/.go-debs
 	scripts/gen.sh --check $(PY) generated
+
+proto-baseline: $(VENV)/.dev
+	$(BIN)/buf build --exclude-source-info -o $(PROTO_BASELINE)
 
 # The Python client package (clients/python): the wheel takes the stubs from generated/.
 client-wheel: $(VENV)/.dev gen-check
