@@ -41,15 +41,8 @@ $(VENV)/.dev: $(VENV)/.runtime
 GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
   golang-github-golang-protobuf-1-5-dev \
   golang-google-protobuf-dev golang-google-genproto-dev
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(VENV)/.go-debs: $(VENV)/.runtime
-	@missing=$$(for p in $(GO_DEBS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:" $$missing; \
-	  $(SUDO) apt-get update -q && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    -o DPkg::Lock::Timeout=900 $$missing; fi
+	scripts/install-debs.sh $(GO_DEBS)
 	@touch $@
 
 run: $(VENV)/.runtime
