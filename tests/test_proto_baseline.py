@@ -40,7 +40,8 @@ def test_the_baseline_holds_every_proto_file_and_its_options() -> None:
     image = descriptor_pb2.FileDescriptorSet.FromString(BASELINE.read_bytes())
     ours = {f.name: f for f in image.file if f.name.startswith("chatd/")}
     protos = {p.relative_to(ROOT / "protos").as_posix() for p in (ROOT / "protos").rglob("*.proto")}
-    assert set(ours) == protos
+    # Files added since the release are not in it; none it has may be gone.
+    assert ours and set(ours) <= protos
     for f in ours.values():
         assert f.options.go_package == "github.com/chatd/chatd/generated/go/chatd/v1;chatdv1"
         assert f.options.java_package == "dev.chatd.v1"
