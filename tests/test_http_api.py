@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1.chat_service_connect import ChatServiceClient
+from server.http.service import snake
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
 from tests.http_helpers import HttpStream, NdjsonLines, connect_details, post_json
@@ -45,6 +46,12 @@ async def start_http(start_chatd: StartChatd, **overrides: Any) -> Chatd:
 
 async def collect(stream: AsyncIterator[Any]) -> list[Any]:
     return [item async for item in stream]
+
+
+async def call(client: ChatServiceClient, name: str, request: Any, headers: Any) -> Any:
+    """`client`'s method for the RPC `name` (StreamReply -> stream_reply), run to its end."""
+    result = getattr(client, snake(name))(request, headers=headers)
+    return await collect(result) if hasattr(result, "__aiter__") else await result
 
 
 @pytest.mark.parametrize(
@@ -151,15 +158,8 @@ async def test_keys_are_required_and_another_tenants_session_is_not_found_everyw
             pb.SendMessageRequest(session_id="secret", text="private"), headers=ALPHA
         )
         for name, request in as_other_tenant("secret"):
-            method = getattr(
-                client, "".join("_" + c.lower() if c.isupper() else c for c in name)[1:]
-            )
             with pytest.raises(ConnectError) as err:
-                result = method(request, headers=BETA)
-                if hasattr(result, "__aiter__"):
-                    await collect(result)
-                else:
-                    await result
+                await call(client, name, request, BETA)
             assert err.value.code == Code.NOT_FOUND, name
         listed = await client.list_sessions(pb.ListSessionsRequest(), headers=BETA)
         assert list(listed.sessions) == []
