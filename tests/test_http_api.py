@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -18,9 +20,15 @@ from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 from google.rpc import error_details_pb2
 
+import server.http as server_http
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1.chat_service_connect import ChatServiceClient
+from server.app import build_admission
+from server.config import Settings
+from server.http.listener import STATIC_DIR, HttpApp
 from server.http.service import snake
+from server.rpc.servicer import ChatServicer
+from tests.certs import make_pki
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
 from tests.http_helpers import HttpStream, NdjsonLines, connect_details, post_json
@@ -294,11 +302,97 @@ async def test_a_disconnect_leaves_a_background_reply_running(start_chatd: Start
     assert not provider.cancelled.is_set()
 
 
-async def test_static_files_and_the_root_page(start_chatd: StartChatd, tmp_path: Any) -> None:
+async def asgi_get(app: HttpApp, path: str) -> tuple[int, bytes]:
+    """GET `path` from an ASGI app, driven by hand: (status, body)."""
+    sent: list[dict[str, Any]] = []
+    requested = False
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()  # the client leaves once the response is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    scope |= {"root_path": "", "scheme": "http", "server": ("127.0.0.1", 80)}
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
+
+
+async def test_static_files_and_the_root_page(tmp_path: Path) -> None:
+    admission = build_admission(Settings())
+    servicer = ChatServicer(cast(Any, None))  # static files never reach the domain
+
+    def app(directory: Path) -> HttpApp:
+        return HttpApp(servicer, admission, read_max_bytes=1 << 20, static_dir=directory)
+
+    empty = app(tmp_path / "missing")
+    assert (await asgi_get(empty, "/"))[0] == 404
+    (tmp_path / "site").mkdir()
+    site = app(tmp_path / "site")
+    assert (await asgi_get(site, "/"))[0] == 404, "no index.html: / is 404"
+    (tmp_path / "site" / "index.html").write_text("<h1>chatd</h1>")
+    (tmp_path / "site" / "app.js").write_text("console.log(1)")
+    assert await asgi_get(site, "/") == (200, b"<h1>chatd</h1>")
+    assert await asgi_get(site, "/app.js") == (200, b"console.log(1)")
+    assert (await asgi_get(site, "/../secret"))[0] == 404
+    # The committed directory the playground's bundle goes into is served by default.
+    assert Path(server_http.__file__).parent / "static" == STATIC_DIR and STATIC_DIR.is_dir()
+
+
+async def test_a_session_streams_out_and_back_in_over_connect(start_chatd: StartChatd) -> None:
+    """Server streaming out (StreamExportSession) and client streaming in
+    (StreamImportSession, Connect streams over HTTP/1.1)."""
     chatd = await start_http(start_chatd)
-    reader, writer = await asyncio.open_connection("127.0.0.1", chatd.running.http_port)
-    writer.write(b"GET /no-such-file.js HTTP/1.0\r\n\r\n")
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    assert raw.startswith(b"HTTP/1.1 404")
+    async with ChatServiceClient(url(chatd)) as client:
+        await client.create_session(pb.CreateSessionRequest(session_id="out"))
+        await client.send_message(pb.SendMessageRequest(session_id="out", text="keep me"))
+        parts = await collect(
+            client.stream_export_session(pb.StreamExportSessionRequest(session_id="out"))
+        )
+        assert parts
+
+        async def requests() -> AsyncIterator[pb.StreamImportSessionRequest]:
+            for i, part in enumerate(parts):
+                yield pb.StreamImportSessionRequest(
+                    session_id="in" if i == 0 else "", document=part.document
+                )
+
+        imported = await client.stream_import_session(requests())
+        assert imported.session.session_id == "in"
+        assert imported.session.message_count == 2
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+async def test_the_http_listener_serves_https_with_the_grpc_certificates(
+    start_chatd: StartChatd, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    chatd = await start_http(
+        start_chatd, tls_cert=str(pki.server.cert), tls_key=str(pki.server.key)
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "curl",
+        "-sS",
+        "--cacert",
+        str(pki.ca.cert),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{}",
+        f"https://127.0.0.1:{chatd.running.http_port}{SERVICE}/ListSessions",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out) == {}
