@@ -314,19 +314,18 @@ async def start(
     http: HttpListener | None = None
     if settings.http_listen:
         try:
-            sock = bind(settings.http_listen)
+            http = HttpListener(
+                HttpApp(servicer, admission, metrics, read_max_bytes=settings.max_message_bytes),
+                bind(settings.http_listen),
+                grace_period=settings.grace_period,
+                tls=(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+                if settings.tls_cert
+                else None,
+            )
         except StartupError:
             await server.stop(None)
             await store.close()
             raise
-        http = HttpListener(
-            HttpApp(servicer, admission, metrics, read_max_bytes=settings.max_message_bytes),
-            sock,
-            grace_period=settings.grace_period,
-            tls=(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-            if settings.tls_cert
-            else None,
-        )
     metrics_server = None
     if metrics is not None:
         try:

@@ -176,7 +176,9 @@ def bind(address: str) -> socket.socket:
 
 
 class HttpListener:
-    """uvicorn serving `app` on an already bound socket, inside the running event loop."""
+    """uvicorn serving `app` on an already bound socket, inside the running event loop.
+    `tls` is (certificate chain, key, client CA or "") PEM paths; a StartupError when they
+    cannot be used."""
 
     def __init__(
         self,
@@ -203,19 +205,22 @@ class HttpListener:
             timeout_graceful_shutdown=math.ceil(grace_period),
             **options,
         )
+        try:
+            config.load()  # the TLS context: unreadable files fail here, before serving
+        except (OSError, ssl.SSLError) as exc:
+            sock.close()
+            raise StartupError(
+                tls[0] if tls else "CHATD_HTTP_LISTEN",
+                f"cannot serve HTTPS: {exc}",
+                "check CHATD_TLS_CERT, CHATD_TLS_KEY and CHATD_TLS_CLIENT_CA",
+            ) from exc
         self._server = _Server(config)
         self._sock = sock
         self.port: int = sock.getsockname()[1]
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        try:
-            self._server.config.load()
-        except (OSError, ssl.SSLError) as exc:
-            self._sock.close()
-            raise StartupError(
-                "CHATD_TLS_CERT", f"cannot use TLS for HTTP: {exc}", "check the TLS files"
-            ) from exc
+        """Serves from now on; returns once uvicorn listens."""
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
         listening = asyncio.ensure_future(self._server.listening.wait())
         await asyncio.wait({self._task, listening}, return_when=asyncio.FIRST_COMPLETED)
