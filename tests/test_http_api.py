@@ -24,7 +24,7 @@ import server.http as server_http
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1.chat_service_connect import ChatServiceClient
 from server.app import build_admission
-from server.config import Settings
+from server.config import Settings, SettingsError, load
 from server.http.listener import STATIC_DIR, HttpApp
 from server.http.service import snake
 from server.rpc.servicer import ChatServicer
@@ -396,3 +396,15 @@ async def test_the_http_listener_serves_https_with_the_grpc_certificates(
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert json.loads(out) == {}
+
+
+def test_the_http_listener_setting() -> None:
+    assert load([], {}).http_listen == "", "off by default"
+    assert load(["--http-listen", "127.0.0.1:8080"], {}).http_listen == "127.0.0.1:8080"
+    assert load([], {"CHATD_HTTP_LISTEN": "127.0.0.1:0"}).http_listen == "127.0.0.1:0"
+    with pytest.raises(SettingsError, match="CHATD_HTTP_LISTEN"):
+        load([], {"CHATD_HTTP_LISTEN": "nowhere"})
+    # A public HTTP address needs API keys, as a public gRPC one does.
+    with pytest.raises(SettingsError, match=r"0\.0\.0\.0:8080 without API keys"):
+        load(["--http-listen", "0.0.0.0:8080"], {})
+    assert load(["--http-listen", "0.0.0.0:8080"], {"CHATD_API_KEYS": "t:k"}).http_listen

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from chatd.v1.chat_service_connect import ChatServiceASGIApplication
-from server.http.ndjson import NdjsonStreams
+from server.http.ndjson import NdjsonStreams, Receive, Scope, Send
 from server.http.service import SERVER_STREAMING, SERVICE, Admit, ConnectChatService
 from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.interceptors import Admission
@@ -43,8 +43,6 @@ log = structlog.get_logger("chatd.http")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SERVICE_PREFIX = f"/{SERVICE.full_name}/"
 
-Scope = dict[str, Any]
-
 
 def _content_type(scope: Scope) -> str:
     for key, value in scope.get("headers", ()):
@@ -53,7 +51,7 @@ def _content_type(scope: Scope) -> str:
     return ""
 
 
-async def _plain(send: Any, status: int, text: str) -> None:
+async def _plain(send: Send, status: int, text: str) -> None:
     body = text.encode()
     headers = [(b"content-type", b"text/plain; charset=utf-8")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -89,7 +87,7 @@ class HttpApp:
         self._static_dir = static_dir
         self._static = StaticFiles(directory=static_dir, html=True, check_dir=False)
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan is off; websockets are not served
         path: str = scope["path"]

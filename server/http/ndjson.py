@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from connectrpc.code import Code
@@ -28,9 +28,11 @@ from chatd.v1 import chat_service_pb2
 from server.http.errors import error_json
 from server.http.service import Admit, ConnectChatService, end, snake
 
+# ASGI (https://asgi.readthedocs.io/en/latest/specs/www.html): the HTTP scope and the
+# receive and send callables, as uvicorn passes them.
 Scope = dict[str, Any]
-Receive = Any
-Send = Any
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 CONTENT_TYPE = b"application/x-ndjson"
 # Connect's HTTP status for each code (https://connectrpc.com/docs/protocol/#error-codes).
