@@ -89,20 +89,12 @@ async def test_buf_curl_unary_streaming_and_errors(tmp_path: Path, protocol: str
     server, port = await http_chatd(tmp_path, env={"CHATD_API_KEYS": "t:key-t"})
     base = f"http://127.0.0.1:{port}{SERVICE}"
 
-    def buf(method: str, data: object, *extra: str) -> list[str]:
+    def buf(method: str, data: object, key: str = "key-t") -> list[str]:
+        auth = ["-H", f"Authorization: Bearer {key}"] if key else []
         return [
-            BUF,
-            "curl",
-            "--schema",
-            "protos",
-            "--protocol",
-            protocol,
-            "-H",
-            "Authorization: Bearer key-t",
-            *extra,
-            "-d",
-            json.dumps(data),
-            f"{base}/{method}",
+            *(BUF, "curl", "--schema", "protos", "--protocol", protocol),
+            *auth,
+            *("-d", json.dumps(data), f"{base}/{method}"),
         ]
 
     try:
@@ -121,8 +113,16 @@ async def test_buf_curl_unary_streaming_and_errors(tmp_path: Path, protocol: str
         assert detail["type"] == "google.rpc.ErrorInfo"
         info = error_details_pb2.ErrorInfo.FromString(base64.b64decode(detail["value"] + "=="))
         assert info.reason == "SESSION_NOT_FOUND"
+        code, out, err = await run(buf("ListSessions", {}, key=""))
+        assert code != 0
+        assert "unauthenticated" in out + err
     finally:
         await server.kill()
+    # One log line per call, refused ones included, naming the protocol.
+    rpcs = [e for e in server.log if e.get("event") == "rpc"]
+    assert [e["code"] for e in rpcs] == ["OK", "OK", "NOT_FOUND", "UNAUTHENTICATED"]
+    assert {e["protocol"] for e in rpcs} == {"connect" if protocol == "connect" else "grpc-web"}
+    assert rpcs[1]["method"] == f"{SERVICE}/StreamReply" and rpcs[1]["tenant"] == "t"
 
 
 async def test_a_busy_http_port_names_the_setting(tmp_path: Path) -> None:
