@@ -408,3 +408,31 @@ def test_the_http_listener_setting() -> None:
     with pytest.raises(SettingsError, match=r"0\.0\.0\.0:8080 without API keys"):
         load(["--http-listen", "0.0.0.0:8080"], {})
     assert load(["--http-listen", "0.0.0.0:8080"], {"CHATD_API_KEYS": "t:k"}).http_listen
+
+
+async def test_large_bodies_share_the_grpc_listeners_byte_budget(start_chatd: StartChatd) -> None:
+    provider = GatedProvider(["held"])
+    chatd = await start_http(
+        start_chatd, provider=provider, large_request_bytes=1024, large_request_budget=1500
+    )
+    port = chatd.running.http_port
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="big"))
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="other"))
+    large = {"sessionId": "big", "text": "x" * 1100}
+    held = await HttpStream.post(port, f"{SERVICE}/StreamReply", json.dumps(large).encode())
+    assert await NdjsonLines(held).next() is not None
+    await provider.started.wait()
+
+    refused = await post_json(port, f"{SERVICE}/SendMessage", {**large, "sessionId": "other"})
+    assert refused.status == 429
+    [info] = [d["debug"] for d in refused.json()["details"] if d["type"].endswith("ErrorInfo")]
+    assert info["reason"] == "REQUEST_MEMORY_BUDGET"
+    assert info["metadata"]["limit"] == "CHATD_LARGE_REQUEST_BUDGET"
+    small = await post_json(port, f"{SERVICE}/GetSession", {"sessionId": "other"})
+    assert small.status == 200, "small requests do not count"
+
+    provider.release(2)  # the held reply's delta, and the next one's
+    await held.body()
+    await held.close()
+    again = await post_json(port, f"{SERVICE}/SendMessage", {**large, "sessionId": "other"})
+    assert again.status == 200, "the held bytes were given back"

@@ -143,6 +143,11 @@ class _ToStructlog(logging.Handler):
     """uvicorn's own log records, in chatd's log format."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError):
+            # A call chatd cancelled itself: shutdown past its grace period.
+            log.info("http call cancelled", logger=record.name)
+            return
         log.log(record.levelno, record.getMessage(), logger=record.name, exc_info=record.exc_info)
 
 
@@ -232,7 +237,7 @@ class HttpListener:
         if self._task is None:
             self._sock.close()
             return
-        self._server.config.timeout_graceful_shutdown = math.ceil(grace)
+        self._server.config.timeout_graceful_shutdown = math.ceil(grace) if grace > 0 else None
         if grace <= 0:
             # No grace: calls are cancelled now, and uvicorn closes without waiting.
             self._server.force_exit = True

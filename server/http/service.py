@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 from connectrpc.code import Code
@@ -16,6 +17,7 @@ from chatd.v1 import chat_service_pb2
 from chatd.v1.chat_service_connect import ChatService
 from server.http.errors import connect_error, status_name
 from server.metrics import NO_RPC_METRICS, RpcObserver
+from server.rpc.guards import ByteBudget
 from server.rpc.interceptors import REQUEST_ID_KEY, Admission, RpcCall, outcome, wire_error
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import InvalidArgument
@@ -83,17 +85,34 @@ def protocol_of(content_type: str) -> str:
     return "connect"
 
 
+@dataclass(slots=True)
+class HttpCall:
+    """A call admitted on the HTTP listener: its RpcCall, and the bytes of its body held
+    in the large-request budget until it ends (0 when it holds none)."""
+
+    call: RpcCall
+    budget: ByteBudget
+    size: int = 0
+
+
+def _content_length(headers: Mapping[str, str]) -> int:
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() else 0
+
+
 class Admit:
     """connectrpc metadata interceptor: every call on the HTTP listener goes through the
     gRPC edge's RpcCall, before its request body is read. It takes the bearer key from the
     Authorization header, the request id from x-request-id (echoed as a response header),
-    and turns any error into the same code and google.rpc details as on gRPC."""
+    a body of CHATD_LARGE_REQUEST_BYTES or more (by its Content-Length) from the same
+    CHATD_LARGE_REQUEST_BUDGET as gRPC's, and turns any error into the same code and
+    google.rpc details as on gRPC."""
 
     def __init__(self, admission: Admission, metrics: RpcObserver = NO_RPC_METRICS) -> None:
         self._admission = admission
         self._metrics = metrics
 
-    def begin(self, ctx: RequestContext[Any, Any], protocol: str) -> RpcCall:
+    def begin(self, ctx: RequestContext[Any, Any], protocol: str) -> HttpCall:
         """Starts and admits a call; raises the ConnectError that refuses it."""
         method = ctx.method
         call = RpcCall(
@@ -105,26 +124,34 @@ class Admit:
         )
         headers: Mapping[str, str] = ctx.request_headers
         ctx.response_headers[REQUEST_ID_KEY] = call.identify(headers)
+        budget = self._admission.memory
         try:
             call.admit(headers)
+            size = _content_length(headers)
+            if not budget.admits(size):
+                raise budget.refusal(size)
         except Exception as exc:
             call.finish(outcome(exc))
             raise connect_error(wire_error(exc)) from exc
-        return call
+        return HttpCall(call, budget, size)
 
-    async def on_start(self, ctx: RequestContext[Any, Any]) -> RpcCall:
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> HttpCall:
         return self.begin(ctx, protocol_of(ctx.request_headers.get("content-type", "")))
 
     async def on_end(
-        self, call: RpcCall, ctx: RequestContext[Any, Any], error: Exception | None, /
+        self, call: HttpCall, ctx: RequestContext[Any, Any], error: Exception | None, /
     ) -> None:
         """Writes the call's log line and metrics; a chatd error leaves as its Connect
         error (raised here, which connectrpc sends in place of `error`)."""
         end(call, error)
 
 
-def end(call: RpcCall, error: Exception | None) -> None:
-    """Ends `call`: its log line and metrics; raises the ConnectError `error` is sent as."""
+def end(admitted: HttpCall, error: Exception | None) -> None:
+    """Ends a call: gives back its budget, writes its log line and metrics; raises the
+    ConnectError `error` is sent as."""
+    admitted.budget.release(admitted.size)
+    admitted.size = 0
+    call = admitted.call
     if error is None:
         call.finish("OK")
         return
