@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import structlog
 
-from server import app, config, logs
+from server import config, logs
 from server.startup import StartupError
 
 
@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = config.load(args[1:])
     except config.SettingsError as exc:
         raise SystemExit(f"chatd: {exc}") from None
-    logs.configure(settings.log_format, settings.log_level)
+    # Before grpc is imported (server.app): its C-core's start-up lines are captured too.
+    logs.configure(settings.log_format, settings.log_level, capture=True)
+    from server import app
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(app.serve(settings))

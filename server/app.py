@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from server.startup import StartupError
 from server.store import CachedStore, SchemaTooNew, open_bus, open_store, shared_url
 from server.sweeper import Sweeper
 from server.tools import load_tools
+from server.tracing import TracedProvider, TracedStore, TracedTools, Tracing, TracingError
 
 log = structlog.get_logger("chatd")
 
@@ -88,6 +90,28 @@ def build_provider(settings: Settings) -> ModelProvider:
         delay=settings.echo_delay_ms / 1000,
         words_per_chunk=settings.echo_words_per_chunk,
     )
+
+
+def db_system(database_url: str, given: SessionStore | None) -> str:
+    """db.system.name of the store (OpenTelemetry database conventions): "sqlite",
+    "postgresql", or "other_sql" for the in-memory store and one handed in."""
+    if given is not None:
+        return "other_sql"
+    scheme = database_url.partition(":")[0].lower()
+    if scheme.startswith("postgres"):
+        return "postgresql"
+    return "sqlite" if scheme == "sqlite" else "other_sql"
+
+
+def genai_provider(provider: ModelProvider, settings: Settings) -> tuple[str, str]:
+    """(gen_ai.provider.name, gen_ai.system) of the provider (GenAI conventions v1.37.0):
+    Gemini on the Gemini API is "gcp.gemini"/"gemini", on Vertex AI "gcp.vertex_ai"/
+    "vertex_ai"; any other provider is named after itself ("chatd.echo"/"echo")."""
+    if provider.name == "gemini":
+        if settings.gemini_vertexai:
+            return "gcp.vertex_ai", "vertex_ai"
+        return "gcp.gemini", "gemini"
+    return f"chatd.{provider.name}", provider.name
 
 
 def build_tools(settings: Settings) -> ToolRunner:
@@ -195,6 +219,7 @@ class RunningServer:
     bus: ReplyBus | None = None
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
+    tracing: Tracing | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING; running RPCs and background replies get the grace period
@@ -210,6 +235,8 @@ class RunningServer:
         await self.provider.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         log.info("stopped")
 
 
@@ -224,6 +251,10 @@ async def start(
 
     The store opens first: when it cannot, its StartupError is the only line logged.
     """
+    try:
+        tracing = Tracing.from_environ()
+    except TracingError as exc:
+        raise StartupError("OTEL_TRACES_EXPORTER", f"cannot trace: {exc}", str(exc)) from exc
     given_store = store
     if store is None:
         try:
@@ -255,6 +286,11 @@ async def start(
         store = InstrumentedStore(store, metrics)
         provider = InstrumentedProvider(provider, metrics)
         tools = InstrumentedTools(tools, metrics)
+    if tracing is not None:
+        store = TracedStore(store, tracing, db_system(settings.database_url, given_store))
+        provider = TracedProvider(provider, tracing, *genai_provider(provider, settings))
+        tools = TracedTools(tools, tracing)
+        log.info("tracing on", service_name=os.environ.get("OTEL_SERVICE_NAME") or "chatd")
     # A store chosen by URL may be shared by replicas (PostgreSQL): they talk over the
     # database; a store handed in, or of one process, needs no bus.
     bus: ReplyBus | None = None
@@ -279,7 +315,7 @@ async def start(
     )
 
     server = grpc.aio.server(
-        interceptors=[ErrorsAndLogging(admission, metrics)],
+        interceptors=[ErrorsAndLogging(admission, metrics, tracing)],
         options=server_options(settings),
     )
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)
@@ -357,6 +393,7 @@ async def start(
         bus,
         metrics,
         metrics_server,
+        tracing,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-from importlib import metadata
 from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import (
@@ -20,21 +19,14 @@ from prometheus_client.metrics import MetricWrapperBase
 from server.metrics import buckets
 from server.metrics.cache import CacheCollector, CacheStatsSource
 from server.sessions.model import Usage
+from server.version import chatd_version
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
 # No `_created` series: they double the series count of every counter and histogram and
 # no dashboard reads them (https://prometheus.github.io/client_python/instrumenting/#disabling-_created-metrics).
 # The switch is process-wide in prometheus_client; chatd owns its process.
-disable_created_metrics()
-
-
-def chatd_version() -> str:
-    """The installed chatd distribution's version ("unknown" when run from a bare tree)."""
-    try:
-        return metadata.version("chatd")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def split_method(method: str) -> tuple[str, str]:

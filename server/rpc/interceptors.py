@@ -20,6 +20,7 @@ from server.rpc.errors import code_for, rich_status, trailing_metadata
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots
 from server.sessions.errors import ChatdError, InvalidArgument, Unimplemented
 from server.sessions.model import DEFAULT_TENANT
+from server.tracing import RpcSpan, Tracing
 
 log = structlog.get_logger("chatd.rpc")
 
@@ -104,9 +105,11 @@ class _Call:
         "_metrics",
         "_request_id",
         "_slot",
+        "_span",
         "_start",
         "_stream",
         "_tenant",
+        "_tracing",
     )
 
     def __init__(
@@ -116,24 +119,32 @@ class _Call:
         context: Context,
         stream: bool,
         metrics: RpcObserver = NO_RPC_METRICS,
+        tracing: Tracing | None = None,
     ) -> None:
         self._method, self._admission, self._context = method, admission, context
         self._stream, self._slot, self._metrics = stream, False, metrics
         self._request_id = ""
         self._tenant = DEFAULT_TENANT
+        self._tracing = tracing
+        self._span: RpcSpan | None = None
 
     async def __aenter__(self) -> None:
         structlog.contextvars.clear_contextvars()
         self._start = time.perf_counter()
         self._metrics.rpc_started(self._method, self._stream)
+        metadata = _metadata(self._context)
+        # Health probes and reflection are not traced: a probe every few seconds would
+        # bury the traces of real calls.
+        if self._tracing is not None and not self._method.startswith(OPEN_SERVICES):
+            self._span = RpcSpan.start(self._tracing, self._method, metadata)
+            structlog.contextvars.bind_contextvars(trace_id=self._span.trace_id)
         try:
-            self._admit()
+            self._admit(metadata)
         except Exception as exc:
             # __aexit__ does not run when __aenter__ fails: refuse the call here.
             await self.__aexit__(type(exc), exc, None)
 
-    def _admit(self) -> None:
-        metadata = _metadata(self._context)
+    def _admit(self, metadata: dict[str, str]) -> None:
         self._request_id = _request_id(metadata)
         structlog.contextvars.bind_contextvars(request_id=self._request_id)
         self._context.set_trailing_metadata(((REQUEST_ID_KEY, self._request_id),))
@@ -164,6 +175,8 @@ class _Call:
             self._admission.streams.release(self._tenant)
         seconds = time.perf_counter() - self._start
         self._metrics.rpc_finished(self._method, code, seconds, self._stream)
+        if self._span is not None:
+            self._span.end(code, exc)
         log.info("rpc", method=self._method, code=code, duration_ms=round(seconds * 1e3, 3))
         if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
             await _abort(self._context, exc, self._request_id or uuid.uuid4().hex)
@@ -261,10 +274,11 @@ def _wrap_unary(
     inner: Callable[[Any, Any], Awaitable[Any]],
     admission: Admission,
     metrics: RpcObserver,
+    tracing: Tracing | None,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
         try:
-            async with _Call(method, admission, context, False, metrics):
+            async with _Call(method, admission, context, False, metrics, tracing):
                 return await inner(_decoded(request, admission.memory), context)
         finally:
             _release(request)
@@ -277,10 +291,11 @@ def _wrap_stream(
     inner: Callable[[Any, Any], AsyncIterator[Any]],
     admission: Admission,
     metrics: RpcObserver,
+    tracing: Tracing | None,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
-            async with _Call(method, admission, context, True, metrics):
+            async with _Call(method, admission, context, True, metrics, tracing):
                 async for response in inner(_decoded(request, admission.memory), context):
                     yield response
         finally:
@@ -294,11 +309,12 @@ def _wrap_client_stream(
     inner: Callable[[Any, Any], Awaitable[Any]],
     admission: Admission,
     metrics: RpcObserver,
+    tracing: Tracing | None,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(requests: AsyncIterator[Any], context: Context) -> Any:
         # Not counted as a stream slot: refused before its first read, a client stream's
         # next write fails in the client and grpc clients report INTERNAL, not our status.
-        async with _Call(method, admission, context, False, metrics):
+        async with _Call(method, admission, context, False, metrics, tracing):
             return await inner(_decoded_stream(requests, admission.memory), context)
 
     return handler
@@ -307,9 +323,15 @@ def _wrap_client_stream(
 class ErrorsAndLogging(grpc.aio.ServerInterceptor):
     """Applies admission, the error table and the per-RPC log line to every handler."""
 
-    def __init__(self, admission: Admission, metrics: RpcObserver | None = None) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        metrics: RpcObserver | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._admission = admission
         self._metrics = NO_RPC_METRICS if metrics is None else metrics
+        self._tracing = tracing
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
@@ -336,21 +358,24 @@ class ErrorsAndLogging(grpc.aio.ServerInterceptor):
         }
         if h.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, h.unary_unary, self._admission, self._metrics), **serde
+                _wrap_unary(method, h.unary_unary, self._admission, self._metrics, self._tracing),
+                **serde,
             )
         if h.unary_stream is not None:
             # grpc.aio tells write-style streaming handlers (coroutines calling
             # context.write, like health Watch) from generators by their function kind.
             inner = h.unary_stream
             wrapped: Any = (
-                _wrap_stream(method, inner, self._admission, self._metrics)
+                _wrap_stream(method, inner, self._admission, self._metrics, self._tracing)
                 if inspect.isasyncgenfunction(inner)
-                else _wrap_unary(method, inner, self._admission, self._metrics)
+                else _wrap_unary(method, inner, self._admission, self._metrics, self._tracing)
             )
             return grpc.unary_stream_rpc_method_handler(wrapped, **serde)
         if h.stream_unary is not None and method.startswith(CHAT_SERVICE):
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_client_stream(method, h.stream_unary, self._admission, self._metrics),
+                _wrap_client_stream(
+                    method, h.stream_unary, self._admission, self._metrics, self._tracing
+                ),
                 **serde,
             )
         # Server reflection's bidirectional stream keeps its own error handling.

@@ -1,0 +1,107 @@
+"""Tracing: a TracerProvider built from the standard OpenTelemetry environment variables.
+
+Variables (https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/
+and https://opentelemetry.io/docs/specs/otel/protocol/exporter/):
+- OTEL_SDK_DISABLED=true turns tracing off whatever else is set.
+- Tracing is on when OTEL_TRACES_EXPORTER names an exporter, or when it is unset and
+  OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set. chatd exports
+  OTLP over HTTP with protobuf (`otlp`); `none` turns tracing off.
+- OTEL_EXPORTER_OTLP_PROTOCOL / OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, when set, must be
+  `http/protobuf`. The exporter reads its own variables (endpoint, headers, timeout,
+  compression, certificates); the batch processor its OTEL_BSP_* ones.
+- OTEL_SERVICE_NAME (default "chatd") and OTEL_RESOURCE_ATTRIBUTES describe the process.
+- OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose the sampler (default: parent-based,
+  always on). OTEL_PROPAGATORS chooses how incoming trace context is read (default W3C
+  `traceparent`/`tracestate` and baggage).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Tracer
+
+from server.version import chatd_version
+
+DEFAULT_SERVICE_NAME = "chatd"
+_TRUE = ("true", "1", "yes", "on")
+
+
+class TracingError(ValueError):
+    """An OTEL_* setting chatd cannot honour; the message names the variable and the fix."""
+
+
+def _enabled(env: Mapping[str, str]) -> bool:
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+        return False
+    exporters = [e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
+    if exporters:
+        if exporters == ["none"]:
+            return False
+        unknown = [e for e in exporters if e != "otlp"]
+        if unknown:
+            raise TracingError(
+                f"OTEL_TRACES_EXPORTER={','.join(exporters)}: chatd exports traces with "
+                "`otlp` (OTLP over HTTP) only; set it to otlp or none"
+            )
+        return True
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def _check_protocol(env: Mapping[str, str]) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = env.get(name, "").strip()
+        if value:
+            if value != "http/protobuf":
+                raise TracingError(
+                    f"{name}={value}: chatd exports OTLP over HTTP with protobuf; "
+                    "set it to http/protobuf (or leave it unset)"
+                )
+            return
+
+
+class Tracing:
+    """chatd's tracer: `tracer` makes the spans; shutdown() flushes and stops the exporter.
+
+    Its TracerProvider is its own, not the process-global one, so servers started in one
+    process (tests) do not share exporters.
+    """
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.tracer: Tracer = provider.get_tracer("chatd", chatd_version())
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] | None = None) -> Tracing | None:
+        """The configured tracing, or None when the OTEL_* variables in `env` (default
+        os.environ) leave it off. The exporter, resource and sampler read os.environ.
+
+        Raises TracingError for an exporter or protocol chatd does not ship.
+        """
+        env = os.environ if env is None else env
+        if not _enabled(env):
+            return None
+        _check_protocol(env)
+        # Imported only when tracing is on: the exporter pulls in requests and protobuf types.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; a service
+        # name from neither is the SDK's "unknown_service", replaced by chatd's default.
+        resource = Resource.create({"service.version": chatd_version()})
+        if not env.get("OTEL_SERVICE_NAME") and str(
+            resource.attributes.get(SERVICE_NAME, "")
+        ).startswith("unknown_service"):
+            resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        return cls(provider)
+
+    def shutdown(self) -> None:
+        """Exports what is buffered, then stops (blocks: call it off the event loop)."""
+        self.provider.shutdown()
