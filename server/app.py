@@ -39,7 +39,7 @@ from server.startup import StartupError
 from server.store import CachedStore, SchemaTooNew, open_bus, open_store, shared_url
 from server.sweeper import Sweeper
 from server.tools import load_tools
-from server.tracing import TracedProvider, TracedStore, TracedTools, Tracing, TracingError
+from server.tracing import Tracing, TracingError
 
 log = structlog.get_logger("chatd")
 
@@ -254,7 +254,9 @@ async def start(
     try:
         tracing = Tracing.from_environ()
     except TracingError as exc:
-        raise StartupError("OTEL_TRACES_EXPORTER", f"cannot trace: {exc}", str(exc)) from exc
+        raise StartupError(
+            exc.variable, f"cannot export traces: {exc.reason}", "fix or unset the variable"
+        ) from exc
     given_store = store
     if store is None:
         try:
@@ -287,9 +289,13 @@ async def start(
         provider = InstrumentedProvider(provider, metrics)
         tools = InstrumentedTools(tools, metrics)
     if tracing is not None:
-        store = TracedStore(store, tracing, db_system(settings.database_url, given_store))
-        provider = TracedProvider(provider, tracing, *genai_provider(provider, settings))
-        tools = TracedTools(tools, tracing)
+        store, provider, tools = tracing.wrap(
+            store,
+            provider,
+            tools,
+            db_system=db_system(settings.database_url, given_store),
+            genai_provider=genai_provider(provider, settings),
+        )
         log.info("tracing on", service_name=os.environ.get("OTEL_SERVICE_NAME") or "chatd")
     # A store chosen by URL may be shared by replicas (PostgreSQL): they talk over the
     # database; a store handed in, or of one process, needs no bus.

@@ -3,7 +3,11 @@ in this test suite when OTEL_EXPORTER_OTLP_ENDPOINT is set, and nothing when it 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import session_pb2
 from server.tracing import Tracing, TracingError
 from tests.otlp_collector import OtlpCollector, Span
-from tests.process import ChatdProcess
+from tests.process import ROOT, ChatdProcess
 
 SERVICE = "chatd.v1.ChatService"
 SERVER, CLIENT, INTERNAL = 2, 3, 1  # opentelemetry.proto.trace.v1.Span.SpanKind
@@ -150,3 +154,29 @@ def test_otel_variables_turn_tracing_on_and_off() -> None:
         Tracing.from_environ({"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(TracingError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
         Tracing.from_environ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **endpoint})
+
+
+async def test_an_exporter_chatd_does_not_ship_refuses_to_start_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "",
+        "--database-url",
+        "memory://",
+        cwd=ROOT,
+        env={**os.environ, "CHATD_LOG_FORMAT": "json", "OTEL_TRACES_EXPORTER": "zipkin"},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    records = [json.loads(line) for line in err.decode().splitlines()]
+    (refusal,) = [r for r in records if r["event"] == "cannot start"]
+    assert refusal["path"] == "OTEL_TRACES_EXPORTER"
+    assert "zipkin" in refusal["cause"] and "otlp" in refusal["cause"]

@@ -20,11 +20,13 @@ from server.rpc.errors import code_for, rich_status, trailing_metadata
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots
 from server.sessions.errors import ChatdError, InvalidArgument, Unimplemented
 from server.sessions.model import DEFAULT_TENANT
-from server.tracing import RpcSpan, Tracing
+from server.tracing import Tracing
 
 log = structlog.get_logger("chatd.rpc")
 
 if TYPE_CHECKING:
+    from server.tracing.rpc import RpcSpan
+
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:  # not subscriptable at run time
     Handler = grpc.RpcMethodHandler
@@ -136,7 +138,7 @@ class _Call:
         # Health probes and reflection are not traced: a probe every few seconds would
         # bury the traces of real calls.
         if self._tracing is not None and not self._method.startswith(OPEN_SERVICES):
-            self._span = RpcSpan.start(self._tracing, self._method, metadata)
+            self._span = self._tracing.rpc_span(self._method, metadata)
             structlog.contextvars.bind_contextvars(trace_id=self._span.trace_id)
         try:
             self._admit(metadata)

@@ -16,6 +16,14 @@ Attributes follow the RPC semantic conventions (v1.37.0, rpc-spans.md: span name
 rpc.grpc.status_code for gRPC and rpc.connect_rpc.error_code for Connect), and a server
 span's status is ERROR only for the codes that mean a server fault (UNKNOWN,
 DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+
+Why not opentelemetry-instrumentation-grpc's aio server interceptor: chatd already wraps
+every handler once (server.rpc.interceptors: admission, the error table, the log line,
+metrics), and that wrapper is where the call's final status is decided (a domain error
+becomes its code there); a second interceptor would wrap each handler, and each streamed
+message, again, read the status only from what chatd's wrapper left on the context, use
+the process-global tracer provider, and serve the gRPC edge only. This hook is one
+method call per RPC inside the existing wrapper, and an HTTP edge can call it too.
 """
 
 from __future__ import annotations

@@ -19,20 +19,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Tracer
+from typing import TYPE_CHECKING
 
 from server.version import chatd_version
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Tracer
+
+    from server.sessions.ports import ModelProvider, SessionStore, ToolRunner
+    from server.tracing.rpc import RpcSpan
 
 DEFAULT_SERVICE_NAME = "chatd"
 _TRUE = ("true", "1", "yes", "on")
 
 
 class TracingError(ValueError):
-    """An OTEL_* setting chatd cannot honour; the message names the variable and the fix."""
+    """An OTEL_* setting chatd cannot honour: `variable` is its name, the message says why
+    and what to set instead."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+        self.reason = message
 
 
 def _enabled(env: Mapping[str, str]) -> bool:
@@ -45,8 +54,9 @@ def _enabled(env: Mapping[str, str]) -> bool:
         unknown = [e for e in exporters if e != "otlp"]
         if unknown:
             raise TracingError(
-                f"OTEL_TRACES_EXPORTER={','.join(exporters)}: chatd exports traces with "
-                "`otlp` (OTLP over HTTP) only; set it to otlp or none"
+                "OTEL_TRACES_EXPORTER",
+                f"{','.join(exporters)} is not an exporter chatd ships: it exports traces "
+                "with `otlp` (OTLP over HTTP) only; set it to otlp or none",
             )
         return True
     return bool(
@@ -60,8 +70,9 @@ def _check_protocol(env: Mapping[str, str]) -> None:
         if value:
             if value != "http/protobuf":
                 raise TracingError(
-                    f"{name}={value}: chatd exports OTLP over HTTP with protobuf; "
-                    "set it to http/protobuf (or leave it unset)"
+                    name,
+                    f"{value} is not supported: chatd exports OTLP over HTTP with protobuf; "
+                    "set it to http/protobuf (or leave it unset)",
                 )
             return
 
@@ -74,8 +85,42 @@ class Tracing:
     """
 
     def __init__(self, provider: TracerProvider) -> None:
+        from server.tracing.rpc import RpcSpan
+
         self.provider = provider
         self.tracer: Tracer = provider.get_tracer("chatd", chatd_version())
+        self._rpc_span = RpcSpan.start
+
+    def rpc_span(self, method: str, headers: Mapping[str, str], system: str = "grpc") -> RpcSpan:
+        """The server span of one RPC, started and current; see server.tracing.rpc.RpcSpan.
+
+        `method` is "/package.Service/Method"; `headers` the request's metadata or HTTP
+        headers (lower-case names) holding the caller's `traceparent`; `system` is
+        rpc.system ("grpc", or "connect_rpc" on a Connect edge). End it with .end(code).
+        """
+        return self._rpc_span(self, method, headers, system)
+
+    def wrap(
+        self,
+        store: SessionStore,
+        provider: ModelProvider,
+        tools: ToolRunner,
+        *,
+        db_system: str,
+        genai_provider: tuple[str, str],
+    ) -> tuple[SessionStore, ModelProvider, ToolRunner]:
+        """The three ports with a span around each call: store transactions (`db_system`
+        is db.system.name), model calls (`genai_provider` is (gen_ai.provider.name,
+        gen_ai.system)) and tool calls."""
+        from server.tracing.provider import TracedProvider
+        from server.tracing.store import TracedStore
+        from server.tracing.tools import TracedTools
+
+        return (
+            TracedStore(store, self, db_system),
+            TracedProvider(provider, self, *genai_provider),
+            TracedTools(tools, self),
+        )
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> Tracing | None:
@@ -88,8 +133,11 @@ class Tracing:
         if not _enabled(env):
             return None
         _check_protocol(env)
-        # Imported only when tracing is on: the exporter pulls in requests and protobuf types.
+        # Imported only when tracing is on: a server without it loads no OpenTelemetry.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; a service
         # name from neither is the SDK's "unknown_service", replaced by chatd's default.
