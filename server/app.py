@@ -92,11 +92,9 @@ def build_provider(settings: Settings) -> ModelProvider:
     )
 
 
-def db_system(database_url: str, given: SessionStore | None) -> str:
+def db_system(database_url: str) -> str:
     """db.system.name of the store (OpenTelemetry database conventions): "sqlite",
-    "postgresql", or "other_sql" for the in-memory store and one handed in."""
-    if given is not None:
-        return "other_sql"
+    "postgresql", or "other_sql" for the in-memory store."""
     scheme = database_url.partition(":")[0].lower()
     if scheme.startswith("postgres"):
         return "postgresql"
@@ -266,6 +264,9 @@ async def start(
                 sqlite_synchronous=settings.sqlite_synchronous.upper(),
                 postgres_max_connections=settings.postgres_max_connections,
                 postgres_schema=settings.postgres_schema or None,
+                wrap=None
+                if tracing is None
+                else lambda inner: tracing.wrap_store(inner, db_system(settings.database_url)),
             )
         except (ValueError, ChatdError, SchemaTooNew) as exc:
             # Named by its setting: a PostgreSQL URL may hold a password.
@@ -289,13 +290,9 @@ async def start(
         provider = InstrumentedProvider(provider, metrics)
         tools = InstrumentedTools(tools, metrics)
     if tracing is not None:
-        store, provider, tools = tracing.wrap(
-            store,
-            provider,
-            tools,
-            db_system=db_system(settings.database_url, given_store),
-            genai_provider=genai_provider(provider, settings),
-        )
+        if given_store is not None:
+            store = tracing.wrap_store(store, "other_sql")
+        provider, tools = tracing.wrap_calls(provider, tools, genai_provider(provider, settings))
         log.info("tracing on", service_name=os.environ.get("OTEL_SERVICE_NAME") or "chatd")
     # A store chosen by URL may be shared by replicas (PostgreSQL): they talk over the
     # database; a store handed in, or of one process, needs no bus.

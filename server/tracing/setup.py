@@ -100,27 +100,22 @@ class Tracing:
         """
         return self._rpc_span(self, method, headers, system)
 
-    def wrap(
-        self,
-        store: SessionStore,
-        provider: ModelProvider,
-        tools: ToolRunner,
-        *,
-        db_system: str,
-        genai_provider: tuple[str, str],
-    ) -> tuple[SessionStore, ModelProvider, ToolRunner]:
-        """The three ports with a span around each call: store transactions (`db_system`
-        is db.system.name), model calls (`genai_provider` is (gen_ai.provider.name,
-        gen_ai.system)) and tool calls."""
-        from server.tracing.provider import TracedProvider
+    def wrap_store(self, store: SessionStore, db_system: str) -> SessionStore:
+        """`store` with a span per operation (one transaction each); `db_system` is
+        db.system.name. Wrap the database's store, beneath any cache."""
         from server.tracing.store import TracedStore
+
+        return TracedStore(store, self, db_system)
+
+    def wrap_calls(
+        self, provider: ModelProvider, tools: ToolRunner, genai_provider: tuple[str, str]
+    ) -> tuple[ModelProvider, ToolRunner]:
+        """The provider and tools with a span per model call and per tool call;
+        `genai_provider` is (gen_ai.provider.name, gen_ai.system)."""
+        from server.tracing.provider import TracedProvider
         from server.tracing.tools import TracedTools
 
-        return (
-            TracedStore(store, self, db_system),
-            TracedProvider(provider, self, *genai_provider),
-            TracedTools(tools, self),
-        )
+        return TracedProvider(provider, self, *genai_provider), TracedTools(tools, self)
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> Tracing | None:

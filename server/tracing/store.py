@@ -9,7 +9,8 @@ statements over several tables, so it has no single target (collection); the spa
 named after the operation, which says more in a trace than the convention's fallback
 (db.system.name alone). Failures are recorded as the span's error status and exception
 event by the SDK; NotFound and the other answers of the store contract are errors to the
-span as well.
+span as well. It wraps the database's store beneath the session cache
+(server.store.open_store's `wrap`), so cache hits, which are no transaction, have no span.
 """
 
 from __future__ import annotations
