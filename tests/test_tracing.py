@@ -52,7 +52,13 @@ async def test_a_turn_with_a_tool_call_is_one_trace_of_rpc_model_tool_and_store_
                 stub, _ = server.stubs(channel)
                 await stub.CreateSession(
                     pb.CreateSessionRequest(
-                        session_id="t", session=session_pb2.Session(tools=["calculate"])
+                        session_id="t",
+                        session=session_pb2.Session(
+                            tools=["calculate"],
+                            generation_config=session_pb2.GenerationConfig(
+                                temperature=0.5, max_output_tokens=256
+                            ),
+                        ),
                     )
                 )
                 call = stub.StreamReply(
@@ -104,6 +110,9 @@ async def test_a_turn_with_a_tool_call_is_one_trace_of_rpc_model_tool_and_store_
         assert attrs["gen_ai.usage.input_tokens"] > 0
         assert attrs["gen_ai.usage.output_tokens"] > 0
         assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
+        assert attrs["gen_ai.request.temperature"] == 0.5
+        assert attrs["gen_ai.request.max_tokens"] == 256
+        assert "gen_ai.request.top_p" not in attrs
 
     (tool,) = [s for s in children(spans, rpc) if s.name == "execute_tool calculate"]
     assert tool.kind == INTERNAL

@@ -6,7 +6,9 @@ the release that introduced gen_ai.provider.name; opentelemetry-semantic-convent
 0.66b2 carries the same attribute names): span name "chat {gen_ai.request.model}", kind
 CLIENT, gen_ai.operation.name "chat", gen_ai.provider.name, gen_ai.request.model,
 gen_ai.response.model, gen_ai.usage.input_tokens, gen_ai.usage.output_tokens,
-gen_ai.response.finish_reasons, and error.type on failure. gen_ai.system, which
+gen_ai.response.finish_reasons, and error.type on failure; the request's sampling
+settings that are set (gen_ai.request.temperature, top_p, top_k, max_tokens, seed,
+presence_penalty, frequency_penalty, stop_sequences). gen_ai.system, which
 gen_ai.provider.name replaced, is set too for back ends that still read it.
 """
 
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from server.sessions.errors import ChatdError
 from server.sessions.model import Usage
@@ -44,7 +47,7 @@ class TracedProvider:
     ) -> None:
         self._inner = inner
         self._tracer = tracing.tracer
-        self._static = {
+        self._static: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": provider_name,
             "gen_ai.system": system,
@@ -59,10 +62,25 @@ class TracedProvider:
         return self._inner.default_model
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        attributes: dict[str, AttributeValue] = {
+            **self._static,
+            "gen_ai.request.model": request.model,
+        }
+        config = request.generation_config
+        for name, value in (
+            ("temperature", config.temperature),
+            ("top_p", config.top_p),
+            ("top_k", config.top_k),
+            ("max_tokens", config.max_output_tokens),
+            ("seed", config.seed),
+            ("presence_penalty", config.presence_penalty),
+            ("frequency_penalty", config.frequency_penalty),
+            ("stop_sequences", config.stop_sequences),
+        ):
+            if value is not None:
+                attributes[f"gen_ai.request.{name}"] = value
         span = self._tracer.start_span(
-            f"chat {request.model}",
-            kind=SpanKind.CLIENT,
-            attributes={**self._static, "gen_ai.request.model": request.model},
+            f"chat {request.model}", kind=SpanKind.CLIENT, attributes=attributes
         )
         try:
             with trace.use_span(span, end_on_exit=False):
