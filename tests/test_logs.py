@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +168,30 @@ async def test_a_rejected_gemini_key_is_one_warning_naming_the_fix(tmp_path: Pat
     assert "GEMINI_API_KEY" in warning["fix"] and "valid key" in warning["fix"]
     assert "API_KEY_INVALID" in warning["error"]
     assert "wrong-key" not in json.dumps(server.log)
+
+
+def test_stdlib_logging_and_thread_exceptions_are_records_in_the_format(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    logs.configure("json", "info")
+    try:
+        library = logging.getLogger("some.library")
+        library.warning("disk %s", "slow")
+        library.info("chatter")  # stdlib records below warning are not chatd's business
+
+        def fail() -> None:
+            raise OSError("the socket closed")
+
+        thread = threading.Thread(target=fail, name="worker")
+        thread.start()
+        thread.join()
+    finally:
+        monkeypatch.undo()
+        logs.configure("console", os.environ.get("CHATD_TEST_LOG_LEVEL", "warning"))
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["event"] for r in records] == ["disk slow", "uncaught exception in a thread"]
+    assert records[0]["logger"] == "some.library" and records[0]["level"] == "warning"
+    assert records[1]["level"] == "error" and records[1]["thread"] == "worker"
+    assert records[1]["error"] == "OSError: the socket closed"
