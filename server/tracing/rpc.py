@@ -5,11 +5,14 @@ lower-case names to string values (for the W3C `traceparent` / `tracestate` of t
 caller), and the status code by its gRPC name. The gRPC edge (server.rpc.interceptors)
 and an HTTP edge serving the same service (Connect, gRPC-Web) call it alike:
 
-    span = RpcSpan.start(tracing, "/chatd.v1.ChatService/CreateSession", headers, "grpc")
+    span = tracing.rpc_span("/chatd.v1.ChatService/CreateSession", headers, "connect_rpc")
     try:
         ...   # the handler runs with the span current: model, tool and store spans nest
     finally:
-        span.end("NOT_FOUND")   # the gRPC code name the call ended with
+        span.end("NOT_FOUND", error)   # the gRPC code name the call ended with
+
+`tracing` is RunningServer.tracing (None when tracing is off: then skip both calls).
+start and end must run in the same task, since the span is current through contextvars.
 
 Attributes follow the RPC semantic conventions (v1.37.0, rpc-spans.md: span name
 "{rpc.service}/{rpc.method}", kind SERVER, rpc.system, rpc.service, rpc.method,
@@ -17,13 +20,16 @@ rpc.grpc.status_code for gRPC and rpc.connect_rpc.error_code for Connect), and a
 span's status is ERROR only for the codes that mean a server fault (UNKNOWN,
 DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
 
-Why not opentelemetry-instrumentation-grpc's aio server interceptor: chatd already wraps
-every handler once (server.rpc.interceptors: admission, the error table, the log line,
-metrics), and that wrapper is where the call's final status is decided (a domain error
-becomes its code there); a second interceptor would wrap each handler, and each streamed
-message, again, read the status only from what chatd's wrapper left on the context, use
-the process-global tracer provider, and serve the gRPC edge only. This hook is one
-method call per RPC inside the existing wrapper, and an HTTP edge can call it too.
+Why not opentelemetry-instrumentation-grpc's aio server interceptor
+(`opentelemetry/instrumentation/grpc/_aio_server.py`, 0.66b): it does not fit chatd's
+interceptor chain. Its streaming wrapper iterates every server-streaming handler with
+`async for`, which fails for grpc.aio's write-style streaming handlers (coroutines calling
+context.write, such as grpc_health's Watch) that chatd's wrapper tells apart; it learns a
+call's status only from context.abort()/set_code() through a wrapt proxy put around every
+call's context, so a call that ends without either (a stream the client cancelled) gets
+no status code on its span; and it serves the gRPC edge only.
+This hook is one method call per RPC inside chatd's existing wrapper (server.rpc.
+interceptors, where the final status is decided), and an HTTP edge calls it the same way.
 """
 
 from __future__ import annotations
