@@ -74,6 +74,12 @@ async def test_a_turn_with_a_tool_call_is_one_trace_of_rpc_model_tool_and_store_
             assert await server.wait() == 0
         spans = collector.spans
 
+    # The RPC's log line names its trace.
+    (line,) = [
+        e for e in server.log if e.get("event") == "rpc" and e["method"].endswith("/StreamReply")
+    ]
+    assert line["trace_id"] == TRACE_ID
+
     call_ids = [e.tool_call.function_call.id for e in events if e.HasField("tool_call")]
     assert len(call_ids) == 1 and call_ids[0]
 
