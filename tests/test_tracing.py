@@ -14,6 +14,7 @@ import pytest
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import session_pb2
+from server import app
 from server.tracing import Tracing, TracingError
 from tests.otlp_collector import OtlpCollector, Span
 from tests.process import ROOT, ChatdProcess
@@ -195,3 +196,16 @@ async def test_an_exporter_chatd_does_not_ship_refuses_to_start_naming_the_varia
     (refusal,) = [r for r in records if r["event"] == "cannot start"]
     assert refusal["path"] == "OTEL_TRACES_EXPORTER"
     assert "zipkin" in refusal["cause"] and "otlp" in refusal["cause"]
+
+
+@pytest.mark.parametrize(
+    ("url", "system"),
+    [
+        ("sqlite:///var/chatd.db", "sqlite"),
+        ("postgresql://u@h/db", "postgresql"),
+        ("postgres://u@h/db", "postgresql"),
+        ("memory://", "other_sql"),
+    ],
+)
+def test_store_spans_name_the_database_system(url: str, system: str) -> None:
+    assert app.db_system(url) == system
