@@ -31,6 +31,7 @@ $(VENV)/.dev: $(VENV)/.runtime
 	@touch $@
 
 run: $(VENV)/.runtime
+	@mkdir -p var  # the default database's directory: chatd never creates one itself
 	$(PY) -m server serve
 
 test: lint
