@@ -4,16 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
+# The released contract, which `buf breaking` compares protos/ with (docs/contract.md).
+PROTO_BASELINE := protos/baseline/chatd.v1.binpb
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check client-wheel lock lock-check bench soak clean
+.PHONY: help run test lint fmt gen gen-check proto-baseline client-wheel go-build lock lock-check \
+  bench soak clean
 
 help:
 	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
+	@echo "make proto-baseline  at a release: make protos/ the contract buf breaking checks against"
 	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
+	@echo "make go-build  compile the Go package (generated/go) and its example into dist/"
 	@echo "make lock   re-pin requirements.lock and requirements-dev.lock from pyproject.toml"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
 	@echo "make soak   the long reliability suite (tests/reliability)"
@@ -49,11 +54,22 @@ lock: $(VENV)/.lock-tools
 lock-check: $(VENV)/.dev
 	$(PY) scripts/lock.py --check
 
+# Debian's Go toolchain, protoc plugins and Go libraries: `make gen` writes generated/go with
+# the plugins and the tests compile it offline against the libraries in /usr/share/gocode.
+# grpc-go's codec goes through github.com/golang/protobuf: its 1.5 package (built on the
+# APIv2 runtime) is needed, since the 1.3 one cannot decode protoc-gen-go's messages.
+GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+  golang-github-golang-protobuf-1-5-dev \
+  golang-google-protobuf-dev golang-google-genproto-dev
+$(VENV)/.go-debs: $(VENV)/.runtime
+	scripts/install-debs.sh $(GO_DEBS)
+	@touch $@
+
 run: $(VENV)/.runtime
 	@mkdir -p var  # the default database's directory: chatd never creates one itself
 	$(PY) -m server serve
 
-test: lint
+test: lint $(VENV)/.go-debs
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev gen-check lock-check
@@ -62,8 +78,7 @@ lint: $(VENV)/.dev gen-check lock-check
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
-	@if git rev-parse -q --verify main >/dev/null; then \
-	  $(BIN)/buf breaking --against '.git#branch=main'; fi
+	$(BIN)/buf breaking --against $(PROTO_BASELINE)
 	$(BIN)/lint-imports
 
 fmt: $(VENV)/.dev
@@ -71,15 +86,21 @@ fmt: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w
 
-gen: $(VENV)/.dev
+gen: $(VENV)/.dev $(VENV)/.go-debs
 	scripts/gen.sh $(PY) generated
 
-gen-check: $(VENV)/.dev
+gen-check: $(VENV)/.dev $(VENV)/.go-debs
 	scripts/gen.sh --check $(PY) generated
+
+proto-baseline: $(VENV)/.dev
+	$(BIN)/buf build --exclude-source-info -o $(PROTO_BASELINE)
 
 # The Python client package (clients/python): the wheel takes the stubs from generated/.
 client-wheel: $(VENV)/.dev gen-check
 	$(PY) -m pip wheel --no-deps -w dist clients/python
+
+go-build: $(VENV)/.go-debs gen-check
+	scripts/go-build.sh dist/chatd-go-example
 
 bench: $(VENV)/.dev
 	$(PY) -m bench
