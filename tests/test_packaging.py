@@ -200,3 +200,18 @@ def test_the_images_database_directory_is_made_for_its_user() -> None:
     made = " ".join(i.arguments for i in final if i.keyword == "RUN")
     assert f"mkdir -p {directory}" in made and f"chown chatd:chatd {directory}" in made
     assert [i.arguments for i in final if i.keyword == "ENTRYPOINT"] == ['["chatd", "serve"]']
+
+
+def test_make_run_makes_the_default_databases_directory() -> None:
+    """chatd refuses a SQLite file whose directory is missing; `make run` serves the
+    default sqlite:///var/chatd.db from the repository, so it makes ./var first."""
+    dry_run = subprocess.run(
+        ["make", "-n", "run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    serve = next(i for i, line in enumerate(dry_run) if "-m server serve" in line)
+    assert any(line.startswith("mkdir -p var") for line in dry_run[:serve]), dry_run
