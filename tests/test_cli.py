@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from server.config import _OPTIONS, DATABASE_URL_FORMS, Settings
-from server.store import open_store
+from server.store import open_store, shared_url
 from tests.certs import make_pki
 from tests.conftest import StartChatd
 from tests.process import ROOT, ChatdProcess
@@ -111,6 +111,7 @@ async def test_every_documented_url_form_opens_a_store(
     its own tests open it)."""
     for url, _ in DATABASE_URL_FORMS:
         if url.startswith("postgresql://"):
+            assert shared_url(url)  # read as PostgreSQL; tests/store opens real ones
             continue
         if url.startswith("sqlite:////"):
             url = f"sqlite:///{tmp_path}/absolute.db"
