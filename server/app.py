@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
 from server.config import Settings
@@ -26,6 +25,7 @@ from server.metrics import (
 )
 from server.providers.echo import NOTICE, EchoProvider
 from server.redact import redact_url
+from server.rpc import reflection
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots, parse_keys
 from server.rpc.health import DrainingHealth
 from server.rpc.interceptors import Admission, ErrorsAndLogging
@@ -35,7 +35,7 @@ from server.sessions.errors import ChatdError
 from server.sessions.ports import ModelProvider, ReplyBus, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
-from server.startup import StartupError
+from server.startup import StartupError, bind_error
 from server.store import CachedStore, SchemaTooNew, open_bus, open_store, shared_url
 from server.sweeper import Sweeper
 from server.tools import load_tools
@@ -324,9 +324,7 @@ async def start(
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)
     health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
     try:
         credentials = server_credentials(settings)
         if credentials is None:
@@ -335,9 +333,7 @@ async def start(
             port = server.add_secure_port(settings.listen, credentials)
     except (RuntimeError, OSError) as exc:
         await store.close()
-        raise StartupError(
-            settings.listen, f"cannot listen: {exc}", "choose a free address (--listen)"
-        ) from exc
+        raise bind_error(settings.listen, "CHATD_LISTEN", "--listen", exc) from exc
     metrics_server = None
     if metrics is not None:
         try:
@@ -347,10 +343,12 @@ async def start(
         except OSError as exc:
             await server.stop(None)
             await store.close()
-            raise StartupError(
+            raise bind_error(
                 settings.metrics_listen,
-                f"cannot serve metrics: {exc}",
-                "choose a free address (--metrics-listen), or an empty one to turn metrics off",
+                "CHATD_METRICS_LISTEN",
+                "--metrics-listen",
+                exc,
+                off="an empty value turns metrics off",
             ) from exc
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
