@@ -110,6 +110,10 @@ def _backend(url: str) -> str:
     if scheme == "sqlite":
         if not url.startswith(_SQLITE_PREFIX) or len(url) == len(_SQLITE_PREFIX):
             raise ValueError("a sqlite store URL is sqlite:///relative.db or sqlite:////abs.db")
+        if "?" in url or "#" in url:
+            # SQLite takes no URL options here; the file would be named after them (and a
+            # password in them would land in a file name and its log lines).
+            raise ValueError("a sqlite store URL takes no '?' query or '#' fragment")
         return "sqlite"
     if scheme in ("postgres", "postgresql"):
         return "postgres"

@@ -53,6 +53,8 @@ async def test_sqlite_url_with_a_relative_path_is_relative_to_the_working_direct
         ("sqlite://relative.db", "sqlite:///"),
         ("sqlite:///", "sqlite:///"),
         ("memory://extra", "memory"),
+        ("sqlite:///chatd.db?password=secret", "no '\\?' query"),
+        ("sqlite:////tmp/chatd.db#secret", "'#' fragment"),
     ],
 )
 async def test_unsupported_urls_name_the_problem_without_echoing_secrets(
