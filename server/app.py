@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from dataclasses import dataclass
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
 from server.config import Settings
@@ -26,6 +26,7 @@ from server.metrics import (
 )
 from server.providers.echo import NOTICE, EchoProvider
 from server.redact import redact_url
+from server.rpc import reflection
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots, parse_keys
 from server.rpc.health import DrainingHealth
 from server.rpc.interceptors import Admission, ErrorsAndLogging
@@ -35,10 +36,11 @@ from server.sessions.errors import ChatdError
 from server.sessions.ports import ModelProvider, ReplyBus, SessionStore, ToolRunner
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
-from server.startup import StartupError
+from server.startup import StartupError, bind_error
 from server.store import CachedStore, SchemaTooNew, open_bus, open_store, shared_url
 from server.sweeper import Sweeper
 from server.tools import load_tools
+from server.tracing import Tracing, TracingError
 
 log = structlog.get_logger("chatd")
 
@@ -89,6 +91,26 @@ def build_provider(settings: Settings) -> ModelProvider:
         delay=settings.echo_delay_ms / 1000,
         words_per_chunk=settings.echo_words_per_chunk,
     )
+
+
+def db_system(database_url: str) -> str:
+    """db.system.name of the store (OpenTelemetry database conventions): "sqlite",
+    "postgresql", or "other_sql" for the in-memory store."""
+    scheme = database_url.partition(":")[0].lower()
+    if scheme.startswith("postgres"):
+        return "postgresql"
+    return "sqlite" if scheme == "sqlite" else "other_sql"
+
+
+def genai_provider(provider: ModelProvider, settings: Settings) -> tuple[str, str]:
+    """(gen_ai.provider.name, gen_ai.system) of the provider (GenAI conventions v1.37.0):
+    Gemini on the Gemini API is "gcp.gemini"/"gemini", on Vertex AI "gcp.vertex_ai"/
+    "vertex_ai"; any other provider is named after itself ("chatd.echo"/"echo")."""
+    if provider.name == "gemini":
+        if settings.gemini_vertexai:
+            return "gcp.vertex_ai", "vertex_ai"
+        return "gcp.gemini", "gemini"
+    return f"chatd.{provider.name}", provider.name
 
 
 def build_tools(settings: Settings) -> ToolRunner:
@@ -198,6 +220,7 @@ class RunningServer:
     metrics_server: MetricsServer | None = None
     # The HTTP listener (CHATD_HTTP_LISTEN); None when it is off.
     http: HttpListener | None = None
+    tracing: Tracing | None = None
 
     @property
     def http_port(self) -> int:
@@ -221,6 +244,8 @@ class RunningServer:
         await self.provider.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         log.info("stopped")
 
 
@@ -235,6 +260,12 @@ async def start(
 
     The store opens first: when it cannot, its StartupError is the only line logged.
     """
+    try:
+        tracing = Tracing.from_environ()
+    except TracingError as exc:
+        raise StartupError(
+            exc.variable, f"cannot export traces: {exc.reason}", "fix or unset the variable"
+        ) from exc
     given_store = store
     if store is None:
         try:
@@ -244,6 +275,9 @@ async def start(
                 sqlite_synchronous=settings.sqlite_synchronous.upper(),
                 postgres_max_connections=settings.postgres_max_connections,
                 postgres_schema=settings.postgres_schema or None,
+                wrap=None
+                if tracing is None
+                else lambda inner: tracing.wrap_store(inner, db_system(settings.database_url)),
             )
         except (ValueError, ChatdError, SchemaTooNew) as exc:
             # Named by its setting: a PostgreSQL URL may hold a password.
@@ -266,6 +300,11 @@ async def start(
         store = InstrumentedStore(store, metrics)
         provider = InstrumentedProvider(provider, metrics)
         tools = InstrumentedTools(tools, metrics)
+    if tracing is not None:
+        if given_store is not None:
+            store = tracing.wrap_store(store, "other_sql")
+        provider, tools = tracing.wrap_calls(provider, tools, genai_provider(provider, settings))
+        log.info("tracing on", service_name=os.environ.get("OTEL_SERVICE_NAME") or "chatd")
     # A store chosen by URL may be shared by replicas (PostgreSQL): they talk over the
     # database; a store handed in, or of one process, needs no bus.
     bus: ReplyBus | None = None
@@ -290,16 +329,14 @@ async def start(
     )
 
     server = grpc.aio.server(
-        interceptors=[ErrorsAndLogging(admission, metrics)],
+        interceptors=[ErrorsAndLogging(admission, metrics, tracing)],
         options=server_options(settings),
     )
     servicer = ChatServicer(chats)
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
     try:
         credentials = server_credentials(settings)
         if credentials is None:
@@ -308,14 +345,18 @@ async def start(
             port = server.add_secure_port(settings.listen, credentials)
     except (RuntimeError, OSError) as exc:
         await store.close()
-        raise StartupError(
-            settings.listen, f"cannot listen: {exc}", "choose a free address (--listen)"
-        ) from exc
+        raise bind_error(settings.listen, "CHATD_LISTEN", "--listen", exc) from exc
     http: HttpListener | None = None
     if settings.http_listen:
         try:
             http = HttpListener(
-                HttpApp(servicer, admission, metrics, read_max_bytes=settings.max_message_bytes),
+                HttpApp(
+                    servicer,
+                    admission,
+                    metrics,
+                    tracing,
+                    read_max_bytes=settings.max_message_bytes,
+                ),
                 bind(settings.http_listen),
                 grace_period=settings.grace_period,
                 tls=(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
@@ -337,10 +378,12 @@ async def start(
             if http is not None:
                 await http.stop(0)
             await store.close()
-            raise StartupError(
+            raise bind_error(
                 settings.metrics_listen,
-                f"cannot serve metrics: {exc}",
-                "choose a free address (--metrics-listen), or an empty one to turn metrics off",
+                "CHATD_METRICS_LISTEN",
+                "--metrics-listen",
+                exc,
+                off="an empty value turns metrics off",
             ) from exc
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
@@ -398,6 +441,7 @@ async def start(
         metrics,
         metrics_server,
         http,
+        tracing,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,7 +94,12 @@ class Settings:
 # (field, flag, environment variables (the first one set wins), help)
 _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
     ("listen", "--listen", ("CHATD_LISTEN",), "host:port to serve gRPC on (port 0 picks one)"),
-    ("database_url", "--database-url", ("CHATD_DATABASE_URL",), "sqlite:///path.db or memory://"),
+    (
+        "database_url",
+        "--database-url",
+        ("CHATD_DATABASE_URL",),
+        "where sessions are stored: one of the URL forms below",
+    ),
     ("provider", "--provider", ("CHATD_PROVIDER",), "auto | echo | gemini"),
     (
         "default_model",
@@ -261,19 +267,80 @@ def _convert(name: str, raw: str, source: str) -> object:
         raise SettingsError(f"{source}={raw!r}: expected a {kind.__name__}") from None
 
 
-def load(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
-    """Flags win over environment variables, which win over defaults."""
-    parser = argparse.ArgumentParser(prog="chatd serve", description="Run the chatd gRPC server.")
+# The store URLs server.store.open_store accepts (tests/test_cli.py opens each form).
+DATABASE_URL_FORMS: tuple[tuple[str, str], ...] = (
+    ("memory://", "in process memory: gone when chatd stops"),
+    (
+        "sqlite:///var/chatd.db",
+        "a SQLite file relative to the working directory; its directory must exist",
+    ),
+    ("sqlite:////var/lib/chatd/chatd.db", "an absolute SQLite path (four slashes)"),
+    (
+        "postgresql://user:password@host:5432/dbname",
+        "PostgreSQL (postgres:// too), shared by replicas; tables in CHATD_POSTGRES_SCHEMA",
+    ),
+)
+
+# Variables of chatd's own test suite and benchmarks: not settings, never warned about.
+_NOT_SETTINGS_PREFIXES = ("CHATD_TEST_", "CHATD_BENCH_")
+
+
+def _shown_default(name: str) -> str:
+    value = getattr(Settings(), name)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value == "":
+        return "empty"
+    return str(value)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per setting to `parser` (each with its default and variable) and the
+    database URL forms to its epilog; flags left out parse as None, so that
+    `from_arguments` can tell them from values given."""
     for name, flag, envs, help_ in _OPTIONS:
         if flag is None:
             continue
+        described = f"{help_} (default: {_shown_default(name)}; env {envs[0]})"
         if isinstance(getattr(Settings(), name), bool):
-            parser.add_argument(
-                flag, dest=name, action="store_const", const="true", help=f"{help_} [env {envs[0]}]"
-            )
+            parser.add_argument(flag, dest=name, action="store_const", const="true", help=described)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=f"{help_} [env {envs[0]}]")
-    args = parser.parse_args(list(argv))
+            parser.add_argument(flag, dest=name, default=None, metavar="VALUE", help=described)
+    forms = "\n".join(f"  {url}\n      {what}" for url, what in DATABASE_URL_FORMS)
+    parser.epilog = (
+        f"database URLs (--database-url, CHATD_DATABASE_URL):\n{forms}\n\n"
+        "Every flag can also be set by its CHATD_* environment variable; a flag wins over\n"
+        "its variable. Credentials (CHATD_API_KEYS, GEMINI_API_KEY or GOOGLE_API_KEY,\n"
+        "GOOGLE_GENAI_USE_VERTEXAI, GOOGLE_CLOUD_PROJECT, GOOGLE_CLOUD_LOCATION) are read\n"
+        "from the environment only."
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def serve_parser(prog: str = "chatd serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run the chatd gRPC server.")
+    add_serve_arguments(parser)
+    return parser
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
+    """Flags win over environment variables, which win over defaults."""
+    return from_arguments(serve_parser().parse_args(list(argv)), environ)
+
+
+def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from flags parsed by a parser `add_serve_arguments` built, then `environ`,
+    then defaults, validated; raises SettingsError naming the flag or variable of a bad
+    value."""
+    settings = read(args, environ)
+    validate(settings)
+    return settings
+
+
+def read(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
+    """As `from_arguments`, without `validate`: for tools that only read some settings of a
+    server (`chatd health`), where a refusal about another setting would be beside the point.
+    Raises SettingsError for a value of the wrong type."""
     values: dict[str, object] = {}
     for name, flag, envs, _ in _OPTIONS:
         raw = getattr(args, name, None)
@@ -284,11 +351,27 @@ def load(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settin
                 raw, source = environ[env], env
         if raw is not None:
             values[name] = _convert(name, raw, source)
-    if args.metrics_listen is None and environ.get("CHATD_METRICS_LISTEN") == "":
+    if getattr(args, "metrics_listen", None) is None and environ.get("CHATD_METRICS_LISTEN") == "":
         values["metrics_listen"] = ""  # set, and empty: metrics off
-    settings = Settings(**values)  # type: ignore[arg-type]
-    validate(settings)
-    return settings
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def variable_names() -> tuple[str, ...]:
+    """Every CHATD_* environment variable chatd reads."""
+    return tuple(e for _, _, envs, _ in _OPTIONS for e in envs if e.startswith("CHATD_"))
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The CHATD_* variables in `environ` that are no setting (a typo is otherwise silently
+    ignored), each with the closest real name (difflib's ratio of at least 0.6) or None."""
+    known = variable_names()
+    return [
+        (name, next(iter(difflib.get_close_matches(name, known, n=1)), None))
+        for name in sorted(environ)
+        if name.startswith("CHATD_")
+        and name not in known
+        and not name.startswith(_NOT_SETTINGS_PREFIXES)
+    ]
 
 
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")

@@ -132,7 +132,11 @@ async def drain(stream: AsyncIterator[ModelChunk]) -> list[ModelChunk]:
 def test_each_metrics_object_has_its_own_registry_not_the_global_one() -> None:
     one, two = Metrics(), Metrics()
     one.rpc_finished("/chatd.v1.ChatService/GetSession", "OK", 0.01, streaming=False)
-    labels = {"method": "/chatd.v1.ChatService/GetSession", "code": "OK"}
+    labels = {
+        "grpc_service": "chatd.v1.ChatService",
+        "grpc_method": "GetSession",
+        "grpc_code": "OK",
+    }
     assert one.registry.get_sample_value("chatd_rpc_requests_total", labels) == 1
     assert two.registry.get_sample_value("chatd_rpc_requests_total", labels) is None
     assert prometheus_client.REGISTRY.get_sample_value("chatd_rpc_requests_total", labels) is None
@@ -140,24 +144,26 @@ def test_each_metrics_object_has_its_own_registry_not_the_global_one() -> None:
 
 def test_rpc_hooks_count_calls_time_them_and_track_active_streams() -> None:
     metrics = Metrics()
-    stream, unary = "/chatd.v1.ChatService/StreamReply", "/chatd.v1.ChatService/GetSession"
-    metrics.rpc_started(stream, streaming=True)
-    metrics.rpc_started(stream, streaming=True)
-    metrics.rpc_started(unary, streaming=False)
-    assert sample(metrics, "chatd_active_streams", method=stream) == 2
-    assert sample(metrics, "chatd_active_streams", method=unary) is None
+    service = "chatd.v1.ChatService"
+    stream = {"grpc_service": service, "grpc_method": "StreamReply"}
+    unary = {"grpc_service": service, "grpc_method": "GetSession"}
+    metrics.rpc_started(f"/{service}/StreamReply", streaming=True)
+    metrics.rpc_started(f"/{service}/StreamReply", streaming=True)
+    metrics.rpc_started(f"/{service}/GetSession", streaming=False)
+    assert sample(metrics, "chatd_active_streams", **stream) == 2
+    assert sample(metrics, "chatd_active_streams", **unary) is None
 
-    metrics.rpc_finished(stream, "CANCELLED", 2.0, streaming=True)
-    metrics.rpc_finished(unary, "NOT_FOUND", 0.003, streaming=False)
-    assert sample(metrics, "chatd_active_streams", method=stream) == 1
-    assert sample(metrics, "chatd_rpc_requests_total", method=stream, code="CANCELLED") == 1
-    assert sample(metrics, "chatd_rpc_requests_total", method=unary, code="NOT_FOUND") == 1
-    assert sample(metrics, "chatd_rpc_duration_seconds_sum", method=stream, code="CANCELLED") == 2
+    metrics.rpc_finished(f"/{service}/StreamReply", "CANCELLED", 2.0, streaming=True)
+    metrics.rpc_finished(f"/{service}/GetSession", "NOT_FOUND", 0.003, streaming=False)
+    assert sample(metrics, "chatd_active_streams", **stream) == 1
+    assert sample(metrics, "chatd_rpc_requests_total", **stream, grpc_code="CANCELLED") == 1
+    assert sample(metrics, "chatd_rpc_requests_total", **unary, grpc_code="NOT_FOUND") == 1
+    assert sample(metrics, "chatd_rpc_duration_seconds_sum", **stream, grpc_code="CANCELLED") == 2
     # 3 ms lands in the 5 ms bucket and not the 2.5 ms one: buckets start at 1 ms.
     bucket = "chatd_rpc_duration_seconds_bucket"
-    assert sample(metrics, bucket, method=unary, code="NOT_FOUND", le="0.0025") == 0
-    assert sample(metrics, bucket, method=unary, code="NOT_FOUND", le="0.005") == 1
-    assert sample(metrics, bucket, method=unary, code="NOT_FOUND", le="60.0") == 1
+    assert sample(metrics, bucket, **unary, grpc_code="NOT_FOUND", le="0.0025") == 0
+    assert sample(metrics, bucket, **unary, grpc_code="NOT_FOUND", le="0.005") == 1
+    assert sample(metrics, bucket, **unary, grpc_code="NOT_FOUND", le="60.0") == 1
 
 
 def test_bounded_label_folds_values_past_its_limit_into_other() -> None:
@@ -436,9 +442,9 @@ def test_failing_cache_stats_leave_the_other_metrics_scrapable() -> None:
 
     metrics = Metrics()
     metrics.watch_cache(broken)
-    metrics.rpc_finished("/m", "OK", 0.1, streaming=False)
+    metrics.rpc_finished("/s/m", "OK", 0.1, streaming=False)
     text = metrics.exposition().decode()
-    assert 'chatd_rpc_requests_total{code="OK",method="/m"} 1.0' in text
+    assert 'chatd_rpc_requests_total{grpc_code="OK",grpc_method="m",grpc_service="s"} 1.0' in text
     assert "chatd_cache_hits_total" not in text
 
 
@@ -469,9 +475,9 @@ async def test_endpoint_serves_the_exposition_at_metrics_and_404_elsewhere() -> 
         assert status == 200
         assert headers["content-type"].startswith("text/plain")
         assert (
-            'chatd_rpc_requests_total{code="OK",method="/chatd.v1.ChatService/SendMessage"} 1.0'
-            in body
-        )
+            "chatd_rpc_requests_total"
+            '{grpc_code="OK",grpc_method="SendMessage",grpc_service="chatd.v1.ChatService"} 1.0'
+        ) in body
         assert "# TYPE chatd_model_call_duration_seconds histogram" in body
 
         for path in ("/", "/metrics/extra", "/favicon.ico"):

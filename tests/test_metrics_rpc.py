@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import platform
 
 import grpc
 import pytest
@@ -13,7 +15,7 @@ from chatd.v1 import session_pb2
 from server.config import SettingsError, load
 from tests.conftest import StartChatd
 
-SERVICE = "/chatd.v1.ChatService"
+SERVICE = "chatd.v1.ChatService"
 
 
 async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -61,15 +63,26 @@ async def test_scrape_after_rpcs_shows_rpcs_model_calls_tokens_tools_store_and_c
     s = await scrape(running.metrics_server.port)
 
     requests = "chatd_rpc_requests_total"
-    assert value(s, requests, method=f"{SERVICE}/CreateSession", code="OK") == 1
-    assert value(s, requests, method=f"{SERVICE}/SendMessage", code="OK") == 1
-    assert value(s, requests, method=f"{SERVICE}/StreamReply", code="OK") == 1
-    assert value(s, requests, method=f"{SERVICE}/GetSession", code="NOT_FOUND") == 1
     assert (
-        value(s, "chatd_rpc_duration_seconds_count", method=f"{SERVICE}/SendMessage", code="OK")
+        value(s, requests, grpc_service=SERVICE, grpc_method="CreateSession", grpc_code="OK") == 1
+    )
+    assert value(s, requests, grpc_service=SERVICE, grpc_method="SendMessage", grpc_code="OK") == 1
+    assert value(s, requests, grpc_service=SERVICE, grpc_method="StreamReply", grpc_code="OK") == 1
+    assert (
+        value(s, requests, grpc_service=SERVICE, grpc_method="GetSession", grpc_code="NOT_FOUND")
         == 1
     )
-    assert value(s, "chatd_active_streams", method=f"{SERVICE}/StreamReply") == 0
+    assert (
+        value(
+            s,
+            "chatd_rpc_duration_seconds_count",
+            grpc_service=SERVICE,
+            grpc_method="SendMessage",
+            grpc_code="OK",
+        )
+        == 1
+    )
+    assert value(s, "chatd_active_streams", grpc_service=SERVICE, grpc_method="StreamReply") == 0
     # SendMessage made one model call; StreamReply two (the call, then the answer to its result).
     calls = "chatd_model_call_duration_seconds_count"
     assert value(s, calls, provider="echo", model="echo", outcome="ok") == 3
@@ -83,6 +96,30 @@ async def test_scrape_after_rpcs_shows_rpcs_model_calls_tokens_tools_store_and_c
     # SQLite sits behind the session cache by default.
     assert value(s, "chatd_cache_entries") == 1
     assert value(s, "chatd_cache_hits_total") > 0
+
+
+async def test_scrape_shows_process_metrics_build_info_and_no_created_series(
+    start_chatd: StartChatd,
+) -> None:
+    chatd = await start_chatd()
+    await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="p"))
+    assert chatd.running.metrics_server is not None
+    s = await scrape(chatd.running.metrics_server.port)
+    names = {name for name, _ in s}
+    assert {
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    } <= names
+    assert value(s, "process_open_fds") > 0
+    assert value(s, "process_resident_memory_bytes") > 0
+    build = [dict(labels) for name, labels in s if name == "chatd_build_info"]
+    assert len(build) == 1
+    assert build[0]["python"] == platform.python_version()
+    assert build[0]["version"] == importlib.metadata.version("chatd")
+    assert value(s, "chatd_build_info", **build[0]) == 1
+    assert not [name for name in names if name.endswith("_created")]
 
 
 async def test_empty_metrics_listen_serves_no_metrics(start_chatd: StartChatd) -> None:
@@ -118,5 +155,14 @@ async def test_calls_refused_by_the_rate_limit_are_counted(start_chatd: StartCha
     assert chatd.running.metrics_server is not None
     s = await scrape(chatd.running.metrics_server.port)
     requests = "chatd_rpc_requests_total"
-    assert value(s, requests, method=f"{SERVICE}/ListTools", code="OK") == 1
-    assert value(s, requests, method=f"{SERVICE}/ListTools", code="RESOURCE_EXHAUSTED") == 1
+    assert value(s, requests, grpc_service=SERVICE, grpc_method="ListTools", grpc_code="OK") == 1
+    assert (
+        value(
+            s,
+            requests,
+            grpc_service=SERVICE,
+            grpc_method="ListTools",
+            grpc_code="RESOURCE_EXHAUSTED",
+        )
+        == 1
+    )

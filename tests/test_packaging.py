@@ -1,14 +1,22 @@
-"""The package's declared minimums hold the generated code: protobuf's gencode refuses a
-runtime older than it (or of another major version), and the grpc stubs an older grpcio."""
+"""Packaging: the declared minimums hold the generated code (protobuf's gencode refuses a
+runtime older than it, or of another major version, and the grpc stubs an older grpcio);
+the lock files match pyproject.toml; the Dockerfile installs the lock and checks health."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.version import Version
+
+from server.healthcheck import Probe
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "generated" / "chatd" / "v1"
@@ -51,3 +59,159 @@ def test_grpc_minimums_hold_the_generated_stubs() -> None:
         spec = requirements()[name].specifier
         minimum = min(Version(s.version) for s in spec if s.operator == ">=")
         assert minimum >= generated, (name, minimum, generated)
+
+
+# The lock files (scripts/lock.py) and what installs them.
+
+LOCK_SCRIPT = ROOT / "scripts" / "lock.py"
+
+
+def lock_check(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(LOCK_SCRIPT), "--check", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_locks_match_pyproject() -> None:
+    checked = lock_check(ROOT)
+    assert checked.returncode == 0, checked.stderr
+
+
+def copy_project(tmp_path: Path) -> Path:
+    for name in ("pyproject.toml", "requirements.lock", "requirements-dev.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+def test_a_dependency_added_without_relocking_says_run_make_lock(tmp_path: Path) -> None:
+    root = copy_project(tmp_path)
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace("dependencies = [\n", 'dependencies = [\n  "left-pad>=1",\n')
+    )
+    checked = lock_check(root)
+    assert checked.returncode == 1
+    assert "requirements.lock was made from another pyproject.toml" in checked.stderr
+    assert "requirements.lock does not pin left-pad: run make lock" in checked.stderr
+
+
+def test_a_pin_outside_pyprojects_range_is_found(tmp_path: Path) -> None:
+    """What the digest cannot see: a lock edited by hand."""
+    root = copy_project(tmp_path)
+    dev = root / "requirements-dev.lock"
+    text, n = re.subn(r"^protobuf==\S+", "protobuf==5.27.0", dev.read_text(), flags=re.M)
+    assert n == 1
+    dev.write_text(text)
+    checked = lock_check(root)
+    assert checked.returncode == 1
+    assert "requirements-dev.lock pins protobuf==5.27.0, outside 'protobuf>=" in checked.stderr
+    assert "requirements.lock pins protobuf==" in checked.stderr  # the two locks disagree
+    assert "run make lock" in checked.stderr
+
+
+def test_every_venv_install_is_constrained_by_the_lock() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [
+        line
+        for line in makefile.splitlines()
+        if "pip install" in line and ("-e ." in line or "-e '.[dev]'" in line)
+    ]
+    assert len(installs) == 2, installs
+    assert all("-c $(LOCK)" in line for line in installs), installs
+    assert "LOCK := requirements-dev.lock" in makefile
+    assert re.search(r"^\$\(VENV\)/\.runtime: .*\$\(LOCK\)", makefile, re.M)
+    assert re.search(r"^lint: .*lock-check", makefile, re.M)
+
+
+# The Dockerfile, checked statically: no Docker engine runs where chatd is developed.
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+
+def dockerfile() -> list[Instruction]:
+    """The Dockerfile's instructions, continuation lines joined, comments left out."""
+    instructions, pending = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            keyword, _, arguments = pending.strip().partition(" ")
+            instructions.append(Instruction(keyword.upper(), arguments.strip()))
+            pending = ""
+    return instructions
+
+
+def stages() -> list[list[Instruction]]:
+    found: list[list[Instruction]] = []
+    for instruction in dockerfile():
+        if instruction.keyword == "FROM":
+            found.append([])
+        found[-1].append(instruction)
+    return found
+
+
+def test_the_locked_dependencies_install_in_a_layer_before_the_source() -> None:
+    build, _ = stages()
+    copies = [i for i in build if i.keyword == "COPY"]
+    assert copies[0].arguments == "requirements.lock ./"
+    install = next(i for i in build if i.keyword == "RUN" and "requirements.lock" in i.arguments)
+    assert "--require-hashes -r requirements.lock" in install.arguments
+    assert build.index(install) < build.index(copies[1]), "the source comes after the lock"
+    chatd = next(i for i in build if i.keyword == "RUN" and "install --no-deps ." in i.arguments)
+    assert "pip check" in chatd.arguments  # the lock held everything chatd needs
+
+
+def test_every_copied_file_exists_and_reaches_the_build_context() -> None:
+    ignored = {
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()
+    }
+    for instruction in dockerfile():
+        if instruction.keyword != "COPY" or instruction.arguments.startswith("--from"):
+            continue
+        *sources, _ = instruction.arguments.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert source.rstrip("/") not in ignored, source
+
+
+def test_the_healthcheck_runs_chatd_health_within_its_timeout() -> None:
+    (check,) = [i for i in dockerfile() if i.keyword == "HEALTHCHECK"]
+    options, _, command = check.arguments.partition(" CMD ")
+    assert json.loads(command) == ["chatd", "health"]
+    timeout = re.search(r"--timeout=(\d+)s", options)
+    assert timeout and int(timeout.group(1)) > Probe().timeout  # chatd health answers first
+
+
+def test_the_images_database_directory_is_made_for_its_user() -> None:
+    """chatd refuses a SQLite file whose directory is missing: the image makes it."""
+    _, final = stages()
+    env = " ".join(i.arguments for i in final if i.keyword == "ENV")
+    url = re.search(r"CHATD_DATABASE_URL=sqlite:///(\S+)", env)
+    assert url
+    directory = str(Path(url.group(1)).parent)
+    made = " ".join(i.arguments for i in final if i.keyword == "RUN")
+    assert f"mkdir -p {directory}" in made and f"chown chatd:chatd {directory}" in made
+    assert [i.arguments for i in final if i.keyword == "ENTRYPOINT"] == ['["chatd", "serve"]']
+
+
+def test_make_run_makes_the_default_databases_directory() -> None:
+    """chatd refuses a SQLite file whose directory is missing; `make run` serves the
+    default sqlite:///var/chatd.db from the repository, so it makes ./var first."""
+    dry_run = subprocess.run(
+        ["make", "-n", "run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    serve = next(i for i, line in enumerate(dry_run) if "-m server serve" in line)
+    assert any(line.startswith("mkdir -p var") for line in dry_run[:serve]), dry_run

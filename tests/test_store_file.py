@@ -516,6 +516,7 @@ async def test_a_relative_path_is_resolved_logged_and_a_new_file_announced(
     """sqlite:///var/chatd.db is relative to the working directory; the absolute path is
     logged, and creating the file says so, so a start from the wrong directory shows."""
     expected = tmp_path / "var" / "chatd.db"
+    expected.parent.mkdir()  # as `make run` does: chatd never creates the directory
     for life in ("new", "existing"):
         server = ChatdProcess("--database-url", "sqlite:///var/chatd.db", cwd=tmp_path)
         await server.start()

@@ -36,7 +36,8 @@ from server.http.service import SERVER_STREAMING, SERVICE, Admit, ConnectChatSer
 from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.interceptors import Admission
 from server.rpc.servicer import ChatServicer
-from server.startup import StartupError
+from server.startup import StartupError, bind_error
+from server.tracing import Tracing
 
 log = structlog.get_logger("chatd.http")
 
@@ -60,19 +61,21 @@ async def _plain(send: Send, status: int, text: str) -> None:
 
 class HttpApp:
     """The listener's ASGI app: ChatService over Connect, gRPC-Web and JSON, and static
-    files. `static_dir` defaults to server/http/static."""
+    files. `static_dir` defaults to server/http/static; with `tracing`, each call has its
+    server span (rpc.system connect_rpc, or grpc for gRPC-Web)."""
 
     def __init__(
         self,
         servicer: ChatServicer,
         admission: Admission,
         metrics: RpcObserver | None = None,
+        tracing: Tracing | None = None,
         *,
         read_max_bytes: int,
         static_dir: Path = STATIC_DIR,
     ) -> None:
         service = ConnectChatService(servicer)
-        admit = Admit(admission, NO_RPC_METRICS if metrics is None else metrics)
+        admit = Admit(admission, NO_RPC_METRICS if metrics is None else metrics, tracing)
         self._connect = ChatServiceASGIApplication(
             service.as_service(),
             interceptors=(admit,),
@@ -169,12 +172,13 @@ def bind(address: str) -> socket.socket:
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return socket.create_server((host, int(port)), family=family)
-    except OSError as exc:
-        raise StartupError(
+    except (OSError, ValueError) as exc:
+        raise bind_error(
             address,
-            f"cannot listen for HTTP: {exc.strerror or exc}",
-            "choose a free address (CHATD_HTTP_LISTEN / --http-listen), or an empty one to "
-            "turn the HTTP listener off",
+            "CHATD_HTTP_LISTEN",
+            "--http-listen",
+            exc,
+            off="an empty value turns the HTTP listener off",
         ) from exc
 
 

@@ -21,6 +21,7 @@ from server.rpc.guards import ByteBudget
 from server.rpc.interceptors import REQUEST_ID_KEY, Admission, RpcCall, outcome, wire_error
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import InvalidArgument
+from server.tracing import Tracing
 
 SERVICE = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"]
 # "/chatd.v1.ChatService/StreamReply" -> its descriptor, for the server-streaming methods.
@@ -108,9 +109,15 @@ class Admit:
     CHATD_LARGE_REQUEST_BUDGET as gRPC's, and turns any error into the same code and
     google.rpc details as on gRPC."""
 
-    def __init__(self, admission: Admission, metrics: RpcObserver = NO_RPC_METRICS) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        metrics: RpcObserver = NO_RPC_METRICS,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._admission = admission
         self._metrics = metrics
+        self._tracing = tracing
 
     def begin(self, ctx: RequestContext[Any, Any], protocol: str) -> HttpCall:
         """Starts and admits a call; raises the ConnectError that refuses it."""
@@ -120,6 +127,9 @@ class Admit:
             self._admission,
             method.stream_type == StreamType.SERVER_STREAM,
             self._metrics,
+            self._tracing,
+            # rpc.system of the call's span: gRPC-Web is gRPC's status model.
+            "grpc" if protocol == "grpc-web" else "connect_rpc",
             protocol=protocol,
         )
         headers: Mapping[str, str] = ctx.request_headers
@@ -131,7 +141,7 @@ class Admit:
             if not budget.admits(size):
                 raise budget.refusal(size)
         except Exception as exc:
-            call.finish(outcome(exc))
+            call.finish(outcome(exc), exc)
             raise connect_error(wire_error(exc)) from exc
         return HttpCall(call, budget, size)
 
@@ -158,7 +168,7 @@ def end(admitted: HttpCall, error: Exception | None) -> None:
     if isinstance(error, ConnectError):
         cause = error.__cause__
         if not (error.code == Code.INVALID_ARGUMENT and error.message.startswith("unmarshal")):
-            call.finish(status_name(error.code))
+            call.finish(status_name(error.code), error)
             return
         # connectrpc could not decode the body: INVALID_ARGUMENT naming the request, as
         # the gRPC edge answers bytes that are not the method's message.
@@ -167,5 +177,5 @@ def end(admitted: HttpCall, error: Exception | None) -> None:
             f"is not a valid message for this method ({str(cause or error)[:200]})",
             reason="REQUEST_MALFORMED",
         )
-    call.finish(outcome(error))
+    call.finish(outcome(error), error)
     raise connect_error(wire_error(error)) from error

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import platform
 from typing import Generic, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.metrics import MetricWrapperBase
 
 from server.metrics import buckets
 from server.metrics.cache import CacheCollector, CacheStatsSource
 from server.sessions.model import Usage
+from server.version import chatd_version
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
+
+# No `_created` series: they double the series count of every counter and histogram and
+# no dashboard reads them (https://prometheus.github.io/client_python/instrumenting/#disabling-_created-metrics).
+# The switch is process-wide in prometheus_client; chatd owns its process.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """("chatd.v1.ChatService", "CreateSession") from "/chatd.v1.ChatService/CreateSession":
+    the grpc_service and grpc_method labels of go-grpc-prometheus
+    (https://github.com/grpc-ecosystem/go-grpc-prometheus#metrics)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
 
 
 class _Children(Generic[_M]):
@@ -59,19 +82,31 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.rpc_requests = Counter(
-            "chatd_rpc_requests", "RPCs handled.", ("method", "code"), registry=r
-        )
+        rpc = ("grpc_service", "grpc_method", "grpc_code")
+        self.rpc_requests = Counter("chatd_rpc_requests", "RPCs handled.", rpc, registry=r)
         self.rpc_duration = Histogram(
             "chatd_rpc_duration_seconds",
             "RPC duration, from the handler's start to its status (whole stream included).",
-            ("method", "code"),
+            rpc,
             buckets=buckets.RPC,
             registry=r,
         )
         self.active_streams = Gauge(
-            "chatd_active_streams", "Server-streaming RPCs in progress.", ("method",), registry=r
+            "chatd_active_streams",
+            "Server-streaming RPCs in progress.",
+            ("grpc_service", "grpc_method"),
+            registry=r,
         )
+        self.build_info = Gauge(
+            "chatd_build_info",
+            "Always 1; the labels say which chatd and Python run.",
+            ("version", "python"),
+            registry=r,
+        )
+        self.build_info.labels(chatd_version(), platform.python_version()).set(1)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
+        # read from /proc at each scrape (Linux only; elsewhere the collector yields none).
+        ProcessCollector(registry=r)
         self.model_call_duration = Histogram(
             "chatd_model_call_duration_seconds",
             "Model calls, from the call to the end of its stream.",
@@ -113,6 +148,7 @@ class Metrics:
         self._rpc = _Children(self.rpc_requests)
         self._rpc_seconds = _Children(self.rpc_duration)
         self._streams = _Children(self.active_streams)
+        self._methods: dict[str, tuple[str, str]] = {}
         self._model_seconds = _Children(self.model_call_duration)
         self._model_errors = _Children(self.model_errors)
         self._tokens = _Children(self.tokens)
@@ -122,17 +158,25 @@ class Metrics:
 
     # ------------------------------------------------------------------ RPCs
 
+    def _split(self, method: str) -> tuple[str, str]:
+        labels = self._methods.get(method)
+        if labels is None:
+            labels = self._methods[method] = split_method(method)
+        return labels
+
     def rpc_started(self, method: str, streaming: bool) -> None:
-        """Counts a server-streaming RPC as active until its rpc_finished."""
+        """Counts a server-streaming RPC as active until its rpc_finished; `method` is the
+        full "/package.Service/Method" path, labelled as grpc_service and grpc_method."""
         if streaming:
-            self._streams(method).inc()
+            self._streams(*self._split(method)).inc()
 
     def rpc_finished(self, method: str, code: str, seconds: float, streaming: bool) -> None:
         """Counts the RPC under its status code name ("OK", "NOT_FOUND"...) and its duration."""
-        self._rpc(method, code).inc()
-        self._rpc_seconds(method, code).observe(seconds)
+        service, name = self._split(method)
+        self._rpc(service, name, code).inc()
+        self._rpc_seconds(service, name, code).observe(seconds)
         if streaming:
-            self._streams(method).dec()
+            self._streams(service, name).dec()
 
     # ------------------------------------------------------------------ recorders
 

@@ -20,10 +20,13 @@ from server.rpc.errors import code_for, rich_status, trailing_metadata
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots
 from server.sessions.errors import ChatdError, InvalidArgument, Unimplemented
 from server.sessions.model import DEFAULT_TENANT
+from server.tracing import Tracing
 
 log = structlog.get_logger("chatd.rpc")
 
 if TYPE_CHECKING:
+    from server.tracing.rpc import RpcSpan
+
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:  # not subscriptable at run time
     Handler = grpc.RpcMethodHandler
@@ -118,7 +121,9 @@ class RpcCall:
     binds it to the call's log context; `admit` then binds the tenant and takes the call's
     rate token and stream slot (raising the ChatdError that refuses it); `finish` gives the slot
     back and writes the one log line and the metrics, with `code` a grpc.StatusCode name.
-    `fields` are added to the log line (the HTTP edge names its protocol there).
+    `fields` are added to the log line (the HTTP edge names its protocol there). With
+    `tracing`, `identify` also starts the call's server span (rpc.system `system`, the
+    caller's traceparent from `metadata`) and `finish` ends it: both in the same task.
     """
 
     __slots__ = (
@@ -127,9 +132,12 @@ class RpcCall:
         "_method",
         "_metrics",
         "_slot",
+        "_span",
         "_start",
         "_stream",
+        "_system",
         "_tenant",
+        "_tracing",
         "request_id",
     )
 
@@ -139,10 +147,14 @@ class RpcCall:
         admission: Admission,
         stream: bool,
         metrics: RpcObserver = NO_RPC_METRICS,
+        tracing: Tracing | None = None,
+        system: str = "grpc",
         **fields: str,
     ) -> None:
         self._method, self._admission, self._stream = method, admission, stream
         self._metrics, self._fields = metrics, fields
+        self._tracing, self._system = tracing, system
+        self._span: RpcSpan | None = None
         self._slot = False
         self.request_id = ""
         self._tenant = DEFAULT_TENANT
@@ -151,6 +163,11 @@ class RpcCall:
         self._metrics.rpc_started(method, stream)
 
     def identify(self, metadata: Mapping[str, str]) -> str:
+        # Health probes and reflection are not traced: a probe every few seconds would
+        # bury the traces of real calls.
+        if self._tracing is not None and not self._method.startswith(OPEN_SERVICES):
+            self._span = self._tracing.rpc_span(self._method, metadata, self._system)
+            structlog.contextvars.bind_contextvars(trace_id=self._span.trace_id)
         self.request_id = _request_id(metadata)
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
         return self.request_id
@@ -164,12 +181,17 @@ class RpcCall:
             self._admission.streams.acquire(tenant)
             self._slot = True
 
-    def finish(self, code: str) -> None:
+    def finish(self, code: str, exc: BaseException | None = None) -> None:
+        """Ends the call with `code` (a grpc.StatusCode name); `exc` is what ended it, if
+        anything (recorded on its span)."""
         if self._slot:
             self._slot = False
             self._admission.streams.release(self._tenant)
         seconds = time.perf_counter() - self._start
         self._metrics.rpc_finished(self._method, code, seconds, self._stream)
+        if self._span is not None:
+            span, self._span = self._span, None
+            span.end(code, exc)
         log.info(
             "rpc",
             method=self._method,
@@ -192,9 +214,10 @@ class _Call:
         context: Context,
         stream: bool,
         metrics: RpcObserver = NO_RPC_METRICS,
+        tracing: Tracing | None = None,
     ) -> None:
         self._context = context
-        self._call = RpcCall(method, admission, stream, metrics)
+        self._call = RpcCall(method, admission, stream, metrics, tracing)
 
     async def __aenter__(self) -> None:
         try:
@@ -213,7 +236,7 @@ class _Call:
             code = _code_name(self._context)
         else:
             code = outcome(exc)
-        self._call.finish(code)
+        self._call.finish(code, exc)
         if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
             await _abort(self._context, exc, self._call.request_id or uuid.uuid4().hex)
 
@@ -310,10 +333,11 @@ def _wrap_unary(
     inner: Callable[[Any, Any], Awaitable[Any]],
     admission: Admission,
     metrics: RpcObserver,
+    tracing: Tracing | None,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
         try:
-            async with _Call(method, admission, context, False, metrics):
+            async with _Call(method, admission, context, False, metrics, tracing):
                 return await inner(_decoded(request, admission.memory), context)
         finally:
             _release(request)
@@ -326,10 +350,11 @@ def _wrap_stream(
     inner: Callable[[Any, Any], AsyncIterator[Any]],
     admission: Admission,
     metrics: RpcObserver,
+    tracing: Tracing | None,
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
-            async with _Call(method, admission, context, True, metrics):
+            async with _Call(method, admission, context, True, metrics, tracing):
                 async for response in inner(_decoded(request, admission.memory), context):
                     yield response
         finally:
@@ -343,11 +368,12 @@ def _wrap_client_stream(
     inner: Callable[[Any, Any], Awaitable[Any]],
     admission: Admission,
     metrics: RpcObserver,
+    tracing: Tracing | None,
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(requests: AsyncIterator[Any], context: Context) -> Any:
         # Not counted as a stream slot: refused before its first read, a client stream's
         # next write fails in the client and grpc clients report INTERNAL, not our status.
-        async with _Call(method, admission, context, False, metrics):
+        async with _Call(method, admission, context, False, metrics, tracing):
             return await inner(_decoded_stream(requests, admission.memory), context)
 
     return handler
@@ -356,9 +382,15 @@ def _wrap_client_stream(
 class ErrorsAndLogging(grpc.aio.ServerInterceptor):
     """Applies admission, the error table and the per-RPC log line to every handler."""
 
-    def __init__(self, admission: Admission, metrics: RpcObserver | None = None) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        metrics: RpcObserver | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._admission = admission
         self._metrics = NO_RPC_METRICS if metrics is None else metrics
+        self._tracing = tracing
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
@@ -385,21 +417,24 @@ class ErrorsAndLogging(grpc.aio.ServerInterceptor):
         }
         if h.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, h.unary_unary, self._admission, self._metrics), **serde
+                _wrap_unary(method, h.unary_unary, self._admission, self._metrics, self._tracing),
+                **serde,
             )
         if h.unary_stream is not None:
             # grpc.aio tells write-style streaming handlers (coroutines calling
             # context.write, like health Watch) from generators by their function kind.
             inner = h.unary_stream
             wrapped: Any = (
-                _wrap_stream(method, inner, self._admission, self._metrics)
+                _wrap_stream(method, inner, self._admission, self._metrics, self._tracing)
                 if inspect.isasyncgenfunction(inner)
-                else _wrap_unary(method, inner, self._admission, self._metrics)
+                else _wrap_unary(method, inner, self._admission, self._metrics, self._tracing)
             )
             return grpc.unary_stream_rpc_method_handler(wrapped, **serde)
         if h.stream_unary is not None and method.startswith(CHAT_SERVICE):
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_client_stream(method, h.stream_unary, self._admission, self._metrics),
+                _wrap_client_stream(
+                    method, h.stream_unary, self._admission, self._metrics, self._tracing
+                ),
                 **serde,
             )
         # Server reflection's bidirectional stream keeps its own error handling.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 from server.sessions.errors import FailedPrecondition, InvalidArgument
@@ -19,6 +20,10 @@ from server.sessions.model import (
     Role,
 )
 from server.sessions.ports import ToolOutcome, ToolRunner
+
+# The id of the function call a ToolRunner.run is answering, set around each server call
+# (its task's own context): decorators such as tracing read it; "" outside a call.
+CALL_ID: ContextVar[str] = ContextVar("chatd_tool_call_id", default="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ async def run_server_calls(
     async def one(call: FunctionCall) -> ToolCallAnswered:
         start = time.perf_counter()
         if call.name in enabled:
+            CALL_ID.set(call.id)
             outcome = await tools.run(call.name, call.args)
         else:
             outcome = ToolOutcome(

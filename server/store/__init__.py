@@ -34,8 +34,12 @@ async def open_store(
     postgres_min_connections: int = 1,
     postgres_max_connections: int = 10,
     postgres_schema: str | None = None,
+    wrap: Callable[[SessionStore], SessionStore] | None = None,
 ) -> SessionStore:
     """Opens the store `url` names, behind a write-through cache when cache_max_bytes > 0.
+
+    `wrap`, when given, decorates the database's own store, beneath the cache: it sees
+    the operations that reach the database (tracing's spans per transaction), not hits.
 
     `memory://` keeps everything in process memory (and is never cached: it already is
     memory). `sqlite:///var/chatd.db` is relative to the working directory and
@@ -46,19 +50,22 @@ async def open_store(
     """
     store: SessionStore
     backend = _backend(url)
+    wrapped = wrap or (lambda store: store)
     if backend == "memory":
-        return MemoryStore()
+        return wrapped(MemoryStore())
     if backend == "sqlite":
-        store = await SqliteStore.open(url[len(_SQLITE_PREFIX) :], sqlite_synchronous)
+        store = wrapped(await SqliteStore.open(url[len(_SQLITE_PREFIX) :], sqlite_synchronous))
     else:
         # Imported here so that only PostgreSQL deployments need the driver.
         from server.store.postgres import PostgresStore
 
-        store = await PostgresStore.open(
-            url,
-            min_size=postgres_min_connections,
-            max_size=postgres_max_connections,
-            schema=postgres_schema,
+        store = wrapped(
+            await PostgresStore.open(
+                url,
+                min_size=postgres_min_connections,
+                max_size=postgres_max_connections,
+                schema=postgres_schema,
+            )
         )
         if cache_max_bytes > 0:
             return CachedStore(store, cache_max_bytes, shared=True)
@@ -103,6 +110,10 @@ def _backend(url: str) -> str:
     if scheme == "sqlite":
         if not url.startswith(_SQLITE_PREFIX) or len(url) == len(_SQLITE_PREFIX):
             raise ValueError("a sqlite store URL is sqlite:///relative.db or sqlite:////abs.db")
+        if "?" in url or "#" in url:
+            # SQLite takes no URL options here; the file would be named after them (and a
+            # password in them would land in a file name and its log lines).
+            raise ValueError("a sqlite store URL takes no '?' query or '#' fragment")
         return "sqlite"
     if scheme in ("postgres", "postgresql"):
         return "postgres"

@@ -46,7 +46,8 @@ def _access_fix() -> str:
 
 
 def prepare_directory(path: Path) -> None:
-    """Refuses a directory where the file should be; creates missing parent directories."""
+    """Refuses a directory where the file should be, special files of its name, and a
+    missing parent directory (never created: see below)."""
     if path.is_dir():
         raise StartupError(
             str(path),
@@ -64,14 +65,15 @@ def prepare_directory(path: Path) -> None:
                 "point CHATD_DATABASE_URL at a regular file (or a path where chatd may"
                 " create one), next to no special files of its name",
             )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    # A missing directory is most often a mistyped path or a volume not mounted: creating
+    # it would put the sessions where nobody looks for them (or in the container's layer).
+    if not path.parent.is_dir():
         raise StartupError(
             str(path),
-            f"cannot create its directory {path.parent}: {exc.strerror}",
-            "create the directory, writable by the user running chatd, or choose another path",
-        ) from exc
+            f"its directory {path.parent} does not exist",
+            f"create it (mkdir -p {path.parent}), writable by the user running chatd, or point"
+            " CHATD_DATABASE_URL at a file in an existing directory",
+        )
 
 
 _SIBLINGS = (

@@ -67,6 +67,7 @@ async def open_postgres(dsn: str, schema: str, **options: int) -> SessionStore:
 
 
 def _local_backends(tmp_path: Path) -> dict[str, Backend]:
+    (tmp_path / "store").mkdir(exist_ok=True)
     db = str(tmp_path / "store" / "chatd.db")
 
     async def memory() -> SessionStore:

@@ -20,6 +20,7 @@ async def test_memory_url_opens_an_uncached_memory_store() -> None:
 
 async def test_sqlite_url_with_an_absolute_path_is_cached_when_asked(tmp_path: Path) -> None:
     db = tmp_path / "abs" / "chatd.db"
+    db.parent.mkdir()
     store = await open_store(f"sqlite:///{db}", cache_max_bytes=1 << 20)  # four slashes
     try:
         assert isinstance(store, CachedStore)
@@ -33,6 +34,7 @@ async def test_sqlite_url_with_a_relative_path_is_relative_to_the_working_direct
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
     store = await open_store("sqlite:///var/rel.db", cache_max_bytes=0, sqlite_synchronous="normal")
     try:
         assert isinstance(store, SqliteStore)
@@ -51,6 +53,8 @@ async def test_sqlite_url_with_a_relative_path_is_relative_to_the_working_direct
         ("sqlite://relative.db", "sqlite:///"),
         ("sqlite:///", "sqlite:///"),
         ("memory://extra", "memory"),
+        ("sqlite:///chatd.db?password=secret", "no '\\?' query"),
+        ("sqlite:////tmp/chatd.db#secret", "'#' fragment"),
     ],
 )
 async def test_unsupported_urls_name_the_problem_without_echoing_secrets(

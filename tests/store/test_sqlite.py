@@ -19,10 +19,23 @@ from .builders import T0, TENANT, commit, history, new_session, turn_of
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return str(tmp_path / "nested" / "dirs" / "chatd.db")
+    directory = tmp_path / "nested" / "dirs"
+    directory.mkdir(parents=True)
+    return str(directory / "chatd.db")
 
 
-async def test_open_creates_parent_directories_and_data_survives_reopen(db: str) -> None:
+async def test_a_missing_directory_is_refused_not_created(tmp_path: Path) -> None:
+    """A mistyped path or an unmounted volume must not put sessions in a new directory."""
+    missing = tmp_path / "not" / "mounted"
+    with pytest.raises(StartupError) as refused:
+        await SqliteStore.open(str(missing / "chatd.db"))
+    assert f"its directory {missing} does not exist" in refused.value.cause
+    assert "CHATD_DATABASE_URL" in refused.value.fix
+    assert f"mkdir -p {missing}" in refused.value.fix
+    assert not missing.exists() and not missing.parent.exists()
+
+
+async def test_data_survives_reopen(db: str) -> None:
     store = await SqliteStore.open(db)
     session = new_session(labels={"k": "v"})
     await store.create_session(session)
@@ -162,7 +175,6 @@ async def test_the_expire_time_column_holds_the_derived_expiry(db: str) -> None:
 
 async def test_migration_2_derives_the_expiry_of_existing_ttl_sessions(db: str) -> None:
     """Rows written under migration 1 held settings.expire_time; ttl rows get theirs."""
-    Path(db).parent.mkdir(parents=True)
     with sqlite3.connect(db) as conn:
         conn.execute(BOOTSTRAP)
         for statement in MIGRATIONS[0].for_dialect("sqlite"):

@@ -27,13 +27,14 @@ Only this package imports google.genai.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx2
 import orjson
+import structlog
 from google import genai
 from google.auth import exceptions as auth_errors
 from google.genai import _transformers, types
@@ -49,9 +50,12 @@ from server.sessions import errors
 from server.sessions.fast_json import loads_exact
 from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
 
+log = structlog.get_logger("chatd.gemini")
+
 # Retried by the SDK before the first byte of a response; never in the middle of a stream.
 RETRIED_STATUSES = [408, 429, 500, 502, 503, 504]
 DEFAULT_MODEL = "gemini-2.5-flash"
+CREDENTIALS_REJECTED = "UPSTREAM_CREDENTIALS_REJECTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,8 @@ class GeminiProvider:
             location=settings.location,
             http_options=http_options,
         )
+        # Whether the rejected-credentials warning was logged since the last good call.
+        self._warned_credentials = False
         api = self._client.aio._api_client
         self._encoder = RequestEncoder(
             vertex=settings.vertexai,
@@ -146,7 +152,7 @@ class GeminiProvider:
             hop_body = with_token(body, hops.start())
             failure: errors.ChatdError | None = None
             try:
-                with _upstream_errors(request.model):
+                with _upstream_errors(request.model, self._rejected):
                     async with asyncio.timeout_at(deadline):
                         response = await _post(api, path, hop_body, options, stream=True)
             except errors.ChatdError as exc:
@@ -157,7 +163,7 @@ class GeminiProvider:
                     payloads = aiter(sse_payloads(upstream))
                     while True:
                         try:
-                            with _upstream_errors(request.model):
+                            with _upstream_errors(request.model, self._rejected):
                                 # The deadline covers waiting for the model, never the
                                 # consumer's work between chunks (a yield inside a timeout
                                 # would cancel the consumer).
@@ -176,6 +182,7 @@ class GeminiProvider:
                 raise failure
             refused = failure is not None and isinstance(failure.__cause__, genai_errors.APIError)
             if not hops.end(failure, refused=refused):
+                self._warned_credentials = False
                 return
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
@@ -193,7 +200,7 @@ class GeminiProvider:
         Raises UpstreamRejected for a request the SDK would refuse to send, and the
         domain errors of _upstream_errors for upstream failures."""
         api = self._client.aio._api_client
-        with _upstream_errors(request.model), _refusals():
+        with _upstream_errors(request.model, self._rejected), _refusals():
             model_path = _transformers.t_model(api, request.model)
             body = self._encoder.count_tokens_body(request, model_path)
             options = self._http_options(request)
@@ -213,6 +220,25 @@ class GeminiProvider:
             timeout=max(1, round(timeout * 1000)),
             api_version=self._encoder.api_version(request),
         )
+
+    def _rejected(self, error: errors.ChatdError) -> None:
+        """Logs, once until a call succeeds again, that Google refused chatd's credentials:
+        every turn fails the same way (FAILED_PRECONDITION UPSTREAM_CREDENTIALS_REJECTED,
+        which each caller sees) and only the operator can fix it."""
+        if error.reason != CREDENTIALS_REJECTED or self._warned_credentials:
+            return
+        self._warned_credentials = True
+        if self._settings.vertexai and self._settings.project is not None:
+            fix = (
+                "fix the Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS "
+                "or `gcloud auth application-default login`) and restart chatd"
+            )
+        else:
+            fix = (
+                "set GEMINI_API_KEY (or GOOGLE_API_KEY) to a valid key "
+                "(https://aistudio.google.com/apikey) and restart chatd"
+            )
+        log.warning("gemini credentials rejected", error=error.message, fix=fix)
 
     async def close(self) -> None:
         await self._client.aio.aclose()
@@ -236,15 +262,20 @@ def _refusals() -> Iterator[None]:
 
 
 @contextmanager
-def _upstream_errors(model: str) -> Iterator[None]:
-    """Raises the domain error for whatever the SDK, its transport or the deadline raised."""
+def _upstream_errors(model: str, rejected: Callable[[errors.ChatdError], None]) -> Iterator[None]:
+    """Raises the domain error for whatever the SDK, its transport or the deadline raised;
+    `rejected` sees each HTTP or credentials error first."""
     try:
         yield
     except genai_errors.APIError as exc:
-        raise map_api_error(exc, model) from exc
+        error = map_api_error(exc, model)
+        rejected(error)
+        raise error from exc
     except auth_errors.GoogleAuthError as exc:
         # Vertex AI with a project: google-auth loads and refreshes the credentials.
-        raise map_auth_error(exc) from exc
+        error = map_auth_error(exc)
+        rejected(error)
+        raise error from exc
     except httpx2.TransportError as exc:
         raise map_transport_error(exc) from exc
     except TimeoutError as exc:
