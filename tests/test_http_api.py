@@ -237,12 +237,17 @@ async def test_metrics_count_http_calls(start_chatd: StartChatd) -> None:
     await post_json(chatd.running.http_port, f"{SERVICE}/StreamReply", {"sessionId": "m"})
     assert chatd.running.metrics_server is not None
     s = await scrape(chatd.running.metrics_server.port)
-    requests = "chatd_rpc_requests_total"
-    assert value(s, requests, method=f"{SERVICE}/CreateSession", code="OK") == 1
-    assert value(s, requests, method=f"{SERVICE}/StreamReply", code="OK") == 1
-    assert value(s, requests, method=f"{SERVICE}/StreamReply", code="INVALID_ARGUMENT") == 1
-    assert value(s, requests, method=f"{SERVICE}/GetSession", code="NOT_FOUND") == 1
-    assert value(s, "chatd_active_streams", method=f"{SERVICE}/StreamReply") == 0
+
+    def count(method: str, code: str) -> float:
+        labels = {"grpc_service": "chatd.v1.ChatService", "grpc_method": method}
+        return value(s, "chatd_rpc_requests_total", **labels, grpc_code=code)
+
+    assert count("CreateSession", "OK") == 1
+    assert count("StreamReply", "OK") == 1
+    assert count("StreamReply", "INVALID_ARGUMENT") == 1
+    assert count("GetSession", "NOT_FOUND") == 1
+    active = {"grpc_service": "chatd.v1.ChatService", "grpc_method": "StreamReply"}
+    assert value(s, "chatd_active_streams", **active) == 0
 
 
 def connect_envelope(data: dict[str, Any]) -> bytes:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from google.rpc import error_details_pb2
 
-from tests.http_helpers import HttpStream, NdjsonLines
+from tests.http_helpers import HttpStream, NdjsonLines, post_json
+from tests.otlp_collector import OtlpCollector
 from tests.process import ROOT, ChatdProcess
 from tests.test_grpcurl import json_stream, readme_block
 
@@ -159,3 +160,32 @@ async def test_sigterm_lets_an_http_stream_finish(tmp_path: Path) -> None:
         assert await server.wait() == 0
     finally:
         await server.kill()
+
+
+async def test_http_calls_are_traced_like_grpc_ones(tmp_path: Path) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with OtlpCollector() as collector:
+        server, port = await http_chatd(
+            tmp_path, env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+        )
+        try:
+            created = await post_json(port, f"{SERVICE}/CreateSession", {"sessionId": "t"})
+            assert created.status == 200
+            streamed = await post_json(
+                port,
+                f"{SERVICE}/StreamReply",
+                {"sessionId": "t", "text": "hi"},
+                headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+            )
+            assert streamed.lines[-1]["reply"]
+        finally:
+            server.send_signal(signal.SIGTERM)
+            assert await server.wait() == 0  # shutting down flushes the spans
+        spans = collector.spans
+    (create,) = [s for s in spans if s.name == "chatd.v1.ChatService/CreateSession"]
+    assert create.attributes["rpc.system"] == "connect_rpc"
+    (rpc,) = [s for s in spans if s.name == "chatd.v1.ChatService/StreamReply"]
+    assert rpc.trace_id == trace_id and rpc.parent_span_id == parent_id
+    assert any(s.parent_span_id == rpc.span_id and s.name == "chat echo" for s in spans)
+    (line,) = [e for e in server.log if e.get("event") == "rpc" and "StreamReply" in e["method"]]
+    assert line["trace_id"] == trace_id and line["protocol"] == "json"
