@@ -8,7 +8,7 @@ PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
 PROTO_BASELINE := protos/baseline/chatd.v1.binpb
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check proto-baseline client-wheel go-build lock lock-check \
+.PHONY: go-debs help run test lint fmt gen gen-check proto-baseline client-wheel go-build lock lock-check \
   bench soak clean
 
 help:
@@ -64,6 +64,10 @@ GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
 $(VENV)/.go-debs: $(VENV)/.runtime
 	scripts/install-debs.sh $(GO_DEBS)
 	@touch $@
+
+# The same, whatever the stamp says (for when the packages went away after it was made).
+go-debs:
+	scripts/install-debs.sh $(GO_DEBS)
 
 # The HTTP listener (Connect, gRPC-Web, JSON, the static page) is on here, off by default
 # in `chatd serve`; CHATD_HTTP_LISTEN (empty: off) overrides it.

@@ -283,6 +283,16 @@ DATABASE_URL_FORMS: tuple[tuple[str, str], ...] = (
 
 # Variables of chatd's own test suite and benchmarks: not settings, never warned about.
 _NOT_SETTINGS_PREFIXES = ("CHATD_TEST_", "CHATD_BENCH_")
+# Variables the client examples and packages read (client_examples/, clients/, generated/)
+# and the test suite's own: a shell that runs both a client and chatd holds them, so they are
+# not the server's typos.
+_NOT_SETTINGS = (
+    "CHATD_ADDRESS",
+    "CHATD_API_KEY",
+    "CHATD_CA_CERT",
+    "CHATD_FUZZ_SEED",
+    "CHATD_PROBE_TRACEMALLOC",
+)
 
 
 def _shown_default(name: str) -> str:
@@ -370,6 +380,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
         for name in sorted(environ)
         if name.startswith("CHATD_")
         and name not in known
+        and name not in _NOT_SETTINGS
         and not name.startswith(_NOT_SETTINGS_PREFIXES)
     ]
 
