@@ -4,9 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
+TS := generated/ts
+# npm packages of the TypeScript client (protoc-gen-es, tsc, esbuild, the test tools).
+NPM_STAMP := $(TS)/node_modules/.installed
+# Debian's chromium, which the playground's browser test drives.
+CHROMIUM_STAMP := $(VENV)/.chromium
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=900
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check client-wheel bench soak clean
+.PHONY: help run test lint fmt gen gen-check client-wheel ts-package playground bench soak clean
 
 help:
 	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
@@ -14,6 +21,8 @@ help:
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
 	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
+	@echo "make ts-package    build the @chatd/client npm package (generated/ts) into dist/"
+	@echo "make playground    rebuild the browser playground's bundle (server/http/static)"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
 	@echo "make soak   the long reliability suite (tests/reliability)"
 
@@ -33,7 +42,7 @@ $(VENV)/.dev: $(VENV)/.runtime
 run: $(VENV)/.runtime
 	$(PY) -m server serve
 
-test: lint
+test: lint $(CHROMIUM_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev gen-check
@@ -51,11 +60,29 @@ fmt: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w
 
-gen: $(VENV)/.dev
+gen: $(VENV)/.dev $(NPM_STAMP)
 	scripts/gen.sh $(PY) generated
 
-gen-check: $(VENV)/.dev
+gen-check: $(VENV)/.dev $(NPM_STAMP)
 	scripts/gen.sh --check $(PY) generated
+
+# Node.js and npm come from Debian when the machine has none; then npm ci installs the
+# locked packages, again whenever package-lock.json changes.
+$(NPM_STAMP): $(TS)/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) $(APT_INSTALL) nodejs npm; }
+	cd $(TS) && npm ci --no-audit --no-fund
+	@touch $@
+
+$(CHROMIUM_STAMP): $(VENV)/.runtime
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) $(APT_INSTALL) chromium; }
+	@touch $@
+
+# The @chatd/client package: npm pack compiles src/ to dist/ (JavaScript + .d.ts) first.
+ts-package: $(NPM_STAMP) gen-check
+	mkdir -p dist && cd $(TS) && npm pack --pack-destination ../../dist
+
+playground: $(NPM_STAMP)
+	cd $(TS) && npm run --silent playground
 
 # The Python client package (clients/python): the wheel takes the stubs from generated/.
 client-wheel: $(VENV)/.dev gen-check

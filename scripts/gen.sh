@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Generates Python code for protos/ into generated/ (or, with --check, fails when it is stale).
+# Generates code for protos/ into generated/ (or, with --check, fails when it is stale):
+#   generated/chatd       Python messages and grpc stubs (grpc_tools, mypy-protobuf)
+#   generated/ts/src/gen  TypeScript messages and service descriptors (@bufbuild/protoc-gen-es
+#                         from generated/ts/node_modules, installed by `make` with npm ci), with
+#                         google.rpc status + error_details from googleapis-common-protos
 set -euo pipefail
 check=0
 if [ "${1:-}" = "--check" ]; then check=1; shift; fi
@@ -22,16 +26,36 @@ for f in "$work"/chatd/v1/*_pb2_grpc.py; do
 done
 touch "$work/chatd/__init__.py" "$work/chatd/v1/__init__.py" "$work/chatd/py.typed"
 
+es="$out/ts/node_modules/.bin/protoc-gen-es"
+if [ ! -x "$es" ]; then
+  echo "$es is missing: run 'make' (it runs npm ci in $out/ts)" >&2
+  exit 1
+fi
+# googleapis-common-protos ships the google/rpc .proto files beside its modules.
+rpc_include=$("$py" -c 'import google.rpc.status_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')
+mkdir -p "$work/ts"
+"$py" -m grpc_tools.protoc -Iprotos -I"$rpc_include" \
+  --plugin=protoc-gen-es="$es" --es_out="$work/ts" --es_opt=target=ts,import_extension=js \
+  protos/chatd/v1/*.proto "$rpc_include/google/rpc/status.proto" "$rpc_include/google/rpc/error_details.proto"
+
 if [ "$check" = 1 ]; then
-  if ! diff -r -x __pycache__ "$work/chatd" "$out/chatd" >/dev/null; then
-    diff -r -x __pycache__ "$work/chatd" "$out/chatd" | head -20
+  stale=0
+  for pair in "chatd:chatd" "ts:ts/src/gen"; do
+    if ! diff -r -x __pycache__ "$work/${pair%%:*}" "$out/${pair#*:}" >/dev/null; then
+      diff -r -x __pycache__ "$work/${pair%%:*}" "$out/${pair#*:}" | head -20
+      stale=1
+    fi
+  done
+  if [ "$stale" = 1 ]; then
     echo "generated/ is stale: run 'make gen' and commit the result" >&2
     exit 1
   fi
   echo "generated/ is up to date"
 else
-  rm -rf "$out/chatd"
-  mkdir -p "$out"
+  rm -rf "$out/chatd" "$out/ts/src/gen"
+  mkdir -p "$out/ts/src"
   cp -r "$work/chatd" "$out/chatd"
-  echo "generated $(find "$out/chatd" -name '*.py*' | wc -l) files in $out/chatd"
+  cp -r "$work/ts" "$out/ts/src/gen"
+  echo "generated $(find "$out/chatd" -name '*.py*' | wc -l) files in $out/chatd" \
+    "and $(find "$out/ts/src/gen" -name '*.ts' | wc -l) in $out/ts/src/gen"
 fi
