@@ -8,13 +8,21 @@
 //   npm install ./chatd-client-0.1.0.tgz @connectrpc/connect-node
 //   node example.mjs                                  # http://127.0.0.1:8080
 //   node example.mjs http://HOST:PORT --api-key KEY   # or CHATD_API_KEY=KEY
+//   node example.mjs http://127.0.0.1:50051 --protocol grpc   # chatd's native gRPC port
+//
+// --protocol picks the wire protocol: connect (default, HTTP/1.1), grpc-web (HTTP/1.1)
+// or grpc (HTTP/2, the port of CHATD_LISTEN).
 //
 // A failed call ends the example with exit code 1 and the error on stderr.
 
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+} from "@connectrpc/connect-node";
 import {
   createChatClient,
   errorDetails,
@@ -40,21 +48,25 @@ const LOOKUP_ORDER = create(FunctionDeclarationSchema, {
   },
 });
 
-/** Streams one turn, printing text as it arrives; returns the reply's id and the final
- * reply. */
+/** Streams one turn, printing text as it arrives and tool calls as they happen; returns
+ * the reply's id and the final reply. */
 async function stream(client, sessionId, text) {
   let replyId = "";
-  process.stdout.write("model: ");
+  let line = false; // a "model: " line is open
   for await (const event of client.streamReply({ sessionId, text })) {
     replyId = event.replyId || replyId; // on the first event
-    if (event.event.case === "textDelta") {
-      process.stdout.write(event.event.value.text);
-    } else if (event.event.case === "toolCall") {
-      const call = event.event.value.functionCall;
-      process.stdout.write(`\n[tool call ${call.name}, caller executed: ${event.event.value.callerExecuted}]`);
-    } else if (event.event.case === "reply") {
-      process.stdout.write("\n");
-      return { replyId, reply: event.event.value };
+    const { case: kind, value } = event.event;
+    if (kind === "textDelta" && !value.thought) {
+      process.stdout.write(line ? value.text : `model: ${value.text}`);
+      line = true;
+    } else if (kind === "toolCall") {
+      if (line) process.stdout.write("\n");
+      line = false;
+      const who = value.callerExecuted ? "the caller" : "chatd";
+      console.log(`model called ${value.functionCall.name} (run by ${who})`);
+    } else if (kind === "reply") {
+      if (line) process.stdout.write("\n");
+      return { replyId, reply: value };
     }
   }
   throw new Error("the stream ended without a reply");
@@ -77,18 +89,27 @@ async function answerTools(client, sessionId, reply) {
 async function main() {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
-    options: { "api-key": { type: "string", default: process.env.CHATD_API_KEY } },
+    options: {
+      "api-key": { type: "string", default: process.env.CHATD_API_KEY },
+      protocol: { type: "string", default: "connect" },
+    },
   });
   const baseUrl = positionals[0] ?? "http://127.0.0.1:8080";
   const apiKey = values["api-key"];
-  const transport = createConnectTransport({
-    baseUrl,
-    httpVersion: "1.1",
-    interceptors: apiKey
-      ? [(next) => (req) => (req.header.set("authorization", `Bearer ${apiKey}`), next(req))]
-      : [],
-  });
-  const client = createChatClient(transport);
+  // Every call carries the key as `authorization: Bearer <key>`.
+  const interceptors = apiKey
+    ? [(next) => (req) => (req.header.set("authorization", `Bearer ${apiKey}`), next(req))]
+    : [];
+  const transports = {
+    connect: () => createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors }),
+    "grpc-web": () => createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors }),
+    grpc: () => createGrpcTransport({ baseUrl, interceptors }),
+  };
+  if (!(values.protocol in transports)) {
+    console.error(`error: --protocol must be one of ${Object.keys(transports).join(", ")}`);
+    return 2;
+  }
+  const client = createChatClient(transports[values.protocol]());
 
   const { session } = await client.createSession({
     session: { displayName: "example", functionDeclarations: [LOOKUP_ORDER] },

@@ -172,7 +172,11 @@ async function loadSessions(): Promise<void> {
         return li;
       }),
     );
-    if (sessions.length === 0) setStatus("No sessions yet: create one with New session.");
+    if (sessions.length === 0) {
+      setStatus("No sessions yet: create one with New session.");
+    } else if (ui.status.classList.contains("error")) {
+      setStatus("");
+    }
   } catch (error) {
     fail(error);
   }
