@@ -299,19 +299,23 @@ def test_the_committed_playground_bundle_is_fresh(node_modules: Path, tmp_path: 
     assert not stale, f"server/http/static is stale ({stale}): run 'make playground' and commit"
 
 
-async def test_the_playground_in_headless_chromium(
-    node_modules: Path, start_chatd: StartChatd, tmp_path: Path
-) -> None:
+@pytest.fixture
+def driver(node_modules: Path, tmp_path: Path) -> Path:
+    """A directory holding the Playwright script, resolving playwright-core from
+    generated/ts/node_modules."""
     assert CHROMIUM.exists(), (
         "/usr/bin/chromium is missing: `make test` installs Debian's chromium package"
     )
-    server = await start(start_chatd)
-    # playwright-core resolves from generated/ts/node_modules next to the script.
     (tmp_path / "node_modules").symlink_to(node_modules)
     shutil.copy(SCRIPTS / "playground.mjs", tmp_path / "playground.mjs")
+    return tmp_path
+
+
+async def test_the_playground_in_headless_chromium(driver: Path, start_chatd: StartChatd) -> None:
+    server = await start(start_chatd)
     url = base_url(server, "connect") + "/"
-    screenshot = tmp_path / "playground.png"
-    code, out, err = await node("playground.mjs", url, API_KEY, str(screenshot), cwd=tmp_path)
+    screenshot = driver / "playground.png"
+    code, out, err = await node("playground.mjs", url, API_KEY, str(screenshot), cwd=driver)
     assert code == 0, err
     seen = json.loads(out)
     assert seen["keylessStatus"].startswith("Unauthenticated: "), seen["keylessStatus"]
@@ -334,4 +338,4 @@ async def test_the_playground_in_headless_chromium(
     # and the model's last answer.
     assert len(document["messages"]) == 6
     assert seen["sessions"] == 1
-    assert screenshot.stat().st_size > 10_000
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
