@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: help run test lint fmt gen gen-check client-wheel ts-package playground bench soak clean
 
 help:
-	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
+	@echo "make run    start chatd on 127.0.0.1:50051, HTTP/Connect on 127.0.0.1:8080 (SQLite in ./var, echo provider without a Gemini key)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
@@ -39,8 +39,10 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The HTTP listener (Connect, gRPC-Web, JSON, the static page) is on here, off by default
+# in `chatd serve`; CHATD_HTTP_LISTEN (empty: off) overrides it.
 run: $(VENV)/.runtime
-	$(PY) -m server serve
+	CHATD_HTTP_LISTEN="$${CHATD_HTTP_LISTEN-127.0.0.1:8080}" $(PY) -m server serve
 
 test: lint $(CHROMIUM_STAMP)
 	$(PY) -m pytest -q
