@@ -98,7 +98,12 @@ async def node(*args: str, cwd: Path) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    try:
+        # A guard against a hung script, far above what a run takes.
+        out, err = await asyncio.wait_for(proc.communicate(), 300)
+    except TimeoutError:
+        proc.kill()
+        raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
