@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from chatd.v1 import chat_service_pb2, session_pb2
 from tests.conftest import Chatd, StartChatd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,6 +319,15 @@ def driver(node_modules: Path, tmp_path: Path) -> Path:
 
 async def test_the_playground_in_headless_chromium(driver: Path, start_chatd: StartChatd) -> None:
     server = await start(start_chatd)
+    declaration = session_pb2.FunctionDeclaration(name="lookup_order", parameters_json="{}")
+    await server.stub.CreateSession(
+        chat_service_pb2.CreateSessionRequest(
+            session=session_pb2.Session(
+                display_name="Caller tools", function_declarations=[declaration]
+            )
+        ),
+        metadata=(("authorization", f"Bearer {API_KEY}"),),
+    )
     url = base_url(server, "connect") + "/"
     screenshot = driver / "playground.png"
     code, out, err = await node("playground.mjs", url, API_KEY, str(screenshot), cwd=driver)
@@ -325,6 +335,7 @@ async def test_the_playground_in_headless_chromium(driver: Path, start_chatd: St
     seen = json.loads(out)
     assert seen["keylessStatus"].startswith("Unauthenticated: "), seen["keylessStatus"]
     assert "(API_KEY_MISSING)" in seen["keylessStatus"]
+    assert seen["keyedStatus"] == ""
     assert seen["consoleErrors"] == []
     # Nothing but chatd's own origin: no CDN, no third-party asset.
     assert seen["requests"], seen
@@ -342,5 +353,11 @@ async def test_the_playground_in_headless_chromium(driver: Path, start_chatd: St
     # The two user messages, the model's answer, its function call, the tool's response
     # and the model's last answer.
     assert len(document["messages"]) == 6
-    assert seen["sessions"] == 1
+    assert seen["sessions"] == 2
+    # The caller tool: the turn paused, and the JSON typed in the composer answered it.
+    assert seen["callerCall"] == 'tool call lookup_order({"order_id":7}) (caller executes)'
+    assert seen["placeholder"] == "A JSON result answers lookup_order"
+    assert seen["callerReply"].startswith(
+        'Echo: lookup_order returned {"result": {"status": "shipped"}}'
+    )
     assert screenshot.read_bytes().startswith(b"\x89PNG")

@@ -33,7 +33,9 @@ try {
   page.on("pageerror", (error) => out.consoleErrors.push(String(error)));
   await page.locator("#api-key").fill(apiKey);
   await page.locator("#api-key").dispatchEvent("change");
-  await page.locator("#status", { hasText: "No sessions yet" }).waitFor();
+  // With the key, the list shows the session the test made, and the error is gone.
+  await page.locator("#sessions li", { hasText: "Caller tools" }).waitFor();
+  out.keyedStatus = await page.locator("#status").textContent();
   await page.getByRole("button", { name: "New session" }).click();
   await page.locator("#sessions li.open").waitFor();
   out.sessionTitle = await page.locator("#chat-title").textContent();
@@ -74,6 +76,20 @@ try {
     panel.open = false;
   });
   await page.screenshot({ path: screenshot, fullPage: true });
+
+  // A session declaring a caller-executed function (created by the test): the turn
+  // pauses for its result, which the composer sends as JSON.
+  await page.locator("#sessions li", { hasText: "Caller tools" }).click();
+  await page.locator("#chat-title", { hasText: "Caller tools" }).waitFor();
+  await page.locator("#input").fill('/call lookup_order {"order_id": 7}');
+  await page.locator("#input").press("Enter");
+  await page.locator("#status", { hasText: "waits for tool results" }).waitFor();
+  out.callerCall = await page.locator(".tool.call").last().textContent();
+  out.placeholder = await page.locator("#input").getAttribute("placeholder");
+  await page.locator("#input").fill('{"status": "shipped"}');
+  await page.locator("#input").press("Enter");
+  await page.locator("#status", { hasText: "Finished" }).waitFor();
+  out.callerReply = await page.locator(".msg.model").last().textContent();
 } finally {
   await browser.close();
 }
