@@ -4,23 +4,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
+# The released contract, which `buf breaking` compares protos/ with (docs/contract.md).
+PROTO_BASELINE := protos/baseline/chatd.v1.binpb
 TS := generated/ts
 # npm packages of the TypeScript client (protoc-gen-es, tsc, esbuild, the test tools).
 NPM_STAMP := $(TS)/node_modules/.installed
-# Debian's chromium, which the playground's browser test drives.
-CHROMIUM_STAMP := $(VENV)/.chromium
-APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=900
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check client-wheel ts-package playground bench soak clean
+.PHONY: help run test lint fmt gen gen-check proto-baseline client-wheel go-build ts-package \
+  playground bench soak clean
 
 help:
 	@echo "make run    start chatd on 127.0.0.1:50051, HTTP/Connect on 127.0.0.1:8080 (SQLite in ./var, echo provider without a Gemini key)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
+	@echo "make proto-baseline  at a release: make protos/ the contract buf breaking checks against"
 	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
+	@echo "make go-build  compile the Go package (generated/go) and its example into dist/"
 	@echo "make ts-package    build the @chatd/client npm package (generated/ts) into dist/"
 	@echo "make playground    rebuild the browser playground's bundle (server/http/static)"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
@@ -39,12 +40,23 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# Debian's Go toolchain, protoc plugins and Go libraries: `make gen` writes generated/go with
+# the plugins and the tests compile it offline against the libraries in /usr/share/gocode.
+# grpc-go's codec goes through github.com/golang/protobuf: its 1.5 package (built on the
+# APIv2 runtime) is needed, since the 1.3 one cannot decode protoc-gen-go's messages.
+GO_DEBS := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+  golang-github-golang-protobuf-1-5-dev \
+  golang-google-protobuf-dev golang-google-genproto-dev
+$(VENV)/.go-debs: $(VENV)/.runtime
+	scripts/install-debs.sh $(GO_DEBS)
+	@touch $@
+
 # The HTTP listener (Connect, gRPC-Web, JSON, the static page) is on here, off by default
 # in `chatd serve`; CHATD_HTTP_LISTEN (empty: off) overrides it.
 run: $(VENV)/.runtime
 	CHATD_HTTP_LISTEN="$${CHATD_HTTP_LISTEN-127.0.0.1:8080}" $(PY) -m server serve
 
-test: lint $(CHROMIUM_STAMP)
+test: lint $(VENV)/.go-debs $(VENV)/.chromium
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev gen-check
@@ -53,8 +65,7 @@ lint: $(VENV)/.dev gen-check
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
-	@if git rev-parse -q --verify main >/dev/null; then \
-	  $(BIN)/buf breaking --against '.git#branch=main'; fi
+	$(BIN)/buf breaking --against $(PROTO_BASELINE)
 	$(BIN)/lint-imports
 
 fmt: $(VENV)/.dev
@@ -62,21 +73,25 @@ fmt: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w
 
-gen: $(VENV)/.dev $(NPM_STAMP)
+gen: $(VENV)/.dev $(VENV)/.go-debs $(NPM_STAMP)
 	scripts/gen.sh $(PY) generated
 
-gen-check: $(VENV)/.dev $(NPM_STAMP)
+gen-check: $(VENV)/.dev $(VENV)/.go-debs $(NPM_STAMP)
 	scripts/gen.sh --check $(PY) generated
 
-# Node.js and npm come from Debian when the machine has none; then npm ci installs the
+proto-baseline: $(VENV)/.dev
+	$(BIN)/buf build --exclude-source-info -o $(PROTO_BASELINE)
+
+# Node.js and npm come from Debian when the machine has no npm; then npm ci installs the
 # locked packages, again whenever package-lock.json changes.
 $(NPM_STAMP): $(TS)/package-lock.json
-	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) $(APT_INSTALL) nodejs npm; }
+	@command -v npm >/dev/null || scripts/install-debs.sh nodejs npm
 	cd $(TS) && npm ci --no-audit --no-fund
 	@touch $@
 
-$(CHROMIUM_STAMP): $(VENV)/.runtime
-	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) $(APT_INSTALL) chromium; }
+# Debian's chromium, which the playground's browser test drives (never a downloaded one).
+$(VENV)/.chromium: $(VENV)/.runtime
+	scripts/install-debs.sh chromium
 	@touch $@
 
 # The @chatd/client package: npm pack compiles src/ to dist/ (JavaScript + .d.ts) first.
@@ -89,6 +104,9 @@ playground: $(NPM_STAMP)
 # The Python client package (clients/python): the wheel takes the stubs from generated/.
 client-wheel: $(VENV)/.dev gen-check
 	$(PY) -m pip wheel --no-deps -w dist clients/python
+
+go-build: $(VENV)/.go-debs gen-check
+	scripts/go-build.sh dist/chatd-go-example
 
 bench: $(VENV)/.dev
 	$(PY) -m bench

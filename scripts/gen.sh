@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Generates code for protos/ into generated/ (or, with --check, fails when it is stale):
-#   generated/chatd       Python messages and grpc stubs (grpc_tools, mypy-protobuf)
+#   generated/chatd       Python messages and grpc stubs (grpc_tools, mypy-protobuf), and
+#                         Connect code (protoc-gen-connectrpc)
+#   generated/go/chatd    Go (Debian's protoc-gen-go and protoc-gen-go-grpc, from `make`)
 #   generated/ts/src/gen  TypeScript messages and service descriptors (@bufbuild/protoc-gen-es
 #                         from generated/ts/node_modules, installed by `make` with npm ci), with
 #                         google.rpc status + error_details from googleapis-common-protos
@@ -32,6 +34,23 @@ for f in "$work"/chatd/v1/*_connect.py; do
 done
 touch "$work/chatd/__init__.py" "$work/chatd/v1/__init__.py" "$work/chatd/py.typed"
 
+# Go: the import path comes from each file's go_package; module= strips the module's own path.
+go_module=github.com/chatd/chatd/generated/go
+for plugin in protoc-gen-go protoc-gen-go-grpc; do
+  command -v "$plugin" >/dev/null || {
+    echo "$plugin is missing: 'make go-debs' installs Debian's" >&2
+    exit 1
+  }
+done
+mkdir -p "$work/go"
+"$py" -m grpc_tools.protoc -Iprotos \
+  --plugin=protoc-gen-go="$(command -v protoc-gen-go)" \
+  --plugin=protoc-gen-go-grpc="$(command -v protoc-gen-go-grpc)" \
+  --go_out="$work/go" --go_opt=module="$go_module" \
+  --go-grpc_out="$work/go" --go-grpc_opt=module="$go_module" \
+  protos/chatd/v1/*.proto
+
+# TypeScript.
 es="$out/ts/node_modules/.bin/protoc-gen-es"
 if [ ! -x "$es" ]; then
   echo "$es is missing: run 'make' (it runs npm ci in $out/ts)" >&2
@@ -44,11 +63,13 @@ mkdir -p "$work/ts"
   --plugin=protoc-gen-es="$es" --es_out="$work/ts" --es_opt=target=ts,import_extension=js \
   protos/chatd/v1/*.proto "$rpc_include/google/rpc/status.proto" "$rpc_include/google/rpc/error_details.proto"
 
+# What is generated (in $work) and where it is committed (in $out).
+pairs=("chatd:chatd" "go/chatd:go/chatd" "ts:ts/src/gen")
 if [ "$check" = 1 ]; then
   stale=0
-  for pair in "chatd:chatd" "ts:ts/src/gen"; do
+  for pair in "${pairs[@]}"; do
     if ! diff -r -x __pycache__ "$work/${pair%%:*}" "$out/${pair#*:}" >/dev/null; then
-      diff -r -x __pycache__ "$work/${pair%%:*}" "$out/${pair#*:}" | head -20
+      diff -r -x __pycache__ "$work/${pair%%:*}" "$out/${pair#*:}" | head -20 || true
       stale=1
     fi
   done
@@ -58,10 +79,10 @@ if [ "$check" = 1 ]; then
   fi
   echo "generated/ is up to date"
 else
-  rm -rf "$out/chatd" "$out/ts/src/gen"
-  mkdir -p "$out/ts/src"
-  cp -r "$work/chatd" "$out/chatd"
-  cp -r "$work/ts" "$out/ts/src/gen"
-  echo "generated $(find "$out/chatd" -name '*.py*' | wc -l) files in $out/chatd" \
-    "and $(find "$out/ts/src/gen" -name '*.ts' | wc -l) in $out/ts/src/gen"
+  for pair in "${pairs[@]}"; do
+    rm -rf "${out:?}/${pair#*:}"
+    mkdir -p "$(dirname "$out/${pair#*:}")"
+    cp -r "$work/${pair%%:*}" "$out/${pair#*:}"
+    echo "generated $(find "$out/${pair#*:}" -type f -not -path '*/__pycache__/*' | wc -l) files in $out/${pair#*:}"
+  done
 fi

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
@@ -36,6 +36,7 @@ TEST_TOOLS = ToolRegistry(
         tool_fixtures.slow_square,
         tool_fixtures.explode,
         tool_fixtures.dawdle,
+        tool_fixtures.find_order,
     ]
 )
 
@@ -69,6 +70,23 @@ async def test_list_tools_shows_builtins_with_json_schemas(chatd: Chatd) -> None
     assert clock.parameters["properties"]["timezone"]["type"] == "string"
     first = await chatd.stub.ListTools(pb.ListToolsRequest(page_size=1))
     assert len(first.tools) == 1 and first.next_page_token
+
+
+async def test_list_tools_gives_each_schema_as_exact_json_text_too(
+    start_chatd: StartChatd,
+) -> None:
+    server = await start_chatd(tools=TEST_TOOLS)
+    listed = await server.stub.ListTools(pb.ListToolsRequest())
+    for t in listed.tools:
+        # The same schema in both forms, up to the Struct's doubles.
+        assert json_format.ParseDict(json.loads(t.parameters_json), struct_pb2.Struct()) == (
+            t.parameters
+        )
+    find = next(t for t in listed.tools if t.name == "find_order")
+    bound = json.loads(find.parameters_json)["properties"]["order_id"]["maximum"]
+    assert bound == tool_fixtures.LARGEST_ORDER_ID
+    # The Struct's double cannot hold the same bound.
+    assert find.parameters["properties"]["order_id"]["maximum"] != tool_fixtures.LARGEST_ORDER_ID
 
 
 async def test_echo_call_runs_a_server_tool_and_streams_every_step(chatd: Chatd) -> None:

@@ -45,3 +45,19 @@ async def dawdle() -> str:
     """Takes longer than its timeout."""
     await asyncio.sleep(5)
     return "never"
+
+
+# An id bound no double holds exactly (2**63 - 1): ListTools' parameters_json keeps it whole.
+LARGEST_ORDER_ID = 9223372036854775807
+
+
+@tool(
+    parameters={
+        "type": "object",
+        "properties": {"order_id": {"type": "integer", "minimum": 1, "maximum": LARGEST_ORDER_ID}},
+        "required": ["order_id"],
+    }
+)
+async def find_order(order_id: int) -> str:
+    """Finds an order by id."""
+    return f"order {order_id}"

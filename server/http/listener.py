@@ -230,9 +230,16 @@ class HttpListener:
             self._sock.close()
             return
         self._server.config.timeout_graceful_shutdown = math.ceil(grace)
+        if grace <= 0:
+            # No grace: calls are cancelled now, and uvicorn closes without waiting.
+            self._server.force_exit = True
+            for task in list(self._server.server_state.tasks):
+                task.cancel()
         self._server.should_exit = True
         await self._task
-        # Calls cancelled at the end of the grace period finish unwinding before chatd
-        # closes the store under them.
+        # Calls still running (no grace, or past it) are cancelled, and finish unwinding
+        # before chatd closes the store under them.
         tasks = list(self._server.server_state.tasks)
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -18,7 +18,7 @@ from server.rpc.content_codec import (
     parts_from_pb,
 )
 from server.rpc.generation_codec import generate_input, generation_event_to_pb, generation_to_pb
-from server.rpc.json_codec import dict_to_struct
+from server.rpc.json_codec import object_output
 from server.rpc.reply_codec import decode_events, record_to_pb
 from server.rpc.request_keys import request_key
 from server.rpc.session_codec import (
@@ -305,7 +305,7 @@ class ChatServicer(SessionOpsServicer, chat_service_pb2_grpc.ChatServiceServicer
         for declaration in page.items:
             tool = response.tools.add(name=declaration.name, description=declaration.description)
             if declaration.parameters is not None:
-                dict_to_struct(declaration.parameters, tool.parameters)
+                object_output(declaration.parameters, tool, "parameters", "parameters_json")
         return response
 
 
