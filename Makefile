@@ -73,8 +73,10 @@ fmt: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w
 
+# The playground's bundle holds the generated TypeScript, so it is rebuilt too.
 gen: $(VENV)/.dev $(VENV)/.go-debs $(NPM_STAMP)
 	scripts/gen.sh $(PY) generated
+	cd $(TS) && npm run --silent playground
 
 gen-check: $(VENV)/.dev $(VENV)/.go-debs $(NPM_STAMP)
 	scripts/gen.sh --check $(PY) generated
