@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Generates code for protos/ into generated/ (or, with --check, fails when it is stale):
-# Python stubs in generated/chatd and Go (Debian's protoc-gen-go and protoc-gen-go-grpc, from
-# `make go-debs`) in generated/go/chatd.
+#   generated/chatd       Python messages and grpc stubs (grpc_tools, mypy-protobuf), and
+#                         Connect code (protoc-gen-connectrpc)
+#   generated/go/chatd    Go (Debian's protoc-gen-go and protoc-gen-go-grpc, from `make`)
+#   generated/ts/src/gen  TypeScript messages and service descriptors (@bufbuild/protoc-gen-es
+#                         from generated/ts/node_modules, installed by `make` with npm ci), with
+#                         google.rpc status + error_details from googleapis-common-protos
 set -euo pipefail
 check=0
 if [ "${1:-}" = "--check" ]; then check=1; shift; fi
@@ -46,22 +50,39 @@ mkdir -p "$work/go"
   --go-grpc_out="$work/go" --go-grpc_opt=module="$go_module" \
   protos/chatd/v1/*.proto
 
+# TypeScript.
+es="$out/ts/node_modules/.bin/protoc-gen-es"
+if [ ! -x "$es" ]; then
+  echo "$es is missing: run 'make' (it runs npm ci in $out/ts)" >&2
+  exit 1
+fi
+# googleapis-common-protos ships the google/rpc .proto files beside its modules.
+rpc_include=$("$py" -c 'import google.rpc.status_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')
+mkdir -p "$work/ts"
+"$py" -m grpc_tools.protoc -Iprotos -I"$rpc_include" \
+  --plugin=protoc-gen-es="$es" --es_out="$work/ts" --es_opt=target=ts,import_extension=js \
+  protos/chatd/v1/*.proto "$rpc_include/google/rpc/status.proto" "$rpc_include/google/rpc/error_details.proto"
+
+# What is generated (in $work) and where it is committed (in $out).
+pairs=("chatd:chatd" "go/chatd:go/chatd" "ts:ts/src/gen")
 if [ "$check" = 1 ]; then
-  if ! diff -r -x __pycache__ "$work/chatd" "$out/chatd" >/dev/null ||
-    ! diff -r "$work/go/chatd" "$out/go/chatd" >/dev/null; then
-    diff -r -x __pycache__ "$work/chatd" "$out/chatd" | head -20 || true
-    diff -r "$work/go/chatd" "$out/go/chatd" | head -20 || true
+  stale=0
+  for pair in "${pairs[@]}"; do
+    if ! diff -r -x __pycache__ "$work/${pair%%:*}" "$out/${pair#*:}" >/dev/null; then
+      diff -r -x __pycache__ "$work/${pair%%:*}" "$out/${pair#*:}" | head -20 || true
+      stale=1
+    fi
+  done
+  if [ "$stale" = 1 ]; then
     echo "generated/ is stale: run 'make gen' and commit the result" >&2
     exit 1
   fi
   echo "generated/ is up to date"
 else
-  rm -rf "$out/chatd"
-  mkdir -p "$out"
-  cp -r "$work/chatd" "$out/chatd"
-  echo "generated $(find "$out/chatd" -name '*.py*' | wc -l) files in $out/chatd"
-  rm -rf "$out/go/chatd"
-  mkdir -p "$out/go"
-  cp -r "$work/go/chatd" "$out/go/chatd"
-  echo "generated $(find "$out/go/chatd" -name '*.go' | wc -l) files in $out/go/chatd"
+  for pair in "${pairs[@]}"; do
+    rm -rf "${out:?}/${pair#*:}"
+    mkdir -p "$(dirname "$out/${pair#*:}")"
+    cp -r "$work/${pair%%:*}" "$out/${pair#*:}"
+    echo "generated $(find "$out/${pair#*:}" -type f -not -path '*/__pycache__/*' | wc -l) files in $out/${pair#*:}"
+  done
 fi
