@@ -65,6 +65,14 @@ mkdir -p "$work/ts"
 
 # What is generated (in $work) and where it is committed (in $out).
 pairs=("chatd:chatd" "go/chatd:go/chatd" "ts:ts/src/gen")
+# The Go output depends on the protoc-gen-go release (each Debian release packages another):
+# it is compared only with the release the committed files name, else skipped with a note.
+committed_go=$(sed -n 's|^// 	protoc-gen-go \(v[0-9.]*\)$|\1|p' "$out/go/chatd/v1/content.pb.go" 2>/dev/null || true)
+installed_go=$(protoc-gen-go --version | awk '{print $2}')
+if [ "$check" = 1 ] && [ -n "$committed_go" ] && [ "$committed_go" != "$installed_go" ]; then
+  echo "note: generated/go was made by protoc-gen-go $committed_go, this machine has $installed_go: its staleness is not checked here" >&2
+  pairs=("chatd:chatd" "ts:ts/src/gen")
+fi
 if [ "$check" = 1 ]; then
   stale=0
   for pair in "${pairs[@]}"; do
