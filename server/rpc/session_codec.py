@@ -189,7 +189,9 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
         labels=dict(session.labels),
         display_name=session.display_name,
         context_policy=ContextPolicy(
-            session.context_policy.max_messages, session.context_policy.max_tokens
+            session.context_policy.max_messages,
+            session.context_policy.max_tokens,
+            session.context_policy.low_water_fraction,
         ),
         safety_settings=tuple(
             SafetySetting(s.category, s.threshold) for s in session.safety_settings
@@ -219,6 +221,7 @@ def session_to_pb(session: Session, out: pb.Session) -> None:
     out.display_name = s.display_name
     out.context_policy.max_messages = s.context_policy.max_messages
     out.context_policy.max_tokens = s.context_policy.max_tokens
+    out.context_policy.low_water_fraction = s.context_policy.low_water_fraction
     for safety in s.safety_settings:
         out.safety_settings.add(category=safety.category, threshold=safety.threshold)
     if s.builtin_tools:

@@ -334,10 +334,21 @@ class GenerationConfig:
 
 @dataclass(frozen=True, slots=True)
 class ContextPolicy:
-    """Limits on what is sent to the model; 0 means no limit."""
+    """Limits on what is sent to the model; 0 means no limit.
+
+    `low_water_fraction` 0 slides the window one turn at a time; a value in (0, 1)
+    drops turns in steps down to about that fraction of each limit (see
+    server.sessions.context.select_window).
+    """
 
     max_messages: int = 0
     max_tokens: int = 0
+    low_water_fraction: float = 0.0
+
+    @property
+    def stepped(self) -> bool:
+        """Turns are dropped in steps (a low-water mark is set and there is a limit)."""
+        return self.low_water_fraction > 0 and (self.max_messages > 0 or self.max_tokens > 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -652,7 +652,8 @@ class ChatSessions:
         await self._same_life(tenant, session)
         if candidate:
             check_user_parts(candidate, "parts", self._limits)
-            history.append(Message(Role.USER, candidate))
+            # At the seq it would get, so a stepped window places it as a turn would.
+            history.append(Message(Role.USER, candidate, session.next_seq))
         window = select_window(history, policy)
         enabled = set(settings.tools)
         declarations = [d for d in self._tools.declarations() if d.name in enabled]

@@ -253,6 +253,12 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
         raise InvalidArgument(
             f"{p}context_policy.max_tokens", "must not be negative", reason="CONTEXT_POLICY_INVALID"
         )
+    if not 0 <= policy.low_water_fraction < 1:  # NaN fails both comparisons
+        raise InvalidArgument(
+            f"{p}context_policy.low_water_fraction",
+            "must be at least 0 and below 1",
+            reason="CONTEXT_POLICY_INVALID",
+        )
     for i, safety in enumerate(settings.safety_settings):
         for name, value in (("category", safety.category), ("threshold", safety.threshold)):
             if _ENUM_NAME.fullmatch(value) is None:

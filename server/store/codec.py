@@ -374,7 +374,7 @@ def settings_to_dict(settings: SessionSettings) -> Dict:
         policy = s.context_policy
         d["context_policy"] = {
             name: value
-            for name in ("max_messages", "max_tokens")
+            for name in ("max_messages", "max_tokens", "low_water_fraction")
             if (value := getattr(policy, name))
         }
     if s.safety_settings:

@@ -284,19 +284,34 @@ class ContextPolicy(_message.Message):
 
     MAX_MESSAGES_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    LOW_WATER_FRACTION_FIELD_NUMBER: _builtins.int
     max_messages: _builtins.int
     """Send at most this many of the latest messages (0 = no limit)."""
     max_tokens: _builtins.int
     """Keep what is sent under this many tokens (0 = no limit)."""
+    low_water_fraction: _builtins.float
+    """How far the window drops, as a fraction of each limit, when the next turn
+    would exceed `max_messages` or `max_tokens`. 0 (the default, and what
+    sessions made before this field have) slides the window one whole turn at
+    a time, so the first content sent changes on every turn. A value in
+    (0, 1) drops whole turns in steps, down to about this fraction of the
+    limit: the window then keeps the same start, so what is sent begins with
+    the same prefix turn after turn until the next step, which lets Gemini's
+    implicit context caching bill that prefix as cached. For example 0.5 with
+    `max_messages = 40` sends 20 to 40 messages. Steps begin only where a turn
+    begins, so a function call is never separated from its response. Must be
+    at least 0 and below 1; it has no effect without a limit.
+    """
     def __init__(
         self,
         *,
         max_messages: _builtins.int = ...,
         max_tokens: _builtins.int = ...,
+        low_water_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_messages", b"max_messages", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["low_water_fraction", b"low_water_fraction", "max_messages", b"max_messages", "max_tokens", b"max_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
