@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import gemini, history, memory, postgres, procs, report, scenarios
+from bench import gemini, history, long_conversation, memory, postgres, procs, report, scenarios
 from bench.chatd_client import TARGET_WORDS, Calibration, Chatd
 from bench.report import Check
+from server import logs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 SESSIONS = 64  # per throughput scenario, round-robin so no two workers share one
@@ -123,6 +124,12 @@ async def on_gemini(ctx: Context) -> Result:
     return await gemini.gemini(ctx.tmp, say, ctx.timing)
 
 
+async def on_long_conversation(ctx: Context) -> Result:
+    # chatd runs in this process here: its log lines would bury the report.
+    logs.configure("console", "warning")
+    return await long_conversation.run(ctx.tmp, say)
+
+
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "unary": unary,
     "streaming": streaming,
@@ -130,6 +137,7 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "history": on_history,
     "memory": on_memory,
     "gemini": on_gemini,
+    "long_conversation": on_long_conversation,
 }
 
 

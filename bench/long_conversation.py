@@ -1,0 +1,279 @@
+"""The long_conversation scenario: how much of what chatd sends Gemini is billed as cached.
+
+One long conversation per context policy, each in a session of its own, through chatd's
+gemini provider (google-genai over real HTTP) to the fake Gemini of the test suite
+(tests/fake_gemini.py) with its implicit cache on: every answer's
+``usageMetadata.cachedContentTokenCount`` is the fake's count of the longest prefix of
+the request (system instruction, tools, contents) it has seen in an earlier request, and
+0 below the minimum a prefix must have to be cached (2,048 tokens, as Gemini 2.5's
+implicit caching: https://ai.google.dev/gemini-api/docs/caching). Every turn's user
+message is about 800 characters and the fake echoes it, so a turn adds about 400 of the
+fake's tokens.
+
+Per policy it reports the prompt tokens sent over the run (as the fake counted them, from
+each reply's usage), the share of them billed as cached, and the latency of a turn as the
+caller sees it (SendMessage, p50 and p95). The target (issue 15): the stepped window has
+at least 70% of its prompt tokens cached over the run, with no more tokens sent than the
+sliding window (whose share is reported beside it).
+
+Policies are entries of POLICIES: a name and the session's context_policy. Another way to
+keep the context small (compaction, say) is one more entry, with its own checks.
+
+    .venv/bin/python -m bench.long_conversation [--turns 200] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.report import Check, at_most, info, table
+from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import chat_service_pb2_grpc, session_pb2
+from server import app, logs
+from server.config import Settings
+from server.providers.gemini import GeminiProvider, GeminiSettings
+from tests.fake_gemini import FakeGemini
+
+SCENARIO = "long_conversation"
+MODEL = "gemini-2.5-flash"
+TURNS = 200
+MAX_MESSAGES = 40
+LOW_WATER_FRACTION = 0.5
+CACHED_SHARE_TARGET = 0.70
+# The docs' minimum for Gemini 2.5 Flash and Pro (ImplicitCache's default).
+MIN_CACHE_TOKENS = 2048
+SYSTEM_INSTRUCTION = (
+    "You are the assistant of a small engineering team. Answer in plain English, in a few "
+    "sentences, and say when you are unsure."
+)
+_TOPICS = (
+    "the release plan for the storage service",
+    "the on-call rota for the coming quarter",
+    "the migration of the billing jobs to the new scheduler",
+    "the hiring plan for the platform team",
+    "the latency regression in the search backend",
+)
+
+
+def user_text(turn: int) -> str:
+    """Turn `turn`'s message: about 800 characters, different on every turn."""
+    topic = _TOPICS[turn % len(_TOPICS)]
+    text = f"Turn {turn}. Tell me more about {topic}. "
+    filler = (
+        f"What changed since turn {max(turn - 1, 0)}, who owns the next step, which risks "
+        "remain open, what the customers were told, and what we should measure next week. "
+    )
+    while len(text) < 800:
+        text += filler
+    return text[:800]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One way to keep a long conversation's context small: a session's settings."""
+
+    name: str
+    context_policy: Callable[[int], session_pb2.ContextPolicy]  # from max_messages
+
+
+POLICIES: tuple[Policy, ...] = (
+    Policy("sliding", lambda n: session_pb2.ContextPolicy(max_messages=n)),
+    Policy(
+        "stepped",
+        lambda n: session_pb2.ContextPolicy(max_messages=n, low_water_fraction=LOW_WATER_FRACTION),
+    ),
+)
+
+
+@dataclass
+class Run:
+    """What one policy's conversation cost."""
+
+    policy: str
+    turns: int
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    max_contents: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def cached_share(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "policy": self.policy,
+            "turns": self.turns,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cached_share": round(self.cached_share, 4),
+            "max_contents_sent": self.max_contents,
+            "turn_ms_p50": round(statistics.median(lat), 2) if lat else 0.0,
+            "turn_ms_p95": round(lat[int(0.95 * (len(lat) - 1))], 2) if lat else 0.0,
+        }
+
+
+async def run(
+    tmp: Path,
+    say: Callable[[str], None],
+    *,
+    turns: int = TURNS,
+    max_messages: int = MAX_MESSAGES,
+    min_cache_tokens: int = MIN_CACHE_TOKENS,
+    policies: tuple[Policy, ...] = POLICIES,
+) -> tuple[dict[str, Any], list[Check]]:
+    """Runs every policy's conversation; the results and the checks against the target."""
+    runs: list[Run] = []
+    with FakeGemini(implicit_caching=True) as fake:
+        assert fake.implicit_cache is not None
+        fake.implicit_cache.min_tokens = min_cache_tokens
+        provider = GeminiProvider(
+            GeminiSettings(api_key="bench-key", base_url=fake.base_url, timeout=30.0)
+        )
+        settings = Settings(
+            listen="127.0.0.1:0",
+            database_url=f"sqlite:///{tmp / 'long_conversation.db'}",
+            metrics_listen="",
+            grace_period=1.0,
+            default_model=MODEL,
+            rate_limit=0,
+        )
+        running = await app.start(settings, provider=provider)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        try:
+            stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+            for policy in policies:
+                # Each policy on a cold cache: the conversations are the same, so one
+                # would otherwise hit the prefixes another sent.
+                fake.implicit_cache.clear()
+                runs.append(await _conversation(stub, fake, policy, turns, max_messages))
+                say(f"{SCENARIO}: {json.dumps(runs[-1].summary())}")
+        finally:
+            await channel.close()
+            await running.stop(grace=0)
+    result = {
+        "name": SCENARIO,
+        "turns": turns,
+        "max_messages": max_messages,
+        "low_water_fraction": LOW_WATER_FRACTION,
+        "min_cache_tokens": min_cache_tokens,
+        "runs": [r.summary() for r in runs],
+    }
+    return result, checks(runs)
+
+
+async def _conversation(
+    stub: chat_service_pb2_grpc.ChatServiceStub,
+    fake: FakeGemini,
+    policy: Policy,
+    turns: int,
+    max_messages: int,
+) -> Run:
+    session_id = f"long-{policy.name}"
+    await stub.CreateSession(
+        pb.CreateSessionRequest(
+            session_id=session_id,
+            session=session_pb2.Session(
+                system_instruction=SYSTEM_INSTRUCTION,
+                context_policy=policy.context_policy(max_messages),
+            ),
+        )
+    )
+    result = Run(policy.name, turns)
+    seen = len(fake.requests)
+    for turn in range(turns):
+        started = time.perf_counter()
+        got = await stub.SendMessage(
+            pb.SendMessageRequest(session_id=session_id, text=user_text(turn))
+        )
+        result.latencies_ms.append((time.perf_counter() - started) * 1000)
+        result.prompt_tokens += got.reply.usage.prompt_token_count
+        result.cached_tokens += got.reply.usage.cached_content_token_count
+    requests = fake.requests[seen:]
+    result.max_contents = max((len(r.contents) for r in requests), default=0)
+    session = (await stub.GetSession(pb.GetSessionRequest(session_id=session_id))).session
+    # The session's sums are what chatd reports; they must match the replies'.
+    if (
+        session.usage.prompt_token_count != result.prompt_tokens
+        or session.usage.cached_content_token_count != result.cached_tokens
+    ):
+        raise AssertionError(
+            f"{policy.name}: session usage {session.usage} differs from the replies' sums "
+            f"({result.prompt_tokens} prompt, {result.cached_tokens} cached)"
+        )
+    return result
+
+
+def checks(runs: list[Run]) -> list[Check]:
+    """Per policy: tokens sent, cached share, turn latency; the target for stepped."""
+    found: list[Check] = []
+    by_name = {r.policy: r for r in runs}
+    for r in runs:
+        s = r.summary()
+        found += [
+            info(SCENARIO, f"{r.policy}: prompt tokens sent", r.prompt_tokens),
+            info(SCENARIO, f"{r.policy}: cached share", r.cached_share),
+            info(SCENARIO, f"{r.policy}: turn p50 (ms)", s["turn_ms_p50"]),
+            info(SCENARIO, f"{r.policy}: turn p95 (ms)", s["turn_ms_p95"]),
+        ]
+    sliding, stepped = by_name.get("sliding"), by_name.get("stepped")
+    if sliding is not None and stepped is not None:
+        share = stepped.cached_share
+        found.append(
+            Check(
+                SCENARIO,
+                "stepped: cached share of prompt tokens",
+                share,
+                sliding.cached_share,
+                share,
+                "value",
+                f">= {CACHED_SHARE_TARGET:.0%}",
+                share >= CACHED_SHARE_TARGET,
+            )
+        )
+        found.append(
+            at_most(
+                SCENARIO,
+                "stepped: prompt tokens sent vs sliding",
+                stepped.prompt_tokens,
+                sliding.prompt_tokens,
+                1.0,
+            )
+        )
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.long_conversation", description=__doc__)
+    parser.add_argument("--turns", type=int, default=TURNS)
+    parser.add_argument("--max-messages", type=int, default=MAX_MESSAGES)
+    parser.add_argument("--output", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    logs.configure("console", "warning")  # chatd runs in this process: no line per RPC
+    with tempfile.TemporaryDirectory(prefix="chatd-bench-") as tmp:
+        result, found = asyncio.run(
+            run(Path(tmp), print, turns=args.turns, max_messages=args.max_messages)
+        )
+    print(table(found))
+    if args.output is not None:
+        args.output.write_text(
+            json.dumps({**result, "checks": [asdict(c) for c in found]}, indent=2) + "\n"
+        )
+    return 0 if all(c.passed is not False for c in found) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
