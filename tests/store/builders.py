@@ -121,7 +121,7 @@ FULL_SETTINGS = SessionSettings(
     ),
     labels={"team": "ml", "a.b": "dotted", 'q"uote': "x"},
     display_name="Support chat",
-    context_policy=ContextPolicy(max_messages=50, max_tokens=0),
+    context_policy=ContextPolicy(max_messages=50, max_tokens=0, low_water_fraction=0.5),
     safety_settings=(SafetySetting("HARM_CATEGORY_HATE_SPEECH", "BLOCK_NONE"),),
     ttl_seconds=0.0,
     expire_time=T0 + 3600.5,
