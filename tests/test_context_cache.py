@@ -338,6 +338,48 @@ async def test_instruction_and_tools_are_sent_identically_on_every_request(
     assert "lookup" in _raw_field(requests[0], "tools", "tools")
 
 
+async def test_instruction_and_tools_are_sent_identically_after_a_restart(
+    start_chatd: StartChatd, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
+    """What a session stored is sent in the same bytes by the next chatd on that store."""
+    from tests.test_tools_rpc import TEST_TOOLS
+
+    url = f"sqlite:///{tmp_path}/restart.db"
+    params = struct_pb2.Struct()
+    params.update(
+        {
+            "type": "object",
+            "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}},
+            "required": ["zeta", "alpha"],
+        }
+    )
+    sent = []
+    for run in range(2):
+        chatd = await start_chatd(
+            provider=fast_gemini(fake_gemini), tools=TEST_TOOLS, database_url=url
+        )
+        if run == 0:
+            await new_session(
+                chatd,
+                "r",
+                system_instruction="Answer briefly.",
+                tools=["calculate"],
+                function_declarations=[
+                    session_pb2.FunctionDeclaration(name="lookup", parameters=params)
+                ],
+            )
+        await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="r", text=f"turn {run}"))
+        request = fake_gemini.requests[-1]
+        sent.append(
+            [
+                _raw_field(request, "systemInstruction", "system_instruction"),
+                _raw_field(request, "tools", "tools"),
+            ]
+        )
+        await chatd.running.stop(grace=0)
+    assert sent[0] == sent[1]
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.0, 2.5, math.nan])
 async def test_low_water_fraction_out_of_range_is_refused_naming_the_field(
     chatd: Chatd, value: float
