@@ -26,13 +26,22 @@ from server.sessions.model import (
     Message,
     Part,
     Role,
+    SessionSettings,
     Usage,
 )
 from server.sessions.tokens import message_tokens
 from server.store import codec
 from tests.conftest import Chatd, StartChatd, fast_gemini
-from tests.fake_gemini import FakeGemini, ImplicitCache, Reply, call_part, fake_tokens
+from tests.fake_gemini import (
+    FakeGemini,
+    ImplicitCache,
+    RecordedRequest,
+    Reply,
+    call_part,
+    fake_tokens,
+)
 from tests.helpers import violated_fields
+from tests.test_tools_rpc import TEST_TOOLS
 
 # ----------------------------------------------------------------------------- domain
 
@@ -150,8 +159,6 @@ def test_the_current_turn_is_sent_whole_even_past_the_limit() -> None:
 
 
 def test_low_water_fraction_round_trips_through_the_store_codec() -> None:
-    from server.sessions.model import SessionSettings
-
     settings = SessionSettings(context_policy=ContextPolicy(40, 0, 0.5))
     data = codec.settings_to_dict(settings)
     assert data["context_policy"] == {"max_messages": 40, "low_water_fraction": 0.5}
@@ -169,9 +176,7 @@ def test_fake_implicit_cache_counts_the_longest_prefix_seen_before() -> None:
     a, b, c = ({"role": "user", "parts": [{"text": t * 40}]} for t in "abc")
     instruction = {"parts": [{"text": "be brief"}]}
 
-    def request(contents: list[Any], system: Any = instruction) -> Any:
-        from tests.fake_gemini import RecordedRequest
-
+    def request(contents: list[Any], system: Any = instruction) -> RecordedRequest:
         body = {"contents": contents, "systemInstruction": system}
         return RecordedRequest("generateContent", "m", "/", {}, body, b"", 0.0)
 
@@ -258,9 +263,10 @@ async def test_stepped_window_keeps_the_sent_prefix_and_gemini_bills_it_as_cache
 
 
 async def test_cached_tokens_are_reported_per_turn_and_summed_on_the_session(
-    gemini_chatd: Chatd, fake_gemini: FakeGemini
+    start_chatd: StartChatd, fake_gemini: FakeGemini
 ) -> None:
-    await new_session(gemini_chatd, "u")
+    gemini_chatd = await start_chatd(provider=fast_gemini(fake_gemini), tools=TEST_TOOLS)
+    await new_session(gemini_chatd, "u", tools=["calculate"])
     for prompt, cached in ((30, 0), (50, 30)):
         fake_gemini.push(
             Reply(
@@ -275,16 +281,36 @@ async def test_cached_tokens_are_reported_per_turn_and_summed_on_the_session(
         )
         got = await gemini_chatd.stub.SendMessage(pb.SendMessageRequest(session_id="u", text="hi"))
         assert got.reply.usage.cached_content_token_count == cached
+    # A streamed turn of two model calls (a server tool round): the reply sums them.
+    fake_gemini.push(
+        Reply(
+            parts=[call_part("calculate", {"expression": "1+1"})],
+            usage={"promptTokenCount": 60, "totalTokenCount": 60, "cachedContentTokenCount": 40},
+        )
+    )
+    fake_gemini.push(
+        Reply(
+            text="2",
+            usage={"promptTokenCount": 70, "totalTokenCount": 70, "cachedContentTokenCount": 60},
+        )
+    )
+    events = [
+        e
+        async for e in gemini_chatd.stub.StreamReply(
+            pb.StreamReplyRequest(session_id="u", text="add")
+        )
+    ]
+    assert events[-1].reply.usage.cached_content_token_count == 100
     session = await gemini_chatd.stub.GetSession(pb.GetSessionRequest(session_id="u"))
-    assert session.session.usage.cached_content_token_count == 30
-    assert session.session.usage.prompt_token_count == 80
+    assert session.session.usage.cached_content_token_count == 130
+    assert session.session.usage.prompt_token_count == 210
     listed = await gemini_chatd.stub.ListMessages(pb.ListMessagesRequest(session_id="u"))
     model_usage = [
         m.usage.cached_content_token_count
         for m in listed.messages
         if m.role == content_pb2.ROLE_MODEL
     ]
-    assert model_usage == [0, 30]
+    assert model_usage == [0, 30, 40, 60]
 
 
 def _raw_field(request: Any, camel: str, snake: str) -> str:
@@ -297,8 +323,6 @@ def _raw_field(request: Any, camel: str, snake: str) -> str:
 async def test_instruction_and_tools_are_sent_identically_on_every_request(
     start_chatd: StartChatd, fake_gemini: FakeGemini
 ) -> None:
-    from tests.test_tools_rpc import TEST_TOOLS
-
     chatd = await start_chatd(provider=fast_gemini(fake_gemini), tools=TEST_TOOLS)
     params = struct_pb2.Struct()
     params.update(
@@ -342,8 +366,6 @@ async def test_instruction_and_tools_are_sent_identically_after_a_restart(
     start_chatd: StartChatd, fake_gemini: FakeGemini, tmp_path: Path
 ) -> None:
     """What a session stored is sent in the same bytes by the next chatd on that store."""
-    from tests.test_tools_rpc import TEST_TOOLS
-
     url = f"sqlite:///{tmp_path}/restart.db"
     params = struct_pb2.Struct()
     params.update(
