@@ -356,6 +356,7 @@ async def start(
                     metrics,
                     tracing,
                     read_max_bytes=settings.max_message_bytes,
+                    body_timeout=settings.http_body_timeout,
                 ),
                 bind(settings.http_listen),
                 grace_period=settings.grace_period,
