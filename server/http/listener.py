@@ -9,8 +9,8 @@ loop, started and stopped with the rest of chatd (server/app.py).
 - `GET /` and other paths: files of server/http/static (index.html at `/`; 404 when absent).
 
 Native gRPC (HTTP/2 with trailers) stays on CHATD_LISTEN: an HTTP/2 connection here is
-answered with an HTTP/2 GOAWAY (HTTP_1_1_REQUIRED) whose debug data says so, and an HTTP/1.1
-request with a gRPC Content-Type gets a 415 saying so.
+answered (server/http/listener._NativeGrpcAnswer) with a gRPC status UNIMPLEMENTED saying
+so, and an HTTP/1.1 request with a gRPC Content-Type gets a 415 saying so.
 
 Before any call is read: a request whose request line and headers pass MAX_HEADER_BYTES is
 refused 431; a header that is not UTF-8 is 400 (INVALID_ARGUMENT, HEADER_MALFORMED); with
@@ -87,13 +87,80 @@ async def _plain(send: Send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _goaway(debug: str) -> bytes:
-    """An HTTP/2 server preface (empty SETTINGS) and a GOAWAY frame, error
-    HTTP_1_1_REQUIRED, carrying `debug` (RFC 9113 sections 3.4, 6.5, 6.8 and 7)."""
-    settings = struct.pack(">I", 0)[1:] + bytes((0x4, 0)) + struct.pack(">I", 0)
-    payload = struct.pack(">II", 0, 0xD) + debug.encode()
-    header = struct.pack(">I", len(payload))[1:] + bytes((0x7, 0)) + struct.pack(">I", 0)
-    return settings + header + payload
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """One HTTP/2 frame (RFC 9113 section 4.1)."""
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes((kind, flags))
+        + struct.pack(">I", stream)
+        + payload
+    )
+
+
+def _hpack_literal(name: bytes, value: bytes) -> bytes:
+    """A header as an HPACK literal without indexing, new name, no Huffman (RFC 7541
+    section 6.2.2)."""
+
+    def length(n: int) -> bytes:  # a 7-bit prefix integer (RFC 7541 section 5.1)
+        if n < 127:
+            return bytes((n,))
+        out, n = [127], n - 127
+        while n >= 128:
+            out.append(n % 128 + 128)
+            n //= 128
+        return bytes((*out, n))
+
+    return b"\x00" + length(len(name)) + name + length(len(value)) + value
+
+
+class _NativeGrpcAnswer:
+    """Answers an HTTP/2 connection (a native gRPC client on the wrong port): the server
+    preface, then each request stream a trailers-only gRPC status UNIMPLEMENTED saying
+    where native gRPC is served, then GOAWAY (RFC 9113; gRPC over HTTP/2's
+    PROTOCOL-HTTP2.md)."""
+
+    _SETTINGS, _HEADERS, _GOAWAY = 0x4, 0x1, 0x7
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._buffer = b""
+        self._preface_seen = False
+        self._transport.write(_frame(self._SETTINGS, 0, 0))
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._preface_seen:
+            if len(self._buffer) < len(_HTTP2_PREFACE):
+                return
+            self._buffer = self._buffer[len(_HTTP2_PREFACE) :]
+            self._preface_seen = True
+        while len(self._buffer) >= 9:
+            size = int.from_bytes(self._buffer[:3], "big")
+            if len(self._buffer) < 9 + size:
+                return
+            kind, flags = self._buffer[3], self._buffer[4]
+            stream = int.from_bytes(self._buffer[5:9], "big") & 0x7FFFFFFF
+            self._buffer = self._buffer[9 + size :]
+            if kind == self._SETTINGS and not flags & 0x1:
+                self._transport.write(_frame(self._SETTINGS, 0x1, 0))  # ACK
+            elif kind == self._HEADERS and stream:
+                self._answer(stream)
+                return
+
+    def _answer(self, stream: int) -> None:
+        block = b"\x88" + b"".join(  # 0x88: ":status: 200" from HPACK's static table
+            _hpack_literal(name, value)
+            for name, value in (
+                (b"content-type", b"application/grpc"),
+                (b"grpc-status", b"12"),  # UNIMPLEMENTED
+                (b"grpc-message", _NATIVE_GRPC.encode()),
+            )
+        )
+        self._transport.write(_frame(self._HEADERS, 0x5, stream, block))  # END_STREAM|HEADERS
+        # NO_ERROR: grpc-core (grpcio 1.85) aborts the client process on HTTP_1_1_REQUIRED (0xd).
+        goaway = struct.pack(">II", stream, 0) + _NATIVE_GRPC.encode()
+        self._transport.write(_frame(self._GOAWAY, 0, 0, goaway))
+        self._transport.close()
 
 
 class HeaderCappedProtocol(HttpToolsProtocol):
@@ -106,6 +173,7 @@ class HeaderCappedProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = 0
         self._first = True
+        self._http2: _NativeGrpcAnswer | None = None
 
     def on_message_begin(self) -> None:
         self._in_headers = True
@@ -121,12 +189,15 @@ class HeaderCappedProtocol(HttpToolsProtocol):
         self._in_headers = True
 
     def data_received(self, data: bytes) -> None:
+        if self._http2 is not None:
+            self._http2.feed(data)
+            return
         if self._first:
             self._first = False
             if data.startswith(_HTTP2_PREFACE[: len(data)]) and data[:3] == b"PRI":
                 log.info("http/2 connection refused", reason=_NATIVE_GRPC)
-                self.transport.write(_goaway(_NATIVE_GRPC))
-                self.transport.close()
+                self._http2 = _NativeGrpcAnswer(self.transport)
+                self._http2.feed(data)
                 return
         counting = self._in_headers
         if counting:

@@ -156,8 +156,9 @@ class NdjsonStreams:
                 async with asyncio.timeout_at(_deadline(ctx)):
                     await self._stream(exchange, method, ctx, call)
             except TimeoutError as exc:
-                end(call, ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out"))
-                raise AssertionError("unreachable") from exc  # end raised or returned
+                expired = ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out")
+                end(call, expired)
+                raise expired from exc
             except asyncio.CancelledError:
                 cut = call.shutdown()
                 try:
