@@ -66,6 +66,8 @@ SERVICE_PREFIX = f"/{SERVICE.full_name}/"
 # gRPC's default metadata limit is 8 KiB (grpc.max_metadata_size), browsers send at most
 # a few KiB; uvicorn's httptools parser would otherwise buffer a header of any size.
 MAX_HEADER_BYTES = 16 * 1024
+# How long calls cut at shutdown get to write their ending before they are cancelled again.
+_UNWIND_SECONDS = 1.0
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _NATIVE_GRPC = (
     "native gRPC is served on CHATD_LISTEN; this listener (CHATD_HTTP_LISTEN) "
@@ -520,9 +522,12 @@ class HttpListener:
                 task.cancel()
         self._server.should_exit = True
         await self._task
-        # Calls still running (no grace, or past it) are cancelled, and finish unwinding
+        # Calls still running (no grace, or past it) were cancelled: they get a moment to
+        # write their UNAVAILABLE ending, then are cancelled again, and finish unwinding
         # before chatd closes the store under them.
         tasks = list(self._server.server_state.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_UNWIND_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
