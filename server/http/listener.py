@@ -329,7 +329,8 @@ class HttpApp:
                 "Host: localhost or a loopback address",
             )
             return
-        receive = _timed_body(receive, self._body_timeout)
+        if scope["method"] not in ("GET", "HEAD"):  # those have no body to wait for
+            receive = _timed_body(receive, self._body_timeout)
         if path.startswith(SERVICE_PREFIX):
             content_type = _content_type(scope)
             if content_type.startswith("application/grpc") and not content_type.startswith(

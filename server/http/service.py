@@ -105,7 +105,8 @@ class HttpCall:
         raises the ConnectError refusing it (RESOURCE_EXHAUSTED, REQUEST_MEMORY_BUDGET)."""
         budget = self.budget
         if not budget.admits(size):
-            raise connect_error(budget.refusal(size))
+            refusal = budget.refusal(size)
+            raise connect_error(refusal) from refusal
         if budget.budget and size >= budget.threshold:
             self.size += size
 
