@@ -360,6 +360,7 @@ async def start(
                 ),
                 bind(settings.http_listen),
                 grace_period=settings.grace_period,
+                header_timeout=settings.http_body_timeout,
                 tls=(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
                 if settings.tls_cert
                 else None,

@@ -71,7 +71,8 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     # Connect, gRPC-Web and HTTP/JSON (server/http), on its own port; empty (default) = off.
     http_listen: str = ""
-    # Seconds the HTTP listener waits for the next bytes of a request body (0 = forever).
+    # Seconds the HTTP listener waits for the next bytes of a request body, and for a
+    # request's line and headers in all (0 = forever).
     http_body_timeout: float = 30.0
     # Gemini: an API key, or Vertex AI with a project (and location).
     gemini_api_key: str = field(default="", repr=False)
@@ -231,7 +232,7 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         "http_body_timeout",
         "--http-body-timeout",
         ("CHATD_HTTP_BODY_TIMEOUT",),
-        "seconds an HTTP request body may send nothing (0 = no limit)",
+        "seconds an HTTP request body may send nothing, and its headers may take (0 = none)",
     ),
     # Credentials come from the environment only, never from flags visible in `ps`.
     ("api_keys", None, ("CHATD_API_KEYS",), ""),

@@ -109,6 +109,23 @@ async def test_request_headers_past_the_cap_are_refused_431_before_auth(
     assert fine.status == 401
 
 
+async def test_request_headers_that_never_finish_are_refused_408(
+    start_chatd: StartChatd,
+) -> None:
+    chatd = await start_http(start_chatd, http_body_timeout=0.2)
+    port = chatd.running.http_port
+    slow = await Raw.open(port)
+    await slow.send(f"POST {SERVICE}/GetSession HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A".encode())
+    status, _, _ = await slow.response()
+    assert status == 408
+    assert await slow.reader.read() == b"", "the connection is closed"
+    await slow.close()
+    idle = await Raw.open(port)  # a connection that sends nothing at all
+    status, _, _ = await idle.response()
+    assert status == 408
+    await idle.close()
+
+
 # 2. Declared body size, stalled bodies, budget by received bytes.
 
 

@@ -16,7 +16,8 @@ Before any call is read: a request whose request line and headers pass MAX_HEADE
 refused 431; a header that is not UTF-8 is 400 (INVALID_ARGUMENT, HEADER_MALFORMED); with
 no API keys set, a Host that is not a loopback name or address is 421 (DNS rebinding). A
 request body that sends nothing for CHATD_HTTP_BODY_TIMEOUT seconds ends its call
-(DEADLINE_EXCEEDED, REQUEST_BODY_STALLED), giving back its stream slot and budget.
+(DEADLINE_EXCEEDED, REQUEST_BODY_STALLED), giving back its stream slot and budget; request
+headers that take longer than that get 408 and the connection is closed.
 """
 
 from __future__ import annotations
@@ -167,8 +168,12 @@ class _NativeGrpcAnswer:
 
 class HeaderCappedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol refusing (431, connection closed) a request whose request
-    line and headers pass MAX_HEADER_BYTES, before the parser buffers more; an HTTP/2
-    connection (a native gRPC client) gets a GOAWAY naming CHATD_LISTEN."""
+    line and headers pass MAX_HEADER_BYTES, before the parser buffers more, and closing
+    (408) a connection whose request line and headers take longer than `header_timeout`
+    seconds (0 = no limit) from its first byte or from the connection's start; an HTTP/2
+    connection (a native gRPC client) gets a gRPC status naming CHATD_LISTEN."""
+
+    header_timeout: float = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -176,14 +181,44 @@ class HeaderCappedProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._first = True
         self._http2: _NativeGrpcAnswer | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        if self.header_timeout > 0 and self._header_timer is None:
+            loop = asyncio.get_running_loop()
+            self._header_timer = loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self._in_headers or self.transport.is_closing() or self._http2 is not None:
+            return
+        if self._header_bytes == 0 and self.cycle is not None:
+            return  # between keep-alive requests: uvicorn's keep-alive timeout applies
+        log.info("http request refused", status=408, header_bytes=self._header_bytes)
+        self._write_refusal(408, "Request Timeout", "request headers took too long")
 
     def on_message_begin(self) -> None:
         self._in_headers = True
+        self._start_header_timer()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._header_bytes = 0
+        self._stop_header_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -209,15 +244,23 @@ class HeaderCappedProtocol(HttpToolsProtocol):
             self._refuse_headers()
 
     def _refuse_headers(self) -> None:
-        body = f"request headers exceed {MAX_HEADER_BYTES} bytes\n".encode()
         log.info("http request refused", status=431, header_bytes=self._header_bytes)
+        self._write_refusal(
+            431,
+            "Request Header Fields Too Large",
+            f"request headers exceed {MAX_HEADER_BYTES} bytes",
+        )
+
+    def _write_refusal(self, status: int, phrase: str, text: str) -> None:
+        body = f"{text}\n".encode()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+            f"HTTP/1.1 {status} {phrase}\r\n".encode()
+            + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
             + f"content-length: {len(body)}\r\n\r\n".encode()
             + body
         )
         self._in_headers = False
+        self._stop_header_timer()
         self.transport.close()
 
 
@@ -456,7 +499,8 @@ def bind(address: str) -> socket.socket:
 class HttpListener:
     """uvicorn serving `app` on an already bound socket, inside the running event loop.
     `tls` is (certificate chain, key, client CA or "") PEM paths; a StartupError when they
-    cannot be used."""
+    cannot be used. `header_timeout`: seconds a request's line and headers may take (408
+    and closed past it; 0 = no limit), CHATD_HTTP_BODY_TIMEOUT in chatd."""
 
     def __init__(
         self,
@@ -465,6 +509,7 @@ class HttpListener:
         *,
         grace_period: float,
         tls: tuple[str, str, str] | None = None,
+        header_timeout: float = 0.0,
     ) -> None:
         _route_uvicorn_logs()
         options: dict[str, Any] = {}
@@ -474,9 +519,12 @@ class HttpListener:
             if client_ca:
                 options |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
         self._app = app
+        protocol = type(
+            "HeaderCappedProtocol", (HeaderCappedProtocol,), {"header_timeout": header_timeout}
+        )
         config = uvicorn.Config(
             app,
-            http=HeaderCappedProtocol,
+            http=protocol,
             lifespan="off",
             log_config=None,
             access_log=False,
