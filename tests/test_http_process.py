@@ -245,6 +245,7 @@ async def test_edge_failures_are_one_logged_rpc_line_and_shutdown_cuts_are_unava
     rpcs = [e for e in server.log if e.get("event") == "rpc"]
     [malformed] = [e for e in rpcs if e.get("reason") == "HEADER_MALFORMED"]
     assert malformed["code"] == "INVALID_ARGUMENT" and malformed["request_id"]
+    assert malformed["request_id"].encode() in answer
     assert "x-note" in malformed["error"]
     not_found = [e for e in rpcs if e.get("reason") == "SESSION_NOT_FOUND"]
     assert {e.get("protocol", "grpc") for e in not_found} == {"connect", "grpc"}

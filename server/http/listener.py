@@ -53,7 +53,7 @@ from server.http.service import (
     ConnectChatService,
 )
 from server.metrics import NO_RPC_METRICS, RpcObserver
-from server.rpc.interceptors import Admission
+from server.rpc.interceptors import REQUEST_ID_KEY, Admission
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import DeadlineExceeded, InvalidArgument
 from server.startup import StartupError, bind_error
@@ -426,9 +426,12 @@ class HttpApp:
         else:
             return True
         protocol = "grpc-web" if content_type.startswith("application/grpc-web") else "connect"
-        error = self._admit.refuse(path, path in SERVER_STREAMING, protocol, refused)
+        error, request_id = self._admit.refuse(path, path in SERVER_STREAMING, protocol, refused)
         body = json.dumps(error_json(error)).encode()
-        headers = [(b"content-type", b"application/json")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (REQUEST_ID_KEY.encode(), request_id.encode()),
+        ]
         status = HTTP_STATUS[error.code]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -40,6 +40,7 @@ from server.http.service import (
     end,
     snake,
 )
+from server.rpc.interceptors import REQUEST_ID_KEY
 
 # ASGI (https://asgi.readthedocs.io/en/latest/specs/www.html): the HTTP scope and the
 # receive and send callables, as uvicorn passes them.
@@ -143,7 +144,7 @@ class NdjsonStreams:
         try:
             ctx = _context(method, headers)
         except ConnectError as error:
-            await _refuse(self._admit, exchange, method, error)
+            await _refuse(self._admit, exchange, method, error, headers)
             return
         await exchange.run(self._serve(exchange, method, ctx))
 
@@ -245,14 +246,22 @@ def _deadline(ctx: RequestContext[Any, Any]) -> float | None:
 
 
 async def _refuse(
-    admit: Admit, exchange: _Exchange, method: MethodDescriptor, error: ConnectError
+    admit: Admit,
+    exchange: _Exchange,
+    method: MethodDescriptor,
+    error: ConnectError,
+    headers: Headers,
 ) -> None:
     """Answers a request refused before its call could start (a bad Connect-Timeout-Ms,
-    answered as connectrpc answers it), with its one rpc line."""
+    answered as connectrpc answers it), with its one rpc line and request id."""
     path = f"/{method.containing_service.full_name}/{method.name}"
-    admit.refuse(path, True, "json", error)
+    _, request_id = admit.refuse(path, True, "json", error, headers)
     status = HTTP_STATUS.get(error.code, 500)
-    await exchange.start(status, [(b"content-type", b"application/json")])
+    response_headers = [
+        (b"content-type", b"application/json"),
+        (REQUEST_ID_KEY.encode(), request_id.encode()),
+    ]
+    await exchange.start(status, response_headers)
     await exchange.write(json.dumps(error_json(error)).encode(), more=False)
 
 

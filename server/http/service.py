@@ -215,17 +215,22 @@ class Admit:
         )
 
     def refuse(
-        self, path: str, stream: bool, protocol: str, error: ChatdError | ConnectError
-    ) -> ConnectError:
-        """Logs and counts a call refused before it could start (one rpc line); the
-        ConnectError to answer."""
+        self,
+        path: str,
+        stream: bool,
+        protocol: str,
+        error: ChatdError | ConnectError,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[ConnectError, str]:
+        """Logs and counts a call refused before it could start (one rpc line, its request
+        id from `headers` or a new one); the ConnectError to answer and the request id."""
         call = self.call(path, stream, protocol)
-        call.identify({})
+        request_id = call.identify(headers or {})
         if isinstance(error, ConnectError):
             call.finish(status_name(error.code), error)
-            return error
+            return error, request_id
         call.finish(outcome(error), error)
-        return connect_error(error)
+        return connect_error(error), request_id
 
     def begin(self, ctx: RequestContext[Any, Any], protocol: str) -> HttpCall:
         """Starts and admits a call; raises the ConnectError that refuses it."""
