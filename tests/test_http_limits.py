@@ -112,7 +112,7 @@ async def test_request_headers_past_the_cap_are_refused_431_before_auth(
 async def test_request_headers_that_never_finish_are_refused_408(
     start_chatd: StartChatd,
 ) -> None:
-    chatd = await start_http(start_chatd, http_body_timeout=0.2)
+    chatd = await start_http(start_chatd, http_body_timeout=1.0)
     port = chatd.running.http_port
     slow = await Raw.open(port)
     await slow.send(f"POST {SERVICE}/GetSession HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A".encode())
@@ -161,7 +161,7 @@ async def test_a_body_that_never_comes_holds_no_budget_and_its_slot_is_freed(
         large_request_bytes=1024,
         large_request_budget=1500,
         max_streams=1,
-        http_body_timeout=0.2,
+        http_body_timeout=1.0,
     )
     port = chatd.running.http_port
     await chatd.stub.CreateSession(
@@ -363,9 +363,12 @@ async def test_a_plain_json_stream_keeps_connect_timeout_ms(start_chatd: StartCh
     timed = await HttpStream.post(
         port, f"{SERVICE}/StreamReply", request, headers={"Connect-Timeout-Ms": "100"}
     )
-    lines = await NdjsonLines(timed).rest()
+    body = await asyncio.wait_for(timed.body(), 30)
     await timed.close()
-    assert lines[-1]["error"]["code"] == "deadline_exceeded"
+    # Past its first line the error is the stream's last line; before it, the HTTP answer.
+    last = json.loads(body.splitlines()[-1])
+    assert last.get("error", last)["code"] == "deadline_exceeded"
+    assert timed.status in (200, 504)
 
 
 # 6. Duplicate Authorization.
