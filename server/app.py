@@ -356,9 +356,11 @@ async def start(
                     metrics,
                     tracing,
                     read_max_bytes=settings.max_message_bytes,
+                    body_timeout=settings.http_body_timeout,
                 ),
                 bind(settings.http_listen),
                 grace_period=settings.grace_period,
+                header_timeout=settings.http_body_timeout,
                 tls=(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
                 if settings.tls_cert
                 else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     # Connect, gRPC-Web and HTTP/JSON (server/http), on its own port; empty (default) = off.
     http_listen: str = ""
+    # Seconds the HTTP listener waits for the next bytes of a request body, and for a
+    # request's line and headers in all (0 = forever).
+    http_body_timeout: float = 30.0
     # Gemini: an API key, or Vertex AI with a project (and location).
     gemini_api_key: str = field(default="", repr=False)
     gemini_vertexai: bool = False
@@ -223,6 +227,12 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         "--http-listen",
         ("CHATD_HTTP_LISTEN",),
         "host:port for Connect, gRPC-Web and HTTP/JSON (empty = off)",
+    ),
+    (
+        "http_body_timeout",
+        "--http-body-timeout",
+        ("CHATD_HTTP_BODY_TIMEOUT",),
+        "seconds an HTTP request body may send nothing, and its headers may take (0 = none)",
     ),
     # Credentials come from the environment only, never from flags visible in `ps`.
     ("api_keys", None, ("CHATD_API_KEYS",), ""),
@@ -385,7 +395,18 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     ]
 
 
-_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+def _loopback(host: str) -> bool:
+    """Whether a listen host is loopback only: exactly "localhost", or a loopback IP
+    (127.0.0.0/8, ::1, bracketed or not)."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def validate(settings: Settings) -> None:
@@ -410,7 +431,7 @@ def validate(settings: Settings) -> None:
     for address in (settings.listen, settings.http_listen):
         if not address or has_keys or settings.insecure_no_auth:
             continue
-        if not address.rpartition(":")[0].startswith(_LOOPBACK):
+        if not _loopback(address.rpartition(":")[0]):
             raise SettingsError(
                 f"refusing to listen on {address} without API keys: anyone who can reach "
                 "it could read and write every session. Set CHATD_API_KEYS or "
@@ -449,7 +470,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             f"CHATD_SQLITE_SYNCHRONOUS={settings.sqlite_synchronous!r}: one of {SYNCHRONOUS}"
         )
-    for name in ("grace_period", "cache_max_bytes", "echo_delay_ms"):
+    for name in ("grace_period", "cache_max_bytes", "echo_delay_ms", "http_body_timeout"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{name} must not be negative")
     if settings.echo_words_per_chunk < 1:

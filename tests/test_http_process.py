@@ -12,9 +12,11 @@ import socket
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from google.rpc import error_details_pb2
 
+from chatd.v1 import chat_service_pb2 as pb
 from tests.http_helpers import HttpStream, NdjsonLines, post_json
 from tests.otlp_collector import OtlpCollector
 from tests.process import ROOT, ChatdProcess
@@ -189,3 +191,66 @@ async def test_http_calls_are_traced_like_grpc_ones(tmp_path: Path) -> None:
     assert any(s.parent_span_id == rpc.span_id and s.name == "chat echo" for s in spans)
     (line,) = [e for e in server.log if e.get("event") == "rpc" and "StreamReply" in e["method"]]
     assert line["trace_id"] == trace_id and line["protocol"] == "json"
+
+
+async def test_edge_failures_are_one_logged_rpc_line_and_shutdown_cuts_are_unavailable(
+    tmp_path: Path,
+) -> None:
+    """A header that is not UTF-8 is a 400 with its one rpc line (reason, request id); a
+    failed call's rpc line names its reason and message on both listeners; a native gRPC
+    client on the HTTP port logs no warning; a stream cut at shutdown ends with an
+    UNAVAILABLE line and nothing is logged as an error."""
+    server, port = await http_chatd(
+        tmp_path, "--grace-period", "1", env={"CHATD_ECHO_DELAY_MS": "2000"}
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b'{"sessionId": "a"}'
+        writer.write(
+            f"POST {SERVICE}/GetSession HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: caf".encode()
+            + b"\xe9\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400")
+
+        missing = await post_json(port, f"{SERVICE}/GetSession", {"sessionId": "missing"})
+        assert missing.status == 404
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            chat, _ = server.stubs(channel)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await chat.GetSession(pb.GetSessionRequest(session_id="missing"))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            chat, _ = server.stubs(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as wrong_port:
+                await chat.GetSession(pb.GetSessionRequest(session_id="a"), timeout=30)
+        assert wrong_port.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        created = await post_json(port, f"{SERVICE}/CreateSession", {"sessionId": "cut"})
+        assert created.status == 200
+        stream = await HttpStream.post(
+            port, f"{SERVICE}/StreamReply", b'{"sessionId": "cut", "text": "a b c d e f g"}'
+        )
+        lines = NdjsonLines(stream)
+        assert await lines.next() is not None
+        server.send_signal(signal.SIGTERM)
+        rest = await lines.rest()
+        await stream.close()
+        assert rest[-1]["error"]["code"] == "unavailable"
+        assert await server.wait() == 0
+    finally:
+        await server.kill()
+    rpcs = [e for e in server.log if e.get("event") == "rpc"]
+    [malformed] = [e for e in rpcs if e.get("reason") == "HEADER_MALFORMED"]
+    assert malformed["code"] == "INVALID_ARGUMENT" and malformed["request_id"]
+    assert malformed["request_id"].encode() in answer
+    assert "x-note" in malformed["error"]
+    not_found = [e for e in rpcs if e.get("reason") == "SESSION_NOT_FOUND"]
+    assert {e.get("protocol", "grpc") for e in not_found} == {"connect", "grpc"}
+    assert all("missing" in e["error"] for e in not_found)
+    assert all(e["code"] == "OK" or e.get("reason") for e in rpcs)
+    noisy = [e for e in server.log if e.get("level") in ("warning", "error")]
+    assert not [e for e in noisy if "uvicorn" in str(e.get("logger"))], noisy
+    assert not [e for e in server.log if e.get("level") == "error"]

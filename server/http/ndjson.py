@@ -6,6 +6,11 @@ per line as it is produced. An error before the first message is an ordinary HTT
 (status and Connect's error JSON body, as for a unary call); an error after it is a last
 line `{"error": {...Connect's error JSON...}}`. A stream that ends without an error line
 ended OK. A client that disconnects cancels the call, as on gRPC.
+
+`Content-Encoding: gzip` bodies are decompressed (within CHATD_MAX_MESSAGE_BYTES); another
+encoding is Connect's UNIMPLEMENTED unknown-compression error. `Connect-Timeout-Ms` is the
+call's deadline, as in Connect (invalid: INVALID_ARGUMENT; past it: DEADLINE_EXCEEDED).
+A stream cut because the server stops ends with an UNAVAILABLE error line, best effort.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from connectrpc.code import Code
+from connectrpc.compression.gzip import GzipCompression
 from connectrpc.errors import ConnectError
 from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
 from connectrpc.request import Headers, RequestContext
@@ -26,7 +32,15 @@ from google.protobuf.message import Message
 
 from chatd.v1 import chat_service_pb2
 from server.http.errors import error_json
-from server.http.service import Admit, ConnectChatService, end, snake
+from server.http.service import (
+    Admit,
+    ConnectChatService,
+    HttpCall,
+    decode_charged,
+    end,
+    snake,
+)
+from server.rpc.interceptors import REQUEST_ID_KEY
 
 # ASGI (https://asgi.readthedocs.io/en/latest/specs/www.html): the HTTP scope and the
 # receive and send callables, as uvicorn passes them.
@@ -36,7 +50,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 CONTENT_TYPE = b"application/x-ndjson"
 # Connect's HTTP status for each code (https://connectrpc.com/docs/protocol/#error-codes).
-_HTTP_STATUS = {
+HTTP_STATUS = {
     Code.CANCELED: 499,
     Code.UNKNOWN: 500,
     Code.INVALID_ARGUMENT: 400,
@@ -123,11 +137,16 @@ class NdjsonStreams:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, method: MethodDescriptor
     ) -> None:
-        headers = Headers(
-            {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        )
+        headers = Headers()
+        for key, value in scope.get("headers", ()):
+            headers.add(key.decode(), value.decode())
         exchange = _Exchange(receive, send)
-        await exchange.run(self._serve(exchange, method, _context(method, headers)))
+        try:
+            ctx = _context(method, headers)
+        except ConnectError as error:
+            await _refuse(self._admit, exchange, method, error, headers)
+            return
+        await exchange.run(self._serve(exchange, method, ctx))
 
     async def _serve(
         self, exchange: _Exchange, method: MethodDescriptor, ctx: RequestContext[Any, Any]
@@ -135,15 +154,21 @@ class NdjsonStreams:
         try:
             call = self._admit.begin(ctx, "json")
             try:
-                request = self._decode(method, await exchange.body(self._read_max_bytes))
-                responses = getattr(self._service, snake(method.name))(request, ctx)
-                async with contextlib.aclosing(responses) as stream:
-                    async for message in stream:
-                        if not exchange.started:
-                            await exchange.start(200, _headers(ctx, CONTENT_TYPE))
-                        await exchange.write(_line(json_format.MessageToDict(message)))
+                async with asyncio.timeout_at(_deadline(ctx)):
+                    await self._stream(exchange, method, ctx, call)
+            except TimeoutError as exc:
+                expired = ConnectError(Code.DEADLINE_EXCEEDED, "Request timed out")
+                end(call, expired)
+                raise expired from exc
             except asyncio.CancelledError:
-                end(call, ConnectError(Code.CANCELED, "Client disconnected"))
+                cut = call.shutdown()
+                try:
+                    end(call, ConnectError(Code.CANCELED, "Client disconnected"))
+                except ConnectError as error:
+                    if cut and exchange.started:
+                        # The server is stopping: say so, if the client still listens.
+                        with contextlib.suppress(Exception):
+                            await exchange.write(_line({"error": error_json(error)}), more=False)
                 raise
             except Exception as exc:
                 end(call, exc)  # raises the error to send, unless it is one already
@@ -153,7 +178,7 @@ class NdjsonStreams:
             if exchange.started:
                 await exchange.write(_line({"error": error_json(error)}), more=False)
                 return
-            status = _HTTP_STATUS.get(error.code, 500)
+            status = HTTP_STATUS.get(error.code, 500)
             await exchange.start(status, _headers(ctx, b"application/json"))
             await exchange.write(json.dumps(error_json(error)).encode(), more=False)
             return
@@ -161,14 +186,83 @@ class NdjsonStreams:
             await exchange.start(200, _headers(ctx, CONTENT_TYPE))
         await exchange.write(b"", more=False)
 
-    @staticmethod
-    def _decode(method: MethodDescriptor, body: bytes) -> Message:
-        request: Message = getattr(chat_service_pb2, method.input_type.name)()
-        try:
-            json_format.Parse(body or b"{}", request)
-        except json_format.ParseError as exc:
-            raise ConnectError(Code.INVALID_ARGUMENT, f"unmarshal message: {exc}") from exc
-        return request
+    async def _stream(
+        self,
+        exchange: _Exchange,
+        method: MethodDescriptor,
+        ctx: RequestContext[Any, Any],
+        call: HttpCall,
+    ) -> None:
+        body = await exchange.body(self._read_max_bytes)
+        body = _decompressed(ctx, body, self._read_max_bytes)
+        request = decode_charged(body, lambda data: _decode(method, data))
+        responses = getattr(self._service, snake(method.name))(request, ctx)
+        async with contextlib.aclosing(responses) as stream:
+            async for message in stream:
+                if not exchange.started:
+                    await exchange.start(200, _headers(ctx, CONTENT_TYPE))
+                await exchange.write(_line(json_format.MessageToDict(message)))
+
+
+_GZIP = GzipCompression()
+
+
+def _decompressed(ctx: RequestContext[Any, Any], body: bytes, limit: int) -> bytes:
+    """The request body after its Content-Encoding (identity or gzip, at most `limit`
+    bytes once decompressed), or Connect's error for it."""
+    encoding = ctx.request_headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") or not body:
+        return body
+    if encoding != "gzip":
+        raise ConnectError(
+            Code.UNIMPLEMENTED,
+            f"unknown compression: '{encoding}': supported encodings are gzip",
+        )
+    try:
+        return _GZIP.decompress(body, limit)
+    except ConnectError:
+        raise
+    except Exception as exc:  # zlib's errors for a body that is not gzip
+        raise ConnectError(Code.INVALID_ARGUMENT, f"decompress: {exc}") from exc
+
+
+def _decode(method: MethodDescriptor, body: bytes) -> Message:
+    """The method's request from JSON; connectrpc's "unmarshal" error otherwise (which the
+    call ends as INVALID_ARGUMENT, REQUEST_MALFORMED)."""
+    request: Message = getattr(chat_service_pb2, method.input_type.name)()
+    try:
+        json_format.Parse(body or b"{}", request)
+    except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"unmarshal message: {exc}") from exc
+    return request
+
+
+def _deadline(ctx: RequestContext[Any, Any]) -> float | None:
+    """The loop time the call's Connect-Timeout-Ms ends at, None without one."""
+    remaining = ctx.timeout_ms
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + max(remaining, 0) / 1000
+
+
+async def _refuse(
+    admit: Admit,
+    exchange: _Exchange,
+    method: MethodDescriptor,
+    error: ConnectError,
+    headers: Headers,
+) -> None:
+    """Answers a request refused before its call could start (a bad Connect-Timeout-Ms,
+    answered as connectrpc answers it), with its one rpc line and request id."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    _, request_id = admit.refuse(path, True, "json", error, headers)
+    status = HTTP_STATUS.get(error.code, 500)
+    response_headers = [
+        (b"content-type", b"application/json"),
+        (REQUEST_ID_KEY.encode(), request_id.encode()),
+    ]
+    await exchange.start(status, response_headers)
+    await exchange.write(json.dumps(error_json(error)).encode(), more=False)
 
 
 def _headers(ctx: RequestContext[Any, Any], content_type: bytes) -> list[tuple[bytes, bytes]]:
@@ -176,6 +270,16 @@ def _headers(ctx: RequestContext[Any, Any], content_type: bytes) -> list[tuple[b
         (b"content-type", content_type),
         *((k.encode(), v.encode()) for k, v in ctx.response_headers.items()),
     ]
+
+
+def _timeout_ms(headers: Headers) -> int | None:
+    """Connect-Timeout-Ms as connectrpc reads it: at most 10 ASCII digits."""
+    value = headers.get("connect-timeout-ms")
+    if not value:
+        return None
+    if len(value) > 10 or not (value.isascii() and value.isdigit()):
+        raise ConnectError(Code.INVALID_ARGUMENT, f"Invalid timeout header: '{value}'")
+    return int(value)
 
 
 def _context(method: MethodDescriptor, headers: Headers) -> RequestContext[Any, Any]:
@@ -189,4 +293,9 @@ def _context(method: MethodDescriptor, headers: Headers) -> RequestContext[Any, 
         idempotency_level=IdempotencyLevel.UNKNOWN,
         stream_type=StreamType.SERVER_STREAM,
     )
-    return RequestContext(method=info, http_method="POST", request_headers=headers)
+    return RequestContext(
+        method=info,
+        http_method="POST",
+        request_headers=headers,
+        timeout_ms=_timeout_ms(headers),
+    )

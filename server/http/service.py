@@ -3,6 +3,7 @@ interceptor both share with the gRPC edge (server/rpc/interceptors.RpcCall)."""
 
 from __future__ import annotations
 
+import contextvars
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.guards import ByteBudget
 from server.rpc.interceptors import REQUEST_ID_KEY, Admission, RpcCall, outcome, wire_error
 from server.rpc.servicer import ChatServicer
-from server.sessions.errors import InvalidArgument
+from server.sessions.errors import ChatdError, InvalidArgument, Unavailable
 from server.tracing import Tracing
 
 SERVICE = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"]
@@ -88,17 +89,93 @@ def protocol_of(content_type: str) -> str:
 
 @dataclass(slots=True)
 class HttpCall:
-    """A call admitted on the HTTP listener: its RpcCall, and the bytes of its body held
-    in the large-request budget until it ends (0 when it holds none)."""
+    """A call admitted on the HTTP listener: its RpcCall, and the bytes of its decoded
+    request messages held in the large-request budget until it ends (0 when it holds none).
+    A client stream (`per_message`) holds each message's bytes only while it is decoded,
+    as on the gRPC edge."""
 
     call: RpcCall
     budget: ByteBudget
+    per_message: bool = False
     size: int = 0
+    shutdown: Callable[[], bool] = lambda: False
+
+    def take(self, size: int) -> None:
+        """Charges one request message of `size` bytes (decompressed) before it is decoded;
+        raises the ConnectError refusing it (RESOURCE_EXHAUSTED, REQUEST_MEMORY_BUDGET)."""
+        budget = self.budget
+        if not budget.admits(size):
+            refusal = budget.refusal(size)
+            raise connect_error(refusal) from refusal
+        if budget.budget and size >= budget.threshold:
+            self.size += size
+
+    def give_back(self, size: int) -> None:
+        """Returns what `take(size)` charged."""
+        budget = self.budget
+        if budget.budget and size >= budget.threshold:
+            self.size -= size
+            budget.release(size)
+
+
+# The HTTP call the running task serves: request codecs charge its budget (server/http).
+CURRENT_CALL: contextvars.ContextVar[HttpCall | None] = contextvars.ContextVar(
+    "chatd_http_call", default=None
+)
+
+
+def decode_charged(data: bytes, decode: Callable[[bytes], Any]) -> Any:
+    """`decode(data)` with `len(data)` bytes charged to the current call's large-request
+    budget: until the call ends, or until decoded for a client stream's message."""
+    call = CURRENT_CALL.get()
+    if call is None:
+        return decode(data)
+    size = len(data)
+    call.take(size)
+    try:
+        message = decode(data)
+    except BaseException:
+        call.give_back(size)
+        raise
+    if call.per_message:
+        call.give_back(size)
+    return message
+
+
+class ChargedCodec:
+    """A connectrpc codec whose decode charges each request message, after decompression,
+    to the large-request budget (decode_charged), as the gRPC edge's deserializer does."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def name(self) -> str:
+        return str(self._inner.name())
+
+    def encode(self, message: Any) -> bytes:
+        return bytes(self._inner.encode(message))
+
+    def decode(self, data: bytes | bytearray, message_class: Any) -> Any:
+        return decode_charged(bytes(data), lambda raw: self._inner.decode(raw, message_class))
 
 
 def _content_length(headers: Mapping[str, str]) -> int:
     value = headers.get("content-length", "")
     return int(value) if value.isdigit() else 0
+
+
+def too_large(limit: int) -> ConnectError:
+    """The error for a request message over CHATD_MAX_MESSAGE_BYTES: RESOURCE_EXHAUSTED
+    without RetryInfo, as the gRPC edge (and connectrpc reading such a body) answers it."""
+    return ConnectError(
+        Code.RESOURCE_EXHAUSTED,
+        f"message is larger than configured max {limit} (CHATD_MAX_MESSAGE_BYTES)",
+    )
+
+
+SHUTTING_DOWN = "server shutting down"
 
 
 class Admit:
@@ -114,36 +191,78 @@ class Admit:
         admission: Admission,
         metrics: RpcObserver = NO_RPC_METRICS,
         tracing: Tracing | None = None,
+        *,
+        read_max_bytes: int = 0,
     ) -> None:
         self._admission = admission
         self._metrics = metrics
         self._tracing = tracing
+        self._read_max_bytes = read_max_bytes
+        # Set when the listener stops: calls cut from then on end UNAVAILABLE.
+        self.stopping = False
 
-    def begin(self, ctx: RequestContext[Any, Any], protocol: str) -> HttpCall:
-        """Starts and admits a call; raises the ConnectError that refuses it."""
-        method = ctx.method
-        call = RpcCall(
-            f"/{method.service_name}/{method.name}",
+    def call(self, path: str, stream: bool, protocol: str) -> RpcCall:
+        """A new RpcCall for `path` ("/chatd.v1.ChatService/Method")."""
+        return RpcCall(
+            path,
             self._admission,
-            method.stream_type == StreamType.SERVER_STREAM,
+            stream,
             self._metrics,
             self._tracing,
             # rpc.system of the call's span: gRPC-Web is gRPC's status model.
             "grpc" if protocol == "grpc-web" else "connect_rpc",
             protocol=protocol,
         )
-        headers: Mapping[str, str] = ctx.request_headers
+
+    def refuse(
+        self,
+        path: str,
+        stream: bool,
+        protocol: str,
+        error: ChatdError | ConnectError,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[ConnectError, str]:
+        """Logs and counts a call refused before it could start (one rpc line, its request
+        id from `headers` or a new one); the ConnectError to answer and the request id."""
+        call = self.call(path, stream, protocol)
+        request_id = call.identify(headers or {})
+        if isinstance(error, ConnectError):
+            call.finish(status_name(error.code), error)
+            return error, request_id
+        call.finish(outcome(error), error)
+        return connect_error(error), request_id
+
+    def begin(self, ctx: RequestContext[Any, Any], protocol: str) -> HttpCall:
+        """Starts and admits a call; raises the ConnectError that refuses it."""
+        method = ctx.method
+        call = self.call(
+            f"/{method.service_name}/{method.name}",
+            method.stream_type == StreamType.SERVER_STREAM,
+            protocol,
+        )
+        headers = ctx.request_headers
         ctx.response_headers[REQUEST_ID_KEY] = call.identify(headers)
-        budget = self._admission.memory
+        client_stream = method.stream_type in (StreamType.CLIENT_STREAM, StreamType.BIDI_STREAM)
+        limit = self._read_max_bytes
         try:
-            call.admit(headers)
-            size = _content_length(headers)
-            if not budget.admits(size):
-                raise budget.refusal(size)
+            call.admit(headers, authorizations=len(headers.getall("authorization")))
+            # One request message: a body declared larger can never be read, whatever
+            # the budget (an envelope adds 5 bytes to the message).
+            if limit and not client_stream and _content_length(headers) > limit + 5:
+                oversize = too_large(limit)
+                call.finish(status_name(oversize.code), oversize)
+                raise oversize
+        except ConnectError:
+            raise
         except Exception as exc:
             call.finish(outcome(exc), exc)
             raise connect_error(wire_error(exc)) from exc
-        return HttpCall(call, budget, size)
+        admitted = HttpCall(call, self._admission.memory, client_stream, shutdown=self._stopping)
+        CURRENT_CALL.set(admitted)
+        return admitted
+
+    def _stopping(self) -> bool:
+        return self.stopping
 
     async def on_start(self, ctx: RequestContext[Any, Any]) -> HttpCall:
         return self.begin(ctx, protocol_of(ctx.request_headers.get("content-type", "")))
@@ -158,13 +277,18 @@ class Admit:
 
 def end(admitted: HttpCall, error: Exception | None) -> None:
     """Ends a call: gives back its budget, writes its log line and metrics; raises the
-    ConnectError `error` is sent as."""
+    ConnectError `error` is sent as. A call cut by the listener stopping ends UNAVAILABLE
+    (retryable), as on the gRPC edge."""
     admitted.budget.release(admitted.size)
     admitted.size = 0
+    if CURRENT_CALL.get() is admitted:
+        CURRENT_CALL.set(None)
     call = admitted.call
     if error is None:
         call.finish("OK")
         return
+    if admitted.shutdown() and (isinstance(error, ConnectError) and error.code == Code.CANCELED):
+        error = Unavailable(SHUTTING_DOWN, reason="REPLICA_STOPPING")
     if isinstance(error, ConnectError):
         cause = error.__cause__
         if not (error.code == Code.INVALID_ARGUMENT and error.message.startswith("unmarshal")):

@@ -18,7 +18,7 @@ from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.calls import TENANT
 from server.rpc.errors import code_for, rich_status, trailing_metadata
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots
-from server.sessions.errors import ChatdError, InvalidArgument, Unimplemented
+from server.sessions.errors import ChatdError, InvalidArgument, Unauthenticated, Unimplemented
 from server.sessions.model import DEFAULT_TENANT
 from server.tracing import Tracing
 
@@ -48,18 +48,55 @@ class Admission:
     streams: StreamSlots
     memory: ByteBudget = field(default_factory=lambda: ByteBudget(0, 0))
 
-    def tenant(self, method: str, metadata: Mapping[str, str]) -> str:
+    def tenant(self, method: str, metadata: Mapping[str, str], authorizations: int = 1) -> str:
+        """The caller's tenant, its rate token taken. `authorizations` is how many
+        authorization values the call carried: more than one is refused (UNAUTHENTICATED,
+        API_KEY_DUPLICATED), since edges would not agree on which one counts."""
         if method.startswith(OPEN_SERVICES):
             return DEFAULT_TENANT
+        if self.keys and authorizations > 1:
+            raise Unauthenticated(
+                f"{authorizations} authorization values: send exactly one "
+                "'authorization: Bearer <key>'",
+                reason="API_KEY_DUPLICATED",
+            )
         tenant = self.keys.tenant(metadata.get("authorization")) if self.keys else DEFAULT_TENANT
         self.rate.take(tenant)
         return tenant
 
 
-def _metadata(context: Context) -> dict[str, str]:
-    return {
-        key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
-    }
+def _metadata(context: Context) -> tuple[dict[str, str], int]:
+    """The call's text metadata by key, and how many authorization values it carried."""
+    pairs = [
+        (key, value)
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str)
+    ]
+    return dict(pairs), sum(1 for key, _ in pairs if key == "authorization")
+
+
+# The longest error message a log line carries.
+_LOGGED_MESSAGE_CHARS = 300
+
+
+def _failure(exc: BaseException | None) -> dict[str, str]:
+    """A failed call's log fields: the ErrorInfo reason and the message its caller got."""
+    if exc is None or not isinstance(exc, Exception):
+        return {}
+    if isinstance(exc, ChatdError):
+        return {"reason": exc.reason, "error": exc.message[:_LOGGED_MESSAGE_CHARS]}
+    # connectrpc's ConnectError (server/http), without importing the HTTP edge here.
+    message = getattr(exc, "message", None)
+    if isinstance(message, str):
+        fields = {"error": message[:_LOGGED_MESSAGE_CHARS]}
+        cause = exc.__cause__
+        if isinstance(cause, ChatdError):
+            fields["reason"] = cause.reason
+        return fields
+    if isinstance(exc, grpc.aio.AbortError):
+        return {}
+    # Anything else reached the caller as INTERNAL_FAILURE's generic message.
+    return {"reason": "INTERNAL_FAILURE", "error": INTERNAL_MESSAGE}
 
 
 def _request_id(metadata: Mapping[str, str]) -> str:
@@ -172,8 +209,8 @@ class RpcCall:
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
         return self.request_id
 
-    def admit(self, metadata: Mapping[str, str]) -> None:
-        tenant = self._admission.tenant(self._method, metadata)
+    def admit(self, metadata: Mapping[str, str], authorizations: int = 1) -> None:
+        tenant = self._admission.tenant(self._method, metadata, authorizations)
         TENANT.set(tenant)
         self._tenant = tenant
         structlog.contextvars.bind_contextvars(tenant=tenant)
@@ -198,6 +235,7 @@ class RpcCall:
             code=code,
             duration_ms=round(seconds * 1e3, 3),
             **self._fields,
+            **(_failure(exc) if code != "OK" else {}),
         )
 
 
@@ -221,10 +259,10 @@ class _Call:
 
     async def __aenter__(self) -> None:
         try:
-            metadata = _metadata(self._context)
+            metadata, authorizations = _metadata(self._context)
             request_id = self._call.identify(metadata)
             self._context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-            self._call.admit(metadata)
+            self._call.admit(metadata, authorizations)
         except Exception as exc:
             # __aexit__ does not run when __aenter__ fails: refuse the call here.
             await self.__aexit__(type(exc), exc, None)
