@@ -85,10 +85,10 @@ class Served:
         """Returns once chatd itself has exited. Its output may go on (the relay holds
         it): asyncio's Process.wait waits for that too, so this watches a pidfd."""
         loop = asyncio.get_running_loop()
-        gone = loop.create_future()
-        loop.add_reader(self._pidfd, lambda: gone.done() or gone.set_result(None))
+        gone = asyncio.Event()
+        loop.add_reader(self._pidfd, gone.set)
         try:
-            await asyncio.wait_for(gone, 60)
+            await asyncio.wait_for(gone.wait(), 60)
         finally:
             loop.remove_reader(self._pidfd)
 
@@ -181,10 +181,10 @@ async def test_many_concurrent_rpcs_with_grpc_tracing_on_complete_and_every_line
         stub = chat_service_pb2_grpc.ChatServiceStub(channel)
 
         async def turn(n: int) -> int:
-            await stub.CreateSession(pb.CreateSessionRequest(session_id=f"s{n}"), timeout=120)
+            await stub.CreateSession(pb.CreateSessionRequest(session_id=f"s{n}"), timeout=60)
             chunks = 0
             async for _ in stub.StreamReply(
-                pb.StreamReplyRequest(session_id=f"s{n}", text="hi " * 50), timeout=120
+                pb.StreamReplyRequest(session_id=f"s{n}", text="hi " * 50), timeout=60
             ):
                 chunks += 1
             return chunks
