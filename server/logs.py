@@ -6,8 +6,8 @@ Everything the process prints comes out in that one format:
   warnings (`logging.captureWarnings`) go through a handler that re-emits them through
   structlog, as do uncaught exceptions in the main thread and in other threads;
 - with `capture=True` (`chatd serve`), file descriptors 1 and 2 become pipes into a
-  small process of its own, the relay (server.logs_relay), which writes every line as a
-  record to the real stderr: grpc's C-core writes its log lines straight to fd 2 (format
+  small process forked for it, the relay (server.logs_relay), which writes every line as
+  a record to the real stderr: grpc's C-core writes its log lines straight to fd 2 (format
   "I1130 13:54:57.844285   19394 trace.cc:91] message", the level by its first letter),
   and anything else written to stdout or stderr (print, a traceback, faulthandler's dump
   of a crash, which is enabled onto fd 2) is caught the same way. A Python traceback or a
@@ -34,12 +34,10 @@ import faulthandler
 import logging
 import os
 import select
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -47,8 +45,7 @@ import structlog
 from structlog.types import EventDict, ExcInfo, WrappedLogger
 
 LEVELS = logging.getLevelNamesMapping()
-# Seconds `chatd serve` waits for the relay to start; for it to catch up at exit.
-RELAY_START_TIMEOUT = 10.0
+# Seconds `chatd serve` waits at exit for the relay to catch up.
 FLUSH_TIMEOUT = 5.0
 
 
@@ -103,47 +100,44 @@ class _Capture:
         self._lock = threading.Lock()
 
     def start(self) -> str:
-        """Starts the relay and hands it fds 1 and 2; "" once done, else why not."""
+        """Forks the relay and hands it fds 1 and 2; "" once done, else why not.
+
+        A fork without exec: the relay needs no interpreter start-up, import path or
+        permission to run the interpreter again (chatd may run as a user who cannot), and
+        has server.logs loaded already. Forking is safe only while this process has no
+        other thread (and before grpc is imported): otherwise capture stays off."""
+        from server import logs_relay
+
+        if threading.active_count() > 1:
+            return "threads were already running; output capture must start before them"
+        for target in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                target.flush()
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         ack_read, ack_write = os.pipe()
-        # The relay imports server.logs from where this process found it.
-        root = str(Path(__file__).resolve().parent.parent)
-        path = os.environ.get("PYTHONPATH", "")
-        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-        command = [
-            sys.executable,
-            "-m",
-            "server.logs_relay",
-            f"--stdout-fd={out_read}",
-            f"--stderr-fd={err_read}",
-            f"--ack-fd={ack_write}",
-            f"--marker={self._marker}",
-            f"--format={self._format}",
-            *(["--colors"] if self._colors else []),
-        ]
         try:
-            relay = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(out_read, err_read, ack_write),
-                env=env,
-            )
+            pid = os.fork()
         except OSError as exc:
             for fd in (out_read, out_write, err_read, err_write, ack_read, ack_write):
                 os.close(fd)
             return f"cannot start the relay: {exc}"
+        if pid == 0:  # the relay; it never returns into chatd's code
+            code = 1
+            try:
+                logs_relay.run(
+                    {out_read: "stdout", err_read: "stderr"},
+                    ack_write,
+                    self._marker,
+                    self._format,
+                    self._colors,
+                )
+                code = 0
+            finally:
+                os._exit(code)
         for fd in (out_read, err_read, ack_write):
             os.close(fd)
         self._ack = ack_read
-        if not self._wait_acks(b"R", 1, RELAY_START_TIMEOUT):
-            relay.kill()
-            relay.wait()
-            for fd in (out_write, err_write, ack_read):
-                os.close(fd)
-            self._ack = -1
-            return f"the relay did not start within {RELAY_START_TIMEOUT:g} s"
         for target in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 target.flush()
@@ -235,11 +229,11 @@ def configure(log_format: str = "auto", level: str = "info", *, capture: bool = 
     level but at least "warning" (library INFO lines, such as one per HTTP request, are
     chatd's own records' business), Python warnings and uncaught exceptions through them.
 
-    `capture=True` (the `chatd serve` process, once) also starts the relay process
+    `capture=True` (the `chatd serve` process, once) also forks the relay process
     (server.logs_relay) and makes fds 1 and 2 pipes into it, so that grpc's C-core lines,
     any other stray output and a crash's faulthandler dump are records too; call it before
-    grpc is imported to catch its start-up lines. Should the relay not start, output stays
-    as it is and a warning record says why.
+    grpc is imported and before any thread starts. Should the relay not start (a thread
+    already runs, fork fails), output stays as it is and a warning record says why.
     """
     global _capture, _real_stderr
     tty = (_real_stderr or sys.stderr).isatty()

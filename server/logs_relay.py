@@ -1,15 +1,15 @@
 """The output relay: a small process of its own that turns what `chatd serve` writes to
 its file descriptors 1 and 2 into records in the configured log format.
 
-`chatd serve` (server.logs.configure with capture) starts it as
-`python -m server.logs_relay --stdout-fd N --stderr-fd M --ack-fd A --marker TOKEN ...`
-with the read ends of two pipes, then makes those pipes its own fds 1 and 2. The relay
-writes every record to the stderr it inherited, the real one. Being another process, it
-drains the pipes whatever chatd does: grpc's C-core writes its log lines with the GIL
-held, so a reader thread inside chatd could not drain a full pipe (a deadlock), and it
-died with chatd, losing the lines of a crash.
+`chatd serve` (server.logs.configure with capture) forks it, before any thread runs and
+before grpc is imported, with the read ends of two pipes, then makes those pipes its own
+fds 1 and 2 (`run` is the child's whole life). The relay writes every record to the
+stderr it inherited, the real one. Being another process, it drains the pipes whatever
+chatd does: grpc's C-core writes its log lines with the GIL held, so a reader thread
+inside chatd could not drain a full pipe (a deadlock), and it died with chatd, losing
+the lines of a crash.
 
-- It imports neither grpc nor anything of chatd's but server.logs (structlog).
+- It uses nothing of chatd's but server.logs (structlog); grpc is not loaded when it forks.
 - It ignores SIGINT, SIGTERM and SIGHUP, so a signal sent to the whole process group
   (Ctrl-C, a supervisor) stops chatd but not the relay of its last lines.
 - It exits once every pipe is at end of file: when chatd and every child that inherited
@@ -22,14 +22,13 @@ died with chatd, losing the lines of a crash.
   ended by the first line that is not part of it, by end of file, or by 0.2 s without
   output on that pipe (a dying process says nothing more); any other line is a record of
   logger "stdout" (info) or "stderr" (warning). Blank lines are dropped.
-- Handshake on the ack pipe: one byte "R" once it is ready; then, for each line equal to
-  the marker on a pipe, "o" (stdout) or "e" (stderr) once everything before it on that
-  pipe has been written out (server.logs.flush waits for those).
+- On the ack pipe, for each line equal to the marker on a pipe, it writes "o" (stdout)
+  or "e" (stderr) once everything before it on that pipe has been written out
+  (server.logs.flush waits for those).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -240,34 +239,35 @@ class Relay:
             except Exception:  # pragma: no cover - the relay must outlive a bad line
                 continue
 
-    def ready(self) -> None:
-        """Tells chatd the relay is ready (the handshake's "R")."""
-        self._ack(b"R")
-
     def _ack(self, byte: bytes) -> None:
         with contextlib.suppress(OSError):  # chatd has gone: nothing waits for it
             os.write(self._ack_fd, byte)
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(
+    streams: Mapping[int, str], ack_fd: int, marker: str, log_format: str, colors: bool
+) -> None:
+    """The relay process's whole life, in a child forked by server.logs: closes every
+    other file descriptor it inherited (chatd's write ends of the pipes above all, or they
+    would never reach end of file) but stderr, ignores SIGINT, SIGTERM and SIGHUP, relays
+    `streams` until they are all at end of file; records are `log_format` ("json" or
+    "console", with `colors`) written to fd 2."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    parser = argparse.ArgumentParser(prog="python -m server.logs_relay")
-    parser.add_argument("--stdout-fd", type=int, required=True)
-    parser.add_argument("--stderr-fd", type=int, required=True)
-    parser.add_argument("--ack-fd", type=int, required=True)
-    parser.add_argument("--marker", required=True)
-    parser.add_argument("--format", choices=("json", "console"), required=True)
-    parser.add_argument("--colors", action="store_true")
-    args = parser.parse_args(argv)
+    keep = sorted({2, ack_fd, *streams})
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    low = 3
+    for fd in keep:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    # `ps -o comm`, top: which process this is (its command line is chatd's).
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write("chatd-logs")
     out = os.fdopen(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-    reemit = Reemit(logs._processors(args.format == "json", colors=args.colors), out)
-    relay = Relay(
-        {args.stdout_fd: "stdout", args.stderr_fd: "stderr"}, reemit, args.ack_fd, args.marker
-    )
-    relay.ready()
-    relay.run()
-
-
-if __name__ == "__main__":
-    main()
+    reemit = Reemit(logs._processors(log_format == "json", colors=colors), out)
+    Relay(streams, reemit, ack_fd, marker).run()
