@@ -6,13 +6,16 @@ BIN := $(VENV)/bin
 PROTO_FILES := $(wildcard protos/chatd/v1/*.proto)
 # The released contract, which `buf breaking` compares protos/ with (docs/contract.md).
 PROTO_BASELINE := protos/baseline/chatd.v1.binpb
+TS := generated/ts
+# npm packages of the TypeScript client (protoc-gen-es, tsc, esbuild, the test tools).
+NPM_STAMP := $(TS)/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt gen gen-check proto-baseline client-wheel go-build lock lock-check \
-  bench soak clean
+.PHONY: go-debs help run test lint fmt gen gen-check proto-baseline client-wheel go-build lock lock-check \
+  ts-package playground bench soak clean
 
 help:
-	@echo "make run    start chatd on 127.0.0.1:50051 (SQLite in ./var, echo provider without a Gemini key)"
+	@echo "make run    start chatd on 127.0.0.1:50051, HTTP/Connect on 127.0.0.1:8080 (SQLite in ./var, echo provider without a Gemini key)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff, mypy --strict, buf lint/format, import layering, generated-code check"
 	@echo "make gen    regenerate generated/ from protos/"
@@ -20,6 +23,8 @@ help:
 	@echo "make client-wheel  build the chatd-client wheel (stubs + client) into dist/"
 	@echo "make go-build  compile the Go package (generated/go) and its example into dist/"
 	@echo "make lock   re-pin requirements.lock and requirements-dev.lock from pyproject.toml"
+	@echo "make ts-package    build the @chatd/client npm package (generated/ts) into dist/"
+	@echo "make playground    rebuild the browser playground's bundle (server/http/static)"
 	@echo "make bench  benchmarks against a bare grpc.aio server (bench/README.md)"
 	@echo "make soak   the long reliability suite (tests/reliability)"
 
@@ -65,11 +70,17 @@ $(VENV)/.go-debs: $(VENV)/.runtime
 	scripts/install-debs.sh $(GO_DEBS)
 	@touch $@
 
+# The same, whatever the stamp says (for when the packages went away after it was made).
+go-debs:
+	scripts/install-debs.sh $(GO_DEBS)
+
+# The HTTP listener (Connect, gRPC-Web, JSON, the static page) is on here, off by default
+# in `chatd serve`; CHATD_HTTP_LISTEN (empty: off) overrides it.
 run: $(VENV)/.runtime
 	@mkdir -p var  # the default database's directory: chatd never creates one itself
-	$(PY) -m server serve
+	CHATD_HTTP_LISTEN="$${CHATD_HTTP_LISTEN-127.0.0.1:8080}" $(PY) -m server serve
 
-test: lint $(VENV)/.go-debs
+test: lint $(VENV)/.go-debs $(VENV)/.chromium
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev gen-check lock-check
@@ -86,14 +97,35 @@ fmt: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/buf format -w
 
-gen: $(VENV)/.dev $(VENV)/.go-debs
+# The playground's bundle holds the generated TypeScript, so it is rebuilt too.
+gen: $(VENV)/.dev $(VENV)/.go-debs $(NPM_STAMP)
 	scripts/gen.sh $(PY) generated
+	cd $(TS) && npm run --silent playground
 
-gen-check: $(VENV)/.dev $(VENV)/.go-debs
+gen-check: $(VENV)/.dev $(VENV)/.go-debs $(NPM_STAMP)
 	scripts/gen.sh --check $(PY) generated
 
 proto-baseline: $(VENV)/.dev
 	$(BIN)/buf build --exclude-source-info -o $(PROTO_BASELINE)
+
+# Node.js and npm come from Debian when the machine has no npm; then npm ci installs the
+# locked packages, again whenever package-lock.json changes.
+$(NPM_STAMP): $(TS)/package-lock.json
+	@command -v npm >/dev/null || scripts/install-debs.sh nodejs npm
+	cd $(TS) && npm ci --no-audit --no-fund
+	@touch $@
+
+# Debian's chromium, which the playground's browser test drives (never a downloaded one).
+$(VENV)/.chromium: $(VENV)/.runtime
+	scripts/install-debs.sh chromium
+	@touch $@
+
+# The @chatd/client package: npm pack compiles src/ to dist/ (JavaScript + .d.ts) first.
+ts-package: $(NPM_STAMP) gen-check
+	mkdir -p dist && cd $(TS) && npm pack --pack-destination ../../dist
+
+playground: $(NPM_STAMP)
+	cd $(TS) && npm run --silent playground
 
 # The Python client package (clients/python): the wheel takes the stubs from generated/.
 client-wheel: $(VENV)/.dev gen-check

@@ -97,7 +97,9 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         settings = config.from_arguments(args)
     except config.SettingsError as exc:
-        raise SystemExit(f"chatd: {exc}") from None
+        # A refused setting is a usage error, as argparse's own (exit 2).
+        print(f"chatd: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     # Before grpc is imported (server.app): its C-core's start-up lines are captured too.
     logs.configure(settings.log_format, settings.log_level, capture=True)
     log = structlog.get_logger("chatd")

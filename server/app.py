@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
 from server.config import Settings
+from server.http.listener import HttpApp, HttpListener, bind
 from server.malloc import Trimmer, freeze_start_up
 from server.metrics import (
     InstrumentedProvider,
@@ -217,7 +218,14 @@ class RunningServer:
     bus: ReplyBus | None = None
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
+    # The HTTP listener (CHATD_HTTP_LISTEN); None when it is off.
+    http: HttpListener | None = None
     tracing: Tracing | None = None
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP listener's bound port; 0 when it is off."""
+        return self.http.port if self.http is not None else 0
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING; running RPCs and background replies get the grace period
@@ -225,7 +233,10 @@ class RunningServer:
         with nothing of them stored); then everything closes."""
         grace = self.grace_period if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        await asyncio.gather(self.server.stop(grace), self.chats.drain(grace))
+        stopping = [self.server.stop(grace), self.chats.drain(grace)]
+        if self.http is not None:
+            stopping.append(self.http.stop(grace))
+        await asyncio.gather(*stopping)
         await self.sweeper.stop()
         if self.bus is not None:
             await self.bus.close()
@@ -321,7 +332,8 @@ async def start(
         interceptors=[ErrorsAndLogging(admission, metrics, tracing)],
         options=server_options(settings),
     )
-    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(chats), server)
+    servicer = ChatServicer(chats)
+    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
@@ -334,6 +346,27 @@ async def start(
     except (RuntimeError, OSError) as exc:
         await store.close()
         raise bind_error(settings.listen, "CHATD_LISTEN", "--listen", exc) from exc
+    http: HttpListener | None = None
+    if settings.http_listen:
+        try:
+            http = HttpListener(
+                HttpApp(
+                    servicer,
+                    admission,
+                    metrics,
+                    tracing,
+                    read_max_bytes=settings.max_message_bytes,
+                ),
+                bind(settings.http_listen),
+                grace_period=settings.grace_period,
+                tls=(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+                if settings.tls_cert
+                else None,
+            )
+        except StartupError:
+            await server.stop(None)
+            await store.close()
+            raise
     metrics_server = None
     if metrics is not None:
         try:
@@ -342,6 +375,8 @@ async def start(
             )
         except OSError as exc:
             await server.stop(None)
+            if http is not None:
+                await http.stop(0)
             await store.close()
             raise bind_error(
                 settings.metrics_listen,
@@ -358,6 +393,8 @@ async def start(
         await chats.start()
     except ChatdError as exc:
         await server.stop(None)
+        if http is not None:
+            await http.stop(0)
         if metrics_server is not None:
             await metrics_server.close()
         if bus is not None:
@@ -369,6 +406,11 @@ async def start(
             "check that the database is reachable",
         ) from exc
     await server.start()
+    if http is not None:
+        await http.start()
+        http_host = settings.http_listen.rpartition(":")[0]
+        scheme = "https" if settings.tls_cert else "http"
+        log.info("http serving", url=f"{scheme}://{http_host}:{http.port}", port=http.port)
     sweeper = Sweeper(
         store,
         interval=settings.sweep_interval,
@@ -380,7 +422,11 @@ async def start(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rpartition(":")[0]
     log.info(
-        "serving", address=f"{host}:{port}", port=port, database=redact_url(settings.database_url)
+        "serving",
+        address=f"{host}:{port}",
+        port=port,
+        http_port=http.port if http is not None else 0,
+        database=redact_url(settings.database_url),
     )
     return RunningServer(
         server,
@@ -394,6 +440,7 @@ async def start(
         bus,
         metrics,
         metrics_server,
+        http,
         tracing,
     )
 

@@ -68,6 +68,8 @@ class Settings:
     max_connection_age_grace: float = 300.0
     # Prometheus GET /metrics, on its own port; empty turns it off.
     metrics_listen: str = "127.0.0.1:9464"
+    # Connect, gRPC-Web and HTTP/JSON (server/http), on its own port; empty (default) = off.
+    http_listen: str = ""
     # Gemini: an API key, or Vertex AI with a project (and location).
     gemini_api_key: str = field(default="", repr=False)
     gemini_vertexai: bool = False
@@ -216,6 +218,12 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
         ("CHATD_METRICS_LISTEN",),
         "host:port for Prometheus GET /metrics (empty = off)",
     ),
+    (
+        "http_listen",
+        "--http-listen",
+        ("CHATD_HTTP_LISTEN",),
+        "host:port for Connect, gRPC-Web and HTTP/JSON (empty = off)",
+    ),
     # Credentials come from the environment only, never from flags visible in `ps`.
     ("api_keys", None, ("CHATD_API_KEYS",), ""),
     ("gemini_api_key", None, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ""),
@@ -275,6 +283,16 @@ DATABASE_URL_FORMS: tuple[tuple[str, str], ...] = (
 
 # Variables of chatd's own test suite and benchmarks: not settings, never warned about.
 _NOT_SETTINGS_PREFIXES = ("CHATD_TEST_", "CHATD_BENCH_")
+# Variables the client examples and packages read (client_examples/, clients/, generated/)
+# and the test suite's own: a shell that runs both a client and chatd holds them, so they are
+# not the server's typos.
+_NOT_SETTINGS = (
+    "CHATD_ADDRESS",
+    "CHATD_API_KEY",
+    "CHATD_CA_CERT",
+    "CHATD_FUZZ_SEED",
+    "CHATD_PROBE_TRACEMALLOC",
+)
 
 
 def _shown_default(name: str) -> str:
@@ -362,6 +380,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
         for name in sorted(environ)
         if name.startswith("CHATD_")
         and name not in known
+        and name not in _NOT_SETTINGS
         and not name.startswith(_NOT_SETTINGS_PREFIXES)
     ]
 
@@ -380,13 +399,23 @@ def validate(settings: Settings) -> None:
                 f"CHATD_METRICS_LISTEN/--metrics-listen={settings.metrics_listen!r}: "
                 "expected host:port, or empty to turn metrics off"
             )
+    if settings.http_listen:
+        h_host, h_sep, h_port = settings.http_listen.rpartition(":")
+        if not h_sep or not h_host or not h_port.isdigit() or int(h_port) > 65535:
+            raise SettingsError(
+                f"CHATD_HTTP_LISTEN/--http-listen={settings.http_listen!r}: "
+                "expected host:port, or empty to turn the HTTP listener off"
+            )
     has_keys = bool(settings.api_keys or settings.api_keys_file)
-    if not has_keys and not settings.insecure_no_auth and not host.startswith(_LOOPBACK):
-        raise SettingsError(
-            f"refusing to listen on {settings.listen} without API keys: anyone who can reach "
-            "it could read and write every session. Set CHATD_API_KEYS or "
-            "CHATD_API_KEYS_FILE, or pass --insecure-no-auth if the network is trusted"
-        )
+    for address in (settings.listen, settings.http_listen):
+        if not address or has_keys or settings.insecure_no_auth:
+            continue
+        if not address.rpartition(":")[0].startswith(_LOOPBACK):
+            raise SettingsError(
+                f"refusing to listen on {address} without API keys: anyone who can reach "
+                "it could read and write every session. Set CHATD_API_KEYS or "
+                "CHATD_API_KEYS_FILE, or pass --insecure-no-auth if the network is trusted"
+            )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SettingsError("CHATD_TLS_CERT and CHATD_TLS_KEY go together")
     if settings.tls_client_ca and not settings.tls_cert:

@@ -83,6 +83,12 @@ async def test_no_command_is_a_usage_error() -> None:
     assert "usage: chatd" in err
 
 
+async def test_a_refused_setting_is_a_usage_error_naming_it() -> None:
+    code, _, err = await run("serve", "--log-level", "nope", "--database-url", "memory://")
+    assert code == 2
+    assert err.startswith("chatd: CHATD_LOG_LEVEL")
+
+
 async def test_serve_help_shows_every_flag_its_default_and_variable_and_every_url_form() -> None:
     code, out, _ = await run("serve", "--help")
     assert code == 0
@@ -248,7 +254,15 @@ async def test_an_unknown_chatd_variable_gets_one_warning_naming_the_closest() -
     server = await ChatdProcess(
         "--database-url",
         "memory://",
-        env={"CHATD_LISTN": "127.0.0.1:1", "CHATD_PROVDER": "echo", "CHATD_ZZZZZ_QQQ": "1"},
+        env={
+            "CHATD_LISTN": "127.0.0.1:1",
+            "CHATD_PROVDER": "echo",
+            "CHATD_ZZZZZ_QQQ": "1",
+            # The client examples' variables, which a shell running both may hold.
+            "CHATD_API_KEY": "k",
+            "CHATD_ADDRESS": "127.0.0.1:1",
+            "CHATD_CA_CERT": "ca.pem",
+        },
     ).start()
     try:
         warnings = [r for r in server.log if r["event"] == "unknown setting ignored"]
@@ -261,6 +275,7 @@ async def test_an_unknown_chatd_variable_gets_one_warning_naming_the_closest() -
     assert len(warnings) == len(hints), "one warning per variable"
     assert {r["level"] for r in warnings} == {"warning"}
     assert "CHATD_DATABASE_URL" not in hints  # real settings are not warned about
+    assert not hints.keys() & {"CHATD_API_KEY", "CHATD_ADDRESS", "CHATD_CA_CERT"}
 
 
 async def test_a_sqlite_file_in_a_missing_directory_is_refused(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ async def test_an_import_failing_midway_stores_nothing(chatd: Chatd) -> None:
 def cancelled_imports(chatd: Chatd) -> float:
     assert chatd.running.metrics is not None
     return chatd.running.metrics.rpc_requests.labels(
-        "/chatd.v1.ChatService/StreamImportSession", "CANCELLED"
+        "chatd.v1.ChatService", "StreamImportSession", "CANCELLED"
     )._value.get()
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
-import grpc
 import structlog
 
 from server.sessions.model import DEFAULT_TENANT
 
-Context = grpc.aio.ServicerContext[Any, Any]
+
+class Context(Protocol):
+    """What the servicers use of a call, whatever carries it: grpc.aio's ServicerContext
+    has it, and so does the HTTP edge's context (server/http)."""
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the caller's deadline; None without one."""
 
 
 # Set per RPC by the interceptor, after authentication.

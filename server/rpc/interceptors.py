@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,7 @@ class Admission:
     streams: StreamSlots
     memory: ByteBudget = field(default_factory=lambda: ByteBudget(0, 0))
 
-    def tenant(self, method: str, metadata: dict[str, str]) -> str:
+    def tenant(self, method: str, metadata: Mapping[str, str]) -> str:
         if method.startswith(OPEN_SERVICES):
             return DEFAULT_TENANT
         tenant = self.keys.tenant(metadata.get("authorization")) if self.keys else DEFAULT_TENANT
@@ -62,29 +62,46 @@ def _metadata(context: Context) -> dict[str, str]:
     }
 
 
-def _request_id(metadata: dict[str, str]) -> str:
+def _request_id(metadata: Mapping[str, str]) -> str:
     given = metadata.get(REQUEST_ID_KEY, "")
     return given[:128] if given.isprintable() and given else uuid.uuid4().hex
 
 
+def wire_error(exc: Exception) -> ChatdError:
+    """The error a caller sees for `exc`: a ChatdError as it is, the generated servicers'
+    NotImplementedError as UNIMPLEMENTED, and anything else as INTERNAL (logged here with
+    its traceback, which the caller never sees)."""
+    if isinstance(exc, ChatdError):
+        return exc
+    if isinstance(exc, NotImplementedError):
+        # A generated servicer's default for an RPC its implementation lacks.
+        return Unimplemented("method not implemented")
+    log.error("unhandled exception", exc_info=exc)
+    return ChatdError(INTERNAL_MESSAGE, reason="INTERNAL_FAILURE")
+
+
+def outcome(exc: BaseException) -> str:
+    """The status code name (grpc.StatusCode's) that an exception leaving a handler ends
+    its RPC with, for the log line and metrics."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED"
+    if isinstance(exc, NotImplementedError):
+        return "UNIMPLEMENTED"
+    if isinstance(exc, ChatdError):
+        return code_for(exc).name
+    return "INTERNAL" if isinstance(exc, Exception) else "UNKNOWN"
+
+
 async def _abort(context: Context, exc: Exception, request_id: str) -> None:
     """Ends the RPC with the status `exc` maps to. Always raises."""
-    if isinstance(exc, ChatdError):
-        code, message, detail = code_for(exc), exc.message, exc
-    elif isinstance(exc, NotImplementedError):
-        # A generated servicer's default for an RPC its implementation lacks.
-        detail = Unimplemented("method not implemented")
-        code, message = code_for(detail), detail.message
-    else:
-        log.error("unhandled exception", exc_info=exc)
-        detail = ChatdError(INTERNAL_MESSAGE, reason="INTERNAL_FAILURE")
-        code, message = code_for(detail), detail.message
-    status = rich_status(code, message, detail)
+    detail = wire_error(exc)
+    code = code_for(detail)
+    status = rich_status(code, detail.message, detail)
     metadata: tuple[tuple[str, str | bytes], ...] = (
         *trailing_metadata(status),
         (REQUEST_ID_KEY, request_id),
     )
-    await context.abort(code, message, metadata)
+    await context.abort(code, detail.message, metadata)
 
 
 def _code_name(context: Context) -> str:
@@ -96,23 +113,99 @@ def _code_name(context: Context) -> str:
     return grpc.StatusCode(code).name if isinstance(code, tuple) else str(code)
 
 
-class _Call:
-    """`async with _Call(...)` around one RPC: admits it (request id, tenant, rate, stream
-    slot), turns an exception into its status, and writes the RPC's log line."""
+class RpcCall:
+    """One RPC's admission, request id, metrics and log line, whatever carries it: the
+    grpc.aio edge (server/rpc) and the HTTP edge (server/http) both go through it.
+
+    `identify` picks the call's request id (the caller's x-request-id, or a new one) and
+    binds it to the call's log context; `admit` then binds the tenant and takes the call's
+    rate token and stream slot (raising the ChatdError that refuses it); `finish` gives the slot
+    back and writes the one log line and the metrics, with `code` a grpc.StatusCode name.
+    `fields` are added to the log line (the HTTP edge names its protocol there). With
+    `tracing`, `identify` also starts the call's server span (rpc.system `system`, the
+    caller's traceparent from `metadata`) and `finish` ends it: both in the same task.
+    """
 
     __slots__ = (
         "_admission",
-        "_context",
+        "_fields",
         "_method",
         "_metrics",
-        "_request_id",
         "_slot",
         "_span",
         "_start",
         "_stream",
+        "_system",
         "_tenant",
         "_tracing",
+        "request_id",
     )
+
+    def __init__(
+        self,
+        method: str,
+        admission: Admission,
+        stream: bool,
+        metrics: RpcObserver = NO_RPC_METRICS,
+        tracing: Tracing | None = None,
+        system: str = "grpc",
+        **fields: str,
+    ) -> None:
+        self._method, self._admission, self._stream = method, admission, stream
+        self._metrics, self._fields = metrics, fields
+        self._tracing, self._system = tracing, system
+        self._span: RpcSpan | None = None
+        self._slot = False
+        self.request_id = ""
+        self._tenant = DEFAULT_TENANT
+        structlog.contextvars.clear_contextvars()
+        self._start = time.perf_counter()
+        self._metrics.rpc_started(method, stream)
+
+    def identify(self, metadata: Mapping[str, str]) -> str:
+        # Health probes and reflection are not traced: a probe every few seconds would
+        # bury the traces of real calls.
+        if self._tracing is not None and not self._method.startswith(OPEN_SERVICES):
+            self._span = self._tracing.rpc_span(self._method, metadata, self._system)
+            structlog.contextvars.bind_contextvars(trace_id=self._span.trace_id)
+        self.request_id = _request_id(metadata)
+        structlog.contextvars.bind_contextvars(request_id=self.request_id)
+        return self.request_id
+
+    def admit(self, metadata: Mapping[str, str]) -> None:
+        tenant = self._admission.tenant(self._method, metadata)
+        TENANT.set(tenant)
+        self._tenant = tenant
+        structlog.contextvars.bind_contextvars(tenant=tenant)
+        if self._stream:
+            self._admission.streams.acquire(tenant)
+            self._slot = True
+
+    def finish(self, code: str, exc: BaseException | None = None) -> None:
+        """Ends the call with `code` (a grpc.StatusCode name); `exc` is what ended it, if
+        anything (recorded on its span)."""
+        if self._slot:
+            self._slot = False
+            self._admission.streams.release(self._tenant)
+        seconds = time.perf_counter() - self._start
+        self._metrics.rpc_finished(self._method, code, seconds, self._stream)
+        if self._span is not None:
+            span, self._span = self._span, None
+            span.end(code, exc)
+        log.info(
+            "rpc",
+            method=self._method,
+            code=code,
+            duration_ms=round(seconds * 1e3, 3),
+            **self._fields,
+        )
+
+
+class _Call:
+    """`async with _Call(...)` around one grpc.aio RPC: admits it (request id, tenant,
+    rate, stream slot), turns an exception into its status, and writes the RPC's log line."""
+
+    __slots__ = ("_call", "_context")
 
     def __init__(
         self,
@@ -123,65 +216,29 @@ class _Call:
         metrics: RpcObserver = NO_RPC_METRICS,
         tracing: Tracing | None = None,
     ) -> None:
-        self._method, self._admission, self._context = method, admission, context
-        self._stream, self._slot, self._metrics = stream, False, metrics
-        self._request_id = ""
-        self._tenant = DEFAULT_TENANT
-        self._tracing = tracing
-        self._span: RpcSpan | None = None
+        self._context = context
+        self._call = RpcCall(method, admission, stream, metrics, tracing)
 
     async def __aenter__(self) -> None:
-        structlog.contextvars.clear_contextvars()
-        self._start = time.perf_counter()
-        self._metrics.rpc_started(self._method, self._stream)
-        metadata = _metadata(self._context)
-        # Health probes and reflection are not traced: a probe every few seconds would
-        # bury the traces of real calls.
-        if self._tracing is not None and not self._method.startswith(OPEN_SERVICES):
-            self._span = self._tracing.rpc_span(self._method, metadata)
-            structlog.contextvars.bind_contextvars(trace_id=self._span.trace_id)
         try:
-            self._admit(metadata)
+            metadata = _metadata(self._context)
+            request_id = self._call.identify(metadata)
+            self._context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            self._call.admit(metadata)
         except Exception as exc:
             # __aexit__ does not run when __aenter__ fails: refuse the call here.
             await self.__aexit__(type(exc), exc, None)
 
-    def _admit(self, metadata: dict[str, str]) -> None:
-        self._request_id = _request_id(metadata)
-        structlog.contextvars.bind_contextvars(request_id=self._request_id)
-        self._context.set_trailing_metadata(((REQUEST_ID_KEY, self._request_id),))
-        tenant = self._admission.tenant(self._method, metadata)
-        TENANT.set(tenant)
-        self._tenant = tenant
-        structlog.contextvars.bind_contextvars(tenant=tenant)
-        if self._stream:
-            self._admission.streams.acquire(tenant)
-            self._slot = True
-
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _: Any
     ) -> None:
-        if exc is None:
+        if exc is None or isinstance(exc, grpc.aio.AbortError):
             code = _code_name(self._context)
-        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-            code = "CANCELLED"
-        elif isinstance(exc, grpc.aio.AbortError):
-            code = _code_name(self._context)
-        elif isinstance(exc, NotImplementedError):
-            code = "UNIMPLEMENTED"
-        elif isinstance(exc, Exception):
-            code = code_for(exc).name if isinstance(exc, ChatdError) else "INTERNAL"
         else:
-            code = "UNKNOWN"
-        if self._slot:
-            self._admission.streams.release(self._tenant)
-        seconds = time.perf_counter() - self._start
-        self._metrics.rpc_finished(self._method, code, seconds, self._stream)
-        if self._span is not None:
-            self._span.end(code, exc)
-        log.info("rpc", method=self._method, code=code, duration_ms=round(seconds * 1e3, 3))
+            code = outcome(exc)
+        self._call.finish(code, exc)
         if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
-            await _abort(self._context, exc, self._request_id or uuid.uuid4().hex)
+            await _abort(self._context, exc, self._call.request_id or uuid.uuid4().hex)
 
 
 class _Undecodable:
