@@ -449,12 +449,14 @@ async def start(
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
-    running = await start(settings)
-    freeze_start_up()
+    # Handled from before "serving" is logged: a signal sent as soon as it is seen (or
+    # during start-up) is a graceful stop, not the default death.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    running = await start(settings)
+    freeze_start_up()
     await stopping.wait()
     log.info("shutting down", grace_period=settings.grace_period)
     await running.stop()

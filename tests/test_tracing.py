@@ -172,6 +172,26 @@ def test_otel_variables_turn_tracing_on_and_off() -> None:
         Tracing.from_environ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **endpoint})
 
 
+def test_otel_sdk_disabled_is_true_only_for_the_string_true(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The specification's boolean rule: only case-insensitive "true" disables the SDK;
+    "1", "yes" or "on" are false, with a warning; "false" and empty are false silently."""
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    for true in ("true", "TRUE", "True"):
+        assert Tracing.from_environ({"OTEL_SDK_DISABLED": true, **endpoint}) is None
+    caplog.set_level("WARNING", logger="chatd.tracing")
+    for value, warned in (("1", True), ("yes", True), ("on", True), ("false", False), ("", False)):
+        caplog.clear()
+        tracing = Tracing.from_environ({"OTEL_SDK_DISABLED": value, **endpoint})
+        assert tracing is not None, value
+        tracing.shutdown()
+        warnings = [r.getMessage() for r in caplog.records if r.name == "chatd.tracing"]
+        assert bool(warnings) == warned, (value, warnings)
+        if warned:
+            assert f"OTEL_SDK_DISABLED={value}" in warnings[0] and "false" in warnings[0]
+
+
 async def test_an_exporter_chatd_does_not_ship_refuses_to_start_naming_the_variable(
     tmp_path: Path,
 ) -> None:

@@ -2,7 +2,9 @@
 
 Variables (https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/
 and https://opentelemetry.io/docs/specs/otel/protocol/exporter/):
-- OTEL_SDK_DISABLED=true turns tracing off whatever else is set.
+- OTEL_SDK_DISABLED=true turns tracing off whatever else is set. As the specification's
+  boolean rule says, only "true" (any case) is true; any other value is false, and one that
+  is neither "false" nor empty is logged as a warning saying so.
 - Tracing is on when OTEL_TRACES_EXPORTER names an exporter, or when it is unset and
   OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set. chatd exports
   OTLP over HTTP with protobuf (`otlp`); `none` turns tracing off.
@@ -17,6 +19,7 @@ and https://opentelemetry.io/docs/specs/otel/protocol/exporter/):
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -31,7 +34,6 @@ if TYPE_CHECKING:
     from server.tracing.rpc import RpcSpan
 
 DEFAULT_SERVICE_NAME = "chatd"
-_TRUE = ("true", "1", "yes", "on")
 
 
 class TracingError(ValueError):
@@ -44,8 +46,25 @@ class TracingError(ValueError):
         self.reason = message
 
 
+def sdk_disabled(env: Mapping[str, str]) -> bool:
+    """Whether OTEL_SDK_DISABLED is true. The specification's boolean rule
+    (https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/#boolean-value):
+    only the case-insensitive string "true" is true; everything else, unset and empty
+    included, is false, and a value other than "false" or empty is warned about."""
+    value = env.get("OTEL_SDK_DISABLED", "").strip()
+    if value.lower() == "true":
+        return True
+    if value and value.lower() != "false":
+        logging.getLogger("chatd.tracing").warning(
+            "OTEL_SDK_DISABLED=%s is not true or false: read as false (tracing is not "
+            "disabled by it); set it to true to disable",
+            value,
+        )
+    return False
+
+
 def _enabled(env: Mapping[str, str]) -> bool:
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+    if sdk_disabled(env):
         return False
     exporters = [e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
     if exporters:
