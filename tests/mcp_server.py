@@ -5,7 +5,8 @@
                                                        # and writes the port to PORT_FILE
 
 Its tools: `add`, `fail` (an isError result), `picture` (text and a PNG image), `note`
-(an embedded text resource), `optional` (an Optional argument) and `hold`, which writes
+(an embedded text resource), `optional` (an Optional argument), `coded` (a schema
+chatd refuses: a "pattern") and `hold`, which writes
 its process id to the file `started` and returns only once the FIFO `release` is written:
 a latch the tests use to kill the server in the middle of a call.
 """
@@ -17,10 +18,12 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import mcp_types
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
 
 # A 1x1 transparent PNG.
 PNG = base64.b64decode(
@@ -67,6 +70,12 @@ def note() -> list[mcp_types.EmbeddedResource]:
 def optional(word: str | None = None) -> str:
     """Echoes the word, or says there is none."""
     return word or "none"
+
+
+@server.tool()
+def coded(code: Annotated[str, Field(pattern="^[A-Z]{3}$")]) -> str:
+    """Takes a three-letter code: its schema has a "pattern", which chatd does not check."""
+    return code
 
 
 @server.tool()

@@ -247,6 +247,11 @@ class McpServer:
         # Restarts so far (for logs and tests).
         self.restarts = 0
 
+    @property
+    def connected(self) -> bool:
+        """A connection is up: calls go straight to the server."""
+        return self._state == "up"
+
     async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         """Connects and lists the tools; raises McpServerError saying why it cannot."""
         self._first = asyncio.get_running_loop().create_future()
