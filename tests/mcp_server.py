@@ -4,11 +4,11 @@
     python -m tests.mcp_server http PORT_FILE [PORT]   # binds 127.0.0.1:PORT (0 picks one)
                                                        # and writes the port to PORT_FILE
 
-Its tools: `add`, `fail` (an isError result), `picture` (text and a PNG image), `note`
-(an embedded text resource), `optional` (an Optional argument), `coded` (a schema
-chatd refuses: a "pattern") and `hold`, which writes
-its process id to the file `started` and returns only once the FIFO `release` is written:
-a latch the tests use to kill the server in the middle of a call.
+Its tools: `add`, `pid` (its process id), `fail` (an isError result), `picture` (text
+and a PNG image), `note` (an embedded text resource), `optional` (an Optional argument),
+`coded` (a schema chatd refuses: a "pattern") and `hold`, which writes its process id to
+the file `started` and returns only once the FIFO `release` is written: a latch the tests
+use to kill the server in the middle of a call.
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ def note() -> list[mcp_types.EmbeddedResource]:
 def optional(word: str | None = None) -> str:
     """Echoes the word, or says there is none."""
     return word or "none"
+
+
+@server.tool()
+def pid() -> str:
+    """This server's process id."""
+    return str(os.getpid())
 
 
 @server.tool()

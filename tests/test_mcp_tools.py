@@ -239,6 +239,28 @@ async def test_a_stdio_server_killed_mid_call_is_a_tool_error_and_is_restarted(
     assert events[-1].reply.text == "3."
 
 
+async def test_a_stdio_server_that_exits_between_calls_is_started_again(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    await session(mcp_chatd, ["local__pid"])
+    fake_gemini.push(Reply(parts=[call_part("local__pid")]))
+    fake_gemini.push(Reply(text="ok"))
+    [first] = results(await turn(mcp_chatd, "who are you"))
+    pid = int(first.function_response.response["result"])
+    os.kill(pid, signal.SIGKILL)
+    assert mcp_chatd.running.mcp is not None
+    local = mcp_chatd.running.mcp.servers[0]
+    deadline = time.monotonic() + READY_DEADLINE
+    while not (local.restarts == 1 and local.connected):  # noticed without any call
+        assert time.monotonic() < deadline, "chatd never restarted the server"
+        await asyncio.sleep(0.02)
+    fake_gemini.push(Reply(parts=[call_part("local__pid")]))
+    fake_gemini.push(Reply(text="ok"))
+    [second] = results(await turn(mcp_chatd, "and now"))
+    assert not second.is_error
+    assert int(second.function_response.response["result"]) != pid
+
+
 async def test_an_http_server_that_dies_is_reconnected_once_it_is_back(
     mcp_chatd: Chatd, fake_gemini: FakeGemini, tmp_path: Path, http_server: HttpServer
 ) -> None:
