@@ -25,6 +25,7 @@ from server.startup import StartupError
 from server.tools.mcp_servers import gemini_schema
 from tests.conftest import Chatd, StartChatd, fast_gemini
 from tests.fake_gemini import FakeGemini, Reply, call_part, get_field
+from tests.test_metrics_rpc import scrape, value
 
 ROOT = Path(__file__).resolve().parent.parent
 # Readiness only (a subprocess binding its port); never an upper bound on behaviour.
@@ -156,6 +157,41 @@ async def test_a_two_round_turn_calls_a_stdio_tool_then_an_http_tool(
     sent = [r for r in sent if r is not None]
     assert [get_field(r, "name") for r in sent] == ["local__add", "web__add"]
     assert get_field(sent[1], "response", "result") == "12"
+    # Counted like any server tool.
+    assert mcp_chatd.running.metrics_server is not None
+    samples = await scrape(mcp_chatd.running.metrics_server.port)
+    for name in ("local__add", "web__add"):
+        assert value(samples, "chatd_tool_calls_total", tool=name, outcome="ok") == 1
+
+
+async def test_a_call_longer_than_the_servers_timeout_is_a_tool_error(
+    start_chatd: StartChatd, fake_gemini: FakeGemini, tmp_path: Path, http_server: HttpServer
+) -> None:
+    slow = {
+        "command": sys.executable,
+        "args": ["-m", "tests.mcp_server", "stdio"],
+        "cwd": str(ROOT),
+        "timeout": 0.5,
+        "includeTools": ["hold", "add"],
+    }
+    chatd = await start_chatd(
+        provider=fast_gemini(fake_gemini),
+        mcp_servers=write_config(tmp_path, http_server, local=slow),
+    )
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(release)
+    await session(chatd, ["local__hold", "local__add"])
+    args = {"started": str(started), "release": str(release)}
+    fake_gemini.push(Reply(parts=[call_part("local__hold", args)]))
+    fake_gemini.push(Reply(text="Too slow."))
+    [late] = results(await turn(chatd, "wait"))
+    assert late.is_error
+    assert "'local__hold' timed out after 0.5s" in late.function_response.response["error"]
+    # The connection is still good for the next call.
+    fake_gemini.push(Reply(parts=[call_part("local__add", {"a": 2, "b": 2})]))
+    fake_gemini.push(Reply(text="4."))
+    [added] = results(await turn(chatd, "add"))
+    assert not added.is_error and added.function_response.response["result"] == "4"
 
 
 async def test_tool_errors_and_bad_arguments_are_tool_errors_the_model_sees(
