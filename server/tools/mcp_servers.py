@@ -244,6 +244,7 @@ class McpServer:
         self._error = ""
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
+        self._connect_timeout = CONNECT_TIMEOUT
         # Restarts so far (for logs and tests).
         self.restarts = 0
 
@@ -255,6 +256,7 @@ class McpServer:
     async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         """Connects and lists the tools; raises McpServerError saying why it cannot."""
         self._first = asyncio.get_running_loop().create_future()
+        self._connect_timeout = connect_timeout
         self._task = asyncio.create_task(self._supervise(), name=f"mcp:{self.config.name}")
         try:
             async with asyncio.timeout(connect_timeout):
@@ -346,20 +348,23 @@ class McpServer:
             self._lost = asyncio.Event()
             lost = self._lost
             try:
-                async with Client(
-                    _transport(self.config, lambda: self._connection_lost(None)),
-                    cache=None,
-                    client_info=mcp_types.Implementation(name="chatd", version="1"),
-                ) as client:
-                    self.listed = await _list_tools(client)
-                    self._client = client
-                    self._set("up")
-                    if self._first is not None and not self._first.done():
-                        self._first.set_result(None)
-                        log.info("mcp_server_connected", tools=[t.name for t in self.listed])
-                    else:
-                        log.info("mcp_server_reconnected", restarts=self.restarts)
-                    await _first_of(lost.wait(), self._closing.wait())
+                # Each attempt, reconnections too, must connect and list within the timeout.
+                async with asyncio.timeout(self._connect_timeout) as deadline:
+                    async with Client(
+                        _transport(self.config, lambda: self._connection_lost(None)),
+                        cache=None,
+                        client_info=mcp_types.Implementation(name="chatd", version="1"),
+                    ) as client:
+                        self.listed = await _list_tools(client)
+                        deadline.reschedule(None)
+                        self._client = client
+                        self._set("up")
+                        if self._first is not None and not self._first.done():
+                            self._first.set_result(None)
+                            log.info("mcp_server_connected", tools=[t.name for t in self.listed])
+                        else:
+                            log.info("mcp_server_reconnected", restarts=self.restarts)
+                        await _first_of(lost.wait(), self._closing.wait())
             except Exception as e:
                 self._error = _describe(e)
                 if self._first is not None and not self._first.done():
