@@ -353,7 +353,10 @@ async def test_start_up_is_refused_when_a_server_cannot_start(
     with pytest.raises(StartupError) as refused:
         await start_chatd(mcp_servers=config)
     assert refused.value.path == config
-    assert "MCP server 'broken' cannot start" in refused.value.cause
+    assert f"MCP server 'broken' (command {missing['command']!r}) cannot start" in (
+        refused.value.cause
+    )
+    assert "FileNotFoundError" in refused.value.cause
 
 
 async def test_start_up_is_refused_when_tool_names_collide(
@@ -387,6 +390,21 @@ async def test_start_up_is_refused_for_a_schema_chatd_cannot_check(
     assert "'local__coded'" in refused.value.cause
     assert "unsupported schema keyword 'pattern'" in refused.value.cause
     assert "excludeTools" in refused.value.cause
+
+
+async def test_start_up_is_refused_when_a_tool_name_is_not_a_gemini_name(
+    start_chatd: StartChatd, tmp_path: Path, http_server: HttpServer
+) -> None:
+    long = "s" * 60  # "<server>__add" is then longer than Gemini's 64 characters
+    local = {
+        "command": sys.executable,
+        "args": ["-m", "tests.mcp_server", "stdio"],
+        "cwd": str(ROOT),
+    }
+    config = write_config(tmp_path, http_server, **{long: {**local, "includeTools": ["add"]}})
+    with pytest.raises(StartupError) as refused:
+        await start_chatd(mcp_servers=config)
+    assert f"'{long}__add', which is not a valid Gemini function name" in refused.value.cause
 
 
 @pytest.mark.parametrize(

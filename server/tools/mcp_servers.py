@@ -44,6 +44,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from server.redact import redact_url
 from server.sessions.model import Blob
 from server.tools.definition import DEFAULT_TIMEOUT, NAME_PATTERN, Tool, ToolError, ToolResult
 
@@ -509,9 +510,9 @@ def server_tools(server: McpServer) -> list[Tool]:
         name = f"{config.name}{SEPARATOR}{listed.name}"
         if not NAME_PATTERN.fullmatch(name):
             raise McpServerError(
-                f"tool {listed.name!r} would be named {name!r}, which is not a valid Gemini "
-                f"function name ({NAME_PATTERN.pattern}); rename the server or add the tool "
-                "to its excludeTools"
+                f"MCP server {config.name!r}: tool {listed.name!r} would be named {name!r}, "
+                f"which is not a valid Gemini function name ({NAME_PATTERN.pattern}); rename "
+                "the server or add the tool to its excludeTools"
             )
         try:
             tools.append(
@@ -640,16 +641,21 @@ class McpServers:
         for server, outcome in zip(self.servers, results, strict=True):
             if isinstance(outcome, BaseException):
                 await self.close()
+                config = server.config
+                what = (
+                    f"URL {redact_url(config.url)}" if config.url else f"command {config.command!r}"
+                )
+                cause = str(outcome) if isinstance(outcome, McpServerError) else _describe(outcome)
                 raise McpServerError(
-                    f"MCP server {server.config.name!r} cannot start: {_describe(outcome)}"
+                    f"MCP server {config.name!r} ({what}) cannot start: {cause}"
                 ) from outcome
         found: list[tuple[Tool, str]] = []
         for server in self.servers:
             try:
                 found += [(t, f"MCP server {server.config.name!r}") for t in server_tools(server)]
-            except McpServerError as e:
+            except McpServerError:
                 await self.close()
-                raise McpServerError(f"MCP server {server.config.name!r}: {e}") from None
+                raise
         self.tools = found
         return found
 
