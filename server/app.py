@@ -40,6 +40,7 @@ from server.startup import StartupError, bind_error
 from server.store import CachedStore, SchemaTooNew, open_bus, open_store, shared_url
 from server.sweeper import Sweeper
 from server.tools import load_tools
+from server.tools.mcp_servers import McpConfigError, McpServerError, McpServers, load_config
 from server.tracing import Tracing, TracingError
 
 log = structlog.get_logger("chatd")
@@ -113,18 +114,42 @@ def genai_provider(provider: ModelProvider, settings: Settings) -> tuple[str, st
     return f"chatd.{provider.name}", provider.name
 
 
-def build_tools(settings: Settings) -> ToolRunner:
-    """The built-in tools, those of CHATD_TOOLS modules and of `chatd.tools` entry points."""
+def build_tools(settings: Settings, mcp: McpServers | None = None) -> ToolRunner:
+    """The built-in tools, those of CHATD_TOOLS modules and of `chatd.tools` entry points,
+    and those `mcp` (already started) serves."""
     try:
-        registry = load_tools(settings.tool_modules)
+        registry = load_tools(settings.tool_modules, extra=mcp.tools if mcp is not None else ())
     except (ImportError, ValueError) as exc:
         raise StartupError(
-            ",".join(settings.tool_modules) or "chatd.tools entry points",
+            ",".join(settings.tool_modules) or settings.mcp_servers or "chatd.tools entry points",
             f"cannot load tools: {exc}",
-            "fix or remove the tool module (CHATD_TOOLS)",
+            "fix or remove the tool module (CHATD_TOOLS) or MCP server (CHATD_MCP_SERVERS)",
         ) from exc
     log.info("tools loaded", tools=sorted(registry.names()))
     return registry
+
+
+async def start_mcp(settings: Settings) -> McpServers | None:
+    """The MCP servers of CHATD_MCP_SERVERS, connected and their tools listed; None when
+    the setting is empty. A StartupError names the file and the server that cannot start."""
+    if not settings.mcp_servers:
+        return None
+    try:
+        mcp = McpServers(load_config(settings.mcp_servers))
+        await mcp.start()
+    except McpConfigError as exc:
+        raise StartupError(
+            settings.mcp_servers,
+            f"cannot use the MCP servers file: {exc}",
+            "fix the file (CHATD_MCP_SERVERS); see the README's MCP tools section",
+        ) from exc
+    except McpServerError as exc:
+        raise StartupError(
+            settings.mcp_servers,
+            str(exc),
+            "fix or remove the server in CHATD_MCP_SERVERS",
+        ) from exc
+    return mcp
 
 
 def build_admission(settings: Settings) -> Admission:
@@ -221,6 +246,8 @@ class RunningServer:
     # The HTTP listener (CHATD_HTTP_LISTEN); None when it is off.
     http: HttpListener | None = None
     tracing: Tracing | None = None
+    # The MCP servers (CHATD_MCP_SERVERS); None when there are none.
+    mcp: McpServers | None = None
 
     @property
     def http_port(self) -> int:
@@ -242,6 +269,8 @@ class RunningServer:
             await self.bus.close()
         await self.store.close()
         await self.provider.close()
+        if self.mcp is not None:
+            await self.mcp.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         if self.tracing is not None:
@@ -286,8 +315,16 @@ async def start(
                 f"cannot open the store: {exc}",
                 "check the URL and that its database is reachable",
             ) from exc
+    mcp: McpServers | None = None
     try:
-        tools = tools or build_tools(settings)
+        if not tools:
+            mcp = await start_mcp(settings)
+            try:
+                tools = build_tools(settings, mcp)
+            except StartupError:
+                if mcp is not None:
+                    await mcp.close()
+                raise
     except StartupError:
         await store.close()
         raise
@@ -345,6 +382,8 @@ async def start(
             port = server.add_secure_port(settings.listen, credentials)
     except (RuntimeError, OSError) as exc:
         await store.close()
+        if mcp is not None:
+            await mcp.close()
         raise bind_error(settings.listen, "CHATD_LISTEN", "--listen", exc) from exc
     http: HttpListener | None = None
     if settings.http_listen:
@@ -368,6 +407,8 @@ async def start(
         except StartupError:
             await server.stop(None)
             await store.close()
+            if mcp is not None:
+                await mcp.close()
             raise
     metrics_server = None
     if metrics is not None:
@@ -380,6 +421,8 @@ async def start(
             if http is not None:
                 await http.stop(0)
             await store.close()
+            if mcp is not None:
+                await mcp.close()
             raise bind_error(
                 settings.metrics_listen,
                 "CHATD_METRICS_LISTEN",
@@ -402,6 +445,8 @@ async def start(
         if bus is not None:
             await bus.close()
         await store.close()
+        if mcp is not None:
+            await mcp.close()
         raise StartupError(
             "CHATD_DATABASE_URL",
             f"cannot reach the other replicas through the database: {exc}",
@@ -444,6 +489,7 @@ async def start(
         metrics_server,
         http,
         tracing,
+        mcp,
     )
 
 

@@ -38,6 +38,8 @@ class Settings:
     max_message_bytes: int = 8 * 1024 * 1024
     # Python modules whose @tool functions are served, comma-separated.
     tools: str = ""
+    # A JSON file of MCP servers ({"mcpServers": {...}}) whose tools are served; "" = none.
+    mcp_servers: str = ""
     max_tool_rounds: int = 8
     sweep_interval: float = 60.0
     request_id_window: float = 24 * 3600.0
@@ -142,6 +144,12 @@ _OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
     ("log_level", "--log-level", ("CHATD_LOG_LEVEL",), "debug | info | warning | error"),
     ("max_message_bytes", "--max-message-bytes", ("CHATD_MAX_MESSAGE_BYTES",), "largest request"),
     ("tools", "--tools", ("CHATD_TOOLS",), "modules with @tool functions, comma-separated"),
+    (
+        "mcp_servers",
+        "--mcp-servers",
+        ("CHATD_MCP_SERVERS",),
+        "JSON file of MCP servers whose tools are served",
+    ),
     ("max_tool_rounds", "--max-tool-rounds", ("CHATD_MAX_TOOL_ROUNDS",), "tool rounds per turn"),
     ("sweep_interval", "--sweep-interval", ("CHATD_SWEEP_INTERVAL",), "seconds between sweeps"),
     (

@@ -22,10 +22,15 @@ class ToolLoadError(ValueError):
 
 
 def load_tools(
-    modules: Sequence[str], *, entry_points: bool = True, builtins: bool = True
+    modules: Sequence[str],
+    *,
+    entry_points: bool = True,
+    builtins: bool = True,
+    extra: Iterable[tuple[Tool, str]] = (),
 ) -> ToolRegistry:
     """A registry of the built-ins, every Tool attribute of each module in `modules`, and what
-    each "chatd.tools" entry point names (a module, a Tool, or an iterable of Tools).
+    each "chatd.tools" entry point names (a module, a Tool, or an iterable of Tools), and the
+    `extra` tools, each given with where it came from (an MCP server's, for instance).
 
     Decorating a function is all it takes for a module's tool to be found: there is no global
     registry to mutate. Raises ToolLoadError naming the module or entry point that failed, and
@@ -42,6 +47,7 @@ def load_tools(
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             origin = f"entry point {ep.name!r} ({ep.value})"
             found += [(t, origin) for t in _entry_point_tools(ep, origin)]
+    found += list(extra)
     # unique_tools names both origins of a clash; the same object found twice counts once.
     return ToolRegistry(unique_tools(found))
 

@@ -1,0 +1,667 @@
+"""MCP servers as a tool source: the operator's JSON file of servers, one supervised
+connection per server (a stdio subprocess or a streamable-HTTP URL), and a Tool per server
+tool, named "<server>__<tool>", that the registry runs like any Python tool.
+
+The file has the shape other MCP hosts use (Claude Desktop, Gemini CLI, VS Code):
+
+    {"mcpServers": {
+        "files":  {"command": "npx", "args": ["-y", "some-server"], "env": {...}, "cwd": "/srv"},
+        "search": {"url": "https://mcp.example.com/mcp", "headers": {"Authorization": "..."}}}}
+
+Per server, optionally: "timeout" (seconds per call, default DEFAULT_TIMEOUT),
+"includeTools"/"excludeTools" (tool names, as in Gemini CLI), "disabled" (true skips it),
+"type" ("stdio", "http" or "streamable-http"; inferred when absent). `${VAR}` in "args",
+"env", "cwd", "url" and "headers" values is replaced by the environment variable VAR; an
+unset VAR is a configuration error.
+
+Sources: the MCP Python SDK 2.x client (mcp.Client, mcp.client.stdio.stdio_client,
+mcp.client.streamable_http.streamable_http_client) and the MCP specification's CallToolResult
+content blocks (text, image, audio, resource_link, resource).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx2
+import mcp_types
+import structlog
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
+
+from server.redact import redact_url
+from server.sessions.model import Blob
+from server.tools.definition import DEFAULT_TIMEOUT, NAME_PATTERN, Tool, ToolError, ToolResult
+
+# Between the server's name and its tool's: Gemini names allow letters, digits, "_", "." and
+# "-"; a double underscore rarely appears in either name, so the split stays readable.
+SEPARATOR = "__"
+# How long start-up waits for each server to connect and list its tools.
+CONNECT_TIMEOUT = 30.0
+# Restart delays after a server is lost: the first restart is immediate, then these double
+# up to the cap while the server keeps failing without answering a call in between.
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 30.0
+
+_SERVER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KEYS = frozenset(
+    {
+        "type",
+        "command",
+        "args",
+        "env",
+        "cwd",
+        "url",
+        "httpUrl",
+        "headers",
+        "timeout",
+        "includeTools",
+        "excludeTools",
+        "disabled",
+    }
+)
+_TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http"}
+# Keywords of JSON Schema meta-data that say nothing about the arguments.
+_DROPPED = frozenset({"$schema", "$id"})
+# JSON-RPC error codes after which the connection itself is gone.
+_CONNECTION_CLOSED = mcp_types.CONNECTION_CLOSED
+
+
+class McpConfigError(ValueError):
+    """The MCP servers file cannot be used; the message names the entry and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """One configured server: a stdio `command` (with `args`, `env`, `cwd`) or a `url`
+    (with `headers`); `timeout` is seconds per call."""
+
+    name: str
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    url: str = field(default="", repr=False)  # may carry a token in its query
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    include_tools: frozenset[str] | None = None
+    exclude_tools: frozenset[str] = frozenset()
+
+    @property
+    def transport(self) -> str:
+        return "http" if self.url else "stdio"
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> list[ServerConfig]:
+    """The enabled servers of the JSON file at `path`, in file order.
+
+    Raises McpConfigError naming the offending server and key: an unreadable
+    file, JSON that is not {"mcpServers": {name: {...}}}, an unknown key, a server with both
+    or neither of "command" and "url", or a `${VAR}` whose variable is unset.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = json.load(file)
+    except OSError as e:
+        raise McpConfigError(f"cannot read: {e.strerror or e}") from e
+    except ValueError as e:
+        raise McpConfigError(f"not JSON: {e}") from e
+    servers = document.get("mcpServers") if isinstance(document, dict) else None
+    if not isinstance(servers, dict):
+        raise McpConfigError('expected an object {"mcpServers": {name: server}}')
+    configs = []
+    for name, entry in servers.items():
+        where = f"mcpServers.{name}"
+        if not _SERVER_NAME.fullmatch(name):
+            raise McpConfigError(
+                f"{where}: a server name must be a letter or '_', then letters, digits, "
+                "'_' or '-' (it prefixes its tools' names)"
+            )
+        if not isinstance(entry, dict):
+            raise McpConfigError(f"{where}: must be an object")
+        config = _server(name, entry, where, env)
+        if config is not None:
+            configs.append(config)
+    return configs
+
+
+def _server(
+    name: str, entry: dict[str, Any], where: str, env: Mapping[str, str]
+) -> ServerConfig | None:
+    unknown = sorted(set(entry) - _KEYS)
+    if unknown:
+        raise McpConfigError(f"{where}: unknown keys {unknown} (known: {sorted(_KEYS)})")
+    if _get(entry, "disabled", bool, where, False):
+        return None
+    url = _expand(
+        _get(entry, "url", str, where, "") or _get(entry, "httpUrl", str, where, ""),
+        env,
+        f"{where}.url",
+    )
+    command = _get(entry, "command", str, where, "")
+    kind = _get(entry, "type", str, where, "http" if url else "stdio")
+    if kind not in _TYPES:
+        raise McpConfigError(
+            f"{where}.type: {kind!r} is not supported; use one of {sorted(_TYPES)}"
+        )
+    if bool(url) == bool(command) or (_TYPES[kind] == "http") != bool(url):
+        raise McpConfigError(
+            f'{where}: give either "command" (a stdio server) or "url" (streamable HTTP)'
+        )
+    if url and not url.startswith(("http://", "https://")):
+        raise McpConfigError(f"{where}.url: must be an http:// or https:// URL")
+    args = _get(entry, "args", list, where, [])
+    if not all(isinstance(a, str) for a in args):
+        raise McpConfigError(f"{where}.args: must be an array of strings")
+    timeout = _get(entry, "timeout", (int, float), where, DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not 0 < timeout < float("inf"):
+        raise McpConfigError(f"{where}.timeout: must be a positive number of seconds")
+    include = entry.get("includeTools")
+    return ServerConfig(
+        name=name,
+        command=command,
+        args=tuple(_expand(a, env, f"{where}.args") for a in args),
+        env=_strings(entry, "env", where, env),
+        cwd=_expand(_get(entry, "cwd", str, where, ""), env, f"{where}.cwd"),
+        url=url,
+        headers=_strings(entry, "headers", where, env),
+        timeout=float(timeout),
+        include_tools=None if include is None else frozenset(_names(entry, "includeTools", where)),
+        exclude_tools=frozenset(_names(entry, "excludeTools", where)),
+    )
+
+
+def _get(entry: dict[str, Any], key: str, kind: Any, where: str, default: Any) -> Any:
+    value = entry.get(key, default)
+    if not isinstance(value, kind):
+        names = {str: "a string", list: "an array", bool: "true or false", dict: "an object"}
+        raise McpConfigError(f"{where}.{key}: must be {names.get(kind, 'a number')}")
+    return value
+
+
+def _strings(entry: dict[str, Any], key: str, where: str, env: Mapping[str, str]) -> dict[str, str]:
+    value = _get(entry, key, dict, where, {})
+    if not all(isinstance(v, str) for v in value.values()):
+        raise McpConfigError(f"{where}.{key}: values must be strings")
+    return {k: _expand(v, env, f"{where}.{key}.{k}") for k, v in value.items()}
+
+
+def _names(entry: dict[str, Any], key: str, where: str) -> list[str]:
+    value = _get(entry, key, list, where, [])
+    if not all(isinstance(v, str) for v in value):
+        raise McpConfigError(f"{where}.{key}: must be an array of tool names")
+    return [str(v) for v in value]
+
+
+def _expand(text: str, env: Mapping[str, str], where: str) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise McpConfigError(f"{where}: environment variable {name} is not set")
+        return env[name]
+
+    return _VARIABLE.sub(value, text)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+class McpServerError(Exception):
+    """A server could not be connected at start-up, or lists tools chatd cannot serve."""
+
+
+class McpServer:
+    """One supervised connection: connects, reconnects when the connection is lost (a stdio
+    server is started again), and runs calls on whatever connection is current."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.listed: list[mcp_types.Tool] = []
+        self._client: Client | None = None
+        # "connecting" (calls wait), "up", "down" (between restarts: calls fail at once),
+        # "closed".
+        self._state = "connecting"
+        self._changed = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._failures = 0
+        self._error = ""
+        self._task: asyncio.Task[None] | None = None
+        self._first: asyncio.Future[None] | None = None
+        self._connect_timeout = CONNECT_TIMEOUT
+        # Restarts so far (for logs and tests).
+        self.restarts = 0
+
+    @property
+    def connected(self) -> bool:
+        """A connection is up: calls go straight to the server."""
+        return self._state == "up"
+
+    async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connects and lists the tools; raises McpServerError saying why it cannot."""
+        self._first = asyncio.get_running_loop().create_future()
+        self._connect_timeout = connect_timeout
+        self._task = asyncio.create_task(self._supervise(), name=f"mcp:{self.config.name}")
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await asyncio.shield(self._first)
+        except TimeoutError:
+            await self.close()
+            raise McpServerError(f"no answer within {connect_timeout:g}s") from None
+        except McpServerError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Closes the connection (a stdio server is stopped) and stops reconnecting."""
+        self._closing.set()
+        task, self._task = self._task, None
+        if task is not None:
+            if self._state != "up":  # still connecting: nothing to close politely
+                task.cancel()
+            done, _ = await asyncio.wait([task], timeout=10)
+            if not done:
+                task.cancel()
+                await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # logged by the supervisor already
+        self._set("closed")
+
+    async def call(self, tool: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+        """The server's result; raises ToolError when the server is down or is lost during
+        the call (the registry's timeout bounds the wait for a reconnection)."""
+        client = await self._connected()
+        try:
+            result = await client.call_tool(tool, arguments)
+        except MCPError as e:
+            if e.code == _CONNECTION_CLOSED:
+                self._connection_lost(e)
+                raise ToolError(
+                    f"MCP server {self.config.name!r} was lost during the call; "
+                    "it is being restarted"
+                ) from e
+            raise ToolError(f"MCP server {self.config.name!r}: {e}") from e
+        except ValidationError as e:
+            raise ToolError(
+                f"MCP server {self.config.name!r} sent a result that is not valid MCP: {e}"
+            ) from e
+        except (
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+            httpx2.HTTPError,
+            OSError,
+        ) as e:
+            self._connection_lost(e)
+            raise ToolError(
+                f"MCP server {self.config.name!r} cannot be reached: {_describe(e)}"
+            ) from e
+        self._failures = 0
+        return result
+
+    async def _connected(self) -> Client:
+        while True:
+            if self._state == "up" and self._client is not None:
+                return self._client
+            if self._state == "down":
+                raise ToolError(
+                    f"MCP server {self.config.name!r} is down ({self._error}); "
+                    "chatd is restarting it"
+                )
+            if self._state == "closed":
+                raise ToolError(f"MCP server {self.config.name!r} is closed")
+            await self._changed.wait()
+
+    def _set(self, state: str) -> None:
+        self._state = state
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _connection_lost(self, cause: BaseException | None) -> None:
+        if self._lost.is_set() or self._state != "up":
+            return
+        if cause is not None:
+            self._error = _describe(cause)
+        self._lost.set()
+        # Calls from now on wait for the new connection (or fail, if a restart is delayed).
+        self._client = None
+        self._set("connecting" if self._failures == 0 else "down")
+
+    async def _supervise(self) -> None:
+        log = _log().bind(mcp_server=self.config.name, transport=self.config.transport)
+        while not self._closing.is_set():
+            self._lost = asyncio.Event()
+            lost = self._lost
+            try:
+                # Each attempt, reconnections too, must connect and list within the timeout.
+                async with asyncio.timeout(self._connect_timeout) as deadline:
+                    async with Client(
+                        _transport(self.config, lambda: self._connection_lost(None)),
+                        cache=None,
+                        client_info=mcp_types.Implementation(name="chatd", version="1"),
+                    ) as client:
+                        self.listed = await _list_tools(client)
+                        deadline.reschedule(None)
+                        self._client = client
+                        self._set("up")
+                        if self._first is not None and not self._first.done():
+                            self._first.set_result(None)
+                            log.info("mcp_server_connected", tools=[t.name for t in self.listed])
+                        else:
+                            log.info("mcp_server_reconnected", restarts=self.restarts)
+                        await _first_of(lost.wait(), self._closing.wait())
+            except Exception as e:
+                self._error = _describe(e)
+                if self._first is not None and not self._first.done():
+                    self._first.set_exception(McpServerError(self._error))
+                    return
+                if not lost.is_set():
+                    log.warning("mcp_server_failed", error=self._error)
+            finally:
+                self._client = None
+            if self._closing.is_set():
+                return
+            delay = (
+                0.0
+                if self._failures == 0
+                else min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self._failures - 1))
+            )
+            self._failures += 1
+            self.restarts += 1
+            if delay:
+                self._set("down")
+            log.warning("mcp_server_lost", error=self._error, restart_in=delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._closing.wait()
+            if not self._closing.is_set():
+                self._set("connecting")
+
+
+async def _first_of(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _list_tools(client: Client) -> list[mcp_types.Tool]:
+    tools: list[mcp_types.Tool] = []
+    cursor: str | None = None
+    for _ in range(1000):  # a server whose cursor never ends cannot hang start-up
+        page = await client.list_tools(cursor=cursor)
+        tools += page.tools
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+@contextlib.asynccontextmanager
+async def _transport(
+    config: ServerConfig, on_lost: Callable[[], None]
+) -> AsyncIterator[tuple[_WatchedRead, Any]]:
+    """The SDK's transport for the server, its read stream watched for the end of the
+    connection (a stdio server exiting ends it at once)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if config.url:
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(
+                    headers=dict(config.headers),
+                    # The SDK's defaults: a response stream may stay open for long.
+                    timeout=httpx2.Timeout(30.0, read=300.0),
+                )
+            )
+            streams = await stack.enter_async_context(
+                streamable_http_client(config.url, http_client=http)
+            )
+        else:
+            params = StdioServerParameters(
+                command=config.command,
+                args=list(config.args),
+                env=dict(config.env) or None,
+                cwd=config.cwd or None,
+            )
+            streams = await stack.enter_async_context(stdio_client(params))
+        read, write = streams
+        yield _WatchedRead(read, on_lost), write
+
+
+class _WatchedRead:
+    """A transport's read stream that calls `on_lost` when it ends or breaks."""
+
+    def __init__(self, inner: Any, on_lost: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_lost = on_lost
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            item: SessionMessage | Exception = await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_lost()
+            raise
+        return item
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        result: bool | None = await self._inner.__aexit__(exc_type, exc_val, exc_tb)
+        return result
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def server_tools(server: McpServer) -> list[Tool]:
+    """A Tool for each listed tool the config admits, named "<server>__<tool>".
+
+    Raises McpServerError naming the tool when its name is not a valid Gemini function name
+    or its input schema uses JSON Schema chatd does not enforce (the same refusal a Python
+    tool gets); "excludeTools" leaves such a tool out.
+    """
+    config = server.config
+    tools = []
+    for listed in server.listed:
+        if config.include_tools is not None and listed.name not in config.include_tools:
+            continue
+        if listed.name in config.exclude_tools:
+            continue
+        name = f"{config.name}{SEPARATOR}{listed.name}"
+        if not NAME_PATTERN.fullmatch(name):
+            raise McpServerError(
+                f"MCP server {config.name!r}: tool {listed.name!r} would be named {name!r}, "
+                f"which is not a valid Gemini function name ({NAME_PATTERN.pattern}); rename "
+                "the server or add the tool to its excludeTools"
+            )
+        try:
+            tools.append(
+                Tool(
+                    name=name,
+                    description=listed.description or listed.title or "",
+                    parameters=gemini_schema(listed.input_schema),
+                    function=_caller(server, listed.name),
+                    timeout=config.timeout,
+                    source=f"MCP server {config.name!r}",
+                )
+            )
+        except ValueError as e:
+            raise McpServerError(
+                f"{e}; chatd refuses schemas it cannot check, as for Python tools: "
+                "add the tool to the server's excludeTools to serve the others"
+            ) from None
+    return tools
+
+
+def gemini_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """An MCP tool's input schema in the subset chatd checks: "$schema" and "$id" dropped,
+    and `anyOf: [S, {"type": "null"}]` (how pydantic writes an Optional) as S with
+    "nullable": true. Everything else is passed on unchanged, for Tool to accept or refuse.
+    """
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DROPPED:
+            continue
+        if key == "properties" and isinstance(value, Mapping):
+            out[key] = {
+                k: gemini_schema(v) if isinstance(v, Mapping) else v for k, v in value.items()
+            }
+        elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
+            out[key] = gemini_schema(value)
+        elif key == "anyOf" and isinstance(value, list):
+            others = [s for s in value if s != {"type": "null"}]
+            if len(value) == 2 and len(others) == 1 and isinstance(others[0], Mapping):
+                out.update(gemini_schema(others[0]))
+                out["nullable"] = True
+            else:
+                out[key] = value
+        else:
+            out[key] = value
+    if "properties" in schema and "type" not in out:
+        out["type"] = "object"
+    return out
+
+
+def _caller(server: McpServer, tool: str) -> Callable[..., Any]:
+    async def call(**arguments: Any) -> Any:
+        result = await server.call(tool, arguments)
+        return tool_result(server.config.name, result)
+
+    call.__qualname__ = f"mcp:{server.config.name}.{tool}"
+    return call
+
+
+def tool_result(server: str, result: mcp_types.CallToolResult) -> ToolResult:
+    """A CallToolResult as chatd's ToolResult: text blocks (joined by newlines) are the
+    value, or the structured content when there is no text; images, audio and embedded
+    resources are parts; a resource link is a line of the text. Raises ToolError with the
+    text when the result is an error (isError)."""
+    texts: list[str] = []
+    parts: list[Blob] = []
+    for block in result.content:
+        if isinstance(block, mcp_types.TextContent):
+            texts.append(block.text)
+        elif isinstance(block, mcp_types.ImageContent | mcp_types.AudioContent):
+            parts.append(Blob(block.mime_type, _decode(server, block.data)))
+        elif isinstance(block, mcp_types.EmbeddedResource):
+            res = block.resource
+            if isinstance(res, mcp_types.TextResourceContents):
+                data = res.text.encode()
+                mime = res.mime_type or "text/plain"
+            else:
+                data = _decode(server, res.blob)
+                mime = res.mime_type or "application/octet-stream"
+            parts.append(Blob(mime, data, str(res.uri)))
+        elif isinstance(block, mcp_types.ResourceLink):
+            texts.append(f"[resource {block.name}: {block.uri}]")
+    if result.is_error:
+        raise ToolError("\n".join(texts) or f"MCP server {server!r} reported an error")
+    value: Any
+    if texts:
+        value = texts[0] if len(texts) == 1 else "\n".join(texts)
+    else:
+        value = result.structured_content
+    return ToolResult(value, tuple(parts))
+
+
+def _decode(server: str, data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ToolError(f"MCP server {server!r} sent media that is not base64") from None
+
+
+def _describe(e: BaseException) -> str:
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return text[:500]
+
+
+# --------------------------------------------------------------------------- the set
+
+
+class McpServers:
+    """Every configured server: started together, their tools, closed together."""
+
+    def __init__(self, configs: Sequence[ServerConfig]) -> None:
+        self.servers = [McpServer(c) for c in configs]
+        # Each tool with where it came from, once started.
+        self.tools: list[tuple[Tool, str]] = []
+
+    async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> list[tuple[Tool, str]]:
+        """Connects every server at once and returns each tool with where it came from.
+
+        Raises McpServerError naming the first server that cannot start or whose tools
+        chatd cannot serve; every server is closed again then.
+        """
+        results = await asyncio.gather(
+            *(s.start(connect_timeout) for s in self.servers), return_exceptions=True
+        )
+        for server, outcome in zip(self.servers, results, strict=True):
+            if isinstance(outcome, BaseException):
+                await self.close()
+                config = server.config
+                what = (
+                    f"URL {redact_url(config.url)}" if config.url else f"command {config.command!r}"
+                )
+                cause = str(outcome) if isinstance(outcome, McpServerError) else _describe(outcome)
+                raise McpServerError(
+                    f"MCP server {config.name!r} ({what}) cannot start: {cause}"
+                ) from outcome
+        found: list[tuple[Tool, str]] = []
+        for server in self.servers:
+            try:
+                found += [(t, f"MCP server {server.config.name!r}") for t in server_tools(server)]
+            except McpServerError:
+                await self.close()
+                raise
+        self.tools = found
+        return found
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.servers))
+
+
+def _log() -> Any:
+    return structlog.get_logger("chatd.tools")

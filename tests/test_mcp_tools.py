@@ -1,0 +1,445 @@
+"""MCP servers as a tool source, through a real chatd: a stdio server and a streamable-HTTP
+server (tests/mcp_server.py, on the mcp SDK) whose tools sessions enable by name."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import session_pb2
+from server import app
+from server.config import Settings
+from server.startup import StartupError
+from server.tools.mcp_servers import gemini_schema
+from tests.conftest import Chatd, StartChatd, fast_gemini
+from tests.fake_gemini import FakeGemini, Reply, call_part, get_field
+from tests.test_metrics_rpc import scrape, value
+
+ROOT = Path(__file__).resolve().parent.parent
+# Readiness only (a subprocess binding its port); never an upper bound on behaviour.
+READY_DEADLINE = 60.0
+
+
+@dataclass
+class HttpServer:
+    """The test MCP server over streamable HTTP, in a subprocess."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+def start_http_server(port_file: Path, port: int = 0) -> HttpServer:
+    port_file.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.mcp_server", "http", str(port_file), str(port)], cwd=ROOT
+    )
+    deadline = time.monotonic() + READY_DEADLINE
+    while not port_file.exists():
+        assert process.poll() is None, "the MCP test server exited"
+        assert time.monotonic() < deadline, "the MCP test server did not bind"
+        time.sleep(0.02)
+    return HttpServer(process, int(port_file.read_text()))
+
+
+def stop(server: HttpServer) -> None:
+    server.process.kill()
+    server.process.wait()
+
+
+@pytest.fixture(autouse=True)
+def token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variable the servers file's "headers" name as ${MCP_TEST_TOKEN}."""
+    monkeypatch.setenv("MCP_TEST_TOKEN", "secret")
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[HttpServer]:
+    server = start_http_server(tmp_path / "port")
+    yield server
+    stop(server)
+
+
+def write_config(tmp_path: Path, http: HttpServer, **extra: dict[str, Any]) -> str:
+    servers: dict[str, Any] = {
+        "local": {
+            "command": sys.executable,
+            "args": ["-m", "tests.mcp_server", "stdio"],
+            "cwd": str(ROOT),
+            "timeout": 60,
+            "excludeTools": ["coded"],
+        },
+        "web": {
+            "url": http.url,
+            "headers": {"Authorization": "Bearer ${MCP_TEST_TOKEN}"},
+            "timeout": 60,
+            "includeTools": ["add", "fail", "picture", "note", "hold"],
+        },
+    }
+    servers.update(extra)
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"mcpServers": servers}))
+    return str(path)
+
+
+@pytest.fixture
+async def mcp_chatd(
+    start_chatd: StartChatd,
+    fake_gemini: FakeGemini,
+    tmp_path: Path,
+    http_server: HttpServer,
+) -> Chatd:
+    server: Chatd = await start_chatd(
+        provider=fast_gemini(fake_gemini), mcp_servers=write_config(tmp_path, http_server)
+    )
+    return server
+
+
+async def session(chatd: Chatd, tools: list[str], sid: str = "t") -> None:
+    await chatd.stub.CreateSession(
+        pb.CreateSessionRequest(session_id=sid, session=session_pb2.Session(tools=tools))
+    )
+
+
+async def turn(chatd: Chatd, text: str, sid: str = "t") -> list[pb.StreamReplyResponse]:
+    request = pb.StreamReplyRequest(session_id=sid, text=text)
+    return [e async for e in chatd.stub.StreamReply(request)]
+
+
+def results(events: list[pb.StreamReplyResponse]) -> list[Any]:
+    return [e.tool_result for e in events if e.HasField("tool_result")]
+
+
+async def test_list_tools_shows_the_tools_of_both_servers(mcp_chatd: Chatd) -> None:
+    listed = await mcp_chatd.stub.ListTools(pb.ListToolsRequest())
+    tools = {t.name: t for t in listed.tools}
+    for name in ("local__add", "web__add"):
+        assert tools[name].description == "Adds two integers."
+        schema = json.loads(tools[name].parameters_json)
+        assert schema["type"] == "object"
+        assert schema["required"] == ["a", "b"]
+        assert schema["properties"]["a"]["type"] == "integer"
+    # pydantic's Optional (anyOf with null) reaches the model as a nullable string.
+    word = json.loads(tools["local__optional"].parameters_json)["properties"]["word"]
+    assert word["type"] == "string" and word["nullable"] is True
+    assert "calculate" in tools, "Python tools are still served beside them"
+
+
+async def test_a_two_round_turn_calls_a_stdio_tool_then_an_http_tool(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    await session(mcp_chatd, ["local__add", "web__add"])
+    fake_gemini.push(Reply(parts=[call_part("local__add", {"a": 2, "b": 3}, id="c-1")]))
+    fake_gemini.push(Reply(parts=[call_part("web__add", {"a": 5, "b": 7}, id="c-2")]))
+    fake_gemini.push(Reply(text="12 it is."))
+    events = await turn(mcp_chatd, "add things")
+    first, second = results(events)
+    assert not first.is_error and first.function_response.response["result"] == "5"
+    assert not second.is_error and second.function_response.response["result"] == "12"
+    assert events[-1].reply.text == "12 it is."
+    third = fake_gemini.requests[2]
+    sent = [get_field(p, "function_response") for c in third.contents for p in c["parts"]]
+    sent = [r for r in sent if r is not None]
+    assert [get_field(r, "name") for r in sent] == ["local__add", "web__add"]
+    assert get_field(sent[1], "response", "result") == "12"
+    # Counted like any server tool.
+    assert mcp_chatd.running.metrics_server is not None
+    samples = await scrape(mcp_chatd.running.metrics_server.port)
+    for name in ("local__add", "web__add"):
+        assert value(samples, "chatd_tool_calls_total", tool=name, outcome="ok") == 1
+
+
+async def test_a_call_longer_than_the_servers_timeout_is_a_tool_error(
+    start_chatd: StartChatd, fake_gemini: FakeGemini, tmp_path: Path, http_server: HttpServer
+) -> None:
+    slow = {
+        "command": sys.executable,
+        "args": ["-m", "tests.mcp_server", "stdio"],
+        "cwd": str(ROOT),
+        "timeout": 0.5,
+        "includeTools": ["hold", "add"],
+    }
+    chatd = await start_chatd(
+        provider=fast_gemini(fake_gemini),
+        mcp_servers=write_config(tmp_path, http_server, local=slow),
+    )
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(release)
+    await session(chatd, ["local__hold", "local__add"])
+    args = {"started": str(started), "release": str(release)}
+    fake_gemini.push(Reply(parts=[call_part("local__hold", args)]))
+    fake_gemini.push(Reply(text="Too slow."))
+    [late] = results(await turn(chatd, "wait"))
+    assert late.is_error
+    assert "'local__hold' timed out after 0.5s" in late.function_response.response["error"]
+    # The connection is still good for the next call.
+    fake_gemini.push(Reply(parts=[call_part("local__add", {"a": 2, "b": 2})]))
+    fake_gemini.push(Reply(text="4."))
+    [added] = results(await turn(chatd, "add"))
+    assert not added.is_error and added.function_response.response["result"] == "4"
+
+
+async def test_tool_errors_and_bad_arguments_are_tool_errors_the_model_sees(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    await session(mcp_chatd, ["web__fail", "local__add"])
+    fake_gemini.push(
+        Reply(
+            parts=[
+                call_part("web__fail", {"reason": "no disk"}),
+                call_part("local__add", {"a": "two", "b": 1}),
+            ]
+        )
+    )
+    fake_gemini.push(Reply(text="Both failed."))
+    events = await turn(mcp_chatd, "try")
+    failed, invalid = results(events)
+    assert failed.is_error and "failed: no disk" in failed.function_response.response["error"]
+    assert invalid.is_error and "args.a" in invalid.function_response.response["error"]
+    assert events[-1].reply.text == "Both failed."
+
+
+async def test_images_and_resources_become_function_response_parts(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    await session(mcp_chatd, ["local__picture", "web__note"])
+    fake_gemini.push(Reply(parts=[call_part("local__picture"), call_part("web__note")]))
+    fake_gemini.push(Reply(text="Seen."))
+    events = await turn(mcp_chatd, "show me")
+    picture, note = results(events)
+    assert picture.function_response.response["result"] == "a pixel"
+    [image] = picture.function_response.parts
+    assert image.inline_data.mime_type == "image/png"
+    assert image.inline_data.data.startswith(b"\x89PNG")
+    [memo] = note.function_response.parts
+    assert memo.inline_data.mime_type == "text/plain"
+    assert memo.inline_data.data == b"remember the milk"
+    second = fake_gemini.requests[1]
+    sent = [get_field(p, "function_response") for c in second.contents for p in c["parts"]]
+    media = [get_field(r, "parts", 0, "inline_data", "mime_type") for r in sent if r is not None]
+    assert media == ["image/png", "text/plain"]
+
+
+def read_if_there(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+async def wait_for_file(path: Path) -> str:
+    """The file's text once a tool has written it (a latch; the deadline is for readiness)."""
+    deadline = time.monotonic() + READY_DEADLINE
+    while not (text := await asyncio.to_thread(read_if_there, path)):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        await asyncio.sleep(0.01)
+    return text
+
+
+async def test_a_stdio_server_killed_mid_call_is_a_tool_error_and_is_restarted(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(release)
+    await session(mcp_chatd, ["local__hold", "local__add"])
+    args = {"started": str(started), "release": str(release)}
+    fake_gemini.push(Reply(parts=[call_part("local__hold", args)]))
+    fake_gemini.push(Reply(text="The tool broke."))
+    running = asyncio.create_task(turn(mcp_chatd, "hold on"))
+    pid = int(await wait_for_file(started))
+    os.kill(pid, signal.SIGKILL)
+    events = await running
+    [lost] = results(events)
+    assert lost.is_error
+    assert "'local' was lost during the call" in lost.function_response.response["error"]
+    assert events[-1].reply.text == "The tool broke."
+
+    # The next turn waits for the restarted server and gets its answer.
+    fake_gemini.push(Reply(parts=[call_part("local__add", {"a": 1, "b": 2})]))
+    fake_gemini.push(Reply(text="3."))
+    events = await turn(mcp_chatd, "again")
+    [added] = results(events)
+    assert not added.is_error and added.function_response.response["result"] == "3"
+    assert events[-1].reply.text == "3."
+
+
+async def test_a_stdio_server_that_exits_between_calls_is_started_again(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    await session(mcp_chatd, ["local__pid"])
+    fake_gemini.push(Reply(parts=[call_part("local__pid")]))
+    fake_gemini.push(Reply(text="ok"))
+    [first] = results(await turn(mcp_chatd, "who are you"))
+    pid = int(first.function_response.response["result"])
+    os.kill(pid, signal.SIGKILL)
+    assert mcp_chatd.running.mcp is not None
+    local = mcp_chatd.running.mcp.servers[0]
+    deadline = time.monotonic() + READY_DEADLINE
+    while not (local.restarts == 1 and local.connected):  # noticed without any call
+        assert time.monotonic() < deadline, "chatd never restarted the server"
+        await asyncio.sleep(0.02)
+    fake_gemini.push(Reply(parts=[call_part("local__pid")]))
+    fake_gemini.push(Reply(text="ok"))
+    [second] = results(await turn(mcp_chatd, "and now"))
+    assert not second.is_error
+    assert int(second.function_response.response["result"]) != pid
+
+
+async def test_an_http_server_that_dies_is_reconnected_once_it_is_back(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini, tmp_path: Path, http_server: HttpServer
+) -> None:
+    await session(mcp_chatd, ["web__add"])
+    stop(http_server)
+    fake_gemini.push(Reply(parts=[call_part("web__add", {"a": 1, "b": 1})]))
+    fake_gemini.push(Reply(text="It is down."))
+    [down] = results(await turn(mcp_chatd, "add"))
+    assert down.is_error and "'web'" in down.function_response.response["error"]
+
+    revived = start_http_server(tmp_path / "port2", http_server.port)
+    try:
+        assert mcp_chatd.running.mcp is not None
+        web = mcp_chatd.running.mcp.servers[1]
+        deadline = time.monotonic() + READY_DEADLINE
+        while not web.connected:  # readiness: the supervisor's next attempt succeeds
+            assert time.monotonic() < deadline, "chatd never reconnected"
+            await asyncio.sleep(0.05)
+        fake_gemini.push(Reply(parts=[call_part("web__add", {"a": 1, "b": 1})]))
+        fake_gemini.push(Reply(text="2."))
+        [added] = results(await turn(mcp_chatd, "add again"))
+        assert not added.is_error and added.function_response.response["result"] == "2"
+    finally:
+        stop(revived)
+
+
+async def test_shutdown_stops_the_stdio_server(
+    mcp_chatd: Chatd, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(release)
+    await session(mcp_chatd, ["local__hold"])
+    fake_gemini.push(
+        Reply(parts=[call_part("local__hold", {"started": str(started), "release": str(release)})])
+    )
+    fake_gemini.push(Reply(text="ok"))
+    running = asyncio.create_task(turn(mcp_chatd, "hold"))
+    pid = int(await wait_for_file(started))
+    fd = os.open(release, os.O_WRONLY)
+    os.write(fd, b"done")
+    os.close(fd)
+    [held] = results(await running)
+    assert held.function_response.response["result"] == "done"
+    await mcp_chatd.running.stop(grace=0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_start_up_is_refused_when_a_server_cannot_start(
+    start_chatd: StartChatd, tmp_path: Path, http_server: HttpServer
+) -> None:
+    missing = {"command": str(tmp_path / "no-such-server")}
+    config = write_config(tmp_path, http_server, broken=missing)
+    with pytest.raises(StartupError) as refused:
+        await start_chatd(mcp_servers=config)
+    assert refused.value.path == config
+    assert f"MCP server 'broken' (command {missing['command']!r}) cannot start" in (
+        refused.value.cause
+    )
+    assert "FileNotFoundError" in refused.value.cause
+
+
+async def test_start_up_is_refused_when_tool_names_collide(
+    tmp_path: Path, http_server: HttpServer
+) -> None:
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database_url=f"sqlite:///{tmp_path}/chatd.db",
+        metrics_listen="",
+        tools="tests.mcp_collision",  # CHATD_TOOLS
+        mcp_servers=write_config(tmp_path, http_server),
+    )
+    with pytest.raises(StartupError) as refused:
+        await app.start(settings)
+    assert "duplicate tool name 'local__add'" in refused.value.cause
+    assert "MCP server 'local'" in refused.value.cause
+
+
+async def test_start_up_is_refused_for_a_schema_chatd_cannot_check(
+    start_chatd: StartChatd, tmp_path: Path, http_server: HttpServer
+) -> None:
+    local = {
+        "command": sys.executable,
+        "args": ["-m", "tests.mcp_server", "stdio"],
+        "cwd": str(ROOT),
+    }
+    config = write_config(tmp_path, http_server, local=local)
+    with pytest.raises(StartupError) as refused:
+        await start_chatd(mcp_servers=config)
+    assert "MCP server 'local'" in refused.value.cause
+    assert "'local__coded'" in refused.value.cause
+    assert "unsupported schema keyword 'pattern'" in refused.value.cause
+    assert "excludeTools" in refused.value.cause
+
+
+async def test_start_up_is_refused_when_a_tool_name_is_not_a_gemini_name(
+    start_chatd: StartChatd, tmp_path: Path, http_server: HttpServer
+) -> None:
+    long = "s" * 60  # "<server>__add" is then longer than Gemini's 64 characters
+    local = {
+        "command": sys.executable,
+        "args": ["-m", "tests.mcp_server", "stdio"],
+        "cwd": str(ROOT),
+    }
+    config = write_config(tmp_path, http_server, **{long: {**local, "includeTools": ["add"]}})
+    with pytest.raises(StartupError) as refused:
+        await start_chatd(mcp_servers=config)
+    assert f"'{long}__add', which is not a valid Gemini function name" in refused.value.cause
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ({"command": "x", "url": "http://h/mcp"}, "either"),
+        ({"command": "x", "colour": "red"}, "unknown keys ['colour']"),
+        ({"url": "ftp://h/mcp"}, "http:// or https://"),
+        ({"url": "http://h/mcp", "headers": {"A": "${MCP_UNSET_VARIABLE}"}}, "MCP_UNSET"),
+        ({"type": "sse", "url": "http://h/sse"}, "'sse' is not supported"),
+    ],
+)
+async def test_start_up_is_refused_for_a_bad_servers_file(
+    start_chatd: StartChatd, tmp_path: Path, entry: dict[str, Any], said: str
+) -> None:
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"mcpServers": {"bad": entry}}))
+    with pytest.raises(StartupError) as refused:
+        await start_chatd(mcp_servers=str(path))
+    assert "mcpServers.bad" in refused.value.cause and said in refused.value.cause
+
+
+def test_schemas_are_brought_to_the_subset_chatd_checks() -> None:
+    given = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "n": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
+            "tags": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+        },
+    }
+    assert gemini_schema(given) == {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "nullable": True, "default": None},
+            "tags": {"type": "array", "items": {"type": "string", "nullable": True}},
+        },
+    }
