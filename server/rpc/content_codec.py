@@ -28,6 +28,7 @@ from server.sessions.model import (
     Role,
     ServerToolCall,
     ServerToolResponse,
+    Summary,
     Usage,
 )
 from server.sessions.values import json_text, parse_json_text
@@ -270,6 +271,9 @@ def message_to_pb(message: Message, out: pb.Message) -> None:
     out.model = message.model
     if message.candidate_metadata is not None:
         candidate_metadata_to_pb(message.candidate_metadata, out.candidate_metadata)
+    if message.summary is not None:
+        out.summary.first_message_id = message_id(message.summary.first_seq)
+        out.summary.last_message_id = message_id(message.summary.last_seq)
 
 
 def messages_to_pb(messages: Iterable[Message], out: Any) -> None:
@@ -343,6 +347,14 @@ def message_from_pb(message: pb.Message, field: str, *, keep_ids: bool) -> Messa
         candidate_metadata=(
             parse_json_text(message.candidate_metadata.json, f"{field}.candidate_metadata.json")
             if message.candidate_metadata.json
+            else None
+        ),
+        summary=(
+            Summary(
+                parse_message_id(f"{field}.summary.first_message_id", s.first_message_id),
+                parse_message_id(f"{field}.summary.last_message_id", s.last_message_id),
+            )
+            if message.HasField("summary") and (s := message.summary)
             else None
         ),
     )

@@ -9,7 +9,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from server.sessions.context import history_needed, select_window
+import structlog
+
+from server.sessions import compaction
+from server.sessions.context import history_needed
 from server.sessions.errors import Cancelled, FailedPrecondition, NotFound
 from server.sessions.events import (
     MessageCompleted,
@@ -57,6 +60,7 @@ from server.sessions.writes import complete
 
 # Builds the request record stored with a turn, from the session and the turn's reply.
 Recorder = Callable[[Session, TurnReply], RequestRecord]
+log = structlog.get_logger("chatd.compaction")
 ROUND_LIMIT_ERROR = "chatd stopped the tool loop: this turn used its {} tool rounds"
 
 
@@ -138,7 +142,9 @@ class TurnEngine:
         *,
         max_tool_rounds: int = 8,
         clock: Callable[[], float] = time.time,
+        on_compaction: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_compaction = on_compaction
         self._store = store
         self._provider = provider
         self._tools = tools
@@ -243,10 +249,76 @@ class TurnEngine:
             session.tenant, session.session_id, history_needed(policy)
         )
         state = _Turn(session, new_turn_id(), session.next_seq, history)
-        state.added.append(
-            Message(Role.USER, turn.parts, state.next_seq, self._clock(), state.turn_id)
-        )
+        user = Message(Role.USER, turn.parts, state.next_seq, self._clock(), state.turn_id)
+        if policy.compaction is not None:
+            summary = await self._compact(state, user, turn)
+            if summary is not None:
+                state.added.append(summary)
+                user = replace(user, seq=summary.seq + 1)
+        state.added.append(user)
         return state
+
+    async def _compact(self, state: _Turn, user: Message, turn: TurnInput) -> Message | None:
+        """A new summary (at `user`'s seq) when what the turn would send reaches the
+        policy's compaction trigger; None when it does not, there is nothing older than
+        the turns kept, or summarising fails (logged and counted: the window applies)."""
+        settings = state.session.settings
+        policy = settings.context_policy
+        config = policy.compaction
+        assert config is not None
+        contents = [*state.history, user]
+        if not compaction.reaches_trigger(compaction.contents_to_send(contents, policy), config):
+            return None
+        planned = compaction.plan(contents, config)
+        if planned is None:
+            return None
+        covered, older = planned
+        ask = Part(text=compaction.summarising_request_text(older, config))
+        request = ModelRequest(
+            model=config.model or settings.model or self._provider.default_model,
+            contents=[Message(Role.USER, (ask,))],
+            timeout=turn.timeout,
+            allow_function_calls=False,
+            labels=settings.labels,
+            summarising=True,
+        )
+        builder = ReplyBuilder()
+        try:
+            async for chunk in self._provider.stream(request):
+                builder.add(chunk)
+        except Exception as exc:
+            self._compacted("failed")
+            log.warning(
+                "compaction failed, the context window applies",
+                session_id=state.session.session_id,
+                error=str(exc) or type(exc).__name__,
+            )
+            return None
+        text = "".join(p.text for p in builder.parts if p.text is not None and not p.thought)
+        if not text.strip():
+            self._compacted("failed")
+            log.warning(
+                "compaction failed, the context window applies",
+                session_id=state.session.session_id,
+                error="the model returned no summary text",
+            )
+            return None
+        self._compacted("ok")
+        return Message(
+            Role.MODEL,
+            (Part(text=text),),
+            user.seq,
+            self._clock(),
+            state.turn_id,
+            usage=builder.usage,
+            finish_reason=builder.resolved_finish_reason(),
+            model=request.model,
+            summary=covered,
+        )
+
+    def _compacted(self, outcome: str) -> None:
+        if self._on_compaction is not None:
+            self._on_compaction(outcome)
 
     async def _resume(self, session: Session, turn: TurnInput) -> _Turn:
         responses = check_tool_results(session.pending, turn.tool_results)
@@ -389,7 +461,7 @@ class TurnEngine:
         declarations = [d for d in self._tools.declarations() if d.name in enabled]
         return ModelRequest(
             model=settings.model or self._provider.default_model,
-            contents=select_window(state.contents(), settings.context_policy),
+            contents=compaction.contents_to_send(state.contents(), settings.context_policy),
             system_instruction=settings.system_instruction,
             generation_config=config,
             function_declarations=[*declarations, *settings.function_declarations],
