@@ -90,6 +90,34 @@ async def test_summaries_survive_export_and_import(chatd: Chatd) -> None:
         await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="x", text="on"))
     ).reply
     assert reply.text == original.text, "the copy sends what the original sends"
+    # The streaming RPCs carry it too.
+    parts = [
+        r.document
+        async for r in chatd.stub.StreamExportSession(pb.StreamExportSessionRequest(session_id="x"))
+    ]
+    streamed = [m for p in parts for m in p.messages if m.HasField("summary")]
+    now = [m for m in await all_messages(chatd.stub, "x") if m.HasField("summary")]
+    assert len(now) > len(exported), "the turn after the export compacted again"
+    assert [m.summary for m in streamed] == [m.summary for m in now]
+    requests = [pb.StreamImportSessionRequest(document=p) for p in parts]
+    requests[0].session_id = "z"
+    await chatd.stub.StreamImportSession(iter(requests))
+    copy = await all_messages(chatd.stub, "z")
+    assert [m.summary for m in copy if m.HasField("summary")] == [m.summary for m in streamed]
+
+
+async def test_an_imported_summary_must_end_before_itself(chatd: Chatd) -> None:
+    await _create(chatd, "x", _policy(trigger_messages=4, keep_recent_turns=1))
+    for i in range(4):
+        await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="x", text=f"m{i}"))
+    document = (await chatd.stub.ExportSession(pb.ExportSessionRequest(session_id="x"))).document
+    index = next(i for i, m in enumerate(document.messages) if m.HasField("summary"))
+    document.messages[index].summary.last_message_id = document.messages[index].message_id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.ImportSession(pb.ImportSessionRequest(document=document, session_id="y"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == [f"document.messages[{index}].summary"]
+    assert rich_details(err.value)["ErrorInfo"].reason == "SUMMARY_INVALID"
 
 
 @pytest.mark.parametrize(
