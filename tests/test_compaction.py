@@ -254,3 +254,51 @@ async def test_failed_summaries_leave_every_turn_successful(
     samples = await scrape(server.port)
     assert value(samples, "chatd_compactions_total", outcome="failed") == len(failed)
     assert value(samples, "chatd_compactions_total", outcome="ok") == 0
+
+
+async def test_compaction_never_separates_a_call_from_its_result_and_pauses_cleanly(
+    chatd: Chatd,
+) -> None:
+    """Turns with the caller's function calls: summaries end before a turn's user message,
+    and a compacting turn that pauses for tool results exports, imports and resumes."""
+    await chatd.stub.CreateSession(
+        pb.CreateSessionRequest(
+            session_id="t",
+            session=session_pb2.Session(
+                context_policy=_policy(trigger_messages=6, keep_recent_turns=1),
+                function_declarations=[session_pb2.FunctionDeclaration(name="lookup")],
+            ),
+        )
+    )
+    paused = ""
+    for i in range(6):
+        got = await chatd.stub.SendMessage(
+            pb.SendMessageRequest(session_id="t", text=f'/call lookup {{"n": {i}}}')
+        )
+        calls = got.reply.pending_tool_calls
+        assert len(calls) == 1
+        if any(m.HasField("summary") for m in got.reply.messages):
+            paused = "t"
+            document = (
+                await chatd.stub.ExportSession(pb.ExportSessionRequest(session_id="t"))
+            ).document
+            await chatd.stub.ImportSession(
+                pb.ImportSessionRequest(document=document, session_id=f"t{i}")
+            )
+        await chatd.stub.SendMessage(
+            pb.SendMessageRequest(
+                session_id="t",
+                tool_results=[pb.ToolResult(call_id=calls[0].id, result_json=f'{{"v": {i}}}')],
+            )
+        )
+    assert paused, "a paused turn compacted"
+    messages = await all_messages(chatd.stub, "t")
+    by_id = {m.message_id: m for m in messages}
+    summaries = [m for m in messages if m.HasField("summary")]
+    assert summaries
+    for summary in summaries:
+        after = by_id[str(int(summary.summary.last_message_id) + 1)]
+        # The next message not covered is a user message starting a turn (or the summary).
+        assert after.HasField("summary") or (
+            after.role == content_pb2.ROLE_USER and after.parts[0].text.startswith("/call")
+        )

@@ -255,6 +255,8 @@ class TurnEngine:
             if summary is not None:
                 state.added.append(summary)
                 user = replace(user, seq=summary.seq + 1)
+                # The turn itself begins at its user message (a paused turn's first_seq).
+                state.first_seq = user.seq
         state.added.append(user)
         return state
 
