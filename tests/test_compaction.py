@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -16,6 +17,7 @@ from server.sessions.compaction import DEFAULT_INSTRUCTIONS, SUMMARY_PREFIX
 from tests.conftest import Chatd, StartChatd, fast_gemini
 from tests.fake_gemini import (
     FakeGemini,
+    Hold,
     HttpError,
     RecordedRequest,
     Reply,
@@ -302,3 +304,44 @@ async def test_compaction_never_separates_a_call_from_its_result_and_pauses_clea
         assert after.HasField("summary") or (
             after.role == content_pb2.ROLE_USER and after.parts[0].text.startswith("/call")
         )
+
+
+async def test_the_summary_is_made_after_a_turn_and_the_next_turn_uses_it(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.set_default(_long_answers)
+    await _create(gemini_chatd, "bg", _policy(trigger_messages=6, keep_recent_turns=1))
+    for i in range(3):
+        await gemini_chatd.stub.SendMessage(pb.SendMessageRequest(session_id="bg", text=f"q{i}"))
+    # The next turn would send 7 messages: its summary is asked for before it is sent.
+    asked = await asyncio.to_thread(fake_gemini.wait_for_request, 4, 30.0)
+    assert _is_summarising(asked)
+    before = len(fake_gemini.requests)
+    got = await gemini_chatd.stub.SendMessage(pb.SendMessageRequest(session_id="bg", text="q3"))
+    assert [m.summary.last_message_id for m in got.reply.messages if m.HasField("summary")] == ["5"]
+    during = fake_gemini.requests[before:]
+    assert not any(_is_summarising(r) for r in during), "the turn did not summarise again"
+    assert during[0].texts()[0].startswith(SUMMARY_PREFIX)
+
+
+async def test_deleting_the_session_cancels_its_background_summary(
+    start_chatd: StartChatd, fake_gemini: FakeGemini
+) -> None:
+    # A model call timeout far beyond the wait below: only cancelling ends the call.
+    gemini_chatd = await start_chatd(provider=fast_gemini(fake_gemini, timeout=600.0))
+    hold = Hold()
+
+    def script(request: RecordedRequest) -> Script:
+        if _is_summarising(request):
+            return Reply(text="a summary in two pieces", chunks=2, hold=hold)
+        return _long_answers(request)
+
+    fake_gemini.set_default(script)
+    await _create(gemini_chatd, "del", _policy(trigger_messages=6, keep_recent_turns=1))
+    for i in range(3):
+        await gemini_chatd.stub.SendMessage(pb.SendMessageRequest(session_id="del", text=f"q{i}"))
+    await hold.wait_reached(timeout=30)
+    await gemini_chatd.stub.DeleteSession(pb.DeleteSessionRequest(session_id="del"))
+    gone = await fake_gemini.await_disconnect(timeout=30)
+    assert _is_summarising(gone.request)
+    hold.open()

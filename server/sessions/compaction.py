@@ -10,7 +10,8 @@ summary text does not change until the next compaction, so every request in betw
 begins with the same prefix (which Gemini's implicit caching bills as cached,
 https://ai.google.dev/gemini-api/docs/caching).
 
-Compaction runs when a turn begins and what it would send reaches a trigger. The
+Compaction runs when a turn begins and what it would send reaches a trigger (the engine
+may have begun the summary in the background after the previous turn). The
 range always ends just before a turn start, so a function call is never separated
 from its response. When summarising fails, the turn goes on without a new summary
 and the context policy's window limits what is sent (server.sessions.context).

@@ -311,6 +311,7 @@ class ChatSessions:
             if now.uid != session.uid:
                 raise session_not_found(session_id)
             await complete(self._store.delete_session(tenant, session_id, session.uid))
+            self._engine.forget(tenant, session_id)
 
     async def append(
         self,
@@ -346,6 +347,7 @@ class ChatSessions:
     async def drain(self, grace: float) -> None:
         """At shutdown: background replies get `grace` seconds to end (see Replies.drain)."""
         await self.replies.drain(grace)
+        self._engine.cancel_background()
 
     async def cancel(self, tenant: str, session_id: str, reply_id: str = "") -> bool:
         """Stops the session's running reply, or the reply `reply_id`, wherever it runs.
