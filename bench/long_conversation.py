@@ -243,16 +243,6 @@ async def _conversation(
         result.cached_tokens += got.reply.usage.cached_content_token_count
     requests = fake.requests[seen:]
     result.max_contents = max((len(r.contents) for r in requests), default=0)
-    session = (await stub.GetSession(pb.GetSessionRequest(session_id=session_id))).session
-    # The session's sums are what chatd reports; they must match the replies'.
-    if (
-        session.usage.prompt_token_count != result.prompt_tokens
-        or session.usage.cached_content_token_count != result.cached_tokens
-    ):
-        raise AssertionError(
-            f"{policy.name}: session usage {session.usage} differs from the replies' sums "
-            f"({result.prompt_tokens} prompt, {result.cached_tokens} cached)"
-        )
     # Summarising is paid for too: its usage is on the summary messages.
     page = ""
     while True:
@@ -268,6 +258,18 @@ async def _conversation(
         page = listed.next_page_token
         if not page:
             break
+    session = (await stub.GetSession(pb.GetSessionRequest(session_id=session_id))).session
+    # The session's sums are what chatd reports (summaries included); they must match the
+    # replies' and the summaries'.
+    if (
+        session.usage.prompt_token_count != result.prompt_tokens
+        or session.usage.cached_content_token_count != result.cached_tokens
+    ):
+        raise AssertionError(
+            f"{policy.name}: session usage {session.usage} differs from the sums of the "
+            f"replies and summaries ({result.prompt_tokens} prompt, {result.cached_tokens} "
+            "cached)"
+        )
     return result
 
 

@@ -237,6 +237,14 @@ async def test_sixty_turns_on_gemini_stay_under_the_trigger_with_a_stable_prefix
     )
     copy = await all_messages(gemini_chatd.stub, "long-copy")
     assert [m.summary for m in copy if m.HasField("summary")] == [m.summary for m in summaries]
+    # The session's usage is its messages' (summaries included), in the copy too.
+    sessions = [
+        (await gemini_chatd.stub.GetSession(pb.GetSessionRequest(session_id=i))).session
+        for i in ("long", "long-copy")
+    ]
+    assert sessions[0].usage == sessions[1].usage
+    total = sum(m.usage.prompt_token_count for m in messages)
+    assert sessions[0].usage.prompt_token_count == total
 
 
 async def test_failed_summaries_leave_every_turn_successful(

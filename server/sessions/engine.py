@@ -601,10 +601,15 @@ class TurnEngine:
                 f"session {session.session_id!r} expired while the turn ran; it was not stored",
                 reason="SESSION_NOT_FOUND",
             )
+        usage = session.usage + state.usage
+        for message in state.added:
+            # A summary's cost is the session's too (as an imported copy sums it).
+            if message.summary is not None and message.usage is not None:
+                usage = usage + message.usage
         updated = session.evolve(
             message_count=session.message_count + len(state.added),
             next_seq=state.next_seq,
-            usage=session.usage + state.usage,
+            usage=usage,
             pending=pending,
             update_time=self._clock(),
             version=session.version + 1,
