@@ -16,8 +16,11 @@ caller sees it (SendMessage, p50 and p95). The target (issue 15): the stepped wi
 at least 70% of its prompt tokens cached over the run, with no more tokens sent than the
 sliding window (whose share is reported beside it).
 
-Policies are entries of POLICIES: a name and the session's context_policy. Another way to
-keep the context small (compaction, say) is one more entry, with its own checks.
+Policies are entries of POLICIES: a name and the session's context_policy. The third,
+compaction, summarises all but the newest KEEP_RECENT_TURNS turns once what would be sent
+reaches `max_messages` messages; the fake answers a summarising request with a summary of
+SUMMARY_CHARS characters. What summarising cost (its prompt and cached tokens, from the
+summary messages' usage) is counted in that policy's figures, and reported apart too.
 
     .venv/bin/python -m bench.long_conversation [--turns 200] [--output PATH]
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import statistics
 import sys
@@ -44,13 +48,16 @@ from chatd.v1 import chat_service_pb2_grpc, session_pb2
 from server import app, logs
 from server.config import Settings
 from server.providers.gemini import GeminiProvider, GeminiSettings
-from tests.fake_gemini import FakeGemini
+from server.sessions.compaction import DEFAULT_INSTRUCTIONS
+from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, Script, echo_default
 
 SCENARIO = "long_conversation"
 MODEL = "gemini-2.5-flash"
 TURNS = 200
 MAX_MESSAGES = 40
 LOW_WATER_FRACTION = 0.5
+KEEP_RECENT_TURNS = 5
+SUMMARY_CHARS = 2_000
 CACHED_SHARE_TARGET = 0.70
 # The docs' minimum for Gemini 2.5 Flash and Pro (ImplicitCache's default).
 MIN_CACHE_TOKENS = 2048
@@ -94,7 +101,32 @@ POLICIES: tuple[Policy, ...] = (
         "stepped",
         lambda n: session_pb2.ContextPolicy(max_messages=n, low_water_fraction=LOW_WATER_FRACTION),
     ),
+    Policy(
+        "compaction",
+        lambda n: session_pb2.ContextPolicy(
+            compaction=session_pb2.ContextPolicy.Compaction(
+                trigger_messages=n, keep_recent_turns=KEEP_RECENT_TURNS
+            )
+        ),
+    ),
 )
+# The policies held to the target: at least CACHED_SHARE_TARGET cached, and no more prompt
+# tokens sent than the sliding window.
+TARGETED = ("stepped", "compaction")
+
+
+def fake_answer(request: RecordedRequest) -> Script:
+    """The fake's echo, but a summary of SUMMARY_CHARS characters when asked for one."""
+    texts = request.texts()
+    if (
+        request.method == "countTokens"
+        or not texts
+        or not texts[-1].startswith(DEFAULT_INSTRUCTIONS)
+    ):
+        return echo_default(request)
+    digest = hashlib.sha256(texts[-1].encode()).hexdigest()
+    line = f"Summary {digest}: the team discussed plans, owners, risks and measures. "
+    return Reply(text=(line * (SUMMARY_CHARS // len(line) + 1))[:SUMMARY_CHARS])
 
 
 @dataclass
@@ -106,6 +138,8 @@ class Run:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     max_contents: int = 0
+    summaries: int = 0
+    summary_prompt_tokens: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -121,6 +155,8 @@ class Run:
             "cached_tokens": self.cached_tokens,
             "cached_share": round(self.cached_share, 4),
             "max_contents_sent": self.max_contents,
+            "summaries": self.summaries,
+            "summary_prompt_tokens": self.summary_prompt_tokens,
             "turn_ms_p50": round(statistics.median(lat), 2) if lat else 0.0,
             "turn_ms_p95": round(lat[int(0.95 * (len(lat) - 1))], 2) if lat else 0.0,
         }
@@ -140,6 +176,7 @@ async def run(
     with FakeGemini(implicit_caching=True) as fake:
         assert fake.implicit_cache is not None
         fake.implicit_cache.min_tokens = min_cache_tokens
+        fake.set_default(fake_answer)
         provider = GeminiProvider(
             GeminiSettings(api_key="bench-key", base_url=fake.base_url, timeout=30.0)
         )
@@ -169,6 +206,8 @@ async def run(
         "turns": turns,
         "max_messages": max_messages,
         "low_water_fraction": LOW_WATER_FRACTION,
+        "keep_recent_turns": KEEP_RECENT_TURNS,
+        "summary_chars": SUMMARY_CHARS,
         "min_cache_tokens": min_cache_tokens,
         "runs": [r.summary() for r in runs],
     }
@@ -204,21 +243,38 @@ async def _conversation(
         result.cached_tokens += got.reply.usage.cached_content_token_count
     requests = fake.requests[seen:]
     result.max_contents = max((len(r.contents) for r in requests), default=0)
+    # Summarising is paid for too: its usage is on the summary messages.
+    page = ""
+    while True:
+        listed = await stub.ListMessages(
+            pb.ListMessagesRequest(session_id=session_id, page_size=1000, page_token=page)
+        )
+        for message in listed.messages:
+            if message.HasField("summary"):
+                result.summaries += 1
+                result.summary_prompt_tokens += message.usage.prompt_token_count
+                result.prompt_tokens += message.usage.prompt_token_count
+                result.cached_tokens += message.usage.cached_content_token_count
+        page = listed.next_page_token
+        if not page:
+            break
     session = (await stub.GetSession(pb.GetSessionRequest(session_id=session_id))).session
-    # The session's sums are what chatd reports; they must match the replies'.
+    # The session's sums are what chatd reports (summaries included); they must match the
+    # replies' and the summaries'.
     if (
         session.usage.prompt_token_count != result.prompt_tokens
         or session.usage.cached_content_token_count != result.cached_tokens
     ):
         raise AssertionError(
-            f"{policy.name}: session usage {session.usage} differs from the replies' sums "
-            f"({result.prompt_tokens} prompt, {result.cached_tokens} cached)"
+            f"{policy.name}: session usage {session.usage} differs from the sums of the "
+            f"replies and summaries ({result.prompt_tokens} prompt, {result.cached_tokens} "
+            "cached)"
         )
     return result
 
 
 def checks(runs: list[Run]) -> list[Check]:
-    """Per policy: tokens sent, cached share, turn latency; the target for stepped."""
+    """Per policy: tokens sent, cached share, turn latency; the target for TARGETED."""
     found: list[Check] = []
     by_name = {r.policy: r for r in runs}
     for r in runs:
@@ -229,13 +285,16 @@ def checks(runs: list[Run]) -> list[Check]:
             info(SCENARIO, f"{r.policy}: turn p50 (ms)", s["turn_ms_p50"]),
             info(SCENARIO, f"{r.policy}: turn p95 (ms)", s["turn_ms_p95"]),
         ]
-    sliding, stepped = by_name.get("sliding"), by_name.get("stepped")
-    if sliding is not None and stepped is not None:
-        share = stepped.cached_share
+    sliding = by_name.get("sliding")
+    for name in TARGETED:
+        run = by_name.get(name)
+        if sliding is None or run is None:
+            continue
+        share = run.cached_share
         found.append(
             Check(
                 SCENARIO,
-                "stepped: cached share of prompt tokens",
+                f"{name}: cached share of prompt tokens",
                 share,
                 sliding.cached_share,
                 share,
@@ -247,8 +306,8 @@ def checks(runs: list[Run]) -> list[Check]:
         found.append(
             at_most(
                 SCENARIO,
-                "stepped: prompt tokens sent vs sliding",
-                stepped.prompt_tokens,
+                f"{name}: prompt tokens sent vs sliding",
+                run.prompt_tokens,
                 sliding.prompt_tokens,
                 1.0,
             )

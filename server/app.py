@@ -363,6 +363,9 @@ async def start(
         max_tool_rounds=settings.max_tool_rounds,
         limits=MessageLimits(settings.max_text_chars, settings.max_parts),
         max_sessions_per_tenant=settings.max_sessions_per_tenant,
+        on_compaction=(
+            None if metrics is None else lambda outcome: metrics.compactions.labels(outcome).inc()
+        ),
     )
 
     server = grpc.aio.server(

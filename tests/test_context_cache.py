@@ -452,4 +452,10 @@ async def test_long_conversation_bench_runs_shortened(tmp_path: Path) -> None:
     verdicts = {c.metric: c.verdict for c in checks}
     assert verdicts["stepped: cached share of prompt tokens"] in {"PASS", "MISS"}
     assert verdicts["stepped: prompt tokens sent vs sliding"] == "PASS"
+    # Compaction summarised, its cost counted. With a trigger of 12 messages and 5 turns
+    # kept it compacts every other turn, each a miss: the full run compares the policies.
+    assert runs["compaction"]["summaries"] > 0
+    assert runs["compaction"]["summary_prompt_tokens"] > 0
+    assert verdicts["compaction: cached share of prompt tokens"] in {"PASS", "MISS"}
+    assert verdicts["compaction: prompt tokens sent vs sliding"] in {"PASS", "MISS"}
     assert len(lines) == len(runs)

@@ -126,6 +126,12 @@ class Metrics:
             ("direction", "model"),
             registry=r,
         )
+        self.compactions = Counter(
+            "chatd_compactions",
+            "Context compactions by outcome: ok, or failed (the window applied instead).",
+            ("outcome",),
+            registry=r,
+        )
         self.tool_calls = Counter(
             "chatd_tool_calls", "Server tool calls.", ("tool", "outcome"), registry=r
         )

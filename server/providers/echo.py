@@ -115,8 +115,23 @@ class EchoProvider:
             f"{len(contents) - 1} earlier messages in context {NOTICE}"
         )
 
+    def summary_text(self, request: ModelRequest) -> str:
+        """A compaction summary: how many messages of each speaker the transcript holds,
+        and how many earlier summaries (server.sessions.compaction.transcript's layout)."""
+        text = "".join(p.text or "" for m in request.contents for p in m.parts)
+        paragraphs = text.split("\n\n")
+        user = sum(1 for p in paragraphs if p.startswith("user: "))
+        model = sum(1 for p in paragraphs if p.startswith("model: "))
+        earlier = sum(1 for p in paragraphs if p.startswith("[earlier summary]"))
+        return (
+            f"Echo summary: {user} user and {model} model messages, "
+            f"{earlier} earlier summaries {NOTICE}"
+        )
+
     def reply(self, request: ModelRequest) -> tuple[Part, ...] | str:
-        """Function calls asked for with /call lines, or the reply text."""
+        """Function calls asked for with /call lines, a summary, or the reply text."""
+        if request.summarising:
+            return self.summary_text(request)
         last = request.contents[-1] if request.contents else None
         if last is not None and any(p.function_response is not None for p in last.parts):
             results = "; ".join(

@@ -28,6 +28,7 @@ from server.sessions.model import (
     Role,
     ServerToolCall,
     ServerToolResponse,
+    Summary,
     Usage,
 )
 from server.sessions.values import json_text, parse_json_text
@@ -270,6 +271,9 @@ def message_to_pb(message: Message, out: pb.Message) -> None:
     out.model = message.model
     if message.candidate_metadata is not None:
         candidate_metadata_to_pb(message.candidate_metadata, out.candidate_metadata)
+    if message.summary is not None:
+        out.summary.first_message_id = message_id(message.summary.first_seq)
+        out.summary.last_message_id = message_id(message.summary.last_seq)
 
 
 def messages_to_pb(messages: Iterable[Message], out: Any) -> None:
@@ -331,10 +335,11 @@ def message_from_pb(message: pb.Message, field: str, *, keep_ids: bool) -> Messa
     parts = parts_from_pb(message.parts, f"{field}.parts")
     if not keep_ids:
         return Message(role, parts)
+    seq = parse_message_id(f"{field}.message_id", message.message_id)
     return Message(
         role,
         parts,
-        seq=parse_message_id(f"{field}.message_id", message.message_id),
+        seq=seq,
         create_time=seconds_of(message.create_time, f"{field}.create_time"),
         turn_id=message.turn_id,
         usage=usage_from_pb(message.usage) if message.HasField("usage") else None,
@@ -345,4 +350,23 @@ def message_from_pb(message: pb.Message, field: str, *, keep_ids: bool) -> Messa
             if message.candidate_metadata.json
             else None
         ),
+        summary=(
+            _summary_from_pb(message.summary, seq, f"{field}.summary")
+            if message.HasField("summary")
+            else None
+        ),
     )
+
+
+def _summary_from_pb(summary: pb.Summary, seq: int, field: str) -> Summary:
+    """An imported summary's range: it must end before the summary itself."""
+    first = parse_message_id(f"{field}.first_message_id", summary.first_message_id)
+    last = parse_message_id(f"{field}.last_message_id", summary.last_message_id)
+    if not first <= last < seq:
+        raise InvalidArgument(
+            field,
+            "first_message_id must not be after last_message_id, which must be before "
+            "the summary's own message_id",
+            reason="SUMMARY_INVALID",
+        )
+    return Summary(first, last)

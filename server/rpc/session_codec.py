@@ -19,6 +19,7 @@ from server.rpc.json_codec import object_input, object_output
 from server.sessions.errors import InvalidArgument
 from server.sessions.model import (
     BuiltinTools,
+    Compaction,
     ContextPolicy,
     FunctionDeclaration,
     GenerationConfig,
@@ -192,6 +193,7 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
             session.context_policy.max_messages,
             session.context_policy.max_tokens,
             session.context_policy.low_water_fraction,
+            _compaction_from_pb(session.context_policy),
         ),
         safety_settings=tuple(
             SafetySetting(s.category, s.threshold) for s in session.safety_settings
@@ -203,6 +205,15 @@ def settings_from_pb(session: pb.Session) -> SessionSettings:
             if expiration == "expire_time"
             else None
         ),
+    )
+
+
+def _compaction_from_pb(policy: pb.ContextPolicy) -> Compaction | None:
+    if not policy.HasField("compaction"):
+        return None
+    c = policy.compaction
+    return Compaction(
+        c.trigger_tokens, c.trigger_messages, c.keep_recent_turns, c.model, c.instructions
     )
 
 
@@ -222,6 +233,15 @@ def session_to_pb(session: Session, out: pb.Session) -> None:
     out.context_policy.max_messages = s.context_policy.max_messages
     out.context_policy.max_tokens = s.context_policy.max_tokens
     out.context_policy.low_water_fraction = s.context_policy.low_water_fraction
+    compaction = s.context_policy.compaction
+    if compaction is not None:
+        out.context_policy.compaction.SetInParent()
+        c = out.context_policy.compaction
+        c.trigger_tokens = compaction.trigger_tokens
+        c.trigger_messages = compaction.trigger_messages
+        c.keep_recent_turns = compaction.keep_recent_turns
+        c.model = compaction.model
+        c.instructions = compaction.instructions
     for safety in s.safety_settings:
         out.safety_settings.add(category=safety.category, threshold=safety.threshold)
     if s.builtin_tools:

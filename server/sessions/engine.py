@@ -9,7 +9,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from server.sessions.context import history_needed, select_window
+import structlog
+
+from server.sessions import compaction
+from server.sessions.context import history_needed
 from server.sessions.errors import Cancelled, FailedPrecondition, NotFound
 from server.sessions.events import (
     MessageCompleted,
@@ -23,6 +26,7 @@ from server.sessions.expiry import live_session
 from server.sessions.ids import new_turn_id
 from server.sessions.locks import KeyedLocks
 from server.sessions.model import (
+    Compaction,
     FinishReason,
     FunctionCall,
     FunctionResponse,
@@ -32,6 +36,7 @@ from server.sessions.model import (
     PendingTurn,
     Role,
     Session,
+    Summary,
     Usage,
 )
 from server.sessions.ports import (
@@ -57,6 +62,7 @@ from server.sessions.writes import complete
 
 # Builds the request record stored with a turn, from the session and the turn's reply.
 Recorder = Callable[[Session, TurnReply], RequestRecord]
+log = structlog.get_logger("chatd.compaction")
 ROUND_LIMIT_ERROR = "chatd stopped the tool loop: this turn used its {} tool rounds"
 
 
@@ -123,6 +129,19 @@ class _Turn:
         return [*self.history, *self.added]
 
 
+# Background summaries kept at most (one per session); the oldest is cancelled first.
+MAX_PREPARED = 1024
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A summary begun after a turn, for the next turn of the session life `uid`."""
+
+    uid: str
+    covered: Summary
+    task: asyncio.Task[tuple[str, ReplyBuilder, str] | None]
+
+
 class TurnEngine:
     """Runs turns, one at a time per session, including chatd's own tool loop.
 
@@ -138,7 +157,13 @@ class TurnEngine:
         *,
         max_tool_rounds: int = 8,
         clock: Callable[[], float] = time.time,
+        on_compaction: Callable[[str], None] | None = None,
+        max_prepared: int = MAX_PREPARED,
     ) -> None:
+        self._on_compaction = on_compaction
+        # Summaries begun after a turn for the session's next one (see _compact).
+        self._prepared: dict[tuple[str, str], _Prepared] = {}
+        self._max_prepared = max_prepared
         self._store = store
         self._provider = provider
         self._tools = tools
@@ -243,10 +268,145 @@ class TurnEngine:
             session.tenant, session.session_id, history_needed(policy)
         )
         state = _Turn(session, new_turn_id(), session.next_seq, history)
-        state.added.append(
-            Message(Role.USER, turn.parts, state.next_seq, self._clock(), state.turn_id)
-        )
+        user = Message(Role.USER, turn.parts, state.next_seq, self._clock(), state.turn_id)
+        if policy.compaction is not None:
+            summary = await self._compact(state, user, turn)
+            if summary is not None:
+                state.added.append(summary)
+                user = replace(user, seq=summary.seq + 1)
+                # The turn itself begins at its user message (a paused turn's first_seq).
+                state.first_seq = user.seq
+        state.added.append(user)
         return state
+
+    async def _compact(self, state: _Turn, user: Message, turn: TurnInput) -> Message | None:
+        """A new summary (at `user`'s seq) when what the turn would send reaches the
+        policy's compaction trigger; None when it does not, there is nothing older than
+        the turns kept, or summarising fails (logged and counted: the window applies).
+
+        A summary the previous turn began in the background for the same range is used
+        (awaited if still running) instead of asking again."""
+        session = state.session
+        policy = session.settings.context_policy
+        config = policy.compaction
+        assert config is not None
+        contents = [*state.history, user]
+        key = (session.tenant, session.session_id)
+        ready = self._prepared.pop(key, None)
+        if not compaction.reaches_trigger(compaction.contents_to_send(contents, policy), config):
+            if ready is not None:
+                ready.task.cancel()
+            return None
+        planned = compaction.plan(contents, config)
+        if planned is None:
+            if ready is not None:
+                ready.task.cancel()
+            return None
+        covered, older = planned
+        if ready is not None and ready.uid == session.uid and ready.covered == covered:
+            made = await ready.task
+        else:
+            if ready is not None:
+                ready.task.cancel()
+            made = await self._summarise(session, older, config, turn.timeout)
+        if made is None:
+            return None
+        text, builder, model = made
+        return Message(
+            Role.MODEL,
+            (Part(text=text),),
+            user.seq,
+            self._clock(),
+            state.turn_id,
+            usage=builder.usage,
+            finish_reason=builder.resolved_finish_reason(),
+            model=model,
+            summary=covered,
+        )
+
+    def _prepare_compaction(self, state: _Turn) -> None:
+        """After a stored turn: begins, in the background, the summary the next turn will
+        need if it reaches the trigger with even a one-token message (see _compact)."""
+        session = state.session
+        policy = session.settings.context_policy
+        config = policy.compaction
+        if config is None or self._max_prepared <= 0:
+            return
+        contents = [*state.history, *state.added]
+        next_user = Message(Role.USER, (Part(text="."),), state.next_seq)
+        contents.append(next_user)
+        sent = compaction.contents_to_send(contents, policy)
+        planned = (
+            compaction.plan(contents, config) if compaction.reaches_trigger(sent, config) else None
+        )
+        if planned is None:
+            return
+        covered, older = planned
+        key = (session.tenant, session.session_id)
+        self.forget(*key)
+        while len(self._prepared) >= self._max_prepared:
+            oldest = next(iter(self._prepared))
+            self._prepared.pop(oldest).task.cancel()
+        task = asyncio.create_task(self._summarise(session, older, config, None))
+        self._prepared[key] = _Prepared(session.uid, covered, task)
+
+    def forget(self, tenant: str, session_id: str) -> None:
+        """Cancels the session's background summary, if one is running or ready (the
+        session was deleted, or the next turn will not use it)."""
+        prepared = self._prepared.pop((tenant, session_id), None)
+        if prepared is not None:
+            prepared.task.cancel()
+
+    def cancel_background(self) -> None:
+        """Cancels every background summary (at shutdown)."""
+        for prepared in self._prepared.values():
+            prepared.task.cancel()
+        self._prepared.clear()
+
+    async def _summarise(
+        self,
+        session: Session,
+        older: Sequence[Message],
+        config: Compaction,
+        seconds_left: float | None,
+    ) -> tuple[str, ReplyBuilder, str] | None:
+        """The model's summary of `older`: its text, the call's builder (usage, finish)
+        and the model asked; None, logged and counted, when the call fails or says
+        nothing. Cancellation propagates."""
+        settings = session.settings
+        ask = Part(text=compaction.summarising_request_text(older, config))
+        request = ModelRequest(
+            model=config.model or settings.model or self._provider.default_model,
+            contents=[Message(Role.USER, (ask,))],
+            timeout=seconds_left,
+            allow_function_calls=False,
+            labels=settings.labels,
+            summarising=True,
+        )
+        builder = ReplyBuilder()
+        error = ""
+        try:
+            async for chunk in self._provider.stream(request):
+                builder.add(chunk)
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+        text = "".join(p.text for p in builder.parts if p.text is not None and not p.thought)
+        if not error and not text.strip():
+            error = "the model returned no summary text"
+        if error:
+            self._compacted("failed")
+            log.warning(
+                "compaction failed, the context window applies",
+                session_id=session.session_id,
+                error=error,
+            )
+            return None
+        self._compacted("ok")
+        return text, builder, request.model
+
+    def _compacted(self, outcome: str) -> None:
+        if self._on_compaction is not None:
+            self._on_compaction(outcome)
 
     async def _resume(self, session: Session, turn: TurnInput) -> _Turn:
         responses = check_tool_results(session.pending, turn.tool_results)
@@ -356,6 +516,7 @@ class TurnEngine:
             )
         if stored:
             await self._commit(state, None, reply, record, log)
+            self._prepare_compaction(state)
         elif record is not None:
             # Nothing to store but the answer itself: a retry must get this answer back,
             # not call the model again and perhaps get another. Writing it decides the
@@ -389,7 +550,7 @@ class TurnEngine:
         declarations = [d for d in self._tools.declarations() if d.name in enabled]
         return ModelRequest(
             model=settings.model or self._provider.default_model,
-            contents=select_window(state.contents(), settings.context_policy),
+            contents=compaction.contents_to_send(state.contents(), settings.context_policy),
             system_instruction=settings.system_instruction,
             generation_config=config,
             function_declarations=[*declarations, *settings.function_declarations],
@@ -440,10 +601,15 @@ class TurnEngine:
                 f"session {session.session_id!r} expired while the turn ran; it was not stored",
                 reason="SESSION_NOT_FOUND",
             )
+        usage = session.usage + state.usage
+        for message in state.added:
+            # A summary's cost is the session's too (as an imported copy sums it).
+            if message.summary is not None and message.usage is not None:
+                usage = usage + message.usage
         updated = session.evolve(
             message_count=session.message_count + len(state.added),
             next_seq=state.next_seq,
-            usage=session.usage + state.usage,
+            usage=usage,
             pending=pending,
             update_time=self._clock(),
             version=session.version + 1,

@@ -250,6 +250,14 @@ class Usage:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The seqs a compaction summary covers, `first_seq` to `last_seq` both included."""
+
+    first_seq: int
+    last_seq: int
+
+
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class Message:
     """One history entry. `seq` orders a session's messages and never repeats.
@@ -268,6 +276,8 @@ class Message:
     # What Gemini said about a model answer besides its parts (grounding, citations,
     # safety ratings, finish message...): the candidate's other fields, camelCase JSON.
     candidate_metadata: JSONObject | None = None
+    # Set on a compaction summary: the messages it stands for (see Summary).
+    summary: Summary | None = None
 
     @property
     def text(self) -> str:
@@ -333,6 +343,23 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Compaction:
+    """When and how older turns are summarised (see server.sessions.compaction).
+
+    Triggers: what would be sent reaches `trigger_tokens` tokens or `trigger_messages`
+    messages (0 = that trigger is off). `keep_recent_turns` whole turns stay verbatim
+    (0 = DEFAULT_KEEP_RECENT_TURNS). `model` and `instructions` default to the
+    session's model and chatd's own instructions.
+    """
+
+    trigger_tokens: int = 0
+    trigger_messages: int = 0
+    keep_recent_turns: int = 0
+    model: str = ""
+    instructions: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ContextPolicy:
     """Limits on what is sent to the model; 0 means no limit.
 
@@ -344,6 +371,7 @@ class ContextPolicy:
     max_messages: int = 0
     max_tokens: int = 0
     low_water_fraction: float = 0.0
+    compaction: Compaction | None = None
 
     @property
     def stepped(self) -> bool:

@@ -310,6 +310,9 @@ class ModelRequest:
     builtin_tools: BuiltinTools = BuiltinTools()
     # The session's (or stateless request's) labels; a provider decides whether to send them.
     labels: Mapping[str, str] = field(default_factory=dict)
+    # A context compaction's request for a summary (server.sessions.compaction): its one
+    # user message holds the instructions and a transcript of what to summarise.
+    summarising: bool = False
 
 
 class ModelChunk(NamedTuple):

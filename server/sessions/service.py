@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from server.sessions import paging
-from server.sessions.context import history_needed, select_window
+from server.sessions.compaction import contents_to_send
+from server.sessions.context import history_needed
 from server.sessions.engine import TurnEngine, TurnInput
 from server.sessions.errors import (
     AlreadyExists,
@@ -117,6 +118,7 @@ class ChatSessions:
         limits: MessageLimits | None = None,
         max_sessions_per_tenant: int = 0,
         clock: Callable[[], float] = time.time,
+        on_compaction: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._limits = limits or MessageLimits()
@@ -125,7 +127,12 @@ class ChatSessions:
         self._tools = tools
         self._clock = clock
         self._engine = TurnEngine(
-            store, provider, tools, max_tool_rounds=max_tool_rounds, clock=clock
+            store,
+            provider,
+            tools,
+            max_tool_rounds=max_tool_rounds,
+            clock=clock,
+            on_compaction=on_compaction,
         )
         self._requests = Requests(store, clock)
         self.replies = Replies(
@@ -304,6 +311,7 @@ class ChatSessions:
             if now.uid != session.uid:
                 raise session_not_found(session_id)
             await complete(self._store.delete_session(tenant, session_id, session.uid))
+            self._engine.forget(tenant, session_id)
 
     async def append(
         self,
@@ -339,6 +347,7 @@ class ChatSessions:
     async def drain(self, grace: float) -> None:
         """At shutdown: background replies get `grace` seconds to end (see Replies.drain)."""
         await self.replies.drain(grace)
+        self._engine.cancel_background()
 
     async def cancel(self, tenant: str, session_id: str, reply_id: str = "") -> bool:
         """Stops the session's running reply, or the reply `reply_id`, wherever it runs.
@@ -654,7 +663,7 @@ class ChatSessions:
             check_user_parts(candidate, "parts", self._limits)
             # At the seq it would get, so a stepped window places it as a turn would.
             history.append(Message(Role.USER, candidate, session.next_seq))
-        window = select_window(history, policy)
+        window = contents_to_send(history, policy)
         enabled = set(settings.tools)
         declarations = [d for d in self._tools.declarations() if d.name in enabled]
         request = ModelRequest(

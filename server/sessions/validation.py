@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from server.sessions.errors import InvalidArgument
 from server.sessions.model import (
+    Compaction,
     FunctionResponsePart,
     GenerationConfig,
     JSONObject,
@@ -259,6 +260,8 @@ def check_settings(settings: SessionSettings, known_tools: Collection[str], pref
             "must be at least 0 and below 1",
             reason="CONTEXT_POLICY_INVALID",
         )
+    if policy.compaction is not None:
+        _check_compaction(policy.compaction, f"{p}context_policy.compaction")
     for i, safety in enumerate(settings.safety_settings):
         for name, value in (("category", safety.category), ("threshold", safety.threshold)):
             if _ENUM_NAME.fullmatch(value) is None:
@@ -550,3 +553,33 @@ def check_user_parts(parts: Sequence[Part], field: str, limits: MessageLimits) -
                 "has no content: set text, inline_data, file_data or gemini_part",
                 reason="PART_EMPTY",
             )
+
+
+MAX_COMPACTION_INSTRUCTIONS = 32_768
+
+
+def _check_compaction(compaction: Compaction, field: str) -> None:
+    """Raises InvalidArgument (COMPACTION_INVALID) naming the compaction field at fault."""
+    for name in ("trigger_tokens", "trigger_messages", "keep_recent_turns"):
+        if getattr(compaction, name) < 0:
+            raise InvalidArgument(
+                f"{field}.{name}", "must not be negative", reason="COMPACTION_INVALID"
+            )
+    if compaction.trigger_tokens == 0 and compaction.trigger_messages == 0:
+        raise InvalidArgument(
+            f"{field}.trigger_tokens",
+            "set trigger_tokens or trigger_messages (or leave compaction unset)",
+            reason="COMPACTION_INVALID",
+        )
+    if compaction.model and _MODEL.fullmatch(compaction.model) is None:
+        raise InvalidArgument(
+            f"{field}.model",
+            f"{compaction.model[:64]!r} is not a model name",
+            reason="MODEL_NAME_INVALID",
+        )
+    if len(compaction.instructions) > MAX_COMPACTION_INSTRUCTIONS:
+        raise InvalidArgument(
+            f"{field}.instructions",
+            f"longer than {MAX_COMPACTION_INSTRUCTIONS} characters",
+            reason="COMPACTION_INVALID",
+        )

@@ -16,6 +16,7 @@ from server.sessions.model import (
     Blob,
     BuiltinTools,
     CodeExecutionResult,
+    Compaction,
     ContextPolicy,
     ExecutableCode,
     FileData,
@@ -33,6 +34,7 @@ from server.sessions.model import (
     ServerToolCall,
     ServerToolResponse,
     SessionSettings,
+    Summary,
     ThinkingConfig,
     ToolConfig,
     Usage,
@@ -258,6 +260,8 @@ def message_body_to_dict(message: Message) -> Dict:
         d["model"] = message.model
     if message.candidate_metadata is not None:
         d["candidate_metadata"] = message.candidate_metadata
+    if message.summary is not None:
+        d["summary"] = [message.summary.first_seq, message.summary.last_seq]
     return d
 
 
@@ -275,6 +279,7 @@ def message_from_body(
         finish_reason=None if finish is None else FINISH_REASONS[finish],
         model=body.get("model", ""),
         candidate_metadata=body.get("candidate_metadata"),
+        summary=Summary(*body["summary"]) if "summary" in body else None,
     )
 
 
@@ -377,6 +382,12 @@ def settings_to_dict(settings: SessionSettings) -> Dict:
             for name in ("max_messages", "max_tokens", "low_water_fraction")
             if (value := getattr(policy, name))
         }
+        if policy.compaction is not None:
+            d["context_policy"]["compaction"] = {
+                f.name: value
+                for f in fields(Compaction)
+                if (value := getattr(policy.compaction, f.name))
+            }
     if s.safety_settings:
         d["safety_settings"] = [[x.category, x.threshold] for x in s.safety_settings]
     if s.builtin_tools:
@@ -386,6 +397,14 @@ def settings_to_dict(settings: SessionSettings) -> Dict:
     if s.expire_time is not None:
         d["expire_time"] = s.expire_time
     return d
+
+
+def _policy_from_dict(d: Mapping[str, Any]) -> ContextPolicy:
+    compaction = d.get("compaction")
+    values = {k: v for k, v in d.items() if k != "compaction"}
+    return ContextPolicy(
+        **values, compaction=None if compaction is None else Compaction(**compaction)
+    )
 
 
 def settings_from_dict(d: Mapping[str, Any]) -> SessionSettings:
@@ -401,7 +420,7 @@ def settings_from_dict(d: Mapping[str, Any]) -> SessionSettings:
         ),
         labels=dict(d.get("labels", {})),
         display_name=d.get("display_name", ""),
-        context_policy=ContextPolicy(**d.get("context_policy", {})),
+        context_policy=_policy_from_dict(d.get("context_policy", {})),
         safety_settings=tuple(SafetySetting(c, t) for c, t in d.get("safety_settings", ())),
         builtin_tools=BuiltinTools(**d.get("builtin_tools", {})),
         ttl_seconds=None if ttl is None else float(ttl),
@@ -499,12 +518,15 @@ def message_to_record(message: Message, micros: int) -> list[Any]:
         message.model,
         message.candidate_metadata,
     )
-    if usage is not None or finish is not None or model or metadata is not None:
+    summary = message.summary
+    if usage is not None or finish is not None or model or metadata is not None or summary:
         record.append(None if usage is None else _usage_to_list(usage))
         record.append(None if finish is None else finish.value)
         record.append(model)
-        if metadata is not None:
+        if metadata is not None or summary is not None:
             record.append(metadata)
+        if summary is not None:
+            record.append([summary.first_seq, summary.last_seq])
     return record
 
 
@@ -547,6 +569,7 @@ def _record_to_message(record: list[Any], turn_id: str, model: str) -> Message:
         None if finish is None else FINISH_REASONS[finish],
         model,
         record[8] if len(record) > 8 else None,
+        Summary(*record[9]) if len(record) > 9 else None,
     )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from server.sessions.model import (
     Blob,
+    Compaction,
     ContextPolicy,
     FileData,
     FinishReason,
@@ -121,7 +122,12 @@ FULL_SETTINGS = SessionSettings(
     ),
     labels={"team": "ml", "a.b": "dotted", 'q"uote': "x"},
     display_name="Support chat",
-    context_policy=ContextPolicy(max_messages=50, max_tokens=0, low_water_fraction=0.5),
+    context_policy=ContextPolicy(
+        max_messages=50,
+        max_tokens=0,
+        low_water_fraction=0.5,
+        compaction=Compaction(trigger_tokens=9000, keep_recent_turns=3, instructions="brief"),
+    ),
     safety_settings=(SafetySetting("HARM_CATEGORY_HATE_SPEECH", "BLOCK_NONE"),),
     ttl_seconds=0.0,
     expire_time=T0 + 3600.5,

@@ -17,6 +17,7 @@ from server.sessions.model import (
     PendingTurn,
     Role,
     SessionSettings,
+    Summary,
     ThinkingConfig,
     ToolConfig,
     Usage,
@@ -164,6 +165,16 @@ PACKED_CASES = [
         candidate_metadata={"avgLogprobs": -0.5, "finishMessage": "done\n"},
     ),
     Message(Role.MODEL, (Part(text="u"),), seq=9, usage=Usage(candidates_tokens=5)),
+    Message(Role.MODEL, (Part(text="s"),), seq=11, summary=Summary(0, 9)),
+    Message(
+        Role.MODEL,
+        (Part(text="s"),),
+        seq=12,
+        usage=Usage(prompt_tokens=9),
+        model="m",
+        candidate_metadata={"finishMessage": "x"},
+        summary=Summary(0, 11),
+    ),
     Message(
         Role.MODEL,
         (Part(function_call=FunctionCall("c", "f", {"big": 2**70, "inf": float("inf")})),),
@@ -216,3 +227,9 @@ def test_packed_integers_beyond_64_bits_stay_exact() -> None:
     call = back[1].parts[0].function_call
     assert call is not None
     assert type(call.args["id"]) is int
+
+
+def test_a_summary_keeps_its_range_in_a_message_row() -> None:
+    summary = Message(Role.MODEL, (Part(text="s"),), seq=4, summary=Summary(0, 3))
+    assert round_trip_message(summary) == summary
+    assert round_trip_message(replace(summary, summary=None)).summary is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.sessions.errors import AlreadyExists, Conflict, NotFound
-from server.sessions.model import Session
+from server.sessions.model import Message, Part, Role, Session, Summary, Usage
 from server.sessions.ports import SessionStore
 from server.store import rules
 
@@ -140,3 +140,22 @@ async def test_a_long_initial_history_is_stored_whole_and_in_order(store: Sessio
     await store.create_session(session, messages)
     assert await history(store, session) == texts
     assert (await store.get_session(TENANT, "s1")).message_count == 2500
+
+
+async def test_a_summary_message_keeps_its_range(store: SessionStore) -> None:
+    """A compaction summary is a message like any other, plus the range it covers."""
+    session, messages = with_history(new_session(), "q", "a", "q2")
+    summary = Message(
+        Role.MODEL,
+        (Part(text="summary"),),
+        seq=3,
+        create_time=T0,
+        turn_id="t",
+        usage=Usage(prompt_tokens=7, candidates_tokens=2, total_tokens=9),
+        model="m",
+        summary=Summary(0, 1),
+    )
+    await store.create_session(session.evolve(next_seq=4, message_count=4), [*messages, summary])
+    stored = await store.recent_messages(TENANT, "s1")
+    assert stored[-1] == rules.quantize_message(summary)
+    assert (await store.list_messages(TENANT, "s1", 2, 10))[-1].summary == Summary(0, 1)

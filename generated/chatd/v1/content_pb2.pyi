@@ -621,6 +621,7 @@ class Message(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     CANDIDATE_METADATA_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Output only. Unique within the session, increasing in history order."""
     role: Global___Role.ValueType
@@ -646,6 +647,15 @@ class Message(_message.Message):
         its parts: sources, citations, safety ratings, finish message.
         """
 
+    @_builtins.property
+    def summary(self) -> Global___Summary:
+        """Output only (read on import). Set when this message is a summary that
+        context compaction made of earlier messages rather than a turn's message.
+        Its `usage` is what summarising cost. A summary is never sent as a message
+        of its own: the turns after it send its text in place of the messages it
+        covers.
+        """
+
     def __init__(
         self,
         *,
@@ -658,14 +668,42 @@ class Message(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         model: _builtins.str = ...,
         candidate_metadata: Global___CandidateMetadata | None = ...,
+        summary: Global___Summary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "create_time", b"create_time", "summary", b"summary", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "parts", b"parts", "role", b"role", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_metadata", b"candidate_metadata", "create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "parts", b"parts", "role", b"role", "summary", b"summary", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Summary(_message.Message):
+    """The messages a compaction summary stands for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    LAST_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    first_message_id: _builtins.str
+    """The first and last message covered, both included (an earlier summary in
+    the range is covered as well).
+    """
+    last_message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        first_message_id: _builtins.str = ...,
+        last_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_message_id", b"first_message_id", "last_message_id", b"last_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Summary: _TypeAlias = Summary  # noqa: Y015
 
 @_typing.final
 class CandidateMetadata(_message.Message):

@@ -282,9 +282,58 @@ class ContextPolicy(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class Compaction(_message.Message):
+        """When what would be sent reaches a trigger, chatd asks the session's model to
+        summarise all but the newest `keep_recent_turns` turns (and the previous
+        summary, if any). The summary is stored as a message of its own (see
+        `Message.summary`); later turns send it followed by the turns it does not
+        cover, so what is sent keeps the same prefix until the next compaction.
+        History itself stays whole. A failure to summarise never fails a turn: the
+        window above applies instead. At least one trigger must be set.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TRIGGER_TOKENS_FIELD_NUMBER: _builtins.int
+        TRIGGER_MESSAGES_FIELD_NUMBER: _builtins.int
+        KEEP_RECENT_TURNS_FIELD_NUMBER: _builtins.int
+        MODEL_FIELD_NUMBER: _builtins.int
+        INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+        trigger_tokens: _builtins.int
+        """Compact once what would be sent is at least this many tokens (0 = no
+        token trigger). chatd's estimate for user messages, the model's counts
+        for its own.
+        """
+        trigger_messages: _builtins.int
+        """Compact once what would be sent is at least this many messages (0 = no
+        message trigger).
+        """
+        keep_recent_turns: _builtins.int
+        """How many of the newest whole turns stay verbatim (default 2 when 0)."""
+        model: _builtins.str
+        """The model that summarises (default: the session's model)."""
+        instructions: _builtins.str
+        """What the model is asked to do (default: chatd's own instructions)."""
+        def __init__(
+            self,
+            *,
+            trigger_tokens: _builtins.int = ...,
+            trigger_messages: _builtins.int = ...,
+            keep_recent_turns: _builtins.int = ...,
+            model: _builtins.str = ...,
+            instructions: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["instructions", b"instructions", "keep_recent_turns", b"keep_recent_turns", "model", b"model", "trigger_messages", b"trigger_messages", "trigger_tokens", b"trigger_tokens"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MAX_MESSAGES_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     LOW_WATER_FRACTION_FIELD_NUMBER: _builtins.int
+    COMPACTION_FIELD_NUMBER: _builtins.int
     max_messages: _builtins.int
     """Send at most this many of the latest messages (0 = no limit)."""
     max_tokens: _builtins.int
@@ -302,16 +351,21 @@ class ContextPolicy(_message.Message):
     begins, so a function call is never separated from its response. Must be
     at least 0 and below 1; it has no effect without a limit.
     """
+    @_builtins.property
+    def compaction(self) -> Global___ContextPolicy.Compaction:
+        """Summarising older turns instead of dropping them (unset = never)."""
+
     def __init__(
         self,
         *,
         max_messages: _builtins.int = ...,
         max_tokens: _builtins.int = ...,
         low_water_fraction: _builtins.float = ...,
+        compaction: Global___ContextPolicy.Compaction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compaction", b"compaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["low_water_fraction", b"low_water_fraction", "max_messages", b"max_messages", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction", b"compaction", "low_water_fraction", b"low_water_fraction", "max_messages", b"max_messages", "max_tokens", b"max_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
