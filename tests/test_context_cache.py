@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,13 @@ class Conversation:
     """A history grown turn by turn as chatd stores it: seqs from 0, turns of a user
     message and a model answer, every third turn with a function call round between."""
 
-    def __init__(self) -> None:
+    def __init__(self, gap: int = 1) -> None:
         self.messages: list[Message] = []
+        # Seqs only increase: an imported history keeps its ids, gaps and all.
+        self.gap = gap
 
     def _add(self, role: Role, part: Part, turn: int, usage: Usage | None = None) -> None:
-        seq = len(self.messages)
+        seq = len(self.messages) * self.gap
         self.messages.append(Message(role, (part,), seq, 0.0, f"t{turn}", usage))
 
     def begin(self, turn: int) -> None:
@@ -67,9 +70,9 @@ class Conversation:
         self._add(Role.MODEL, Part(text="answer"), turn, Usage(candidates_tokens=40 + turn % 7))
 
 
-def windows(policy: ContextPolicy, turns: int) -> list[Sequence[Message]]:
+def windows(policy: ContextPolicy, turns: int, gap: int = 1) -> list[Sequence[Message]]:
     """The window of each turn's request, chosen from the history chatd would load."""
-    talk = Conversation()
+    talk = Conversation(gap)
     sent = []
     for turn in range(turns):
         stored = len(talk.messages)
@@ -116,6 +119,25 @@ def test_stepped_window_keeps_its_start_until_a_step_and_respects_the_limits(
     sliding_moves = sum(a != b for a, b in itertools.pairwise(sliding_starts))
     assert sliding_moves > 80, "the sliding window moves on most turns"
     assert moves * 2 <= sliding_moves, "the stepped window keeps its start for several turns"
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=["messages", "tokens", "both"])
+def test_seq_gaps_of_an_imported_history_keep_the_window_full_and_within_limits(
+    policy: ContextPolicy,
+) -> None:
+    """Ids 0, 7, 14, ... (an import keeps its ids): the stepped window still sends about
+    as much history as the limits allow, and never more. (Its message steps are counted in
+    ids, so with gaps they are shorter: the prefix then holds for fewer turns.)"""
+    sent = windows(policy, 80, gap=7)
+    sliding = windows(replace(policy, low_water_fraction=0.0), 80, gap=7)
+    for turn, (window, slid) in enumerate(zip(sent, sliding, strict=True)):
+        earlier = len(window) - len([m for m in window if m.turn_id == f"t{turn}"])
+        if policy.max_messages:
+            assert len(window) <= policy.max_messages or earlier == 0
+        if policy.max_tokens:
+            assert tokens(window) <= policy.max_tokens or earlier == 0
+        # Never less than the low-water share of what sliding sends (one turn of slack).
+        assert len(window) >= math.floor(policy.low_water_fraction * len(slid)) - 3
 
 
 def test_a_step_drops_to_about_the_low_water_mark() -> None:

@@ -129,9 +129,11 @@ def _stepped_start(messages: Sequence[Message], starts: list[int], policy: Conte
             tokens[i + 1] = tokens[i] + message_tokens(m)
     end = messages[-1].seq + 1
     size = _block(policy, span)
-    # Blocks wholly older than this cannot hold a window start that fits (contiguous
-    # seqs: a window holds at most `span` messages), so none of theirs are candidates.
-    first_block = max(end - span, 0) // size
+    # Blocks wholly older than the block of the message `span` messages back cannot hold
+    # a window start that fits (a window holds at most `span` messages), so none of theirs
+    # are candidates. Counted by position, not by seq: seqs only increase (an imported
+    # history may leave gaps), so `end - span` could lie past every message that fits.
+    first_block = messages[max(len(messages) - span, 0)].seq // size
     current = starts[-1]
     checkpoints: list[int] = []
     block = -1
