@@ -118,7 +118,11 @@ def build_tools(settings: Settings, mcp: McpServers | None = None) -> ToolRunner
     """The built-in tools, those of CHATD_TOOLS modules and of `chatd.tools` entry points,
     and those `mcp` (already started) serves."""
     try:
-        registry = load_tools(settings.tool_modules, extra=mcp.tools if mcp is not None else ())
+        registry = load_tools(
+            settings.tool_modules,
+            extra=mcp.tools if mcp is not None else (),
+            max_result_bytes=settings.max_message_bytes,
+        )
     except (ImportError, ValueError) as exc:
         raise StartupError(
             ",".join(settings.tool_modules) or settings.mcp_servers or "chatd.tools entry points",
@@ -317,18 +321,21 @@ async def start(
             ) from exc
     mcp: McpServers | None = None
     try:
+        # What may still refuse to start comes before the MCP servers start: nothing
+        # between them and the listeners below leaves their processes behind.
+        provider = provider or build_provider(settings)
+        admission = build_admission(settings)
         if not tools:
             mcp = await start_mcp(settings)
             try:
                 tools = build_tools(settings, mcp)
-            except StartupError:
+            except BaseException:
                 if mcp is not None:
                     await mcp.close()
                 raise
-    except StartupError:
+    except BaseException:
         await store.close()
         raise
-    provider = provider or build_provider(settings)
     metrics = Metrics() if settings.metrics_listen else None
     if metrics is not None:
         if isinstance(store, CachedStore):
@@ -347,7 +354,6 @@ async def start(
     bus: ReplyBus | None = None
     if given_store is None and shared_url(settings.database_url):
         bus = open_bus(settings.database_url, settings.postgres_schema or None)
-    admission = build_admission(settings)
     chats = ChatSessions(
         store,
         provider,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

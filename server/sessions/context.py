@@ -127,7 +127,6 @@ def _stepped_start(messages: Sequence[Message], starts: list[int], policy: Conte
     if counted:
         for i, m in enumerate(messages):
             tokens[i + 1] = tokens[i] + message_tokens(m)
-    end = messages[-1].seq + 1
     size = _block(policy, span)
     # Blocks wholly older than the block of the message `span` messages back cannot hold
     # a window start that fits (a window holds at most `span` messages), so none of theirs

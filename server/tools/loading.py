@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from server.tools.builtins import BUILTIN_TOOLS
 from server.tools.definition import Tool
-from server.tools.registry import ToolRegistry, unique_tools
+from server.tools.registry import DEFAULT_MAX_RESULT_BYTES, ToolRegistry, unique_tools
 
 ENTRY_POINT_GROUP = "chatd.tools"
 
@@ -27,10 +27,12 @@ def load_tools(
     entry_points: bool = True,
     builtins: bool = True,
     extra: Iterable[tuple[Tool, str]] = (),
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> ToolRegistry:
     """A registry of the built-ins, every Tool attribute of each module in `modules`, and what
     each "chatd.tools" entry point names (a module, a Tool, or an iterable of Tools), and the
     `extra` tools, each given with where it came from (an MCP server's, for instance).
+    `max_result_bytes` caps what one call may return (see ToolRegistry).
 
     Decorating a function is all it takes for a module's tool to be found: there is no global
     registry to mutate. Raises ToolLoadError naming the module or entry point that failed, and
@@ -49,7 +51,7 @@ def load_tools(
             found += [(t, origin) for t in _entry_point_tools(ep, origin)]
     found += list(extra)
     # unique_tools names both origins of a clash; the same object found twice counts once.
-    return ToolRegistry(unique_tools(found))
+    return ToolRegistry(unique_tools(found), max_result_bytes=max_result_bytes)
 
 
 def module_tools(module: types.ModuleType) -> list[Tool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,10 @@ from server.tools.schema import ArgumentError
 
 # A tool's error message goes back into the model's context: keep it to a readable size.
 _MAX_ERROR_CHARS = 1000
+# What one call may return, its JSON and media together: as much as one request to chatd
+# may carry (CHATD_MAX_MESSAGE_BYTES' default). The result is stored in the history and sent
+# with every later turn, and a tool (an MCP server's above all) is not trusted to be small.
+DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024
 
 
 def unique_tools(tools: Iterable[tuple[Tool, str]]) -> list[Tool]:
@@ -31,9 +36,14 @@ def unique_tools(tools: Iterable[tuple[Tool, str]]) -> list[Tool]:
 
 
 class ToolRegistry:
-    """The server-registered tools; implements the domain's ToolRunner port."""
+    """The server-registered tools; implements the domain's ToolRunner port. A call whose
+    result (its JSON text plus its media's bytes) exceeds `max_result_bytes` is an error
+    outcome the model sees, naming the size and the limit."""
 
-    def __init__(self, tools: Iterable[Tool]) -> None:
+    def __init__(
+        self, tools: Iterable[Tool], *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    ) -> None:
+        self._max_result_bytes = max_result_bytes
         unique = unique_tools((t, t.source) for t in tools)
         self._tools: dict[str, Tool] = {t.name: t for t in sorted(unique, key=lambda t: t.name)}
         self._declarations = tuple(t.declaration for t in self._tools.values())
@@ -95,6 +105,15 @@ class ToolRegistry:
         except NotJSONError as e:
             _log().warning("tool_result_not_json", tool=name, error=str(e))
             return _error(f"tool {name!r} returned a value that is not JSON: {e}")
+        size = _json_size(result) + sum(len(p.inline_data.data) for p in parts if p.inline_data)
+        if size > self._max_result_bytes:
+            _log().warning(
+                "tool_result_too_large", tool=name, bytes=size, limit=self._max_result_bytes
+            )
+            return _error(
+                f"tool {name!r} returned {size} bytes, more than the {self._max_result_bytes}"
+                " a result may hold"
+            )
         return ToolOutcome({"result": result}, is_error=False, parts=parts)
 
 
@@ -123,6 +142,11 @@ def _media(given: Sequence[object]) -> tuple[tuple[FunctionResponsePart, ...], s
         else:
             return (), f"parts[{i}] is a {type(item).__name__}, not a Blob or FileData"
     return tuple(parts), ""
+
+
+def _json_size(value: object) -> int:
+    """Bytes of `value` as compact JSON text (UTF-8)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def _describe(e: BaseException) -> str:

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import structlog
 
+from server.sessions.model import Blob
 from server.sessions.ports import ToolOutcome, ToolRunner
 from server.sessions.values import MAX_JSON_DEPTH
-from server.tools import ToolError, ToolRegistry, tool
+from server.tools import ToolError, ToolRegistry, ToolResult, tool
 
 
 @tool
@@ -257,3 +258,30 @@ async def test_a_result_at_the_limit_is_kept() -> None:
 
     outcome = await ToolRegistry([give]).run("give", {})
     assert outcome.response == {"result": _lists(MAX_JSON_DEPTH - 1)}
+
+
+@tool
+def big_text(n: int) -> str:
+    """Returns n characters."""
+    return "x" * n
+
+
+@tool
+def big_media(n: int) -> ToolResult:
+    """Returns an n-byte image beside a short value."""
+    return ToolResult("ok", (Blob("image/png", b"\x89" * n),))
+
+
+async def test_a_result_over_the_limit_is_an_error_naming_its_size_and_the_limit() -> None:
+    """A tool (an MCP server's above all) is not trusted to be small: what goes into the
+    history is capped, JSON text and media bytes together."""
+    registry = ToolRegistry([big_text, big_media], max_result_bytes=1000)
+    # {"result": ...} is not counted, only the value: 998 characters and two quotes fit.
+    assert not (await registry.run("big_text", {"n": 998})).is_error
+    refused = await registry.run("big_text", {"n": 999})
+    assert refused.is_error
+    assert refused.response == {
+        "error": "tool 'big_text' returned 1001 bytes, more than the 1000 a result may hold"
+    }
+    assert not (await registry.run("big_media", {"n": 996})).is_error  # 4 bytes of "ok"
+    assert (await registry.run("big_media", {"n": 997})).is_error
