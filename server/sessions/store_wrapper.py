@@ -1,5 +1,6 @@
 """StoreWrapper: a SessionStore that forwards every operation to another one inside a
-context manager named after the operation (the base of the metrics and tracing decorators)."""
+context manager named after the operation (the base of the metrics and tracing decorators,
+and of the session cache for what it does not cache)."""
 
 from __future__ import annotations
 

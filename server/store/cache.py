@@ -5,19 +5,18 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from server.sessions.errors import NotFound
 from server.sessions.locks import KeyedLocks
 from server.sessions.model import Message, Session
 from server.sessions.ports import (
-    ReplyError,
-    ReplyEvents,
-    ReplyRecord,
     ReplyWrite,
     RequestRecord,
     SessionQuery,
     SessionStore,
 )
+from server.sessions.store_wrapper import StoreWrapper
 from server.store import codec, rules
 from server.store.cache_entry import CacheStats, Entry
 
@@ -46,7 +45,7 @@ def _compact_session(session: Session) -> Session:
     )
 
 
-class CachedStore:
+class CachedStore(StoreWrapper):
     """Write-through cache over `inner`, bounded by an estimate of its bytes.
 
     Every call that reaches `inner` for a session holds that session's lock and refills
@@ -94,7 +93,7 @@ class CachedStore:
             raise ValueError("max_bytes must be positive")
         if max_decoded_bytes is not None and max_decoded_bytes < 0:
             raise ValueError("max_decoded_bytes must not be negative")
-        self._inner = inner
+        super().__init__(inner)
         self._max_bytes = max_bytes
         self._max_tail = max_tail_messages
         self._shared = shared
@@ -375,44 +374,11 @@ class CachedStore:
             for key in [k for k, e in self._entries.items() if self._swept(e.session)]:
                 self._take(key)
 
-    async def count_sessions(self, tenant: str) -> int:
-        return await self._inner.count_sessions(tenant)
+    # The rest of the port (request ids, replies, counting) is forwarded as StoreWrapper
+    # does: replies are not cached, each is read by its own stream, or rarely.
 
-    async def put_request(self, request: RequestRecord) -> None:
-        await self._inner.put_request(request)
-
-    async def get_request(self, tenant: str, request_id: str) -> RequestRecord | None:
-        return await self._inner.get_request(tenant, request_id)
-
-    async def delete_requests_before(self, time: float, limit: int) -> int:
-        return await self._inner.delete_requests_before(time, limit)
-
-    # Replies are not cached: each is read by its own stream, or rarely.
-
-    async def put_reply(self, write: ReplyWrite) -> bool:
-        return await self._inner.put_reply(write)
-
-    async def get_reply(self, tenant: str, reply_id: str) -> ReplyRecord | None:
-        return await self._inner.get_reply(tenant, reply_id)
-
-    async def list_replies(
-        self, tenant: str, session_id: str, limit: int, before: tuple[float, str] | None = None
-    ) -> list[ReplyRecord]:
-        return await self._inner.list_replies(tenant, session_id, limit, before)
-
-    async def reply_events(self, tenant: str, reply_id: str, after_seq: int) -> list[ReplyEvents]:
-        return await self._inner.reply_events(tenant, reply_id, after_seq)
-
-    async def renew_replies(self, owner: str, lease_expire_time: float) -> int:
-        return await self._inner.renew_replies(owner, lease_expire_time)
-
-    async def fail_stale_replies(
-        self, now: float, error: ReplyError, limit: int, *, expired_by: float | None = None
-    ) -> int:
-        return await self._inner.fail_stale_replies(now, error, limit, expired_by=expired_by)
-
-    async def delete_replies_before(self, time: float, limit: int) -> int:
-        return await self._inner.delete_replies_before(time, limit)
+    def _around(self, operation: str) -> AbstractContextManager[object]:
+        return nullcontext()
 
     async def close(self) -> None:
         self._entries.clear()
