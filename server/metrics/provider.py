@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from server.metrics.core import Metrics
@@ -12,6 +12,7 @@ from server.metrics.labels import BoundedLabel
 from server.sessions.errors import ChatdError
 from server.sessions.model import Usage
 from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest, TokenCount
+from server.sessions.stream_watch import watch_stream
 
 # The reason counted for a failure that is not a domain error (the RPC reports INTERNAL).
 UNEXPECTED_REASON = "INTERNAL"
@@ -55,30 +56,16 @@ class InstrumentedProvider:
         except BaseException as exc:
             self._record(request.model, start, _outcome(exc), exc, None)
             raise
-        return self._observe(chunks, request.model, start)
-
-    async def _observe(
-        self, chunks: AsyncIterator[ModelChunk], model: str, start: float
-    ) -> AsyncGenerator[ModelChunk, None]:
-        usage: Usage | None = None
-        failure: BaseException | None = None
-        try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                yield chunk
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            try:
-                # Closed early (at our yield): close the upstream call now, not at GC.
-                aclose = getattr(chunks, "aclose", None)
-                if failure is not None and aclose is not None:
-                    await aclose()
-            finally:
-                outcome = "ok" if failure is None else _outcome(failure)
-                self._record(model, start, outcome, failure, usage)
+        return watch_stream(
+            chunks,
+            lambda failure, seen: self._record(
+                request.model,
+                start,
+                "ok" if failure is None else _outcome(failure),
+                failure,
+                seen.usage,
+            ),
+        )
 
     def _record(
         self,

@@ -15,7 +15,7 @@ gen_ai.provider.name replaced, is set too for back ends that still read it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -23,8 +23,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from server.sessions.errors import ChatdError
-from server.sessions.model import Usage
 from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest, TokenCount
+from server.sessions.stream_watch import StreamSeen, watch_stream
 from server.tracing.setup import Tracing
 
 
@@ -89,43 +89,22 @@ class TracedProvider:
             _failed(span, exc)
             span.end()
             raise
-        return self._observe(chunks, span)
+        return watch_stream(chunks, lambda failure, seen: self._end(span, failure, seen))
 
-    async def _observe(
-        self, chunks: AsyncIterator[ModelChunk], span: trace.Span
-    ) -> AsyncGenerator[ModelChunk, None]:
-        usage: Usage | None = None
-        finish = ""
-        model = ""
-        failure: BaseException | None = None
-        try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if chunk.finish_reason is not None:
-                    finish = chunk.finish_reason.value.lower()
-                if chunk.model_version:
-                    model = chunk.model_version
-                yield chunk
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            try:
-                aclose = getattr(chunks, "aclose", None)
-                if failure is not None and aclose is not None:
-                    await aclose()
-            finally:
-                if model:
-                    span.set_attribute("gen_ai.response.model", model)
-                if finish:
-                    span.set_attribute("gen_ai.response.finish_reasons", (finish,))
-                if usage is not None:
-                    span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-                    span.set_attribute("gen_ai.usage.output_tokens", usage.candidates_tokens)
-                if failure is not None:
-                    _failed(span, failure)
-                span.end()
+    @staticmethod
+    def _end(span: trace.Span, failure: BaseException | None, seen: StreamSeen) -> None:
+        if seen.model_version:
+            span.set_attribute("gen_ai.response.model", seen.model_version)
+        if seen.finish_reason is not None:
+            span.set_attribute(
+                "gen_ai.response.finish_reasons", (seen.finish_reason.value.lower(),)
+            )
+        if seen.usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", seen.usage.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", seen.usage.candidates_tokens)
+        if failure is not None:
+            _failed(span, failure)
+        span.end()
 
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
         return await self._inner.count_tokens(request)
