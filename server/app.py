@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -319,84 +320,82 @@ async def start(
                 f"cannot open the store: {exc}",
                 "check the URL and that its database is reachable",
             ) from exc
-    mcp: McpServers | None = None
-    try:
-        # What may still refuse to start comes before the MCP servers start: nothing
-        # between them and the listeners below leaves their processes behind.
+    # What a failed start has opened is closed again, newest first; on success the
+    # RunningServer owns it all.
+    async with contextlib.AsyncExitStack() as undo:
+        undo.push_async_callback(store.close)
+        # What may still refuse to start comes before the MCP servers start.
         provider = provider or build_provider(settings)
         admission = build_admission(settings)
+        mcp: McpServers | None = None
         if not tools:
             mcp = await start_mcp(settings)
-            try:
-                tools = build_tools(settings, mcp)
-            except BaseException:
-                if mcp is not None:
-                    await mcp.close()
-                raise
-    except BaseException:
-        await store.close()
-        raise
-    metrics = Metrics() if settings.metrics_listen else None
-    if metrics is not None:
-        if isinstance(store, CachedStore):
-            cached = store
-            metrics.watch_cache(lambda: cached.stats)
-        store = InstrumentedStore(store, metrics)
-        provider = InstrumentedProvider(provider, metrics)
-        tools = InstrumentedTools(tools, metrics)
-    if tracing is not None:
-        if given_store is not None:
-            store = tracing.wrap_store(store, "other_sql")
-        provider, tools = tracing.wrap_calls(provider, tools, genai_provider(provider, settings))
-        log.info("tracing on", service_name=os.environ.get("OTEL_SERVICE_NAME") or "chatd")
-    # A store chosen by URL may be shared by replicas (PostgreSQL): they talk over the
-    # database; a store handed in, or of one process, needs no bus.
-    bus: ReplyBus | None = None
-    if given_store is None and shared_url(settings.database_url):
-        bus = open_bus(settings.database_url, settings.postgres_schema or None)
-    chats = ChatSessions(
-        store,
-        provider,
-        tools,
-        event_encoder=encode_events,
-        bus=bus,
-        single_process=bus is None,
-        reply_lease=settings.reply_lease,
-        reply_flush_interval=settings.reply_flush_interval,
-        # A background reply is a stream nobody holds open: the same caps, counted apart.
-        max_background=settings.max_streams,
-        max_background_per_tenant=admission.streams.per_tenant,
-        max_tool_rounds=settings.max_tool_rounds,
-        limits=MessageLimits(settings.max_text_chars, settings.max_parts),
-        max_sessions_per_tenant=settings.max_sessions_per_tenant,
-        on_compaction=(
-            None if metrics is None else lambda outcome: metrics.compactions.labels(outcome).inc()
-        ),
-    )
+            if mcp is not None:
+                undo.push_async_callback(mcp.close)
+            tools = build_tools(settings, mcp)
+        metrics = Metrics() if settings.metrics_listen else None
+        if metrics is not None:
+            if isinstance(store, CachedStore):
+                cached = store
+                metrics.watch_cache(lambda: cached.stats)
+            store = InstrumentedStore(store, metrics)
+            provider = InstrumentedProvider(provider, metrics)
+            tools = InstrumentedTools(tools, metrics)
+        if tracing is not None:
+            if given_store is not None:
+                store = tracing.wrap_store(store, "other_sql")
+            provider, tools = tracing.wrap_calls(
+                provider, tools, genai_provider(provider, settings)
+            )
+            log.info("tracing on", service_name=os.environ.get("OTEL_SERVICE_NAME") or "chatd")
+        # A store chosen by URL may be shared by replicas (PostgreSQL): they talk over the
+        # database; a store handed in, or of one process, needs no bus.
+        bus: ReplyBus | None = None
+        if given_store is None and shared_url(settings.database_url):
+            bus = open_bus(settings.database_url, settings.postgres_schema or None)
+            undo.push_async_callback(bus.close)
+        chats = ChatSessions(
+            store,
+            provider,
+            tools,
+            event_encoder=encode_events,
+            bus=bus,
+            single_process=bus is None,
+            reply_lease=settings.reply_lease,
+            reply_flush_interval=settings.reply_flush_interval,
+            # A background reply is a stream nobody holds open: the same caps, counted apart.
+            max_background=settings.max_streams,
+            max_background_per_tenant=admission.streams.per_tenant,
+            max_tool_rounds=settings.max_tool_rounds,
+            limits=MessageLimits(settings.max_text_chars, settings.max_parts),
+            max_sessions_per_tenant=settings.max_sessions_per_tenant,
+            on_compaction=(
+                None
+                if metrics is None
+                else lambda outcome: metrics.compactions.labels(outcome).inc()
+            ),
+        )
 
-    server = grpc.aio.server(
-        interceptors=[ErrorsAndLogging(admission, metrics, tracing)],
-        options=server_options(settings),
-    )
-    servicer = ChatServicer(chats)
-    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
-    health_servicer = DrainingHealth()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
-    try:
-        credentials = server_credentials(settings)
-        if credentials is None:
-            port = server.add_insecure_port(settings.listen)
-        else:
-            port = server.add_secure_port(settings.listen, credentials)
-    except (RuntimeError, OSError) as exc:
-        await store.close()
-        if mcp is not None:
-            await mcp.close()
-        raise bind_error(settings.listen, "CHATD_LISTEN", "--listen", exc) from exc
-    http: HttpListener | None = None
-    if settings.http_listen:
+        server = grpc.aio.server(
+            interceptors=[ErrorsAndLogging(admission, metrics, tracing)],
+            options=server_options(settings),
+        )
+        servicer = ChatServicer(chats)
+        chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
+        health_servicer = DrainingHealth()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable(server, (SERVICE_NAME, health.SERVICE_NAME))
         try:
+            credentials = server_credentials(settings)
+            if credentials is None:
+                port = server.add_insecure_port(settings.listen)
+            else:
+                port = server.add_secure_port(settings.listen, credentials)
+        except (RuntimeError, OSError) as exc:
+            raise bind_error(settings.listen, "CHATD_LISTEN", "--listen", exc) from exc
+        undo.push_async_callback(server.stop, None)
+        http: HttpListener | None = None
+        if settings.http_listen:
             http = HttpListener(
                 HttpApp(
                     servicer,
@@ -413,54 +412,35 @@ async def start(
                 if settings.tls_cert
                 else None,
             )
-        except StartupError:
-            await server.stop(None)
-            await store.close()
-            if mcp is not None:
-                await mcp.close()
-            raise
-    metrics_server = None
-    if metrics is not None:
+            undo.push_async_callback(http.stop, 0)
+        metrics_server = None
+        if metrics is not None:
+            try:
+                metrics_server = await start_metrics_server(
+                    metrics, *parse_listen(settings.metrics_listen)
+                )
+            except OSError as exc:
+                raise bind_error(
+                    settings.metrics_listen,
+                    "CHATD_METRICS_LISTEN",
+                    "--metrics-listen",
+                    exc,
+                    off="an empty value turns metrics off",
+                ) from exc
+            undo.push_async_callback(metrics_server.close)
+            metrics_host = settings.metrics_listen.rpartition(":")[0]
+            log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
         try:
-            metrics_server = await start_metrics_server(
-                metrics, *parse_listen(settings.metrics_listen)
-            )
-        except OSError as exc:
-            await server.stop(None)
-            if http is not None:
-                await http.stop(0)
-            await store.close()
-            if mcp is not None:
-                await mcp.close()
-            raise bind_error(
-                settings.metrics_listen,
-                "CHATD_METRICS_LISTEN",
-                "--metrics-listen",
-                exc,
-                off="an empty value turns metrics off",
+            if bus is not None:
+                await bus.start()
+            await chats.start()
+        except ChatdError as exc:
+            raise StartupError(
+                "CHATD_DATABASE_URL",
+                f"cannot reach the other replicas through the database: {exc}",
+                "check that the database is reachable",
             ) from exc
-        metrics_host = settings.metrics_listen.rpartition(":")[0]
-        log.info("metrics serving", url=f"http://{metrics_host}:{metrics_server.port}/metrics")
-    try:
-        if bus is not None:
-            await bus.start()
-        await chats.start()
-    except ChatdError as exc:
-        await server.stop(None)
-        if http is not None:
-            await http.stop(0)
-        if metrics_server is not None:
-            await metrics_server.close()
-        if bus is not None:
-            await bus.close()
-        await store.close()
-        if mcp is not None:
-            await mcp.close()
-        raise StartupError(
-            "CHATD_DATABASE_URL",
-            f"cannot reach the other replicas through the database: {exc}",
-            "check that the database is reachable",
-        ) from exc
+        undo.pop_all()
     await server.start()
     if http is not None:
         await http.start()
