@@ -105,8 +105,11 @@ def main() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    # Listening before the port is announced: a client connecting before uvicorn runs is
+    # queued in the backlog, not refused.
+    sock.listen(128)
     config = uvicorn.Config(server.streamable_http_app(), log_level="warning")
-    # Written once bound, renamed into place so a reader never sees half of it.
+    # Written once listening, renamed into place so a reader never sees half of it.
     Path(port_file + ".tmp").write_text(str(sock.getsockname()[1]))
     os.replace(port_file + ".tmp", port_file)
     uvicorn.Server(config).run(sockets=[sock])
