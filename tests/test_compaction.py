@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import grpc
@@ -13,7 +14,10 @@ import pytest
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
-from server.sessions.compaction import DEFAULT_INSTRUCTIONS, SUMMARY_PREFIX
+from server.sessions.compaction import DEFAULT_INSTRUCTIONS, FIRST_READ, SUMMARY_PREFIX
+from server.sessions.model import Message
+from server.sessions.store_wrapper import StoreWrapper
+from server.store.memory import MemoryStore
 from tests.conftest import Chatd, StartChatd, fast_gemini
 from tests.fake_gemini import (
     FakeGemini,
@@ -353,3 +357,42 @@ async def test_deleting_the_session_cancels_its_background_summary(
     gone = await fake_gemini.await_disconnect(timeout=30)
     assert _is_summarising(gone.request)
     hold.open()
+
+
+class _ReadCounter(StoreWrapper):
+    """The memory store, recording how many messages each recent_messages call returned."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryStore())
+        self.reads: list[int] = []
+
+    def _around(self, operation: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    async def recent_messages(
+        self, tenant: str, session_id: str, limit: int | None = None
+    ) -> list[Message]:
+        messages = await super().recent_messages(tenant, session_id, limit)
+        self.reads.append(len(messages))
+        return messages
+
+
+async def test_a_turn_reads_history_from_the_newest_summary_not_all_of_it(
+    start_chatd: StartChatd,
+) -> None:
+    store = _ReadCounter()
+    chatd = await start_chatd(store=store)
+    await _create(chatd, "big", _policy(trigger_messages=8, keep_recent_turns=1))
+    for i in range(100):
+        await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="big", text=f"m{i}"))
+    messages = await all_messages(chatd.stub, "big")
+    assert len(messages) > 200
+    reads = store.reads[-50:]
+    # A summary every few turns: each turn reads a bounded tail, never the whole history.
+    assert max(reads) <= FIRST_READ + 16, reads
+    # And with what it read, it sent the same as it would have with all of it.
+    summaries = [m for m in messages if m.HasField("summary")]
+    assert int(summaries[-1].message_id) > len(messages) - 12
+    count = await chatd.stub.CountTokens(pb.CountTokensRequest(session_id="big"))
+    assert count.total_tokens > 0
+    assert store.reads[-1] <= FIRST_READ + 16

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.sessions.context import is_turn_start, select_window
+from server.sessions.context import history_needed, is_turn_start, select_window
 from server.sessions.model import Compaction, ContextPolicy, Message, Part, Role, Summary
+from server.sessions.ports import SessionStore
 from server.sessions.tokens import message_tokens
 
 DEFAULT_KEEP_RECENT_TURNS = 2
@@ -35,6 +36,8 @@ DEFAULT_INSTRUCTIONS = (
 SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
 # The longest a function call's arguments or result is quoted in a transcript.
 MAX_QUOTED = 2_000
+# How many of the newest messages load_history reads first, beyond what the window needs.
+FIRST_READ = 64
 
 
 def latest_summary(messages: Sequence[Message]) -> Message | None:
@@ -43,6 +46,41 @@ def latest_summary(messages: Sequence[Message]) -> Message | None:
         if message.summary is not None:
             return message
     return None
+
+
+def _covers_enough(messages: Sequence[Message]) -> bool:
+    """Whether `messages` (a tail of history) hold the newest summary and every message
+    after its range: what contents_to_send and plan need of history."""
+    summary = latest_summary(messages)
+    if summary is None or summary.summary is None:
+        return False
+    return messages[0].seq <= summary.summary.last_seq
+
+
+async def load_history(
+    store: SessionStore, tenant: str, session_id: str, policy: ContextPolicy, at_least: int = 0
+) -> list[Message]:
+    """The tail of a session's history that a request under `policy` needs, oldest first:
+    at least the newest `at_least` messages and what the window needs (history_needed),
+    and with compaction on, the newest summary and every message after its range.
+
+    With compaction the read starts at FIRST_READ messages beyond the window's need and
+    doubles until it holds the newest summary and the start of what follows its range,
+    or the whole history (which only a session without a summary, or one whose
+    summaries keep failing, needs). Raises NotFound as the store does.
+    """
+    need = history_needed(policy)
+    if policy.compaction is None:
+        return await store.recent_messages(
+            tenant, session_id, None if need is None else max(need, at_least)
+        )
+    # Without window limits the window is everything after the newest summary.
+    limit = max(need or 0, at_least) + FIRST_READ
+    while True:
+        messages = await store.recent_messages(tenant, session_id, limit)
+        if len(messages) < limit or _covers_enough(messages):
+            return messages
+        limit *= 2
 
 
 def summary_content(summary: Message) -> Message:

@@ -60,12 +60,10 @@ def history_needed(policy: ContextPolicy) -> int | None:
 
     Every message costs at least one token, so a token budget bounds it too. A stepped
     window needs more: its checkpoints are counted from the start of the block
-    the oldest possible window start lies in (one block more). With compaction, all
-    of them (see server.sessions.compaction).
+    the oldest possible window start lies in (one block more). Compaction needs the
+    newest summary and what follows its range too (server.sessions.compaction's
+    load_history reads that much).
     """
-    if policy.compaction is not None:
-        # The newest summary and everything after it, wherever it lies.
-        return None
     span = _span(policy)
     if span is None:
         return None

@@ -12,7 +12,6 @@ from typing import Protocol
 import structlog
 
 from server.sessions import compaction
-from server.sessions.context import history_needed
 from server.sessions.errors import Cancelled, FailedPrecondition, NotFound
 from server.sessions.events import (
     MessageCompleted,
@@ -264,8 +263,8 @@ class TurnEngine:
                 reason="TOOL_RESULTS_PENDING",
             )
         policy = session.settings.context_policy
-        history = await self._store.recent_messages(
-            session.tenant, session.session_id, history_needed(policy)
+        history = await compaction.load_history(
+            self._store, session.tenant, session.session_id, policy
         )
         state = _Turn(session, new_turn_id(), session.next_seq, history)
         user = Message(Role.USER, turn.parts, state.next_seq, self._clock(), state.turn_id)
@@ -412,11 +411,14 @@ class TurnEngine:
         responses = check_tool_results(session.pending, turn.tool_results)
         pending = session.pending
         assert pending is not None
-        needed = history_needed(session.settings.context_policy)
-        if needed is not None:
-            # The paused turn is sent whole, however long it is.
-            needed = max(needed, session.next_seq - pending.first_seq)
-        history = await self._store.recent_messages(session.tenant, session.session_id, needed)
+        # The paused turn is sent whole, however long it is.
+        history = await compaction.load_history(
+            self._store,
+            session.tenant,
+            session.session_id,
+            session.settings.context_policy,
+            at_least=session.next_seq - pending.first_seq,
+        )
         state = _Turn(session, pending.turn_id, pending.first_seq, history, pending.rounds)
         state.added.append(
             responses_message(

@@ -9,8 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from server.sessions import paging
-from server.sessions.compaction import contents_to_send
-from server.sessions.context import history_needed
+from server.sessions.compaction import contents_to_send, load_history
 from server.sessions.engine import TurnEngine, TurnInput
 from server.sessions.errors import (
     AlreadyExists,
@@ -657,7 +656,7 @@ class ChatSessions:
         session = await self.get(tenant, session_id)
         settings = session.settings
         policy = settings.context_policy
-        history = await self._store.recent_messages(tenant, session_id, history_needed(policy))
+        history = await load_history(self._store, tenant, session_id, policy)
         await self._same_life(tenant, session)
         if candidate:
             check_user_parts(candidate, "parts", self._limits)
