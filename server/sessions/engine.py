@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -23,7 +22,7 @@ from server.sessions.events import (
 )
 from server.sessions.expiry import live_session
 from server.sessions.ids import new_turn_id
-from server.sessions.locks import KeyedLocks
+from server.sessions.locks import SessionLocks
 from server.sessions.model import (
     Compaction,
     FinishReason,
@@ -158,6 +157,7 @@ class TurnEngine:
         clock: Callable[[], float] = time.time,
         on_compaction: Callable[[str], None] | None = None,
         max_prepared: int = MAX_PREPARED,
+        locks: SessionLocks | None = None,
     ) -> None:
         self._on_compaction = on_compaction
         # Summaries begun after a turn for the session's next one (see _compact).
@@ -168,13 +168,10 @@ class TurnEngine:
         self._tools = tools
         self._max_tool_rounds = max_tool_rounds
         self._clock = clock
-        self._locks = KeyedLocks()
+        # Held for the whole turn (see SessionLocks).
+        self._locks = locks or SessionLocks()
         # Each session's running turn, for CancelReply.
         self._running: dict[tuple[str, str], _Running] = {}
-
-    def hold(self, tenant: str, session_id: str) -> AbstractAsyncContextManager[None]:
-        """The session's turn lock: other writes to a session wait for its running turn."""
-        return self._locks.hold((tenant, session_id))
 
     def cancel(self, tenant: str, session_id: str, reply_id: str = "") -> bool:
         """Stops the session's running turn (nothing of it is stored), or only the reply
@@ -208,7 +205,7 @@ class TurnEngine:
         events are stored in the same transaction too.
         """
         key = (tenant, session_id)
-        async with self._locks.hold(key):
+        async with self._locks.hold(tenant, session_id):
             if log is not None and log.cancel_requested:
                 raise _cancelled()
             task = asyncio.current_task()

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from server.sessions.context import is_turn_start
-from server.sessions.engine import TurnEngine
 from server.sessions.errors import Conflict, FailedPrecondition, InvalidArgument
 from server.sessions.expiry import live_session
 from server.sessions.ids import (
@@ -17,6 +16,7 @@ from server.sessions.ids import (
     new_session_uid,
     new_turn_id,
 )
+from server.sessions.locks import SessionLocks
 from server.sessions.model import Message, PendingTurn, Role, Session, SessionSettings, Usage
 from server.sessions.pacing import CHECK_SLICE, GIL_BREAK_SECONDS, Pacer, shifted
 from server.sessions.ports import RequestRecord, SessionStore
@@ -82,13 +82,13 @@ class HistoryOps:
     def __init__(
         self,
         store: SessionStore,
-        engine: TurnEngine,
+        locks: SessionLocks,
         check_settings: Callable[[SessionSettings, str], None],
         clock: Callable[[], float],
         max_sessions: int = 0,
     ) -> None:
         self._store = store
-        self._engine = engine
+        self._locks = locks
         self._check_settings = check_settings
         self._clock = clock
         self._max_sessions = max_sessions
@@ -119,7 +119,7 @@ class HistoryOps:
         moved on or is another life of it, and InvalidArgument from `change` or the
         settings' checks.
         """
-        async with self._engine.hold(tenant, session_id):
+        async with self._locks.hold(tenant, session_id):
             session = await live_session(self._store, tenant, session_id, self._clock())
             if etag is not None and (etag.version, etag.uid) != (session.version, session.uid):
                 raise Conflict(
@@ -143,7 +143,7 @@ class HistoryOps:
 
     async def clear(self, tenant: str, session_id: str) -> Session:
         """Empties history, keeps settings; a paused turn is dropped with it."""
-        async with self._engine.hold(tenant, session_id):
+        async with self._locks.hold(tenant, session_id):
             session = await live_session(self._store, tenant, session_id, self._clock())
             cleared = session.evolve(
                 message_count=0,
@@ -165,7 +165,7 @@ class HistoryOps:
             raise InvalidArgument(
                 "messages", "is required: the messages to append", reason="FIELD_REQUIRED"
             )
-        async with self._engine.hold(tenant, session_id):
+        async with self._locks.hold(tenant, session_id):
             session = await live_session(self._store, tenant, session_id, self._clock())
             if session.pending is not None:
                 raise FailedPrecondition(
@@ -211,7 +211,7 @@ class HistoryOps:
             check_id("new_session_id", new_id)
         # Under the source's lock, so no turn of it commits (or pauses) between reading
         # the session and reading its history; `_snapshot` checks other replicas.
-        async with self._engine.hold(tenant, session_id):
+        async with self._locks.hold(tenant, session_id):
             source, messages = await self._snapshot(tenant, session_id, upto)
             rest = []
             if upto is not None and messages and messages[-1].seq == upto:
@@ -268,7 +268,7 @@ class HistoryOps:
         return session, messages
 
     async def export(self, tenant: str, session_id: str) -> SessionDocument:
-        async with self._engine.hold(tenant, session_id):
+        async with self._locks.hold(tenant, session_id):
             session, messages = await self._snapshot(tenant, session_id)
         return SessionDocument(session, tuple(messages))
 

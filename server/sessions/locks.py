@@ -1,4 +1,5 @@
-"""Per-key asyncio locks that exist only while someone holds or waits for them."""
+"""Per-key asyncio locks that exist only while someone holds or waits for them, and the
+session lock built on them."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ class KeyedLocks:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+
+class SessionLocks:
+    """One lock per session (tenant, session id): whatever changes a session's history
+    or deletes it (a turn, the history operations, DeleteSession) holds it, so those
+    changes run one at a time per session in this process. Across processes the
+    store's optimistic versions decide (SessionStore.commit_turn)."""
+
+    def __init__(self) -> None:
+        self._locks = KeyedLocks()
+
+    def hold(self, tenant: str, session_id: str) -> _Held:
+        """`async with locks.hold(tenant, session_id):` runs the block holding the
+        session's lock (waiting, cancellably, for whoever holds it)."""
+        return self._locks.hold((tenant, session_id))
+
+    def __len__(self) -> int:
+        """How many sessions' locks are held or waited for."""
+        return len(self._locks)
 
 
 class _Held:

@@ -36,6 +36,7 @@ from server.sessions.idempotency import (
     replay_turn,
 )
 from server.sessions.ids import check_id, new_session_id, new_session_uid
+from server.sessions.locks import SessionLocks
 from server.sessions.model import FunctionDeclaration, Message, Part, Role, Session, SessionSettings
 from server.sessions.pacing import check_in_slices
 from server.sessions.ports import (
@@ -125,6 +126,7 @@ class ChatSessions:
         self._provider = provider
         self._tools = tools
         self._clock = clock
+        self._locks = SessionLocks()
         self._engine = TurnEngine(
             store,
             provider,
@@ -132,6 +134,7 @@ class ChatSessions:
             max_tool_rounds=max_tool_rounds,
             clock=clock,
             on_compaction=on_compaction,
+            locks=self._locks,
         )
         self._requests = Requests(store, clock)
         self.replies = Replies(
@@ -148,7 +151,7 @@ class ChatSessions:
         )
         self.replies.cancel_local = self._engine.cancel
         self.history = HistoryOps(
-            store, self._engine, self._check_settings, clock, max_sessions_per_tenant
+            store, self._locks, self._check_settings, clock, max_sessions_per_tenant
         )
 
     def _check_settings(self, settings: SessionSettings, prefix: str) -> None:
@@ -305,7 +308,7 @@ class ChatSessions:
         Raises NotFound (an expired session is already gone, and so is one deleted, or
         expired, while the delete waited, even if it was created again since)."""
         session = await self.get(tenant, session_id)
-        async with self._engine.hold(tenant, session_id):
+        async with self._locks.hold(tenant, session_id):
             now = await self.get(tenant, session_id)
             if now.uid != session.uid:
                 raise session_not_found(session_id)
