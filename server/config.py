@@ -7,7 +7,10 @@ import difflib
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NamedTuple
+
+from server.addresses import parse_host_port, require_host
 
 PROVIDERS = ("auto", "echo", "gemini")
 LOG_FORMATS = ("auto", "json", "console")
@@ -20,72 +23,174 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Declared:
+    """How a setting is read and checked: its flag (None: environment only, as for
+    credentials, which must not show in `ps`), its environment variables (the first one
+    set wins), its --help text, and the bounds or choices its value must meet."""
+
+    flag: str | None
+    envs: tuple[str, ...]
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    positive: bool = False
+    choices: tuple[str, ...] = ()
+    # A host:port listen address; `optional`: empty turns the listener off.
+    address: bool = False
+    optional: bool = False
+
+    @property
+    def source(self) -> str:
+        """How an error names the setting: "CHATD_X/--x"."""
+        return f"{self.envs[0]}/{self.flag}" if self.flag else self.envs[0]
+
+
+_SETTING = "chatd.setting"
+
+
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    env: str | tuple[str, ...] = "",
+    flag: bool = True,
+    secret: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+    choices: tuple[str, ...] = (),
+    address: bool = False,
+    optional: bool = False,
+) -> Any:
+    """A Settings field declared once: its default, help, variables and checks.
+
+    The environment variable defaults to CHATD_<NAME> and the flag to --<name> (filled
+    in from the field's name by `_declare`); `flag=False` reads the environment only;
+    `secret` keeps the value out of repr. `minimum`/`maximum` are inclusive, `positive` means > 0,
+    `choices` are compared case-insensitively."""
+    envs = ((env,) if env else ()) if isinstance(env, str) else env
+    declared = Declared(
+        "" if flag else None, envs, help, minimum, maximum, positive, choices, address, optional
+    )
+    return field(default=default, repr=not secret, metadata={_SETTING: declared})
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    listen: str = "127.0.0.1:50051"
+    """Every setting of `chatd serve`; each field's declaration (see `setting`) gives its
+    flag, variables, help and checks, so a setting is declared in this one place."""
+
+    listen: str = setting(
+        "127.0.0.1:50051", "host:port to serve gRPC on (port 0 picks one)", address=True
+    )
     # Not in repr: a URL may carry a password (print it through server.redact).
-    database_url: str = field(default="sqlite:///var/chatd.db", repr=False)
-    provider: str = "auto"
-    default_model: str = ""
-    grace_period: float = 10.0
-    cache_max_bytes: int = 64 * 1024 * 1024
-    sqlite_synchronous: str = "FULL"
-    postgres_schema: str = ""
-    postgres_max_connections: int = 10
-    echo_delay_ms: float = 0.0
-    echo_words_per_chunk: int = 4
-    log_format: str = "auto"
-    log_level: str = "info"
-    max_message_bytes: int = 8 * 1024 * 1024
-    # Python modules whose @tool functions are served, comma-separated.
-    tools: str = ""
-    # A JSON file of MCP servers ({"mcpServers": {...}}) whose tools are served; "" = none.
-    mcp_servers: str = ""
-    max_tool_rounds: int = 8
-    sweep_interval: float = 60.0
-    request_id_window: float = 24 * 3600.0
-    # Replies: kept this long after they end; a running background reply's lease.
-    reply_window: float = 24 * 3600.0
-    reply_lease: float = 10.0
-    reply_flush_interval: float = 0.2
+    database_url: str = setting(
+        "sqlite:///var/chatd.db",
+        "where sessions are stored: one of the URL forms below",
+        secret=True,
+    )
+    provider: str = setting("auto", "auto | echo | gemini", choices=PROVIDERS)
+    default_model: str = setting("", "model for sessions without one")
+    grace_period: float = setting(10.0, "seconds RPCs get at stop", minimum=0)
+    cache_max_bytes: int = setting(64 * 1024 * 1024, "cache cap (0=off)", minimum=0)
+    sqlite_synchronous: str = setting("FULL", "FULL | NORMAL", choices=SYNCHRONOUS)
+    postgres_schema: str = setting("", "schema for chatd's tables")
+    postgres_max_connections: int = setting(10, "connection pool size per replica", minimum=1)
+    echo_delay_ms: float = setting(0.0, "echo delay per delta", minimum=0)
+    echo_words_per_chunk: int = setting(4, "words per echo delta", minimum=1)
+    log_format: str = setting(
+        "auto", "auto (JSON unless a TTY) | json | console", choices=LOG_FORMATS
+    )
+    log_level: str = setting("info", "debug | info | warning | error", choices=LOG_LEVELS)
+    max_message_bytes: int = setting(8 * 1024 * 1024, "largest request", minimum=1024)
+    tools: str = setting("", "modules with @tool functions, comma-separated")
+    # A JSON file of MCP servers ({"mcpServers": {...}}) whose tools are served.
+    mcp_servers: str = setting("", "JSON file of MCP servers whose tools are served")
+    max_tool_rounds: int = setting(8, "tool rounds per turn", minimum=1, maximum=100)
+    sweep_interval: float = setting(60.0, "seconds between sweeps", positive=True)
+    request_id_window: float = setting(
+        24 * 3600.0, "seconds a request_id is remembered", positive=True
+    )
+    reply_window: float = setting(
+        24 * 3600.0, "seconds an ended reply is kept (GetReply, resume)", positive=True
+    )
+    reply_lease: float = setting(
+        10.0, "seconds before a dead replica's background replies fail", positive=True
+    )
+    reply_flush_interval: float = setting(
+        0.2, "seconds between stores of a background reply's events", minimum=0
+    )
     # Callers: API keys as "tenant:key" pairs and/or a file of "tenant key" lines.
-    api_keys: str = field(default="", repr=False)
-    api_keys_file: str = ""
-    insecure_no_auth: bool = False
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
+    api_keys: str = setting("", env="CHATD_API_KEYS", flag=False, secret=True)
+    api_keys_file: str = setting("", "file of 'tenant key' lines")
+    insecure_no_auth: bool = setting(False, "serve without keys")
+    tls_cert: str = setting("", "server certificate chain (PEM)")
+    tls_key: str = setting("", "server private key (PEM)")
+    tls_client_ca: str = setting("", "CA for client certs (mTLS)")
     # Limits.
-    max_text_chars: int = 100_000
-    max_parts: int = 64
-    max_sessions_per_tenant: int = 100_000
-    max_streams: int = 1000
-    max_streams_per_tenant: int = 100
+    max_text_chars: int = setting(100_000, "characters per message", minimum=1)
+    max_parts: int = setting(64, "parts per message", minimum=1)
+    max_sessions_per_tenant: int = setting(
+        100_000, "sessions a tenant may keep (0 = no cap)", minimum=0
+    )
+    max_streams: int = setting(1000, "concurrent streams (0 = no cap)", minimum=0)
+    max_streams_per_tenant: int = setting(
+        100, "concurrent streams of one tenant (0 = no cap)", minimum=0
+    )
     # Requests of at least large_request_bytes share large_request_budget bytes in flight.
-    large_request_bytes: int = 1024 * 1024
-    large_request_budget: int = 32 * 1024 * 1024
-    rate_limit: float = 500.0
-    rate_burst: float = 1000.0
-    keepalive_time: float = 60.0
-    keepalive_timeout: float = 20.0
-    max_connection_age: float = 1800.0
-    max_connection_age_grace: float = 300.0
-    # Prometheus GET /metrics, on its own port; empty turns it off.
-    metrics_listen: str = "127.0.0.1:9464"
-    # Connect, gRPC-Web and HTTP/JSON (server/http), on its own port; empty (default) = off.
-    http_listen: str = ""
-    # Seconds the HTTP listener waits for the next bytes of a request body, and for a
-    # request's line and headers in all (0 = forever).
-    http_body_timeout: float = 30.0
-    # Gemini: an API key, or Vertex AI with a project (and location).
-    gemini_api_key: str = field(default="", repr=False)
-    gemini_vertexai: bool = False
-    gemini_project: str = ""
-    gemini_location: str = ""
-    gemini_base_url: str = field(default="", repr=False)
-    gemini_timeout: float = 120.0
-    gemini_retry_attempts: int = 3
-    # Send session labels upstream as Vertex AI request labels.
-    gemini_forward_labels: bool = False
+    large_request_bytes: int = setting(
+        1024 * 1024, "size from which a request counts against the budget", minimum=0
+    )
+    large_request_budget: int = setting(
+        32 * 1024 * 1024, "bytes of large requests decoded at once (0 = no budget)", minimum=0
+    )
+    rate_limit: float = setting(500.0, "requests/s per tenant (0 = off)", minimum=0)
+    rate_burst: float = setting(1000.0, "requests a tenant may burst", minimum=0)
+    keepalive_time: float = setting(60.0, "seconds between pings", minimum=0)
+    keepalive_timeout: float = setting(20.0, "ping timeout", minimum=0)
+    max_connection_age: float = setting(
+        1800.0, "seconds before a connection is recycled (0 = never)", minimum=0
+    )
+    max_connection_age_grace: float = setting(
+        300.0, "seconds calls get to finish on a recycled connection", minimum=0
+    )
+    metrics_listen: str = setting(
+        "127.0.0.1:9464",
+        "host:port for Prometheus GET /metrics (empty = off)",
+        address=True,
+        optional=True,
+    )
+    http_listen: str = setting(
+        "",
+        "host:port for Connect, gRPC-Web and HTTP/JSON (empty = off)",
+        address=True,
+        optional=True,
+    )
+    http_body_timeout: float = setting(
+        30.0,
+        "seconds an HTTP request body may send nothing, and its headers may take (0 = none)",
+        minimum=0,
+    )
+    # Gemini: an API key, or Vertex AI with a project (and location); environment only.
+    gemini_api_key: str = setting(
+        "", env=("GEMINI_API_KEY", "GOOGLE_API_KEY"), flag=False, secret=True
+    )
+    gemini_vertexai: bool = setting(False, env="GOOGLE_GENAI_USE_VERTEXAI", flag=False)
+    gemini_project: str = setting("", env="GOOGLE_CLOUD_PROJECT", flag=False)
+    gemini_location: str = setting("", env="GOOGLE_CLOUD_LOCATION", flag=False)
+    gemini_base_url: str = setting(
+        "",
+        "Gemini API base URL",
+        env=("CHATD_GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"),
+        secret=True,
+    )
+    gemini_timeout: float = setting(120.0, "seconds per model call", positive=True)
+    gemini_retry_attempts: int = setting(
+        3, "tries per model call, first included", minimum=1, maximum=10
+    )
+    gemini_forward_labels: bool = setting(
+        False, "send session labels to Vertex AI as request labels"
+    )
 
     @property
     def tool_modules(self) -> tuple[str, ...]:
@@ -97,177 +202,29 @@ class Settings:
         return bool(self.gemini_api_key) or (self.gemini_vertexai and bool(self.gemini_project))
 
 
-# (field, flag, environment variables (the first one set wins), help)
-_OPTIONS: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
-    ("listen", "--listen", ("CHATD_LISTEN",), "host:port to serve gRPC on (port 0 picks one)"),
-    (
-        "database_url",
-        "--database-url",
-        ("CHATD_DATABASE_URL",),
-        "where sessions are stored: one of the URL forms below",
-    ),
-    ("provider", "--provider", ("CHATD_PROVIDER",), "auto | echo | gemini"),
-    (
-        "default_model",
-        "--default-model",
-        ("CHATD_DEFAULT_MODEL",),
-        "model for sessions without one",
-    ),
-    ("grace_period", "--grace-period", ("CHATD_GRACE_PERIOD",), "seconds RPCs get at stop"),
-    ("cache_max_bytes", "--cache-max-bytes", ("CHATD_CACHE_MAX_BYTES",), "cache cap (0=off)"),
-    ("sqlite_synchronous", "--sqlite-synchronous", ("CHATD_SQLITE_SYNCHRONOUS",), "FULL | NORMAL"),
-    (
-        "postgres_schema",
-        "--postgres-schema",
-        ("CHATD_POSTGRES_SCHEMA",),
-        "schema for chatd's tables",
-    ),
-    (
-        "postgres_max_connections",
-        "--postgres-max-connections",
-        ("CHATD_POSTGRES_MAX_CONNECTIONS",),
-        "connection pool size per replica",
-    ),
-    ("echo_delay_ms", "--echo-delay-ms", ("CHATD_ECHO_DELAY_MS",), "echo delay per delta"),
-    (
-        "echo_words_per_chunk",
-        "--echo-words-per-chunk",
-        ("CHATD_ECHO_WORDS_PER_CHUNK",),
-        "words per echo delta",
-    ),
-    (
-        "log_format",
-        "--log-format",
-        ("CHATD_LOG_FORMAT",),
-        "auto (JSON unless a TTY) | json | console",
-    ),
-    ("log_level", "--log-level", ("CHATD_LOG_LEVEL",), "debug | info | warning | error"),
-    ("max_message_bytes", "--max-message-bytes", ("CHATD_MAX_MESSAGE_BYTES",), "largest request"),
-    ("tools", "--tools", ("CHATD_TOOLS",), "modules with @tool functions, comma-separated"),
-    (
-        "mcp_servers",
-        "--mcp-servers",
-        ("CHATD_MCP_SERVERS",),
-        "JSON file of MCP servers whose tools are served",
-    ),
-    ("max_tool_rounds", "--max-tool-rounds", ("CHATD_MAX_TOOL_ROUNDS",), "tool rounds per turn"),
-    ("sweep_interval", "--sweep-interval", ("CHATD_SWEEP_INTERVAL",), "seconds between sweeps"),
-    (
-        "request_id_window",
-        "--request-id-window",
-        ("CHATD_REQUEST_ID_WINDOW",),
-        "seconds a request_id is remembered",
-    ),
-    (
-        "reply_window",
-        "--reply-window",
-        ("CHATD_REPLY_WINDOW",),
-        "seconds an ended reply is kept (GetReply, resume)",
-    ),
-    (
-        "reply_lease",
-        "--reply-lease",
-        ("CHATD_REPLY_LEASE",),
-        "seconds before a dead replica's background replies fail",
-    ),
-    (
-        "reply_flush_interval",
-        "--reply-flush-interval",
-        ("CHATD_REPLY_FLUSH_INTERVAL",),
-        "seconds between stores of a background reply's events",
-    ),
-    ("api_keys_file", "--api-keys-file", ("CHATD_API_KEYS_FILE",), "file of 'tenant key' lines"),
-    ("insecure_no_auth", "--insecure-no-auth", ("CHATD_INSECURE_NO_AUTH",), "serve without keys"),
-    ("tls_cert", "--tls-cert", ("CHATD_TLS_CERT",), "server certificate chain (PEM)"),
-    ("tls_key", "--tls-key", ("CHATD_TLS_KEY",), "server private key (PEM)"),
-    ("tls_client_ca", "--tls-client-ca", ("CHATD_TLS_CLIENT_CA",), "CA for client certs (mTLS)"),
-    ("max_text_chars", "--max-text-chars", ("CHATD_MAX_TEXT_CHARS",), "characters per message"),
-    ("max_parts", "--max-parts", ("CHATD_MAX_PARTS",), "parts per message"),
-    (
-        "max_sessions_per_tenant",
-        "--max-sessions-per-tenant",
-        ("CHATD_MAX_SESSIONS_PER_TENANT",),
-        "sessions a tenant may keep (0 = no cap)",
-    ),
-    ("max_streams", "--max-streams", ("CHATD_MAX_STREAMS",), "concurrent streams (0 = no cap)"),
-    (
-        "max_streams_per_tenant",
-        "--max-streams-per-tenant",
-        ("CHATD_MAX_STREAMS_PER_TENANT",),
-        "concurrent streams of one tenant (0 = no cap)",
-    ),
-    (
-        "large_request_bytes",
-        "--large-request-bytes",
-        ("CHATD_LARGE_REQUEST_BYTES",),
-        "size from which a request counts against the budget",
-    ),
-    (
-        "large_request_budget",
-        "--large-request-budget",
-        ("CHATD_LARGE_REQUEST_BUDGET",),
-        "bytes of large requests decoded at once (0 = no budget)",
-    ),
-    ("rate_limit", "--rate-limit", ("CHATD_RATE_LIMIT",), "requests/s per tenant (0 = off)"),
-    ("rate_burst", "--rate-burst", ("CHATD_RATE_BURST",), "requests a tenant may burst"),
-    ("keepalive_time", "--keepalive-time", ("CHATD_KEEPALIVE_TIME",), "seconds between pings"),
-    ("keepalive_timeout", "--keepalive-timeout", ("CHATD_KEEPALIVE_TIMEOUT",), "ping timeout"),
-    (
-        "max_connection_age",
-        "--max-connection-age",
-        ("CHATD_MAX_CONNECTION_AGE",),
-        "seconds before a connection is recycled (0 = never)",
-    ),
-    (
-        "max_connection_age_grace",
-        "--max-connection-age-grace",
-        ("CHATD_MAX_CONNECTION_AGE_GRACE",),
-        "seconds calls get to finish on a recycled connection",
-    ),
-    (
-        "metrics_listen",
-        "--metrics-listen",
-        ("CHATD_METRICS_LISTEN",),
-        "host:port for Prometheus GET /metrics (empty = off)",
-    ),
-    (
-        "http_listen",
-        "--http-listen",
-        ("CHATD_HTTP_LISTEN",),
-        "host:port for Connect, gRPC-Web and HTTP/JSON (empty = off)",
-    ),
-    (
-        "http_body_timeout",
-        "--http-body-timeout",
-        ("CHATD_HTTP_BODY_TIMEOUT",),
-        "seconds an HTTP request body may send nothing, and its headers may take (0 = none)",
-    ),
-    # Credentials come from the environment only, never from flags visible in `ps`.
-    ("api_keys", None, ("CHATD_API_KEYS",), ""),
-    ("gemini_api_key", None, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ""),
-    ("gemini_vertexai", None, ("GOOGLE_GENAI_USE_VERTEXAI",), ""),
-    ("gemini_project", None, ("GOOGLE_CLOUD_PROJECT",), ""),
-    ("gemini_location", None, ("GOOGLE_CLOUD_LOCATION",), ""),
-    (
-        "gemini_base_url",
-        "--gemini-base-url",
-        ("CHATD_GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"),
-        "Gemini API base URL",
-    ),
-    ("gemini_timeout", "--gemini-timeout", ("CHATD_GEMINI_TIMEOUT",), "seconds per model call"),
-    (
-        "gemini_retry_attempts",
-        "--gemini-retry-attempts",
-        ("CHATD_GEMINI_RETRY_ATTEMPTS",),
-        "tries per model call, first included",
-    ),
-    (
-        "gemini_forward_labels",
-        "--gemini-forward-labels",
-        ("CHATD_GEMINI_FORWARD_LABELS",),
-        "send session labels to Vertex AI as request labels",
-    ),
-)
+class Option(NamedTuple):
+    """A setting as the command line and environment see it."""
+
+    name: str
+    flag: str | None
+    envs: tuple[str, ...]
+    help: str
+    declared: Declared
+
+
+def _declare() -> tuple[Option, ...]:
+    options = []
+    for f in fields(Settings):
+        declared: Declared = f.metadata[_SETTING]
+        flag = None if declared.flag is None else "--" + f.name.replace("_", "-")
+        envs = declared.envs or ("CHATD_" + f.name.upper(),)
+        declared = replace(declared, flag=flag, envs=envs)
+        options.append(Option(f.name, flag, envs, declared.help, declared))
+    return tuple(options)
+
+
+# Every setting, in declaration order.
+OPTIONS: tuple[Option, ...] = _declare()
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -326,7 +283,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per setting to `parser` (each with its default and variable) and the
     database URL forms to its epilog; flags left out parse as None, so that
     `from_arguments` can tell them from values given."""
-    for name, flag, envs, help_ in _OPTIONS:
+    for name, flag, envs, help_, _ in OPTIONS:
         if flag is None:
             continue
         described = f"{help_} (default: {_shown_default(name)}; env {envs[0]})"
@@ -370,7 +327,7 @@ def read(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
     server (`chatd health`), where a refusal about another setting would be beside the point.
     Raises SettingsError for a value of the wrong type."""
     values: dict[str, object] = {}
-    for name, flag, envs, _ in _OPTIONS:
+    for name, flag, envs, _, _ in OPTIONS:
         raw = getattr(args, name, None)
         source = flag or ""
         if raw is None:
@@ -386,7 +343,7 @@ def read(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
 
 def variable_names() -> tuple[str, ...]:
     """Every CHATD_* environment variable chatd reads."""
-    return tuple(e for _, _, envs, _ in _OPTIONS for e in envs if e.startswith("CHATD_"))
+    return tuple(e for o in OPTIONS for e in o.envs if e.startswith("CHATD_"))
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
@@ -417,29 +374,36 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _check_declared(settings: Settings, option: Option) -> None:
+    value = getattr(settings, option.name)
+    rule = option.declared
+    source = rule.source
+    if rule.address and (value or not rule.optional):
+        try:
+            require_host(value)
+        except ValueError:
+            off = ", or empty to turn it off" if rule.optional else ""
+            raise SettingsError(f"{source}={value!r}: expected host:port{off}") from None
+    if rule.choices and str(value).lower() not in {c.lower() for c in rule.choices}:
+        raise SettingsError(f"{source}={value!r}: expected one of {', '.join(rule.choices)}")
+    if rule.positive and value <= 0:
+        raise SettingsError(f"{source}={value!r}: must be greater than 0")
+    if rule.minimum is not None and value < rule.minimum:
+        raise SettingsError(f"{source}={value!r}: must be at least {rule.minimum:g}")
+    if rule.maximum is not None and value > rule.maximum:
+        raise SettingsError(f"{source}={value!r}: must be at most {rule.maximum:g}")
+
+
 def validate(settings: Settings) -> None:
-    host, sep, port = settings.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise SettingsError(f"CHATD_LISTEN/--listen={settings.listen!r}: expected host:port")
-    if settings.metrics_listen:
-        m_host, m_sep, m_port = settings.metrics_listen.rpartition(":")
-        if not m_sep or not m_host or not m_port.isdigit() or int(m_port) > 65535:
-            raise SettingsError(
-                f"CHATD_METRICS_LISTEN/--metrics-listen={settings.metrics_listen!r}: "
-                "expected host:port, or empty to turn metrics off"
-            )
-    if settings.http_listen:
-        h_host, h_sep, h_port = settings.http_listen.rpartition(":")
-        if not h_sep or not h_host or not h_port.isdigit() or int(h_port) > 65535:
-            raise SettingsError(
-                f"CHATD_HTTP_LISTEN/--http-listen={settings.http_listen!r}: "
-                "expected host:port, or empty to turn the HTTP listener off"
-            )
+    """Raises SettingsError, naming the variable and flag, for the first setting that
+    breaks its declared checks (see `setting`) or a rule between settings."""
+    for option in OPTIONS:
+        _check_declared(settings, option)
     has_keys = bool(settings.api_keys or settings.api_keys_file)
     for address in (settings.listen, settings.http_listen):
         if not address or has_keys or settings.insecure_no_auth:
             continue
-        if not _loopback(address.rpartition(":")[0]):
+        if not _loopback(parse_host_port(address).host):
             raise SettingsError(
                 f"refusing to listen on {address} without API keys: anyone who can reach "
                 "it could read and write every session. Set CHATD_API_KEYS or "
@@ -449,58 +413,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("CHATD_TLS_CERT and CHATD_TLS_KEY go together")
     if settings.tls_client_ca and not settings.tls_cert:
         raise SettingsError("CHATD_TLS_CLIENT_CA (mutual TLS) needs CHATD_TLS_CERT and KEY")
-    for name in (
-        "max_text_chars",
-        "max_parts",
-        "max_sessions_per_tenant",
-        "max_streams",
-        "max_streams_per_tenant",
-        "large_request_bytes",
-        "large_request_budget",
-        "rate_limit",
-        "rate_burst",
-        "keepalive_time",
-        "keepalive_timeout",
-        "max_connection_age",
-        "max_connection_age_grace",
-    ):
-        if getattr(settings, name) < 0:
-            raise SettingsError(f"{name} must not be negative")
-    if settings.max_text_chars < 1 or settings.max_parts < 1:
-        raise SettingsError("CHATD_MAX_TEXT_CHARS and CHATD_MAX_PARTS must be at least 1")
-    if settings.provider not in PROVIDERS:
-        raise SettingsError(f"CHATD_PROVIDER={settings.provider!r}: expected one of {PROVIDERS}")
-    if settings.log_format not in LOG_FORMATS:
-        raise SettingsError(f"CHATD_LOG_FORMAT={settings.log_format!r}: one of {LOG_FORMATS}")
-    if settings.log_level.lower() not in LOG_LEVELS:
-        raise SettingsError(f"CHATD_LOG_LEVEL={settings.log_level!r}: one of {LOG_LEVELS}")
-    if settings.sqlite_synchronous.upper() not in SYNCHRONOUS:
-        raise SettingsError(
-            f"CHATD_SQLITE_SYNCHRONOUS={settings.sqlite_synchronous!r}: one of {SYNCHRONOUS}"
-        )
-    for name in ("grace_period", "cache_max_bytes", "echo_delay_ms", "http_body_timeout"):
-        if getattr(settings, name) < 0:
-            raise SettingsError(f"{name} must not be negative")
-    if settings.echo_words_per_chunk < 1:
-        raise SettingsError("CHATD_ECHO_WORDS_PER_CHUNK must be at least 1")
-    if settings.postgres_max_connections < 1:
-        raise SettingsError("CHATD_POSTGRES_MAX_CONNECTIONS must be at least 1")
-    if settings.sweep_interval <= 0 or settings.request_id_window <= 0:
-        raise SettingsError("CHATD_SWEEP_INTERVAL and CHATD_REQUEST_ID_WINDOW must be positive")
-    if settings.reply_window <= 0 or settings.reply_lease <= 0:
-        raise SettingsError("CHATD_REPLY_WINDOW and CHATD_REPLY_LEASE must be positive")
-    if settings.reply_flush_interval < 0:
-        raise SettingsError("CHATD_REPLY_FLUSH_INTERVAL must not be negative")
-    if not 1 <= settings.max_tool_rounds <= 100:
-        raise SettingsError("CHATD_MAX_TOOL_ROUNDS must be between 1 and 100")
-    if settings.gemini_timeout <= 0:
-        raise SettingsError("CHATD_GEMINI_TIMEOUT must be positive")
-    if not 1 <= settings.gemini_retry_attempts <= 10:
-        raise SettingsError("CHATD_GEMINI_RETRY_ATTEMPTS must be between 1 and 10")
     if settings.provider == "gemini" and not settings.gemini_configured:
         raise SettingsError(
             "CHATD_PROVIDER=gemini needs GEMINI_API_KEY (or GOOGLE_API_KEY), or "
             "GOOGLE_GENAI_USE_VERTEXAI=true with GOOGLE_CLOUD_PROJECT"
         )
-    if settings.max_message_bytes < 1024:
-        raise SettingsError("CHATD_MAX_MESSAGE_BYTES must be at least 1024")

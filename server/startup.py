@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from server.addresses import parse_host_port
+
 
 class StartupError(Exception):
     """chatd cannot start: `path` (a file, directory or address) is unusable because of
@@ -47,12 +49,14 @@ def bind_error(
 
 
 def _in_use(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not port.isdigit() or int(port) == 0:
+    try:
+        host, port = parse_host_port(address)
+    except ValueError:
+        return False
+    if port == 0:
         return False
     try:
-        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
     except OSError:
         return False
     for family, kind, proto, _, sockaddr in infos:

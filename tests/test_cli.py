@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from server.config import _OPTIONS, DATABASE_URL_FORMS, Settings
+from server.config import DATABASE_URL_FORMS, OPTIONS, Settings
 from server.store import open_store, shared_url
 from tests.certs import make_pki
 from tests.conftest import StartChatd
@@ -94,7 +94,7 @@ async def test_serve_help_shows_every_flag_its_default_and_variable_and_every_ur
     assert code == 0
     flat = " ".join(out.split())  # argparse wraps lines wherever it likes
     defaults = Settings()
-    for name, flag, envs, _ in _OPTIONS:
+    for name, flag, envs, _, _ in OPTIONS:
         if flag is None:
             assert envs[0] in flat  # credentials: named in the epilog, never flags
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from chatd.v1 import chat_service_pb2 as pb
-from server.config import _OPTIONS
+from server.config import OPTIONS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -24,7 +24,7 @@ def test_every_rpc_of_the_contract_is_in_the_api_overview() -> None:
 def test_every_setting_is_in_the_configuration_reference() -> None:
     missing = [
         env
-        for _, flag, envs, _ in _OPTIONS
+        for _, flag, envs, _, _ in OPTIONS
         for env in envs[:1]
         if f"`{env}`" not in README or (flag is not None and f"`{flag}`" not in README)
     ]

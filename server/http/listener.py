@@ -43,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from chatd.v1.chat_service_connect import ChatServiceASGIApplication
+from server.addresses import parse_host_port
 from server.http.errors import error_json
 from server.http.ndjson import HTTP_STATUS, NdjsonStreams, Receive, Scope, Send
 from server.http.service import (
@@ -484,11 +485,10 @@ def _route_uvicorn_logs() -> None:
 def bind(address: str) -> socket.socket:
     """A listening socket on `address` (host:port, port 0 picks one); a StartupError naming
     CHATD_HTTP_LISTEN when it cannot be had."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, int(port)), family=family)
+        parsed = parse_host_port(address)
+        family = socket.AF_INET6 if parsed.ipv6 else socket.AF_INET
+        return socket.create_server(tuple(parsed), family=family)
     except (OSError, ValueError) as exc:
         raise bind_error(
             address,
