@@ -169,7 +169,7 @@ class TurnEngine:
         self._max_tool_rounds = max_tool_rounds
         self._clock = clock
         # Held for the whole turn (see SessionLocks).
-        self._locks = locks or SessionLocks()
+        self._locks = locks if locks is not None else SessionLocks()
         # Each session's running turn, for CancelReply.
         self._running: dict[tuple[str, str], _Running] = {}
 
