@@ -5,28 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from chatd.v1 import chat_service_pb2 as pb
-from server.rpc.errors import STATUS_DETAILS_KEY
 
 
 def rich_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
     """The google.rpc details of a failed call, keyed by their message name."""
     found: dict[str, Any] = {}
-    for key, value in error.trailing_metadata() or ():
-        if key == STATUS_DETAILS_KEY:
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                for cls in (
-                    error_details_pb2.ErrorInfo,
-                    error_details_pb2.BadRequest,
-                    error_details_pb2.RetryInfo,
-                ):
-                    if detail.Is(cls.DESCRIPTOR):
-                        message = cls()
-                        detail.Unpack(message)
-                        found[cls.DESCRIPTOR.name] = message
+    # from_call also checks that the trailer's code and message are the call's own.
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        for cls in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+        ):
+            if detail.Is(cls.DESCRIPTOR):
+                message = cls()
+                detail.Unpack(message)
+                found[cls.DESCRIPTOR.name] = message
     return found
 
 

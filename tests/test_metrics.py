@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import inspect
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -451,18 +452,28 @@ def test_failing_cache_stats_leave_the_other_metrics_scrapable() -> None:
 # ----------------------------------------------------------------------------- HTTP
 
 
-async def http_get(port: int, path: str) -> tuple[int, dict[str, str], str]:
-    """One HTTP/1.0 GET on 127.0.0.1: status, headers (lower-case names) and body."""
+async def http_request(
+    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.0 request on 127.0.0.1: status, headers (lower-case names) and body."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    lines = [f"{method} {path} HTTP/1.0", "Host: 127.0.0.1"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
     raw = await asyncio.wait_for(reader.read(), 2)
     writer.close()
     await writer.wait_closed()
-    head, _, body = raw.decode().partition("\r\n\r\n")
-    status_line, *header_lines = head.split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-    return int(status_line.split()[1]), headers, body
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), fields, body
+
+
+async def http_get(port: int, path: str) -> tuple[int, dict[str, str], str]:
+    """One HTTP/1.0 GET on 127.0.0.1: status, headers (lower-case names) and body."""
+    status, headers, body = await http_request(port, path)
+    return status, headers, body.decode()
 
 
 async def test_endpoint_serves_the_exposition_at_metrics_and_404_elsewhere() -> None:
@@ -482,6 +493,49 @@ async def test_endpoint_serves_the_exposition_at_metrics_and_404_elsewhere() -> 
 
         for path in ("/", "/metrics/extra", "/favicon.ico"):
             assert (await http_get(server.port, path))[0] == 404
+    finally:
+        await server.close()
+
+
+async def test_endpoint_negotiates_openmetrics_gzip_and_methods_as_prometheus_client_does() -> None:
+    metrics = Metrics()
+    metrics.rpc_finished("/chatd.v1.ChatService/SendMessage", "OK", 0.2, streaming=False)
+    server = await start_metrics_server(metrics, "127.0.0.1", 0)
+    try:
+        accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+        status, headers, body = await http_request(server.port, "/metrics", accept)
+        assert status == 200
+        assert headers["content-type"].startswith("application/openmetrics-text")
+        assert body.decode().endswith("# EOF\n")
+
+        status, headers, body = await http_request(
+            server.port, "/metrics", {"Accept-Encoding": "gzip"}
+        )
+        assert status == 200 and headers["content-encoding"] == "gzip"
+        assert b"# TYPE chatd_rpc_requests_total counter" in gzip.decompress(body)
+
+        # name[] selects series, as prometheus_client's exposition reads it.
+        query = "/metrics?name[]=chatd_rpc_requests_total"
+        text = (await http_get(server.port, query))[2]
+        assert "chatd_rpc_requests_total{" in text and "chatd_model_call" not in text
+
+        assert (await http_request(server.port, "/metrics", method="POST"))[0] == 405
+        status, headers, _ = await http_request(server.port, "/metrics", method="OPTIONS")
+        assert status == 200 and headers["allow"] == "OPTIONS,GET"
+    finally:
+        await server.close()
+
+
+async def test_a_silent_client_is_dropped_and_holds_up_no_scrape() -> None:
+    server = await start_metrics_server(Metrics(), "127.0.0.1", 0, client_timeout=0.05)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # Connected, and nothing sent: another scrape is answered meanwhile...
+        assert (await http_get(server.port, "/metrics"))[0] == 200
+        # ...and the server closes the silent connection (end of stream) without a reply.
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
     finally:
         await server.close()
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
@@ -19,20 +18,12 @@ from server.sessions.ports import ReplyState, ReplyWrite
 from server.store import SqliteStore
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
-from tests.helpers import all_messages
-
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
+from tests.helpers import all_messages, rich_details
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == STATUS_DETAILS_KEY:
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info.reason
-    return ""
+    info = rich_details(error).get("ErrorInfo")
+    return info.reason if info is not None else ""
 
 
 async def read_all(call: Any) -> list[pb.StreamReplyResponse]:

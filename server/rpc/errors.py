@@ -1,17 +1,22 @@
-"""Domain errors as gRPC statuses (each error names its code), with google.rpc rich details."""
+"""Domain errors as gRPC statuses (each error names its code), with google.rpc rich details.
+
+The details travel as gRPC's richer error model
+(https://grpc.io/docs/guides/error/#richer-error-model): a google.rpc.Status in the
+`grpc-status-details-bin` trailer, whose code and message repeat the call's. grpcio-status
+(`grpc_status.rpc_status.to_status`) builds that trailer and the grpc.Status a handler aborts
+with; what stays here is chatd's own part, which details an error carries.
+"""
 
 from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from server.sessions import errors
 
 DOMAIN = "chatd"
-
-
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def code_for(exc: errors.ChatdError) -> grpc.StatusCode:
@@ -47,5 +52,18 @@ def rich_status(code: grpc.StatusCode, message: str, exc: errors.ChatdError) -> 
     return status
 
 
-def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
-    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+def grpc_status(exc: errors.ChatdError, *trailers: tuple[str, str | bytes]) -> grpc.Status:
+    """The grpc.Status to end a call with for `exc` (ServicerContext.abort_with_status): its
+    code and message, and trailing metadata of `grpc-status-details-bin` (rich_status,
+    serialized) followed by `trailers`.
+
+    Aborting replaces whatever trailing metadata the call had set, so trailers it must keep
+    (its request id) are passed here.
+    """
+    status = rpc_status.to_status(rich_status(code_for(exc), exc.message, exc))
+    if not trailers:
+        return status  # type: ignore[no-any-return]
+    # to_status returns a namedtuple (code, details, trailing_metadata).
+    return status._replace(  # type: ignore[no-any-return]
+        trailing_metadata=(*status.trailing_metadata, *trailers)
+    )

@@ -16,7 +16,7 @@ import structlog
 
 from server.metrics import NO_RPC_METRICS, RpcObserver
 from server.rpc.calls import TENANT
-from server.rpc.errors import code_for, rich_status, trailing_metadata
+from server.rpc.errors import code_for, grpc_status
 from server.rpc.guards import ApiKeys, ByteBudget, RateLimiter, StreamSlots
 from server.sessions.errors import ChatdError, InvalidArgument, Unauthenticated, Unimplemented
 from server.sessions.model import DEFAULT_TENANT
@@ -131,14 +131,7 @@ def outcome(exc: BaseException) -> str:
 
 async def _abort(context: Context, exc: Exception, request_id: str) -> None:
     """Ends the RPC with the status `exc` maps to. Always raises."""
-    detail = wire_error(exc)
-    code = code_for(detail)
-    status = rich_status(code, detail.message, detail)
-    metadata: tuple[tuple[str, str | bytes], ...] = (
-        *trailing_metadata(status),
-        (REQUEST_ID_KEY, request_id),
-    )
-    await context.abort(code, detail.message, metadata)
+    await context.abort_with_status(grpc_status(wire_error(exc), (REQUEST_ID_KEY, request_id)))
 
 
 def _code_name(context: Context) -> str:

@@ -48,7 +48,9 @@ class Tool:
     parameters: Mapping[str, Any]
     function: Callable[..., Any]
     timeout: float = DEFAULT_TIMEOUT
-    # Per-argument conversions from JSON to the annotated Python type (Enum members, tuples).
+    # Per-argument conversions from checked JSON to the annotated Python type (Enum members,
+    # tuples, dataclasses); derived tools use pydantic's adapter for the annotation. A
+    # conversion may raise ArgumentError.
     converters: Mapping[str, Converter] = field(default_factory=dict)
     # Optional parameters without a default, passed None when the model leaves them out.
     none_when_absent: frozenset[str] = frozenset()

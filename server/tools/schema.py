@@ -1,4 +1,19 @@
-"""A small JSON Schema checker and validator for tool parameters: the subset tools use."""
+"""A small JSON Schema checker and validator for tool parameters: the subset tools use.
+
+Why hand-written, rather than the `jsonschema` package (installed, for mcp) or pydantic's
+validation: schemas come without a Python type (hand-written ones, an MCP server's), so
+pydantic cannot check them, and jsonschema knows no "nullable" (OpenAPI's, which Gemini's
+schemas use) and converts nothing, while arguments arrive through a protobuf Struct, whose
+numbers are all doubles, so an integer comes as 3.0 and must reach the function as 3. The
+validator converts as it checks, and names every problem by the argument's path in words
+the model can act on ("args.count: 0 is less than the minimum 1"), all problems at once.
+Keeping to a small subset is itself the point: check_schema refuses, when a tool is
+defined, every keyword validate does not enforce, so no schema promises the model a check
+that is skipped.
+
+gemini_subset brings a generated schema (pydantic's, for a Python tool's parameters) into
+that subset: it inlines $defs, drops titles and writes `X | None` as a type list.
+"""
 
 # Objects that declare `properties` are closed unless `additionalProperties` says otherwise:
 # a model that invents an argument ("tz" for "timezone") is told so instead of having the
@@ -11,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from server.tools.jsonvalues import json_equal, json_type_name, show
+from server.tools.jsonvalues import NotJSONError, json_equal, json_type_name, show, to_json_value
 
 JSON_TYPES = frozenset({"string", "integer", "number", "boolean", "array", "object", "null"})
 # Keywords the validator enforces; anything else a schema uses must be a pure annotation.
@@ -40,6 +55,21 @@ _ANNOTATIONS = frozenset(
 )
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+# What gemini_subset keeps beside the enforced keywords: descriptions for the model. A
+# generated "format" is not kept: it stands for a conversion (date, bytes) nothing checks.
+_KEPT_ANNOTATIONS = frozenset({"description", "default", "examples"})
+_DEFS_PREFIX = "#/$defs/"
+_NULL = {"type": "null"}
+
+
+class UnsupportedSchema(ValueError):
+    """A generated schema needs what chatd does not check; `keyword` names the keyword."""
+
+    def __init__(self, message: str, keyword: str) -> None:
+        super().__init__(message)
+        self.keyword = keyword
 
 
 class ArgumentError(ValueError):
@@ -96,6 +126,83 @@ def check_schema(schema: object, path: str = "parameters") -> None:
             not isinstance(value, int) or isinstance(value, bool) or value < 0
         ):
             raise ValueError(f"{where}: must be a non-negative integer")
+
+
+def gemini_subset(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A generated JSON schema (pydantic's TypeAdapter.json_schema(), for one) in the subset
+    check_schema accepts and Gemini's parametersJsonSchema reads, "type" first.
+
+    `$ref`s to "#/$defs/..." are replaced by the definitions they name; "title" is dropped;
+    `anyOf: [S, {"type": "null"}]` becomes S with "null" added to its type; "const" becomes a
+    one-value "enum"; what only says "anything" (`items: {}`, `additionalProperties: true`
+    on an object without properties) is dropped; a "default" with no JSON form is dropped.
+    Raises UnsupportedSchema for any other keyword outside the enforced subset (including
+    "format"), any other anyOf, or a recursive reference.
+    """
+    return _subset(schema, schema.get("$defs", {}), ())
+
+
+def _subset(schema: object, defs: Mapping[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(schema, Mapping):
+        raise UnsupportedSchema(f"a schema must be an object, not {json_type_name(schema)}", "")
+    rest = dict(schema)
+    ref = rest.pop("$ref", None)
+    if ref is not None:
+        name = ref.removeprefix(_DEFS_PREFIX) if isinstance(ref, str) else ""
+        if not isinstance(ref, str) or not ref.startswith(_DEFS_PREFIX) or name not in defs:
+            raise UnsupportedSchema(f"$ref {ref!r} names no $defs entry", "$ref")
+        if name in seen:
+            raise UnsupportedSchema(f"{name} contains itself: recursive schemas", "$ref")
+        # Keywords beside a $ref (a description) apply on top of the definition.
+        return _subset({**defs[name], **rest}, defs, (*seen, name))
+    any_of = rest.pop("anyOf", None)
+    if any_of is not None:
+        others = [s for s in any_of if s != _NULL] if isinstance(any_of, list) else []
+        if len(others) != 1 or len(any_of) != 2:
+            raise UnsupportedSchema("only X | None unions are supported", "anyOf")
+        return _or_null({**_subset(others[0], defs, seen), **_subset(rest, defs, seen)})
+    out: dict[str, Any] = {}
+    for key, value in rest.items():
+        if key in ("title", "$defs"):
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "items":
+            if value != {}:
+                out[key] = _subset(value, defs, seen)
+        elif key == "properties" and isinstance(value, Mapping):
+            out[key] = {name: _subset(sub, defs, seen) for name, sub in value.items()}
+        elif key == "additionalProperties":
+            if value in (True, {}) and "properties" not in rest:
+                continue
+            out[key] = value if isinstance(value, bool) else _subset(value, defs, seen)
+        elif key == "default":
+            try:
+                out[key] = to_json_value(value, "default")
+            except NotJSONError:
+                continue
+        elif key in _ENFORCED or key in _KEPT_ANNOTATIONS:
+            out[key] = value
+        else:
+            raise UnsupportedSchema(
+                f"its JSON schema uses {key!r}, which chatd does not check", key
+            )
+    if "type" in out:
+        out = {"type": out.pop("type"), **out}
+    return out
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` that also admits null, in JSON Schema's own terms (a "type" list, null in
+    an "enum") rather than OpenAPI's "nullable"."""
+    kind = schema.get("type")
+    if kind is None:
+        return schema  # no type: anything, null included
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    out = {**schema, "type": [*kinds, "null"] if "null" not in kinds else kinds}
+    if "enum" in out and None not in out["enum"]:
+        out["enum"] = [*out["enum"], None]
+    return out
 
 
 def validate(schema: Mapping[str, Any], value: object, path: str = "args") -> Any:

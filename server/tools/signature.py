@@ -1,24 +1,52 @@
-"""JSON schemas for tool parameters derived from a function's signature and docstring."""
+"""JSON schemas for tool parameters derived from a function's signature and docstring.
+
+Each parameter's schema is pydantic's (`TypeAdapter(annotation).json_schema()`, so what
+pydantic reads from an annotation comes along: `Annotated[int, Field(ge=1)]` is a minimum,
+a dataclass or pydantic model is an object with its properties), put through
+schema.gemini_subset, which inlines $defs, drops titles and refuses what chatd's validator
+does not check (https://docs.pydantic.dev/latest/concepts/json_schema/). The same adapter
+turns a checked argument into the annotated type when the tool is called: an Enum member,
+a tuple, a dataclass, a float for a float parameter the model sent 2.
+
+Written here rather than left to pydantic (`create_model(...).model_json_schema()` for the
+whole signature):
+- the object around the parameters: pydantic would make an optional parameter without a
+  default (`x: int | None`) required and nullable, where chatd leaves it out of "required"
+  and passes None when the model does; and it reads no Google-style docstrings, which
+  describe the tool and its parameters here (docstrings.py);
+- refusals that pydantic's schema cannot show, made in its schema generator
+  (_ToolJsonSchema): dict keys other than str (`dict[int, X]` has the schema of
+  `dict[str, X]`, and pydantic would convert "1" to 1 behind the schema's back), and Enum
+  or Literal values that are not all str, all int or all bool (pydantic writes no "type"
+  for a mix, and floats compare inexactly); and a parameter whose schema admits anything
+  (Any, object), which tells the model nothing.
+"""
 
 from __future__ import annotations
 
-import collections.abc
-import enum
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import PydanticSerializationError, core_schema
+
 from server.tools.docstrings import parse_docstring
+from server.tools.jsonvalues import NotJSONError, to_json_value
+from server.tools.schema import ArgumentError, UnsupportedSchema, gemini_subset
 
 # Turns a validated JSON value into what the annotation asks for (an Enum member, a tuple).
 Converter = Callable[[Any], Any]
 
-_SCALARS: dict[object, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_SEQUENCES = (list, collections.abc.Sequence)
-_MAPPINGS = (dict, collections.abc.Mapping)
+_SCALARS: dict[object, str] = {str: "string", int: "integer", bool: "boolean"}
+_SUPPORTED = (
+    "use str, int, float, bool, list[X], dict[str, X], Literal[...], an Enum, a dataclass "
+    "or pydantic model, or X | None"
+)
 
 
 class UnsupportedAnnotation(ValueError):
@@ -54,17 +82,16 @@ def derive_parameters(function: Callable[..., Any], where: str) -> DerivedParame
             )
         if param.name not in hints:
             raise ValueError(f"tool {where}: parameter {param.name!r} has no type annotation")
-        annotation, annotated_text = _strip_annotated(hints[param.name])
-        optional, annotation = _strip_optional(annotation)
+        optional, annotation, annotated_text = _strip_optional(hints[param.name])
         try:
-            schema, converter = annotation_schema(annotation)
+            adapter, schema = annotation_schema(annotation)
         except UnsupportedAnnotation as e:
             raise ValueError(f"tool {where}: parameter {param.name!r}: {e}") from None
         text = doc.args.get(param.name) or annotated_text
         if text:
-            schema = {**schema, "description": text}
+            schema["description"] = text
         if param.default is not param.empty:
-            default = _json_default(param.default)
+            default = _json_default(adapter, param.default)
             if default is not _NOT_JSON:
                 schema["default"] = default
         elif optional:
@@ -72,8 +99,7 @@ def derive_parameters(function: Callable[..., Any], where: str) -> DerivedParame
         else:
             required.append(param.name)
         properties[param.name] = schema
-        if converter is not None:
-            converters[param.name] = converter
+        converters[param.name] = _converter(param.name, adapter)
     unknown = sorted(set(doc.args) - set(properties))
     if unknown:
         # A documented argument the function lacks is usually a rename the docstring missed.
@@ -84,108 +110,113 @@ def derive_parameters(function: Callable[..., Any], where: str) -> DerivedParame
     return DerivedParameters(schema_out, converters, frozenset(none_when_absent), doc.summary)
 
 
-def annotation_schema(annotation: Any) -> tuple[dict[str, Any], Converter | None]:
-    """The JSON schema of one (non-optional) annotation and its converter, if it needs one."""
-    annotation, _ = _strip_annotated(annotation)
-    if annotation in _SCALARS:
-        return {"type": _SCALARS[annotation]}, None
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return _enum_schema(annotation), annotation
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation in _SEQUENCES or origin in _SEQUENCES:
-        if not args:
-            return {"type": "array"}, None
-        items, item_converter = annotation_schema(args[0])
-        return {"type": "array", "items": items}, _each(item_converter)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        items, item_converter = annotation_schema(args[0])
-        each = _each(item_converter)
-        return {"type": "array", "items": items}, lambda v: tuple(each(v) if each else v)
-    if annotation in _MAPPINGS or origin in _MAPPINGS:
-        if args and args[0] is not str:
-            raise UnsupportedAnnotation(f"{_show(annotation)}: JSON object keys are strings")
-        return {"type": "object"}, None
-    if origin is typing.Literal:
-        return _literal_schema(annotation, args), None
-    if origin in (typing.Union, types.UnionType):
+def annotation_schema(annotation: Any) -> tuple[pydantic.TypeAdapter[Any], dict[str, Any]]:
+    """pydantic's adapter for one (non-optional) annotation, and its JSON schema in the
+    subset chatd checks. Raises UnsupportedAnnotation."""
+    try:
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(annotation)
+        generated = adapter.json_schema(schema_generator=_ToolJsonSchema)
+    except pydantic.PydanticUserError:
+        # No pydantic schema (a plain class) or no JSON schema (a Callable) for it.
         raise UnsupportedAnnotation(
-            f"unsupported annotation {_show(annotation)} (only X | None unions are supported)"
-        )
-    raise UnsupportedAnnotation(
-        f"unsupported annotation {_show(annotation)} (use str, int, float, bool, list[X], "
-        "dict[str, X], Literal[...], an Enum, or X | None)"
-    )
-
-
-def _enum_schema(cls: type[enum.Enum]) -> dict[str, Any]:
-    values = [member.value for member in cls]
-    kind = _same_scalar_type(values)
-    if kind is None:
-        raise UnsupportedAnnotation(f"enum {cls.__name__}: values must all be str or all be int")
-    return {"type": kind, "enum": values}
-
-
-def _literal_schema(annotation: Any, values: tuple[Any, ...]) -> dict[str, Any]:
-    kind = _same_scalar_type(list(values))
-    if kind is None:
+            f"unsupported annotation {_show(annotation)} ({_SUPPORTED})"
+        ) from None
+    except UnsupportedAnnotation as e:
+        raise UnsupportedAnnotation(f"unsupported annotation {_show(annotation)}: {e}") from None
+    try:
+        schema = gemini_subset(generated)
+    except UnsupportedSchema as e:
+        # A union or a recursive type has no better spelling to suggest.
+        reason = f"({e})" if e.keyword in ("anyOf", "$ref") else f"({e}; {_SUPPORTED})"
         raise UnsupportedAnnotation(
-            f"{_show(annotation)}: literal values must all be str, all int or all bool"
-        )
-    return {"type": kind, "enum": list(values)}
+            f"unsupported annotation {_show(annotation)} {reason}"
+        ) from None
+    if schema.get("type") in (None, "null"):
+        # Any or object (a schema that admits everything), or None: nothing to tell the model.
+        raise UnsupportedAnnotation(f"unsupported annotation {_show(annotation)} ({_SUPPORTED})")
+    return adapter, schema
 
 
-def _same_scalar_type(values: list[Any]) -> str | None:
+class _ToolJsonSchema(GenerateJsonSchema):
+    """pydantic's JSON schema generator, refusing what the schema it writes cannot show."""
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        keys = schema.get("keys_schema", {"type": "any"})
+        if keys["type"] not in ("str", "any"):
+            raise UnsupportedAnnotation("JSON object keys are strings")
+        return super().dict_schema(schema)
+
+    def enum_schema(self, schema: core_schema.EnumSchema) -> JsonSchemaValue:
+        if _same_scalar_type(member.value for member in schema["members"]) is None:
+            name = schema["cls"].__name__
+            raise UnsupportedAnnotation(f"enum {name}: values must all be str or all be int")
+        return super().enum_schema(schema)
+
+    def literal_schema(self, schema: core_schema.LiteralSchema) -> JsonSchemaValue:
+        if _same_scalar_type(schema["expected"]) is None:
+            raise UnsupportedAnnotation("literal values must all be str, all int or all bool")
+        return super().literal_schema(schema)
+
+
+def _same_scalar_type(values: Iterable[Any]) -> str | None:
     # type() rather than isinstance: True is an int, and an IntEnum value must stay an int.
     kinds = {_SCALARS.get(type(v)) for v in values}
-    if len(kinds) != 1 or None in kinds or "number" in kinds:
+    if len(kinds) != 1 or None in kinds:
         return None
     return kinds.pop()
 
 
-def _each(converter: Converter | None) -> Converter | None:
-    if converter is None:
-        return None
-    return lambda values: [converter(v) for v in values]
+def _converter(name: str, adapter: pydantic.TypeAdapter[Any]) -> Converter:
+    def convert(value: Any) -> Any:
+        try:
+            return adapter.validate_python(value)
+        except pydantic.ValidationError as e:
+            # The schema was checked already: this is a validator of the annotation's own
+            # (an AfterValidator in Annotated[...], say).
+            raise ArgumentError(
+                [f"args.{name}{_location(error['loc'])}: {error['msg']}" for error in e.errors()]
+            ) from None
+
+    return convert
 
 
-def _strip_annotated(annotation: Any) -> tuple[Any, str]:
-    """Annotated[X, "text"] → X and "text" (a fallback parameter description)."""
+def _location(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
+def _strip_optional(annotation: Any) -> tuple[bool, Any, str]:
+    """Whether `annotation` is X | None, X (its Annotated[...] metadata kept), and the first
+    string in that metadata (a fallback parameter description)."""
+    metadata: tuple[Any, ...] = ()
     if typing.get_origin(annotation) is typing.Annotated:
-        base, *extras = typing.get_args(annotation)
-        return base, next((x for x in extras if isinstance(x, str)), "")
-    return annotation, ""
-
-
-def _strip_optional(annotation: Any) -> tuple[bool, Any]:
+        annotation, *extras = typing.get_args(annotation)
+        metadata = tuple(extras)
+    optional = False
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1 and len(args) == 2:
-            return True, rest[0]
-    return False, annotation
+            optional, annotation = True, rest[0]
+    if metadata:
+        annotation = typing.Annotated[(annotation, *metadata)]
+    text = next((x for x in metadata if isinstance(x, str)), "")
+    return optional, annotation, text
 
 
 _NOT_JSON = object()
 
 
-def _json_default(value: Any) -> Any:
-    """The default as JSON, or _NOT_JSON when it has no JSON form (then it is just omitted)."""
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if value is None or type(value) in (str, int, bool):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else _NOT_JSON
-    if isinstance(value, list | tuple):
-        items = [_json_default(v) for v in value]
-        return _NOT_JSON if any(v is _NOT_JSON for v in items) else items
-    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        entries = {k: _json_default(v) for k, v in value.items()}
-        return _NOT_JSON if any(v is _NOT_JSON for v in entries.values()) else entries
-    return _NOT_JSON
+def _json_default(adapter: pydantic.TypeAdapter[Any], value: Any) -> Any:
+    """The default as JSON, or _NOT_JSON when it has none (NaN): then it is just omitted."""
+    try:
+        return to_json_value(adapter.dump_python(value, warnings=False), "default")
+    except (NotJSONError, PydanticSerializationError):
+        return _NOT_JSON
 
 
 def _show(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return f"Annotated[{_show(typing.get_args(annotation)[0])}, ...]"
     if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return annotation.__qualname__
     return repr(annotation).replace("typing.", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from typing import Any
 
@@ -26,6 +27,27 @@ async def error(name: str, **args: Any) -> str:
     message = outcome.response["error"]
     assert isinstance(message, str)
     return message
+
+
+# ----------------------------------------------------------------------------- declarations
+
+# The built-ins' parameters as the model is told them, recorded when chatd wrote schemas
+# itself, before pydantic derived them: the JSON text (key order too) must not change.
+DECLARED = {
+    "get_current_time": '{"type": "object", "properties": {"timezone": {"type": "string", '
+    '"description": "An IANA time zone name, such as \\"Europe/Paris\\", '
+    '\\"America/New_York\\" or \\"UTC\\".", "default": "UTC"}}}',
+    "calculate": '{"type": "object", "properties": {"expression": {"type": "string", '
+    '"description": "The expression, for example \\"(17 * 3 + 4) / 2\\" or '
+    '\\"sqrt(2) * pi\\"."}}, "required": ["expression"]}',
+    "date_diff": '{"type": "object", "properties": {"start": {"type": "string", '
+    '"description": "The first date, ISO 8601 (YYYY-MM-DD)."}, "end": {"type": "string", '
+    '"description": "The second date, ISO 8601 (YYYY-MM-DD)."}}, "required": ["start", "end"]}',
+}
+
+
+def test_builtin_declarations_are_the_schemas_chatd_always_declared() -> None:
+    assert {t.name: json.dumps(t.declaration.parameters) for t in BUILTIN_TOOLS} == DECLARED
 
 
 # ----------------------------------------------------------------------------- get_current_time

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
+from pydantic import Field
 
 from server.tools import Tool, ToolRegistry, tool
 
 
 class Point:
     x: int
+
+
+@dataclasses.dataclass
+class Tree:
+    value: int
+    children: list[Tree]
 
 
 class Mixed(enum.Enum):
@@ -60,6 +69,20 @@ def test_an_unsupported_annotation_is_refused_naming_function_and_parameter() ->
         (list[Point], "unsupported annotation"),
         (set[int], "unsupported annotation"),
         (bytes, "unsupported annotation"),
+        # pydantic writes a schema for these, with keywords chatd's validator does not check.
+        (bytes, "uses 'format'"),
+        (dt.date, "unsupported annotation date .*uses 'format'"),
+        (set[int], "uses 'uniqueItems'"),
+        (tuple[int, str], "uses 'prefixItems'"),
+        (Annotated[str, Field(pattern="^a")], r"Annotated\[str, \.\.\.\] .*uses 'pattern'"),
+        (Annotated[int, Field(multiple_of=2)], "uses 'multipleOf'"),
+        (list[int | str], "only X | None unions"),
+        (Literal[1.5, 2.5], "literal values must all be"),
+        (list[Mixed], "values must all be str or all be int"),
+        (dict[str, dict[int, str]], "JSON object keys are strings"),
+        (Tree, "Tree contains itself: recursive schemas"),
+        (object, "unsupported annotation object"),
+        (None, "unsupported annotation NoneType"),
     ],
 )
 def test_annotations_without_a_json_schema_form_are_refused(annotation: Any, message: str) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Optional
 
 import pytest
+from pydantic import AfterValidator, Field
 
-from server.tools import Tool, tool
+from server.tools import ArgumentError, Tool, tool
 
 
 class Color(enum.Enum):
@@ -43,7 +45,8 @@ def prop(t: Tool, name: str) -> Any:
             {"type": "array", "items": {"type": "array", "items": {"type": "boolean"}}},
         ),
         (dict, {"type": "object"}),
-        (dict[str, int], {"type": "object"}),
+        # pydantic's schema says what the values are, and the validator checks them.
+        (dict[str, int], {"type": "object", "additionalProperties": {"type": "integer"}}),
         (Mapping[str, Any], {"type": "object"}),
         (Literal["a", "b"], {"type": "string", "enum": ["a", "b"]}),
         (Literal[1, 2, 3], {"type": "integer", "enum": [1, 2, 3]}),
@@ -51,6 +54,26 @@ def prop(t: Tool, name: str) -> Any:
         (Color, {"type": "string", "enum": ["red", "green"]}),
         (Level, {"type": "integer", "enum": [1, 2]}),
         (list[Color], {"type": "array", "items": {"type": "string", "enum": ["red", "green"]}}),
+        (list[Any], {"type": "array"}),
+        # An optional inside a container admits null, in JSON Schema's own terms.
+        (list[int | None], {"type": "array", "items": {"type": ["integer", "null"]}}),
+        (
+            list[Color | None],
+            {
+                "type": "array",
+                "items": {"type": ["string", "null"], "enum": ["red", "green", None]},
+            },
+        ),
+        # pydantic's constraints in Annotated become the keywords chatd enforces.
+        (
+            Annotated[int, Field(ge=1, lt=10)],
+            {"type": "integer", "minimum": 1, "exclusiveMaximum": 10},
+        ),
+        (
+            Annotated[list[str], Field(min_length=1, max_length=3)],
+            {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        ),
+        (Annotated[str, Field(max_length=8)], {"type": "string", "maxLength": 8}),
     ],
 )
 def test_each_supported_annotation_maps_to_its_json_schema(annotation: Any, schema: Any) -> None:
@@ -175,6 +198,75 @@ def test_arguments_convert_enums_tuples_integral_floats_and_fill_absent_optional
         "maybe": None,
     }
     assert type(kwargs["n"]) is int
+
+
+@dataclasses.dataclass
+class Window:
+    """A time window."""
+
+    start: int
+    color: Color = Color.RED
+    label: str | None = None
+
+
+def test_a_dataclass_parameter_is_an_object_and_arrives_as_the_dataclass() -> None:
+    @tool
+    def book(window: Window, more: list[Window] = []) -> None:  # noqa: B006
+        """Books."""
+
+    window = {
+        "type": "object",
+        "description": "A time window.",
+        "properties": {
+            "start": {"type": "integer"},
+            "color": {"type": "string", "enum": ["red", "green"], "default": "red"},
+            "label": {"type": ["string", "null"], "default": None},
+        },
+        "required": ["start"],
+    }
+    assert book.parameters == {
+        "type": "object",
+        "properties": {
+            "window": window,
+            "more": {"type": "array", "items": window, "default": []},
+        },
+        "required": ["window"],
+    }
+    kwargs = book.arguments({"window": {"start": 9.0, "color": "green"}, "more": [{"start": 1}]})
+    assert kwargs == {"window": Window(9, Color.GREEN), "more": [Window(1)]}
+    with pytest.raises(ArgumentError, match=r"args\.window\.stop: unknown property"):
+        book.arguments({"window": {"start": 1, "stop": 2}})
+
+
+def test_dict_values_are_checked_against_their_annotation() -> None:
+    @tool
+    def f(counts: dict[str, int]) -> None:
+        """F."""
+
+    assert f.arguments({"counts": {"a": 1.0}}) == {"counts": {"a": 1}}
+    with pytest.raises(ArgumentError, match=r"args\.counts\.b: expected integer, got string"):
+        f.arguments({"counts": {"b": "x"}})
+
+
+def even(n: int) -> int:
+    if n % 2:
+        raise ValueError("must be even")
+    return n
+
+
+def test_a_validator_in_the_annotation_refuses_an_argument_naming_it() -> None:
+    @tool
+    def f(
+        n: Annotated[int, AfterValidator(even)],
+        points: tuple[Annotated[int, AfterValidator(even)], ...] = (),
+    ) -> None:
+        """F."""
+
+    assert f.arguments({"n": 4.0}) == {"n": 4}
+    with pytest.raises(ArgumentError, match=r"args\.n: Value error, must be even"):
+        f.arguments({"n": 3})
+    with pytest.raises(ArgumentError, match=r"args\.points\[1\]: Value error, must be even"):
+        f.arguments({"n": 2, "points": [2, 5]})
 
 
 def test_null_for_an_optional_argument_means_not_given() -> None:
