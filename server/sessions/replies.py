@@ -523,8 +523,11 @@ class Replies:
             error = exc
             raise
         except (asyncio.CancelledError, GeneratorExit):
+            # A caller that leaves once the commit has begun does not undo it: the turn
+            # is stored, and the reply's stored record says COMPLETED (see _end_locked).
             error = live.stop_error or Cancelled(
-                "the caller disconnected before the reply ended; nothing of the turn was stored",
+                "the caller disconnected before the reply ended; the turn is stored only if "
+                "its commit had begun",
                 reason="CALLER_DISCONNECTED",
             )
             raise
