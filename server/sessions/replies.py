@@ -297,7 +297,8 @@ class Replies:
     async def drain(self, grace: float) -> None:
         """Lets background replies finish within `grace` seconds; those still running
         then are stopped and fail UNAVAILABLE (REPLICA_STOPPING): retryable, nothing of
-        them stored."""
+        them stored. One whose commit had begun is not stopped by that: the write ends,
+        the turn is stored and the reply is COMPLETED."""
         self._draining = True  # no background reply starts from now on
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(grace, 0.0)
