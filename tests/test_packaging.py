@@ -233,7 +233,7 @@ def documented_docker_runs() -> list[str]:
     return runs
 
 
-def test_every_documented_docker_run_keeps_serving() -> None:
+def test_every_documented_docker_run_line_has_settings_chatd_serve_accepts() -> None:
     """A `docker run` line as documented starts a server that stays up: the image's
     environment (its ENV lines) plus the line's `-e` settings, and the flags after the image
     name, are settings `chatd serve` accepts. The image listens on 0.0.0.0, so a line
