@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
-# chatd: multi-stage image. Build: docker build -t chatd .  Run: docker run -p 50051:50051 chatd
+# chatd: multi-stage image. Build: docker build -t chatd .
+# Run: docker run -p 50051:50051 -v chatd-data:/data -e CHATD_API_KEYS=me:secret chatd
+# (it listens on 0.0.0.0, so it needs API keys, or CHATD_INSECURE_NO_AUTH=true on a trusted
+# network: without either chatd refuses to start)
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -1,4 +1,4 @@
-"""`python -m bench`: every scenario, a table against PRODUCT.md's targets, JSON results."""
+"""`python -m bench`: every scenario, a table against docs/promises.md's targets, JSON results."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checks against PRODUCT.md's targets, the stdout table, machine info and the JSON results file."""
+"""Checks against docs/promises.md's targets, the stdout table, machine info, the JSON results."""
 
 from __future__ import annotations
 

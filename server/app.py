@@ -262,7 +262,8 @@ class RunningServer:
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING; running RPCs and background replies get the grace period
         to finish (background replies still running then fail UNAVAILABLE, retryable,
-        with nothing of them stored); then everything closes."""
+        with nothing of them stored, except one whose commit had begun: that write ends
+        and the turn is stored); then everything closes."""
         grace = self.grace_period if grace is None else grace
         await self.health.enter_graceful_shutdown()
         stopping = [self.server.stop(grace), self.chats.drain(grace)]

@@ -952,7 +952,7 @@ def _check_thinking(config: Any) -> None:
 def _check_empty_text(contents: list[Any]) -> None:
     # Reported: a text part that is "" without a thought signature is refused ("Unable to
     # submit request because it has an empty text parameter"); the API itself streams
-    # {"text": "", "thoughtSignature": ...} and accepts it back (GEMINI_WIRE.md).
+    # {"text": "", "thoughtSignature": ...} and accepts it back (docs/gemini-wire.md).
     for i, content in enumerate(contents):
         for j, part in enumerate(get_field(content, "parts", default=[]) or []):
             if get_field(part, "text") == "" and not get_field(part, "thoughtSignature"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SERVER = Path(__file__).resolve().parent.parent / "server"
@@ -36,3 +38,18 @@ def test_only_the_gemini_provider_imports_google_genai_or_its_transport() -> Non
         )
     ]
     assert offenders == []
+
+
+def test_opening_a_sqlite_store_does_not_load_the_postgresql_driver(tmp_path: Path) -> None:
+    """asyncpg is installed with every chatd, but only a PostgreSQL URL imports it
+    (server/store/__init__.py): the application, and a SQLite store it opens, never load it."""
+    code = (
+        "import asyncio, sys, server.__main__, server.app\n"
+        "from server.store import open_store\n"
+        "async def main():\n"
+        f"    store = await open_store('sqlite:///{tmp_path}/chatd.db', cache_max_bytes=1 << 20)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+        "assert 'asyncpg' not in sys.modules, 'asyncpg was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=SERVER.parent, check=True, timeout=60)

@@ -1,11 +1,13 @@
 """Packaging: the declared minimums hold the generated code (protobuf's gencode refuses a
 runtime older than it, or of another major version, and the grpc stubs an older grpcio);
-the lock files match pyproject.toml; the Dockerfile installs the lock and checks health."""
+the lock files match pyproject.toml; the Dockerfile installs the lock and checks health, and
+its documented `docker run` lines give settings `chatd serve` accepts."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,9 +15,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from server import config
 from server.healthcheck import Probe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,3 +219,50 @@ def test_make_run_makes_the_default_databases_directory() -> None:
     ).stdout.splitlines()
     serve = next(i for i, line in enumerate(dry_run) if "-m server serve" in line)
     assert any(line.startswith("mkdir -p var") for line in dry_run[:serve]), dry_run
+
+
+def documented_docker_runs() -> list[str]:
+    """Every whole `docker run ... chatd ...` command line the Dockerfile and the README
+    show (`docker run -e` alone, or a line ending in `...`, is a fragment, not a command)."""
+    runs = []
+    for path in (ROOT / "Dockerfile", ROOT / "README.md"):
+        for match in re.finditer(r"docker run [^`\n]*\bchatd\b[^`\n]*", path.read_text()):
+            line = match.group(0).strip()
+            if not line.endswith("..."):
+                runs.append(line)
+    return runs
+
+
+def test_every_documented_docker_run_line_has_settings_chatd_serve_accepts() -> None:
+    """A `docker run` line as documented starts a server that stays up: the image's
+    environment (its ENV lines) plus the line's `-e` settings, and the flags after the image
+    name, are settings `chatd serve` accepts. The image listens on 0.0.0.0, so a line
+    without API keys (or CHATD_INSECURE_NO_AUTH) would exit at once (status 2)."""
+    _, final = stages()
+    image_env = dict(
+        item.split("=", 1) for i in final if i.keyword == "ENV" for item in shlex.split(i.arguments)
+    )
+    runs = documented_docker_runs()
+    assert len(runs) >= 2, runs  # the Dockerfile's own and the README's
+    for run in runs:
+        words = shlex.split(run)[2:]
+        env = dict(image_env)
+        while words[0].startswith("-"):
+            option, value = words[0], words[1]
+            words = words[2:]
+            if option in ("-e", "--env"):
+                name, _, setting = value.partition("=")
+                env[name] = setting
+        assert words[0] == "chatd", run  # the image, then `chatd serve`'s flags
+        config.load(words[1:], env)  # raises SettingsError where chatd would exit 2
+
+
+def test_the_images_listen_address_needs_keys_or_an_explicit_opt_out() -> None:
+    """What the documented lines guard against: the image's own settings alone are refused."""
+    _, final = stages()
+    image_env = dict(
+        item.split("=", 1) for i in final if i.keyword == "ENV" for item in shlex.split(i.arguments)
+    )
+    with pytest.raises(config.SettingsError, match="without API keys"):
+        config.load([], image_env)
+    config.load([], {**image_env, "CHATD_INSECURE_NO_AUTH": "true"})

@@ -24,7 +24,7 @@ from server.sessions.errors import Cancelled, NotFound
 from server.sessions.events import MessageCompleted, ReplyStarted, TurnCompleted, TurnEvent
 from server.sessions.idempotency import RequestKey
 from server.sessions.model import DEFAULT_TENANT, Message, Part, Role, SessionSettings
-from server.sessions.ports import ReplyEvents, SessionStore
+from server.sessions.ports import ReplyEvents, ReplyState, SessionStore
 from server.sessions.service import ChatSessions
 from server.store import CachedStore, MemoryStore, SqliteStore
 from server.tools import ToolRegistry
@@ -131,6 +131,39 @@ async def test_a_caller_leaving_mid_commit_holds_the_session_until_the_write_end
     assert latch.log[:2] == ["commit_turn end", "get_session"]
     history = await latch.inner.recent_messages(TENANT, "s")
     assert [m.text for m in history] == ["one", "Hello!", "two", "Hello!"]
+
+
+async def test_a_caller_leaving_mid_commit_leaves_the_stored_turn_and_a_completed_reply(
+    latch: LatchStore,
+) -> None:
+    """The caller's leaving does not undo a commit that has begun: the turn is stored, and
+    its reply ends COMPLETED with the turn as its outcome, not CANCELLED."""
+    chats = sessions(latch)
+    await chats.create(TENANT, SessionSettings(), "s")
+    latch.holding = True
+    stream = chats.run_turn(TENANT, "s", TurnInput(parts=(Part(text="one"),)))
+    started = await anext(stream)
+    assert isinstance(started, ReplyStarted)
+
+    async def follow() -> None:
+        async for _ in stream:
+            pass
+
+    caller = asyncio.create_task(follow())
+    await latch.entered.wait()
+    caller.cancel()  # the caller goes away while the turn is being written
+    latch.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+    history = await latch.inner.recent_messages(TENANT, "s")
+    assert [m.text for m in history] == ["one", "Hello!"]
+    record, _, stored = await chats.get_reply(TENANT, "s", started.reply_id, after=0, events=True)
+    assert record.state is ReplyState.COMPLETED
+    assert record.error is None
+    events = decode_events(stored, 0)
+    assert events[-1].HasField("reply")
+    assert events[-1].reply.text == "Hello!"
 
 
 async def test_masked_updates_apply_to_the_state_under_the_lock(latch: LatchStore) -> None:

@@ -167,7 +167,8 @@ class ChatCli:
                     names = ", ".join(c.name for c in event.reply.pending_tool_calls)
                     print(f"\n(the turn waits for results of caller tools: {names})", end="")
         except KeyboardInterrupt:
-            call.cancel()  # stops the model call; chatd stores nothing of this turn
+            # Stops the model call; chatd stores nothing of this turn, unless its commit had begun.
+            call.cancel()
             print("\n(cancelled)", end="")
         finally:
             print()

@@ -145,6 +145,9 @@ class TurnEngine:
 
     Messages are committed in one store transaction when the turn ends, or pauses for
     the caller's tool results, so a failed or cancelled turn leaves history as it was.
+    Once the commit has begun the turn is no longer cancelled: CancelReply answers False,
+    and when its caller leaves (or its deadline passes) the write still ends, and the turn
+    is stored.
     """
 
     def __init__(

@@ -297,7 +297,8 @@ class Replies:
     async def drain(self, grace: float) -> None:
         """Lets background replies finish within `grace` seconds; those still running
         then are stopped and fail UNAVAILABLE (REPLICA_STOPPING): retryable, nothing of
-        them stored."""
+        them stored. One whose commit had begun is not stopped by that: the write ends,
+        the turn is stored and the reply is COMPLETED."""
         self._draining = True  # no background reply starts from now on
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(grace, 0.0)
@@ -523,8 +524,11 @@ class Replies:
             error = exc
             raise
         except (asyncio.CancelledError, GeneratorExit):
+            # A caller that leaves once the commit has begun does not undo it: the turn
+            # is stored, and the reply's stored record says COMPLETED (see _end_locked).
             error = live.stop_error or Cancelled(
-                "the caller disconnected before the reply ended; nothing of the turn was stored",
+                "the caller disconnected before the reply ended; the turn is stored only if "
+                "its commit had begun",
                 reason="CALLER_DISCONNECTED",
             )
             raise

@@ -97,7 +97,38 @@ class ChatSessions:
 
     `event_encoder` is how replies' events are stored (see sessions.replies); `bus`
     reaches the other replicas sharing the store (None: this process is the only one).
-    Call `start()` before serving and `drain()` at shutdown.
+    Call `start()` before serving and `drain()` at shutdown. `tenant` is the caller's
+    tenant (from its API key): another tenant's session is NotFound. Times are Unix
+    seconds (`clock`); `reply_lease`, `reply_flush_interval` and `reply_poll_interval`
+    are seconds; 0 for `max_background`, `max_background_per_tenant` and
+    `max_sessions_per_tenant` means no cap.
+
+    Errors are the classes of server.sessions.errors, each with a `reason`
+    (docs/errors.md lists them per RPC). Each method below names its own; besides
+    those, any method that reads or writes the store may raise Unavailable
+    (STORE_UNAVAILABLE, or SESSION_CREATE_PENDING on SQLite) when the store fails, and
+    a write may raise Conflict (CONFLICT) when a concurrent write to the session on
+    another replica won; neither leaves anything half written. Shorthands used below:
+
+    - a bad id: InvalidArgument FIELD_REQUIRED (empty) or ID_MALFORMED, naming the field;
+    - settings checks: InvalidArgument MODEL_NAME_INVALID, TOOL_UNKNOWN,
+      FUNCTION_DECLARATION_INVALID, LABEL_INVALID, DISPLAY_NAME_TOO_LONG,
+      CONTEXT_POLICY_INVALID, COMPACTION_INVALID, SAFETY_SETTING_INVALID, TTL_INVALID,
+      EXPIRE_TIME_INVALID, GENERATION_CONFIG_INVALID, VALUE_OUT_OF_RANGE,
+      VALUE_NOT_ALLOWED, JSON_INVALID or JSON_TOO_DEEP (sessions.validation);
+    - message checks: InvalidArgument TEXT_TOO_LONG, TOO_MANY_PARTS, PART_EMPTY,
+      PART_INVALID, TEXT_EMPTY, MEDIA_MISSING, INVALID_GEMINI_PART, USAGE_INVALID,
+      TURN_ID_INVALID, JSON_INVALID or JSON_TOO_DEEP, naming the part;
+    - request-id errors (with a RequestKey): InvalidArgument REQUEST_ID_INVALID (too
+      long) or REQUEST_ID_REUSED (the id came with another request), FailedPrecondition
+      REQUEST_RESULT_GONE (the recorded result's session life is gone), AlreadyExists
+      DUPLICATE_REQUEST (another replica recorded the id meanwhile and its record is
+      not readable yet);
+    - model-call errors: what the provider raises (docs/errors.md, "Model calls"):
+      UpstreamRejected, InvalidArgument INVALID_GEMINI_PART, NotFound MODEL_NOT_FOUND,
+      FailedPrecondition UPSTREAM_CREDENTIALS_REJECTED or UPSTREAM_FAILED_PRECONDITION,
+      ResourceExhausted UPSTREAM_RATE_LIMITED, DeadlineExceeded UPSTREAM_TIMEOUT,
+      Unavailable UPSTREAM_UNAVAILABLE.
     """
 
     def __init__(
@@ -197,6 +228,14 @@ class ChatSessions:
         session_id: str,
         key: RequestKey | None = None,
     ) -> Session:
+        """Creates a session with `settings`, empty history, and `session_id` (a new
+        random id when empty); returns it as stored. With `key`, a retry returns the
+        session the first run created, as it is now.
+
+        Raises a bad id (`session_id`), settings checks (fields under `session.`),
+        AlreadyExists (SESSION_EXISTS), ResourceExhausted (SESSION_QUOTA: the tenant
+        holds `max_sessions_per_tenant` sessions) and request-id errors.
+        """
         if session_id:
             check_id("session_id", session_id)
         self._check_settings(settings, "session")
@@ -231,6 +270,18 @@ class ChatSessions:
         new_id: str,
         key: RequestKey | None = None,
     ) -> Session:
+        """A new session (`new_id`, or a new random id when empty) with the settings of
+        `session_id` and its history up to the message of seq `upto` (inclusive; None:
+        all of it, without a turn still waiting for tool results). With `key`, a retry
+        returns the fork the first run made.
+
+        Raises NotFound (SESSION_NOT_FOUND), a bad id (`session_id`, `new_session_id`),
+        InvalidArgument MESSAGE_NOT_IN_SESSION (`upto` is no message of the session) or
+        FORK_POINT_INVALID (`upto` is inside a turn, or in the paused one), Conflict
+        (SESSION_CHANGED: another replica wrote the session while it was read),
+        AlreadyExists (SESSION_EXISTS), ResourceExhausted (SESSION_QUOTA) and
+        request-id errors.
+        """
         check_id("session_id", session_id)
         return await self._once(
             tenant, key, lambda record: self.history.fork(tenant, session_id, upto, new_id, record)
@@ -243,6 +294,19 @@ class ChatSessions:
         session_id: str,
         key: RequestKey | None = None,
     ) -> Session:
+        """Stores `document` (settings, every message, a paused turn) as a new session:
+        `session_id`, else the document's own id, else a new random one. Message seqs,
+        turn ids and usage are kept; the session's usage is the sum of its messages'.
+        Long documents are checked in slices, so other calls keep being served. With
+        `key`, a retry returns the session the first run made.
+
+        Raises message checks (under `document.messages`), InvalidArgument
+        MESSAGE_IDS_UNORDERED, HISTORY_MALFORMED (a history Gemini would refuse) or
+        PENDING_TURN_INVALID (the paused turn is not the one the history ends with, or
+        its rounds are negative), settings checks (under `document.session.`), a bad id,
+        AlreadyExists (SESSION_EXISTS), ResourceExhausted (SESSION_QUOTA) and request-id
+        errors.
+        """
         await check_in_slices(
             lambda chunk, field: check_messages(chunk, field, self._limits),
             document.messages,
@@ -265,12 +329,25 @@ class ChatSessions:
         )
 
     async def get(self, tenant: str, session_id: str) -> Session:
+        """The session as stored. Raises a bad id, NotFound (SESSION_NOT_FOUND: none of
+        this tenant, or it has expired)."""
         check_id("session_id", session_id)
         return await live_session(self._store, tenant, session_id, self._clock())
 
     async def list(
         self, tenant: str, *, page_size: int, page_token: str, filter: str, order_by: str
     ) -> Page[Session]:
+        """A page of the tenant's live (unexpired) sessions, and the token of the next
+        page ("" after the last). `page_size` 0 means 50, at most 1000 are returned;
+        `filter` is label equality terms joined by AND (`labels.team = "a" AND
+        labels.env = "prod"`, see sessions.filters), "" for every session; `order_by`
+        is "create_time" or "update_time", optionally followed by "desc" or "asc" (""
+        is "create_time desc"). `page_token` must come with the same filter and order.
+
+        Raises InvalidArgument PAGE_SIZE_NEGATIVE, ORDER_BY_INVALID, FILTER_INVALID,
+        PAGE_TOKEN_INVALID (not a token of this server) or PAGE_TOKEN_MISMATCH (a token
+        of another query).
+        """
         size = paging.page_size(page_size, DEFAULT_SESSIONS_PAGE)
         normalized = " ".join(order_by.lower().split())
         if normalized not in _ORDERS:
@@ -303,10 +380,12 @@ class ChatSessions:
         return Page(sessions, token)
 
     async def delete(self, tenant: str, session_id: str) -> None:
-        """Deletes the session and its history, after any running turn of it ended.
+        """Deletes the session and its history, after any running turn of it ended, and
+        cancels its background summary, if any.
 
-        Raises NotFound (an expired session is already gone, and so is one deleted, or
-        expired, while the delete waited, even if it was created again since)."""
+        Raises a bad id, NotFound (SESSION_NOT_FOUND: an expired session is already
+        gone, and so is one deleted, or expired, while the delete waited, even if it was
+        created again since)."""
         session = await self.get(tenant, session_id)
         async with self._locks.hold(tenant, session_id):
             now = await self.get(tenant, session_id)
@@ -322,7 +401,18 @@ class ChatSessions:
         messages: tuple[Message, ...],
         key: RequestKey | None = None,
     ) -> tuple[tuple[Message, ...], Session]:
-        """Adds messages without calling the model (see HistoryOps.append)."""
+        """Adds `messages` (user and model messages, as a caller's own history) to the
+        end of the session's history without calling the model, in one transaction; a
+        user message that is not tool results starts a new turn. Returns the messages
+        as stored (their seqs and create times set) and the session after them. With
+        `key`, a retry returns the messages the first run stored.
+
+        Raises a bad id, message checks (under `messages`), InvalidArgument
+        FIELD_REQUIRED (no messages) or HISTORY_MALFORMED (the history would be one
+        Gemini refuses, e.g. unanswered function calls), NotFound (SESSION_NOT_FOUND),
+        FailedPrecondition (TOOL_RESULTS_PENDING: a turn waits for tool results) and
+        request-id errors.
+        """
         check_id("session_id", session_id)
         check_messages(messages, "messages", self._limits)
         if key is None:
@@ -343,20 +433,29 @@ class ChatSessions:
 
     async def start(self) -> None:
         """Fails replies a stopped process left running (see Replies.start), then keeps
-        this replica's replies' leases."""
+        this replica's replies' leases. Raises Unavailable (STORE_UNAVAILABLE) when
+        the store fails."""
         await self.replies.start()
 
     async def drain(self, grace: float) -> None:
-        """At shutdown: background replies get `grace` seconds to end (see Replies.drain)."""
+        """At shutdown: no new background reply starts (Unavailable, REPLICA_STOPPING),
+        and those running get `grace` seconds to end; one still running then fails
+        UNAVAILABLE (REPLICA_STOPPING, retryable), unless its commit had begun (see
+        Replies.drain). Background summaries are cancelled. Raises nothing."""
         await self.replies.drain(grace)
         self._engine.cancel_background()
 
     async def cancel(self, tenant: str, session_id: str, reply_id: str = "") -> bool:
         """Stops the session's running reply, or the reply `reply_id`, wherever it runs.
+        A stopped turn stores nothing; its caller gets Cancelled (REPLY_CANCELLED).
 
         True if one was found running and told to stop (on another replica it stops
-        moments later, unless its commit began). Raises NotFound for an unknown
-        session or reply, InvalidArgument for malformed ids.
+        moments later, unless its commit began); False if none runs, or its commit has
+        begun (the turn is then stored). `session_id` may be "" when `reply_id` is set.
+        Raises a bad id, NotFound (SESSION_NOT_FOUND without `reply_id`;
+        REPLY_NOT_FOUND for a reply unknown, or of another session), Unavailable
+        (BUS_RECONNECTING: the cancel must reach other replicas and their bus is
+        reconnecting).
         """
         if reply_id:
             check_id("reply_id", reply_id)
@@ -373,8 +472,11 @@ class ChatSessions:
         events when it runs here, else stored payloads (the first may start at or
         before `after`: the caller skips those). The last payload of an ended reply is
         always returned (its last event is the outcome), even when it holds no event
-        after `after`. Raises NotFound (REPLY_NOT_FOUND), InvalidArgument (an `after`
-        past the reply's last event)."""
+        after `after`. `session_id` may be "" (any session of the tenant).
+
+        Raises a bad id (`reply_id`, `session_id`), NotFound (REPLY_NOT_FOUND: unknown,
+        forgotten after the reply window, or of another session), InvalidArgument
+        (STARTING_AFTER_INVALID: `after` negative or past the reply's last event)."""
         check_id("reply_id", reply_id)
         if session_id:
             check_id("session_id", session_id)
@@ -402,7 +504,11 @@ class ChatSessions:
     async def list_replies(
         self, tenant: str, session_id: str, *, page_size: int, page_token: str
     ) -> Page[ReplyRecord]:
-        """The session's replies, newest first. Raises NotFound, InvalidArgument."""
+        """A page of the session's replies (of its current life), newest first, and the
+        next page's token ("" after the last). `page_size` 0 means 20, at most 100.
+
+        Raises a bad id, NotFound (SESSION_NOT_FOUND), InvalidArgument
+        PAGE_SIZE_NEGATIVE, PAGE_TOKEN_INVALID or PAGE_TOKEN_MISMATCH."""
         session = await self.get(tenant, session_id)
         size = min(paging.page_size(page_size, DEFAULT_REPLIES_PAGE), MAX_REPLIES_PAGE)
         query_key = f"replies|{session_id}|{session.uid}"
@@ -427,7 +533,12 @@ class ChatSessions:
         """A reply's events after `after` (StreamReply with reply_id): ReplyStarted, then
         numbered events when it runs here, or stored payloads (the first may start at
         or before `after`), live until it ends. A failed or cancelled reply ends with
-        ReplyFailed carrying its status. Raises NotFound, InvalidArgument."""
+        ReplyFailed carrying its status (its code and reason, e.g. Cancelled
+        REPLY_CANCELLED, Unavailable REPLICA_LOST). `session_id` may be "".
+
+        Raises, before ReplyStarted, a bad id (`reply_id`, `session_id`), NotFound
+        (REPLY_NOT_FOUND), InvalidArgument (STARTING_AFTER_INVALID: `after` negative or
+        past the reply's last event)."""
         check_id("reply_id", reply_id)
         if session_id:
             check_id("session_id", session_id)
@@ -449,9 +560,14 @@ class ChatSessions:
     async def list_messages(
         self, tenant: str, session_id: str, *, page_size: int, page_token: str
     ) -> Page[Message]:
-        """A page of history, oldest first. Raises NotFound (deleted or expired sessions
-        included), InvalidArgument for a page token of another session or another life
-        of it (deleted and created again)."""
+        """A page of history, oldest first, and the next page's token ("" after the
+        last). `page_size` 0 means 100, at most 1000 are returned.
+
+        Raises a bad id, NotFound (SESSION_NOT_FOUND; deleted or expired sessions
+        included, and one deleted and created again while the page was read),
+        InvalidArgument PAGE_SIZE_NEGATIVE, PAGE_TOKEN_INVALID, or PAGE_TOKEN_MISMATCH
+        for a page token of another session or another life of it (deleted and created
+        again)."""
         session = await self.get(tenant, session_id)
         size = paging.page_size(page_size, DEFAULT_MESSAGES_PAGE)
         query_key = f"messages|{session_id}|{session.uid}"
@@ -487,6 +603,34 @@ class ChatSessions:
         it). Its events are streamed to the caller as they come, without a deadline.
         A turn that streams no text (`turn.stream_text` off: a unary SendMessage) in the
         foreground is a reply of one event, its outcome.
+
+        `turn` holds a user message (`parts`) or the caller's `tool_results` for the
+        calls a paused turn waits for, an optional `config_override` merged over the
+        session's generation config, and `timeout` (seconds left before the caller's
+        deadline; None: none). The turn is stored in one transaction when it ends or
+        pauses for tool results; a turn that fails, or is cancelled before its commit
+        began, stores nothing.
+
+        Raises, before ReplyStarted: a bad id, InvalidArgument FIELDS_CONFLICT (a
+        message and tool_results both), MESSAGE_EMPTY, USER_MESSAGE_INVALID, message
+        checks (under `parts`, `tool_results[i]`), settings checks (under
+        `generation_config`), request-id errors, NotFound (SESSION_NOT_FOUND, with
+        `background`), ResourceExhausted TOO_MANY_BACKGROUND_REPLIES or
+        TOO_MANY_TENANT_BACKGROUND_REPLIES and Unavailable REPLICA_STOPPING (with
+        `background`). Then, from the turn: NotFound (SESSION_NOT_FOUND, also when the
+        session expired while the turn ran), FailedPrecondition TOOL_RESULTS_PENDING (a
+        message while a turn waits for tool results) or NO_PENDING_TOOL_CALLS
+        (tool_results while none waits), InvalidArgument TOOL_CALL_UNKNOWN,
+        TOOL_CALL_ANSWERED, TOOL_RESULTS_MISSING or GENERATION_CONFIG_INVALID (an
+        override at odds with the session's cached content), model-call errors,
+        Cancelled (REPLY_CANCELLED: CancelReply stopped it; CALLER_DISCONNECTED is how
+        the reply's record ends when its caller left), Conflict (REQUEST_RACED: another
+        replica completed the same request id first), Unavailable REPLY_LEASE_LOST
+        (another replica declared this background reply lost), FailedPrecondition
+        REQUEST_RESULT_GONE (a retry's recorded turn is no longer the session's), and
+        ReplyFailed when a retry follows a background run that failed, with that run's
+        status (a run that failed on an unexpected exception is UNAVAILABLE
+        INTERNAL_FAILURE to its followers; its own caller gets the exception).
         """
         check_id("session_id", session_id)
         if turn.tool_results and turn.parts:
@@ -622,8 +766,18 @@ class ChatSessions:
         function_declarations: tuple[FunctionDeclaration, ...] = (),
     ) -> TokenCount:
         """Tokens of what the next turn would send: the session's context window plus
-        `candidate`, its system instruction and its tools' declarations; without a
-        session, of `contents` with the given instruction and declarations."""
+        `candidate` (user parts; may be empty), its system instruction and its tools'
+        declarations, counted by `model` (else the session's, else the provider's
+        default); without a session, of `contents` with the given instruction and
+        declarations. `estimated` is set when the provider estimated instead of asking
+        the model (the echo provider does).
+
+        Raises InvalidArgument FIELD_REQUIRED (neither `session_id` nor `contents`),
+        FIELDS_CONFLICT (`contents`, `system_instruction` or `function_declarations`
+        beside `session_id`), message checks (under `contents` or `parts`),
+        MESSAGE_EMPTY or USER_MESSAGE_INVALID (the candidate), settings checks, a bad
+        id, NotFound (SESSION_NOT_FOUND) and model-call errors.
+        """
         if not session_id:
             if not contents:
                 raise InvalidArgument(
@@ -680,12 +834,25 @@ class ChatSessions:
         return await self._provider.count_tokens(request)
 
     def generate(self, given: GenerateInput) -> AsyncGenerator[GenerationEvent, None]:
-        """Stateless generation (see sessions.stateless)."""
+        """Stateless generation (see sessions.stateless): one model call on the
+        caller's whole `given.contents`; nothing is stored. Yields text deltas and
+        function calls as they come, then GenerationDone with the whole answer.
+
+        Raises message checks (under `contents`) at once; then, as the generator runs,
+        InvalidArgument FIELD_REQUIRED (no contents), settings checks (the request's own
+        fields: `model`, `system_instruction`, `generation_config`,
+        `function_declarations`, ...) and model-call errors.
+        """
         check_messages(given.contents, "contents", self._limits)
         return generate(self._provider, given)
 
     def list_tools(self, *, page_size: int, page_token: str) -> Page[FunctionDeclaration]:
-        """The server-registered tools sessions may enable, by name."""
+        """A page of the server-registered tools sessions may enable, by name (built-in,
+        plugin and MCP tools, in registration order), and the next page's token ("" after
+        the last). `page_size` 0 means 100, at most 1000.
+
+        Raises InvalidArgument PAGE_SIZE_NEGATIVE, PAGE_TOKEN_INVALID or
+        PAGE_TOKEN_MISMATCH."""
         size = paging.page_size(page_size, DEFAULT_TOOLS_PAGE)
         start = 0
         if page_token:

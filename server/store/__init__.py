@@ -56,7 +56,9 @@ async def open_store(
     if backend == "sqlite":
         store = wrapped(await SqliteStore.open(url[len(_SQLITE_PREFIX) :], sqlite_synchronous))
     else:
-        # Imported here so that only PostgreSQL deployments need the driver.
+        # Imported here, not at the top: asyncpg is installed with every chatd (a
+        # dependency in pyproject.toml), but only a PostgreSQL URL loads it, so a start on
+        # SQLite or memory does not pay for importing it (about 0.1 s).
         from server.store.postgres import PostgresStore
 
         store = wrapped(
@@ -89,7 +91,7 @@ def open_bus(
     """
     if _backend(database_url) != "postgres":
         return LocalBus()
-    # Imported here so that only PostgreSQL deployments need the driver.
+    # Imported here, not at the top: only a PostgreSQL URL loads asyncpg (see open_store).
     from server.store.pg_bus import PostgresBus
 
     return PostgresBus(database_url, schema, on_reconnect=on_reconnect)

@@ -49,9 +49,6 @@ from server.store.worker import ConnectionThread
 
 log = structlog.get_logger("chatd.store")
 
-# Kept importable under its old name: tests read its query plan.
-_LAST_MESSAGES = sql.LAST_MESSAGES
-
 
 # A long history is inserted in slices of this many rows, with a short sleep between them
 # (still in the one transaction). Binding a row takes the GIL and stepping it gives it

@@ -1,6 +1,6 @@
 """One tenant cannot degrade another: while tenant "noisy" floods streams (up to its
 per-tenant limit and beyond) and imports a large session, tenant "quiet"'s unary calls and
-grpc.health.v1.Health/Check keep answering; their p99 stays under PRODUCT.md's 250 ms.
+grpc.health.v1.Health/Check keep answering; their p99 stays under 250 ms (docs/promises.md).
 
 chatd and the noisy tenant (tests/reliability/noisy_tenant.py) each run as a process of
 their own, so the figures are the server's answer times, not this test's event loop's.
@@ -32,8 +32,8 @@ from tests.process import ROOT
 from tests.reliability.common import histogram, sqlite_url
 
 QUIET = (("authorization", "Bearer key-quiet"),)
-# The product's target (PRODUCT.md, Reliability): the quiet tenant's unary p99 and the
-# health check p99 stay under 250 ms while its neighbour floods and imports.
+# The product's target (docs/promises.md, "Reliability targets"): the quiet tenant's unary
+# p99 and the health check p99 stay under 250 ms while its neighbour floods and imports.
 P99_TARGET = 0.250
 
 

@@ -12,7 +12,6 @@ from server.sessions.errors import Conflict
 from server.startup import StartupError
 from server.store import SchemaTooNew, SqliteStore, rules, sqlite_sql
 from server.store.migrations import BOOTSTRAP, MIGRATIONS, Migration, pending
-from server.store.sqlite import _LAST_MESSAGES
 
 from .builders import T0, TENANT, commit, history, new_session, turn_of
 
@@ -148,7 +147,9 @@ async def test_recent_messages_reads_newest_first_through_the_primary_key(db: st
     """O(limit): the plan walks the key backwards and never sorts the whole history."""
     await (await SqliteStore.open(db)).close()
     with sqlite3.connect(db) as conn:
-        plan = conn.execute(f"EXPLAIN QUERY PLAN {_LAST_MESSAGES}", ("t", "s", 5)).fetchall()
+        plan = conn.execute(
+            f"EXPLAIN QUERY PLAN {sqlite_sql.LAST_MESSAGES}", ("t", "s", 5)
+        ).fetchall()
     conn.close()
     details = " ".join(row[-1] for row in plan)
     assert "PRIMARY KEY" in details

@@ -1065,8 +1065,14 @@ export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
   enumDesc(file_chatd_v1_content, 0);
 
 /**
- * Why the model stopped. Values 1-15 mirror the Gemini API; values from 100
- * are chatd's own.
+ * Why the model stopped. Values 1-15 carry the names of Gemini's
+ * Candidate.FinishReason values (a reason chatd does not name arrives as
+ * FINISH_REASON_OTHER), but their numbers are chatd's own: in Gemini's proto
+ * OTHER is 5, LANGUAGE is 6 and 14 is IMAGE_PROHIBITED_CONTENT. chatd maps
+ * Gemini's reasons by name, never by number. Values from 100 are chatd's own
+ * reasons. Gemini's: https://ai.google.dev/api/generate-content#FinishReason
+ * and google/ai/generativelanguage/v1beta/generative_service.proto in
+ * https://github.com/googleapis/googleapis
  *
  * @generated from enum chatd.v1.FinishReason
  */
