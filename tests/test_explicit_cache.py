@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from google.protobuf import duration_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import session_pb2
@@ -26,6 +27,7 @@ from server.providers.gemini.context_cache import (
     ttl_text,
 )
 from server.sessions.compaction import DEFAULT_INSTRUCTIONS
+from server.sweeper import Sweeper
 from tests.conftest import Chatd, StartChatd
 from tests.fake_gemini import FakeGemini, HttpError, RecordedRequest, Reply, call_part, get_field
 from tests.test_cli import run
@@ -234,6 +236,33 @@ async def test_deleting_the_session_deletes_its_cache(
     deleted = await asyncio.to_thread(fake_gemini.caches.wait_for, "DELETE", 1)
     assert (deleted.name, deleted.status) == (name, 200)
     assert fake_gemini.caches.live() == []
+
+
+async def test_a_session_that_expires_has_its_cache_deleted_by_the_sweep(
+    start_chatd: StartChatd, fake_gemini: FakeGemini, clock: Clock
+) -> None:
+    """The sweeper's pass (here one with a clock two hours on) tells the provider which
+    sessions expired; a session without a ttl keeps its cache."""
+    chatd = await caching_chatd(start_chatd, fake_gemini, clock)
+    await new_session(chatd, "brief", ttl=duration_pb2.Duration(seconds=3600))
+    await new_session(chatd, "lasting")
+    for session_id in ("brief", "lasting"):
+        for number in range(3):
+            await turn(chatd, session_id, number)
+    brief, lasting = (c.name for c in fake_gemini.caches.calls_of("POST"))
+    running = chatd.running
+    later = Sweeper(
+        running.store,
+        interval=60,
+        request_window=3600,
+        clock=lambda: time.time() + 7200,
+        resources=running.provider,
+    )
+    swept, _, _ = await later.sweep()
+    assert swept == 1
+    deleted = await asyncio.to_thread(fake_gemini.caches.wait_for, "DELETE", 1)
+    assert deleted.name == brief
+    assert [c.name for c in fake_gemini.caches.live()] == [lasting]
 
 
 async def test_stopping_chatd_deletes_the_caches_it_holds(
