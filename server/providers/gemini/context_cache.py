@@ -79,6 +79,10 @@ RETRY_AFTER = 60.0
 MAX_DELETES = 8
 # Seconds close() waits for the deletes of the caches still held.
 CLOSE_BOUND = 2.0
+# What is counted (chatd_gemini_context_caches_total{outcome}): a cache created; a call
+# naming an existing cache (reused), whose TTL was first extended (refreshed too); a cache
+# deleted; one Gemini no longer had or whose TTL ran out (expired); a create, extension or
+# delete Gemini refused or that did not answer (failed).
 OUTCOMES = ("created", "reused", "refreshed", "deleted", "expired", "failed")
 
 
