@@ -22,6 +22,13 @@ reaches `max_messages` messages; the fake answers a summarising request with a s
 SUMMARY_CHARS characters. What summarising cost (its prompt and cached tokens, from the
 summary messages' usage) is counted in that policy's figures, and reported apart too.
 
+The "+explicit" policies are stepped and compaction again, through a second chatd whose
+provider caches each session's stable prefix explicitly (CHATD_GEMINI_CONTEXT_CACHE_TOKENS
+at the model's minimum, 2,048): the fake's cachedContents (tests/fake_gemini_caches.py)
+bills a request naming a cache for at least the cache's tokens, more when its implicit
+cache saw a longer prefix. The caches created are reported (each is billed as input once,
+and for storage for its TTL, which the fake does not count).
+
     .venv/bin/python -m bench.long_conversation [--turns 200] [--output PATH]
 """
 
@@ -48,6 +55,7 @@ from chatd.v1 import chat_service_pb2_grpc, session_pb2
 from server import app, logs
 from server.config import Settings
 from server.providers.gemini import GeminiProvider, GeminiSettings
+from server.providers.gemini.context_cache import CacheSettings
 from server.sessions.compaction import DEFAULT_INSTRUCTIONS
 from tests.fake_gemini import FakeGemini, RecordedRequest, Reply, Script, echo_default
 
@@ -93,26 +101,32 @@ class Policy:
 
     name: str
     context_policy: Callable[[int], session_pb2.ContextPolicy]  # from max_messages
+    # Through the chatd whose provider caches prefixes explicitly.
+    explicit_cache: bool = False
+
+
+def _stepped(n: int) -> session_pb2.ContextPolicy:
+    return session_pb2.ContextPolicy(max_messages=n, low_water_fraction=LOW_WATER_FRACTION)
+
+
+def _compaction(n: int) -> session_pb2.ContextPolicy:
+    return session_pb2.ContextPolicy(
+        compaction=session_pb2.ContextPolicy.Compaction(
+            trigger_messages=n, keep_recent_turns=KEEP_RECENT_TURNS
+        )
+    )
 
 
 POLICIES: tuple[Policy, ...] = (
     Policy("sliding", lambda n: session_pb2.ContextPolicy(max_messages=n)),
-    Policy(
-        "stepped",
-        lambda n: session_pb2.ContextPolicy(max_messages=n, low_water_fraction=LOW_WATER_FRACTION),
-    ),
-    Policy(
-        "compaction",
-        lambda n: session_pb2.ContextPolicy(
-            compaction=session_pb2.ContextPolicy.Compaction(
-                trigger_messages=n, keep_recent_turns=KEEP_RECENT_TURNS
-            )
-        ),
-    ),
+    Policy("stepped", _stepped),
+    Policy("compaction", _compaction),
+    Policy("stepped+explicit", _stepped, explicit_cache=True),
+    Policy("compaction+explicit", _compaction, explicit_cache=True),
 )
 # The policies held to the target: at least CACHED_SHARE_TARGET cached, and no more prompt
 # tokens sent than the sliding window.
-TARGETED = ("stepped", "compaction")
+TARGETED = ("stepped", "compaction", "stepped+explicit", "compaction+explicit")
 
 
 def fake_answer(request: RecordedRequest) -> Script:
@@ -140,6 +154,7 @@ class Run:
     max_contents: int = 0
     summaries: int = 0
     summary_prompt_tokens: int = 0
+    caches_created: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -157,6 +172,7 @@ class Run:
             "max_contents_sent": self.max_contents,
             "summaries": self.summaries,
             "summary_prompt_tokens": self.summary_prompt_tokens,
+            "caches_created": self.caches_created,
             "turn_ms_p50": round(statistics.median(lat), 2) if lat else 0.0,
             "turn_ms_p95": round(lat[int(0.95 * (len(lat) - 1))], 2) if lat else 0.0,
         }
@@ -177,30 +193,21 @@ async def run(
         assert fake.implicit_cache is not None
         fake.implicit_cache.min_tokens = min_cache_tokens
         fake.set_default(fake_answer)
-        provider = GeminiProvider(
-            GeminiSettings(api_key="bench-key", base_url=fake.base_url, timeout=30.0)
-        )
-        settings = Settings(
-            listen="127.0.0.1:0",
-            database_url=f"sqlite:///{tmp / 'long_conversation.db'}",
-            metrics_listen="",
-            grace_period=1.0,
-            default_model=MODEL,
-            rate_limit=0,
-        )
-        running = await app.start(settings, provider=provider)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        servers = []
         try:
-            stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+            for explicit in (False, True):
+                servers.append(await _start(tmp, fake, explicit))
             for policy in policies:
                 # Each policy on a cold cache: the conversations are the same, so one
                 # would otherwise hit the prefixes another sent.
                 fake.implicit_cache.clear()
+                stub = chat_service_pb2_grpc.ChatServiceStub(servers[policy.explicit_cache][1])
                 runs.append(await _conversation(stub, fake, policy, turns, max_messages))
                 say(f"{SCENARIO}: {json.dumps(runs[-1].summary())}")
         finally:
-            await channel.close()
-            await running.stop(grace=0)
+            for running, channel in servers:
+                await channel.close()
+                await running.stop(grace=0)
     result = {
         "name": SCENARIO,
         "turns": turns,
@@ -214,6 +221,31 @@ async def run(
     return result, checks(runs)
 
 
+async def _start(
+    tmp: Path, fake: FakeGemini, explicit: bool
+) -> tuple[app.RunningServer, grpc.aio.Channel]:
+    """A chatd (SQLite in `tmp`) on the fake; with `explicit`, its provider caches each
+    session's stable prefix explicitly from the model's minimum on."""
+    provider = GeminiProvider(
+        GeminiSettings(
+            api_key="bench-key",
+            base_url=fake.base_url,
+            timeout=30.0,
+            context_cache=CacheSettings(trigger_tokens=1 if explicit else 0),
+        )
+    )
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database_url=f"sqlite:///{tmp / f'long_conversation-{int(explicit)}.db'}",
+        metrics_listen="",
+        grace_period=1.0,
+        default_model=MODEL,
+        rate_limit=0,
+    )
+    running = await app.start(settings, provider=provider)
+    return running, grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+
+
 async def _conversation(
     stub: chat_service_pb2_grpc.ChatServiceStub,
     fake: FakeGemini,
@@ -221,7 +253,7 @@ async def _conversation(
     turns: int,
     max_messages: int,
 ) -> Run:
-    session_id = f"long-{policy.name}"
+    session_id = f"long-{policy.name.replace('+', '-')}"
     await stub.CreateSession(
         pb.CreateSessionRequest(
             session_id=session_id,
@@ -233,6 +265,7 @@ async def _conversation(
     )
     result = Run(policy.name, turns)
     seen = len(fake.requests)
+    creates = len(fake.caches.calls_of("POST"))
     for turn in range(turns):
         started = time.perf_counter()
         got = await stub.SendMessage(
@@ -242,7 +275,10 @@ async def _conversation(
         result.prompt_tokens += got.reply.usage.prompt_token_count
         result.cached_tokens += got.reply.usage.cached_content_token_count
     requests = fake.requests[seen:]
-    result.max_contents = max((len(r.contents) for r in requests), default=0)
+    # Contents the model was given (a named cache's first).
+    result.max_contents = max((len(fake.caches.prompt(r)[1]) for r in requests), default=0)
+    made = fake.caches.calls_of("POST")[creates:]
+    result.caches_created = sum(1 for c in made if c.status == 200)
     # Summarising is paid for too: its usage is on the summary messages.
     page = ""
     while True:
@@ -285,6 +321,8 @@ def checks(runs: list[Run]) -> list[Check]:
             info(SCENARIO, f"{r.policy}: turn p50 (ms)", s["turn_ms_p50"]),
             info(SCENARIO, f"{r.policy}: turn p95 (ms)", s["turn_ms_p95"]),
         ]
+        if r.caches_created:
+            found.append(info(SCENARIO, f"{r.policy}: caches created", r.caches_created))
     sliding = by_name.get("sliding")
     for name in TARGETED:
         run = by_name.get(name)

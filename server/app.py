@@ -17,6 +17,7 @@ from server.config import Settings
 from server.http.listener import HttpApp, HttpListener, bind
 from server.malloc import Trimmer, freeze_start_up
 from server.metrics import (
+    ContextCacheCounts,
     InstrumentedProvider,
     InstrumentedStore,
     InstrumentedTools,
@@ -34,7 +35,13 @@ from server.rpc.interceptors import Admission, ErrorsAndLogging
 from server.rpc.reply_codec import encode_events
 from server.rpc.servicer import ChatServicer
 from server.sessions.errors import ChatdError
-from server.sessions.ports import ModelProvider, ReplyBus, SessionStore, ToolRunner
+from server.sessions.ports import (
+    ModelProvider,
+    ReplyBus,
+    SessionResources,
+    SessionStore,
+    ToolRunner,
+)
 from server.sessions.service import ChatSessions
 from server.sessions.validation import MessageLimits
 from server.startup import StartupError, bind_error
@@ -56,6 +63,7 @@ def build_provider(settings: Settings) -> ModelProvider:
     ):
         # Imported here so that echo-only deployments never load the SDK.
         from server.providers.gemini import DEFAULT_MODEL, GeminiProvider, GeminiSettings
+        from server.providers.gemini.context_cache import CacheSettings
 
         backend = "Vertex AI" if settings.gemini_vertexai else "the Gemini API"
         log.info(
@@ -75,6 +83,10 @@ def build_provider(settings: Settings) -> ModelProvider:
                 timeout=settings.gemini_timeout,
                 retry_attempts=settings.gemini_retry_attempts,
                 forward_labels=settings.gemini_forward_labels,
+                context_cache=CacheSettings(
+                    trigger_tokens=settings.gemini_context_cache_tokens,
+                    ttl=settings.gemini_context_cache_ttl,
+                ),
             )
         )
     why = (
@@ -340,6 +352,8 @@ async def start(
                 cached = store
                 metrics.watch_cache(lambda: cached.stats)
             store = InstrumentedStore(store, metrics)
+            if isinstance(provider, ContextCacheCounts):
+                metrics.watch_context_caches(provider.context_cache_counts)
             provider = InstrumentedProvider(provider, metrics)
             tools = InstrumentedTools(tools, metrics)
         if tracing is not None:
@@ -453,6 +467,7 @@ async def start(
         interval=settings.sweep_interval,
         request_window=settings.request_id_window,
         reply_window=settings.reply_window,
+        resources=provider if isinstance(provider, SessionResources) else None,
     )
     sweeper.start()
     for name in ("", SERVICE_NAME):

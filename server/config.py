@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import ipaddress
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -190,6 +191,20 @@ class Settings:
     )
     gemini_forward_labels: bool = setting(
         False, "send session labels to Vertex AI as request labels"
+    )
+    # Explicit context caches: a session's stable prefix of at least this many tokens is
+    # cached (0 = off; never below the model's minimum), for this many seconds at a time. A
+    # cache that lives less than a minute costs its creation for little use.
+    gemini_context_cache_tokens: int = setting(
+        0,
+        "cache a session's stable prefix explicitly once it reaches this many tokens "
+        "(0 = off; never below the model's minimum)",
+        minimum=0,
+    )
+    gemini_context_cache_ttl: float = setting(
+        3600.0,
+        "seconds an explicit context cache lives after it is made or last extended",
+        minimum=60,
     )
 
     @property
@@ -413,6 +428,12 @@ def validate(settings: Settings) -> None:
         raise SettingsError("CHATD_TLS_CERT and CHATD_TLS_KEY go together")
     if settings.tls_client_ca and not settings.tls_cert:
         raise SettingsError("CHATD_TLS_CLIENT_CA (mutual TLS) needs CHATD_TLS_CERT and KEY")
+    if not math.isfinite(settings.gemini_context_cache_ttl):
+        # Gemini takes the TTL as a protobuf Duration: a number of seconds.
+        raise SettingsError(
+            "CHATD_GEMINI_CONTEXT_CACHE_TTL/--gemini-context-cache-ttl="
+            f"{settings.gemini_context_cache_ttl!r}: must be a finite number of seconds"
+        )
     if settings.provider == "gemini" and not settings.gemini_configured:
         raise SettingsError(
             "CHATD_PROVIDER=gemini needs GEMINI_API_KEY (or GOOGLE_API_KEY), or "

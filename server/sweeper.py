@@ -1,5 +1,5 @@
 """The sweeper: deletes expired sessions, forgotten request ids and old replies, in bounded
-batches."""
+batches, and tells the model provider which sessions expired."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import structlog
 
-from server.sessions.ports import SessionStore
+from server.sessions.ports import SessionResources, SessionStore
 
 log = structlog.get_logger("chatd.sweeper")
 
@@ -19,7 +19,8 @@ BATCH = 500
 class Sweeper:
     """Every `interval` seconds: expired sessions go, request records older than
     `request_window` (so retries after that run again), and replies that ended more than
-    `reply_window` ago."""
+    `reply_window` ago. `resources` (the model provider, when it keeps anything per
+    session) lets go of what it keeps for sessions that expired."""
 
     def __init__(
         self,
@@ -29,8 +30,10 @@ class Sweeper:
         request_window: float,
         reply_window: float = 24 * 3600.0,
         clock: Callable[[], float] = time.time,
+        resources: SessionResources | None = None,
     ) -> None:
         self._store = store
+        self._resources = resources
         self._interval = interval
         self._request_window = request_window
         self._reply_window = reply_window
@@ -46,6 +49,8 @@ class Sweeper:
             sessions += n
             if n < BATCH:
                 break
+        if self._resources is not None:
+            self._resources.release_expired(now)
         cutoff = now - self._request_window
         while (n := await self._store.delete_requests_before(cutoff, BATCH)) > 0:
             requests += n

@@ -43,6 +43,8 @@ may also be a callable taking the ``RecordedRequest`` and returning a script.
 - Implicit caching (``implicit_caching=True``, see ``ImplicitCache``): every answer's
   usageMetadata reports ``cachedContentTokenCount``, the tokens of the longest prefix of
   the request that an earlier request already sent, as Gemini's implicit caching does.
+- Explicit caches (``fake.caches``, tests/fake_gemini_caches.py): cachedContents create,
+  get, patch and delete, and what a request naming a cache is refused for and billed.
 - Part builders ``text_part``, ``thought_part``, ``call_part``; ``usage`` builds
   usageMetadata. Requests keep their raw JSON; ``get_field`` and ``b64decode`` read it
   whatever the key casing or base64 alphabet.
@@ -67,12 +69,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+if TYPE_CHECKING:
+    from tests.fake_gemini_caches import FakeCaches
 
 Json: TypeAlias = dict[str, Any]
 Method: TypeAlias = Literal["generateContent", "streamGenerateContent", "countTokens"]
@@ -1189,6 +1194,10 @@ class FakeGemini:
         self._host = host
         # When set, every Reply's usageMetadata is the cache's (see ImplicitCache).
         self.implicit_cache: ImplicitCache | None = ImplicitCache() if implicit_caching else None
+        # cachedContents, and the checks and usage of requests naming one.
+        from tests.fake_gemini_caches import FakeCaches
+
+        self.caches: FakeCaches = FakeCaches()
         # Strict: refuse with HTTP 400 what the real API refuses (see check_request).
         self.strict = strict
         # None: any non-empty API key is valid; else only this one (400 API_KEY_INVALID).
@@ -1500,6 +1509,14 @@ class FakeGemini:
             except _GrantRefused as exc:
                 await conn.send_json(400, exc.body)
             return
+        if self.caches.serves(path):
+            try:
+                self.check_credentials(target, headers)
+            except CredentialsRefused as exc:
+                await conn.send_json(exc.code, exc.error.body())
+                return
+            await conn.send_json(*self.caches.answer(verb, path, raw))
+            return
         vertex_match = _VERTEX_PATH.match(path)
         match = _PATH.match(path) or vertex_match
         method, model = (match["method"], match["model"]) if match else ("", "")
@@ -1520,6 +1537,10 @@ class FakeGemini:
                 check_request(method, model, body, vertex=vertex_match is not None)
             except InvalidRequest as exc:
                 rejection = str(exc)
+        refusal = None
+        if routed and refused is None and rejection is None:
+            refusal = self.caches.refusal(model, method, body)
+            rejection = refusal.message if refusal is not None else None
         request = RecordedRequest(
             method,
             model,
@@ -1543,13 +1564,18 @@ class FakeGemini:
             await conn.send_json(refused.code, refused.error.body())
             return
         if rejection is not None:
-            await conn.send_json(400, HttpError(400, rejection).body())
+            error = refusal or HttpError(400, rejection)
+            await conn.send_json(error.code, error.body())
             return
 
         script = self._scripts.take(request)
-        cache = self.implicit_cache
-        if cache is not None and isinstance(script, Reply) and request.method != "countTokens":
-            script = replace(script, usage=cache.usage(request, script.all_parts()))
+        if isinstance(script, Reply) and request.method != "countTokens":
+            answer, implicit = script.all_parts(), self.implicit_cache
+            meta = self.caches.usage(request, answer, implicit)
+            if meta is None and implicit is not None:
+                meta = implicit.usage(request, answer)
+            if meta is not None:
+                script = replace(script, usage=meta)
         conn.watch_for_eof()
         try:
             await self._play(conn, request, script)

@@ -480,4 +480,10 @@ async def test_long_conversation_bench_runs_shortened(tmp_path: Path) -> None:
     assert runs["compaction"]["summary_prompt_tokens"] > 0
     assert verdicts["compaction: cached share of prompt tokens"] in {"PASS", "MISS"}
     assert verdicts["compaction: prompt tokens sent vs sliding"] in {"PASS", "MISS"}
+    # The same conversations with explicit caches: the same tokens, at least as much cached.
+    for name in ("stepped", "compaction"):
+        explicit = runs[f"{name}+explicit"]
+        assert explicit["prompt_tokens"] == runs[name]["prompt_tokens"]
+        assert explicit["cached_share"] >= runs[name]["cached_share"]
+    assert runs["stepped+explicit"]["caches_created"] > 0
     assert len(lines) == len(runs)

@@ -1,6 +1,7 @@
 """Prometheus metrics: the registry, decorators over the domain's ports, and GET /metrics."""
 
 from server.metrics.cache import CacheCollector, CacheStatsLike, CacheStatsSource
+from server.metrics.context_caches import ContextCacheCounts
 from server.metrics.core import NO_RPC_METRICS, Metrics, NoRpcMetrics, RpcObserver
 from server.metrics.http import MetricsServer, parse_listen, start_metrics_server
 from server.metrics.labels import OTHER, BoundedLabel
@@ -15,6 +16,7 @@ __all__ = [
     "CacheCollector",
     "CacheStatsLike",
     "CacheStatsSource",
+    "ContextCacheCounts",
     "InstrumentedProvider",
     "InstrumentedStore",
     "InstrumentedTools",

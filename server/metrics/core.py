@@ -18,6 +18,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from server.metrics import buckets
 from server.metrics.cache import CacheCollector, CacheStatsSource
+from server.metrics.context_caches import ContextCacheCollector, ContextCacheSource
 from server.sessions.model import Usage
 from server.version import chatd_version
 
@@ -151,6 +152,8 @@ class Metrics:
         )
         self._cache = CacheCollector()
         r.register(self._cache)
+        self._context_caches = ContextCacheCollector()
+        r.register(self._context_caches)
         self._rpc = _Children(self.rpc_requests)
         self._rpc_seconds = _Children(self.rpc_duration)
         self._streams = _Children(self.active_streams)
@@ -214,6 +217,11 @@ class Metrics:
     def watch_cache(self, stats: CacheStatsSource | None) -> None:
         """Exposes chatd_cache_* read from `stats()` at each scrape (None stops)."""
         self._cache.watch(stats)
+
+    def watch_context_caches(self, counts: ContextCacheSource | None) -> None:
+        """Exposes chatd_gemini_context_caches_total{outcome} read from `counts()` at each
+        scrape (None stops)."""
+        self._context_caches.watch(counts)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format, as GET /metrics serves it."""

@@ -11,7 +11,14 @@ from server.metrics.core import Metrics
 from server.metrics.labels import BoundedLabel
 from server.sessions.errors import ChatdError
 from server.sessions.model import Usage
-from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest, TokenCount
+from server.sessions.ports import (
+    ModelChunk,
+    ModelProvider,
+    ModelRequest,
+    SessionResources,
+    TokenCount,
+    release_session,
+)
 from server.sessions.stream_watch import watch_stream
 
 # The reason counted for a failure that is not a domain error (the RPC reports INTERNAL).
@@ -23,7 +30,9 @@ def _reason(exc: BaseException) -> str:
 
 
 class InstrumentedProvider:
-    """Wraps `inner` transparently: the same chunks, exceptions and cancellation.
+    """Wraps `inner` transparently: the same chunks, exceptions and cancellation; what a
+    session's deletion or expiry releases (SessionResources) reaches `inner` if it keeps
+    anything per session.
 
     Each call is timed from stream() to the end of its stream, with outcome "ok", "error"
     or "cancelled" (the consuming task was cancelled or closed the stream early). Tokens
@@ -86,6 +95,13 @@ class InstrumentedProvider:
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
         return await self._inner.count_tokens(request)
 
+    def release_session(self, tenant: str, session_id: str) -> None:
+        release_session(self._inner, tenant, session_id)
+
+    def release_expired(self, now: float) -> None:
+        if isinstance(self._inner, SessionResources):
+            self._inner.release_expired(now)
+
     async def close(self) -> None:
         await self._inner.close()
 
@@ -98,3 +114,4 @@ def _outcome(exc: BaseException) -> str:
 
 if TYPE_CHECKING:  # mypy checks that the decorator still implements the port
     _implements: type[ModelProvider] = InstrumentedProvider
+    _releases: type[SessionResources] = InstrumentedProvider

@@ -42,6 +42,7 @@ from server.sessions.ports import (
     ModelRequest,
     ReplyWrite,
     RequestRecord,
+    SessionRef,
     SessionStore,
     ToolRunner,
 )
@@ -561,6 +562,7 @@ class TurnEngine:
             timeout=turn.timeout,
             allow_function_calls=calls_allowed,
             labels=settings.labels,
+            session=SessionRef.of(state.session, self._clock()),
         )
 
     def _reply(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from server.sessions.model import (
     JSON,
@@ -294,6 +294,30 @@ class ReplyBus(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionRef:
+    """The life of a session a model call is made for. A provider may keep something for
+    a session beside its calls (the gemini provider's context cache), keyed by tenant and
+    session id; `uid` tells one life of the session from the next.
+
+    `expire_time` is when the session expires once the turn making the call is stored
+    (seconds since the epoch; None: never), as SessionResources.release_expired reads it.
+    """
+
+    tenant: str
+    session_id: str
+    uid: str
+    expire_time: float | None = None
+
+    @classmethod
+    def of(cls, session: Session, now: float) -> SessionRef:
+        """`session`'s reference for a turn running at `now`: a session with a ttl
+        expires ttl seconds after the turn is stored (about `now`)."""
+        ttl = session.settings.ttl_seconds
+        expire = now + ttl if ttl is not None else session.settings.expire_time
+        return cls(session.tenant, session.session_id, session.uid, expire)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelRequest:
     """Everything one model call needs; `contents` is already context-limited."""
 
@@ -313,6 +337,9 @@ class ModelRequest:
     # A context compaction's request for a summary (server.sessions.compaction): its one
     # user message holds the instructions and a transcript of what to summarise.
     summarising: bool = False
+    # The session a turn's call is for; None for calls of no session (GenerateContent,
+    # CountTokens, summarising).
+    session: SessionRef | None = None
 
 
 class ModelChunk(NamedTuple):
@@ -355,6 +382,28 @@ class ModelProvider(Protocol):
     async def count_tokens(self, request: ModelRequest) -> TokenCount: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SessionResources(Protocol):
+    """What a model provider keeps for sessions beyond single calls (the gemini provider's
+    context caches), for the sessions layer to let go of. Optional: a provider that keeps
+    nothing (echo) does not implement it, and callers check with isinstance.
+
+    Both methods return at once; the provider does any upstream work in the background."""
+
+    def release_session(self, tenant: str, session_id: str) -> None:
+        """The session was deleted: what is kept for it goes."""
+
+    def release_expired(self, now: float) -> None:
+        """What is kept for sessions whose SessionRef.expire_time is at or before `now`
+        (seconds since the epoch) goes: those sessions expired."""
+
+
+def release_session(provider: ModelProvider, tenant: str, session_id: str) -> None:
+    """Tells `provider`, if it keeps anything per session, that the session was deleted."""
+    if isinstance(provider, SessionResources):
+        provider.release_session(tenant, session_id)
 
 
 # ----------------------------------------------------------------------------- tools

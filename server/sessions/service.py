@@ -52,6 +52,7 @@ from server.sessions.ports import (
     SessionStore,
     TokenCount,
     ToolRunner,
+    release_session,
 )
 from server.sessions.replies import EventEncoder, LiveReply, Replies, follow_live
 from server.sessions.stateless import GenerateInput, GenerationEvent, generate
@@ -393,6 +394,7 @@ class ChatSessions:
                 raise session_not_found(session_id)
             await complete(self._store.delete_session(tenant, session_id, session.uid))
             self._engine.forget(tenant, session_id)
+            release_session(self._provider, tenant, session_id)
 
     async def append(
         self,

@@ -23,7 +23,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from server.sessions.errors import ChatdError
-from server.sessions.ports import ModelChunk, ModelProvider, ModelRequest, TokenCount
+from server.sessions.ports import (
+    ModelChunk,
+    ModelProvider,
+    ModelRequest,
+    SessionResources,
+    TokenCount,
+    release_session,
+)
 from server.sessions.stream_watch import StreamSeen, watch_stream
 from server.tracing.setup import Tracing
 
@@ -34,7 +41,9 @@ def error_type(exc: BaseException) -> str:
 
 
 class TracedProvider:
-    """Wraps `inner` transparently: the same chunks, exceptions and cancellation.
+    """Wraps `inner` transparently: the same chunks, exceptions and cancellation; what a
+    session's deletion or expiry releases (SessionResources) reaches `inner` if it keeps
+    anything per session.
 
     `provider_name` is gen_ai.provider.name ("gcp.gemini", "gcp.vertex_ai", or chatd's
     own "chatd.echo"), `system` the older gen_ai.system value ("gemini", "vertex_ai",
@@ -109,6 +118,13 @@ class TracedProvider:
     async def count_tokens(self, request: ModelRequest) -> TokenCount:
         return await self._inner.count_tokens(request)
 
+    def release_session(self, tenant: str, session_id: str) -> None:
+        release_session(self._inner, tenant, session_id)
+
+    def release_expired(self, now: float) -> None:
+        if isinstance(self._inner, SessionResources):
+            self._inner.release_expired(now)
+
     async def close(self) -> None:
         await self._inner.close()
 
@@ -123,3 +139,4 @@ def _failed(span: trace.Span, exc: BaseException) -> None:
 
 if TYPE_CHECKING:  # mypy checks that the decorator still implements the port
     _implements: type[ModelProvider] = TracedProvider
+    _releases: type[SessionResources] = TracedProvider

@@ -27,10 +27,11 @@ Only this package imports google.genai.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, cast
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 import orjson
@@ -42,13 +43,24 @@ from google.genai import errors as genai_errors
 from google.genai._api_client import BaseApiClient, HttpResponse
 
 from server.providers.gemini.answers import chunk_from_json
+from server.providers.gemini.context_cache import (
+    CacheGone,
+    CacheSettings,
+    ContextCaches,
+)
 from server.providers.gemini.continuation import Continuation, with_token
 from server.providers.gemini.sse import sse_payloads
 from server.providers.gemini.upstream import map_api_error, map_auth_error, map_transport_error
-from server.providers.gemini.wire import RequestEncoder
+from server.providers.gemini.wire import GenerateParts, RequestEncoder
 from server.sessions import errors
 from server.sessions.fast_json import loads_exact
-from server.sessions.ports import ModelChunk, ModelRequest, TokenCount
+from server.sessions.ports import (
+    ModelChunk,
+    ModelProvider,
+    ModelRequest,
+    SessionResources,
+    TokenCount,
+)
 
 log = structlog.get_logger("chatd.gemini")
 
@@ -75,12 +87,17 @@ class GeminiSettings:
     # Send a session's labels as Vertex AI request labels (those that follow Google Cloud's
     # label rules); the Gemini Developer API takes no request labels.
     forward_labels: bool = False
+    # Explicit context caches of sessions' stable prefixes (off unless trigger_tokens > 0).
+    context_cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 class GeminiProvider:
-    """Gemini through the SDK's async client, on a pinned httpx2 transport owned by chatd."""
+    """Gemini through the SDK's async client, on a pinned httpx2 transport owned by chatd.
 
-    def __init__(self, settings: GeminiSettings) -> None:
+    With `settings.context_cache` on, a session's stable prefix is cached explicitly
+    (context_cache.py); `clock` (seconds since the epoch) times those caches."""
+
+    def __init__(self, settings: GeminiSettings, *, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         # Passing our own client pins the transport: the SDK would otherwise switch to
         # aiohttp whenever it happens to be importable.
@@ -120,6 +137,7 @@ class GeminiProvider:
             project=api.project,
             location=api.location,
         )
+        self._caches = ContextCaches(self, settings.context_cache, clock)
 
     @property
     def name(self) -> str:
@@ -139,22 +157,59 @@ class GeminiProvider:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         """The model's answer to `request`, chunk by chunk, across continuation hops
-        (continuation.py). Raises the domain errors of `_upstream_errors`; leaving early
+        (continuation.py), naming the session's context cache when there is one
+        (context_cache.py). Raises the domain errors of `_upstream_errors`; leaving early
         closes the upstream connection, which stops the model's work."""
-        body = self._encoder.generate_body(request)
+        parts = self._encoder.generate_parts(request)
         options = self._http_options(request)
         deadline = self._deadline(request)
         api = self._client.aio._api_client
         with _refusals():
             path = f"{_transformers.t_model(api, request.model)}:streamGenerateContent?alt=sse"
+        cache = None
+        if self._caches.applies(request):
+            cache = await self._caches.use(request, parts, deadline)
+        if cache is not None:
+            body = parts.body(cache.name, cache.count)
+            try:
+                async with aclosing(
+                    self._hops(request, body, path, options, deadline, True)
+                ) as hops:
+                    async for chunk in hops:
+                        yield chunk
+                return
+            except _CacheRefused:
+                # Gone (expired, deleted elsewhere): the same request, whole.
+                self._caches.lost(request, cache)
+        async with aclosing(self._hops(request, parts.body(), path, options, deadline)) as hops:
+            async for chunk in hops:
+                yield chunk
+
+    async def _hops(
+        self,
+        request: ModelRequest,
+        body: bytes,
+        path: str,
+        options: types.HttpOptions,
+        deadline: float,
+        names_cache: bool = False,
+    ) -> AsyncGenerator[ModelChunk, None]:
+        """`body` posted and its answer streamed, across continuation hops. With
+        `names_cache`, a first post Gemini refuses because the cache it names is gone
+        raises _CacheRefused."""
+        api = self._client.aio._api_client
         hops = Continuation()
+        first = True
         while True:
             hop_body = with_token(body, hops.start())
             failure: errors.ChatdError | None = None
             try:
                 with _upstream_errors(request.model, self._rejected):
                     async with asyncio.timeout_at(deadline):
-                        response = await _post(api, path, hop_body, options, stream=True)
+                        if names_cache and first:
+                            response = await _post_naming_cache(api, path, hop_body, options)
+                        else:
+                            response = await _send(api, "post", path, hop_body, options, True)
             except errors.ChatdError as exc:
                 failure = exc
             else:
@@ -178,6 +233,7 @@ class GeminiProvider:
                         yield hops.observe(event, _chunk(event))
                 finally:
                     await upstream.aclose()
+            first = False
             if failure is not None and asyncio.get_running_loop().time() >= deadline:
                 raise failure
             refused = failure is not None and isinstance(failure.__cause__, genai_errors.APIError)
@@ -205,10 +261,69 @@ class GeminiProvider:
             body = self._encoder.count_tokens_body(request, model_path)
             options = self._http_options(request)
             async with asyncio.timeout_at(self._deadline(request)):
-                response = await _post(api, f"{model_path}:countTokens", body, options)
-        answer = response.response_stream[0] if response.response_stream else ""
-        total = (orjson.loads(answer) if answer else {}).get("totalTokens", 0)
+                response = await _send(api, "post", f"{model_path}:countTokens", body, options)
+        total = _json(response).get("totalTokens", 0)
         return TokenCount(int(total or 0), estimated=False)
+
+    # ------------------------------------------------------------------ context caches
+
+    async def create_cache(
+        self, request: ModelRequest, parts: GenerateParts, count: int, ttl: str, deadline: float
+    ) -> str:
+        """cachedContents.create (https://ai.google.dev/api/caching#method:-cachedcontents.create)
+        of the header and first `count` contents of `parts` for request.model, through the
+        SDK's request path as `client.aio.caches.create` posts it (its model name with
+        `t_caches_model`, its path and API version); the created cache's resource name.
+        Raises the domain errors of _upstream_errors, UpstreamRejected for what the SDK
+        refuses, Unavailable for an answer without a name."""
+        api = self._client.aio._api_client
+        with _upstream_errors(request.model, _unlogged), _refusals():
+            model = _transformers.t_caches_model(api, request.model) or request.model
+            body = parts.cache_body(model, count, ttl)
+            async with asyncio.timeout_at(deadline):
+                response = await _send(
+                    api, "post", "cachedContents", body, _once(self._http_options(request))
+                )
+        name = _json(response).get("name")
+        if not isinstance(name, str) or not name:
+            raise errors.Unavailable(
+                "the Gemini API created a cached content without a name",
+                reason="UPSTREAM_UNAVAILABLE",
+            )
+        return name
+
+    async def refresh_cache(
+        self, request: ModelRequest, name: str, ttl: str, deadline: float
+    ) -> None:
+        """cachedContents.patch of the cache's ttl, as `client.aio.caches.update` sends it
+        (only the expiration can be updated:
+        https://ai.google.dev/api/caching#method:-cachedcontents.patch). Raises CacheGone
+        for HTTP 403/404, else as create_cache."""
+        api = self._client.aio._api_client
+        with _upstream_errors(request.model, _unlogged), _cache_gone():
+            async with asyncio.timeout_at(deadline):
+                body = orjson.dumps({"ttl": ttl})
+                await _send(api, "patch", name, body, _once(self._http_options(request)))
+
+    async def delete_cache(self, name: str) -> None:
+        """cachedContents.delete. Raises CacheGone for HTTP 403/404, else as create_cache."""
+        api = self._client.aio._api_client
+        options = _once(types.HttpOptions(timeout=max(1, round(self._settings.timeout * 1000))))
+        with _upstream_errors(self.default_model, _unlogged), _cache_gone():
+            async with asyncio.timeout(self._settings.timeout):
+                await _send(api, "delete", name, b"", options)
+
+    def release_session(self, tenant: str, session_id: str) -> None:
+        """Deletes the session's context cache, in the background (SessionResources)."""
+        self._caches.release_session(tenant, session_id)
+
+    def release_expired(self, now: float) -> None:
+        """Deletes the context caches of sessions expired by `now`, in the background."""
+        self._caches.release_expired(now)
+
+    def context_cache_counts(self) -> Mapping[str, int]:
+        """What the context caches did since start, by outcome (context_cache.OUTCOMES)."""
+        return self._caches.counts()
 
     def _http_options(self, request: ModelRequest) -> types.HttpOptions:
         """The SDK's per-call options: the timeout in milliseconds (the shorter of the
@@ -241,6 +356,9 @@ class GeminiProvider:
         log.warning("gemini credentials rejected", error=error.message, fix=fix)
 
     async def close(self) -> None:
+        """Deletes the context caches still held (waiting a short bound), then closes the
+        clients."""
+        await self._caches.close()
         await self._client.aio.aclose()
         await self._http.aclose()
 
@@ -284,24 +402,82 @@ def _upstream_errors(model: str, rejected: Callable[[errors.ChatdError], None]) 
         ) from exc
 
 
-async def _post(
+async def _send(
     api: BaseApiClient,
+    verb: str,
     path: str,
     body: bytes,
     options: types.HttpOptions,
-    *,
     stream: bool = False,
 ) -> HttpResponse:
-    """POSTs the JSON `body` chatd encoded to `path` (relative to the API version) through
-    google-genai's own request path: its URL and API version (`_build_request`), its
-    credentials, headers, retries before the first byte and error statuses raised as
-    `errors.APIError` (`_async_request`). google-genai's public `async_request` takes a dict
-    that it serializes; the SDK sends a bytes body as it is (`_async_request_once`), so
-    chatd's encoding is what goes out. With `stream`, the response's `response_stream` is
-    the open httpx2 response; otherwise it holds the body's text."""
-    prepared = api._build_request("post", path, {}, options)
+    """Sends the JSON `body` chatd encoded (b"" for none) with `verb` to `path` (relative to
+    the API version) through google-genai's own request path: its URL and API version
+    (`_build_request`), its credentials, headers, retries before the first byte and error
+    statuses raised as `errors.APIError` (`_async_request`). google-genai's public
+    `async_request` takes a dict that it serializes; the SDK sends a bytes body as it is
+    (`_async_request_once`), so chatd's encoding is what goes out. With `stream`, the
+    response's `response_stream` is the open httpx2 response; otherwise it holds the
+    body's text."""
+    prepared = api._build_request(verb, path, {}, options)
     prepared.data = body
     return await api._async_request(prepared, options, stream=stream)
+
+
+class _CacheRefused(Exception):
+    """Gemini refused a request because the cache it names is gone."""
+
+
+def _names_missing_cache(exc: genai_errors.APIError) -> bool:
+    """Whether Gemini refused a request naming a cache because of the cache: 403
+    ("CachedContent not found (or permission denied)", what it answers for an expired or
+    deleted cache) or 404; or a 400 about the cache. A 403 for other causes (credentials)
+    comes back on the request sent again without the cache."""
+    if exc.code in (403, 404):
+        return True
+    message = (exc.message or "").lower()
+    return exc.code == 400 and ("cachedcontent" in message or "cached content" in message)
+
+
+async def _post_naming_cache(
+    api: BaseApiClient, path: str, body: bytes, options: types.HttpOptions
+) -> HttpResponse:
+    """_send for a streamed request naming a cache; raises _CacheRefused when the cache is
+    gone (_names_missing_cache)."""
+    try:
+        return await _send(api, "post", path, body, options, True)
+    except genai_errors.APIError as exc:
+        if _names_missing_cache(exc):
+            raise _CacheRefused(str(exc)) from exc
+        raise
+
+
+@contextmanager
+def _cache_gone() -> Iterator[None]:
+    """CacheGone for a cachedContents call Gemini answered with 403 or 404."""
+    try:
+        yield
+    except genai_errors.APIError as exc:
+        if exc.code in (403, 404):
+            raise CacheGone(str(exc)) from exc
+        raise
+
+
+def _once(options: types.HttpOptions) -> types.HttpOptions:
+    """`options` without the SDK's retries: a cachedContents call that fails is not worth
+    a turn's waiting (the call goes without a cache; a delete's cache expires by its TTL)."""
+    return options.model_copy(update={"retry_options": types.HttpRetryOptions(attempts=1)})
+
+
+def _unlogged(error: errors.ChatdError) -> None:
+    """A cachedContents call's refusal is not logged as rejected credentials: the turn's
+    own call, sent without a cache, reports those."""
+
+
+def _json(response: HttpResponse) -> dict[str, Any]:
+    """A non-streamed answer's JSON object ({} when empty or not an object)."""
+    text = response.response_stream[0] if response.response_stream else ""
+    answer = orjson.loads(text) if text else {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def _chunk(event: dict[str, Any]) -> ModelChunk:
@@ -335,3 +511,8 @@ async def _answer(payload: bytes, upstream: httpx2.Response) -> dict[str, Any]:
         error = answer["error"] if isinstance(answer["error"], dict) else {}
         await genai_errors.APIError.raise_error_async(error.get("code", 500), answer, upstream)
     return answer
+
+
+if TYPE_CHECKING:  # mypy checks that the provider implements the ports it offers
+    _implements: type[ModelProvider] = GeminiProvider
+    _releases: type[SessionResources] = GeminiProvider

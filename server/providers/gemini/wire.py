@@ -25,7 +25,7 @@ import re
 import struct
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
@@ -84,6 +84,12 @@ def _current_turn_start(messages: Sequence[Message]) -> int:
         if m.role is Role.USER and not all(p.function_response is not None for p in m.parts):
             return index + 1
     return 0
+
+
+def current_turn_start(messages: Sequence[Message]) -> int:
+    """Index of the first message after the current turn's user message (0: there is
+    none): the messages before that user message are what the next turns send again."""
+    return _current_turn_start(messages)
 
 
 def _signed_first_call(message: Message) -> Message:
@@ -556,6 +562,59 @@ def _tool_config(mode: str, names: Sequence[str] = ()) -> dict[str, Any]:
     return {"functionCallingConfig": calling}
 
 
+# What a cached content holds besides its contents, and a generate request naming it must
+# not set: "CachedContent can not be used with GenerateContent request setting
+# system_instruction, tools or tool_config" (HTTP 400; reported in
+# https://github.com/googleapis/python-genai/issues/348 and
+# https://github.com/googleapis/python-genai/issues/1119).
+CACHED_FIELDS = ("systemInstruction", "tools", "toolConfig")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateParts:
+    """A generate request's body in parts.
+
+    `contents` are the encoded Contents, of which the first `prefix` come before the
+    current turn's user message; `header` holds the systemInstruction, tools and toolConfig
+    the request sends (CACHED_FIELDS, those present); `rest` every other field
+    (generationConfig, safetySettings, labels, serviceTier, a caller's cachedContent)."""
+
+    contents: list[bytes]
+    prefix: int
+    header: dict[str, Any]
+    rest: dict[str, Any]
+    vertex: bool = False
+    project: str | None = None
+    location: str | None = None
+
+    def body(self, cached_content: str | None = None, cached: int = 0) -> bytes:
+        """The generate body: whole, or, with `cached_content` (a cache's resource name,
+        completed as google-genai completes it), naming that cache instead of sending its
+        first `cached` contents and the header it holds."""
+        if cached_content is None:
+            rest = _dumps({**self.header, **self.rest})
+            contents = self.contents
+        else:
+            name = _cached_content_name(cached_content, self.vertex, self.project, self.location)
+            rest = _dumps({**self.rest, "cachedContent": name})
+            contents = self.contents[cached:]
+        return b'{"contents":[' + b",".join(contents) + b"]," + rest[1:]
+
+    def header_bytes(self) -> bytes:
+        """The header as JSON bytes: equal for two requests that send the same one."""
+        return _dumps(self.header)
+
+    def cache_body(self, model: str, count: int, ttl: str) -> bytes:
+        """JSON body of cachedContents.create caching the header and the first `count`
+        contents for `model` (its resource name: "models/NAME" on the Gemini API), for
+        `ttl` (a protobuf Duration in JSON, "3600s"):
+        {"model", "contents", "systemInstruction"?, "tools"?, "toolConfig"?, "ttl",
+        "displayName"} (https://ai.google.dev/api/caching#CachedContent)."""
+        head = b'{"model":' + _dumps(model) + b',"contents":['
+        tail = _dumps({**self.header, "ttl": ttl, "displayName": "chatd"})
+        return head + b",".join(self.contents[:count]) + b"]," + tail[1:]
+
+
 class RequestEncoder:
     """Request bodies for one Gemini backend: the Gemini Developer API (`vertex` False) or
     Vertex AI. Request labels go upstream only on Vertex AI with `forward_labels`.
@@ -585,6 +644,11 @@ class RequestEncoder:
         """Each Content of the request's history as JSON bytes
         ({"role": "user"|"model", "parts": [...]}, https://ai.google.dev/api/caching#Content),
         as it goes to request.model (see wire_messages)."""
+        return self.contents_split(request)[0]
+
+    def contents_split(self, request: ModelRequest) -> tuple[list[bytes], int]:
+        """`contents(request)`, and how many of them come before the current turn's user
+        message: the part of what is sent that the next turns send again unchanged."""
         messages = request.contents
         model = request.model
         vertex = self._vertex
@@ -592,8 +656,13 @@ class RequestEncoder:
         memo = _MEMO
         signed_variant = 2 * vertex
         model_role = Role.MODEL
-        out = []
+        # The current turn's user message (-1: none).
+        turn = _current_turn_start(messages) - 1
+        prefix = 0
+        out: list[bytes] = []
         for index, m in enumerate(messages):
+            if index == turn:
+                prefix = len(out)
             if changed and index in changed:
                 fresh = changed[index]
                 if fresh.parts:
@@ -617,7 +686,7 @@ class RequestEncoder:
                 "the Gemini SDK refused to send this request: contents are required.",
                 reason="INVALID_GEMINI_PART",
             )
-        return out
+        return out, prefix
 
     def _rest(self, request: ModelRequest, *, generate: bool) -> dict[str, Any]:
         """Everything but the contents: of a generate body (`generate`), or of Vertex AI's
@@ -677,9 +746,17 @@ class RequestEncoder:
         {"contents": [...], "systemInstruction"?, "tools"?, "toolConfig"?, "labels"?,
         "safetySettings"?, "cachedContent"?, "serviceTier"?, "generationConfig": {...}}
         (https://ai.google.dev/api/generate-content#request-body)."""
-        contents = self.contents(request)
-        rest = _dumps(self._rest(request, generate=True))
-        return b'{"contents":[' + b",".join(contents) + b"]," + rest[1:]
+        return self.generate_parts(request).body()
+
+    def generate_parts(self, request: ModelRequest) -> GenerateParts:
+        """The generate body of `request` in parts, for a body sent with or without an
+        explicit cache of its stable prefix (see GenerateParts)."""
+        contents, prefix = self.contents_split(request)
+        rest = self._rest(request, generate=True)
+        header = {key: rest.pop(key) for key in CACHED_FIELDS if key in rest}
+        return GenerateParts(
+            contents, prefix, header, rest, self._vertex, self._project, self._location
+        )
 
     def count_tokens_body(self, request: ModelRequest, model_path: str) -> bytes:
         """JSON body of countTokens for what a generate call for `request` sends.
