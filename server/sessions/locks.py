@@ -42,10 +42,6 @@ class SessionLocks:
         session's lock (waiting, cancellably, for whoever holds it)."""
         return self._locks.hold((tenant, session_id))
 
-    def __len__(self) -> int:
-        """How many sessions' locks are held or waited for."""
-        return len(self._locks)
-
 
 class _Held:
     """A class rather than @asynccontextmanager: it is on every turn's path and costs a
