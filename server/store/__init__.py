@@ -90,7 +90,7 @@ def open_bus(
     if _backend(database_url) != "postgres":
         return LocalBus()
     # Imported here so that only PostgreSQL deployments need the driver.
-    from server.store.pg_bus import PostgresBus
+    from server.store.postgres.bus import PostgresBus
 
     return PostgresBus(database_url, schema, on_reconnect=on_reconnect)
 

@@ -6,7 +6,7 @@ import re
 import time
 
 from server.store import migrations, rules
-from server.store.pg_driver import Connection, Pool, create_pool, translated
+from server.store.postgres.driver import Connection, Pool, create_pool, translated
 
 # Spliced into CREATE SCHEMA and search_path, which take no bound parameters.
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")

@@ -65,7 +65,7 @@ def connect(path: str, synchronous: str, *, writer: bool) -> sqlite3.Connection:
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{path}: cannot use WAL journaling (got {mode})")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
-            # chatd checkpoints itself (sqlite_wal.WalKeeper), to know when the file changes.
+            # chatd checkpoints itself (wal.WalKeeper), to know when the file changes.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             _migrate(conn)
         else:

@@ -15,10 +15,10 @@ from server.sessions.ports import (
     SessionOrder,
     SessionQuery,
 )
-from server.store import pg_sql as sql
 from server.store import rows, rules
-from server.store.pg_driver import Connection, Pool, translated
-from server.store.pg_setup import open_pool
+from server.store.postgres import sql
+from server.store.postgres.driver import Connection, Pool, translated
+from server.store.postgres.pool import open_pool
 
 # Messages per INSERT of a long history (an import or a fork).
 INSERT_BATCH = 1000
