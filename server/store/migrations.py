@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from server.store import rules
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -15,6 +18,15 @@ BOOTSTRAP = (
     " description TEXT NOT NULL,"
     " applied_at BIGINT NOT NULL)"  # microseconds since the epoch
 )
+# The version a database is at (0: none applied yet), once BOOTSTRAP ran.
+CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+# Each applied migration's row, by dialect (they differ only in placeholders).
+_RECORD = {
+    SQLITE: "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+    POSTGRESQL: (
+        "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)"
+    ),
+}
 
 
 class SchemaTooNew(RuntimeError):
@@ -244,6 +256,18 @@ def pending(current: int, migrations: tuple[Migration, ...] = MIGRATIONS) -> lis
             "upgrade chatd instead of opening it with an older release"
         )
     return [m for m in migrations if m.version > current]
+
+
+def upgrade(current: int, dialect: str) -> list[tuple[str, tuple[object, ...]]]:
+    """What brings a database at `current` up to date, as (statement, parameters) to run
+    in order in one transaction: each pending migration's statements, then its row in
+    schema_migrations. Raises SchemaTooNew when the database is ahead of this code."""
+    steps: list[tuple[str, tuple[object, ...]]] = []
+    for step in pending(current):
+        steps += [(statement, ()) for statement in step.for_dialect(dialect)]
+        record = (step.version, step.description, rules.to_micros(time.time()))
+        steps.append((_RECORD[dialect], record))
+    return steps
 
 
 def _check_numbering(migrations: tuple[Migration, ...]) -> None:
