@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from server.sessions.model import Message, Session, SessionSettings
+from server.sessions.model import Message, Session
 from server.sessions.ports import ReplyWrite
-from server.store import codec, rules
+from server.store import rules
 from server.store.rows import (
     FAILED,
     MESSAGE_COLUMNS,
@@ -25,7 +24,7 @@ from server.store.rows import (
     reply_event_values,
     reply_values,
     session_state_values,
-    session_values,
+    settings_json,
     turn_reply_values,
 )
 
@@ -258,52 +257,25 @@ DELETE_OLD_REQUESTS = (
 
 def session_params(s: Session) -> tuple[Any, ...]:
     """$1..$14 of INSERT_SESSION and UPDATE_SESSION."""
-    settings, *rest = session_values(s)
-    return (s.tenant, s.session_id, settings, codec.dumps(s.settings.labels), *rest)
+    settings, labels = settings_json(s.settings)
+    return (s.tenant, s.session_id, settings, labels, *session_state_values(s))
 
 
-# The settings and labels JSON of recently written SessionSettings objects, by identity:
-# a turn carries its session's settings object unchanged, so its UPDATE need not encode
-# them again. The entry holds the object itself, so its id cannot be reused meanwhile.
-_SETTINGS_JSON: OrderedDict[int, tuple[SessionSettings, str, str]] = OrderedDict()
-_SETTINGS_JSON_MAX = 1024
-
-
-def settings_json(settings: SessionSettings) -> tuple[str, str]:
-    """The settings column's JSON and the labels column's, encoded once per object."""
-    hit = _SETTINGS_JSON.get(id(settings))
-    if hit is not None and hit[0] is settings:
-        _SETTINGS_JSON.move_to_end(id(settings))
-        return hit[1], hit[2]
-    text = codec.dumps(codec.settings_to_dict(settings))
-    labels = codec.dumps(settings.labels)
-    _SETTINGS_JSON[id(settings)] = (settings, text, labels)
-    if len(_SETTINGS_JSON) > _SETTINGS_JSON_MAX:
-        _SETTINGS_JSON.popitem(last=False)
-    return text, labels
+def update_params(s: Session, expected_version: int, first_new_seq: int) -> tuple[Any, ...]:
+    """$1..$17 of UPDATE_SESSION: a write at s.update_time needs the stored session alive
+    then."""
+    return (*session_params(s), expected_version, first_new_seq, rules.to_micros(s.update_time))
 
 
 def turn_params(
     session: Session, messages: Sequence[Message], expected_version: int, first_new_seq: int
 ) -> tuple[Any, ...]:
-    """$1..$22 of COMMIT_TURN: session_params' values, the settings' JSON memoized."""
-    s = session
-    settings, labels = settings_json(s.settings)
+    """$1..$22 of COMMIT_TURN: update_params', then one array per message column."""
     columns: list[list[Any]] = [[], [], [], [], []]
     for m in messages:
         for column, value in zip(columns, message_values(m), strict=True):
             column.append(value)
-    return (
-        s.tenant,
-        s.session_id,
-        settings,
-        labels,
-        *session_state_values(s),
-        expected_version,
-        first_new_seq,
-        rules.to_micros(s.update_time),
-        *columns,
-    )
+    return (*update_params(session, expected_version, first_new_seq), *columns)
 
 
 def commit_turn(

@@ -102,18 +102,23 @@ class PostgresStore:
             batch = messages[start : start + INSERT_BATCH]
             await conn.execute(sql.INSERT_MESSAGES, *sql.message_params(session, batch))
 
-    @staticmethod
+    @classmethod
     async def _replace_session(
-        conn: Connection, session: Session, expected_version: int, first_new_seq: int
+        cls, conn: Connection, session: Session, expected_version: int, first_new_seq: int
     ) -> None:
         """Runs the guarded UPDATE, raising NotFound, Conflict or seq reuse on a miss."""
-        alive_at = rules.to_micros(session.update_time)
-        params = (*sql.session_params(session), expected_version, first_new_seq, alive_at)
-        if await conn.fetchval(sql.UPDATE_SESSION, *params) is not None:
-            return
+        params = sql.update_params(session, expected_version, first_new_seq)
+        if await conn.fetchval(sql.UPDATE_SESSION, *params) is None:
+            raise await cls._guard_failure(conn, session, expected_version)
+
+    @staticmethod
+    async def _guard_failure(
+        conn: Connection, session: Session, expected_version: int
+    ) -> Exception:
+        """Why a guarded write of `session` matched no row (rules.guard_failure)."""
         guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
         stored = None if guards is None else (guards[0], guards[1], guards[2], guards[3])
-        raise rules.guard_failure(session, expected_version, stored)
+        return rules.guard_failure(session, expected_version, stored)
 
     @staticmethod
     async def _replace_expired(conn: Connection, session: Session, now: float | None) -> None:
@@ -267,9 +272,7 @@ class PostgresStore:
                 sql.SELECT_REQUEST_TAKEN, request.tenant, request.request_id
             ):
                 raise rules.duplicate_request(request.request_id)
-            guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
-        stored = None if guards is None else (guards[0], guards[1], guards[2], guards[3])
-        raise rules.guard_failure(session, expected_version, stored)
+            raise await self._guard_failure(conn, session, expected_version)
 
     async def clear_history(self, session: Session, expected_version: int) -> None:
         rules.check_version(session, expected_version)
