@@ -158,8 +158,7 @@ class PostgresStore:
         now: float | None = None,
         max_sessions: int = 0,
     ) -> None:
-        rules.check_seqs(session, messages)
-        rules.check_request(session, request)
+        rules.check_create(session, messages, request)
         params = sql.session_params(session)
         async with self._transaction() as conn:
             await self._insert_request(conn, request)

@@ -325,8 +325,7 @@ class SqliteStore:
         now: float | None = None,
         max_sessions: int = 0,
     ) -> None:
-        rules.check_seqs(session, messages)
-        rules.check_request(session, request)
+        rules.check_create(session, messages, request)
         key = (session.tenant, session.session_id)
         values = (*key, *rows.session_values(session))
         # Encoding a long history (an import or a fork) takes seconds of CPU: in paced
