@@ -194,6 +194,8 @@ DELETE_SESSION_REPLIES = (
     " RETURNING reply_id)"
     " DELETE FROM reply_events WHERE tenant = $1 AND reply_id IN (SELECT reply_id FROM gone)"
 )
+# One label of a listing (listing.session_page fills in the placeholders).
+LABEL_MATCHES = "labels ->> {key} = {value}"
 SELECT_REQUEST_TAKEN = "SELECT 1 FROM requests WHERE tenant = $1 AND request_id = $2"
 # One round trip for any number of messages.
 INSERT_MESSAGES = (
@@ -319,29 +321,3 @@ def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, 
     """$1..$7 of INSERT_MESSAGES: the key, then one array per column."""
     columns = zip(*(message_values(m) for m in messages), strict=True)
     return (session.tenant, session.session_id, *(list(c) for c in columns))
-
-
-def list_sessions(
-    *, by_create: bool, descending: bool, after: bool, labels: int, alive: bool
-) -> str:
-    """The SELECT of one listing page; parameters follow in the order of the arguments.
-
-    Only fixed SQL text is chosen here; every value is a bound parameter.
-    """
-    column = "create_time" if by_create else "update_time"
-    op, direction = ("<", "DESC") if descending else (">", "ASC")
-    where = ["tenant = $1"]
-    n = 1
-    if after:
-        where.append(f"({column}, session_id) {op} (${n + 1}, ${n + 2})")
-        n += 2
-    for _ in range(labels):
-        where.append(f"labels ->> ${n + 1} = ${n + 2}")
-        n += 2
-    if alive:
-        where.append(f"(expire_time IS NULL OR expire_time > ${n + 1})")
-        n += 1
-    return (
-        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
-        f" ORDER BY {column} {direction}, session_id {direction} LIMIT ${n + 1}"
-    )

@@ -12,10 +12,10 @@ from server.sessions.ports import (
     ReplyRecord,
     ReplyWrite,
     RequestRecord,
-    SessionOrder,
     SessionQuery,
 )
 from server.store import rows, rules
+from server.store.listing import session_page
 from server.store.postgres import sql
 from server.store.postgres.driver import Connection, Pool, translated
 from server.store.postgres.pool import open_pool
@@ -184,21 +184,9 @@ class PostgresStore:
         labels = query.labels.items()
         if any("\x00" in k or "\x00" in v for k, v in labels):
             return []  # no stored label can hold NUL, so none matches
-        statement = sql.list_sessions(
-            by_create=query.order is SessionOrder.CREATE_TIME,
-            descending=query.descending,
-            after=query.after is not None,
-            labels=len(labels),
-            alive=query.alive_at is not None,
+        statement, params = session_page(
+            tenant, query, placeholder=lambda n: f"${n}", label_matches=sql.LABEL_MATCHES
         )
-        params: list[object] = [tenant]
-        if (after := query.after) is not None:
-            params += [rules.to_micros(after.time), after.session_id]
-        for key, value in labels:
-            params += [key, value]
-        if query.alive_at is not None:
-            params.append(rules.to_micros(query.alive_at))
-        params.append(query.limit)
         async with self._connection() as conn:
             found = await conn.fetch(statement, *params)
         return [rows.session_from_row(row) for row in found]

@@ -159,8 +159,10 @@ DELETE_SESSION_REPLIES = "DELETE FROM replies WHERE tenant=? AND session_id=?"
 
 # Labels match through json_each, whose `key` column is the plain key string, so any key
 # works (dots, quotes, '$'); a json_extract path cannot address a key containing '"'.
-LABEL_MATCHES = "EXISTS (SELECT 1 FROM json_each(settings, '$.labels') WHERE key = ? AND value = ?)"
-ALIVE = "(expire_time IS NULL OR expire_time > ?)"
+# (listing.session_page fills in the placeholders.)
+LABEL_MATCHES = (
+    "EXISTS (SELECT 1 FROM json_each(settings, '$.labels') WHERE key = {key} AND value = {value})"
+)
 
 # A staged create's own row, found by its uid: the flip, and the removal of what a failed,
 # cancelled or crashed create left (its messages a slice at a time, then the row).

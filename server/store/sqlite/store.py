@@ -35,11 +35,11 @@ from server.sessions.ports import (
     ReplyRecord,
     ReplyWrite,
     RequestRecord,
-    SessionOrder,
     SessionQuery,
 )
 from server.startup import StartupError
 from server.store import rows, rules
+from server.store.listing import session_page
 from server.store.migrations import SchemaTooNew
 from server.store.sqlite import files, sql
 from server.store.sqlite.connect import BUSY_TIMEOUT_MS, SYNCHRONOUS_MODES, ForeignSchema, connect
@@ -445,25 +445,13 @@ class SqliteStore:
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         if query.limit <= 0:
             return []
-        # Column names come from this fixed mapping; every value is a bound parameter.
-        column = "create_time" if query.order is SessionOrder.CREATE_TIME else "update_time"
-        op, direction = ("<", "DESC") if query.descending else (">", "ASC")
-        where: list[str] = ["tenant = ?", sql.VISIBLE]
-        params: list[str | int] = [tenant]
-        if (after := query.after) is not None:
-            where.append(f"({column}, session_id) {op} (?, ?)")
-            params += [rules.to_micros(after.time), after.session_id]
-        for key, value in query.labels.items():
-            where.append(sql.LABEL_MATCHES)
-            params += [key, value]
-        if query.alive_at is not None:
-            where.append(sql.ALIVE)
-            params.append(rules.to_micros(query.alive_at))
-        statement = (
-            f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
-            f" ORDER BY {column} {direction}, session_id {direction} LIMIT ?"
+        statement, params = session_page(
+            tenant,
+            query,
+            placeholder=lambda _: "?",
+            label_matches=sql.LABEL_MATCHES,
+            visible=sql.VISIBLE,
         )
-        params.append(query.limit)
 
         def job(conn: sqlite3.Connection) -> list[Session]:
             return [rows.session_from_row(row) for row in conn.execute(statement, params)]
