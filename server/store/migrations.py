@@ -1,4 +1,21 @@
-"""The numbered schema migrations every SQL backend applies, with per-dialect SQL."""
+"""The numbered schema migrations every SQL backend applies, with per-dialect SQL.
+
+A database records the steps it has had in schema_migrations. Opening it creates that
+table if missing (BOOTSTRAP), reads its version (CURRENT_VERSION), refuses a database a
+newer chatd migrated (SchemaTooNew) and runs what `upgrade` lists, recording each step,
+all in one transaction. Steps only go forward: there are no downgrades, so an older
+chatd refuses a newer database instead of undoing its steps.
+
+Why this and not Alembic: the store talks to sqlite3 and asyncpg directly and has no
+SQLAlchemy, which Alembic runs on (with Mako and an env.py of its own) and which chatd
+would then carry for a few CREATE and ALTER statements. And the steps must run on the
+connections chatd controls, at the point of opening it chooses: SQLite's on the writer
+thread's connection, after the owner lock and the WAL checks, while the owner record
+says the file is being opened (sqlite/wal.py: nothing may write the file unseen);
+PostgreSQL's in one transaction under an advisory lock per schema, so that replicas
+starting together apply each step once (postgres/pool.py). A separate migration tool
+with its own connection and its own run would fit neither.
+"""
 
 from __future__ import annotations
 
