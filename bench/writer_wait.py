@@ -25,7 +25,7 @@ from pathlib import Path
 
 from server.sessions.model import Message, Part, Role, Session, SessionSettings
 from server.store import SqliteStore
-from server.store import sqlite as sqlite_store
+from server.store.sqlite import store as sqlite_store
 
 T0 = 1_700_000_000.0
 

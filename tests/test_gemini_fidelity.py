@@ -28,6 +28,7 @@ from tests.fake_gemini import (
     grounding,
     signature_part,
     text_part,
+    usage,
 )
 from tests.helpers import all_messages, violated_fields
 
@@ -818,6 +819,33 @@ async def test_prompt_feedback_reaches_the_reply(
     assert got.block_reason_message == "blocked for safety"
     assert got.safety_ratings[0].blocked
     assert json.loads(got.json) == feedback
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Reply(text="grounded", usage=usage(prompt=4, candidates=2), candidate=CANDIDATE),
+        Raw([{"promptFeedback": {"blockReason": "SAFETY"}, "modelVersion": "m"}]),
+    ],
+    ids=["candidate-metadata", "blocked"],
+)
+async def test_a_generation_describes_the_answer_as_a_reply_does(
+    gemini_chatd: Chatd, fake_gemini: FakeGemini, answer: Reply | Raw
+) -> None:
+    """GenerateContent's Generation and SendMessage's Reply say the same of one answer:
+    finish reason, usage, model, block reason, candidate metadata, no_content, prompt
+    feedback."""
+    await new_session(gemini_chatd)
+    fake_gemini.push(answer)
+    reply = await send(gemini_chatd, "look it up")
+    fake_gemini.push(answer)
+    user = content_pb2.Content(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="q")])
+    request = pb.GenerateContentRequest(contents=[user])
+    generation = (await gemini_chatd.stub.GenerateContent(request)).generation
+    shared = ("finish_reason", "usage", "model", "block_reason", "candidate_metadata")
+    for field in (*shared, "no_content", "prompt_feedback"):
+        assert getattr(generation, field) == getattr(reply, field), field
+    assert generation.candidate_metadata.json or generation.prompt_feedback.json
 
 
 async def test_a_model_run_with_calls_without_ids_imports_across_check_slices(

@@ -1,4 +1,5 @@
-"""Import rules import-linter cannot express: only the gemini provider touches the SDK."""
+"""Import rules import-linter cannot express: only the gemini provider touches the SDK, and
+each database driver is imported by its store backend's package alone."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ GEMINI = SERVER / "providers" / "gemini"
 # The MCP client's streamable-HTTP transport takes an httpx2.AsyncClient for the headers an
 # operator configures (the mcp SDK's documented way): the MCP module, not Gemini's transport.
 MCP = SERVER / "tools" / "mcp_servers.py"
+# Each driver and the one package that may import it.
+DRIVERS = {"sqlite3": SERVER / "store" / "sqlite", "asyncpg": SERVER / "store" / "postgres"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -53,3 +56,14 @@ def test_opening_a_sqlite_store_does_not_load_the_postgresql_driver(tmp_path: Pa
         "assert 'asyncpg' not in sys.modules, 'asyncpg was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=SERVER.parent, check=True, timeout=60)
+
+
+def test_each_database_driver_is_imported_only_by_its_backend_package() -> None:
+    offenders = [
+        f"{path.relative_to(SERVER)} imports {driver}"
+        for path in SERVER.rglob("*.py")
+        for driver, package in DRIVERS.items()
+        if package not in path.parents
+        and any(name == driver or name.startswith(f"{driver}.") for name in imported_modules(path))
+    ]
+    assert offenders == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from chatd.v1 import chat_service_pb2 as pb
 from server.rpc.content_codec import (
     FINISH_TO_PB,
@@ -17,7 +19,7 @@ from server.rpc.session_codec import (
     generation_config_from_pb,
 )
 from server.sessions.events import TextDelta, ToolCallRequested
-from server.sessions.model import SafetySetting
+from server.sessions.model import FinishReason, JSONObject, SafetySetting, Usage
 from server.sessions.stateless import GenerateInput, GenerationDone, GenerationEvent
 
 GenerateRequest = pb.GenerateContentRequest | pb.StreamGenerateContentRequest
@@ -42,18 +44,42 @@ def generate_input(request: GenerateRequest, timeout: float | None) -> GenerateI
     )
 
 
+class ModelAnswer(Protocol):
+    """What a GenerationDone and a TurnReply both say of the model's (last) answer."""
+
+    @property
+    def finish_reason(self) -> FinishReason: ...
+    @property
+    def usage(self) -> Usage: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def block_reason(self) -> str: ...
+    @property
+    def candidate_metadata(self) -> JSONObject | None: ...
+    @property
+    def no_content(self) -> bool: ...
+    @property
+    def prompt_feedback(self) -> JSONObject | None: ...
+
+
+def answer_to_pb(answer: ModelAnswer, out: pb.Generation | pb.Reply) -> None:
+    """The fields a Generation and a Reply share, which describe the model's answer."""
+    out.finish_reason = FINISH_TO_PB[answer.finish_reason]
+    usage_to_pb(answer.usage, out.usage)
+    out.model = answer.model
+    out.block_reason = answer.block_reason
+    if answer.candidate_metadata is not None:
+        candidate_metadata_to_pb(answer.candidate_metadata, out.candidate_metadata)
+    out.no_content = answer.no_content
+    if answer.prompt_feedback is not None:
+        prompt_feedback_to_pb(answer.prompt_feedback, out.prompt_feedback)
+
+
 def generation_to_pb(done: GenerationDone, out: pb.Generation) -> None:
     content_to_pb(done.content, out.content)
     out.text = done.content.text
-    out.finish_reason = FINISH_TO_PB[done.finish_reason]
-    usage_to_pb(done.usage, out.usage)
-    out.model = done.model
-    out.block_reason = done.block_reason
-    if done.candidate_metadata is not None:
-        candidate_metadata_to_pb(done.candidate_metadata, out.candidate_metadata)
-    out.no_content = done.no_content
-    if done.prompt_feedback is not None:
-        prompt_feedback_to_pb(done.prompt_feedback, out.prompt_feedback)
+    answer_to_pb(done, out)
 
 
 def generation_event_to_pb(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from chatd.v1 import chat_service_pb2 as pb
 from server.rpc.content_codec import (
-    FINISH_TO_PB,
     function_call_to_pb,
     function_response_to_pb,
     message_to_pb,
@@ -12,10 +11,9 @@ from server.rpc.content_codec import (
     part_to_pb,
     parts_from_pb,
     response_parts_from_pb,
-    usage_to_pb,
 )
+from server.rpc.generation_codec import answer_to_pb
 from server.rpc.json_codec import json_value
-from server.rpc.metadata_codec import candidate_metadata_to_pb, prompt_feedback_to_pb
 from server.rpc.session_codec import generation_config_from_pb
 from server.sessions.engine import TurnInput
 from server.sessions.errors import InvalidArgument
@@ -80,17 +78,9 @@ def reply_to_pb(reply: TurnReply, out: pb.Reply) -> None:
     out.turn_id = reply.turn_id
     out.text = reply.text
     messages_to_pb(reply.messages, out.messages)
-    out.finish_reason = FINISH_TO_PB[reply.finish_reason]
-    usage_to_pb(reply.usage, out.usage)
+    answer_to_pb(reply, out)
     for call in reply.pending_tool_calls:
         function_call_to_pb(call, out.pending_tool_calls.add())
-    out.model = reply.model
-    out.block_reason = reply.block_reason
-    if reply.candidate_metadata is not None:
-        candidate_metadata_to_pb(reply.candidate_metadata, out.candidate_metadata)
-    out.no_content = reply.no_content
-    if reply.prompt_feedback is not None:
-        prompt_feedback_to_pb(reply.prompt_feedback, out.prompt_feedback)
     out.no_content_reason = reply.no_content_reason
     out.reply_id = reply.reply_id
     if reply.unstored_message is not None:

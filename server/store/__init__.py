@@ -92,7 +92,7 @@ def open_bus(
     if _backend(database_url) != "postgres":
         return LocalBus()
     # Imported here, not at the top: only a PostgreSQL URL loads asyncpg (see open_store).
-    from server.store.pg_bus import PostgresBus
+    from server.store.postgres.bus import PostgresBus
 
     return PostgresBus(database_url, schema, on_reconnect=on_reconnect)
 

@@ -1,4 +1,23 @@
-"""Lossless conversion between domain values and compact JSON for storage rows."""
+"""Lossless conversion between domain values and compact JSON for storage rows.
+
+Written out by hand rather than through a serialization library (dataclasses.asdict,
+pydantic, cattrs, msgspec), because the stored JSON is a format chatd reads back for as
+long as a database lives, and the domain's frozen dataclasses are not that format:
+
+- keys are literals here, not the Python field names, so renaming a field changes
+  nothing stored; defaults are left out (unset config fields, empty ids, false flags),
+  which keeps rows small;
+- what JSON cannot hold as it is gets a chosen encoding: bytes as base64, parts chatd
+  does not model kept whole (`gemini_part`), lone surrogates kept in packed records;
+  large integers are read back exactly (orjson only where it is exact, json otherwise);
+- the cache's packed form (`pack_messages`) is a record per message with positional
+  fields and text-only parts as bare strings, about 92 B a message for the benchmark's
+  short ones (bench/README.md).
+
+The domain imports only the standard library, so a schema library would either enter it
+or describe every type a second time beside it; this module is that second description,
+without one.
+"""
 
 from __future__ import annotations
 

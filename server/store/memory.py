@@ -114,8 +114,7 @@ class MemoryStore:
         now: float | None = None,
         max_sessions: int = 0,
     ) -> None:
-        rules.check_seqs(session, messages)
-        rules.check_request(session, request)
+        rules.check_create(session, messages, request)
         self._check_request(request)
         sessions = self._tenants.get(session.tenant, {})
         at = None if now is None else rules.to_micros(now)

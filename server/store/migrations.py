@@ -1,9 +1,29 @@
-"""The numbered schema migrations every SQL backend applies, with per-dialect SQL."""
+"""The numbered schema migrations every SQL backend applies, with per-dialect SQL.
+
+A database records the steps it has had in schema_migrations. Opening it creates that
+table if missing (BOOTSTRAP), reads its version (CURRENT_VERSION), refuses a database a
+newer chatd migrated (SchemaTooNew) and runs what `upgrade` lists, recording each step,
+all in one transaction. Steps only go forward: there are no downgrades, so an older
+chatd refuses a newer database instead of undoing its steps.
+
+Why this and not Alembic: the store talks to sqlite3 and asyncpg directly and has no
+SQLAlchemy, which Alembic runs on (with Mako and an env.py of its own) and which chatd
+would then carry for a few CREATE and ALTER statements. And the steps must run on the
+connections chatd controls, at the point of opening it chooses: SQLite's on the writer
+thread's connection, after the owner lock and the WAL checks, while the owner record
+says the file is being opened (sqlite/wal.py: nothing may write the file unseen);
+PostgreSQL's in one transaction under an advisory lock per schema, so that replicas
+starting together apply each step once (postgres/pool.py). A separate migration tool
+with its own connection and its own run would fit neither.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from server.store import rules
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -15,6 +35,15 @@ BOOTSTRAP = (
     " description TEXT NOT NULL,"
     " applied_at BIGINT NOT NULL)"  # microseconds since the epoch
 )
+# The version a database is at (0: none applied yet), once BOOTSTRAP ran.
+CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+# Each applied migration's row, by dialect (they differ only in placeholders).
+_RECORD = {
+    SQLITE: "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+    POSTGRESQL: (
+        "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)"
+    ),
+}
 
 
 class SchemaTooNew(RuntimeError):
@@ -244,6 +273,18 @@ def pending(current: int, migrations: tuple[Migration, ...] = MIGRATIONS) -> lis
             "upgrade chatd instead of opening it with an older release"
         )
     return [m for m in migrations if m.version > current]
+
+
+def upgrade(current: int, dialect: str) -> list[tuple[str, tuple[object, ...]]]:
+    """What brings a database at `current` up to date, as (statement, parameters) to run
+    in order in one transaction: each pending migration's statements, then its row in
+    schema_migrations. Raises SchemaTooNew when the database is ahead of this code."""
+    steps: list[tuple[str, tuple[object, ...]]] = []
+    for step in pending(current):
+        steps += [(statement, ()) for statement in step.for_dialect(dialect)]
+        record = (step.version, step.description, rules.to_micros(time.time()))
+        steps.append((_RECORD[dialect], record))
+    return steps
 
 
 def _check_numbering(migrations: tuple[Migration, ...]) -> None:

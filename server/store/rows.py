@@ -6,9 +6,10 @@ microseconds, so one set of conversions serves both.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
-from server.sessions.model import Message, Session
+from server.sessions.model import Message, Session, SessionSettings
 from server.sessions.ports import (
     ReplyError,
     ReplyEvents,
@@ -51,12 +52,31 @@ RUNNING = ReplyState.RUNNING.value
 FAILED = ReplyState.FAILED.value
 
 
-def session_values(s: Session, settings: str | None = None) -> tuple[Any, ...]:
-    """Every SESSION_COLUMNS value after (tenant, session_id), in order; `settings` is the
-    settings' JSON when the caller has it already."""
-    if settings is None:
-        settings = codec.dumps(codec.settings_to_dict(s.settings))
-    return (settings, *session_state_values(s))
+# The settings and labels JSON of recently written SessionSettings objects, by identity:
+# a turn carries its session's settings object unchanged, so its UPDATE need not encode
+# them again. The entry holds the object itself, so its id cannot be reused meanwhile.
+_SETTINGS_JSON: OrderedDict[int, tuple[SessionSettings, str, str]] = OrderedDict()
+_SETTINGS_JSON_MAX = 1024
+
+
+def settings_json(settings: SessionSettings) -> tuple[str, str]:
+    """The settings column's JSON (codec's) and the JSON of the labels alone (PostgreSQL's
+    labels column, for filtering), encoded once per object."""
+    hit = _SETTINGS_JSON.get(id(settings))
+    if hit is not None and hit[0] is settings:
+        _SETTINGS_JSON.move_to_end(id(settings))
+        return hit[1], hit[2]
+    text = codec.dumps(codec.settings_to_dict(settings))
+    labels = codec.dumps(settings.labels)
+    _SETTINGS_JSON[id(settings)] = (settings, text, labels)
+    if len(_SETTINGS_JSON) > _SETTINGS_JSON_MAX:
+        _SETTINGS_JSON.popitem(last=False)
+    return text, labels
+
+
+def session_values(s: Session) -> tuple[Any, ...]:
+    """Every SESSION_COLUMNS value after (tenant, session_id), in order."""
+    return (settings_json(s.settings)[0], *session_state_values(s))
 
 
 def session_state_values(s: Session) -> tuple[Any, ...]:

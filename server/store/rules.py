@@ -145,6 +145,14 @@ def check_turn_reply(session: Session, reply: ReplyWrite | None) -> None:
     check_reply(reply)
 
 
+def check_create(
+    session: Session, messages: Sequence[Message], request: RequestRecord | None
+) -> None:
+    """Every check of a create_session that needs nothing stored (ValueError)."""
+    check_seqs(session, messages)
+    check_request(session, request)
+
+
 def check_commit(
     session: Session,
     messages: Sequence[Message],

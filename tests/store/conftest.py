@@ -21,7 +21,7 @@ import pytest
 
 from server.sessions.ports import SessionStore
 from server.store import CachedStore, MemoryStore, SqliteStore
-from server.store import sqlite as sqlite_store
+from server.store.sqlite import store as sqlite_store
 
 # Small enough that the conformance suite also exercises eviction and refills.
 CACHE_BYTES = 64_000

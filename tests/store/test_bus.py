@@ -137,7 +137,7 @@ def test_open_bus_gives_a_local_bus_for_a_store_of_one_process(url: str) -> None
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "PostgreSQL"])
 def test_open_bus_gives_a_postgres_bus_without_connecting(scheme: str) -> None:
-    from server.store.pg_bus import PostgresBus, channel_for
+    from server.store.postgres.bus import PostgresBus, channel_for
 
     bus = open_bus(f"{scheme}://chatd:secret@127.0.0.1:1/chatd", "tenant_a")
     assert isinstance(bus, PostgresBus)
@@ -161,7 +161,7 @@ def test_open_bus_refuses_a_malformed_schema() -> None:
 
 
 def test_channels_are_short_identifiers_that_differ_by_schema() -> None:
-    from server.store.pg_bus import channel_for
+    from server.store.postgres.bus import channel_for
 
     longest = "s" * 63
     channels = {channel_for(name) for name in ("public", "tenant_a", "tenant_b", longest)}
@@ -180,7 +180,7 @@ async def postgres_bus(
 ) -> AsyncIterator[tuple[Any, Inbox]]:
     """A started PostgresBus with an Inbox subscribed; closed on exit. Made by open_bus
     unless `options` go beyond what it takes."""
-    from server.store.pg_bus import PostgresBus
+    from server.store.postgres.bus import PostgresBus
 
     if set(options) <= {"on_reconnect"}:
         bus = open_bus(dsn, schema, **options)
@@ -242,7 +242,7 @@ async def test_a_bus_on_another_schema_hears_nothing() -> None:
 async def test_the_default_schema_is_the_connections_current_schema() -> None:
     import asyncpg
 
-    from server.store.pg_bus import channel_for
+    from server.store.postgres.bus import channel_for
 
     dsn = postgres_dsn()
     conn = await asyncpg.connect(dsn)
@@ -354,7 +354,7 @@ async def test_close_is_idempotent_and_ends_publishing() -> None:
 
 
 async def test_a_bus_closed_before_start_and_publish_before_start() -> None:
-    from server.store.pg_bus import PostgresBus
+    from server.store.postgres.bus import PostgresBus
 
     bus = PostgresBus("postgresql://127.0.0.1:1/chatd", "tenant_a")
     with pytest.raises(RuntimeError, match="not started"):
@@ -364,7 +364,7 @@ async def test_a_bus_closed_before_start_and_publish_before_start() -> None:
 
 
 async def test_an_unreachable_server_is_unavailable_at_start_without_echoing_secrets() -> None:
-    from server.store.pg_bus import PostgresBus
+    from server.store.postgres.bus import PostgresBus
 
     bus = PostgresBus("postgresql://chatd:secret@127.0.0.1:1/chatd", "tenant_a")
     with pytest.raises(Unavailable, match="PostgreSQL is unavailable") as raised:

@@ -119,7 +119,7 @@ async def test_nul_in_labels_is_refused_and_never_matches(pg: tuple[str, str]) -
 async def test_sweeps_can_walk_their_indexes(
     pg: tuple[str, str], statement: str, index: str
 ) -> None:
-    from server.store import pg_sql
+    from server.store.postgres import sql as pg_sql
 
     await (await open_store(pg)).close()
     conn = await asyncpg.connect(pg[0], server_settings={"search_path": pg[1]})
@@ -147,7 +147,7 @@ async def test_reply_statements_walk_their_indexes(
     pg: tuple[str, str], statement: str, params: tuple[object, ...], index: str
 ) -> None:
     """Listing needs no sort, and no sweep or renewal reads the whole table."""
-    from server.store import pg_sql
+    from server.store.postgres import sql as pg_sql
 
     await (await open_store(pg)).close()
     conn = await asyncpg.connect(pg[0], server_settings={"search_path": pg[1]})
@@ -163,7 +163,7 @@ async def test_reply_statements_walk_their_indexes(
 
 
 async def test_reading_events_walks_the_keys(pg: tuple[str, str]) -> None:
-    from server.store import pg_sql
+    from server.store.postgres import sql as pg_sql
 
     await (await open_store(pg)).close()
     conn = await asyncpg.connect(pg[0], server_settings={"search_path": pg[1]})

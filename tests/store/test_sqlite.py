@@ -10,8 +10,9 @@ import pytest
 
 from server.sessions.errors import Conflict
 from server.startup import StartupError
-from server.store import SchemaTooNew, SqliteStore, rules, sqlite_sql
+from server.store import SchemaTooNew, SqliteStore, rules
 from server.store.migrations import BOOTSTRAP, MIGRATIONS, Migration, pending
+from server.store.sqlite import sql as sqlite_sql
 
 from .builders import T0, TENANT, commit, history, new_session, turn_of
 

@@ -14,16 +14,18 @@ from pathlib import Path
 import pytest
 
 from server.startup import StartupError
-from server.store import SqliteStore, sqlite_files, sqlite_wal
-from server.store.sqlite_owner import (
+from server.store import SqliteStore
+from server.store.sqlite import files as sqlite_files
+from server.store.sqlite import wal as sqlite_wal
+from server.store.sqlite.connect import BUSY_TIMEOUT_MS, connect
+from server.store.sqlite.owner import (
     Fingerprint,
     OwnerLock,
     OwnerRecord,
     WalHeader,
     database_user,
 )
-from server.store.sqlite_setup import BUSY_TIMEOUT_MS, connect
-from server.store.sqlite_wal import WalKeeper, check_before_open, current_header, wal_path
+from server.store.sqlite.wal import WalKeeper, check_before_open, current_header, wal_path
 
 from .builders import TENANT, new_session
 

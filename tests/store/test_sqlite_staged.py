@@ -30,8 +30,8 @@ from server.sessions.errors import (
 from server.sessions.model import Message, Session
 from server.sessions.ports import SessionQuery
 from server.store import SqliteStore, rows
-from server.store import sqlite as sqlite_store
-from server.store import sqlite_sql as sql
+from server.store.sqlite import sql
+from server.store.sqlite import store as sqlite_store
 from tests.process import ROOT
 
 from .builders import T0, TENANT, commit, history, new_session, request_of, with_history

@@ -12,13 +12,13 @@ from server.sessions.ports import (
     ReplyRecord,
     ReplyWrite,
     RequestRecord,
-    SessionOrder,
     SessionQuery,
 )
-from server.store import pg_sql as sql
 from server.store import rows, rules
-from server.store.pg_driver import Connection, Pool, translated
-from server.store.pg_setup import open_pool
+from server.store.listing import session_page
+from server.store.postgres import sql
+from server.store.postgres.driver import Connection, Pool, translated
+from server.store.postgres.pool import open_pool
 
 # Messages per INSERT of a long history (an import or a fork).
 INSERT_BATCH = 1000
@@ -102,18 +102,23 @@ class PostgresStore:
             batch = messages[start : start + INSERT_BATCH]
             await conn.execute(sql.INSERT_MESSAGES, *sql.message_params(session, batch))
 
-    @staticmethod
+    @classmethod
     async def _replace_session(
-        conn: Connection, session: Session, expected_version: int, first_new_seq: int
+        cls, conn: Connection, session: Session, expected_version: int, first_new_seq: int
     ) -> None:
         """Runs the guarded UPDATE, raising NotFound, Conflict or seq reuse on a miss."""
-        alive_at = rules.to_micros(session.update_time)
-        params = (*sql.session_params(session), expected_version, first_new_seq, alive_at)
-        if await conn.fetchval(sql.UPDATE_SESSION, *params) is not None:
-            return
+        params = sql.update_params(session, expected_version, first_new_seq)
+        if await conn.fetchval(sql.UPDATE_SESSION, *params) is None:
+            raise await cls._guard_failure(conn, session, expected_version)
+
+    @staticmethod
+    async def _guard_failure(
+        conn: Connection, session: Session, expected_version: int
+    ) -> Exception:
+        """Why a guarded write of `session` matched no row (rules.guard_failure)."""
         guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
         stored = None if guards is None else (guards[0], guards[1], guards[2], guards[3])
-        raise rules.guard_failure(session, expected_version, stored)
+        return rules.guard_failure(session, expected_version, stored)
 
     @staticmethod
     async def _replace_expired(conn: Connection, session: Session, now: float | None) -> None:
@@ -153,8 +158,7 @@ class PostgresStore:
         now: float | None = None,
         max_sessions: int = 0,
     ) -> None:
-        rules.check_seqs(session, messages)
-        rules.check_request(session, request)
+        rules.check_create(session, messages, request)
         params = sql.session_params(session)
         async with self._transaction() as conn:
             await self._insert_request(conn, request)
@@ -180,21 +184,9 @@ class PostgresStore:
         labels = query.labels.items()
         if any("\x00" in k or "\x00" in v for k, v in labels):
             return []  # no stored label can hold NUL, so none matches
-        statement = sql.list_sessions(
-            by_create=query.order is SessionOrder.CREATE_TIME,
-            descending=query.descending,
-            after=query.after is not None,
-            labels=len(labels),
-            alive=query.alive_at is not None,
+        statement, params = session_page(
+            tenant, query, placeholder=lambda n: f"${n}", label_matches=sql.LABEL_MATCHES
         )
-        params: list[object] = [tenant]
-        if (after := query.after) is not None:
-            params += [rules.to_micros(after.time), after.session_id]
-        for key, value in labels:
-            params += [key, value]
-        if query.alive_at is not None:
-            params.append(rules.to_micros(query.alive_at))
-        params.append(query.limit)
         async with self._connection() as conn:
             found = await conn.fetch(statement, *params)
         return [rows.session_from_row(row) for row in found]
@@ -267,9 +259,7 @@ class PostgresStore:
                 sql.SELECT_REQUEST_TAKEN, request.tenant, request.request_id
             ):
                 raise rules.duplicate_request(request.request_id)
-            guards = await conn.fetchrow(sql.SELECT_GUARDS, session.tenant, session.session_id)
-        stored = None if guards is None else (guards[0], guards[1], guards[2], guards[3])
-        raise rules.guard_failure(session, expected_version, stored)
+            raise await self._guard_failure(conn, session, expected_version)
 
     async def clear_history(self, session: Session, expected_version: int) -> None:
         rules.check_version(session, expected_version)

@@ -17,7 +17,7 @@ which is right for the same reason (two caches).
 The file also holds a small JSON record, rewritten in place at a fixed size: who holds
 the lock (pid, host, start time, resolved database path), the header of the WAL chatd is
 writing (salts and checkpoint sequence) and a fingerprint of the database file (inode,
-size, mtime) taken while chatd knows the file is not changing. sqlite_wal uses it to
+size, mtime) taken while chatd knows the file is not changing. wal.py uses it to
 refuse a WAL that does not belong to the database before SQLite could replay it.
 
 Why SQLite's own locks are asked too: the lock file is only a name in a directory. When an

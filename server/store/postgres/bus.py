@@ -27,8 +27,8 @@ import structlog
 from server.sessions.errors import Unavailable
 from server.sessions.model import JSONObject
 from server.store.bus import Listener, decode, deliver, encode
-from server.store.pg_driver import ListeningConnection, connect, translated
-from server.store.pg_setup import check_schema
+from server.store.postgres.driver import ListeningConnection, connect, translated
+from server.store.postgres.pool import check_schema
 
 log = structlog.get_logger("chatd.bus")
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 
-from server.store import migrations, rules
-from server.store.pg_driver import Connection, Pool, create_pool, translated
+from server.store import migrations
+from server.store.postgres.driver import Connection, Pool, create_pool, translated
 
 # Spliced into CREATE SCHEMA and search_path, which take no bound parameters.
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
-_RECORD_MIGRATION = (
-    "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)"
-)
 # One lock per schema: replicas starting together queue here, and the later ones then
 # find nothing left to do. Transaction-scoped, so a crash cannot leave it held.
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
@@ -41,12 +37,9 @@ async def _migrate(conn: Connection, schema: str | None) -> None:
         if exists is None:
             await conn.execute(f'CREATE SCHEMA "{target}"')
         await conn.execute(migrations.BOOTSTRAP)
-        current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        for step in migrations.pending(current):
-            for statement in step.for_dialect(migrations.POSTGRESQL):
-                await conn.execute(statement)
-            now = rules.to_micros(time.time())
-            await conn.execute(_RECORD_MIGRATION, step.version, step.description, now)
+        current = await conn.fetchval(migrations.CURRENT_VERSION)
+        for statement, params in migrations.upgrade(current, migrations.POSTGRESQL):
+            await conn.execute(statement, *params)
 
 
 async def open_pool(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.sessions.errors import Unavailable
-from server.store.worker import ConnectionThread
+from server.store.sqlite.writer import ConnectionThread
 
 Job = Callable[[sqlite3.Connection], object]
 

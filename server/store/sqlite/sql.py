@@ -9,13 +9,12 @@ out (`VISIBLE`), and their expire_time stays NULL so that no expiry touches them
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from server.sessions.model import Message, Session, SessionSettings
+from server.sessions.model import Message, Session
 from server.sessions.ports import ReplyWrite
-from server.store import codec, rules
+from server.store import rules
 from server.store.rows import (
     FAILED,
     MESSAGE_COLUMNS,
@@ -160,8 +159,10 @@ DELETE_SESSION_REPLIES = "DELETE FROM replies WHERE tenant=? AND session_id=?"
 
 # Labels match through json_each, whose `key` column is the plain key string, so any key
 # works (dots, quotes, '$'); a json_extract path cannot address a key containing '"'.
-LABEL_MATCHES = "EXISTS (SELECT 1 FROM json_each(settings, '$.labels') WHERE key = ? AND value = ?)"
-ALIVE = "(expire_time IS NULL OR expire_time > ?)"
+# (listing.session_page fills in the placeholders.)
+LABEL_MATCHES = (
+    "EXISTS (SELECT 1 FROM json_each(settings, '$.labels') WHERE key = {key} AND value = {value})"
+)
 
 # A staged create's own row, found by its uid: the flip, and the removal of what a failed,
 # cancelled or crashed create left (its messages a slice at a time, then the row).
@@ -183,31 +184,11 @@ DELETE_STAGED = (
 ALL_STAGED = f"SELECT tenant, session_id FROM sessions WHERE state='{STAGING}'"
 
 
-# The settings JSON of recently written SessionSettings objects, by identity: a turn
-# carries its session's settings object unchanged, so its UPDATE need not encode them
-# again. The entry holds the object itself, so its id cannot be reused meanwhile.
-_SETTINGS_JSON: OrderedDict[int, tuple[SessionSettings, str]] = OrderedDict()
-_SETTINGS_JSON_MAX = 1024
-
-
-def settings_json(settings: SessionSettings) -> str:
-    """codec's JSON of `settings` (the sessions.settings column), encoded once per object."""
-    hit = _SETTINGS_JSON.get(id(settings))
-    if hit is not None and hit[0] is settings:
-        _SETTINGS_JSON.move_to_end(id(settings))
-        return hit[1]
-    text = codec.dumps(codec.settings_to_dict(settings))
-    _SETTINGS_JSON[id(settings)] = (settings, text)
-    if len(_SETTINGS_JSON) > _SETTINGS_JSON_MAX:
-        _SETTINGS_JSON.popitem(last=False)
-    return text
-
-
 def update_values(s: Session, expected_version: int, first_new_seq: int) -> tuple[Any, ...]:
     """Parameters of UPDATE_SESSION: a write at s.update_time needs the stored session
-    alive then. The same values as rows.session_values, the settings' JSON memoized."""
+    alive then."""
     return (
-        *session_values(s, settings_json(s.settings)),
+        *session_values(s),
         s.tenant,
         s.session_id,
         expected_version,

@@ -1,4 +1,20 @@
-"""A thread owning one sqlite3 connection that runs queued jobs in batched transactions."""
+"""A thread owning one sqlite3 connection that runs queued jobs in batched transactions.
+
+SqliteStore runs one for its writes and one for its reads. Why not aiosqlite, which also
+runs sqlite3 on a thread of its own: it costs a thread hop per call, and its transactions
+are its caller's, one after another. Measured on the 2-core machines chatd is built on:
+about 0.15-0.4 ms of hops per aiosqlite call (the last 100 messages: 0.09 ms with sqlite3
+on a held connection, 0.5 ms through aiosqlite); with synchronous=FULL, a commit per write
+reaches about 6,000 writes/s and group commit about 30,000-45,000 at 64 in flight.
+
+Here a job is a plain function run whole on the thread, so a write of several statements
+is one hop; the writer commits every job that queued up meanwhile in one transaction (one
+fsync), each in a SAVEPOINT so that a failing job is undone alone, and a caller's future
+resolves only after COMMIT returned. SQLite admits one writer at a time anyway: one
+writing connection makes the order of writes chatd's own instead of busy_timeout waits
+between connections, and lets the WAL bookkeeping (`after_batch`, sqlite/wal.py) run
+between batches on the very connection that writes.
+"""
 
 from __future__ import annotations
 

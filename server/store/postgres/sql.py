@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from server.sessions.model import Message, Session, SessionSettings
+from server.sessions.model import Message, Session
 from server.sessions.ports import ReplyWrite
-from server.store import codec, rules
+from server.store import rules
 from server.store.rows import (
     FAILED,
     MESSAGE_COLUMNS,
@@ -25,7 +24,7 @@ from server.store.rows import (
     reply_event_values,
     reply_values,
     session_state_values,
-    session_values,
+    settings_json,
     turn_reply_values,
 )
 
@@ -195,6 +194,8 @@ DELETE_SESSION_REPLIES = (
     " RETURNING reply_id)"
     " DELETE FROM reply_events WHERE tenant = $1 AND reply_id IN (SELECT reply_id FROM gone)"
 )
+# One label of a listing (listing.session_page fills in the placeholders).
+LABEL_MATCHES = "labels ->> {key} = {value}"
 SELECT_REQUEST_TAKEN = "SELECT 1 FROM requests WHERE tenant = $1 AND request_id = $2"
 # One round trip for any number of messages.
 INSERT_MESSAGES = (
@@ -258,52 +259,25 @@ DELETE_OLD_REQUESTS = (
 
 def session_params(s: Session) -> tuple[Any, ...]:
     """$1..$14 of INSERT_SESSION and UPDATE_SESSION."""
-    settings, *rest = session_values(s)
-    return (s.tenant, s.session_id, settings, codec.dumps(s.settings.labels), *rest)
+    settings, labels = settings_json(s.settings)
+    return (s.tenant, s.session_id, settings, labels, *session_state_values(s))
 
 
-# The settings and labels JSON of recently written SessionSettings objects, by identity:
-# a turn carries its session's settings object unchanged, so its UPDATE need not encode
-# them again. The entry holds the object itself, so its id cannot be reused meanwhile.
-_SETTINGS_JSON: OrderedDict[int, tuple[SessionSettings, str, str]] = OrderedDict()
-_SETTINGS_JSON_MAX = 1024
-
-
-def settings_json(settings: SessionSettings) -> tuple[str, str]:
-    """The settings column's JSON and the labels column's, encoded once per object."""
-    hit = _SETTINGS_JSON.get(id(settings))
-    if hit is not None and hit[0] is settings:
-        _SETTINGS_JSON.move_to_end(id(settings))
-        return hit[1], hit[2]
-    text = codec.dumps(codec.settings_to_dict(settings))
-    labels = codec.dumps(settings.labels)
-    _SETTINGS_JSON[id(settings)] = (settings, text, labels)
-    if len(_SETTINGS_JSON) > _SETTINGS_JSON_MAX:
-        _SETTINGS_JSON.popitem(last=False)
-    return text, labels
+def update_params(s: Session, expected_version: int, first_new_seq: int) -> tuple[Any, ...]:
+    """$1..$17 of UPDATE_SESSION: a write at s.update_time needs the stored session alive
+    then."""
+    return (*session_params(s), expected_version, first_new_seq, rules.to_micros(s.update_time))
 
 
 def turn_params(
     session: Session, messages: Sequence[Message], expected_version: int, first_new_seq: int
 ) -> tuple[Any, ...]:
-    """$1..$22 of COMMIT_TURN: session_params' values, the settings' JSON memoized."""
-    s = session
-    settings, labels = settings_json(s.settings)
+    """$1..$22 of COMMIT_TURN: update_params', then one array per message column."""
     columns: list[list[Any]] = [[], [], [], [], []]
     for m in messages:
         for column, value in zip(columns, message_values(m), strict=True):
             column.append(value)
-    return (
-        s.tenant,
-        s.session_id,
-        settings,
-        labels,
-        *session_state_values(s),
-        expected_version,
-        first_new_seq,
-        rules.to_micros(s.update_time),
-        *columns,
-    )
+    return (*update_params(session, expected_version, first_new_seq), *columns)
 
 
 def commit_turn(
@@ -347,29 +321,3 @@ def message_params(session: Session, messages: Sequence[Message]) -> tuple[Any, 
     """$1..$7 of INSERT_MESSAGES: the key, then one array per column."""
     columns = zip(*(message_values(m) for m in messages), strict=True)
     return (session.tenant, session.session_id, *(list(c) for c in columns))
-
-
-def list_sessions(
-    *, by_create: bool, descending: bool, after: bool, labels: int, alive: bool
-) -> str:
-    """The SELECT of one listing page; parameters follow in the order of the arguments.
-
-    Only fixed SQL text is chosen here; every value is a bound parameter.
-    """
-    column = "create_time" if by_create else "update_time"
-    op, direction = ("<", "DESC") if descending else (">", "ASC")
-    where = ["tenant = $1"]
-    n = 1
-    if after:
-        where.append(f"({column}, session_id) {op} (${n + 1}, ${n + 2})")
-        n += 2
-    for _ in range(labels):
-        where.append(f"labels ->> ${n + 1} = ${n + 2}")
-        n += 2
-    if alive:
-        where.append(f"(expire_time IS NULL OR expire_time > ${n + 1})")
-        n += 1
-    return (
-        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
-        f" ORDER BY {column} {direction}, session_id {direction} LIMIT ${n + 1}"
-    )

@@ -8,7 +8,7 @@ the WAL itself before SQLite opens the files:
 - no WAL, an empty one, or one with no committed frame: nothing would be replayed (such a
   file is removed, so SQLite starts a new one);
 - otherwise its header must be valid, its page size the database's, and its identity the
-  one chatd recorded in the owner file (sqlite_owner): the same checkpoint sequence and
+  one chatd recorded in the owner file (owner.py): the same checkpoint sequence and
   salts, or their successor (SQLite restarts a WAL with salt-1 plus one and the sequence
   plus one; chatd records the new header after the write that restarted it, so a crash in
   between leaves exactly one step to accept). A WAL started from nothing has sequence 0
@@ -34,7 +34,7 @@ import struct
 from pathlib import Path
 
 from server.startup import StartupError
-from server.store.sqlite_owner import Fingerprint, OwnerLock, OwnerRecord, WalHeader
+from server.store.sqlite.owner import Fingerprint, OwnerLock, OwnerRecord, WalHeader
 
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24

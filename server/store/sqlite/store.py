@@ -1,11 +1,11 @@
 """SqliteStore: sessions in one SQLite file (WAL), group-committed by a writer thread.
 
-Opening takes the file's owner lock first (sqlite_owner: one chatd per file), checks the
-file and its WAL (sqlite_files, sqlite_wal) before SQLite touches them, and turns every
-way the file can be unusable into one StartupError.
+Opening takes the file's owner lock first (owner.py: one chatd per file), checks the
+file and its WAL (files.py, wal.py) before SQLite touches them, and turns every way the
+file can be unusable into one StartupError.
 
 A create with a long history (an import or a fork) does not hold the writer, which every
-other tenant's writes wait for, for the whole insert: it is staged (sqlite_sql explains
+other tenant's writes wait for, for the whole insert: it is staged (sql.py explains
 the STAGING row), its history inserted a writer job per slice, and it becomes visible in
 one last job, or is removed if anything fails on the way (or at the next open, after a
 crash). The owner lock makes this process the only writer of the file, so which creates
@@ -35,17 +35,17 @@ from server.sessions.ports import (
     ReplyRecord,
     ReplyWrite,
     RequestRecord,
-    SessionOrder,
     SessionQuery,
 )
 from server.startup import StartupError
-from server.store import rows, rules, sqlite_files
-from server.store import sqlite_sql as sql
+from server.store import rows, rules
+from server.store.listing import session_page
 from server.store.migrations import SchemaTooNew
-from server.store.sqlite_owner import OwnerLock
-from server.store.sqlite_setup import BUSY_TIMEOUT_MS, SYNCHRONOUS_MODES, ForeignSchema, connect
-from server.store.sqlite_wal import WalKeeper, check_before_open
-from server.store.worker import ConnectionThread
+from server.store.sqlite import files, sql
+from server.store.sqlite.connect import BUSY_TIMEOUT_MS, SYNCHRONOUS_MODES, ForeignSchema, connect
+from server.store.sqlite.owner import OwnerLock
+from server.store.sqlite.wal import WalKeeper, check_before_open
+from server.store.sqlite.writer import ConnectionThread
 
 log = structlog.get_logger("chatd.store")
 
@@ -235,17 +235,17 @@ class SqliteStore:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
         if not path or path == ":memory:" or path.startswith("file:"):
             raise ValueError(f"SqliteStore needs a file path, not {path!r}")
-        database = sqlite_files.resolve(path)
-        sqlite_files.prepare_directory(database)
+        database = files.resolve(path)
+        files.prepare_directory(database)
         lock = OwnerLock.acquire(database)
         try:
-            found = sqlite_files.inspect(database)
+            found = files.inspect(database)
             wal = check_before_open(database, lock.previous)
             keeper = WalKeeper(lock, database, BUSY_TIMEOUT_MS)
             try:
                 lock.record(wal, None, opening=True)  # the file changes while SQLite opens it
             except OSError as exc:
-                raise sqlite_files.write_error(lock.path, exc) from exc
+                raise files.write_error(lock.path, exc) from exc
             writer, reader = await cls._start(database, mode, keeper)
         except BaseException:
             lock.release()
@@ -286,7 +286,7 @@ class SqliteStore:
         try:
             await writer.start()  # migrates, so the reader finds the tables
         except sqlite3.Error as exc:
-            raise sqlite_files.explain(database, exc) from exc
+            raise files.explain(database, exc) from exc
         except SchemaTooNew as exc:
             raise StartupError(
                 str(database), str(exc).partition(";")[0], "run the newer chatd that wrote it"
@@ -298,7 +298,7 @@ class SqliteStore:
                 "point CHATD_DATABASE_URL at chatd's own database file (or a new one)",
             ) from exc
         except OSError as exc:
-            raise sqlite_files.write_error(database, exc) from exc
+            raise files.write_error(database, exc) from exc
         reader = ConnectionThread(
             "chatd-sqlite-reader",
             lambda: connect(str(database), mode, writer=False),
@@ -309,7 +309,7 @@ class SqliteStore:
         except BaseException as exc:
             await writer.stop()
             if isinstance(exc, sqlite3.Error):
-                raise sqlite_files.explain(database, exc) from exc
+                raise files.explain(database, exc) from exc
             raise
         return writer, reader
 
@@ -322,8 +322,7 @@ class SqliteStore:
         now: float | None = None,
         max_sessions: int = 0,
     ) -> None:
-        rules.check_seqs(session, messages)
-        rules.check_request(session, request)
+        rules.check_create(session, messages, request)
         key = (session.tenant, session.session_id)
         values = (*key, *rows.session_values(session))
         # Encoding a long history (an import or a fork) takes seconds of CPU: in paced
@@ -443,25 +442,13 @@ class SqliteStore:
     async def list_sessions(self, tenant: str, query: SessionQuery) -> list[Session]:
         if query.limit <= 0:
             return []
-        # Column names come from this fixed mapping; every value is a bound parameter.
-        column = "create_time" if query.order is SessionOrder.CREATE_TIME else "update_time"
-        op, direction = ("<", "DESC") if query.descending else (">", "ASC")
-        where: list[str] = ["tenant = ?", sql.VISIBLE]
-        params: list[str | int] = [tenant]
-        if (after := query.after) is not None:
-            where.append(f"({column}, session_id) {op} (?, ?)")
-            params += [rules.to_micros(after.time), after.session_id]
-        for key, value in query.labels.items():
-            where.append(sql.LABEL_MATCHES)
-            params += [key, value]
-        if query.alive_at is not None:
-            where.append(sql.ALIVE)
-            params.append(rules.to_micros(query.alive_at))
-        statement = (
-            f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
-            f" ORDER BY {column} {direction}, session_id {direction} LIMIT ?"
+        statement, params = session_page(
+            tenant,
+            query,
+            placeholder=lambda _: "?",
+            label_matches=sql.LABEL_MATCHES,
+            visible=sql.VISIBLE,
         )
-        params.append(query.limit)
 
         def job(conn: sqlite3.Connection) -> list[Session]:
             return [rows.session_from_row(row) for row in conn.execute(statement, params)]

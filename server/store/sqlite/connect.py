@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 
-from server.store import migrations, rules
+from server.store import migrations
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 BUSY_TIMEOUT_MS = 5000
-
-_RECORD_MIGRATION = (
-    "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)"
-)
 
 
 class ForeignSchema(RuntimeError):
@@ -36,14 +31,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(migrations.BOOTSTRAP)
-        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        for step in migrations.pending(current.fetchone()[0]):
-            for statement in step.for_dialect(migrations.SQLITE):
-                conn.execute(statement)
-            conn.execute(
-                _RECORD_MIGRATION,
-                (step.version, step.description, rules.to_micros(time.time())),
-            )
+        current = conn.execute(migrations.CURRENT_VERSION).fetchone()[0]
+        for statement, params in migrations.upgrade(current, migrations.SQLITE):
+            conn.execute(statement, params)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -65,7 +55,7 @@ def connect(path: str, synchronous: str, *, writer: bool) -> sqlite3.Connection:
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"{path}: cannot use WAL journaling (got {mode})")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
-            # chatd checkpoints itself (sqlite_wal.WalKeeper), to know when the file changes.
+            # chatd checkpoints itself (wal.WalKeeper), to know when the file changes.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             _migrate(conn)
         else:
