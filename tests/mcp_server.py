@@ -6,7 +6,9 @@
 
 Its tools: `add`, `pid` (its process id), `fail` (an isError result), `picture` (text
 and a PNG image), `note` (an embedded text resource), `optional` (an Optional argument),
-`coded` (a schema chatd refuses: a "pattern") and `hold`, which writes its process id to
+`coded` (a schema chatd refuses: a "pattern"), `stall` (never returns: a call ends only
+by the caller's timeout or cancellation, and the server stops at once, with no thread
+stuck in it) and `hold`, which writes its process id to
 the file `started` and returns only once the FIFO `release` is written: a latch the tests
 use to kill the server in the middle of a call.
 """
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 import mcp_types
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -82,6 +85,13 @@ def pid() -> str:
 def coded(code: Annotated[str, Field(pattern="^[A-Z]{3}$")]) -> str:
     """Takes a three-letter code: its schema has a "pattern", which chatd does not check."""
     return code
+
+
+@server.tool()
+async def stall() -> str:
+    """Never returns: a call to it ends only by the caller giving up (its timeout)."""
+    await anyio.sleep_forever()
+    return "never"
 
 
 @server.tool()

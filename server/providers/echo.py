@@ -80,7 +80,9 @@ class EchoProvider:
     a few words at a time (`words_per_chunk`, WORDS_PER_CHUNK by default).
 
     A line `/call NAME {"arg": ...}` in the message makes it call function NAME instead
-    (several lines: several calls at once); given the results, it reports them. `delay`
+    (several lines: several calls at once), unless the request allows no function calls
+    (ModelRequest.allow_function_calls): then it answers in words, as a model told so
+    does; given the results, it reports them. `delay`
     seconds pass before each delta, to make streaming visible by hand.
     """
 
@@ -156,7 +158,7 @@ class EchoProvider:
             if not isinstance(args, dict):
                 return f"Echo: /call arguments must be a JSON object: {CALL_USAGE}"
             calls.append(Part(function_call=FunctionCall("", match["name"], args)))
-        if calls:
+        if calls and request.allow_function_calls:
             return tuple(calls)
         code = [m["code"] for m in _CODE.finditer(text)]
         if code:
