@@ -21,11 +21,20 @@ class HostPort(NamedTuple):
 def parse_host_port(address: str) -> HostPort:
     """`address` as "host:port" or "[v6 host]:port"; ValueError naming it when it is not.
 
-    The port must be decimal digits up to 65535. The host may only be empty where the
-    caller allows it (see `require_host`)."""
-    host, sep, port = address.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    The port must be decimal digits up to 65535; an IPv6 host must be bracketed; no
+    whitespace anywhere. The host may only be empty where the caller allows it (see
+    `require_host`)."""
+    host, sep, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if (
+        not sep
+        or not port.isdigit()
+        or int(port) > 65535
+        or (":" in host and not bracketed)  # "::1:50051" is ambiguous: write [::1]:50051
+        or any(c.isspace() or c in "[]" for c in host)
+    ):
         raise ValueError(f"{address!r} is not host:port")
     return HostPort(host, int(port))
 

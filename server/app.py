@@ -13,6 +13,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from chatd.v1 import chat_service_pb2, chat_service_pb2_grpc
+from server.addresses import require_host
 from server.config import Settings
 from server.http.listener import HttpApp, HttpListener, bind
 from server.malloc import Trimmer, freeze_start_up
@@ -23,7 +24,6 @@ from server.metrics import (
     InstrumentedTools,
     Metrics,
     MetricsServer,
-    parse_listen,
     start_metrics_server,
 )
 from server.providers.echo import NOTICE, EchoProvider
@@ -432,7 +432,7 @@ async def start(
         if metrics is not None:
             try:
                 metrics_server = await start_metrics_server(
-                    metrics, *parse_listen(settings.metrics_listen)
+                    metrics, *require_host(settings.metrics_listen)
                 )
             except OSError as exc:
                 raise bind_error(

@@ -36,6 +36,8 @@ class Declared:
     maximum: float | None = None
     positive: bool = False
     choices: tuple[str, ...] = ()
+    # Choices compared ignoring case (the value is normalised where it is used).
+    any_case: bool = False
     # A host:port listen address; `optional`: empty turns the listener off.
     address: bool = False
     optional: bool = False
@@ -60,6 +62,7 @@ def setting(
     maximum: float | None = None,
     positive: bool = False,
     choices: tuple[str, ...] = (),
+    any_case: bool = False,
     address: bool = False,
     optional: bool = False,
 ) -> Any:
@@ -68,10 +71,19 @@ def setting(
     The environment variable defaults to CHATD_<NAME> and the flag to --<name> (filled
     in from the field's name by `_declare`); `flag=False` reads the environment only;
     `secret` keeps the value out of repr. `minimum`/`maximum` are inclusive, `positive` means > 0,
-    `choices` are compared case-insensitively."""
+    `choices` are exact unless `any_case`."""
     envs = ((env,) if env else ()) if isinstance(env, str) else env
     declared = Declared(
-        "" if flag else None, envs, help, minimum, maximum, positive, choices, address, optional
+        "" if flag else None,
+        envs,
+        help,
+        minimum,
+        maximum,
+        positive,
+        choices,
+        any_case,
+        address,
+        optional,
     )
     return field(default=default, repr=not secret, metadata={_SETTING: declared})
 
@@ -94,7 +106,7 @@ class Settings:
     default_model: str = setting("", "model for sessions without one")
     grace_period: float = setting(10.0, "seconds RPCs get at stop", minimum=0)
     cache_max_bytes: int = setting(64 * 1024 * 1024, "cache cap (0=off)", minimum=0)
-    sqlite_synchronous: str = setting("FULL", "FULL | NORMAL", choices=SYNCHRONOUS)
+    sqlite_synchronous: str = setting("FULL", "FULL | NORMAL", choices=SYNCHRONOUS, any_case=True)
     postgres_schema: str = setting("", "schema for chatd's tables")
     postgres_max_connections: int = setting(10, "connection pool size per replica", minimum=1)
     echo_delay_ms: float = setting(0.0, "echo delay per delta", minimum=0)
@@ -102,7 +114,9 @@ class Settings:
     log_format: str = setting(
         "auto", "auto (JSON unless a TTY) | json | console", choices=LOG_FORMATS
     )
-    log_level: str = setting("info", "debug | info | warning | error", choices=LOG_LEVELS)
+    log_level: str = setting(
+        "info", "debug | info | warning | error", choices=LOG_LEVELS, any_case=True
+    )
     max_message_bytes: int = setting(8 * 1024 * 1024, "largest request", minimum=1024)
     tools: str = setting("", "modules with @tool functions, comma-separated")
     # A JSON file of MCP servers ({"mcpServers": {...}}) whose tools are served.
@@ -399,7 +413,8 @@ def _check_declared(settings: Settings, option: Option) -> None:
         except ValueError:
             off = ", or empty to turn it off" if rule.optional else ""
             raise SettingsError(f"{source}={value!r}: expected host:port{off}") from None
-    if rule.choices and str(value).lower() not in {c.lower() for c in rule.choices}:
+    fold = str.lower if rule.any_case else str
+    if rule.choices and fold(value) not in {fold(c) for c in rule.choices}:
         raise SettingsError(f"{source}={value!r}: expected one of {', '.join(rule.choices)}")
     if rule.positive and value <= 0:
         raise SettingsError(f"{source}={value!r}: must be greater than 0")

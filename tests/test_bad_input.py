@@ -13,9 +13,11 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import DecodeError
+from grpc_status import rpc_status
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
+from server.sessions.errors import MAX_MESSAGE_CHARS
 from server.sessions.values import MAX_JSON_DEPTH
 from tests.conftest import Chatd, StartChatd, fast_gemini
 from tests.fake_gemini import FakeGemini, Reply, call_part, get_field
@@ -878,3 +880,17 @@ async def test_an_imported_paused_turn_must_be_the_one_its_history_ends_with(
     await chatd.stub.ImportSession(
         pb.ImportSessionRequest(session_id="j", document=exported.document)
     )
+
+
+async def test_an_error_quoting_a_long_value_still_reaches_the_caller_whole(chatd: Chatd) -> None:
+    """A message that quotes a caller's value is cut (MAX_MESSAGE_CHARS), so the status and
+    its details fit the caller's limit on trailing metadata and arrive as the error."""
+    request = pb.CreateSessionRequest(session_id="m")
+    request.session.generation_config.response_mime_type = "x" * 20_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await chatd.stub.CreateSession(request, metadata=(("x-request-id", "rid-long"),))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(err.value.details() or "") <= MAX_MESSAGE_CHARS
+    assert ("x-request-id", "rid-long") in tuple(err.value.trailing_metadata() or ())
+    status = rpc_status.from_call(err.value)
+    assert status is not None and status.message == err.value.details()

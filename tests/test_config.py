@@ -57,6 +57,12 @@ async def test_auto_picks_gemini_with_credentials_and_echo_without() -> None:
         ([], {"CHATD_LOG_LEVEL": "loud"}, "CHATD_LOG_LEVEL"),
         ([], {"GOOGLE_GENAI_USE_VERTEXAI": "maybe"}, "GOOGLE_GENAI_USE_VERTEXAI"),
         ([], {"CHATD_GEMINI_RETRY_ATTEMPTS": "50"}, "CHATD_GEMINI_RETRY_ATTEMPTS"),
+        # Choices are exact where the code compares them exactly.
+        ([], {"CHATD_PROVIDER": "GEMINI", "GEMINI_API_KEY": "k"}, "CHATD_PROVIDER"),
+        ([], {"CHATD_LOG_FORMAT": "JSON"}, "CHATD_LOG_FORMAT"),
+        # What passes the checks is what the listeners are given: no stray whitespace.
+        ([], {"CHATD_METRICS_LISTEN": "127.0.0.1:9464 "}, "CHATD_METRICS_LISTEN"),
+        ([], {"CHATD_LISTEN": "::1:50051"}, "CHATD_LISTEN"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(
@@ -64,6 +70,11 @@ def test_bad_settings_are_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(SettingsError, match=named):
         load(argv, env)
+
+
+def test_log_level_and_sqlite_synchronous_take_any_case() -> None:
+    settings = load([], {"CHATD_LOG_LEVEL": "DEBUG", "CHATD_SQLITE_SYNCHRONOUS": "normal"})
+    assert (settings.log_level, settings.sqlite_synchronous) == ("DEBUG", "normal")
 
 
 async def test_server_refuses_to_start_with_a_clear_message() -> None:

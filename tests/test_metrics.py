@@ -18,7 +18,6 @@ from server.metrics import (
     InstrumentedStore,
     InstrumentedTools,
     Metrics,
-    parse_listen,
     start_metrics_server,
 )
 from server.providers.echo import EchoProvider
@@ -569,11 +568,3 @@ async def test_event_loop_keeps_running_while_a_scrape_is_served() -> None:
         assert status == 200 and "chatd_cache_hits_total 0.0" in body
     finally:
         await server.close()
-
-
-def test_listen_addresses_parse_as_host_and_port() -> None:
-    assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
-    assert parse_listen("[::1]:0") == ("::1", 0)
-    for bad in ("9464", ":9464", "host:", "host:99999", "host:http"):
-        with pytest.raises(ValueError, match="host:port"):
-            parse_listen(bad)

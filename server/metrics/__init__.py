@@ -3,7 +3,7 @@
 from server.metrics.cache import CacheCollector, CacheStatsLike, CacheStatsSource
 from server.metrics.context_caches import ContextCacheCounts
 from server.metrics.core import NO_RPC_METRICS, Metrics, NoRpcMetrics, RpcObserver
-from server.metrics.http import MetricsServer, parse_listen, start_metrics_server
+from server.metrics.http import MetricsServer, start_metrics_server
 from server.metrics.labels import OTHER, BoundedLabel
 from server.metrics.provider import InstrumentedProvider
 from server.metrics.store import InstrumentedStore
@@ -24,6 +24,5 @@ __all__ = [
     "MetricsServer",
     "NoRpcMetrics",
     "RpcObserver",
-    "parse_listen",
     "start_metrics_server",
 ]

@@ -35,15 +35,6 @@ PATH = "/metrics"
 CLIENT_TIMEOUT = 10.0
 
 
-def parse_listen(address: str) -> tuple[str, int]:
-    """("host", port) from "host:port" or "[v6 host]:port"; ValueError if malformed."""
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{address!r} is not host:port")
-    return host, int(port)
-
-
 def metrics_app(metrics: Metrics) -> WSGIApplication:
     """Serves the registry at /metrics (prometheus_client's app) and 404 everywhere else."""
     exposition = cast(WSGIApplication, make_wsgi_app(metrics.registry))

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The most characters of an error's message (and of a field violation's description) a
+# caller is sent. A message quoting a caller's value in full could otherwise exceed the
+# caller's limit on trailing metadata (gRPC's default: 16 KiB of headers), where it travels
+# three times (grpc-message and twice in grpc-status-details-bin), and the caller would get
+# RESOURCE_EXHAUSTED instead of the error.
+MAX_MESSAGE_CHARS = 1024
+
+
+def clipped(text: str) -> str:
+    """`text` cut to MAX_MESSAGE_CHARS characters, "..." marking a cut."""
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
     field: str
     description: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", clipped(self.field))
+        object.__setattr__(self, "description", clipped(self.description))
 
 
 class ChatdError(Exception):
@@ -20,6 +36,7 @@ class ChatdError(Exception):
     code = "INTERNAL"
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
+        message = clipped(message)
         super().__init__(message)
         self.message = message
         if reason is not None:

@@ -60,6 +60,10 @@ _COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
 # What gemini_subset keeps beside the enforced keywords: descriptions for the model. A
 # generated "format" is not kept: it stands for a conversion (date, bytes) nothing checks.
 _KEPT_ANNOTATIONS = frozenset({"description", "default", "examples"})
+# Constraints pydantic's adapter enforces when a Python tool is called (signature.py converts
+# every argument through it) but chatd's validator does not: gemini_subset leaves them out of
+# the declared schema rather than refusing the tool, and a breaking argument is still refused.
+_ADAPTER_ENFORCED = frozenset({"pattern", "multipleOf"})
 _DEFS_PREFIX = "#/$defs/"
 _NULL = {"type": "null"}
 
@@ -135,9 +139,10 @@ def gemini_subset(schema: Mapping[str, Any]) -> dict[str, Any]:
     `$ref`s to "#/$defs/..." are replaced by the definitions they name; "title" is dropped;
     `anyOf: [S, {"type": "null"}]` becomes S with "null" added to its type; "const" becomes a
     one-value "enum"; what only says "anything" (`items: {}`, `additionalProperties: true`
-    on an object without properties) is dropped; a "default" with no JSON form is dropped.
-    Raises UnsupportedSchema for any other keyword outside the enforced subset (including
-    "format"), any other anyOf, or a recursive reference.
+    on an object without properties) is dropped; a "default" with no JSON form is dropped;
+    "pattern" and "multipleOf" are dropped (the adapter that converts the arguments
+    enforces them). Raises UnsupportedSchema for any other keyword outside the
+    enforced subset (including "format"), any other anyOf, or a recursive reference.
     """
     return _subset(schema, schema.get("$defs", {}), ())
 
@@ -163,7 +168,7 @@ def _subset(schema: object, defs: Mapping[str, Any], seen: tuple[str, ...]) -> d
         return _or_null({**_subset(others[0], defs, seen), **_subset(rest, defs, seen)})
     out: dict[str, Any] = {}
     for key, value in rest.items():
-        if key in ("title", "$defs"):
+        if key in ("title", "$defs") or key in _ADAPTER_ENFORCED:
             continue
         if key == "const":
             out["enum"] = [value]

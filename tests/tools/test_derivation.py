@@ -275,3 +275,22 @@ def test_null_for_an_optional_argument_means_not_given() -> None:
         """F."""
 
     assert f.arguments({"a": 1, "b": None}) == {"a": 1}
+
+
+def test_constraints_only_pydantic_checks_are_left_out_of_the_schema_and_still_enforced() -> None:
+    @tool
+    def lookup(
+        code: Annotated[str, Field(pattern=r"^[A-Z]{3}$")],
+        step: Annotated[int, Field(multiple_of=5)] = 5,
+    ) -> str:
+        """Looks a code up."""
+        return code
+
+    properties = lookup.parameters["properties"]
+    assert properties["code"] == {"type": "string"}
+    assert "multipleOf" not in properties["step"]
+    assert lookup.arguments({"code": "ABC"}) == {"code": "ABC"}
+    with pytest.raises(ArgumentError, match=r"args\.code: String should match pattern"):
+        lookup.arguments({"code": "abc"})
+    with pytest.raises(ArgumentError, match=r"args\.step: Input should be a multiple of 5"):
+        lookup.arguments({"code": "ABC", "step": 7})
