@@ -152,7 +152,9 @@ async def start_mcp(settings: Settings) -> McpServers | None:
     if not settings.mcp_servers:
         return None
     try:
-        mcp = McpServers(load_config(settings.mcp_servers))
+        mcp = McpServers(
+            load_config(settings.mcp_servers), max_result_bytes=settings.max_message_bytes
+        )
         await mcp.start()
     except McpConfigError as exc:
         raise StartupError(

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import json
 import os
 import re
@@ -47,6 +48,7 @@ from pydantic import ValidationError
 from server.redact import redact_url
 from server.sessions.model import Blob
 from server.tools.definition import DEFAULT_TIMEOUT, NAME_PATTERN, Tool, ToolError, ToolResult
+from server.tools.registry import DEFAULT_MAX_RESULT_BYTES
 
 # Between the server's name and its tool's: Gemini names allow letters, digits, "_", "." and
 # "-"; a double underscore rarely appears in either name, so the split stays readable.
@@ -81,6 +83,8 @@ _TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamab
 _DROPPED = frozenset({"$schema", "$id"})
 # JSON-RPC error codes after which the connection itself is gone.
 _CONNECTION_CLOSED = mcp_types.CONNECTION_CLOSED
+# The streamable-HTTP header naming the session (compared lower-case, as httpx does).
+_SESSION_HEADER = "mcp-session-id"
 
 
 class McpConfigError(ValueError):
@@ -227,21 +231,83 @@ class McpServerError(Exception):
     """A server could not be connected at start-up, or lists tools chatd cannot serve."""
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """What the HTTP layer saw of one call's requests: whether one reached the server
+    (began to be written to a connection, and was not refused), and whether one was
+    refused by a server that no longer knew the session."""
+
+    reached: bool = False
+    refused: bool = False
+
+
+# The current call's _Attempt. The SDK's streamable-HTTP transport sends each message in
+# the context of the task that wrote it (its context streams carry the sender's context),
+# so _WatchedClient sees the caller's attempt; requests of no call see None.
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "chatd_mcp_attempt", default=None
+)
+
+
+class _WatchedClient(httpx2.AsyncClient):
+    """An HTTP client that notes, in the current call's _Attempt, whether a request
+    reached the server: once its headers begin to be written to a connection (the "trace"
+    extension's send_request_headers event, https://www.python-httpx.org/advanced/extensions/),
+    unless it is answered 404 while carrying an Mcp-Session-Id, which says the server does
+    not know the session and did not process the request (MCP streamable HTTP, "Session
+    Management": https://modelcontextprotocol.io/specification/2025-11-25/basic/transports).
+    A request that failed to connect, or was never sent, did not reach it."""
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        attempt = _ATTEMPT.get()
+        if attempt is None:
+            return await super().send(request, **kwargs)
+        writing = False
+        outer = request.extensions.get("trace")
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal writing
+            if event.endswith(".send_request_headers.started"):
+                writing = True
+            if outer is not None:
+                await outer(event, info)
+
+        request.extensions["trace"] = trace
+        try:
+            response = await super().send(request, **kwargs)
+        except BaseException:
+            attempt.reached = attempt.reached or writing
+            raise
+        if response.status_code == 404 and _SESSION_HEADER in request.headers:
+            attempt.refused = True
+        else:
+            attempt.reached = True
+        return response
+
+
 class McpServer:
     """One supervised connection: connects, reconnects when the connection is lost (a stdio
     server is started again), and runs calls on whatever connection is current."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    ) -> None:
         self.config = config
         self.listed: list[mcp_types.Tool] = []
+        # A streamed result is JSON (its text often twice: content and structuredContent)
+        # in one SSE event: room for any result chatd would accept, and then some.
+        self._max_event_bytes = 4 * max_result_bytes + 64 * 1024
         self._client: Client | None = None
-        # "connecting" (calls wait), "up", "down" (between restarts: calls fail at once),
-        # "closed".
+        # "connecting" (calls wait), "up", "down" (between restarts: a call starts the next
+        # attempt at once and waits for it), "closed".
         self._state = "connecting"
         self._changed = asyncio.Event()
         self._lost = asyncio.Event()
         self._closing = asyncio.Event()
+        self._wake = asyncio.Event()
         self._failures = 0
+        # Connection attempts begun so far.
+        self._attempts = 0
         self._error = ""
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
@@ -255,7 +321,8 @@ class McpServer:
         return self._state == "up"
 
     async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connects and lists the tools; raises McpServerError saying why it cannot."""
+        """Connects and lists the tools; raises McpServerError saying why it cannot
+        (within `connect_timeout` seconds, or it says there was no answer)."""
         self._first = asyncio.get_running_loop().create_future()
         self._connect_timeout = connect_timeout
         self._task = asyncio.create_task(self._supervise(), name=f"mcp:{self.config.name}")
@@ -285,61 +352,103 @@ class McpServer:
         self._set("closed")
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
-        """The server's result; raises ToolError when the server is down or is lost during
-        the call (the registry's timeout bounds the wait for a reconnection)."""
-        client = await self._connected()
-        try:
-            result = await client.call_tool(tool, arguments)
-        except MCPError as e:
-            if e.code == _CONNECTION_CLOSED:
-                self._connection_lost(e)
+        """The server's result; raises ToolError when the server cannot be reached or is
+        lost during the call (the registry's timeout bounds the wait for a reconnection).
+
+        An HTTP call none of whose requests can have reached the server (none was sent
+        before the connection closed, the connection was refused, or the server no longer
+        knew the session) reconnects and is sent once more; one that may have reached it
+        never is.
+        """
+        for last in (False, True):
+            client = await self._connected()
+            attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
+            try:
+                result = await client.call_tool(tool, arguments)
+            except (
+                MCPError,
+                anyio.ClosedResourceError,
+                anyio.BrokenResourceError,
+                httpx2.HTTPError,
+                OSError,
+            ) as e:
+                # Only HTTP requests are watched: a stdio call is never sent again.
+                if not (self.config.url and _unsent(attempt, e)):
+                    raise self._failed(client, e) from e
+                self._connection_lost(e, client)
+                if last:
+                    raise ToolError(
+                        f"MCP server {self.config.name!r} cannot be reached: {_describe(e)}"
+                    ) from e
+                _log().warning(
+                    "mcp_call_resent",
+                    mcp_server=self.config.name,
+                    tool=tool,
+                    error=_describe(e),
+                )
+                continue
+            except ValidationError as e:
                 raise ToolError(
-                    f"MCP server {self.config.name!r} was lost during the call; "
-                    "it is being restarted"
+                    f"MCP server {self.config.name!r} sent a result that is not valid MCP: {e}"
                 ) from e
-            raise ToolError(f"MCP server {self.config.name!r}: {e}") from e
-        except ValidationError as e:
-            raise ToolError(
-                f"MCP server {self.config.name!r} sent a result that is not valid MCP: {e}"
-            ) from e
-        except (
-            anyio.ClosedResourceError,
-            anyio.BrokenResourceError,
-            httpx2.HTTPError,
-            OSError,
-        ) as e:
-            self._connection_lost(e)
-            raise ToolError(
-                f"MCP server {self.config.name!r} cannot be reached: {_describe(e)}"
-            ) from e
-        self._failures = 0
-        return result
+            finally:
+                _ATTEMPT.reset(token)
+            self._failures = 0
+            return result
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _failed(self, client: Client, e: Exception) -> ToolError:
+        """The ToolError for a call on `client` that failed once it may have reached the
+        server; a connection that failed is given up (and made again)."""
+        if isinstance(e, MCPError):
+            if e.code != _CONNECTION_CLOSED:
+                return ToolError(f"MCP server {self.config.name!r}: {e}")
+            self._connection_lost(e, client)
+            return ToolError(
+                f"MCP server {self.config.name!r} was lost during the call; it is being restarted"
+            )
+        self._connection_lost(e, client)
+        return ToolError(f"MCP server {self.config.name!r} cannot be reached: {_describe(e)}")
 
     async def _connected(self) -> Client:
+        """The current connection, once there is one. While the server is down between
+        restarts, the first look starts the next attempt at once; raises ToolError when
+        the server is closed, or down again after an attempt begun since."""
+        woke_at: int | None = None
         while True:
+            changed = self._changed
             if self._state == "up" and self._client is not None:
                 return self._client
-            if self._state == "down":
-                raise ToolError(
-                    f"MCP server {self.config.name!r} is down ({self._error}); "
-                    "chatd is restarting it"
-                )
             if self._state == "closed":
                 raise ToolError(f"MCP server {self.config.name!r} is closed")
-            await self._changed.wait()
+            if self._state == "down":
+                if woke_at is not None and self._attempts > woke_at:
+                    raise ToolError(
+                        f"MCP server {self.config.name!r} cannot be reached ({self._error}); "
+                        "chatd keeps trying to reconnect"
+                    )
+                if woke_at is None:
+                    woke_at = self._attempts
+                    self._wake.set()
+            await changed.wait()
 
     def _set(self, state: str) -> None:
         self._state = state
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def _connection_lost(self, cause: BaseException | None) -> None:
+    def _connection_lost(self, cause: BaseException | None, client: Client | None = None) -> None:
+        """Gives the current connection up (a no-op when `client`, the one that failed,
+        is no longer current: a call that began before a reconnection)."""
         if self._lost.is_set() or self._state != "up":
+            return
+        if client is not None and client is not self._client:
             return
         if cause is not None:
             self._error = _describe(cause)
         self._lost.set()
-        # Calls from now on wait for the new connection (or fail, if a restart is delayed).
+        # Calls from now on wait for the new connection.
         self._client = None
         self._set("connecting" if self._failures == 0 else "down")
 
@@ -348,11 +457,14 @@ class McpServer:
         while not self._closing.is_set():
             self._lost = asyncio.Event()
             lost = self._lost
+            self._attempts += 1
             try:
                 # Each attempt, reconnections too, must connect and list within the timeout.
                 async with asyncio.timeout(self._connect_timeout) as deadline:
                     async with Client(
-                        _transport(self.config, lambda: self._connection_lost(None)),
+                        _transport(
+                            self.config, lambda: self._connection_lost(None), self._max_event_bytes
+                        ),
                         cache=None,
                         client_info=mcp_types.Implementation(name="chatd", version="1"),
                     ) as client:
@@ -384,14 +496,24 @@ class McpServer:
             )
             self._failures += 1
             self.restarts += 1
+            log.warning("mcp_server_lost", error=self._error, restart_in=delay)
             if delay:
                 self._set("down")
-            log.warning("mcp_server_lost", error=self._error, restart_in=delay)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._closing.wait()
+                # Until the delay is over, chatd closes, or a call wants the server now.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await _first_of(self._closing.wait(), self._wake.wait())
+            self._wake.clear()
             if not self._closing.is_set():
                 self._set("connecting")
+
+
+def _unsent(attempt: _Attempt, e: Exception) -> bool:
+    """The call failed for want of a connection or session, and none of its requests
+    reached the server: sending it again cannot run the tool twice."""
+    if attempt.reached:
+        return False
+    return attempt.refused or not isinstance(e, MCPError) or e.code == _CONNECTION_CLOSED
 
 
 async def _first_of(*waits: Any) -> None:
@@ -417,21 +539,23 @@ async def _list_tools(client: Client) -> list[mcp_types.Tool]:
 
 @contextlib.asynccontextmanager
 async def _transport(
-    config: ServerConfig, on_lost: Callable[[], None]
+    config: ServerConfig, on_lost: Callable[[], None], max_event_bytes: int
 ) -> AsyncIterator[tuple[_WatchedRead, Any]]:
     """The SDK's transport for the server, its read stream watched for the end of the
     connection (a stdio server exiting ends it at once)."""
     async with contextlib.AsyncExitStack() as stack:
         if config.url:
             http = await stack.enter_async_context(
-                httpx2.AsyncClient(
+                _WatchedClient(
                     headers=dict(config.headers),
                     # The SDK's defaults: a response stream may stay open for long.
                     timeout=httpx2.Timeout(30.0, read=300.0),
                 )
             )
             streams = await stack.enter_async_context(
-                streamable_http_client(config.url, http_client=http)
+                streamable_http_client(
+                    config.url, http_client=http, max_sse_event_size=max_event_bytes
+                )
             )
         else:
             params = StdioServerParameters(
@@ -624,16 +748,22 @@ def _describe(e: BaseException) -> str:
 class McpServers:
     """Every configured server: started together, their tools, closed together."""
 
-    def __init__(self, configs: Sequence[ServerConfig]) -> None:
-        self.servers = [McpServer(c) for c in configs]
+    def __init__(
+        self,
+        configs: Sequence[ServerConfig],
+        *,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
+        self.servers = [McpServer(c, max_result_bytes=max_result_bytes) for c in configs]
         # Each tool with where it came from, once started.
         self.tools: list[tuple[Tool, str]] = []
 
     async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> list[tuple[Tool, str]]:
         """Connects every server at once and returns each tool with where it came from.
 
-        Raises McpServerError naming the first server that cannot start or whose tools
-        chatd cannot serve; every server is closed again then.
+        Raises McpServerError naming the first server that cannot start (within
+        `connect_timeout` seconds each) or whose tools chatd cannot serve; every server is
+        closed again then.
         """
         results = await asyncio.gather(
             *(s.start(connect_timeout) for s in self.servers), return_exceptions=True
