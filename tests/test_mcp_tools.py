@@ -124,6 +124,15 @@ def legacy_http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Htt
 
 
 @pytest.fixture
+def own_http_server(tmp_path: Path) -> Iterator[HttpServer]:
+    """An HTTP server of the test's own, for a test that changes its tools for good."""
+    server = start_http_server(tmp_path / "own-port")
+    yield server
+    if server.process.poll() is None:
+        stop(server)
+
+
+@pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     """The servers a test starts itself; those still running at its end are killed."""
     started: list[subprocess.Popen[bytes]] = []
@@ -409,26 +418,31 @@ async def test_a_stdio_server_killed_mid_call_is_a_tool_error_and_is_restarted(
     assert events[-1].reply.text == "3."
 
 
-async def test_a_stdio_server_that_exits_between_calls_is_started_again(
-    mcp_chatd: Chatd, fake_gemini: FakeGemini
+async def test_a_stdio_server_that_exits_between_calls_is_started_and_its_tools_listed_again(
+    start_chatd: StartChatd, fake_gemini: FakeGemini, tmp_path: Path
 ) -> None:
-    await session(mcp_chatd, ["local__pid"])
-    fake_gemini.push(Reply(parts=[call_part("local__pid")]))
-    fake_gemini.push(Reply(text="ok"))
-    [first] = results(await turn(mcp_chatd, "who are you"))
-    pid = int(first.function_response.response["result"])
+    chatd = await start_chatd(
+        provider=fast_gemini(fake_gemini),
+        mcp_servers=servers_file(tmp_path, local=stdio_entry(excludeTools=["coded"])),
+    )
+    local = mcp_server(chatd, "local")
+    await session(chatd, ["local__pid", "local__grow"])
+    seen = local.listings
+    assert not (await call(chatd, fake_gemini, "local__grow", {"name": "extra"})).is_error
+    await local.wait_listed(seen)
+    assert "local__extra" in await listed_tools(chatd)
+    pid = int((await call(chatd, fake_gemini, "local__pid")).function_response.response["result"])
+
+    seen = local.listings
     os.kill(pid, signal.SIGKILL)
-    assert mcp_chatd.running.mcp is not None
-    local = mcp_chatd.running.mcp.servers[0]
-    deadline = time.monotonic() + READY_DEADLINE
-    while not (local.restarts == 1 and local.connected):  # noticed without any call
-        assert time.monotonic() < deadline, "chatd never restarted the server"
-        await asyncio.sleep(0.02)
-    fake_gemini.push(Reply(parts=[call_part("local__pid")]))
-    fake_gemini.push(Reply(text="ok"))
-    [second] = results(await turn(mcp_chatd, "and now"))
-    assert not second.is_error
-    assert int(second.function_response.response["result"]) != pid
+    await local.wait_listed(seen)  # noticed without any call: restarted and listed again
+    assert local.restarts == 1 and local.connected
+    # The new process never added "extra": the list read after the restart is served.
+    tools = await listed_tools(chatd)
+    assert "local__extra" not in tools and "local__pid" in tools
+    again = await call(chatd, fake_gemini, "local__pid")
+    assert not again.is_error
+    assert int(again.function_response.response["result"]) != pid
 
 
 async def test_an_http_server_killed_mid_call_is_a_tool_error_and_serves_again_once_back(
@@ -500,6 +514,102 @@ async def test_an_http_server_that_died_and_came_back_answers_the_first_call_aft
         # so chatd opens a new session and sends the call again.
         [resent] = [e for e in logged if e["event"] == "mcp_call_resent"]
         assert resent["mcp_server"] == "web" and resent["tool"] == "pid"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_tools_a_server_adds_or_removes_are_served_without_a_restart(
+    start_chatd: StartChatd,
+    fake_gemini: FakeGemini,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    kind: str,
+) -> None:
+    # A name of this test's own: the HTTP servers are shared by the module's tests.
+    grown = f"extra_{kind.replace('-', '_')}"
+    config = servers_file(tmp_path, srv=entry(request, kind, excludeTools=["coded"]))
+    chatd = await start_chatd(provider=fast_gemini(fake_gemini), mcp_servers=config)
+    srv = mcp_server(chatd, "srv")
+    await session(chatd, ["srv__grow", "srv__shrink"])
+    seen = srv.listings
+    grow = await call(chatd, fake_gemini, "srv__grow", {"name": grown})
+    assert grow.function_response.response["result"] == "grown"
+    await srv.wait_listed(seen)  # the server said its tools changed: chatd listed them
+    tools = await listed_tools(chatd)
+    assert tools[f"srv__{grown}"].description == f"The tool {grown}."
+
+    # A session enables the new tool like any other, and the model may call it.
+    await session(chatd, [f"srv__{grown}", "srv__shrink"], sid="u")
+    answer = await call(chatd, fake_gemini, f"srv__{grown}", sid="u")
+    assert answer.function_response.response["result"] == f"I am {grown}"
+    assert f"srv__{grown}" in offered(fake_gemini)
+
+    seen = srv.listings
+    await call(chatd, fake_gemini, "srv__shrink", {"name": grown}, sid="u")
+    await srv.wait_listed(seen)
+    assert f"srv__{grown}" not in await listed_tools(chatd)
+    # The session still names it; the model is no longer offered it, and a call to it
+    # gets the usual error for an unknown tool.
+    gone = await call(chatd, fake_gemini, f"srv__{grown}", sid="u")
+    assert gone.is_error
+    assert f"unknown tool 'srv__{grown}'" in gone.function_response.response["error"]
+    assert f"srv__{grown}" not in offered(fake_gemini)
+
+
+async def test_a_new_tool_whose_name_is_taken_is_skipped_logged_and_counted(
+    start_chatd: StartChatd, fake_gemini: FakeGemini, tmp_path: Path, own_http_server: HttpServer
+) -> None:
+    config = servers_file(
+        tmp_path,
+        web=http_entry(own_http_server, excludeTools=["coded"]),
+        # The same server under a second name: its "add" is served as "web__x__add".
+        web__x=http_entry(own_http_server, includeTools=["add"]),
+    )
+    chatd = await start_chatd(
+        provider=fast_gemini(fake_gemini),
+        mcp_servers=config,
+        tool_modules="tests.mcp_collision",  # a Python tool named "web__late"
+    )
+    web = mcp_server(chatd, "web")
+    await session(chatd, ["web__grow", "web__x__add", "web__late"])
+    too_long = "z" * 60  # "web__zzz..." is longer than a Gemini function name may be
+    wanted = {"late", "x__add", too_long}
+    with structlog.testing.capture_logs() as logged:
+        fake_gemini.push(Reply(parts=[call_part("web__grow", {"name": n}) for n in wanted]))
+        fake_gemini.push(Reply(text="Grown."))
+        assert not any(r.is_error for r in results(await turn(chatd, "grow three")))
+        while not wanted <= {t.name for t in web.listed}:
+            await web.wait_listed(web.listings)
+
+    # What held the names keeps them: the Python tool, and the other server's tool.
+    tools = await listed_tools(chatd)
+    assert tools["web__late"].description == "Answers late, in Python."
+    assert tools["web__x__add"].description == "Adds two integers."
+    assert not any(name.startswith("web__zzz") for name in tools)
+    python = await call(chatd, fake_gemini, "web__late")
+    assert python.function_response.response["result"] == "late, in Python"
+    added = await call(chatd, fake_gemini, "web__x__add", {"a": 2, "b": 3})
+    assert added.function_response.response["result"] == "5"
+
+    skipped = {(e["tool"], e["reason"]) for e in logged if e["event"] == "mcp_tool_skipped"}
+    assert skipped == {
+        ("web__late", "conflict"),
+        ("web__x__add", "conflict"),
+        (f"web__{too_long}", "invalid"),
+    }
+    assert all(e["log_level"] == "error" for e in logged if e["event"] == "mcp_tool_skipped")
+    assert chatd.running.metrics_server is not None
+    samples = await scrape(chatd.running.metrics_server.port)
+    total = "chatd_mcp_tools_skipped_total"
+    assert value(samples, total, server="web", reason="conflict") == 2
+    assert value(samples, total, server="web", reason="invalid") == 1
+
+    # Counted once: listed again with the same tools, nothing new is counted.
+    seen = web.listings
+    assert not (await call(chatd, fake_gemini, "web__grow", {"name": "other"})).is_error
+    await web.wait_listed(seen)
+    samples = await scrape(chatd.running.metrics_server.port)
+    assert value(samples, total, server="web", reason="conflict") == 2
+    assert value(samples, total, server="web", reason="invalid") == 1
 
 
 @pytest.mark.parametrize("kind", ["stdio", "http"])

@@ -39,16 +39,19 @@ import httpx2
 import mcp_types
 import structlog
 from mcp import Client
+from mcp.client.session import IncomingMessage, MessageHandlerFnT
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import SubscriptionLost
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from server.redact import redact_url
 from server.sessions.model import Blob
 from server.tools.definition import DEFAULT_TIMEOUT, NAME_PATTERN, Tool, ToolError, ToolResult
-from server.tools.registry import DEFAULT_MAX_RESULT_BYTES
+from server.tools.registry import DEFAULT_MAX_RESULT_BYTES, ToolRegistry
 
 # Between the server's name and its tool's: Gemini names allow letters, digits, "_", "." and
 # "-"; a double underscore rarely appears in either name, so the split stays readable.
@@ -287,13 +290,21 @@ class _WatchedClient(httpx2.AsyncClient):
 
 class McpServer:
     """One supervised connection: connects, reconnects when the connection is lost (a stdio
-    server is started again), and runs calls on whatever connection is current."""
+    server is started again), runs calls on whatever connection is current, and lists the
+    server's tools again when the server says they changed.
+
+    `listed` is the server's latest tool list and `listings` counts the lists read: at
+    start-up, after each reconnection and after each change the server announces.
+    `on_listed`, when set, is called with the server after each.
+    """
 
     def __init__(
         self, config: ServerConfig, *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     ) -> None:
         self.config = config
         self.listed: list[mcp_types.Tool] = []
+        self.listings = 0
+        self.on_listed: Callable[[McpServer], None] | None = None
         # A streamed result is JSON (its text often twice: content and structuredContent)
         # in one SSE event: room for any result chatd would accept, and then some.
         self._max_event_bytes = 4 * max_result_bytes + 64 * 1024
@@ -302,6 +313,7 @@ class McpServer:
         # attempt at once and waits for it), "closed".
         self._state = "connecting"
         self._changed = asyncio.Event()
+        self._listing = asyncio.Event()
         self._lost = asyncio.Event()
         self._closing = asyncio.Event()
         self._wake = asyncio.Event()
@@ -350,6 +362,11 @@ class McpServer:
             if not task.cancelled():
                 task.exception()  # logged by the supervisor already
         self._set("closed")
+
+    async def wait_listed(self, after: int) -> None:
+        """Returns once `listings` exceeds `after`: a tool list newer than the one seen."""
+        while self.listings <= after:
+            await self._listing.wait()
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
         """The server's result; raises ToolError when the server cannot be reached or is
@@ -452,11 +469,25 @@ class McpServer:
         self._client = None
         self._set("connecting" if self._failures == 0 else "down")
 
+    def _listed_now(self, listed: list[mcp_types.Tool]) -> None:
+        self.listed = listed
+        self.listings += 1
+        listing, self._listing = self._listing, asyncio.Event()
+        listing.set()
+        if self.on_listed is not None:
+            try:
+                self.on_listed(self)
+            except Exception:
+                _log().exception("mcp_tools_not_applied", mcp_server=self.config.name)
+
     async def _supervise(self) -> None:
         log = _log().bind(mcp_server=self.config.name, transport=self.config.transport)
         while not self._closing.is_set():
             self._lost = asyncio.Event()
             lost = self._lost
+            # Set when the server says its tools changed (a notification, or an event on
+            # a subscriptions/listen stream).
+            changed = asyncio.Event()
             self._attempts += 1
             try:
                 # Each attempt, reconnections too, must connect and list within the timeout.
@@ -467,17 +498,19 @@ class McpServer:
                         ),
                         cache=None,
                         client_info=mcp_types.Implementation(name="chatd", version="1"),
+                        message_handler=_on_message(changed),
                     ) as client:
-                        self.listed = await _list_tools(client)
+                        listed = await _list_tools(client)
                         deadline.reschedule(None)
                         self._client = client
                         self._set("up")
+                        self._listed_now(listed)
                         if self._first is not None and not self._first.done():
                             self._first.set_result(None)
-                            log.info("mcp_server_connected", tools=[t.name for t in self.listed])
+                            log.info("mcp_server_connected", tools=[t.name for t in listed])
                         else:
                             log.info("mcp_server_reconnected", restarts=self.restarts)
-                        await _first_of(lost.wait(), self._closing.wait())
+                        await self._serve(client, lost, changed, log)
             except Exception as e:
                 self._error = _describe(e)
                 if self._first is not None and not self._first.done():
@@ -507,6 +540,51 @@ class McpServer:
             if not self._closing.is_set():
                 self._set("connecting")
 
+    async def _serve(
+        self, client: Client, lost: asyncio.Event, changed: asyncio.Event, log: Any
+    ) -> None:
+        """While the connection lasts: lists the tools again each time they change."""
+        listening = None
+        if _announces_changes(client):
+            listening = asyncio.create_task(self._listen(client, changed, log))
+        try:
+            while True:
+                await _first_of(lost.wait(), self._closing.wait(), changed.wait())
+                if lost.is_set() or self._closing.is_set():
+                    return
+                changed.clear()
+                try:
+                    async with asyncio.timeout(self._connect_timeout):
+                        listed = await _list_tools(client)
+                except Exception as e:
+                    # Listed afresh by the reconnection.
+                    log.warning("mcp_tools_not_listed", error=_describe(e))
+                    self._connection_lost(e)
+                    return
+                log.info("mcp_tools_listed", tools=[t.name for t in listed])
+                self._listed_now(listed)
+        finally:
+            if listening is not None:
+                listening.cancel()
+                await asyncio.wait([listening])
+
+    async def _listen(self, client: Client, changed: asyncio.Event, log: Any) -> None:
+        """Holds a subscriptions/listen stream for tool list changes open (2026-07-28
+        servers announce changes only there); its events, like the notifications of
+        earlier protocol versions, set `changed` through the message handler too."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _ in subscription:
+                    changed.set()
+        except SubscriptionLost as e:
+            # No replay: the connection is made again and the tools listed afresh.
+            log.warning("mcp_subscription_lost", error=_describe(e))
+            self._connection_lost(e)
+        except Exception as e:
+            log.warning("mcp_subscription_failed", error=_describe(e))
+        else:
+            log.info("mcp_subscription_ended")
+
 
 def _unsent(attempt: _Attempt, e: Exception) -> bool:
     """The call failed for want of a connection or session, and none of its requests
@@ -514,6 +592,24 @@ def _unsent(attempt: _Attempt, e: Exception) -> bool:
     if attempt.reached:
         return False
     return attempt.refused or not isinstance(e, MCPError) or e.code == _CONNECTION_CLOSED
+
+
+def _announces_changes(client: Client) -> bool:
+    """The server sends tool list changes on subscriptions/listen streams (2026-07-28)."""
+    tools = client.server_capabilities.tools
+    return (
+        client.protocol_version in MODERN_PROTOCOL_VERSIONS
+        and tools is not None
+        and bool(tools.list_changed)
+    )
+
+
+def _on_message(changed: asyncio.Event) -> MessageHandlerFnT:
+    async def handle(message: IncomingMessage) -> None:
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            changed.set()
+
+    return handle
 
 
 async def _first_of(*waits: Any) -> None:
@@ -624,37 +720,58 @@ def server_tools(server: McpServer) -> list[Tool]:
     or its input schema uses JSON Schema chatd does not enforce (the same refusal a Python
     tool gets); "excludeTools" leaves such a tool out.
     """
+    tools, refused = admitted_tools(server)
+    if refused:
+        raise refused[0][1]
+    return tools
+
+
+def admitted_tools(server: McpServer) -> tuple[list[Tool], list[tuple[str, McpServerError]]]:
+    """The Tools of the listed tools the config admits, and each tool chatd cannot serve
+    (by its MCP name) with the McpServerError saying why."""
     config = server.config
-    tools = []
+    tools: list[Tool] = []
+    refused: list[tuple[str, McpServerError]] = []
     for listed in server.listed:
         if config.include_tools is not None and listed.name not in config.include_tools:
             continue
         if listed.name in config.exclude_tools:
             continue
-        name = f"{config.name}{SEPARATOR}{listed.name}"
-        if not NAME_PATTERN.fullmatch(name):
-            raise McpServerError(
-                f"MCP server {config.name!r}: tool {listed.name!r} would be named {name!r}, "
-                f"which is not a valid Gemini function name ({NAME_PATTERN.pattern}); rename "
-                "the server or add the tool to its excludeTools"
-            )
         try:
-            tools.append(
-                Tool(
-                    name=name,
-                    description=listed.description or listed.title or "",
-                    parameters=gemini_schema(listed.input_schema),
-                    function=_caller(server, listed.name),
-                    timeout=config.timeout,
-                    source=f"MCP server {config.name!r}",
-                )
-            )
-        except ValueError as e:
-            raise McpServerError(
-                f"{e}; chatd refuses schemas it cannot check, as for Python tools: "
-                "add the tool to the server's excludeTools to serve the others"
-            ) from None
-    return tools
+            tools.append(_tool(server, listed))
+        except McpServerError as e:
+            refused.append((listed.name, e))
+    return tools, refused
+
+
+def _tool(server: McpServer, listed: mcp_types.Tool) -> Tool:
+    config = server.config
+    name = f"{config.name}{SEPARATOR}{listed.name}"
+    if not NAME_PATTERN.fullmatch(name):
+        raise McpServerError(
+            f"MCP server {config.name!r}: tool {listed.name!r} would be named {name!r}, "
+            f"which is not a valid Gemini function name ({NAME_PATTERN.pattern}); rename "
+            "the server or add the tool to its excludeTools"
+        )
+    try:
+        return Tool(
+            name=name,
+            description=listed.description or listed.title or "",
+            parameters=gemini_schema(listed.input_schema),
+            function=_caller(server, listed.name),
+            timeout=config.timeout,
+            source=origin(config.name),
+        )
+    except ValueError as e:
+        raise McpServerError(
+            f"{e}; chatd refuses schemas it cannot check, as for Python tools: "
+            "add the tool to the server's excludeTools to serve the others"
+        ) from None
+
+
+def origin(server: str) -> str:
+    """Where the tools of the named server come from, in messages and the registry."""
+    return f"MCP server {server!r}"
 
 
 def gemini_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -746,7 +863,11 @@ def _describe(e: BaseException) -> str:
 
 
 class McpServers:
-    """Every configured server: started together, their tools, closed together."""
+    """Every configured server: started together, their tools, closed together.
+
+    Once `attach`ed to the registry serving their tools, each new tool list of a server
+    (after a change it announced, or a reconnection) is applied to it.
+    """
 
     def __init__(
         self,
@@ -757,6 +878,10 @@ class McpServers:
         self.servers = [McpServer(c, max_result_bytes=max_result_bytes) for c in configs]
         # Each tool with where it came from, once started.
         self.tools: list[tuple[Tool, str]] = []
+        self._registry: ToolRegistry | None = None
+        self._on_skipped: Callable[[str, str], None] | None = None
+        # Per server, the tools (MCP names) not served at its last application, by reason.
+        self._skipped: dict[str, dict[str, str]] = {}
 
     async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> list[tuple[Tool, str]]:
         """Connects every server at once and returns each tool with where it came from.
@@ -782,12 +907,75 @@ class McpServers:
         found: list[tuple[Tool, str]] = []
         for server in self.servers:
             try:
-                found += [(t, f"MCP server {server.config.name!r}") for t in server_tools(server)]
+                found += [(t, origin(server.config.name)) for t in server_tools(server)]
             except McpServerError:
                 await self.close()
                 raise
         self.tools = found
         return found
+
+    def attach(
+        self, registry: ToolRegistry, on_skipped: Callable[[str, str], None] | None = None
+    ) -> None:
+        """Keeps `registry` serving each server's latest tools from now on.
+
+        A tool whose name another server or a Python tool already serves, or that chatd
+        cannot serve (its name or schema), is left out: logged as an error and passed to
+        `on_skipped(server, reason)` ("conflict" or "invalid") once, when it appears.
+        """
+        self._registry = registry
+        self._on_skipped = on_skipped
+        for server in self.servers:
+            server.on_listed = self._listed
+        for server in self.servers:
+            self._apply(server)
+
+    def _listed(self, server: McpServer) -> None:
+        self._apply(server)
+        # A name the server gave up may be one another server's tool was refused for.
+        for other in self.servers:
+            if other is not server and self._skipped.get(other.config.name):
+                self._apply(other)
+
+    def _apply(self, server: McpServer) -> None:
+        registry = self._registry
+        if registry is None:
+            return
+        name = server.config.name
+        log = _log().bind(mcp_server=name)
+        before = registry.served_by(origin(name))
+        tools, refused = admitted_tools(server)
+        skipped: dict[str, str] = {}
+        earlier = self._skipped.get(name, {})
+        for listed, error in refused:
+            skipped[listed] = "invalid"
+            if earlier.get(listed) != "invalid":
+                log.error(
+                    "mcp_tool_skipped",
+                    tool=f"{name}{SEPARATOR}{listed}",
+                    reason="invalid",
+                    error=str(error),
+                )
+        for tool, holder in registry.replace(origin(name), tools):
+            listed = tool.name.removeprefix(f"{name}{SEPARATOR}")
+            skipped[listed] = "conflict"
+            if earlier.get(listed) != "conflict":
+                log.error(
+                    "mcp_tool_skipped",
+                    tool=tool.name,
+                    reason="conflict",
+                    error=f"{holder} already serves a tool named {tool.name!r}",
+                )
+        if self._on_skipped is not None:
+            for listed, reason in skipped.items():
+                if earlier.get(listed) != reason:
+                    self._on_skipped(name, reason)
+        self._skipped[name] = skipped
+        after = registry.served_by(origin(name))
+        if after != before:
+            log.info(
+                "mcp_tools_changed", added=sorted(after - before), removed=sorted(before - after)
+            )
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.servers))
