@@ -236,10 +236,11 @@ class McpServerError(Exception):
 
 @dataclass(slots=True)
 class _Attempt:
-    """What the HTTP layer saw of one call's requests: whether one reached the server
-    (began to be written to a connection, and was not refused), and whether one was
-    refused by a server that no longer knew the session."""
+    """What the HTTP layer saw of one call's requests: whether any was sent, whether one
+    reached the server (began to be written to a connection, and was not refused), and
+    whether one was refused by a server that no longer knew the session."""
 
+    sent: bool = False
     reached: bool = False
     refused: bool = False
 
@@ -265,6 +266,7 @@ class _WatchedClient(httpx2.AsyncClient):
         attempt = _ATTEMPT.get()
         if attempt is None:
             return await super().send(request, **kwargs)
+        attempt.sent = True
         writing = False
         outer = request.extensions.get("trace")
 
@@ -320,6 +322,9 @@ class McpServer:
         self._failures = 0
         # Connection attempts begun so far.
         self._attempts = 0
+        # A call's HTTP requests have been seen by _WatchedClient: a call of which it saw
+        # none was sent none (rather than sent some the watch missed).
+        self._watching = False
         self._error = ""
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
@@ -383,6 +388,7 @@ class McpServer:
             token = _ATTEMPT.set(attempt)
             try:
                 result = await client.call_tool(tool, arguments)
+                self._watching = self._watching or attempt.sent
             except (
                 MCPError,
                 anyio.ClosedResourceError,
@@ -390,8 +396,9 @@ class McpServer:
                 httpx2.HTTPError,
                 OSError,
             ) as e:
+                self._watching = self._watching or attempt.sent
                 # Only HTTP requests are watched: a stdio call is never sent again.
-                if not (self.config.url and _unsent(attempt, e)):
+                if not (self.config.url and _unsent(attempt, e, self._watching)):
                     raise self._failed(client, e) from e
                 self._connection_lost(e, client)
                 if last:
@@ -586,12 +593,17 @@ class McpServer:
             log.info("mcp_subscription_ended")
 
 
-def _unsent(attempt: _Attempt, e: Exception) -> bool:
+def _unsent(attempt: _Attempt, e: Exception, watching: bool) -> bool:
     """The call failed for want of a connection or session, and none of its requests
-    reached the server: sending it again cannot run the tool twice."""
+    reached the server: sending it again cannot run the tool twice. That none reached it
+    counts only once the server's requests are known to be watched (`watching`: this
+    call's or an earlier one's were seen); a refusal is seen itself."""
     if attempt.reached:
         return False
-    return attempt.refused or not isinstance(e, MCPError) or e.code == _CONNECTION_CLOSED
+    if attempt.refused:
+        return True
+    lost = not isinstance(e, MCPError) or e.code == _CONNECTION_CLOSED
+    return lost and watching
 
 
 def _announces_changes(client: Client) -> bool:
