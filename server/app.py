@@ -47,7 +47,7 @@ from server.sessions.validation import MessageLimits
 from server.startup import StartupError, bind_error
 from server.store import CachedStore, SchemaTooNew, open_bus, open_store, shared_url
 from server.sweeper import Sweeper
-from server.tools import load_tools
+from server.tools import ToolRegistry, load_tools
 from server.tools.mcp_servers import McpConfigError, McpServerError, McpServers, load_config
 from server.tracing import Tracing, TracingError
 
@@ -127,7 +127,7 @@ def genai_provider(provider: ModelProvider, settings: Settings) -> tuple[str, st
     return f"chatd.{provider.name}", provider.name
 
 
-def build_tools(settings: Settings, mcp: McpServers | None = None) -> ToolRunner:
+def build_tools(settings: Settings, mcp: McpServers | None = None) -> ToolRegistry:
     """The built-in tools, those of CHATD_TOOLS modules and of `chatd.tools` entry points,
     and those `mcp` (already started) serves."""
     try:
@@ -152,7 +152,9 @@ async def start_mcp(settings: Settings) -> McpServers | None:
     if not settings.mcp_servers:
         return None
     try:
-        mcp = McpServers(load_config(settings.mcp_servers))
+        mcp = McpServers(
+            load_config(settings.mcp_servers), max_result_bytes=settings.max_message_bytes
+        )
         await mcp.start()
     except McpConfigError as exc:
         raise StartupError(
@@ -341,12 +343,18 @@ async def start(
         provider = provider or build_provider(settings)
         admission = build_admission(settings)
         mcp: McpServers | None = None
+        registry: ToolRegistry | None = None
         if not tools:
             mcp = await start_mcp(settings)
             if mcp is not None:
                 undo.push_async_callback(mcp.close)
-            tools = build_tools(settings, mcp)
+            tools = registry = build_tools(settings, mcp)
         metrics = Metrics() if settings.metrics_listen else None
+        if mcp is not None and registry is not None:
+            # From now on a server's new tool list changes what the registry serves.
+            mcp.attach(
+                registry, on_skipped=None if metrics is None else metrics.record_mcp_tool_skipped
+            )
         if metrics is not None:
             if isinstance(store, CachedStore):
                 cached = store

@@ -49,14 +49,17 @@ async def start_chatd(tmp_path: Path) -> AsyncIterator[StartChatd]:
         store: SessionStore | None = None,
         provider: ModelProvider | None = None,
         tools: ToolRunner | None = None,
+        tool_modules: str = "",
         **overrides: Any,
     ) -> Chatd:
+        """`tools` replaces the registry; `tool_modules` is the setting CHATD_TOOLS."""
         options: dict[str, Any] = {
             "listen": "127.0.0.1:0",
             "database_url": f"sqlite:///{tmp_path}/chatd-{len(started)}.db",
             "grace_period": 1.0,
             # Every test server serves metrics, on a port of its own.
             "metrics_listen": "127.0.0.1:0",
+            "tools": tool_modules,
         }
         options.update(overrides)
         running = await app.start(Settings(**options), store=store, provider=provider, tools=tools)

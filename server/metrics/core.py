@@ -143,6 +143,14 @@ class Metrics:
             buckets=buckets.TOOL,
             registry=r,
         )
+        self.mcp_tools_skipped = Counter(
+            "chatd_mcp_tools_skipped",
+            "Tools an MCP server listed while chatd ran that are not served, by reason:"
+            " conflict (another tool has the name) or invalid (a name or schema chatd"
+            " cannot serve); counted once when each appears in a list.",
+            ("server", "reason"),
+            registry=r,
+        )
         self.store_operation_duration = Histogram(
             "chatd_store_operation_duration_seconds",
             "Session store operations, cache included.",
@@ -208,6 +216,11 @@ class Metrics:
     def record_tool_call(self, tool: str, is_error: bool, seconds: float) -> None:
         self._tools(tool, "error" if is_error else "ok").inc()
         self._tool_seconds(tool).observe(seconds)
+
+    def record_mcp_tool_skipped(self, server: str, reason: str) -> None:
+        """One tool of the named MCP server (from the servers file) left unserved; reason
+        is "conflict" or "invalid"."""
+        self.mcp_tools_skipped.labels(server, reason).inc()
 
     def record_store_operation(self, operation: str, outcome: str, seconds: float) -> None:
         self._store_seconds(operation, outcome).observe(seconds)

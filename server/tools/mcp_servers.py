@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import json
 import os
 import re
@@ -38,15 +39,19 @@ import httpx2
 import mcp_types
 import structlog
 from mcp import Client
+from mcp.client.session import IncomingMessage, MessageHandlerFnT
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import SubscriptionLost
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from server.redact import redact_url
 from server.sessions.model import Blob
 from server.tools.definition import DEFAULT_TIMEOUT, NAME_PATTERN, Tool, ToolError, ToolResult
+from server.tools.registry import DEFAULT_MAX_RESULT_BYTES, ToolRegistry
 
 # Between the server's name and its tool's: Gemini names allow letters, digits, "_", "." and
 # "-"; a double underscore rarely appears in either name, so the split stays readable.
@@ -81,6 +86,8 @@ _TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamab
 _DROPPED = frozenset({"$schema", "$id"})
 # JSON-RPC error codes after which the connection itself is gone.
 _CONNECTION_CLOSED = mcp_types.CONNECTION_CLOSED
+# The streamable-HTTP header naming the session (compared lower-case, as httpx does).
+_SESSION_HEADER = "mcp-session-id"
 
 
 class McpConfigError(ValueError):
@@ -227,21 +234,97 @@ class McpServerError(Exception):
     """A server could not be connected at start-up, or lists tools chatd cannot serve."""
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """What the HTTP layer saw of one call's requests: whether any was sent, whether one
+    reached the server (began to be written to a connection, and was not refused), and
+    whether one was refused by a server that no longer knew the session."""
+
+    sent: bool = False
+    reached: bool = False
+    refused: bool = False
+
+
+# The current call's _Attempt. The SDK's streamable-HTTP transport sends each message in
+# the context of the task that wrote it (its context streams carry the sender's context),
+# so _WatchedClient sees the caller's attempt; requests of no call see None.
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "chatd_mcp_attempt", default=None
+)
+
+
+class _WatchedClient(httpx2.AsyncClient):
+    """An HTTP client that notes, in the current call's _Attempt, whether a request
+    reached the server: once its headers begin to be written to a connection (the "trace"
+    extension's send_request_headers event, https://www.python-httpx.org/advanced/extensions/),
+    unless it is answered 404 while carrying an Mcp-Session-Id, which says the server does
+    not know the session and did not process the request (MCP streamable HTTP, "Session
+    Management": https://modelcontextprotocol.io/specification/2025-11-25/basic/transports).
+    A request that failed to connect, or was never sent, did not reach it."""
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        attempt = _ATTEMPT.get()
+        if attempt is None:
+            return await super().send(request, **kwargs)
+        attempt.sent = True
+        writing = False
+        outer = request.extensions.get("trace")
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal writing
+            if event.endswith(".send_request_headers.started"):
+                writing = True
+            if outer is not None:
+                await outer(event, info)
+
+        request.extensions["trace"] = trace
+        try:
+            response = await super().send(request, **kwargs)
+        except BaseException:
+            attempt.reached = attempt.reached or writing
+            raise
+        if response.status_code == 404 and _SESSION_HEADER in request.headers:
+            attempt.refused = True
+        else:
+            attempt.reached = True
+        return response
+
+
 class McpServer:
     """One supervised connection: connects, reconnects when the connection is lost (a stdio
-    server is started again), and runs calls on whatever connection is current."""
+    server is started again), runs calls on whatever connection is current, and lists the
+    server's tools again when the server says they changed.
 
-    def __init__(self, config: ServerConfig) -> None:
+    `listed` is the server's latest tool list and `listings` counts the lists read: at
+    start-up, after each reconnection and after each change the server announces.
+    `on_listed`, when set, is called with the server after each.
+    """
+
+    def __init__(
+        self, config: ServerConfig, *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    ) -> None:
         self.config = config
         self.listed: list[mcp_types.Tool] = []
+        self.listings = 0
+        self.on_listed: Callable[[McpServer], None] | None = None
+        # A streamed result is JSON (its text often twice: content and structuredContent)
+        # in one SSE event: room for any result chatd would accept, and then some.
+        self._max_event_bytes = 4 * max_result_bytes + 64 * 1024
         self._client: Client | None = None
-        # "connecting" (calls wait), "up", "down" (between restarts: calls fail at once),
-        # "closed".
+        # "connecting" (calls wait), "up", "down" (between restarts: a call starts the next
+        # attempt at once and waits for it), "closed".
         self._state = "connecting"
         self._changed = asyncio.Event()
+        self._listing = asyncio.Event()
         self._lost = asyncio.Event()
         self._closing = asyncio.Event()
+        self._wake = asyncio.Event()
         self._failures = 0
+        # Connection attempts begun so far.
+        self._attempts = 0
+        # A call's HTTP requests have been seen by _WatchedClient: a call of which it saw
+        # none was sent none (rather than sent some the watch missed).
+        self._watching = False
         self._error = ""
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
@@ -255,7 +338,8 @@ class McpServer:
         return self._state == "up"
 
     async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connects and lists the tools; raises McpServerError saying why it cannot."""
+        """Connects and lists the tools; raises McpServerError saying why it cannot
+        (within `connect_timeout` seconds, or it says there was no answer)."""
         self._first = asyncio.get_running_loop().create_future()
         self._connect_timeout = connect_timeout
         self._task = asyncio.create_task(self._supervise(), name=f"mcp:{self.config.name}")
@@ -284,88 +368,156 @@ class McpServer:
                 task.exception()  # logged by the supervisor already
         self._set("closed")
 
+    async def wait_listed(self, after: int) -> None:
+        """Returns once `listings` exceeds `after`: a tool list newer than the one seen."""
+        while self.listings <= after:
+            await self._listing.wait()
+
     async def call(self, tool: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
-        """The server's result; raises ToolError when the server is down or is lost during
-        the call (the registry's timeout bounds the wait for a reconnection)."""
-        client = await self._connected()
-        try:
-            result = await client.call_tool(tool, arguments)
-        except MCPError as e:
-            if e.code == _CONNECTION_CLOSED:
-                self._connection_lost(e)
+        """The server's result; raises ToolError when the server cannot be reached or is
+        lost during the call (the registry's timeout bounds the wait for a reconnection).
+
+        An HTTP call none of whose requests can have reached the server (none was sent
+        before the connection closed, the connection was refused, or the server no longer
+        knew the session) reconnects and is sent once more; one that may have reached it
+        never is.
+        """
+        for last in (False, True):
+            client = await self._connected()
+            attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
+            try:
+                result = await client.call_tool(tool, arguments)
+                self._watching = self._watching or attempt.sent
+            except (
+                MCPError,
+                anyio.ClosedResourceError,
+                anyio.BrokenResourceError,
+                httpx2.HTTPError,
+                OSError,
+            ) as e:
+                self._watching = self._watching or attempt.sent
+                # Only HTTP requests are watched: a stdio call is never sent again.
+                if not (self.config.url and _unsent(attempt, e, self._watching)):
+                    raise self._failed(client, e) from e
+                self._connection_lost(e, client)
+                if last:
+                    raise ToolError(
+                        f"MCP server {self.config.name!r} cannot be reached: {_describe(e)}"
+                    ) from e
+                _log().warning(
+                    "mcp_call_resent",
+                    mcp_server=self.config.name,
+                    tool=tool,
+                    error=_describe(e),
+                )
+                continue
+            except ValidationError as e:
                 raise ToolError(
-                    f"MCP server {self.config.name!r} was lost during the call; "
-                    "it is being restarted"
+                    f"MCP server {self.config.name!r} sent a result that is not valid MCP: {e}"
                 ) from e
-            raise ToolError(f"MCP server {self.config.name!r}: {e}") from e
-        except ValidationError as e:
-            raise ToolError(
-                f"MCP server {self.config.name!r} sent a result that is not valid MCP: {e}"
-            ) from e
-        except (
-            anyio.ClosedResourceError,
-            anyio.BrokenResourceError,
-            httpx2.HTTPError,
-            OSError,
-        ) as e:
-            self._connection_lost(e)
-            raise ToolError(
-                f"MCP server {self.config.name!r} cannot be reached: {_describe(e)}"
-            ) from e
-        self._failures = 0
-        return result
+            finally:
+                _ATTEMPT.reset(token)
+            self._failures = 0
+            return result
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _failed(self, client: Client, e: Exception) -> ToolError:
+        """The ToolError for a call on `client` that failed once it may have reached the
+        server; a connection that failed is given up (and made again)."""
+        if isinstance(e, MCPError):
+            if e.code != _CONNECTION_CLOSED:
+                return ToolError(f"MCP server {self.config.name!r}: {e}")
+            self._connection_lost(e, client)
+            return ToolError(
+                f"MCP server {self.config.name!r} was lost during the call; it is being restarted"
+            )
+        self._connection_lost(e, client)
+        return ToolError(f"MCP server {self.config.name!r} cannot be reached: {_describe(e)}")
 
     async def _connected(self) -> Client:
+        """The current connection, once there is one. While the server is down between
+        restarts, the first look starts the next attempt at once; raises ToolError when
+        the server is closed, or down again after an attempt begun since."""
+        woke_at: int | None = None
         while True:
+            changed = self._changed
             if self._state == "up" and self._client is not None:
                 return self._client
-            if self._state == "down":
-                raise ToolError(
-                    f"MCP server {self.config.name!r} is down ({self._error}); "
-                    "chatd is restarting it"
-                )
             if self._state == "closed":
                 raise ToolError(f"MCP server {self.config.name!r} is closed")
-            await self._changed.wait()
+            if self._state == "down":
+                if woke_at is not None and self._attempts > woke_at:
+                    raise ToolError(
+                        f"MCP server {self.config.name!r} cannot be reached ({self._error}); "
+                        "chatd keeps trying to reconnect"
+                    )
+                if woke_at is None:
+                    woke_at = self._attempts
+                    self._wake.set()
+            await changed.wait()
 
     def _set(self, state: str) -> None:
         self._state = state
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def _connection_lost(self, cause: BaseException | None) -> None:
+    def _connection_lost(self, cause: BaseException | None, client: Client | None = None) -> None:
+        """Gives the current connection up (a no-op when `client`, the one that failed,
+        is no longer current: a call that began before a reconnection)."""
         if self._lost.is_set() or self._state != "up":
+            return
+        if client is not None and client is not self._client:
             return
         if cause is not None:
             self._error = _describe(cause)
         self._lost.set()
-        # Calls from now on wait for the new connection (or fail, if a restart is delayed).
+        # Calls from now on wait for the new connection.
         self._client = None
         self._set("connecting" if self._failures == 0 else "down")
+
+    def _listed_now(self, listed: list[mcp_types.Tool]) -> None:
+        self.listed = listed
+        self.listings += 1
+        listing, self._listing = self._listing, asyncio.Event()
+        listing.set()
+        if self.on_listed is not None:
+            try:
+                self.on_listed(self)
+            except Exception:
+                _log().exception("mcp_tools_not_applied", mcp_server=self.config.name)
 
     async def _supervise(self) -> None:
         log = _log().bind(mcp_server=self.config.name, transport=self.config.transport)
         while not self._closing.is_set():
             self._lost = asyncio.Event()
             lost = self._lost
+            # Set when the server says its tools changed (a notification, or an event on
+            # a subscriptions/listen stream).
+            changed = asyncio.Event()
+            self._attempts += 1
             try:
                 # Each attempt, reconnections too, must connect and list within the timeout.
                 async with asyncio.timeout(self._connect_timeout) as deadline:
                     async with Client(
-                        _transport(self.config, lambda: self._connection_lost(None)),
+                        _transport(
+                            self.config, lambda: self._connection_lost(None), self._max_event_bytes
+                        ),
                         cache=None,
                         client_info=mcp_types.Implementation(name="chatd", version="1"),
+                        message_handler=_on_message(changed),
                     ) as client:
-                        self.listed = await _list_tools(client)
+                        listed = await _list_tools(client)
                         deadline.reschedule(None)
                         self._client = client
                         self._set("up")
+                        self._listed_now(listed)
                         if self._first is not None and not self._first.done():
                             self._first.set_result(None)
-                            log.info("mcp_server_connected", tools=[t.name for t in self.listed])
+                            log.info("mcp_server_connected", tools=[t.name for t in listed])
                         else:
                             log.info("mcp_server_reconnected", restarts=self.restarts)
-                        await _first_of(lost.wait(), self._closing.wait())
+                        await self._serve(client, lost, changed, log)
             except Exception as e:
                 self._error = _describe(e)
                 if self._first is not None and not self._first.done():
@@ -384,14 +536,92 @@ class McpServer:
             )
             self._failures += 1
             self.restarts += 1
+            log.warning("mcp_server_lost", error=self._error, restart_in=delay)
             if delay:
                 self._set("down")
-            log.warning("mcp_server_lost", error=self._error, restart_in=delay)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._closing.wait()
+                # Until the delay is over, chatd closes, or a call wants the server now.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await _first_of(self._closing.wait(), self._wake.wait())
+            self._wake.clear()
             if not self._closing.is_set():
                 self._set("connecting")
+
+    async def _serve(
+        self, client: Client, lost: asyncio.Event, changed: asyncio.Event, log: Any
+    ) -> None:
+        """While the connection lasts: lists the tools again each time they change."""
+        listening = None
+        if _announces_changes(client):
+            listening = asyncio.create_task(self._listen(client, changed, log))
+        try:
+            while True:
+                await _first_of(lost.wait(), self._closing.wait(), changed.wait())
+                if lost.is_set() or self._closing.is_set():
+                    return
+                changed.clear()
+                try:
+                    async with asyncio.timeout(self._connect_timeout):
+                        listed = await _list_tools(client)
+                except Exception as e:
+                    # Listed afresh by the reconnection.
+                    log.warning("mcp_tools_not_listed", error=_describe(e))
+                    self._connection_lost(e)
+                    return
+                log.info("mcp_tools_listed", tools=[t.name for t in listed])
+                self._listed_now(listed)
+        finally:
+            if listening is not None:
+                listening.cancel()
+                await asyncio.wait([listening])
+
+    async def _listen(self, client: Client, changed: asyncio.Event, log: Any) -> None:
+        """Holds a subscriptions/listen stream for tool list changes open (2026-07-28
+        servers announce changes only there); its events, like the notifications of
+        earlier protocol versions, set `changed` through the message handler too."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _ in subscription:
+                    changed.set()
+        except SubscriptionLost as e:
+            # No replay: the connection is made again and the tools listed afresh.
+            log.warning("mcp_subscription_lost", error=_describe(e))
+            self._connection_lost(e)
+        except Exception as e:
+            log.warning("mcp_subscription_failed", error=_describe(e))
+        else:
+            log.info("mcp_subscription_ended")
+
+
+def _unsent(attempt: _Attempt, e: Exception, watching: bool) -> bool:
+    """The call failed for want of a connection or session, and none of its requests
+    reached the server: sending it again cannot run the tool twice. That none reached it
+    counts only once the server's requests are known to be watched (`watching`: this
+    call's or an earlier one's were seen); a refusal is seen itself."""
+    if attempt.reached:
+        return False
+    if attempt.refused:
+        return True
+    lost = not isinstance(e, MCPError) or e.code == _CONNECTION_CLOSED
+    return lost and watching
+
+
+def _announces_changes(client: Client) -> bool:
+    """The server sends tool list changes on subscriptions/listen streams (2026-07-28)."""
+    tools = client.server_capabilities.tools
+    return (
+        client.protocol_version in MODERN_PROTOCOL_VERSIONS
+        and tools is not None
+        and bool(tools.list_changed)
+    )
+
+
+def _on_message(changed: asyncio.Event) -> MessageHandlerFnT:
+    async def handle(message: IncomingMessage) -> None:
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            changed.set()
+
+    return handle
 
 
 async def _first_of(*waits: Any) -> None:
@@ -417,21 +647,23 @@ async def _list_tools(client: Client) -> list[mcp_types.Tool]:
 
 @contextlib.asynccontextmanager
 async def _transport(
-    config: ServerConfig, on_lost: Callable[[], None]
+    config: ServerConfig, on_lost: Callable[[], None], max_event_bytes: int
 ) -> AsyncIterator[tuple[_WatchedRead, Any]]:
     """The SDK's transport for the server, its read stream watched for the end of the
     connection (a stdio server exiting ends it at once)."""
     async with contextlib.AsyncExitStack() as stack:
         if config.url:
             http = await stack.enter_async_context(
-                httpx2.AsyncClient(
+                _WatchedClient(
                     headers=dict(config.headers),
                     # The SDK's defaults: a response stream may stay open for long.
                     timeout=httpx2.Timeout(30.0, read=300.0),
                 )
             )
             streams = await stack.enter_async_context(
-                streamable_http_client(config.url, http_client=http)
+                streamable_http_client(
+                    config.url, http_client=http, max_sse_event_size=max_event_bytes
+                )
             )
         else:
             params = StdioServerParameters(
@@ -500,37 +732,58 @@ def server_tools(server: McpServer) -> list[Tool]:
     or its input schema uses JSON Schema chatd does not enforce (the same refusal a Python
     tool gets); "excludeTools" leaves such a tool out.
     """
+    tools, refused = admitted_tools(server)
+    if refused:
+        raise refused[0][1]
+    return tools
+
+
+def admitted_tools(server: McpServer) -> tuple[list[Tool], list[tuple[str, McpServerError]]]:
+    """The Tools of the listed tools the config admits, and each tool chatd cannot serve
+    (by its MCP name) with the McpServerError saying why."""
     config = server.config
-    tools = []
+    tools: list[Tool] = []
+    refused: list[tuple[str, McpServerError]] = []
     for listed in server.listed:
         if config.include_tools is not None and listed.name not in config.include_tools:
             continue
         if listed.name in config.exclude_tools:
             continue
-        name = f"{config.name}{SEPARATOR}{listed.name}"
-        if not NAME_PATTERN.fullmatch(name):
-            raise McpServerError(
-                f"MCP server {config.name!r}: tool {listed.name!r} would be named {name!r}, "
-                f"which is not a valid Gemini function name ({NAME_PATTERN.pattern}); rename "
-                "the server or add the tool to its excludeTools"
-            )
         try:
-            tools.append(
-                Tool(
-                    name=name,
-                    description=listed.description or listed.title or "",
-                    parameters=gemini_schema(listed.input_schema),
-                    function=_caller(server, listed.name),
-                    timeout=config.timeout,
-                    source=f"MCP server {config.name!r}",
-                )
-            )
-        except ValueError as e:
-            raise McpServerError(
-                f"{e}; chatd refuses schemas it cannot check, as for Python tools: "
-                "add the tool to the server's excludeTools to serve the others"
-            ) from None
-    return tools
+            tools.append(_tool(server, listed))
+        except McpServerError as e:
+            refused.append((listed.name, e))
+    return tools, refused
+
+
+def _tool(server: McpServer, listed: mcp_types.Tool) -> Tool:
+    config = server.config
+    name = f"{config.name}{SEPARATOR}{listed.name}"
+    if not NAME_PATTERN.fullmatch(name):
+        raise McpServerError(
+            f"MCP server {config.name!r}: tool {listed.name!r} would be named {name!r}, "
+            f"which is not a valid Gemini function name ({NAME_PATTERN.pattern}); rename "
+            "the server or add the tool to its excludeTools"
+        )
+    try:
+        return Tool(
+            name=name,
+            description=listed.description or listed.title or "",
+            parameters=gemini_schema(listed.input_schema),
+            function=_caller(server, listed.name),
+            timeout=config.timeout,
+            source=origin(config.name),
+        )
+    except ValueError as e:
+        raise McpServerError(
+            f"{e}; chatd refuses schemas it cannot check, as for Python tools: "
+            "add the tool to the server's excludeTools to serve the others"
+        ) from None
+
+
+def origin(server: str) -> str:
+    """Where the tools of the named server come from, in messages and the registry."""
+    return f"MCP server {server!r}"
 
 
 def gemini_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -622,18 +875,32 @@ def _describe(e: BaseException) -> str:
 
 
 class McpServers:
-    """Every configured server: started together, their tools, closed together."""
+    """Every configured server: started together, their tools, closed together.
 
-    def __init__(self, configs: Sequence[ServerConfig]) -> None:
-        self.servers = [McpServer(c) for c in configs]
+    Once `attach`ed to the registry serving their tools, each new tool list of a server
+    (after a change it announced, or a reconnection) is applied to it.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[ServerConfig],
+        *,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
+        self.servers = [McpServer(c, max_result_bytes=max_result_bytes) for c in configs]
         # Each tool with where it came from, once started.
         self.tools: list[tuple[Tool, str]] = []
+        self._registry: ToolRegistry | None = None
+        self._on_skipped: Callable[[str, str], None] | None = None
+        # Per server, the tools (MCP names) not served at its last application, by reason.
+        self._skipped: dict[str, dict[str, str]] = {}
 
     async def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> list[tuple[Tool, str]]:
         """Connects every server at once and returns each tool with where it came from.
 
-        Raises McpServerError naming the first server that cannot start or whose tools
-        chatd cannot serve; every server is closed again then.
+        Raises McpServerError naming the first server that cannot start (within
+        `connect_timeout` seconds each) or whose tools chatd cannot serve; every server is
+        closed again then.
         """
         results = await asyncio.gather(
             *(s.start(connect_timeout) for s in self.servers), return_exceptions=True
@@ -652,12 +919,75 @@ class McpServers:
         found: list[tuple[Tool, str]] = []
         for server in self.servers:
             try:
-                found += [(t, f"MCP server {server.config.name!r}") for t in server_tools(server)]
+                found += [(t, origin(server.config.name)) for t in server_tools(server)]
             except McpServerError:
                 await self.close()
                 raise
         self.tools = found
         return found
+
+    def attach(
+        self, registry: ToolRegistry, on_skipped: Callable[[str, str], None] | None = None
+    ) -> None:
+        """Keeps `registry` serving each server's latest tools from now on.
+
+        A tool whose name another server or a Python tool already serves, or that chatd
+        cannot serve (its name or schema), is left out: logged as an error and passed to
+        `on_skipped(server, reason)` ("conflict" or "invalid") once, when it appears.
+        """
+        self._registry = registry
+        self._on_skipped = on_skipped
+        for server in self.servers:
+            server.on_listed = self._listed
+        for server in self.servers:
+            self._apply(server)
+
+    def _listed(self, server: McpServer) -> None:
+        self._apply(server)
+        # A name the server gave up may be one another server's tool was refused for.
+        for other in self.servers:
+            if other is not server and self._skipped.get(other.config.name):
+                self._apply(other)
+
+    def _apply(self, server: McpServer) -> None:
+        registry = self._registry
+        if registry is None:
+            return
+        name = server.config.name
+        log = _log().bind(mcp_server=name)
+        before = registry.served_by(origin(name))
+        tools, refused = admitted_tools(server)
+        skipped: dict[str, str] = {}
+        earlier = self._skipped.get(name, {})
+        for listed, error in refused:
+            skipped[listed] = "invalid"
+            if earlier.get(listed) != "invalid":
+                log.error(
+                    "mcp_tool_skipped",
+                    tool=f"{name}{SEPARATOR}{listed}",
+                    reason="invalid",
+                    error=str(error),
+                )
+        for tool, holder in registry.replace(origin(name), tools):
+            listed = tool.name.removeprefix(f"{name}{SEPARATOR}")
+            skipped[listed] = "conflict"
+            if earlier.get(listed) != "conflict":
+                log.error(
+                    "mcp_tool_skipped",
+                    tool=tool.name,
+                    reason="conflict",
+                    error=f"{holder} already serves a tool named {tool.name!r}",
+                )
+        if self._on_skipped is not None:
+            for listed, reason in skipped.items():
+                if earlier.get(listed) != reason:
+                    self._on_skipped(name, reason)
+        self._skipped[name] = skipped
+        after = registry.served_by(origin(name))
+        if after != before:
+            log.info(
+                "mcp_tools_changed", added=sorted(after - before), removed=sorted(before - after)
+            )
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.servers))

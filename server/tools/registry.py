@@ -38,15 +38,48 @@ def unique_tools(tools: Iterable[tuple[Tool, str]]) -> list[Tool]:
 class ToolRegistry:
     """The server-registered tools; implements the domain's ToolRunner port. A call whose
     result (its JSON text plus its media's bytes) exceeds `max_result_bytes` is an error
-    outcome the model sees, naming the size and the limit."""
+    outcome the model sees, naming the size and the limit.
+
+    Each tool is served for an origin (its `source`); `replace` swaps one origin's tools
+    while chatd runs (an MCP server whose tool list changed). A call looks its tool up when
+    it starts, so one in progress finishes on the tool it began with."""
 
     def __init__(
         self, tools: Iterable[Tool], *, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     ) -> None:
         self._max_result_bytes = max_result_bytes
         unique = unique_tools((t, t.source) for t in tools)
-        self._tools: dict[str, Tool] = {t.name: t for t in sorted(unique, key=lambda t: t.name)}
+        self._commit({t.name: t for t in unique}, {t.name: t.source for t in unique})
+
+    def _commit(self, tools: dict[str, Tool], origins: dict[str, str]) -> None:
+        # New objects each time, never mutated: a reader mid-iteration keeps a whole set.
+        self._tools: dict[str, Tool] = {n: tools[n] for n in sorted(tools)}
+        self._origins: dict[str, str] = origins
         self._declarations = tuple(t.declaration for t in self._tools.values())
+
+    def served_by(self, origin: str) -> frozenset[str]:
+        """The names of the tools served for `origin` now."""
+        return frozenset(n for n, o in self._origins.items() if o == origin)
+
+    def replace(self, origin: str, tools: Iterable[Tool]) -> list[tuple[Tool, str]]:
+        """Serves `tools` for `origin` in place of what it served so far (none, at first).
+
+        A tool whose name another origin serves is not served: the name stays with that
+        origin. Returns each such tool with the origin that keeps its name (empty when all
+        are served). Never raises for a clash, unlike the constructor.
+        """
+        kept = {n: t for n, t in self._tools.items() if self._origins[n] != origin}
+        origins = {n: o for n, o in self._origins.items() if o != origin}
+        skipped: list[tuple[Tool, str]] = []
+        for t in tools:
+            holder = origins.get(t.name)
+            if holder is not None:
+                skipped.append((t, holder))
+                continue
+            kept[t.name] = t
+            origins[t.name] = origin
+        self._commit(kept, origins)
+        return skipped
 
     def declarations(self) -> Sequence[FunctionDeclaration]:
         """Every registered tool, sorted by name."""

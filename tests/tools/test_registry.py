@@ -1,4 +1,5 @@
-"""ToolRegistry.run: outcomes for success and every kind of failure, timeouts, concurrency."""
+"""ToolRegistry.run: outcomes for success and every kind of failure, timeouts, concurrency;
+ToolRegistry.replace: one origin's tools swapped while the others keep theirs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import structlog
 from server.sessions.model import Blob
 from server.sessions.ports import ToolOutcome, ToolRunner
 from server.sessions.values import MAX_JSON_DEPTH
-from server.tools import ToolError, ToolRegistry, ToolResult, tool
+from server.tools import Tool, ToolError, ToolRegistry, ToolResult, tool
 
 
 @tool
@@ -285,3 +286,45 @@ async def test_a_result_over_the_limit_is_an_error_naming_its_size_and_the_limit
     }
     assert not (await registry.run("big_media", {"n": 996})).is_error  # 4 bytes of "ok"
     assert (await registry.run("big_media", {"n": 997})).is_error
+
+
+def _origin_tool(name: str, origin: str, answer: str) -> Tool:
+    """A tool without arguments that answers `answer`, served for `origin`."""
+
+    async def answer_with() -> str:
+        return answer
+
+    return Tool(name, answer, {"type": "object"}, answer_with, source=origin)
+
+
+async def test_replace_swaps_one_origins_tools_and_leaves_the_others() -> None:
+    registry = ToolRegistry([add, _origin_tool("s__a", "server s", "first a")])
+    assert registry.served_by("server s") == {"s__a"}
+    skipped = registry.replace(
+        "server s", [_origin_tool("s__b", "server s", "b"), _origin_tool("s__c", "server s", "c")]
+    )
+    assert skipped == []
+    assert registry.names() == {"add", "s__b", "s__c"}
+    assert [d.name for d in registry.declarations()] == ["add", "s__b", "s__c"]
+    assert (await registry.run("s__b", {})).response == {"result": "b"}
+    gone = await registry.run("s__a", {})
+    assert gone.is_error and "unknown tool 's__a'" in gone.response["error"]
+    registry.replace("server s", [])
+    assert registry.names() == {"add"} and registry.served_by("server s") == frozenset()
+
+
+async def test_replace_never_takes_a_name_another_origin_serves() -> None:
+    python_add = add
+    registry = ToolRegistry([python_add, _origin_tool("t__x", "server t", "t's x")])
+    clash_python = _origin_tool("add", "server s", "s's add")
+    clash_server = _origin_tool("t__x", "server s", "s's x")
+    fine = _origin_tool("s__y", "server s", "y")
+    skipped = registry.replace("server s", [clash_python, fine, clash_server])
+    assert skipped == [(clash_python, python_add.source), (clash_server, "server t")]
+    assert registry.get("add") is python_add
+    assert (await registry.run("t__x", {})).response == {"result": "t's x"}
+    assert registry.served_by("server s") == {"s__y"}
+    # Once the holder gives the name up, the same list serves it.
+    registry.replace("server t", [])
+    assert registry.replace("server s", [clash_server, fine]) == []
+    assert (await registry.run("t__x", {})).response == {"result": "s's x"}
