@@ -1515,6 +1515,15 @@ class FakeGemini:
             except CredentialsRefused as exc:
                 await conn.send_json(exc.code, exc.error.body())
                 return
+            hold = self.caches.holds.get(verb)
+            if hold is not None:
+                conn.watch_for_eof()
+                try:
+                    hold.reached.set()
+                    while not hold.is_open:
+                        await conn.pause(0.005)  # raises _ClientGone if the client hangs up
+                finally:
+                    await conn.stop_watching()
             await conn.send_json(*self.caches.answer(verb, path, raw))
             return
         vertex_match = _VERTEX_PATH.match(path)

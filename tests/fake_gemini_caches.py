@@ -15,8 +15,10 @@ Strict as the API is, each rule with its source:
   model's minimum is refused, HTTP 400 "Cached content is too small.
   total_token_count=N, min_total_token_count=M" (the message users report, e.g.
   https://github.com/zyddnys/manga-image-translator/issues/929); the minimums are those
-  of the caching guide (MIN_TOKENS) unless ``min_tokens`` says otherwise. Tokens are the
-  fake's (``fake_tokens``) of the instruction, tools, tool config and contents.
+  of the caching guide (MIN_TOKENS: a model is its family's when its name is the
+  family's, or it followed by a version (-001), -latest or a -preview suffix) unless
+  ``min_tokens`` says otherwise. Tokens are the fake's (``fake_tokens``) of the
+  instruction, tools, tool config and contents.
 - patch updates only the expiration (https://ai.google.dev/api/caching#method:-cachedcontents.patch);
   get returns the cache without its contents; delete answers ``{}``.
 - A cache that expired (``clock``) or was deleted is gone: every call naming it, a
@@ -35,7 +37,9 @@ Strict as the API is, each rule with its source:
 
 A cache name the fake never issued passes a generateContent unchecked (tests name callers'
 own caches) unless ``refuse_unknown`` is set. ``refuse_creates`` makes every create fail
-with that error (a quota of none, an outage).
+with that error (a quota of none, an outage). A call whose verb is in ``holds`` waits
+before it is handled until that Hold opens (a slow or hung Gemini); a client that hangs
+up meanwhile leaves nothing done.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tests.fake_gemini import (
+    Hold,
     HttpError,
     ImplicitCache,
     InvalidRequest,
@@ -66,6 +71,7 @@ PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/cachedContents(?:/(?P<id>[^/:]+))?$"
 # models need DEFAULT_MIN_TOKENS, the largest it lists.
 MIN_TOKENS = {"gemini-2.5-flash": 2048, "gemini-2.5-pro": 2048}
 DEFAULT_MIN_TOKENS = 4096
+_VERSION_SUFFIX = re.compile(r"(?:-\d{3}|-latest|-preview(?:-[\w.-]+)?)?")
 DEFAULT_TTL = 3600.0
 _DURATION = re.compile(r"^(\d+)(?:\.(\d{1,9}))?s$")
 _CREATE_FIELDS = {
@@ -131,6 +137,17 @@ class CacheCall:
     status: int
 
 
+def min_tokens_of(model: str) -> int:
+    """The caching guide's minimum for ``model`` ("models/NAME" or "NAME"): its family's
+    in MIN_TOKENS when the name is the family's, or it followed by a version suffix
+    ("gemini-2.5-flash-001", "-latest", "-preview-05-20"); DEFAULT_MIN_TOKENS otherwise."""
+    name = model.rsplit("/", 1)[-1]
+    for family, tokens in MIN_TOKENS.items():
+        if name.startswith(family) and _VERSION_SUFFIX.fullmatch(name, len(family)):
+            return tokens
+    return DEFAULT_MIN_TOKENS
+
+
 def _rfc3339(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -169,6 +186,8 @@ class FakeCaches:
         self.refuse_creates: HttpError | None = None
         # Refuse generateContent naming a cache the fake never issued (403).
         self.refuse_unknown = False
+        # Calls of these verbs ("POST", "PATCH", ...) wait for their Hold to open.
+        self.holds: dict[str, Hold] = {}
         self._lock = threading.Condition()
         self._caches: dict[str, StoredCache] = {}
         self._issued: set[str] = set()
@@ -291,7 +310,7 @@ class FakeCaches:
         tokens += sum(fake_tokens(c) for c in contents)
         least = self.min_tokens
         if least is None:
-            least = MIN_TOKENS.get(model.removeprefix("models/"), DEFAULT_MIN_TOKENS)
+            least = min_tokens_of(model)
         if tokens < least:
             raise InvalidRequest(
                 f"Cached content is too small. total_token_count={tokens}, "

@@ -11,8 +11,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from server.providers.gemini.context_cache import min_cache_tokens
 from tests.fake_gemini import FakeGemini, fake_tokens
-from tests.fake_gemini_caches import GONE
+from tests.fake_gemini_caches import GONE, min_tokens_of
 
 MODEL = "gemini-2.5-flash"
 BIG = [types.Content(role="user", parts=[types.Part(text="a long document " * 800)])]
@@ -28,12 +29,12 @@ def client(fake: FakeGemini) -> genai.Client:
     return genai.Client(api_key="k", http_options=types.HttpOptions(base_url=fake.base_url))
 
 
-async def create(fake: FakeGemini, **config: Any) -> types.CachedContent:
+async def create(fake: FakeGemini, model: str = MODEL, **config: Any) -> types.CachedContent:
     config.setdefault("contents", BIG)
     config.setdefault("system_instruction", "be brief")
     config.setdefault("ttl", "600s")
     return await client(fake).aio.caches.create(
-        model=MODEL, config=types.CreateCachedContentConfig(**config)
+        model=model, config=types.CreateCachedContentConfig(**config)
     )
 
 
@@ -67,6 +68,32 @@ async def test_a_cache_below_the_models_minimum_is_refused(fake: FakeGemini) -> 
     assert refused.value.message is not None
     assert refused.value.message.startswith("Cached content is too small. total_token_count=")
     assert refused.value.message.endswith("min_total_token_count=2048")
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-001",
+        "gemini-2.5-flash-latest",
+        "gemini-2.5-flash-preview-05-20",
+        "models/gemini-2.5-pro-002",
+        "gemini-2.5-flash-lite",
+        "gemini-3.1-pro-preview",
+        "gemini-test",
+    ],
+)
+def test_the_minimum_is_found_by_the_rule_chatd_uses(model: str) -> None:
+    assert min_tokens_of(model) == min_cache_tokens(model)
+
+
+async def test_a_versioned_model_has_its_familys_minimum(fake: FakeGemini) -> None:
+    assert fake_tokens(BIG[0].model_dump(exclude_none=True)) < 4096
+    cache = await create(fake, model="gemini-2.5-flash-001")
+    assert cache.model == "models/gemini-2.5-flash-001"
+    with pytest.raises(genai_errors.ClientError) as refused:
+        await create(fake, model="gemini-2.5-flash-lite")
+    assert str(refused.value.message).endswith("min_total_token_count=4096")
 
 
 @pytest.mark.parametrize("ttl", ["600", "ten minutes", "1.0000000001s"])
