@@ -30,7 +30,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
@@ -137,7 +137,16 @@ class GeminiProvider:
             project=api.project,
             location=api.location,
         )
-        self._caches = ContextCaches(self, settings.context_cache, clock)
+        caching = settings.context_cache
+        if express and caching.trigger_tokens > 0:
+            # A cache lives under a project (cachedContents.create on Vertex AI posts to
+            # projects/P/locations/L/cachedContents), which express mode does not have.
+            log.warning(
+                "gemini context caching off: Vertex AI express mode (an API key without "
+                "a project) cannot hold explicit caches; set GOOGLE_CLOUD_PROJECT to use them"
+            )
+            caching = replace(caching, trigger_tokens=0)
+        self._caches = ContextCaches(self, caching, clock)
 
     @property
     def name(self) -> str:
@@ -159,7 +168,11 @@ class GeminiProvider:
         """The model's answer to `request`, chunk by chunk, across continuation hops
         (continuation.py), naming the session's context cache when there is one
         (context_cache.py). Raises the domain errors of `_upstream_errors`; leaving early
-        closes the upstream connection, which stops the model's work."""
+        closes the upstream connection, which stops the model's work. Raises
+        InvalidArgument (CACHED_CONTENT_NOT_ALLOWED) for a generation_config.cached_content
+        naming a cache chatd made for a session, and Unavailable (CONTEXT_CACHE_GONE) when
+        the session's cache is gone by the time a continuation request names it."""
+        self._check_cached_content(request)
         parts = self._encoder.generate_parts(request)
         options = self._http_options(request)
         deadline = self._deadline(request)
@@ -178,9 +191,20 @@ class GeminiProvider:
                     async for chunk in hops:
                         yield chunk
                 return
-            except _CacheRefused:
-                # Gone (expired, deleted elsewhere): the same request, whole.
+            except _CacheRefused as refused:
                 self._caches.lost(request, cache)
+                if not refused.first:
+                    # Part of the answer is out, read with the cache: it cannot go on
+                    # without it.
+                    raise errors.Unavailable(
+                        "Gemini no longer had the context cache this answer was read with "
+                        "when chatd asked for the rest of the answer; send the request again",
+                        reason="CONTEXT_CACHE_GONE",
+                    ) from refused
+                # Gone on the first request (expired, deleted elsewhere): the same
+                # request, whole.
+            finally:
+                self._caches.done(cache)
         async with aclosing(self._hops(request, parts.body(), path, options, deadline)) as hops:
             async for chunk in hops:
                 yield chunk
@@ -195,8 +219,8 @@ class GeminiProvider:
         names_cache: bool = False,
     ) -> AsyncGenerator[ModelChunk, None]:
         """`body` posted and its answer streamed, across continuation hops. With
-        `names_cache`, a first post Gemini refuses because the cache it names is gone
-        raises _CacheRefused."""
+        `names_cache`, a post Gemini refuses because the cache it names is gone raises
+        _CacheRefused (`first` when it was the call's first request)."""
         api = self._client.aio._api_client
         hops = Continuation()
         first = True
@@ -206,8 +230,8 @@ class GeminiProvider:
             try:
                 with _upstream_errors(request.model, self._rejected):
                     async with asyncio.timeout_at(deadline):
-                        if names_cache and first:
-                            response = await _post_naming_cache(api, path, hop_body, options)
+                        if names_cache:
+                            response = await _post_naming_cache(api, path, hop_body, options, first)
                         else:
                             response = await _send(api, "post", path, hop_body, options, True)
             except errors.ChatdError as exc:
@@ -253,8 +277,10 @@ class GeminiProvider:
         (wire.RequestEncoder) and posts it through the SDK's client, which keeps the
         URL, credentials, retries and error mapping.
 
-        Raises UpstreamRejected for a request the SDK would refuse to send, and the
-        domain errors of _upstream_errors for upstream failures."""
+        Raises UpstreamRejected for a request the SDK would refuse to send,
+        InvalidArgument as stream() for a cached_content chatd made, and the domain errors
+        of _upstream_errors for upstream failures."""
+        self._check_cached_content(request)
         api = self._client.aio._api_client
         with _upstream_errors(request.model, self._rejected), _refusals():
             model_path = _transformers.t_model(api, request.model)
@@ -267,19 +293,37 @@ class GeminiProvider:
 
     # ------------------------------------------------------------------ context caches
 
+    def _check_cached_content(self, request: ModelRequest) -> None:
+        """A caller's cached_content may not name a cache chatd made for a session (of
+        any tenant: every tenant's caches live under chatd's one credential)."""
+        name = request.generation_config.cached_content
+        if name is not None and self._caches.owns(name):
+            raise errors.InvalidArgument(
+                "generation_config.cached_content",
+                "names a cache chatd made for a session; name a cache of your own",
+                reason="CACHED_CONTENT_NOT_ALLOWED",
+            )
+
     async def create_cache(
-        self, request: ModelRequest, parts: GenerateParts, count: int, ttl: str, deadline: float
+        self,
+        request: ModelRequest,
+        parts: GenerateParts,
+        count: int,
+        ttl: str,
+        display_name: str,
+        deadline: float,
     ) -> str:
         """cachedContents.create (https://ai.google.dev/api/caching#method:-cachedcontents.create)
-        of the header and first `count` contents of `parts` for request.model, through the
-        SDK's request path as `client.aio.caches.create` posts it (its model name with
-        `t_caches_model`, its path and API version); the created cache's resource name.
-        Raises the domain errors of _upstream_errors, UpstreamRejected for what the SDK
-        refuses, Unavailable for an answer without a name."""
+        of the header and first `count` contents of `parts` for request.model, named
+        `display_name`, through the SDK's request path as `client.aio.caches.create` posts
+        it (its model name with `t_caches_model`, its path and API version); the created
+        cache's resource name. `deadline` is the event loop's time. Raises the domain
+        errors of _upstream_errors, UpstreamRejected for what the SDK refuses, Unavailable
+        for an answer without a name."""
         api = self._client.aio._api_client
         with _upstream_errors(request.model, _unlogged), _refusals():
             model = _transformers.t_caches_model(api, request.model) or request.model
-            body = parts.cache_body(model, count, ttl)
+            body = parts.cache_body(model, count, ttl, display_name)
             async with asyncio.timeout_at(deadline):
                 response = await _send(
                     api, "post", "cachedContents", body, _once(self._http_options(request))
@@ -318,7 +362,8 @@ class GeminiProvider:
         self._caches.release_session(tenant, session_id)
 
     def release_expired(self, now: float) -> None:
-        """Deletes the context caches of sessions expired by `now`, in the background."""
+        """Deletes the context caches of sessions expired by `now`, in the background, and
+        forgets those whose TTL ran out by `now`."""
         self._caches.release_expired(now)
 
     def context_cache_counts(self) -> Mapping[str, int]:
@@ -424,7 +469,12 @@ async def _send(
 
 
 class _CacheRefused(Exception):
-    """Gemini refused a request because the cache it names is gone."""
+    """Gemini refused a request because the cache it names is gone; `first`: the call's
+    first request (nothing of the answer read yet)."""
+
+    def __init__(self, message: str, first: bool) -> None:
+        super().__init__(message)
+        self.first = first
 
 
 def _names_missing_cache(exc: genai_errors.APIError) -> bool:
@@ -439,7 +489,7 @@ def _names_missing_cache(exc: genai_errors.APIError) -> bool:
 
 
 async def _post_naming_cache(
-    api: BaseApiClient, path: str, body: bytes, options: types.HttpOptions
+    api: BaseApiClient, path: str, body: bytes, options: types.HttpOptions, first: bool
 ) -> HttpResponse:
     """_send for a streamed request naming a cache; raises _CacheRefused when the cache is
     gone (_names_missing_cache)."""
@@ -447,7 +497,7 @@ async def _post_naming_cache(
         return await _send(api, "post", path, body, options, True)
     except genai_errors.APIError as exc:
         if _names_missing_cache(exc):
-            raise _CacheRefused(str(exc)) from exc
+            raise _CacheRefused(str(exc), first) from exc
         raise
 
 

@@ -604,14 +604,14 @@ class GenerateParts:
         """The header as JSON bytes: equal for two requests that send the same one."""
         return _dumps(self.header)
 
-    def cache_body(self, model: str, count: int, ttl: str) -> bytes:
+    def cache_body(self, model: str, count: int, ttl: str, display_name: str) -> bytes:
         """JSON body of cachedContents.create caching the header and the first `count`
         contents for `model` (its resource name: "models/NAME" on the Gemini API), for
-        `ttl` (a protobuf Duration in JSON, "3600s"):
-        {"model", "contents", "systemInstruction"?, "tools"?, "toolConfig"?, "ttl",
-        "displayName"} (https://ai.google.dev/api/caching#CachedContent)."""
+        `ttl` (a protobuf Duration in JSON, "3600s"), named `display_name` (at most 128
+        characters): {"model", "contents", "systemInstruction"?, "tools"?, "toolConfig"?,
+        "ttl", "displayName"} (https://ai.google.dev/api/caching#CachedContent)."""
         head = b'{"model":' + _dumps(model) + b',"contents":['
-        tail = _dumps({**self.header, "ttl": ttl, "displayName": "chatd"})
+        tail = _dumps({**self.header, "ttl": ttl, "displayName": display_name})
         return head + b",".join(self.contents[:count]) + b"]," + tail[1:]
 
 
