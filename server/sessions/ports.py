@@ -393,11 +393,14 @@ class SessionResources(Protocol):
     Both methods return at once; the provider does any upstream work in the background."""
 
     def release_session(self, tenant: str, session_id: str) -> None:
-        """The session was deleted: what is kept for it goes."""
+        """The session was deleted, here or on another replica that told this one (a
+        notice on the ReplyBus): what is kept for it goes. Called again for a session
+        already let go of, it does nothing."""
 
     def release_expired(self, now: float) -> None:
         """What is kept for sessions whose SessionRef.expire_time is at or before `now`
-        (seconds since the epoch) goes: those sessions expired."""
+        (seconds since the epoch) goes: those sessions expired. The provider may also
+        forget then what outlived its own lifetime by `now`."""
 
 
 def release_session(provider: ModelProvider, tenant: str, session_id: str) -> None:

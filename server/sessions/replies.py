@@ -270,6 +270,9 @@ class Replies:
         # Stops this replica's running turn of a session (only the reply named, when one
         # is); set by ChatSessions (TurnEngine.cancel).
         self.cancel_local: Callable[[str, str, str], bool] = lambda tenant, session, reply: False
+        # Lets go of what this replica's model provider keeps for a session another
+        # replica deleted; set by ChatSessions.
+        self.release_local: Callable[[str, str], None] = lambda tenant, session: None
         self._draining = False
         # Background replies storing their first record (drain waits for them).
         self._starting: set[asyncio.Future[None]] = set()
@@ -800,6 +803,22 @@ class Replies:
         )
         return bool(newest) and newest[0].state is ReplyState.RUNNING
 
+    async def session_deleted(self, tenant: str, session_id: str) -> None:
+        """Tells the other replicas that the session was deleted, so that they let go of
+        what their model provider keeps for it (release_local). A notice: with no other
+        replica it does nothing; one the bus cannot send is logged and lost (what it
+        would have released then goes by its own expiry)."""
+        if self._bus is None:
+            return
+        await self._publish(
+            {
+                "kind": "session_deleted",
+                "tenant": tenant,
+                "session_id": session_id,
+                "owner": self.owner,
+            }
+        )
+
     def _cancel_here(self, live: LiveReply) -> bool:
         """Stops a reply of this replica: its turn if it runs, else before it begins."""
         if live.ended or live.committed is not None:
@@ -839,6 +858,12 @@ class Replies:
                     self._cancel_here(live)
             else:
                 self.cancel_local(tenant, session_id, "")
+        elif (
+            kind == "session_deleted"
+            and isinstance(session_id := message.get("session_id"), str)
+            and message.get("owner") != self.owner
+        ):
+            self.release_local(tenant, session_id)
 
 
 def _stored(live: LiveReply, record: ReplyRecord) -> None:

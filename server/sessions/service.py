@@ -182,6 +182,9 @@ class ChatSessions:
             max_background_per_tenant=max_background_per_tenant,
         )
         self.replies.cancel_local = self._engine.cancel
+        self.replies.release_local = lambda tenant, session_id: release_session(
+            provider, tenant, session_id
+        )
         self.history = HistoryOps(
             store, self._locks, self._check_settings, clock, max_sessions_per_tenant
         )
@@ -382,7 +385,9 @@ class ChatSessions:
 
     async def delete(self, tenant: str, session_id: str) -> None:
         """Deletes the session and its history, after any running turn of it ended, and
-        cancels its background summary, if any.
+        cancels its background summary, if any. The model provider lets go of what it
+        keeps for the session (SessionResources), here and, told through the bus, on the
+        other replicas.
 
         Raises a bad id, NotFound (SESSION_NOT_FOUND: an expired session is already
         gone, and so is one deleted, or expired, while the delete waited, even if it was
@@ -395,6 +400,8 @@ class ChatSessions:
             await complete(self._store.delete_session(tenant, session_id, session.uid))
             self._engine.forget(tenant, session_id)
             release_session(self._provider, tenant, session_id)
+        # What other replicas' providers keep for the session (their context caches).
+        await self.replies.session_deleted(tenant, session_id)
 
     async def append(
         self,
