@@ -590,7 +590,7 @@ async def test_a_new_tool_whose_name_is_taken_is_skipped_logged_and_counted(
     added = await call(chatd, fake_gemini, "web__x__add", {"a": 2, "b": 3})
     assert added.function_response.response["result"] == "5"
 
-    skipped = {(e["tool"], e["reason"]) for e in logged if e["event"] == "mcp_tool_skipped"}
+    skipped = {(e["tool"], e["why"]) for e in logged if e["event"] == "mcp_tool_skipped"}
     assert skipped == {
         ("web__late", "conflict"),
         ("web__x__add", "conflict"),

@@ -965,7 +965,7 @@ class McpServers:
                 log.error(
                     "mcp_tool_skipped",
                     tool=f"{name}{SEPARATOR}{listed}",
-                    reason="invalid",
+                    why="invalid",
                     error=str(error),
                 )
         for tool, holder in registry.replace(origin(name), tools):
@@ -975,7 +975,7 @@ class McpServers:
                 log.error(
                     "mcp_tool_skipped",
                     tool=tool.name,
-                    reason="conflict",
+                    why="conflict",
                     error=f"{holder} already serves a tool named {tool.name!r}",
                 )
         if self._on_skipped is not None:
