@@ -86,6 +86,28 @@ _TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamab
 _DROPPED = frozenset({"$schema", "$id"})
 # JSON-RPC error codes after which the connection itself is gone.
 _CONNECTION_CLOSED = mcp_types.CONNECTION_CLOSED
+# How the SDK resolves a request whose connection, or whose own response stream, is gone:
+# CONNECTION_CLOSED with one of its own messages ("Connection closed", "SSE stream ended
+# without a response", "SSE stream failed: ..."). A server may answer -32000 itself
+# (JSON-RPC 2.0 reserves -32000..-32099 for implementation-defined server errors,
+# https://www.jsonrpc.org/specification#error_object): that is its answer, not a loss.
+_SDK_CLOSE_MESSAGES = ("Connection closed", "SSE stream ")
+# httpx2's SSE reader refusing one event over its size limit (httpx2/_sse.py): that
+# response is lost, the connection is not.
+_EVENT_TOO_LARGE = "byte limit"
+
+
+def _connection_gone(e: Exception) -> bool:
+    """Whether `e`, raised by a request, means the connection itself is gone: a transport
+    error, or the SDK's own CONNECTION_CLOSED (not a server's -32000, not one oversized
+    event)."""
+    if not isinstance(e, MCPError):
+        return True
+    return (
+        e.code == _CONNECTION_CLOSED
+        and e.message.startswith(_SDK_CLOSE_MESSAGES)
+        and _EVENT_TOO_LARGE not in e.message
+    )
 # The streamable-HTTP header naming the session (compared lower-case, as httpx does).
 _SESSION_HEADER = "mcp-session-id"
 
@@ -267,24 +289,23 @@ class _WatchedClient(httpx2.AsyncClient):
         if attempt is None:
             return await super().send(request, **kwargs)
         attempt.sent = True
-        writing = False
+        before = attempt.reached
         outer = request.extensions.get("trace")
 
         async def trace(event: str, info: dict[str, Any]) -> None:
-            nonlocal writing
+            # Noted at once, not when send returns: the SDK may wake the call (the
+            # connection given up meanwhile) while this request still waits for its
+            # response, and the call must then know that the request may have arrived.
             if event.endswith(".send_request_headers.started"):
-                writing = True
+                attempt.reached = True
             if outer is not None:
                 await outer(event, info)
 
         request.extensions["trace"] = trace
-        try:
-            response = await super().send(request, **kwargs)
-        except BaseException:
-            attempt.reached = attempt.reached or writing
-            raise
+        response = await super().send(request, **kwargs)
         if response.status_code == 404 and _SESSION_HEADER in request.headers:
             attempt.refused = True
+            attempt.reached = before  # this request was not processed
         else:
             attempt.reached = True
         return response
@@ -426,7 +447,12 @@ class McpServer:
         """The ToolError for a call on `client` that failed once it may have reached the
         server; a connection that failed is given up (and made again)."""
         if isinstance(e, MCPError):
-            if e.code != _CONNECTION_CLOSED:
+            if _EVENT_TOO_LARGE in e.message:
+                return ToolError(
+                    f"MCP server {self.config.name!r} sent a result larger than chatd takes "
+                    f"({e.message})"
+                )
+            if not _connection_gone(e):
                 return ToolError(f"MCP server {self.config.name!r}: {e}")
             self._connection_lost(e, client)
             return ToolError(
@@ -564,8 +590,12 @@ class McpServer:
                     async with asyncio.timeout(self._connect_timeout):
                         listed = await _list_tools(client)
                 except Exception as e:
-                    # Listed afresh by the reconnection.
                     log.warning("mcp_tools_not_listed", error=_describe(e))
+                    if isinstance(e, MCPError) and not _connection_gone(e):
+                        # The server refused this listing (mid-reload, say): the tools
+                        # stay as last listed until its next change or a reconnection.
+                        continue
+                    # Listed afresh by the reconnection.
                     self._connection_lost(e)
                     return
                 log.info("mcp_tools_listed", tools=[t.name for t in listed])
@@ -602,8 +632,7 @@ def _unsent(attempt: _Attempt, e: Exception, watching: bool) -> bool:
         return False
     if attempt.refused:
         return True
-    lost = not isinstance(e, MCPError) or e.code == _CONNECTION_CLOSED
-    return lost and watching
+    return _connection_gone(e) and watching
 
 
 def _announces_changes(client: Client) -> bool:
