@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -52,3 +54,19 @@ async def outcome(call: Any) -> list[Any]:
     if hasattr(call, "__aiter__"):
         return [response async for response in call]
     return [await call]
+
+
+# How long `until` polls before it fails the test as hung: generous, since it bounds only a
+# test that would otherwise never end, never how fast a passing one is.
+HANG_GUARD = 30.0
+
+
+async def until(predicate: Callable[[], bool], what: str, *, timeout: float = HANG_GUARD) -> None:
+    """Polls `predicate` (state a fake or the server keeps without an event to wait on)
+    until it holds; AssertionError naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.005)
