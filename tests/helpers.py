@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -61,12 +61,20 @@ async def outcome(call: Any) -> list[Any]:
 HANG_GUARD = 30.0
 
 
-async def until(predicate: Callable[[], bool], what: str, *, timeout: float = HANG_GUARD) -> None:
-    """Polls `predicate` (state a fake or the server keeps without an event to wait on)
-    until it holds; AssertionError naming `what` after `timeout` seconds."""
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], what: str, *, timeout: float = HANG_GUARD
+) -> None:
+    """Polls `predicate` (state a fake, the server or a database keeps without an event to
+    wait on; a coroutine function too) until it holds; AssertionError naming `what` after
+    `timeout` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while True:
+        holds = predicate()
+        if not isinstance(holds, bool):
+            holds = await holds
+        if holds:
+            return
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.005)

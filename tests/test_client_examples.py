@@ -144,7 +144,7 @@ async def test_streaming_prints_deltas_as_they_arrive(start_chatd: StartChatd) -
     )
     assert proc.stdout is not None
     seen, first_text, done = "", 0.0, 0.0
-    while chunk := await asyncio.wait_for(proc.stdout.read(64), 20):
+    while chunk := await asyncio.wait_for(proc.stdout.read(64), 60):
         seen += chunk.decode()
         if not first_text and "model: Echo:" in seen:
             first_text = time.monotonic()
@@ -215,11 +215,11 @@ async def test_chat_cli_ctrl_c_cancels_the_streaming_reply(start_chatd: StartCha
     await proc.stdin.drain()
     seen = ""
     while "model: Echo:" not in seen:
-        seen += (await asyncio.wait_for(proc.stdout.read(64), 10)).decode()
+        seen += (await asyncio.wait_for(proc.stdout.read(64), 60)).decode()
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     proc.stdin.write(b"/history\n/quit\n")
     proc.stdin.close()
-    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
     seen += out.decode()
     assert proc.returncode == 0, seen
     assert "(cancelled)" in seen
