@@ -402,6 +402,11 @@ class Replies:
 
     # ------------------------------------------------------------------ running
 
+    @property
+    def running(self) -> int:
+        """How many replies run in this process now."""
+        return len(self._live)
+
     def running_request(self, tenant: str, request_id: str) -> LiveReply | None:
         """The reply running here for this request id, if any."""
         return self._by_request.get((tenant, request_id))
