@@ -11,6 +11,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import content_pb2
 
 
 def rich_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
@@ -36,8 +37,10 @@ def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
     return [v.field for v in bad.field_violations] if bad else []
 
 
-async def all_messages(stub: Any, session_id: str, page_size: int = 1000) -> list[pb.Message]:
-    messages: list[pb.Message] = []
+async def all_messages(
+    stub: Any, session_id: str, page_size: int = 1000
+) -> list[content_pb2.Message]:
+    messages: list[content_pb2.Message] = []
     token = ""
     while True:
         page = await stub.ListMessages(
@@ -47,6 +50,15 @@ async def all_messages(stub: Any, session_id: str, page_size: int = 1000) -> lis
         token = page.next_page_token
         if not token:
             return messages
+
+
+async def read_event(
+    call: grpc.aio.UnaryStreamCall[pb.StreamReplyRequest, pb.StreamReplyResponse],
+) -> pb.StreamReplyResponse:
+    """The next response of a StreamReply call; fails the test if the stream ended."""
+    event = await call.read()
+    assert isinstance(event, pb.StreamReplyResponse), "the stream ended"
+    return event
 
 
 async def outcome(call: Any) -> list[Any]:

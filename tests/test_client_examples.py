@@ -271,7 +271,9 @@ def test_sync_chat_request_shapes_without_a_server(
     auth = ("authorization", "Bearer k-123")
     ok_status = ((), grpc.StatusCode.OK, "")
 
-    def message(message_id: str, role: int, text: str) -> content_pb2.Message:
+    def message(
+        message_id: str, role: content_pb2.Role.ValueType, text: str
+    ) -> content_pb2.Message:
         return content_pb2.Message(
             message_id=message_id, role=role, parts=[content_pb2.Part(text=text)]
         )

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -421,7 +422,7 @@ def user_text(text: str) -> dict[str, object]:
     return {"role": "user", "parts": [{"text": text}]}
 
 
-async def assert_refused(fake: FakeGemini, body: object, fragment: str, **kwargs: str) -> None:
+async def assert_refused(fake: FakeGemini, body: object, fragment: str, **kwargs: Any) -> None:
     status, answer = await post(fake, body, **kwargs)
     assert status == 400, answer
     error = answer["error"]
@@ -702,12 +703,14 @@ async def test_the_sdk_itself_passes_the_strict_fake(
     config = types.GenerateContentConfig(
         system_instruction="s",
         temperature=0.1,
-        thinking_config=types.ThinkingConfig(include_thoughts=True, thinking_level="HIGH"),
+        thinking_config=types.ThinkingConfig(
+            include_thoughts=True, thinking_level=types.ThinkingLevel.HIGH
+        ),
         tools=[types.Tool(function_declarations=[types.FunctionDeclaration(name="f")])],
         tool_config=types.ToolConfig(
             function_calling_config=types.FunctionCallingConfig(
-                mode="ANY",
-                allowed_function_names=["f"],  # type: ignore[arg-type]
+                mode=types.FunctionCallingConfigMode.ANY,
+                allowed_function_names=["f"],
             )
         ),
         media_resolution="MEDIA_RESOLUTION_LOW",  # type: ignore[arg-type]
@@ -801,7 +804,8 @@ def assertion(info: dict[str, object], **claims: object) -> str:
     }
     payload.update(claims)
     signer = crypt.RSASigner.from_service_account_info(info)
-    return jwt.encode(signer, payload).decode("ascii")
+    token: bytes = jwt.encode(signer, payload)
+    return token.decode("ascii")
 
 
 @pytest.mark.parametrize(
@@ -826,7 +830,7 @@ async def test_token_endpoint_verifies_the_jwt_bearer_grant(
         assert answer["expires_in"] == 120 and answer["token_type"] == "Bearer"
         assert [t.token for t in fake.issued_tokens] == [answer["access_token"]]
         return
-    assert status == 400
+    assert status == 400 and fragment is not None
     assert answer["error"] == error and fragment in str(answer["error_description"])
     assert fake.issued_tokens == []
 

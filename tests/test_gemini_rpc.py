@@ -309,7 +309,11 @@ async def test_count_tokens_on_echo_is_a_marked_estimate(chatd: Chatd) -> None:
     assert counted.total_tokens == 10
     stateless = await chatd.stub.CountTokens(
         pb.CountTokensRequest(
-            contents=[content_pb2.Content(role=content_pb2.ROLE_USER, parts=[{"text": "abcd"}])]
+            contents=[
+                content_pb2.Content(
+                    role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="abcd")]
+                )
+            ]
         )
     )
     assert stateless.total_tokens == 1
@@ -356,7 +360,9 @@ async def test_generate_content_is_stateless(gemini_chatd: Chatd, fake_gemini: F
     [
         (pb.GenerateContentRequest(), "contents"),
         (
-            pb.GenerateContentRequest(contents=[content_pb2.Content(parts=[{"text": "x"}])]),
+            pb.GenerateContentRequest(
+                contents=[content_pb2.Content(parts=[content_pb2.Part(text="x")])]
+            ),
             "contents[0].role",
         ),
         (
@@ -365,7 +371,11 @@ async def test_generate_content_is_stateless(gemini_chatd: Chatd, fake_gemini: F
         ),
         (
             pb.GenerateContentRequest(
-                contents=[content_pb2.Content(role=content_pb2.ROLE_USER, parts=[{"text": "x"}])],
+                contents=[
+                    content_pb2.Content(
+                        role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="x")]
+                    )
+                ],
                 generation_config=session_pb2.GenerationConfig(top_p=3),
             ),
             "generation_config.top_p",

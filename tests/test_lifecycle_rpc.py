@@ -330,5 +330,6 @@ async def read_all(
 ) -> list[pb.StreamReplyResponse]:
     events = []
     while (event := await call.read()) is not grpc.aio.EOF:
+        assert isinstance(event, pb.StreamReplyResponse)
         events.append(event)
     return events

@@ -15,7 +15,7 @@ from tests.helpers import all_messages
 from tests.process import ChatdProcess
 
 
-def assert_whole_turns(history: list[pb.Message]) -> None:
+def assert_whole_turns(history: list[content_pb2.Message]) -> None:
     """History is user/model pairs of one turn each: no half turn survived."""
     assert len(history) % 2 == 0, f"odd history length {len(history)}"
     for user, model in zip(history[::2], history[1::2], strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -47,14 +48,14 @@ async def session(chatd: Chatd, sid: str = "t", **settings: object) -> None:
 
 
 def events_kinds(events: list[pb.StreamReplyResponse]) -> list[str]:
-    kinds = []
+    kinds: list[str] = []
     for e in events:
-        kind = e.WhichOneof("event")
+        kind: str = e.WhichOneof("event") or ""
         if kind == "message":
             role = "user" if e.message.role == content_pb2.ROLE_USER else "model"
             kind = f"message:{role}"
         if not kinds or kinds[-1] != kind or kind != "text_delta":
-            kinds.append(kind or "")
+            kinds.append(kind)
     return kinds
 
 
@@ -65,8 +66,9 @@ async def test_list_tools_shows_builtins_with_json_schemas(chatd: Chatd) -> None
     assert {"calculate", "get_current_time"} <= set(names)
     clock = next(t for t in listed.tools if t.name == "get_current_time")
     assert clock.description
-    assert clock.parameters["type"] == "object"
-    assert clock.parameters["properties"]["timezone"]["type"] == "string"
+    parameters = json_format.MessageToDict(clock.parameters)
+    assert parameters["type"] == "object"
+    assert parameters["properties"]["timezone"]["type"] == "string"
     first = await chatd.stub.ListTools(pb.ListToolsRequest(page_size=1))
     assert len(first.tools) == 1 and first.next_page_token
 
@@ -114,7 +116,9 @@ async def test_echo_call_runs_a_server_tool_and_streams_every_step(chatd: Chatd)
     assert call.function_call.id, "chatd assigns an id when the model gives none"
     assert result.function_response.id == call.function_call.id
     assert not result.is_error
-    assert result.function_response.response["result"]["timezone"] == "UTC"
+    assert (
+        json_format.MessageToDict(result.function_response.response)["result"]["timezone"] == "UTC"
+    )
     reply = events[-1].reply
     assert reply.finish_reason == content_pb2.FINISH_REASON_STOP
     assert "get_current_time returned" in reply.text
@@ -262,12 +266,12 @@ async def tool_chatd(start_chatd: StartChatd, fake_gemini: FakeGemini) -> Chatd:
     return server
 
 
-def responses_in(request_contents: list[dict[str, object]]) -> list[list[dict[str, object]]]:
+def responses_in(request_contents: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The function responses of each user content that carries them."""
     found = []
     for content in request_contents:
         parts = content.get("parts") or []
-        responses = [get_field(p, "function_response") for p in parts]  # type: ignore[union-attr]
+        responses = [get_field(p, "function_response") for p in parts]
         responses = [r for r in responses if r is not None]
         if responses:
             found.append(responses)
@@ -388,7 +392,7 @@ async def test_tool_loop_stops_at_the_round_limit(
     history = await all_messages(tool_chatd.stub, "t")
     stopped = history[-2]
     assert stopped.role == content_pb2.ROLE_USER
-    assert "tool rounds" in stopped.parts[0].function_response.response["error"]
+    assert "tool rounds" in stopped.parts[0].function_response.response.fields["error"].string_value
     assert history[-1].role == content_pb2.ROLE_MODEL
 
 
