@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import chat_service_pb2_grpc, content_pb2, session_pb2
 from tests.certs import make_pki
 from tests.conftest import Chatd, StartChatd
+from tests.fakes import GatedProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "client_examples"
@@ -132,7 +132,11 @@ async def test_streaming_prints_tool_events_and_the_summary(chatd: Chatd) -> Non
 
 
 async def test_streaming_prints_deltas_as_they_arrive(start_chatd: StartChatd) -> None:
-    slow = await start_chatd(echo_delay_ms=160)  # ~25 words in ~7 phrases: about a second
+    """The model's first word is printed while the model holds back the rest, so before
+    the reply could have ended; the rest follows once released."""
+    provider = GatedProvider()
+    slow = await start_chatd(provider=provider)
+    provider.release()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PYTHON_EXAMPLES / "streaming.py"),
@@ -143,15 +147,16 @@ async def test_streaming_prints_deltas_as_they_arrive(start_chatd: StartChatd) -
         env=clean_env(),
     )
     assert proc.stdout is not None
-    seen, first_text, done = "", 0.0, 0.0
-    while chunk := await asyncio.wait_for(proc.stdout.read(64), 60):
-        seen += chunk.decode()
-        if not first_text and "model: Echo:" in seen:
-            first_text = time.monotonic()
-        if not done and "finish_reason:" in seen:
-            done = time.monotonic()
-    assert await proc.wait() == 0, seen
-    assert first_text and done and done - first_text > 0.4, "the reply came out all at once"
+    seen = ""
+    while "model: one" not in seen:
+        seen += (await asyncio.wait_for(proc.stdout.read(64), 60)).decode()
+    assert "finish_reason:" not in seen
+    provider.release(len(provider.deltas))
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    seen += out.decode()
+    assert proc.returncode == 0, seen
+    assert "model: one two three four" in seen
+    assert "finish_reason: FINISH_REASON_STOP" in seen
 
 
 async def test_caller_tools_answers_pending_calls(chatd: Chatd) -> None:
@@ -200,7 +205,11 @@ async def test_chat_cli_through_a_pipe(chatd: Chatd, tmp_path: Path) -> None:
 
 
 async def test_chat_cli_ctrl_c_cancels_the_streaming_reply(start_chatd: StartChatd) -> None:
-    slow = await start_chatd(echo_delay_ms=100)
+    """The model gives one word and then nothing more until released, which it never is:
+    only Ctrl-C ends the reply."""
+    provider = GatedProvider()
+    slow = await start_chatd(provider=provider)
+    provider.release()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PYTHON_EXAMPLES / "chat_cli.py"),
@@ -214,7 +223,7 @@ async def test_chat_cli_ctrl_c_cancels_the_streaming_reply(start_chatd: StartCha
     proc.stdin.write(b"/new slow\na reply long enough to interrupt\n")
     await proc.stdin.drain()
     seen = ""
-    while "model: Echo:" not in seen:
+    while "model: one" not in seen:
         seen += (await asyncio.wait_for(proc.stdout.read(64), 60)).decode()
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     proc.stdin.write(b"/history\n/quit\n")
