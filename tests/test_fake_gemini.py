@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -104,17 +103,18 @@ async def test_default_reply_echoes_last_user_text(client: genai.Client) -> None
 
 
 async def test_streamed_reply_arrives_live_in_order(fake: FakeGemini, client: genai.Client) -> None:
-    fake.push(Reply(text="abcdefghi", chunks=3, chunk_delay=0.05))
+    """Each event is flushed on its own: the client reads the first while the fake holds
+    back the others (had it buffered the stream, the first would never come)."""
+    hold = Hold()
+    fake.push(Reply(text="abcdefghi", chunks=3, hold=hold, hold_after=1))
 
-    arrivals: list[tuple[float, str | None]] = []
+    texts: list[str | None] = []
     stream = await client.aio.models.generate_content_stream(model=MODEL, contents="hi")
     async for chunk in stream:
-        arrivals.append((time.monotonic(), chunk.text))
+        texts.append(chunk.text)
+        hold.open()  # the rest, once the first has arrived
 
-    assert [text for _, text in arrivals] == ["abc", "def", "ghi"]
-    # Each event is flushed on its own, so the client sees the gaps the fake waited.
-    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(arrivals)]
-    assert all(gap >= 0.03 for gap in gaps), gaps
+    assert texts == ["abc", "def", "ghi"]
     assert fake.requests[0].path == f"/v1/models/{MODEL}:streamGenerateContent?alt=sse"
 
 
