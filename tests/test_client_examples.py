@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -11,6 +12,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,31 +206,49 @@ async def test_chat_cli_through_a_pipe(chatd: Chatd, tmp_path: Path) -> None:
     assert [m["role"] for m in document["messages"][:2]] == ["ROLE_USER", "ROLE_MODEL"]
 
 
+@contextlib.contextmanager
+def interruptible_children() -> Iterator[None]:
+    """Processes started meanwhile begin with SIGINT at its default, as from a terminal,
+    even when this one was started with SIGINT ignored (as a non-interactive shell starts
+    its background jobs), which they would inherit and so never see Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 async def test_chat_cli_ctrl_c_cancels_the_streaming_reply(start_chatd: StartChatd) -> None:
     """The model gives one word and then nothing more until released, which it never is:
     only Ctrl-C ends the reply."""
     provider = GatedProvider()
     slow = await start_chatd(provider=provider)
     provider.release()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PYTHON_EXAMPLES / "chat_cli.py"),
-        "--address",
-        slow.address,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(b"/new slow\na reply long enough to interrupt\n")
-    await proc.stdin.drain()
-    seen = ""
-    while "model: one" not in seen:
-        seen += (await asyncio.wait_for(proc.stdout.read(64), 60)).decode()
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    proc.stdin.write(b"/history\n/quit\n")
-    proc.stdin.close()
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    with interruptible_children():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(PYTHON_EXAMPLES / "chat_cli.py"),
+            "--address",
+            slow.address,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=clean_env(),
+        )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"/new slow\na reply long enough to interrupt\n")
+        await proc.stdin.drain()
+        seen = ""
+        while "model: one" not in seen:
+            seen += (await asyncio.wait_for(proc.stdout.read(64), 60)).decode()
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.stdin.write(b"/history\n/quit\n")
+        proc.stdin.close()
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     seen += out.decode()
     assert proc.returncode == 0, seen
     assert "(cancelled)" in seen
