@@ -147,7 +147,8 @@ def main() -> None:
         chunk_delay=args.chunk_delay,
         usage=usage(prompt=1000, candidates=250),
     )
-    fake = CountingFake(reply).start()
+    fake = CountingFake(reply)
+    fake.start()
     fake.start_probe()
     port = int(fake.base_url.rsplit(":", 1)[1])
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)

@@ -181,7 +181,9 @@ async def _paced(job: dict[str, Any]) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     async with grpc.aio.insecure_channel(job["address"]) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
-        call = channel.unary_stream(STREAM, response_deserializer=pb.StreamReplyResponse.FromString)
+        call: grpc.aio.UnaryStreamMultiCallable[bytes, pb.StreamReplyResponse] = (
+            channel.unary_stream(STREAM, response_deserializer=pb.StreamReplyResponse.FromString)
+        )
         rss_before = rss_bytes(pid)
         cpu_before = cpu_seconds(pid)
         samples: list[int] = []

@@ -41,7 +41,7 @@ def request(session_id: str) -> bytes:
 
 
 async def one(channel: grpc.aio.Channel, data: bytes, refusals: list[int]) -> None:
-    call = channel.unary_unary(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
         "/chatd.v1.ChatService/ImportSession",
         request_serializer=None,
         response_deserializer=None,

@@ -247,7 +247,7 @@ async def _start(
 
 
 async def _conversation(
-    stub: chat_service_pb2_grpc.ChatServiceStub,
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub,
     fake: FakeGemini,
     policy: Policy,
     turns: int,

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -133,7 +134,8 @@ async def postgres_opener() -> Opened:
         await postgres.drop_schema(schema)
 
     # Benchmark only: the pool's connections, each held at once, say their server pids.
-    pool = store._pool
+    # The store types its asyncpg pool by the little it uses of it.
+    pool: Any = store._pool
     held = [await pool.acquire() for _ in range(pool.get_max_size())]
     backends = [await conn.fetchval("SELECT pg_backend_pid()") for conn in held]
     for conn in held:

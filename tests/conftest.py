@@ -28,7 +28,7 @@ class Chatd:
 
     running: app.RunningServer
     channel: grpc.aio.Channel
-    stub: chat_service_pb2_grpc.ChatServiceStub
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub
     health: health_pb2_grpc.HealthStub
 
     @property

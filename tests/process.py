@@ -68,7 +68,7 @@ class ChatdProcess:
 
     def stubs(
         self, channel: grpc.aio.Channel
-    ) -> tuple[chat_service_pb2_grpc.ChatServiceStub, health_pb2_grpc.HealthStub]:
+    ) -> tuple[chat_service_pb2_grpc.ChatServiceAsyncStub, health_pb2_grpc.HealthStub]:
         return chat_service_pb2_grpc.ChatServiceStub(channel), health_pb2_grpc.HealthStub(channel)
 
     def send_signal(self, sig: signal.Signals) -> None:

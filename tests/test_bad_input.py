@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
@@ -61,7 +61,8 @@ async def refused(call: Awaitable[Any] | Any) -> tuple[list[str], str]:
 
 async def snapshot(stub: Any, session_id: str) -> session_pb2.SessionDocument:
     """What is stored of a session (its export, without the export time)."""
-    document = (await stub.ExportSession(pb.ExportSessionRequest(session_id=session_id))).document
+    exported = await stub.ExportSession(pb.ExportSessionRequest(session_id=session_id))
+    document: session_pb2.SessionDocument = exported.document
     document.ClearField("export_time")
     return document
 
@@ -291,7 +292,7 @@ def _deep_requests(depth: int, call_id: str) -> list[tuple[str, Any, str]]:
                 session=session_pb2.Session(
                     session_id="plain", function_declarations=[declaration]
                 ),
-                update_mask={"paths": ["function_declarations"]},
+                update_mask=field_mask_pb2.FieldMask(paths=["function_declarations"]),
             ),
             "session.function_declarations[0].parameters",
         ),
@@ -488,7 +489,9 @@ async def test_gemini_calls_past_the_limit_never_reach_history_or_responses(
     fake_gemini.push(Reply(parts=[deep_call]))
     generated = await stub.GenerateContent(
         pb.GenerateContentRequest(
-            contents=[content_pb2.Content(role=content_pb2.ROLE_USER, parts=[{"text": "q"}])]
+            contents=[
+                content_pb2.Content(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="q")])
+            ]
         )
     )
     assert generated.generation.finish_reason == content_pb2.FINISH_REASON_MALFORMED_FUNCTION_CALL
@@ -616,8 +619,10 @@ async def test_empty_signed_text_parts_stay_accepted_and_are_replayed(
     stub = chatd.stub
     signed = content_pb2.Part(text="", thought_signature=b"sig-1")
     messages = [
-        content_pb2.Message(role=content_pb2.ROLE_USER, parts=[{"text": "q"}]),
-        content_pb2.Message(role=content_pb2.ROLE_MODEL, parts=[{"text": "a"}, signed]),
+        content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="q")]),
+        content_pb2.Message(
+            role=content_pb2.ROLE_MODEL, parts=[content_pb2.Part(text="a"), signed]
+        ),
     ]
     await stub.CreateSession(pb.CreateSessionRequest(session_id="sig"))
     await stub.AppendMessages(pb.AppendMessagesRequest(session_id="sig", messages=messages))
@@ -732,8 +737,10 @@ async def test_data_parts_gemini_would_refuse_are_refused_in_history(chatd: Chat
     before = await snapshot(stub, "src")
     no_bytes = content_pb2.Part(inline_data=content_pb2.Blob(mime_type="image/png"))
     messages = [
-        content_pb2.Message(role=content_pb2.ROLE_USER, parts=[{"text": "look"}, no_bytes]),
-        content_pb2.Message(role=content_pb2.ROLE_MODEL, parts=[{"text": "ok"}]),
+        content_pb2.Message(
+            role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="look"), no_bytes]
+        ),
+        content_pb2.Message(role=content_pb2.ROLE_MODEL, parts=[content_pb2.Part(text="ok")]),
     ]
     fields, _ = await refused(
         stub.AppendMessages(pb.AppendMessagesRequest(session_id="src", messages=messages))
@@ -759,11 +766,11 @@ async def test_implausible_usage_in_history_is_refused(chatd: Chatd) -> None:
         tampered.CopyFrom(document)
         for message in tampered.messages:
             message.usage.total_token_count = count
-        fields, message = await refused(
+        fields, description = await refused(
             stub.ImportSession(pb.ImportSessionRequest(document=tampered, session_id="copy"))
         )
         assert fields == ["document.messages[0].usage.total_token_count"]
-        assert "2147483647" in message
+        assert "2147483647" in description
     await paused_session(stub, "paused")
     paused = await snapshot(stub, "paused")
     paused.pending_turn.rounds = -1
@@ -805,7 +812,9 @@ async def test_a_mask_naming_part_of_a_time_is_refused_and_ends_nothing(
     session.ttl.seconds = 60
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await chatd.stub.UpdateSession(
-            pb.UpdateSessionRequest(session=session, update_mask={"paths": [path]})
+            pb.UpdateSessionRequest(
+                session=session, update_mask=field_mask_pb2.FieldMask(paths=[path])
+            )
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(err.value) == ["update_mask"]

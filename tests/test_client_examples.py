@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -11,7 +12,7 @@ import shutil
 import signal
 import socket
 import sys
-import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import chat_service_pb2_grpc, content_pb2, session_pb2
 from tests.certs import make_pki
 from tests.conftest import Chatd, StartChatd
+from tests.fakes import GatedProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "client_examples"
@@ -132,7 +134,11 @@ async def test_streaming_prints_tool_events_and_the_summary(chatd: Chatd) -> Non
 
 
 async def test_streaming_prints_deltas_as_they_arrive(start_chatd: StartChatd) -> None:
-    slow = await start_chatd(echo_delay_ms=160)  # ~25 words in ~7 phrases: about a second
+    """The model's first word is printed while the model holds back the rest, so before
+    the reply could have ended; the rest follows once released."""
+    provider = GatedProvider()
+    slow = await start_chatd(provider=provider)
+    provider.release()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PYTHON_EXAMPLES / "streaming.py"),
@@ -143,15 +149,16 @@ async def test_streaming_prints_deltas_as_they_arrive(start_chatd: StartChatd) -
         env=clean_env(),
     )
     assert proc.stdout is not None
-    seen, first_text, done = "", 0.0, 0.0
-    while chunk := await asyncio.wait_for(proc.stdout.read(64), 20):
-        seen += chunk.decode()
-        if not first_text and "model: Echo:" in seen:
-            first_text = time.monotonic()
-        if not done and "finish_reason:" in seen:
-            done = time.monotonic()
-    assert await proc.wait() == 0, seen
-    assert first_text and done and done - first_text > 0.4, "the reply came out all at once"
+    seen = ""
+    while "model: one" not in seen:
+        seen += (await asyncio.wait_for(proc.stdout.read(64), 60)).decode()
+    assert "finish_reason:" not in seen
+    provider.release(len(provider.deltas))
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    seen += out.decode()
+    assert proc.returncode == 0, seen
+    assert "model: one two three four" in seen
+    assert "finish_reason: FINISH_REASON_STOP" in seen
 
 
 async def test_caller_tools_answers_pending_calls(chatd: Chatd) -> None:
@@ -199,27 +206,49 @@ async def test_chat_cli_through_a_pipe(chatd: Chatd, tmp_path: Path) -> None:
     assert [m["role"] for m in document["messages"][:2]] == ["ROLE_USER", "ROLE_MODEL"]
 
 
+@contextlib.contextmanager
+def interruptible_children() -> Iterator[None]:
+    """Processes started meanwhile begin with SIGINT at its default, as from a terminal,
+    even when this one was started with SIGINT ignored (as a non-interactive shell starts
+    its background jobs), which they would inherit and so never see Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 async def test_chat_cli_ctrl_c_cancels_the_streaming_reply(start_chatd: StartChatd) -> None:
-    slow = await start_chatd(echo_delay_ms=100)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PYTHON_EXAMPLES / "chat_cli.py"),
-        "--address",
-        slow.address,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(b"/new slow\na reply long enough to interrupt\n")
-    await proc.stdin.drain()
-    seen = ""
-    while "model: Echo:" not in seen:
-        seen += (await asyncio.wait_for(proc.stdout.read(64), 10)).decode()
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    proc.stdin.write(b"/history\n/quit\n")
-    proc.stdin.close()
-    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    """The model gives one word and then nothing more until released, which it never is:
+    only Ctrl-C ends the reply."""
+    provider = GatedProvider()
+    slow = await start_chatd(provider=provider)
+    provider.release()
+    with interruptible_children():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(PYTHON_EXAMPLES / "chat_cli.py"),
+            "--address",
+            slow.address,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=clean_env(),
+        )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"/new slow\na reply long enough to interrupt\n")
+        await proc.stdin.drain()
+        seen = ""
+        while "model: one" not in seen:
+            seen += (await asyncio.wait_for(proc.stdout.read(64), 60)).decode()
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.stdin.write(b"/history\n/quit\n")
+        proc.stdin.close()
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     seen += out.decode()
     assert proc.returncode == 0, seen
     assert "(cancelled)" in seen
@@ -271,7 +300,9 @@ def test_sync_chat_request_shapes_without_a_server(
     auth = ("authorization", "Bearer k-123")
     ok_status = ((), grpc.StatusCode.OK, "")
 
-    def message(message_id: str, role: int, text: str) -> content_pb2.Message:
+    def message(
+        message_id: str, role: content_pb2.Role.ValueType, text: str
+    ) -> content_pb2.Message:
         return content_pb2.Message(
             message_id=message_id, role=role, parts=[content_pb2.Part(text=text)]
         )

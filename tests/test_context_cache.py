@@ -249,18 +249,17 @@ async def test_stepped_window_keeps_the_sent_prefix_and_gemini_bills_it_as_cache
     start_chatd: StartChatd, caching_gemini: FakeGemini
 ) -> None:
     chatd = await start_chatd(provider=fast_gemini(caching_gemini))
-    policy = {"max_messages": 20}
     await new_session(
         chatd,
         "sliding",
         system_instruction="be brief",
-        context_policy=session_pb2.ContextPolicy(**policy),
+        context_policy=session_pb2.ContextPolicy(max_messages=20),
     )
     await new_session(
         chatd,
         "stepped",
         system_instruction="be brief",
-        context_policy=session_pb2.ContextPolicy(**policy, low_water_fraction=0.5),
+        context_policy=session_pb2.ContextPolicy(max_messages=20, low_water_fraction=0.5),
     )
     shares = {}
     for name in ("sliding", "stepped"):

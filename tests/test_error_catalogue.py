@@ -41,6 +41,7 @@ def _error_classes() -> dict[str, str | None]:
                     isinstance(item, ast.Assign)
                     and [t.id for t in item.targets if isinstance(t, ast.Name)] == ["reason"]
                     and isinstance(item.value, ast.Constant)
+                    and isinstance(item.value.value, str)
                 ):
                     default = item.value.value
             classes[node.name] = default

@@ -37,7 +37,7 @@ from server.providers.gemini.wire import GenerateParts, RequestEncoder
 from server.sessions import errors
 from server.sessions.compaction import DEFAULT_INSTRUCTIONS
 from server.sessions.model import Message, Part, Role
-from server.sessions.ports import ModelRequest, SessionRef
+from server.sessions.ports import ModelRequest, SessionRef, SessionResources
 from server.sweeper import Sweeper
 from tests.conftest import Chatd, StartChatd
 from tests.fake_gemini import (
@@ -278,6 +278,7 @@ async def test_a_session_that_expires_has_its_cache_deleted_by_the_sweep(
             await turn(chatd, session_id, number)
     brief, lasting = (c.name for c in fake_gemini.caches.calls_of("POST"))
     running = chatd.running
+    assert isinstance(running.provider, SessionResources)
     later = Sweeper(
         running.store,
         interval=60,

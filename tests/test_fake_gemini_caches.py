@@ -3,7 +3,7 @@ it refuses what the Gemini API refuses and bills a cache as the API reports it."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -25,45 +25,54 @@ def fake() -> Iterator[FakeGemini]:
         yield served
 
 
-def client(fake: FakeGemini) -> genai.Client:
-    return genai.Client(api_key="k", http_options=types.HttpOptions(base_url=fake.base_url))
+@pytest.fixture
+async def api(fake: FakeGemini) -> AsyncIterator[genai.Client]:
+    """google-genai's client on the fake, closed after the test."""
+    made = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=fake.base_url))
+    yield made
+    await made.aio.aclose()
+    made.close()
 
 
-async def create(fake: FakeGemini, model: str = MODEL, **config: Any) -> types.CachedContent:
+async def create(api: genai.Client, model: str = MODEL, **config: Any) -> types.CachedContent:
     config.setdefault("contents", BIG)
     config.setdefault("system_instruction", "be brief")
     config.setdefault("ttl", "600s")
-    return await client(fake).aio.caches.create(
+    return await api.aio.caches.create(
         model=model, config=types.CreateCachedContentConfig(**config)
     )
 
 
-async def test_create_get_update_and_delete_as_the_api_answers(fake: FakeGemini) -> None:
-    cache = await create(fake)
+async def test_create_get_update_and_delete_as_the_api_answers(
+    fake: FakeGemini, api: genai.Client
+) -> None:
+    cache = await create(api)
     assert cache.name is not None and cache.name.startswith("cachedContents/")
     assert cache.model == f"models/{MODEL}"
     assert cache.usage_metadata is not None
     expected = fake_tokens({"parts": [{"text": "be brief"}], "role": "user"})
     assert cache.usage_metadata.total_token_count is not None
     assert cache.usage_metadata.total_token_count > expected
-    got = await client(fake).aio.caches.get(name=cache.name)
+    got = await api.aio.caches.get(name=cache.name)
     assert got.expire_time == cache.expire_time
     fake.caches.clock = lambda: fake.caches.get(str(cache.name)).create_time + 300  # type: ignore[union-attr]
-    updated = await client(fake).aio.caches.update(
+    updated = await api.aio.caches.update(
         name=cache.name, config=types.UpdateCachedContentConfig(ttl="900s")
     )
     assert updated.expire_time is not None and cache.expire_time is not None
     assert (updated.expire_time - cache.expire_time).total_seconds() == pytest.approx(600)
-    await client(fake).aio.caches.delete(name=cache.name)
+    await api.aio.caches.delete(name=cache.name)
     with pytest.raises(genai_errors.ClientError) as gone:
-        await client(fake).aio.caches.get(name=cache.name)
+        await api.aio.caches.get(name=cache.name)
     assert (gone.value.code, gone.value.message) == (403, GONE)
 
 
-async def test_a_cache_below_the_models_minimum_is_refused(fake: FakeGemini) -> None:
+async def test_a_cache_below_the_models_minimum_is_refused(
+    fake: FakeGemini, api: genai.Client
+) -> None:
     small = [types.Content(role="user", parts=[types.Part(text="short")])]
     with pytest.raises(genai_errors.ClientError) as refused:
-        await create(fake, contents=small)
+        await create(api, contents=small)
     assert refused.value.code == 400
     assert refused.value.message is not None
     assert refused.value.message.startswith("Cached content is too small. total_token_count=")
@@ -87,28 +96,34 @@ def test_the_minimum_is_found_by_the_rule_chatd_uses(model: str) -> None:
     assert min_tokens_of(model) == min_cache_tokens(model)
 
 
-async def test_a_versioned_model_has_its_familys_minimum(fake: FakeGemini) -> None:
+async def test_a_versioned_model_has_its_familys_minimum(
+    fake: FakeGemini, api: genai.Client
+) -> None:
     assert fake_tokens(BIG[0].model_dump(exclude_none=True)) < 4096
-    cache = await create(fake, model="gemini-2.5-flash-001")
+    cache = await create(api, model="gemini-2.5-flash-001")
     assert cache.model == "models/gemini-2.5-flash-001"
     with pytest.raises(genai_errors.ClientError) as refused:
-        await create(fake, model="gemini-2.5-flash-lite")
+        await create(api, model="gemini-2.5-flash-lite")
     assert str(refused.value.message).endswith("min_total_token_count=4096")
 
 
 @pytest.mark.parametrize("ttl", ["600", "ten minutes", "1.0000000001s"])
-async def test_a_ttl_that_is_no_duration_is_refused(fake: FakeGemini, ttl: str) -> None:
+async def test_a_ttl_that_is_no_duration_is_refused(
+    fake: FakeGemini, api: genai.Client, ttl: str
+) -> None:
     with pytest.raises(genai_errors.ClientError) as refused:
-        await create(fake, ttl=ttl)
+        await create(api, ttl=ttl)
     assert refused.value.code == 400
     assert "google.protobuf.Duration" in str(refused.value.message)
 
 
-async def test_generate_naming_a_cache_is_billed_for_it_and_checked(fake: FakeGemini) -> None:
-    cache = await create(fake)
+async def test_generate_naming_a_cache_is_billed_for_it_and_checked(
+    fake: FakeGemini, api: genai.Client
+) -> None:
+    cache = await create(api)
     assert cache.name is not None and cache.usage_metadata is not None
     tokens = cache.usage_metadata.total_token_count
-    aio = client(fake).aio.models
+    aio = api.aio.models
     answer = await aio.generate_content(
         model=MODEL,
         contents="what is it?",
@@ -150,8 +165,10 @@ async def test_generate_naming_a_cache_is_billed_for_it_and_checked(fake: FakeGe
     assert (expired.value.code, expired.value.status) == (403, "PERMISSION_DENIED")
 
 
-async def test_names_the_fake_never_issued_pass_unless_refused(fake: FakeGemini) -> None:
-    aio = client(fake).aio.models
+async def test_names_the_fake_never_issued_pass_unless_refused(
+    fake: FakeGemini, api: genai.Client
+) -> None:
+    aio = api.aio.models
     config = types.GenerateContentConfig(cached_content="cachedContents/callers-own")
     await aio.generate_content(model=MODEL, contents="x", config=config)
     fake.caches.refuse_unknown = True

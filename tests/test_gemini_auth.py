@@ -96,7 +96,7 @@ def request(text: str = "hi") -> ModelRequest:
 
 async def reply_text(provider: ModelProvider, text: str = "hi") -> str:
     chunks = [chunk async for chunk in provider.stream(request(text))]
-    return "".join(part.text for chunk in chunks for part in chunk.parts)
+    return "".join(part.text or "" for chunk in chunks for part in chunk.parts)
 
 
 async def refusal(provider: ModelProvider) -> errors.ChatdError:

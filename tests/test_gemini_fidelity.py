@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
@@ -99,7 +100,7 @@ async def test_builtin_tools_are_sent_beside_declarations_stored_updated_and_exp
     await gemini_chatd.stub.UpdateSession(
         pb.UpdateSessionRequest(
             session=session_pb2.Session(session_id="g", builtin_tools=only_url),
-            update_mask={"paths": ["builtin_tools"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["builtin_tools"]),
         )
     )
     await send(gemini_chatd, "again")
@@ -771,7 +772,7 @@ async def test_parts_of_another_models_answer_go_without_their_signatures(
     await gemini_chatd.stub.UpdateSession(
         pb.UpdateSessionRequest(
             session=session_pb2.Session(session_id="g", model="gemini-b"),
-            update_mask={"paths": ["model"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["model"]),
         )
     )
     await send(gemini_chatd, "next")

@@ -4,9 +4,11 @@ real API refuses (the strict fake refuses what it refuses)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
@@ -16,7 +18,7 @@ from tests.helpers import all_messages, violated_fields
 from tests.test_gemini_fidelity import model, new_session, send, text, user
 
 
-def odd(value: dict[str, object]) -> content_pb2.Part:
+def odd(value: Mapping[str, object]) -> content_pb2.Part:
     return content_pb2.Part(gemini_part=json.dumps(value))
 
 
@@ -75,7 +77,7 @@ async def test_a_signed_empty_gemini_part_of_another_model_is_left_out(
     await gemini_chatd.stub.UpdateSession(
         pb.UpdateSessionRequest(
             session=session_pb2.Session(session_id="g", model="gemini-b"),
-            update_mask={"paths": ["model"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["model"]),
         )
     )
     await send(gemini_chatd, "next")

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2, struct_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
@@ -83,7 +84,7 @@ async def test_turn_thinking_level_replaces_session_budget_on_the_wire(
                     thinking=Thinking(thinking_level=Thinking.THINKING_LEVEL_XHIGH)
                 ),
             ),
-            update_mask={"paths": ["generation_config"]},
+            update_mask=field_mask_pb2.FieldMask(paths=["generation_config"]),
         )
     )
     stored = (await gemini_chatd.stub.GetSession(pb.GetSessionRequest(session_id="g"))).session
@@ -360,7 +361,11 @@ async def test_count_tokens_counts_instruction_and_tools_of_the_next_turn(
 
     stateless = await gemini_chatd.stub.CountTokens(
         pb.CountTokensRequest(
-            contents=[content_pb2.Content(role=content_pb2.ROLE_USER, parts=[{"text": "a b"}])],
+            contents=[
+                content_pb2.Content(
+                    role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="a b")]
+                )
+            ],
             system_instruction="one two three",
         )
     )
@@ -402,7 +407,7 @@ async def test_model_change_while_paused_is_failed_precondition(
 
     change = pb.UpdateSessionRequest(
         session=session_pb2.Session(session_id="g", model="gemini-3-pro-preview"),
-        update_mask={"paths": ["model"]},
+        update_mask=field_mask_pb2.FieldMask(paths=["model"]),
     )
     error = await refused(gemini_chatd.stub.UpdateSession(change))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -413,7 +418,8 @@ async def test_model_change_while_paused_is_failed_precondition(
     # in chatd's history but do not go to the new model.
     await gemini_chatd.stub.SendMessage(
         pb.SendMessageRequest(
-            session_id="g", tool_results=[pb.ToolResult(call_id="c1", result={"string_value": "y"})]
+            session_id="g",
+            tool_results=[pb.ToolResult(call_id="c1", result=struct_pb2.Value(string_value="y"))],
         )
     )
     await gemini_chatd.stub.UpdateSession(change)
@@ -455,7 +461,9 @@ async def test_session_labels_go_upstream_only_on_vertex_when_forwarded(
     await send(chatd)
     await chatd.stub.GenerateContent(
         pb.GenerateContentRequest(
-            contents=[content_pb2.Content(role=content_pb2.ROLE_USER, parts=[{"text": "x"}])],
+            contents=[
+                content_pb2.Content(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="x")])
+            ],
             labels=LABELS,
         )
     )
@@ -502,7 +510,8 @@ async def test_gemini_3_current_turn_call_without_signature_gets_the_documented_
     await send(gemini_chatd)
     await gemini_chatd.stub.SendMessage(
         pb.SendMessageRequest(
-            session_id="g", tool_results=[pb.ToolResult(call_id="c1", result={"number_value": 1})]
+            session_id="g",
+            tool_results=[pb.ToolResult(call_id="c1", result=struct_pb2.Value(number_value=1))],
         )
     )
     resumed = fake_gemini.requests[-1]

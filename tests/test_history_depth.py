@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -13,8 +14,8 @@ from chatd.v1 import session_pb2
 from server.sessions.errors import NotFound
 from server.sessions.model import DEFAULT_TENANT
 from tests.conftest import Chatd, StartChatd, fast_gemini
-from tests.fake_gemini import FakeGemini, Reply, call_part, get_field, thought_part, usage
-from tests.helpers import all_messages, outcome, violated_fields
+from tests.fake_gemini import FakeGemini, Hold, Reply, call_part, get_field, thought_part, usage
+from tests.helpers import all_messages, outcome, until, violated_fields
 
 
 async def test_duplicate_send_message_calls_the_model_once(
@@ -44,13 +45,20 @@ async def test_duplicate_send_message_calls_the_model_once(
 async def test_duplicate_arriving_mid_turn_waits_and_gets_the_same_reply(
     gemini_chatd: Chatd, fake_gemini: FakeGemini
 ) -> None:
+    """The model's answer is held until the duplicate is waiting on the running turn."""
     await gemini_chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="i"))
-    fake_gemini.push(Reply(text="slow answer", delay=0.3))
+    hold = Hold()
+    fake_gemini.push(Reply(text="held answer", hold=hold, hold_after=0))
     request = pb.SendMessageRequest(session_id="i", text="hello", request_id="req-2")
     first = asyncio.ensure_future(gemini_chatd.stub.SendMessage(request))
-    await asyncio.sleep(0.1)
-    second = await gemini_chatd.stub.SendMessage(request)
-    assert second == await first
+    await hold.wait_reached()
+    running = gemini_chatd.running.chats.replies.running_request(DEFAULT_TENANT, "req-2")
+    assert running is not None
+    second = asyncio.ensure_future(gemini_chatd.stub.SendMessage(request))
+    await until(lambda: running.followers == 1, "the duplicate to wait on the running turn")
+    hold.open()
+    assert await second == await first
+    assert (await first).reply.text == "held answer"
     assert len(fake_gemini.requests) == 1
 
 
@@ -86,7 +94,9 @@ async def test_idempotent_create_fork_and_import(chatd: Chatd) -> None:
 
 
 async def test_expired_sessions_vanish_and_are_swept_from_disk(start_chatd: StartChatd) -> None:
-    chatd = await start_chatd(sweep_interval=0.1)
+    """An expired session is gone for callers at once; the store keeps it until the
+    sweeper's pass (run here directly: the timed sweeps are an hour apart) deletes it."""
+    chatd = await start_chatd(sweep_interval=3600)
     await chatd.stub.CreateSession(
         pb.CreateSessionRequest(
             session_id="short",
@@ -95,14 +105,22 @@ async def test_expired_sessions_vanish_and_are_swept_from_disk(start_chatd: Star
     )
     await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id="long"))
     await chatd.stub.SendMessage(pb.SendMessageRequest(session_id="short", text="hi"))
-    await asyncio.sleep(0.6)
+    store = chatd.running.store
+    expire_time = (await store.get_session(DEFAULT_TENANT, "short")).expire_time
+    assert expire_time is not None
+    # Past the expiry by the clock chatd reads.
+    await until(lambda: time.time() > expire_time, "the session's expiry")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await chatd.stub.GetSession(pb.GetSessionRequest(session_id="short"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     listed = await chatd.stub.ListSessions(pb.ListSessionsRequest())
     assert [s.session_id for s in listed.sessions] == ["long"]
+    assert (await store.get_session(DEFAULT_TENANT, "short")).session_id == "short"
+
+    assert await chatd.running.sweeper.sweep() == (1, 0, 0)
     with pytest.raises(NotFound):
-        await chatd.running.store.get_session(DEFAULT_TENANT, "short")
+        await store.get_session(DEFAULT_TENANT, "short")
+    assert (await store.get_session(DEFAULT_TENANT, "long")).session_id == "long"
 
 
 async def test_token_budget_drops_oldest_turns_whole(

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,7 +52,7 @@ async def start_http(start_chatd: StartChatd, **overrides: Any) -> Chatd:
     return chatd
 
 
-async def collect(stream: AsyncIterator[Any]) -> list[Any]:
+async def collect(stream: AsyncIterable[Any]) -> list[Any]:
     return [item async for item in stream]
 
 
@@ -75,7 +75,7 @@ async def test_the_generated_connect_client_calls_unary_and_streaming_rpcs(
     start_chatd: StartChatd, protocol: ProtocolType, json_codec: bool
 ) -> None:
     chatd = await start_http(start_chatd)
-    codec = {"codec": google_protobuf_json_codec()} if json_codec else {}
+    codec: dict[str, Any] = {"codec": google_protobuf_json_codec()} if json_codec else {}
     async with ChatServiceClient(url(chatd), protocol=protocol, **codec) as client:
         created = await client.create_session(pb.CreateSessionRequest(session_id="c"))
         assert created.session.session_id == "c"
@@ -309,7 +309,7 @@ async def test_a_disconnect_leaves_a_background_reply_running(start_chatd: Start
 
 async def asgi_get(app: HttpApp, path: str) -> tuple[int, bytes]:
     """GET `path` from an ASGI app, driven by hand: (status, body)."""
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     requested = False
     done = asyncio.Event()
 
@@ -321,7 +321,7 @@ async def asgi_get(app: HttpApp, path: str) -> tuple[int, bytes]:
         await done.wait()  # the client leaves once the response is complete
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body"):
             done.set()

@@ -496,7 +496,8 @@ async def test_with_keys_any_host_is_served(start_chatd: StartChatd) -> None:
     ["localhost.attacker.example:8080", "127.example.net:8080", "0.0.0.0:8080"],
 )
 def test_a_listen_host_is_loopback_only_when_it_parses_so(address: str) -> None:
-    for setting in ({"http_listen": address}, {"listen": address}):
+    settings: list[dict[str, Any]] = [{"http_listen": address}, {"listen": address}]
+    for setting in settings:
         with pytest.raises(SettingsError, match="without API keys"):
             validate(Settings(**setting))
 

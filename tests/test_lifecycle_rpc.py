@@ -285,7 +285,7 @@ async def test_cancel_reply_from_another_connection_stops_the_turn(
     await create(chatd, "k")
     call = chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="k", text="long"))
     running = asyncio.ensure_future(outcome(call))
-    await asyncio.wait_for(provider.started.wait(), 2)
+    await provider.started.wait()
     other = grpc.aio.insecure_channel(chatd.address)
     try:
         stub = chat_service_pb2_grpc.ChatServiceStub(other)
@@ -330,5 +330,6 @@ async def read_all(
 ) -> list[pb.StreamReplyResponse]:
     events = []
     while (event := await call.read()) is not grpc.aio.EOF:
+        assert isinstance(event, pb.StreamReplyResponse)
         events.append(event)
     return events

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import inspect
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from server.sessions.ports import (
 )
 from server.store import CachedStore, MemoryStore
 from server.tools import BUILTIN_TOOLS, ToolRegistry
+from tests.helpers import HANG_GUARD
 from tests.store.builders import TENANT, new_session, turn_of
 
 STORE_OPS = "chatd_store_operation_duration_seconds_count"
@@ -292,11 +294,10 @@ async def test_cancelling_the_consumer_mid_stream_cancels_upstream_and_records_c
             got_first.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_first.wait(), 1)
-    await asyncio.sleep(0)  # the consumer is now waiting on the hung upstream
+    await got_first.wait()  # the consumer goes on to wait on the hung upstream
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 1)
+        await task
 
     assert inner.saw == ["cancelled"]
     labels = {"provider": "fake", "model": "fake-model", "outcome": "cancelled"}
@@ -385,7 +386,7 @@ async def test_cancelled_tool_call_propagates_and_is_not_counted() -> None:
     fake = FakeTools()
     metrics = Metrics()
     task = asyncio.create_task(InstrumentedTools(fake, metrics).run("wait", {}))
-    await asyncio.wait_for(fake.started.wait(), 1)
+    await fake.started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -460,7 +461,7 @@ async def http_request(
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 2)
+    raw = await reader.read()
     writer.close()
     await writer.wait_closed()
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -541,19 +542,22 @@ async def test_a_silent_client_is_dropped_and_holds_up_no_scrape() -> None:
 
 async def test_closed_endpoint_refuses_connections_and_closes_again_quietly() -> None:
     server = await start_metrics_server(Metrics(), "127.0.0.1", 0)
-    await asyncio.wait_for(server.close(), 2)
+    await server.close()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", server.port)
     await server.close()
 
 
 async def test_event_loop_keeps_running_while_a_scrape_is_served() -> None:
-    """Scrapes run on the server's thread: a slow collector does not stall the loop."""
+    """Scrapes run on the server's thread: a collector that waits for the event loop
+    (which it could never get, were the scrape served on the loop) does not stall it."""
+    entered = threading.Event()
     release = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def slow_stats() -> Stats:
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(2)
+        entered.set()
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(HANG_GUARD)
         return Stats()
 
     metrics = Metrics()
@@ -561,7 +565,8 @@ async def test_event_loop_keeps_running_while_a_scrape_is_served() -> None:
     server = await start_metrics_server(metrics, "127.0.0.1", 0)
     try:
         scrape = asyncio.create_task(http_get(server.port, "/metrics"))
-        await asyncio.sleep(0.05)  # the loop runs on while the scrape waits for `release`
+        # The loop runs on while the scrape waits for `release`.
+        assert await asyncio.to_thread(entered.wait, HANG_GUARD)
         assert not scrape.done()
         release.set()
         status, _, body = await scrape

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -16,7 +15,7 @@ from tests.helpers import all_messages
 from tests.process import ChatdProcess
 
 
-def assert_whole_turns(history: list[pb.Message]) -> None:
+def assert_whole_turns(history: list[content_pb2.Message]) -> None:
     """History is user/model pairs of one turn each: no half turn survived."""
     assert len(history) % 2 == 0, f"odd history length {len(history)}"
     for user, model in zip(history[::2], history[1::2], strict=True):
@@ -30,7 +29,9 @@ async def test_sigkill_loses_no_acknowledged_turn(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path}/chatd.db"
     server = await ChatdProcess("--database-url", db).start()
     acknowledged: dict[str, set[str]] = {}
-    stop = time.monotonic() + 1.5
+    # Killed once this many turns were acknowledged, with 16 more in flight.
+    wanted = 60
+    enough = asyncio.Event()
     try:
         async with server.channel() as channel:
             stub, _ = server.stubs(channel)
@@ -42,7 +43,7 @@ async def test_sigkill_loses_no_acknowledged_turn(tmp_path: Path) -> None:
             async def client(n: int) -> None:
                 sid = sessions[n % len(sessions)]
                 i = 0
-                while time.monotonic() < stop:
+                while True:
                     text = f"c{n}-{i}"
                     try:
                         reply = await stub.SendMessage(
@@ -51,17 +52,19 @@ async def test_sigkill_loses_no_acknowledged_turn(tmp_path: Path) -> None:
                     except grpc.aio.AioRpcError:
                         return  # the server died under us: this turn was never acknowledged
                     acknowledged[sid].add(reply.reply.turn_id)
+                    if sum(len(turns) for turns in acknowledged.values()) >= wanted:
+                        enough.set()
                     i += 1
 
             clients = [asyncio.create_task(client(n)) for n in range(16)]
-            await asyncio.sleep(1.0)
+            counted = asyncio.create_task(enough.wait())
+            await asyncio.wait([counted, *clients], return_when=asyncio.FIRST_COMPLETED)
+            assert enough.is_set(), "a client stopped before the kill"
             server.send_signal(signal.SIGKILL)
             await asyncio.gather(*clients)
     finally:
         await server.kill()
 
-    total = sum(len(v) for v in acknowledged.values())
-    assert total > 50, f"too few turns to mean anything ({total})"
     restarted = await ChatdProcess("--database-url", db).start()
     try:
         async with restarted.channel() as channel:
@@ -96,17 +99,24 @@ async def test_sigterm_drains_live_streams_and_flips_health(tmp_path: Path) -> N
             first = await watch.read()
             assert first.status == health_pb2.HealthCheckResponse.SERVING
 
-            async def stream(sid: str) -> pb.Reply:
-                events = [
-                    e
-                    async for e in stub.StreamReply(pb.StreamReplyRequest(session_id=sid, text="x"))
-                ]
+            started = [asyncio.Event() for _ in range(5)]
+            # About ten 20 ms chunks: the streams are still running when SIGTERM comes.
+            text = " ".join(["x"] * 40)
+
+            async def stream(i: int) -> pb.Reply:
+                events = []
+                request = pb.StreamReplyRequest(session_id=f"st{i}", text=text)
+                async for event in stub.StreamReply(request):
+                    events.append(event)
+                    started[i].set()
                 return events[-1].reply
 
-            streams = [asyncio.create_task(stream(f"st{i}")) for i in range(5)]
-            await asyncio.sleep(0.1)
+            streams = [asyncio.create_task(stream(i)) for i in range(5)]
+            # Every stream is admitted (it has its first event) before the signal.
+            for each in started:
+                await each.wait()
             server.send_signal(signal.SIGTERM)
-            status = await asyncio.wait_for(watch.read(), 5)
+            status = await asyncio.wait_for(watch.read(), 30)
             assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
             replies = await asyncio.gather(*streams)
             assert all(r.finish_reason == content_pb2.FINISH_REASON_STOP for r in replies)

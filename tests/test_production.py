@@ -15,8 +15,8 @@ from chatd.v1 import chat_service_pb2_grpc, content_pb2, session_pb2
 from server.config import SettingsError, load
 from tests.certs import make_pki
 from tests.conftest import Chatd, StartChatd
-from tests.fakes import ScriptedProvider
-from tests.helpers import outcome, rich_details, violated_fields
+from tests.fakes import GatedProvider
+from tests.helpers import outcome, rich_details, until, violated_fields
 
 KEYS = "alpha:key-alpha,beta:key-beta"
 ALPHA = (("authorization", "Bearer key-alpha"),)
@@ -174,7 +174,9 @@ async def test_sessions_per_tenant_limit(start_chatd: StartChatd) -> None:
 
 
 async def test_concurrent_stream_limit(start_chatd: StartChatd) -> None:
-    provider = ScriptedProvider(deltas=["slow "] * 30, delay=0.02)
+    """Two streams held inside the model fill max_streams=2: a third is refused until
+    they end."""
+    provider = GatedProvider()
     chatd = await start_chatd(provider=provider, max_streams=2)
     for i in range(3):
         await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id=f"s{i}"))
@@ -183,12 +185,14 @@ async def test_concurrent_stream_limit(start_chatd: StartChatd) -> None:
         for i in range(2)
     ]
     running = [asyncio.ensure_future(outcome(c)) for c in calls]
-    await asyncio.sleep(0.1)
+    await until(lambda: provider.calls == 2, "both streams to reach the model")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await outcome(chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="s2", text="go")))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "RetryInfo" in rich_details(err.value)
+    provider.release(2 * len(provider.deltas))
     await asyncio.gather(*running)
+    provider.release(len(provider.deltas))
     events = await outcome(
         chatd.stub.StreamReply(pb.StreamReplyRequest(session_id="s2", text="go"))
     )

@@ -18,12 +18,12 @@ from server.sessions.ports import ReplyState, ReplyWrite
 from server.store import SqliteStore
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
-from tests.helpers import all_messages, rich_details
+from tests.helpers import all_messages, read_event, rich_details
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
     info = rich_details(error).get("ErrorInfo")
-    return info.reason if info is not None else ""
+    return str(info.reason) if info is not None else ""
 
 
 async def read_all(call: Any) -> list[pb.StreamReplyResponse]:
@@ -52,12 +52,12 @@ async def test_a_dropped_background_stream_completes_and_resumes_with_exactly_th
     call = server.stub.StreamReply(
         pb.StreamReplyRequest(session_id="s", text="hi", background=True)
     )
-    first = await call.read()
+    first = await read_event(call)
     assert first.sequence_number == 1 and first.HasField("message")
     reply_id = first.reply_id
     assert reply_id
     provider.release()
-    second = await call.read()
+    second = await read_event(call)
     assert second.sequence_number == 2 and second.text_delta.text == "one "
     call.cancel()  # the client goes away mid-reply
 
@@ -100,7 +100,7 @@ async def test_a_disconnect_without_background_cancels_the_turn_at_once(
     server: Chatd, provider: GatedProvider
 ) -> None:
     call = server.stub.StreamReply(pb.StreamReplyRequest(session_id="s", text="hi"))
-    reply_id = (await call.read()).reply_id
+    reply_id = (await read_event(call)).reply_id
     await provider.started.wait()
     call.cancel()
     await provider.cancelled.wait()
@@ -177,7 +177,7 @@ async def test_a_retry_while_the_background_turn_runs_follows_it_instead_of_runn
     retry = server.stub.StreamReply(
         pb.StreamReplyRequest(session_id="s", text="hi", request_id="r1")
     )
-    first = await retry.read()
+    first = await read_event(retry)
     assert first.reply_id == sent.reply.reply_id and first.sequence_number == 1
     provider.release(4)
     rest = await read_all(retry)

@@ -13,7 +13,7 @@ from server.sessions.ports import ReplyWrite
 from server.store import SqliteStore
 from tests.conftest import Chatd, StartChatd
 from tests.fakes import GatedProvider
-from tests.helpers import all_messages
+from tests.helpers import all_messages, read_event
 
 FLUSH_INTERVAL = 1.0
 
@@ -66,8 +66,7 @@ async def test_a_write_made_while_the_model_is_silent_and_the_turns_own_writes_n
     provider.release()  # one word (event 2), then the model is silent
     # FLUSH_INTERVAL after the user's message was stored, event 2 is written: held here.
     await store.entered.wait()
-    await asyncio.sleep(0.01)  # the turn's next event is due a write of its own at once
-    provider.release()
+    provider.release()  # the turn's next event is due a write of its own at once
     # The model gave its next word (event 3); the turn now waits to write it.
     await until(lambda: provider.unreleased == 0)
     provider.release(2)  # the rest of the answer
@@ -75,7 +74,7 @@ async def test_a_write_made_while_the_model_is_silent_and_the_turns_own_writes_n
 
     events = []
     follow = chatd.stub.StreamReply(pb.StreamReplyRequest(reply_id=reply_id))
-    while not (event := await follow.read()).HasField("reply"):
+    while not (event := await read_event(follow)).HasField("reply"):
         events.append(event)
     assert event.reply.text == "one two three four"
     done = await chatd.stub.GetReply(pb.GetReplyRequest(reply_id=reply_id))

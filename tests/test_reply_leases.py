@@ -13,7 +13,7 @@ from server.sessions.engine import TurnInput
 from server.sessions.errors import NotFound, ReplyFailed, Unavailable
 from server.sessions.events import ReplyStarted, TurnEvent
 from server.sessions.model import DEFAULT_TENANT, Part, SessionSettings
-from server.sessions.ports import ReplyState
+from server.sessions.ports import ReplyEvents, ReplyState
 from server.sessions.replies import REPLICA_LOST
 from server.sessions.service import ChatSessions
 from server.store import MemoryStore
@@ -60,7 +60,7 @@ async def two() -> AsyncIterator[Two]:
 
 async def start_background(
     chats: ChatSessions,
-) -> tuple[str, AsyncIterator[TurnEvent | ReplyStarted]]:
+) -> tuple[str, AsyncIterator[TurnEvent | ReplyStarted | ReplyEvents]]:
     stream = chats.run_turn(TENANT, "s", TurnInput(parts=(Part(text="hi"),)), background=True)
     started = await anext(stream)
     assert isinstance(started, ReplyStarted)

@@ -758,7 +758,7 @@ def reconciled(
     def apply(name: str, side: list[Json], change: Any) -> list[Json]:
         if name not in scenario.differences:
             return side
-        changed = change(side)
+        changed: list[Json] = change(side)
         if changed != side:
             seen.add(name)
         return changed
@@ -854,7 +854,7 @@ async def test_chatd_sends_what_the_sdk_chat_sends(
 
 
 def test_merging_keeps_signatures_on_their_parts() -> None:
-    streamed = [
+    streamed: list[dict[str, Any]] = [
         {"role": "user", "parts": [{"text": "q"}]},
         {"role": "model", "parts": [{"text": "Thin", "thought": True}]},
         {"role": "model", "parts": [{"text": "king", "thought": True, "thoughtSignature": "QQ=="}]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from chatd.v1 import chat_service_pb2 as pb
 from chatd.v1 import content_pb2, session_pb2
@@ -243,7 +244,9 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
             pb.CreateSessionRequest(
                 session=session_pb2.Session(
                     generation_config=session_pb2.GenerationConfig(
-                        response_json_schema={"maximum": float("inf")}
+                        response_json_schema=struct_pb2.Struct(
+                            fields={"maximum": struct_pb2.Value(number_value=float("inf"))}
+                        )
                     )
                 )
             ),
@@ -254,7 +257,9 @@ async def test_bad_turn_input_is_invalid_argument_naming_the_field(
             "SendMessage",
             pb.SendMessageRequest(
                 session_id="s1",
-                tool_results=[pb.ToolResult(call_id="c", result={"number_value": float("nan")})],
+                tool_results=[
+                    pb.ToolResult(call_id="c", result=struct_pb2.Value(number_value=float("nan")))
+                ],
             ),
             "tool_results[0].result",
             "JSON_INVALID",

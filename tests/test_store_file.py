@@ -472,7 +472,7 @@ async def test_a_read_only_directory_is_one_line_and_exit_1(shared_dir: Path) ->
 
 async def test_a_postgres_schema_from_a_newer_chatd_is_one_line_and_exit_1() -> None:
     """Not only SQLite: the newer-schema refusal is the same record, and no URL is echoed."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # ships no type information
 
     dsn = postgres_dsn()
     async with fresh_schema(dsn) as schema:

@@ -153,9 +153,11 @@ async def test_an_import_failing_midway_stores_nothing(chatd: Chatd) -> None:
 
 def cancelled_imports(chatd: Chatd) -> float:
     assert chatd.running.metrics is not None
-    return chatd.running.metrics.rpc_requests.labels(
-        "chatd.v1.ChatService", "StreamImportSession", "CANCELLED"
-    )._value.get()
+    return float(
+        chatd.running.metrics.rpc_requests.labels(
+            "chatd.v1.ChatService", "StreamImportSession", "CANCELLED"
+        )._value.get()
+    )
 
 
 async def test_an_import_stream_broken_midway_stores_nothing(chatd: Chatd) -> None:

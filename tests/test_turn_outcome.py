@@ -51,7 +51,7 @@ async def run(chats: ChatSessions, session_id: str, text: str) -> list[TurnEvent
     return [
         event
         async for event in chats.run_turn(TENANT, session_id, turn)
-        if not isinstance(event, ReplyStarted)
+        if not isinstance(event, ReplyStarted | ReplyEvents)
     ]
 
 
@@ -189,7 +189,7 @@ async def test_masked_updates_apply_to_the_state_under_the_lock(latch: LatchStor
     assert stored.settings == updated.settings
 
 
-def _evolve(settings: SessionSettings, **changes: object) -> SessionSettings:
+def _evolve(settings: SessionSettings, **changes: Any) -> SessionSettings:
     return replace(settings, **changes)
 
 

@@ -33,7 +33,7 @@ import asyncio
 import base64
 import binascii
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -232,7 +232,7 @@ UNMODELED: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     },
 }
 # Parts that say nothing, or next to nothing, or only through null in free JSON.
-odd_parts = st.sampled_from(
+odd_parts: st.SearchStrategy[dict[str, Any]] = st.sampled_from(
     [
         {},
         {"thought": False},
@@ -810,6 +810,7 @@ def test_invalid_base64_raises() -> None:
 async def test_sse_payloads_closes_the_response_it_read() -> None:
     response = sse_response([b'data: {"a": 1}\n\n', b'data: {"b": 2}\n\n'])
     payloads = sse_payloads(response)
+    assert isinstance(payloads, AsyncGenerator)
     assert await anext(payloads) == b'{"a": 1}'
     await payloads.aclose()
     assert response.is_closed

@@ -3,30 +3,52 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 
 from server.tools import tool
 
+# How long each of a pair of calls waits for the other (and its tool timeout).
+PAIR_WAIT = 10.0
 
-@tool(timeout=2.0)
-async def slow_double(n: int) -> int:
-    """Doubles a number after a short pause.
+
+class Meeting:
+    """Where paired_double and paired_square wait for each other (thread-safe): each
+    returns only once both have started, so run one after the other, the first would wait
+    until its timeout. Call `reset()` before each test that runs them."""
+
+    def __init__(self) -> None:
+        self._barrier = threading.Barrier(2, timeout=PAIR_WAIT)
+
+    def reset(self) -> None:
+        self._barrier = threading.Barrier(2, timeout=PAIR_WAIT)
+
+    def arrive(self) -> None:
+        """Blocks until the other call arrives; BrokenBarrierError after PAIR_WAIT."""
+        self._barrier.wait()
+
+
+MEETING = Meeting()
+
+
+@tool(timeout=PAIR_WAIT)
+async def paired_double(n: int) -> int:
+    """Doubles a number once paired_square has started too.
 
     Args:
         n: The number to double.
     """
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(MEETING.arrive)
     return 2 * n
 
 
-@tool(timeout=2.0)
-def slow_square(n: int) -> int:
-    """Squares a number after a short pause, in a worker thread.
+@tool(timeout=PAIR_WAIT)
+def paired_square(n: int) -> int:
+    """Squares a number, in a worker thread, once paired_double has started too.
 
     Args:
         n: The number to square.
     """
-    time.sleep(0.3)
+    MEETING.arrive()
     return n * n
 
 
@@ -42,8 +64,8 @@ async def explode(reason: str) -> str:
 
 @tool(timeout=0.1)
 async def dawdle() -> str:
-    """Takes longer than its timeout."""
-    await asyncio.sleep(5)
+    """Never finishes: only its timeout ends it."""
+    await asyncio.Event().wait()
     return "never"
 
 

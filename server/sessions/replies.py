@@ -135,6 +135,8 @@ class LiveReply:
     flush_timer: asyncio.TimerHandle | None = None
     # CancelReply named this reply (it stops, or never starts if it waits its turn).
     cancel_requested: bool = False
+    # How many follow_live readers it has now (a duplicate request waiting on it counts).
+    followers: int = 0
     _wake: asyncio.Future[None] | None = None
 
     @property
@@ -207,18 +209,23 @@ class LiveReply:
 
 async def follow_live(live: LiveReply, after: int) -> AsyncIterator[tuple[int, TurnEvent]]:
     """(sequence number, event) of every event after `after`, as they come, until the
-    reply ends; a failed or cancelled reply then raises ReplyFailed with its status."""
+    reply ends; a failed or cancelled reply then raises ReplyFailed with its status.
+    `live.followers` counts the reader meanwhile."""
     seen = after
-    while True:
-        events = live.events
-        while seen < len(events):
-            seen += 1
-            yield seen, events[seen - 1]
-        if live.ended:
-            if live.error is not None:
-                raise _failure(live.error)
-            return
-        await live.changed(seen)
+    live.followers += 1
+    try:
+        while True:
+            events = live.events
+            while seen < len(events):
+                seen += 1
+                yield seen, events[seen - 1]
+            if live.ended:
+                if live.error is not None:
+                    raise _failure(live.error)
+                return
+            await live.changed(seen)
+    finally:
+        live.followers -= 1
 
 
 class Replies:
@@ -394,6 +401,11 @@ class Replies:
             )
 
     # ------------------------------------------------------------------ running
+
+    @property
+    def running(self) -> int:
+        """How many replies run in this process now."""
+        return len(self._live)
 
     def running_request(self, tenant: str, request_id: str) -> LiveReply | None:
         """The reply running here for this request id, if any."""

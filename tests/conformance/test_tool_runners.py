@@ -40,10 +40,12 @@ async def test_declarations_are_sorted_by_name_with_object_schemas(runner: ToolR
     assert runner.names() == frozenset(names)
     add = next(d for d in declarations if d.name == ADD)
     assert add.description == "Adds two integers."
+    assert add.parameters is not None
     assert add.parameters["type"] == "object"
     assert sorted(add.parameters["required"]) == ["a", "b"]
     assert {p["type"] for p in add.parameters["properties"].values()} == {"integer"}
     for declaration in declarations:
+        assert declaration.parameters is not None
         assert declaration.parameters["type"] == "object"
         json.dumps(declaration.parameters)  # JSON, as it goes to the model
 

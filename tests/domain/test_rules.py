@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from typing import Any
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_part_takes_every_field_by_name_and_in_order() -> None:
     defaults, and take them positionally in the fields' order."""
     names = [f.name for f in dataclasses.fields(Part)]
     assert list(inspect.signature(Part).parameters) == names
-    values = {name: object() for name in names}
+    values: dict[str, Any] = {name: object() for name in names}
     part = Part(**values)
     assert all(getattr(part, name) is value for name, value in values.items())
     assert Part(*values.values()) == part

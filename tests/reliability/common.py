@@ -40,7 +40,7 @@ def echo_turn(reply_text: str) -> tuple[str, int, int]:
     return match["said"], int(match["turn"]), int(match["earlier"])
 
 
-def text_of(message: pb.Message) -> str:
+def text_of(message: content_pb2.Message) -> str:
     return "".join(part.text for part in message.parts)
 
 
@@ -56,7 +56,7 @@ async def send_turn(
     """One turn through SendMessage or StreamReply; the reply summary either way."""
     if not stream:
         request = pb.SendMessageRequest(session_id=session_id, text=text, request_id=request_id)
-        sent = await stub.SendMessage(request, timeout=timeout)
+        sent: pb.SendMessageResponse = await stub.SendMessage(request, timeout=timeout)
         return sent.reply
     streamed = stub.StreamReply(
         pb.StreamReplyRequest(session_id=session_id, text=text, request_id=request_id),
@@ -70,14 +70,14 @@ async def send_turn(
     return final
 
 
-def echo_pair(user: pb.Message, model: pb.Message) -> bool:
+def echo_pair(user: content_pb2.Message, model: content_pb2.Message) -> bool:
     """The model message is the echo provider's answer to this user message."""
     return text_of(model).startswith(f'Echo: "{text_of(user)}"')
 
 
 def history_problems(
-    history: Sequence[pb.Message],
-    pair_ok: Callable[[pb.Message, pb.Message], bool] = echo_pair,
+    history: Sequence[content_pb2.Message],
+    pair_ok: Callable[[content_pb2.Message, content_pb2.Message], bool] = echo_pair,
 ) -> list[str]:
     """Every way `history` is not a run of whole turns (a user message and its model reply,
     with one turn id each): a half turn, a torn pair, a repeated turn or a text stored twice
@@ -104,13 +104,13 @@ def history_problems(
     return problems
 
 
-def lost_turns(acks: Iterable[Ack], history: Sequence[pb.Message]) -> list[Ack]:
+def lost_turns(acks: Iterable[Ack], history: Sequence[content_pb2.Message]) -> list[Ack]:
     """Acknowledged turns missing from history (or stored with other text)."""
     stored = {m.turn_id: text_of(m) for m in history if m.role == content_pb2.ROLE_USER}
     return [ack for ack in acks if stored.get(ack.turn_id) != ack.text]
 
 
-def misplaced_turns(acks: Iterable[Ack], history: Sequence[pb.Message]) -> list[Ack]:
+def misplaced_turns(acks: Iterable[Ack], history: Sequence[content_pb2.Message]) -> list[Ack]:
     """Acknowledged echo turns whose "turn N" is not their place in history: the model saw
     another history than the one the turn was stored on top of (interleaving, stale cache)."""
     wrong: list[Ack] = []

@@ -1,14 +1,9 @@
-"""Registers the `soak` marker; soak tests run only with `-m soak` (`make soak`)."""
+"""Soak tests (the `soak` marker, registered in pyproject.toml) run only with `-m soak`
+(`make soak`)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "soak: long reliability runs, skipped unless selected with -m soak (make soak)"
-    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

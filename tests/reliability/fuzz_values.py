@@ -8,7 +8,7 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import descriptor as d
 from hypothesis import strategies as st
@@ -269,9 +269,10 @@ def scalar(field: d.FieldDescriptor, pools: Pools) -> Strategy[Any]:
     if kind == FD.TYPE_BOOL:
         return st.booleans()
     if kind in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):
-        width = 32 if kind == FD.TYPE_FLOAT else 64
+        width: Literal[32, 64] = 32 if kind == FD.TYPE_FLOAT else 64
         return st.floats(width=width, allow_nan=True, allow_infinity=True)
     if kind == FD.TYPE_ENUM:
+        assert field.enum_type is not None, field.full_name
         numbers = [v.number for v in field.enum_type.values]
         return weighted((3, st.sampled_from(numbers)), (1, integers(-(2**31), 2**31 - 1)))
     return integers(*INT_RANGES[kind])

@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import zip_longest
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import descriptor as d
 from google.protobuf import message as pbmessage
-from google.protobuf import message_factory
+from google.protobuf import message_factory, struct_pb2
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -65,17 +65,25 @@ def methods() -> list[Method]:
 MAX_DEPTH = 4
 
 
-def _struct(value: dict[str, Any]) -> pbmessage.Message:
-    from google.protobuf import struct_pb2
+def descriptor_of(cls: type[pbmessage.Message] | pbmessage.Message) -> d.Descriptor:
+    """The message's descriptor (protobuf's stubs also name the C implementation's type,
+    which has the same API)."""
+    return cast(d.Descriptor, cls.DESCRIPTOR)
 
+
+def _message_type(field: d.FieldDescriptor) -> d.Descriptor:
+    """The descriptor of a message-typed field's message."""
+    assert field.message_type is not None, field.full_name
+    return field.message_type
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(value)
     return message
 
 
-def _value(value: Any) -> pbmessage.Message:
-    from google.protobuf import struct_pb2
-
+def _value(value: Any) -> struct_pb2.Value:
     message = struct_pb2.Value()
     struct = struct_pb2.Struct()
     struct.update({"v": value})
@@ -83,10 +91,8 @@ def _value(value: Any) -> pbmessage.Message:
     return message
 
 
-def deep_value(depth: int) -> pbmessage.Message:
+def deep_value(depth: int) -> struct_pb2.Value:
     """A google.protobuf.Value nested `depth` lists deep (past protobuf's recursion limit)."""
-    from google.protobuf import struct_pb2
-
     value = struct_pb2.Value(string_value="bottom")
     for _ in range(depth):
         outer = struct_pb2.Value()
@@ -108,10 +114,10 @@ def _build(cls: type[pbmessage.Message], values: dict[str, Any]) -> pbmessage.Me
 
 
 def _set(message: pbmessage.Message, name: str, value: Any) -> None:
-    field = message.DESCRIPTOR.fields_by_name[name]
+    field = descriptor_of(message).fields_by_name[name]
     target = getattr(message, name)
     if _is_map(field):
-        value_field = field.message_type.fields_by_name["value"]
+        value_field = _message_type(field).fields_by_name["value"]
         for key, item in value.items():
             if value_field.type == FD.TYPE_MESSAGE:
                 target[key].CopyFrom(item)
@@ -129,7 +135,7 @@ def _is_map(field: d.FieldDescriptor) -> bool:
     return (
         field.type == FD.TYPE_MESSAGE
         and field.is_repeated
-        and field.message_type.GetOptions().map_entry
+        and _message_type(field).GetOptions().map_entry
     )
 
 
@@ -138,7 +144,7 @@ def messages(descriptor: d.Descriptor, pools: Pools, depth: int = 0) -> Strategy
     return _messages(descriptor.full_name, descriptor, pools, depth)
 
 
-def _kindless_inside(value: Any) -> pbmessage.Message:
+def _kindless_inside(value: Any) -> struct_pb2.Value:
     """`value` as a Value with a Value of no kind set added at its innermost container."""
     message = _value(value)
     inner = message
@@ -157,9 +163,7 @@ def _kindless_inside(value: Any) -> pbmessage.Message:
     return message
 
 
-def _struct_of(value: pbmessage.Message) -> pbmessage.Message:
-    from google.protobuf import struct_pb2
-
+def _struct_of(value: struct_pb2.Value) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.fields["a"].CopyFrom(value)
     return message
@@ -169,8 +173,6 @@ def _struct_of(value: pbmessage.Message) -> pbmessage.Message:
 def _json_values() -> Strategy[Any]:
     """Values: plain JSON, JSON nested around chatd's limit, and Values with no kind set at
     the top or deep inside."""
-    from google.protobuf import struct_pb2
-
     return weighted(
         (5, json_values().map(_value)),
         (1, st.just(struct_pb2.Value())),
@@ -201,7 +203,7 @@ def _messages(name: str, descriptor: d.Descriptor, pools: Pools, depth: int) -> 
 
 def _field_values(field: d.FieldDescriptor, pools: Pools, depth: int) -> Strategy[Any] | None:
     if _is_map(field):
-        entry = field.message_type
+        entry = _message_type(field)
         keys = scalar(entry.fields_by_name["key"], pools)
         value_field = entry.fields_by_name["value"]
         values = _single(value_field, pools, depth + 1)
@@ -215,8 +217,8 @@ def _field_values(field: d.FieldDescriptor, pools: Pools, depth: int) -> Strateg
         return None
     if not field.is_repeated:
         return single
-    many = st.builds(lambda item, n: [item] * n, single, st.integers(60, 130))
-    return weighted((8, st.lists(single, max_size=3)), (1, many))
+    repeated = st.builds(lambda item, n: [item] * n, single, st.integers(60, 130))
+    return weighted((8, st.lists(single, max_size=3)), (1, repeated))
 
 
 def _single(field: d.FieldDescriptor, pools: Pools, depth: int) -> Strategy[Any] | None:
@@ -224,7 +226,7 @@ def _single(field: d.FieldDescriptor, pools: Pools, depth: int) -> Strategy[Any]
         return scalar(field, pools)
     if depth >= MAX_DEPTH:
         return None
-    return messages(field.message_type, pools, depth + 1)
+    return messages(_message_type(field), pools, depth + 1)
 
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # a little past the server's 8 MiB limit
@@ -234,7 +236,7 @@ def requests(method: Method, pools: Pools) -> Strategy[Any]:
     """Request messages of `method` (none far past the server's size limit); ImportSession
     also gets real exported documents with fuzzed messages and settings, which get past the
     message-id checks that random documents never pass."""
-    fuzzed = messages(method.request.DESCRIPTOR, pools)
+    fuzzed = messages(descriptor_of(method.request), pools)
     if method.request is chat_service_pb2.ImportSessionRequest and pools.documents:
         fuzzed = weighted((1, fuzzed), (2, _imports(pools)))
     return fuzzed.filter(lambda r: r.ByteSize() <= MAX_REQUEST_BYTES)

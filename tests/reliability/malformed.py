@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from tests.reliability.fuzz_values import FD, Pools, Strategy, weighted
-from tests.reliability.fuzzing import Method, deep_value, messages
+from tests.reliability.fuzzing import Method, deep_value, descriptor_of, messages
 
 
 def _varint(value: int) -> bytes:
@@ -38,7 +38,7 @@ def _message_fields(method: Method) -> list[int]:
 def malformed(method: Method, pools: Pools) -> Strategy[bytes]:
     """Bytes that are not a valid serialized request of `method`: random, truncated or
     corrupted valid messages, bad UTF-8, wrong wire types, lying lengths, deep nesting."""
-    valid = messages(method.request.DESCRIPTOR, pools).map(lambda m: m.SerializeToString())
+    valid = messages(descriptor_of(method.request), pools).map(lambda m: m.SerializeToString())
     strings = st.sampled_from(_string_fields(method))
     nested = st.sampled_from(_message_fields(method))
 

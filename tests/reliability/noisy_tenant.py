@@ -48,7 +48,7 @@ def document_parts(messages: int) -> list[pb.StreamImportSessionRequest]:
 
 
 async def stream_worker(
-    stub: chat_service_pb2_grpc.ChatServiceStub,
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub,
     index: int,
     outcomes: Counter[str],
     stop: asyncio.Event,

@@ -177,8 +177,12 @@ async def seed_pools(chatd: Chatd) -> Pools:
     kinds = [
         session_pb2.Session(),
         session_pb2.Session(tools=["get_current_time", "calculate", "date_diff"]),
-        session_pb2.Session(function_declarations=[{"name": "lookup_order"}]),
-        session_pb2.Session(context_policy={"max_messages": 2, "max_tokens": 50}),
+        session_pb2.Session(
+            function_declarations=[session_pb2.FunctionDeclaration(name="lookup_order")]
+        ),
+        session_pb2.Session(
+            context_policy=session_pb2.ContextPolicy(max_messages=2, max_tokens=50)
+        ),
         session_pb2.Session(labels={"env": "prod", "team": "search"}, display_name="fz"),
     ]
     ids = [f"fz-{i}" for i in range(len(kinds))]

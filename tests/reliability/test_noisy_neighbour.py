@@ -4,9 +4,13 @@ grpc.health.v1.Health/Check keep answering; their p99 stays under 250 ms (docs/p
 
 chatd and the noisy tenant (tests/reliability/noisy_tenant.py) each run as a process of
 their own, so the figures are the server's answer times, not this test's event loop's.
-The fast variant (in `make test`) imports 60,000 messages, a few seconds of server work;
-the soak variant (`make soak`) imports 300,000 messages twice (StreamImportSession, then
-ImportSession) and exports and forks them. Both print their figures.
+The fast variant (in `make test`) imports 60,000 messages, a few seconds of server work,
+and checks that the flood met its limit while the quiet tenant was answered; the soak
+variant (`make soak`, on a machine of its own) imports 300,000 messages twice
+(StreamImportSession, then ImportSession), exports and forks them, and also holds the p99s
+to the target. Both print their figures: on a shared or loaded machine answer times say
+more about the machine than about chatd, so the suite that must pass anywhere does not
+judge them.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ async def timed(figures: Figures, name: str, call: Any) -> None:
 
 
 async def quiet_unary(
-    stub: chat_service_pb2_grpc.ChatServiceStub, figures: Figures, stop: asyncio.Event
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub, figures: Figures, stop: asyncio.Event
 ) -> None:
     """Small unary calls one after another: two reads, an append, now and then a create."""
     message = content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="hi")])
@@ -115,7 +119,7 @@ async def quiet_unary(
 
 
 async def quiet_streams(
-    stub: chat_service_pb2_grpc.ChatServiceStub, figures: Figures, stop: asyncio.Event
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub, figures: Figures, stop: asyncio.Event
 ) -> None:
     """The quiet tenant still gets stream slots while its neighbour holds all of its own."""
     while not stop.is_set():
@@ -224,19 +228,20 @@ async def noisy_neighbour(
                 await process.wait()
 
 
-def check(figures: Figures, import_messages: int) -> None:
+def check(figures: Figures, import_messages: int, *, latency: bool) -> None:
     noisy = figures.noisy
     assert noisy["stream_import_messages"] == import_messages
     assert noisy["streams"].get("OK", 0) > 0
     assert noisy["streams"].get("TOO_MANY_TENANT_STREAMS", 0) > 0, "the flood met its limit"
     assert set(noisy["streams"]) == {"OK", "TOO_MANY_TENANT_STREAMS"}
     assert figures.quiet_streams["OK"] > 0 and set(figures.quiet_streams) == {"OK"}
-    assert p99(figures.all_unary()) < P99_TARGET
-    assert p99(figures.health) < P99_TARGET
+    if latency:
+        assert p99(figures.all_unary()) < P99_TARGET
+        assert p99(figures.health) < P99_TARGET
 
 
 @pytest.mark.timeout(300)
-async def test_a_flooding_importing_tenant_leaves_the_others_unary_and_health_p99_low(
+async def test_a_flooding_importing_tenant_leaves_the_others_answered(
     tmp_path: Path,
 ) -> None:
     figures = await noisy_neighbour(
@@ -253,7 +258,7 @@ async def test_a_flooding_importing_tenant_leaves_the_others_unary_and_health_p9
             "60,000-message StreamImportSession"
         )
     )
-    check(figures, 60_000)
+    check(figures, 60_000, latency=False)
 
 
 @pytest.mark.soak
@@ -276,6 +281,6 @@ async def test_soak_a_flooding_importing_tenant_leaves_the_others_p99_low(
             "and forked"
         )
     )
-    check(figures, 300_000)
+    check(figures, 300_000, latency=True)
     assert figures.noisy["unary_import_messages"] == 300_000
     assert figures.noisy["exported_messages"] == figures.noisy["forked_messages"] == 300_000

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from chatd.v1 import chat_service_pb2 as pb
-from chatd.v1 import chat_service_pb2_grpc
+from chatd.v1 import chat_service_pb2_grpc, content_pb2
 from tests.conftest import StartChatd
 from tests.helpers import all_messages
 
@@ -24,7 +24,7 @@ def tally(
     problems: list[str],
     sid: str,
     results: list[Any],
-    history: list[pb.Message],
+    history: list[content_pb2.Message],
 ) -> None:
     """Counts the statuses of one round; notes other than one turn answered and stored."""
     for result in results:

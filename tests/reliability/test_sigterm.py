@@ -35,7 +35,7 @@ class Stream:
 
 
 async def run_stream(
-    stub: chat_service_pb2_grpc.ChatServiceStub, stream: Stream, term: asyncio.Event
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub, stream: Stream, term: asyncio.Event
 ) -> None:
     """Reads one StreamReply to its end, noting events that arrive after SIGTERM."""
     loop = asyncio.get_running_loop()

@@ -12,10 +12,17 @@ import grpc
 import pytest
 
 from chatd.v1 import chat_service_pb2 as pb
+from chatd.v1 import content_pb2
 from tests.conftest import Chatd, StartChatd, fast_gemini
 from tests.fake_gemini import Drop, FakeGemini, HttpError, RecordedRequest, Reply, Script
 from tests.helpers import all_messages, rich_details
-from tests.reliability.common import Ack, history_problems, misplaced_turns, send_turn
+from tests.reliability.common import (
+    Ack,
+    history_problems,
+    misplaced_turns,
+    send_turn,
+    wait_until,
+)
 
 PROVIDER_TIMEOUT = 2.0  # chatd's own bound on a model call (3 quick tries fit easily)
 SLOW = 4.0  # how long the slow faults keep the model silent
@@ -162,15 +169,22 @@ async def gemini_chatd(start_chatd: StartChatd, fake: FakeGemini) -> Chatd:
     return server
 
 
-async def seeded_sessions(chatd: Chatd, ids: Sequence[str]) -> dict[str, list[pb.Message]]:
+async def seeded_sessions(chatd: Chatd, ids: Sequence[str]) -> dict[str, list[content_pb2.Message]]:
     """Creates sessions with one good turn each; their histories."""
 
-    async def seed(sid: str) -> list[pb.Message]:
+    async def seed(sid: str) -> list[content_pb2.Message]:
         await chatd.stub.CreateSession(pb.CreateSessionRequest(session_id=sid))
         await send_turn(chatd.stub, sid, f"ok#{sid}-seed", stream=False)
         return await all_messages(chatd.stub, sid)
 
     return dict(zip(ids, await asyncio.gather(*(seed(sid) for sid in ids)), strict=True))
+
+
+async def settled(chatd: Chatd) -> None:
+    """Waits until chatd has ended every turn, those of callers that gave up included (it
+    makes no upstream try after)."""
+    replies = chatd.running.chats.replies
+    await wait_until(lambda: replies.running == 0, 30, "chatd to end the turns callers left")
 
 
 async def fault_wave(
@@ -187,7 +201,7 @@ async def fault_wave(
             for sid, (rpc, _) in zip(ids, cells, strict=True)
         )
     )
-    await asyncio.sleep(0.2)  # let chatd notice callers that gave up
+    await settled(chatd)
     tries = upstream_tries(fake)
     problems = [p for o in outcomes if (p := o.problem(tries[o.text])) is not None]
     # A caller whose deadline passes while chatd is still getting to the model made no try.
@@ -251,7 +265,7 @@ async def mixed_sessions(
         for n in range(turns)
     ]
     outcomes = await asyncio.gather(*(run_turn(chatd, sid, text, rpc) for sid, text, rpc in plan))
-    await asyncio.sleep(0.2)
+    await settled(chatd)
     tries = upstream_tries(fake)
     problems = [p for o in outcomes if (p := o.problem(tries[o.text])) is not None]
     good: dict[str, list[Ack]] = defaultdict(list)

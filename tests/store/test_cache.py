@@ -28,7 +28,8 @@ from .builders import (
 
 
 class SpyStore(MemoryStore):
-    """A MemoryStore that counts reads, can fail writes and can hold a history load."""
+    """A MemoryStore that counts reads, can fail writes and can hold a history load or a
+    session read (`held` is set once one waits at the hold)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -36,11 +37,13 @@ class SpyStore(MemoryStore):
         self.fail_commits = False
         self.hold_loads: asyncio.Event | None = None
         self.hold_sessions: asyncio.Event | None = None
+        self.held = asyncio.Event()
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
         self.calls["get_session"] += 1
         loaded = await super().get_session(tenant, session_id)
         if self.hold_sessions is not None:
+            self.held.set()
             await self.hold_sessions.wait()
         return loaded
 
@@ -50,6 +53,7 @@ class SpyStore(MemoryStore):
         self.calls["recent_messages"] += 1
         loaded = await super().recent_messages(tenant, session_id, limit)
         if self.hold_loads is not None:
+            self.held.set()
             await self.hold_loads.wait()
         return loaded
 
@@ -199,10 +203,13 @@ async def test_a_slow_history_load_cannot_overwrite_a_newer_commit(inner: SpySto
     await cache.get_session(TENANT, "s1")
     inner.hold_loads = asyncio.Event()
     load = asyncio.create_task(cache.recent_messages(TENANT, "s1"))
-    await asyncio.sleep(0.01)
+    await inner.held.wait()
     after, messages = turn_of(session, ["new"])
     write = asyncio.create_task(cache.commit_turn(after, messages, session.version))
-    await asyncio.sleep(0.01)
+    # One turn of the loop: the write's first step runs to the session's lock, held by
+    # the load, where it waits (nothing before it awaits anything else).
+    await asyncio.sleep(0)
+    assert not write.done()
     # Cached reads of other data are not blocked meanwhile.
     assert await cache.get_session(TENANT, "s1") == session
     inner.hold_loads.set()
@@ -296,7 +303,7 @@ async def test_a_load_racing_a_sweep_cannot_cache_a_deleted_session(inner: SpySt
     await inner.create_session(session)
     inner.hold_sessions = asyncio.Event()
     load = asyncio.create_task(cache.get_session(TENANT, "s1"))
-    await asyncio.sleep(0.01)
+    await inner.held.wait()
     assert await cache.delete_expired(T0 + 10, 10) == 1
     inner.hold_sessions.set()
     assert await load == session  # read before the sweep, so not cached after it

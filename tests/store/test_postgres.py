@@ -12,6 +12,7 @@ from server.sessions.errors import NotFound, Unavailable
 from server.sessions.ports import SessionQuery
 from server.store import SchemaTooNew, rules
 from server.store.migrations import MIGRATIONS
+from tests.helpers import until
 
 from .builders import T0, TENANT, commit, history, new_session
 from .conftest import fresh_schema, postgres_dsn
@@ -192,7 +193,12 @@ async def test_a_connection_lost_mid_call_is_unavailable_and_the_pool_recovers(
         async with blocker.transaction():
             await blocker.execute("SELECT 1 FROM sessions FOR UPDATE")
             deleting = asyncio.ensure_future(store.delete_session(TENANT, "s1"))
-            await asyncio.sleep(0.2)
+
+            async def blocked() -> bool:
+                blockers = await blocker.fetchval("SELECT pg_blocking_pids($1)", pid)
+                return bool(blockers)
+
+            await until(blocked, "delete_session to wait for the held row")
             assert not deleting.done()
             await blocker.fetchval("SELECT pg_terminate_backend($1)", pid)
             with pytest.raises(Unavailable, match="PostgreSQL is unavailable") as raised:
@@ -208,10 +214,12 @@ async def test_a_connection_dropped_while_idle_is_replaced(pg: tuple[str, str]) 
     store = await open_store(pg, min_size=1, max_size=1)
     try:
         await store.create_session(new_session())
+        closed = asyncio.Event()
         async with store._pool.acquire() as conn:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
+            conn.add_termination_listener(lambda _: closed.set())
         await query(pg, "SELECT pg_terminate_backend($1)", pid)
-        await asyncio.sleep(0.2)  # the client notices the closed socket
+        await closed.wait()  # the client noticed the closed socket
         assert (await store.get_session(TENANT, "s1")).session_id == "s1"
     finally:
         await store.close()

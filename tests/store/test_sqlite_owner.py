@@ -273,42 +273,41 @@ def test_a_database_open_in_another_process_is_refused_before_its_wal_is_judged(
     """SQLite's locks name the other process even with a free lock file; the WAL is not
     touched, and once that process has closed the database the lock is taken."""
     wal_before = wal_path(image).read_bytes()
-    holder = subprocess.Popen(
+    # Leaving the with block closes the pipes and waits for the process.
+    with subprocess.Popen(
         [sys.executable, "-c", _HOLD, str(image)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline() == b"open\n"
-        assert database_user(image) == holder.pid
-        with pytest.raises(StartupError, match=f"is open in process {holder.pid} ") as raised:
-            OwnerLock.acquire(image)
-        assert raised.value.path == str(image)
-        assert "never delete the lock file of a running chatd" in raised.value.fix
-        assert wal_path(image).read_bytes() == wal_before
-    finally:
-        holder.kill()
-        holder.wait()
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            assert holder.stdout.readline() == b"open\n"
+            assert database_user(image) == holder.pid
+            with pytest.raises(StartupError, match=f"is open in process {holder.pid} ") as raised:
+                OwnerLock.acquire(image)
+            assert raised.value.path == str(image)
+            assert "never delete the lock file of a running chatd" in raised.value.fix
+            assert wal_path(image).read_bytes() == wal_before
+        finally:
+            holder.kill()
     assert database_user(image) is None
     OwnerLock.acquire(image).release()
 
 
 def test_a_reader_whose_shared_memory_file_was_deleted_is_still_found(image: Path) -> None:
     """Its read lock on the database file's lock bytes names it without the -shm file."""
-    holder = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", _HOLD, str(image)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"open\n"
-        image.with_name(image.name + "-shm").unlink()
-        assert database_user(image) == holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == b"open\n"
+            image.with_name(image.name + "-shm").unlink()
+            assert database_user(image) == holder.pid
+        finally:
+            holder.kill()
 
 
 def test_no_shared_memory_file_and_no_reader_is_no_user(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -55,35 +54,109 @@ async def own_timeout() -> None:
 
 @tool(timeout=0.05)
 async def slow() -> str:
-    """Sleeps past its timeout."""
-    await asyncio.sleep(5)
+    """Never finishes: only its timeout ends it."""
+    await asyncio.Event().wait()
     return "never"
 
 
-RELEASE = threading.Event()
+# Fails a hung test: how long a tool that must not block for good waits at most.
+HANG_GUARD = 30.0
+
+
+class Latches:
+    """Thread-safe events the tools below wait for or report through, made afresh by
+    each test (`reset`)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.release = threading.Event()  # lets slow_sync's thread finish
+        self.finished = threading.Event()  # slow_sync's thread finished
+        self.entered = threading.Event()  # a call of wait_for_the_loop started
+        self.loop_turn = threading.Event()  # set by the test's event loop
+        self.pair = threading.Barrier(2, timeout=HANG_GUARD)  # meet_in_threads' two calls
+
+
+LATCHES = Latches()
 
 
 @tool(timeout=0.05)
 def slow_sync() -> None:
     """Blocks its thread past its timeout, until the test releases it."""
-    RELEASE.wait(2)
+    LATCHES.release.wait(HANG_GUARD)
+    LATCHES.finished.set()
 
 
-@tool
-async def nap(seconds: float) -> float:
-    """Sleeps on the event loop."""
-    await asyncio.sleep(seconds)
-    return seconds
+@tool(timeout=HANG_GUARD)
+def wait_for_the_loop() -> bool:
+    """Blocks its thread until the event loop sets `loop_turn`: which it can only do if
+    this runs off the loop. False if it never did."""
+    LATCHES.entered.set()
+    return LATCHES.loop_turn.wait(HANG_GUARD)
 
 
-@tool
-def block(seconds: float) -> float:
-    """Sleeps in its thread (time.sleep would freeze the loop if it ran there)."""
-    time.sleep(seconds)
-    return seconds
+@tool(timeout=HANG_GUARD)
+async def meet_on_the_loop() -> str:
+    """Returns once a second call has started too."""
+    await ON_LOOP.pair.wait()
+    return "met"
 
 
-REGISTRY = ToolRegistry([add, pair, explode, refuse, not_json, own_timeout, slow, nap, block])
+@tool(timeout=HANG_GUARD)
+def meet_in_threads() -> str:
+    """Returns once a second call has started too, in its own thread."""
+    LATCHES.pair.wait()
+    return "met"
+
+
+class OnTheLoop:
+    """asyncio latches of the tools below, made afresh by each test (`reset`): they bind
+    to the test's event loop when first used."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = asyncio.Event()  # hang started
+        self.stopped = asyncio.Event()  # hang was cancelled
+        self.pair = asyncio.Barrier(2)  # meet_on_the_loop's two calls
+
+
+ON_LOOP = OnTheLoop()
+
+
+@tool(timeout=HANG_GUARD)
+async def hang() -> None:
+    """Never finishes, until cancelled."""
+    ON_LOOP.started.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        ON_LOOP.stopped.set()
+
+
+REGISTRY = ToolRegistry(
+    [
+        add,
+        pair,
+        explode,
+        refuse,
+        not_json,
+        own_timeout,
+        slow,
+        wait_for_the_loop,
+        meet_on_the_loop,
+        meet_in_threads,
+        hang,
+    ]
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_latches() -> None:
+    LATCHES.reset()
+    ON_LOOP.reset()
 
 
 def test_the_registry_is_a_tool_runner_with_sorted_declarations() -> None:
@@ -107,8 +180,8 @@ async def test_an_unknown_tool_is_an_error_listing_the_known_ones() -> None:
     outcome = await REGISTRY.run("nope", {})
     assert outcome.is_error
     assert outcome.response["error"] == (
-        "unknown tool 'nope'; known tools: add, block, explode, nap, not_json, own_timeout, "
-        "pair, refuse, slow"
+        "unknown tool 'nope'; known tools: add, explode, hang, meet_in_threads, "
+        "meet_on_the_loop, not_json, own_timeout, pair, refuse, slow, wait_for_the_loop"
     )
 
 
@@ -149,48 +222,33 @@ async def test_a_tools_own_timeout_error_is_an_ordinary_failure() -> None:
 
 
 async def test_a_slow_async_tool_is_stopped_at_its_timeout() -> None:
-    started = time.monotonic()
     outcome = await REGISTRY.run("slow", {})
     assert outcome == ToolOutcome({"error": "tool 'slow' timed out after 0.05s"}, True)
-    assert time.monotonic() - started < 0.5
 
 
 async def test_a_slow_sync_tool_times_out_without_waiting_for_its_thread() -> None:
-    RELEASE.clear()
-    started = time.monotonic()
     try:
         outcome = await ToolRegistry([slow_sync]).run("slow_sync", {})
         assert outcome == ToolOutcome({"error": "tool 'slow_sync' timed out after 0.05s"}, True)
-        assert time.monotonic() - started < 0.5
+        assert not LATCHES.finished.is_set(), "the call waited for the tool's thread"
     finally:
-        RELEASE.set()  # the thread cannot be cancelled: let it finish
+        LATCHES.release.set()  # the thread cannot be cancelled: let it finish
 
 
 async def test_a_sync_tool_runs_off_the_event_loop() -> None:
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    outcome = await REGISTRY.run("block", {"seconds": 0.2})
-    task.cancel()
-    assert outcome == ToolOutcome({"result": 0.2}, False)
-    # Had time.sleep run on the loop, the ticker could not have ticked at all meanwhile.
-    assert ticks >= 5
+    """The tool blocks until the loop gives it the go-ahead, which a tool blocking the
+    loop itself would never get."""
+    call = asyncio.create_task(REGISTRY.run("wait_for_the_loop", {}))
+    await asyncio.to_thread(LATCHES.entered.wait, HANG_GUARD)
+    LATCHES.loop_turn.set()
+    assert await call == ToolOutcome({"result": True}, False)
 
 
-@pytest.mark.parametrize("name", ["nap", "block"])
-async def test_two_slow_calls_run_concurrently(name: str) -> None:
-    started = time.monotonic()
-    outcomes = await asyncio.gather(
-        REGISTRY.run(name, {"seconds": 0.2}), REGISTRY.run(name, {"seconds": 0.2})
-    )
-    assert [o.response for o in outcomes] == [{"result": 0.2}] * 2
-    assert time.monotonic() - started < 0.35
+@pytest.mark.parametrize("name", ["meet_on_the_loop", "meet_in_threads"])
+async def test_two_calls_run_concurrently(name: str) -> None:
+    """Each call returns only once the other has started."""
+    outcomes = await asyncio.gather(REGISTRY.run(name, {}), REGISTRY.run(name, {}))
+    assert [o.response for o in outcomes] == [{"result": "met"}] * 2
 
 
 async def test_a_result_that_is_not_json_is_an_error_saying_so() -> None:
@@ -221,11 +279,12 @@ async def test_values_json_cannot_carry_are_refused(value: Any, why: str) -> Non
 
 
 async def test_cancelling_the_turn_cancels_the_call() -> None:
-    task = asyncio.create_task(REGISTRY.run("nap", {"seconds": 5}))
-    await asyncio.sleep(0.01)
+    task = asyncio.create_task(REGISTRY.run("hang", {}))
+    await ON_LOOP.started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert ON_LOOP.stopped.is_set()
 
 
 def _lists(depth: int) -> Any:
