@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mcp_types
 import pytest
 
 from server.tools.definition import ToolError
@@ -94,7 +95,8 @@ async def test_a_call_in_flight_is_not_run_twice_when_a_relisting_fails(
     try:
         a = asyncio.create_task(srv.call("counted", {"log": str(log), "release": str(release)}))
         assert len(await _lines(log, 1)) == 1  # A runs on the server
-        assert (await srv.call("break_listing", {})).content[0].text == "broken"
+        [said] = (await srv.call("break_listing", {})).content
+        assert isinstance(said, mcp_types.TextContent) and said.text == "broken"
         lines = await _lines(log, 2, within=3.0)
         assert len(lines) == 1, f"the call ran {len(lines)} times on the server"
     finally:

@@ -108,6 +108,8 @@ def _connection_gone(e: Exception) -> bool:
         and e.message.startswith(_SDK_CLOSE_MESSAGES)
         and _EVENT_TOO_LARGE not in e.message
     )
+
+
 # The streamable-HTTP header naming the session (compared lower-case, as httpx does).
 _SESSION_HEADER = "mcp-session-id"
 
