@@ -1,4 +1,4 @@
-"""tests/fake_gemini.py's fake Gemini in a process of its own, for the gemini scenario.
+"""The fake Gemini (tests/fake_gemini/) in a process of its own, for the gemini scenario.
 
 `python -m bench.fake_upstream --chunks 50 --chunk-delay 0.05` serves on 127.0.0.1 (a
 free port), prints `{"port": N, "pid": P}` on stdout, then answers one command a line on

@@ -2,7 +2,7 @@
 
 One long conversation per context policy, each in a session of its own, through chatd's
 gemini provider (google-genai over real HTTP) to the fake Gemini of the test suite
-(tests/fake_gemini.py) with its implicit cache on: every answer's
+(tests/fake_gemini/) with its implicit cache on: every answer's
 ``usageMetadata.cachedContentTokenCount`` is the fake's count of the longest prefix of
 the request (system instruction, tools, contents) it has seen in an earlier request, and
 0 below the minimum a prefix must have to be cached (2,048 tokens, as Gemini 2.5's
@@ -24,7 +24,7 @@ summary messages' usage) is counted in that policy's figures, and reported apart
 
 The "+explicit" policies are stepped and compaction again, through a second chatd whose
 provider caches each session's stable prefix explicitly (CHATD_GEMINI_CONTEXT_CACHE_TOKENS
-at the model's minimum, 2,048): the fake's cachedContents (tests/fake_gemini_caches.py)
+at the model's minimum, 2,048): the fake's cachedContents (tests/fake_gemini/caches.py)
 bills a request naming a cache for at least the cache's tokens, more when its implicit
 cache saw a longer prefix. The caches created are reported (each is billed as input once,
 and for storage for its TTL, which the fake does not count).

@@ -1,5 +1,5 @@
 """Explicit context caches end to end: gRPC turns on a chatd whose gemini provider talks to
-the fake Gemini (tests/fake_gemini_caches.py), with CHATD_GEMINI_CONTEXT_CACHE_TOKENS on.
+the fake Gemini (tests/fake_gemini/caches.py), with CHATD_GEMINI_CONTEXT_CACHE_TOKENS on.
 
 What the model is given stays what it is given without a cache (the fake's `prompt`: the
 cache's header and contents, then the request's), while requests naming the cache carry no

@@ -13,7 +13,7 @@ from google.genai import types
 
 from server.providers.gemini.context_cache import min_cache_tokens
 from tests.fake_gemini import FakeGemini, fake_tokens
-from tests.fake_gemini_caches import GONE, min_tokens_of
+from tests.fake_gemini.caches import GONE, min_tokens_of
 
 MODEL = "gemini-2.5-flash"
 BIG = [types.Content(role="user", parts=[types.Part(text="a long document " * 800)])]

@@ -327,7 +327,7 @@ def test_c_core_lines_python_tracebacks_and_fatal_errors_become_one_record_each(
 
 async def test_a_rejected_gemini_key_is_one_warning_naming_the_fix(tmp_path: Path) -> None:
     """The Gemini API answers an unknown key with 400 INVALID_ARGUMENT, reason
-    API_KEY_INVALID (tests/fake_gemini.py, as https://ai.google.dev/gemini-api/docs/troubleshooting
+    API_KEY_INVALID (tests/fake_gemini/, as https://ai.google.dev/gemini-api/docs/troubleshooting
     lists it); every turn fails FAILED_PRECONDITION, and the log says so once."""
     with FakeGemini() as fake:
         fake.expected_api_key = "right-key"

@@ -1,4 +1,4 @@
-"""Explicit context caches for the fake Gemini (tests/fake_gemini.py): the Gemini API's
+"""Explicit context caches for the fake Gemini (tests/fake_gemini/): the Gemini API's
 cachedContents create, get, patch and delete, and what a generateContent naming a cache is
 checked for and billed.
 
@@ -29,7 +29,7 @@ Strict as the API is, each rule with its source:
   only used with model it was created for": https://ai.google.dev/api/caching#CachedContent;
   HTTP 400 "Model used by GenerateContent request (models/X) and CachedContent (models/Y)
   has to be the same.") and must not set systemInstruction, tools or toolConfig
-  (tests/fake_gemini.py's ``_check_cached_content``).
+  (tests/fake_gemini/'s ``_check_cached_content``).
 - Its usage counts the cache as part of the prompt: ``promptTokenCount`` is the cache's
   tokens plus the request's contents, ``cachedContentTokenCount`` at least the cache's
   tokens, more when the fake's implicit cache has seen a longer prefix of the whole prompt
@@ -54,17 +54,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tests.fake_gemini import (
-    Hold,
-    HttpError,
-    ImplicitCache,
-    InvalidRequest,
-    Json,
-    RecordedRequest,
-    _check_fields,
-    fake_tokens,
-    get_field,
-)
+from tests.fake_gemini.common import Json
+from tests.fake_gemini.implicit_cache import ImplicitCache, fake_tokens
+from tests.fake_gemini.parts import get_field
+from tests.fake_gemini.rules import InvalidRequest, _check_fields
+from tests.fake_gemini.scripts import Hold, HttpError, RecordedRequest
 
 PATH = re.compile(r"^/(?:v1|v1beta|v1alpha)/cachedContents(?:/(?P<id>[^/:]+))?$")
 # The caching guide's minimums (https://ai.google.dev/gemini-api/docs/caching); other
