@@ -61,6 +61,17 @@ MODEL = "gemini-2.5-flash"
 INSTRUCTION = "You answer questions about the conversation so far. " * 10
 
 
+async def cache_outcomes(chatd: Chatd) -> dict[str, float]:
+    """chatd_gemini_context_caches_total by outcome, as chatd's /metrics reports it."""
+    server = chatd.running.metrics_server
+    assert server is not None
+    samples = await scrape(server.port)
+    return {
+        outcome: value(samples, "chatd_gemini_context_caches_total", outcome=outcome)
+        for outcome in ("created", "reused", "refreshed", "deleted", "expired", "failed")
+    }
+
+
 class Clock:
     """A clock the test moves: the provider's and the fake's caches' time."""
 
@@ -191,13 +202,10 @@ async def test_a_cache_is_made_once_the_prefix_reaches_the_minimum_and_named_by_
     assert len(body["contents"]) == 4, "the two turns before the third"
     session = await cached.stub.GetSession(pb.GetSessionRequest(session_id="s"))
     assert session.session.usage.cached_content_token_count == sum(cached_counts) > 0
-    server = cached.running.metrics_server
-    assert server is not None
-    samples = await scrape(server.port)
-    metric = "chatd_gemini_context_caches_total"
-    assert value(samples, metric, outcome="created") == 1
-    assert value(samples, metric, outcome="reused") == 3
-    assert value(samples, metric, outcome="failed") == 0
+    outcomes = await cache_outcomes(cached)
+    assert outcomes["created"] == 1
+    assert outcomes["reused"] == 3
+    assert outcomes["failed"] == 0
 
 
 async def test_a_turn_of_tool_rounds_names_the_cache_on_every_round(
@@ -243,11 +251,9 @@ async def test_a_cache_used_near_its_expiry_is_extended_and_an_expired_one_repla
     creates = fake_gemini.caches.calls_of("POST")
     assert len(creates) == 2 and named(generate_requests(fake_gemini)[-1]) == creates[1].name
     assert not [r for r in fake_gemini.requests if r.rejection], "never sent an expired name"
-    server = chatd.running.metrics_server
-    assert server is not None
-    samples = await scrape(server.port)
-    assert value(samples, "chatd_gemini_context_caches_total", outcome="refreshed") == 1
-    assert value(samples, "chatd_gemini_context_caches_total", outcome="expired") == 1
+    outcomes = await cache_outcomes(chatd)
+    assert outcomes["refreshed"] == 1
+    assert outcomes["expired"] == 1
 
 
 async def test_deleting_the_session_deletes_its_cache(
@@ -372,11 +378,9 @@ async def test_a_refused_create_leaves_every_turn_successful_and_waits_to_try_ag
     fake_gemini.caches.refuse_creates = None
     await turn(chatd, "f", 5)
     assert named(generate_requests(fake_gemini)[-1]) is not None, "tried again, and made"
-    server = chatd.running.metrics_server
-    assert server is not None
-    samples = await scrape(server.port)
-    assert value(samples, "chatd_gemini_context_caches_total", outcome="failed") == 1
-    assert value(samples, "chatd_gemini_context_caches_total", outcome="created") == 1
+    outcomes = await cache_outcomes(chatd)
+    assert outcomes["failed"] == 1
+    assert outcomes["created"] == 1
 
 
 async def test_a_create_the_api_finds_too_small_is_a_failure_not_a_failed_turn(
@@ -418,10 +422,8 @@ async def test_a_cache_gemini_no_longer_has_is_forgotten_and_the_turn_sent_whole
     assert (deleted.name, deleted.status) == (name, 403)
     await turn(chatd, "g", 4)
     assert named(generate_requests(fake_gemini)[-1]) not in (None, name), "a new cache"
-    server = chatd.running.metrics_server
-    assert server is not None
-    samples = await scrape(server.port)
-    assert value(samples, "chatd_gemini_context_caches_total", outcome="expired") == 1
+    outcomes = await cache_outcomes(chatd)
+    assert outcomes["expired"] == 1
 
 
 async def test_the_settings_turn_caching_on_for_the_provider_chatd_builds(
@@ -441,10 +443,8 @@ async def test_the_settings_turn_caching_on_for_the_provider_chatd_builds(
     creates = fake_gemini.caches.calls_of("POST")
     assert [c.body["ttl"] for c in creates] == ["120s"]
     assert len(creates[0].body["contents"]) >= 6, "a trigger above the minimum waits longer"
-    server = chatd.running.metrics_server
-    assert server is not None
-    samples = await scrape(server.port)
-    assert value(samples, "chatd_gemini_context_caches_total", outcome="created") == 1
+    outcomes = await cache_outcomes(chatd)
+    assert outcomes["created"] == 1
 
 
 @pytest.mark.parametrize(
@@ -785,13 +785,10 @@ async def test_a_create_gemini_does_not_answer_in_time_leaves_the_turn_its_time(
     assert fake_gemini.caches.live() == []
     await turn(chatd, "slow", 3)
     assert len(fake_gemini.caches.calls_of("POST")) == 1, "no new create before RETRY_AFTER"
-    server = chatd.running.metrics_server
-    assert server is not None
-    samples = await scrape(server.port)
-    metric = "chatd_gemini_context_caches_total"
-    assert value(samples, metric, outcome="failed") == 1
-    assert value(samples, metric, outcome="created") == 1
-    assert value(samples, metric, outcome="deleted") == 1
+    outcomes = await cache_outcomes(chatd)
+    assert outcomes["failed"] == 1
+    assert outcomes["created"] == 1
+    assert outcomes["deleted"] == 1
 
 
 async def test_a_hung_create_takes_only_a_share_of_a_short_turn(
