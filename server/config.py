@@ -356,17 +356,20 @@ def read(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> S
     server (`chatd health`), where a refusal about another setting would be beside the point.
     Raises SettingsError for a value of the wrong type."""
     values: dict[str, object] = {}
-    for name, flag, envs, _, _ in OPTIONS:
+    for name, flag, envs, _, declared in OPTIONS:
         raw = getattr(args, name, None)
         source = flag or ""
         if raw is None:
-            env = next((e for e in envs if environ.get(e)), None)
+            # An empty variable counts as unset, except for an optional listener's
+            # address, where set and empty turns the listener off.
+            env = next(
+                (e for e in envs if environ.get(e) or (declared.optional and e in environ)),
+                None,
+            )
             if env is not None:
                 raw, source = environ[env], env
         if raw is not None:
             values[name] = _convert(name, raw, source)
-    if getattr(args, "metrics_listen", None) is None and environ.get("CHATD_METRICS_LISTEN") == "":
-        values["metrics_listen"] = ""  # set, and empty: metrics off
     return Settings(**values)  # type: ignore[arg-type]
 
 
